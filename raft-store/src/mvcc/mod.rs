@@ -1,0 +1,634 @@
+//! The MVCC key space with etcd v3 semantics: every committed write bumps one global revision;
+//! each key keeps create_revision, mod_revision, version and lease; history is kept until
+//! compaction. Deterministic: the same requests applied in the same order give the same state on
+//! every member, which is what lets Raft replicate it.
+//!
+//! Values live in a [`RevisionStore`] keyed by revision; the [`index::KeyIndex`] maps keys to
+//! revisions. Writes made while applying are staged in memory ([`Mvcc::take_changes`]) so that
+//! the caller persists them atomically with the Raft applied index.
+
+pub mod index;
+
+use std::collections::{BTreeMap, HashSet};
+
+use proto::etcdserverpb::{
+    compare, range_request, request_op, response_op, Compare, CompactionResponse, DeleteRangeRequest,
+    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader,
+    ResponseOp, TxnRequest, TxnResponse,
+};
+use proto::mvccpb::{event::EventType, Event, KeyValue};
+
+pub use index::{KeyIndex, Revision};
+
+/// Errors a request can meet while applied; each maps to the etcd error its client expects.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+pub enum MvccError {
+    #[error("mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("mvcc: required revision is a future revision")]
+    FutureRevision,
+    #[error("key not found")]
+    KeyNotFound,
+    #[error("requested lease not found")]
+    LeaseNotFound,
+    #[error("revision store: {0}")]
+    Storage(String),
+}
+
+/// The durable home of values, keyed by revision.
+pub trait RevisionStore: Send + Sync {
+    fn get(&self, rev: Revision) -> Result<Option<StoredValue>, MvccError>;
+    /// Every stored value in revision order, to rebuild the index at start.
+    fn scan(&self, f: &mut dyn FnMut(Revision, StoredValue) -> Result<(), MvccError>) -> Result<(), MvccError>;
+}
+
+/// What one revision holds: a key's new value, or its deletion.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredValue {
+    pub tombstone: bool,
+    pub kv: KeyValue,
+}
+
+impl StoredValue {
+    pub fn encode(&self) -> Vec<u8> {
+        use prost::Message;
+        let mut out = Vec::with_capacity(1 + self.kv.encoded_len());
+        out.push(u8::from(self.tombstone));
+        self.kv.encode(&mut out).expect("a Vec grows as needed");
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, MvccError> {
+        use prost::Message;
+        let (flag, rest) = bytes.split_first().ok_or_else(|| MvccError::Storage("empty stored value".into()))?;
+        let kv = KeyValue::decode(rest).map_err(|e| MvccError::Storage(format!("undecodable stored value: {e}")))?;
+        Ok(Self { tombstone: *flag == 1, kv })
+    }
+}
+
+/// A change the caller must persist: a value written at a revision, or a revision removed by
+/// compaction.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    Put(Revision, StoredValue),
+    Remove(Revision),
+}
+
+/// An in-memory [`RevisionStore`], the test double of the RocksDB one.
+#[derive(Default)]
+pub struct MemoryRevisions {
+    pub values: BTreeMap<Revision, StoredValue>,
+}
+
+impl MemoryRevisions {
+    pub fn apply(&mut self, changes: Vec<Change>) {
+        for change in changes {
+            match change {
+                Change::Put(rev, value) => {
+                    self.values.insert(rev, value);
+                }
+                Change::Remove(rev) => {
+                    self.values.remove(&rev);
+                }
+            }
+        }
+    }
+}
+
+impl RevisionStore for MemoryRevisions {
+    fn get(&self, rev: Revision) -> Result<Option<StoredValue>, MvccError> {
+        Ok(self.values.get(&rev).cloned())
+    }
+
+    fn scan(&self, f: &mut dyn FnMut(Revision, StoredValue) -> Result<(), MvccError>) -> Result<(), MvccError> {
+        for (rev, value) in &self.values {
+            f(*rev, value.clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// The result of applying one write: its response, and the events it produced (for watchers).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Applied<R> {
+    pub response: R,
+    pub events: Vec<Event>,
+}
+
+pub struct Mvcc {
+    index: KeyIndex,
+    current: i64,
+    compacted: i64,
+    /// Values written since the last `take_changes`, visible to reads before they are persisted.
+    staged: BTreeMap<Revision, StoredValue>,
+    changes: Vec<Change>,
+}
+
+/// The state of one write transaction: all its changes share `rev`, ordered by `sub`.
+struct WriteTxn {
+    rev: i64,
+    sub: i64,
+    events: Vec<Event>,
+}
+
+impl Mvcc {
+    /// An empty key space: revision 1, as a fresh etcd.
+    pub fn new() -> Self {
+        Self { index: KeyIndex::default(), current: 1, compacted: 0, staged: BTreeMap::new(), changes: Vec::new() }
+    }
+
+    /// Rebuilds the index from a revision store whose history starts after `compacted`.
+    pub fn open(store: &dyn RevisionStore, current: i64, compacted: i64) -> Result<Self, MvccError> {
+        let mut mvcc = Self::new();
+        mvcc.current = current.max(1);
+        mvcc.compacted = compacted;
+        store.scan(&mut |rev, value| {
+            if value.tombstone {
+                mvcc.index.tombstone(&value.kv.key, rev);
+            } else {
+                mvcc.index.put(&value.kv.key, rev);
+            }
+            mvcc.current = mvcc.current.max(rev.main);
+            Ok(())
+        })?;
+        Ok(mvcc)
+    }
+
+    pub fn current_revision(&self) -> i64 {
+        self.current
+    }
+
+    pub fn compacted_revision(&self) -> i64 {
+        self.compacted
+    }
+
+    pub fn key_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Changes staged since the last call, in the order they must be persisted.
+    pub fn take_changes(&mut self) -> Vec<Change> {
+        self.staged.clear();
+        std::mem::take(&mut self.changes)
+    }
+
+    fn value(&self, store: &dyn RevisionStore, rev: Revision) -> Result<StoredValue, MvccError> {
+        if let Some(value) = self.staged.get(&rev) {
+            return Ok(value.clone());
+        }
+        store.get(rev)?.ok_or_else(|| MvccError::Storage(format!("revision {rev:?} is indexed but not stored")))
+    }
+
+    /// The live value of `key` as of revision `at`.
+    fn latest(&self, store: &dyn RevisionStore, key: &[u8], at: i64) -> Result<Option<KeyValue>, MvccError> {
+        match self.index.range(key, b"", at, 1).into_iter().next() {
+            Some((_, rev)) => Ok(Some(self.value(store, rev)?.kv)),
+            None => Ok(None),
+        }
+    }
+
+    fn range_at(
+        &self,
+        store: &dyn RevisionStore,
+        req: &RangeRequest,
+        at: i64,
+    ) -> Result<RangeResponse, MvccError> {
+        let rev = if req.revision <= 0 { at } else { req.revision };
+        if rev > at {
+            return Err(MvccError::FutureRevision);
+        }
+        if rev < self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        let sort_order = range_request::SortOrder::try_from(req.sort_order).unwrap_or_default();
+        let sort_target = range_request::SortTarget::try_from(req.sort_target).unwrap_or_default();
+        let filtered = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        // Sorting and filtering need every key first; otherwise one extra tells `more`.
+        let fetch_limit = if sort_order != range_request::SortOrder::None || filtered || req.limit <= 0 {
+            0
+        } else {
+            req.limit as usize + 1
+        };
+        let count = self.index.count(&req.key, &req.range_end, rev) as i64;
+        let header = ResponseHeader { revision: at, ..Default::default() };
+        if req.count_only {
+            return Ok(RangeResponse { header: Some(header), kvs: vec![], more: false, count });
+        }
+        let mut kvs = Vec::new();
+        for (_, r) in self.index.range(&req.key, &req.range_end, rev, fetch_limit) {
+            kvs.push(self.value(store, r)?.kv);
+        }
+        if req.max_mod_revision != 0 {
+            kvs.retain(|kv| kv.mod_revision <= req.max_mod_revision);
+        }
+        if req.min_mod_revision != 0 {
+            kvs.retain(|kv| kv.mod_revision >= req.min_mod_revision);
+        }
+        if req.max_create_revision != 0 {
+            kvs.retain(|kv| kv.create_revision <= req.max_create_revision);
+        }
+        if req.min_create_revision != 0 {
+            kvs.retain(|kv| kv.create_revision >= req.min_create_revision);
+        }
+        // Keys come out in ascending key order; any other target defaults to ascending.
+        let order = if sort_target != range_request::SortTarget::Key && sort_order == range_request::SortOrder::None {
+            range_request::SortOrder::Ascend
+        } else {
+            sort_order
+        };
+        if order != range_request::SortOrder::None {
+            use range_request::SortTarget as T;
+            kvs.sort_by(|a, b| {
+                let ord = match sort_target {
+                    T::Key => a.key.cmp(&b.key),
+                    T::Version => a.version.cmp(&b.version),
+                    T::Create => a.create_revision.cmp(&b.create_revision),
+                    T::Mod => a.mod_revision.cmp(&b.mod_revision),
+                    T::Value => a.value.cmp(&b.value),
+                };
+                if order == range_request::SortOrder::Descend {
+                    ord.reverse()
+                } else {
+                    ord
+                }
+            });
+        }
+        let mut more = false;
+        if req.limit > 0 && kvs.len() > req.limit as usize {
+            kvs.truncate(req.limit as usize);
+            more = true;
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        Ok(RangeResponse { header: Some(header), kvs, more, count })
+    }
+
+    /// A read of the committed state (the revision in the request, or the current one).
+    pub fn range(&self, store: &dyn RevisionStore, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
+        self.range_at(store, req, self.current)
+    }
+
+    pub fn put(&mut self, store: &dyn RevisionStore, req: &PutRequest) -> Result<Applied<PutResponse>, MvccError> {
+        let mut txn = self.begin();
+        let response = self.txn_put(store, &mut txn, req)?;
+        Ok(self.commit(txn, response))
+    }
+
+    pub fn delete_range(
+        &mut self,
+        store: &dyn RevisionStore,
+        req: &DeleteRangeRequest,
+    ) -> Result<Applied<DeleteRangeResponse>, MvccError> {
+        let mut txn = self.begin();
+        let response = self.txn_delete(store, &mut txn, req)?;
+        Ok(self.commit(txn, response))
+    }
+
+    pub fn txn(&mut self, store: &dyn RevisionStore, req: &TxnRequest) -> Result<Applied<TxnResponse>, MvccError> {
+        let mut txn = self.begin();
+        // Validate reads first so that a failing request changes nothing.
+        let succeeded = self.evaluate(store, &req.compare)?;
+        let ops = if succeeded { &req.success } else { &req.failure };
+        self.check_ops(ops)?;
+        let responses = self.txn_ops(store, &mut txn, ops)?;
+        let response = TxnResponse { header: None, succeeded, responses };
+        Ok(self.commit(txn, response))
+    }
+
+    /// Errors that can only be known against the state: checked before any change is staged.
+    fn check_ops(&self, ops: &[RequestOp]) -> Result<(), MvccError> {
+        for op in ops {
+            match &op.request {
+                Some(request_op::Request::RequestRange(r)) => {
+                    if r.revision > self.current {
+                        return Err(MvccError::FutureRevision);
+                    }
+                    if r.revision > 0 && r.revision < self.compacted {
+                        return Err(MvccError::Compacted);
+                    }
+                }
+                Some(request_op::Request::RequestPut(p)) => {
+                    if p.lease != 0 {
+                        return Err(MvccError::LeaseNotFound);
+                    }
+                }
+                Some(request_op::Request::RequestTxn(t)) => {
+                    self.check_ops(&t.success)?;
+                    self.check_ops(&t.failure)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn evaluate(&self, store: &dyn RevisionStore, compares: &[Compare]) -> Result<bool, MvccError> {
+        for c in compares {
+            let kvs: Vec<KeyValue> = self
+                .index
+                .range(&c.key, &c.range_end, self.current, 0)
+                .into_iter()
+                .map(|(_, rev)| self.value(store, rev).map(|v| v.kv))
+                .collect::<Result<_, _>>()?;
+            let ok = if kvs.is_empty() {
+                // A missing key compares as a zero KeyValue, except that no value equals it.
+                c.target != compare::CompareTarget::Value as i32 && compare_kv(c, &KeyValue::default())
+            } else {
+                kvs.iter().all(|kv| compare_kv(c, kv))
+            };
+            if !ok {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    fn txn_ops(
+        &mut self,
+        store: &dyn RevisionStore,
+        txn: &mut WriteTxn,
+        ops: &[RequestOp],
+    ) -> Result<Vec<ResponseOp>, MvccError> {
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let response = match &op.request {
+                Some(request_op::Request::RequestRange(r)) => {
+                    // Reads inside a txn see its earlier writes.
+                    let at = if txn.sub > 0 { txn.rev } else { self.current };
+                    let mut resp = self.range_at(store, r, at)?;
+                    resp.header = Some(ResponseHeader { revision: at, ..Default::default() });
+                    response_op::Response::ResponseRange(resp)
+                }
+                Some(request_op::Request::RequestPut(p)) => {
+                    let mut resp = self.txn_put(store, txn, p)?;
+                    resp.header = Some(ResponseHeader { revision: txn.rev, ..Default::default() });
+                    response_op::Response::ResponsePut(resp)
+                }
+                Some(request_op::Request::RequestDeleteRange(d)) => {
+                    let mut resp = self.txn_delete(store, txn, d)?;
+                    resp.header = Some(ResponseHeader { revision: txn.rev, ..Default::default() });
+                    response_op::Response::ResponseDeleteRange(resp)
+                }
+                Some(request_op::Request::RequestTxn(t)) => {
+                    let succeeded = self.evaluate(store, &t.compare)?;
+                    let ops = if succeeded { &t.success } else { &t.failure };
+                    let inner = self.txn_ops(store, txn, ops)?;
+                    response_op::Response::ResponseTxn(TxnResponse {
+                        header: Some(ResponseHeader { revision: txn.rev, ..Default::default() }),
+                        succeeded,
+                        responses: inner,
+                    })
+                }
+                None => continue,
+            };
+            responses.push(ResponseOp { response: Some(response) });
+        }
+        Ok(responses)
+    }
+
+    fn begin(&self) -> WriteTxn {
+        WriteTxn { rev: self.current + 1, sub: 0, events: Vec::new() }
+    }
+
+    /// Ends a write: the revision moves only if something changed.
+    fn commit<R: HasHeader>(&mut self, txn: WriteTxn, mut response: R) -> Applied<R> {
+        if txn.sub > 0 {
+            self.current = txn.rev;
+        }
+        response.set_revision(self.current);
+        Applied { response, events: txn.events }
+    }
+
+    fn stage(&mut self, rev: Revision, value: StoredValue) {
+        self.staged.insert(rev, value.clone());
+        self.changes.push(Change::Put(rev, value));
+    }
+
+    fn txn_put(
+        &mut self,
+        store: &dyn RevisionStore,
+        txn: &mut WriteTxn,
+        req: &PutRequest,
+    ) -> Result<PutResponse, MvccError> {
+        let at = if txn.sub > 0 { txn.rev } else { self.current };
+        let prev = self.latest(store, &req.key, at)?;
+        if (req.ignore_value || req.ignore_lease) && prev.is_none() {
+            return Err(MvccError::KeyNotFound);
+        }
+        if req.lease != 0 {
+            return Err(MvccError::LeaseNotFound);
+        }
+        let rev = Revision::new(txn.rev, txn.sub);
+        txn.sub += 1;
+        let (create_revision, version) = match &prev {
+            Some(p) => (p.create_revision, p.version + 1),
+            None => (txn.rev, 1),
+        };
+        let value = if req.ignore_value { prev.as_ref().map(|p| p.value.clone()).unwrap_or_default() } else { req.value.clone() };
+        let lease = if req.ignore_lease { prev.as_ref().map(|p| p.lease).unwrap_or_default() } else { req.lease };
+        let kv = KeyValue { key: req.key.clone(), create_revision, mod_revision: txn.rev, version, value, lease };
+        self.index.put(&req.key, rev);
+        self.stage(rev, StoredValue { tombstone: false, kv: kv.clone() });
+        txn.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: prev.clone() });
+        Ok(PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
+    }
+
+    fn txn_delete(
+        &mut self,
+        store: &dyn RevisionStore,
+        txn: &mut WriteTxn,
+        req: &DeleteRangeRequest,
+    ) -> Result<DeleteRangeResponse, MvccError> {
+        let at = if txn.sub > 0 { txn.rev } else { self.current };
+        let found = self.index.range(&req.key, &req.range_end, at, 0);
+        let mut prev_kvs = Vec::with_capacity(found.len());
+        for (key, old) in &found {
+            let prev = self.value(store, *old)?.kv;
+            let rev = Revision::new(txn.rev, txn.sub);
+            txn.sub += 1;
+            self.index.tombstone(key, rev);
+            let tomb = KeyValue { key: key.clone(), mod_revision: txn.rev, ..Default::default() };
+            self.stage(rev, StoredValue { tombstone: true, kv: tomb.clone() });
+            txn.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: Some(prev.clone()) });
+            prev_kvs.push(prev);
+        }
+        Ok(DeleteRangeResponse {
+            header: None,
+            deleted: found.len() as i64,
+            prev_kvs: if req.prev_kv { prev_kvs } else { Vec::new() },
+        })
+    }
+
+    /// Discards history below `rev`: reads at revisions under it fail from now on.
+    pub fn compact(&mut self, rev: i64) -> Result<CompactionResponse, MvccError> {
+        if rev <= self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        if rev > self.current {
+            return Err(MvccError::FutureRevision);
+        }
+        for removed in self.index.compact(rev) {
+            self.staged.remove(&removed);
+            self.changes.push(Change::Remove(removed));
+        }
+        self.compacted = rev;
+        Ok(CompactionResponse { header: Some(ResponseHeader { revision: self.current, ..Default::default() }) })
+    }
+}
+
+impl Default for Mvcc {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
+    use std::cmp::Ordering;
+    let ord: Ordering = match &c.target_union {
+        Some(compare::TargetUnion::Version(v)) => kv.version.cmp(v),
+        Some(compare::TargetUnion::CreateRevision(v)) => kv.create_revision.cmp(v),
+        Some(compare::TargetUnion::ModRevision(v)) => kv.mod_revision.cmp(v),
+        Some(compare::TargetUnion::Value(v)) => kv.value.as_slice().cmp(v.as_slice()),
+        Some(compare::TargetUnion::Lease(v)) => kv.lease.cmp(v),
+        // An absent union is a zero of the target's type.
+        None => match compare::CompareTarget::try_from(c.target).unwrap_or(compare::CompareTarget::Version) {
+            compare::CompareTarget::Version => kv.version.cmp(&0),
+            compare::CompareTarget::Create => kv.create_revision.cmp(&0),
+            compare::CompareTarget::Mod => kv.mod_revision.cmp(&0),
+            compare::CompareTarget::Value => kv.value.as_slice().cmp(&[][..]),
+            compare::CompareTarget::Lease => kv.lease.cmp(&0),
+        },
+    };
+    match compare::CompareResult::try_from(c.result).unwrap_or(compare::CompareResult::Equal) {
+        compare::CompareResult::Equal => ord == Ordering::Equal,
+        compare::CompareResult::NotEqual => ord != Ordering::Equal,
+        compare::CompareResult::Greater => ord == Ordering::Greater,
+        compare::CompareResult::Less => ord == Ordering::Less,
+    }
+}
+
+/// Responses whose header carries the revision of the write that produced them.
+pub trait HasHeader {
+    fn set_revision(&mut self, rev: i64);
+}
+
+macro_rules! has_header {
+    ($($t:ty),*) => {$(
+        impl HasHeader for $t {
+            fn set_revision(&mut self, rev: i64) {
+                self.header.get_or_insert_with(Default::default).revision = rev;
+            }
+        }
+    )*};
+}
+has_header!(PutResponse, DeleteRangeResponse, TxnResponse);
+
+/// Checks that need no state, done before a request enters the log: etcd's request validation.
+pub fn validate_txn(req: &TxnRequest, max_ops: usize) -> Result<(), RequestError> {
+    if req.success.len() > max_ops || req.failure.len() > max_ops || req.compare.len() > max_ops {
+        return Err(RequestError::TooManyOps);
+    }
+    for c in &req.compare {
+        if c.key.is_empty() {
+            return Err(RequestError::EmptyKey);
+        }
+    }
+    for ops in [&req.success, &req.failure] {
+        let mut put_keys = HashSet::new();
+        let mut deletes: Vec<(&[u8], &[u8])> = Vec::new();
+        for op in ops.iter() {
+            match &op.request {
+                Some(request_op::Request::RequestPut(p)) => {
+                    validate_put(p)?;
+                    if !put_keys.insert(p.key.as_slice()) {
+                        return Err(RequestError::DuplicateKey);
+                    }
+                }
+                Some(request_op::Request::RequestDeleteRange(d)) => {
+                    if d.key.is_empty() {
+                        return Err(RequestError::EmptyKey);
+                    }
+                    deletes.push((&d.key, &d.range_end));
+                }
+                Some(request_op::Request::RequestRange(r)) => validate_range(r)?,
+                Some(request_op::Request::RequestTxn(t)) => validate_txn(t, max_ops)?,
+                None => {}
+            }
+        }
+        for key in &put_keys {
+            for (start, end) in &deletes {
+                let hit = if end.is_empty() {
+                    key == start
+                } else if *end == [0u8] {
+                    key >= start
+                } else {
+                    key >= start && key < end
+                };
+                if hit {
+                    return Err(RequestError::DuplicateKey);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_put(req: &PutRequest) -> Result<(), RequestError> {
+    if req.key.is_empty() {
+        return Err(RequestError::EmptyKey);
+    }
+    if req.ignore_value && !req.value.is_empty() {
+        return Err(RequestError::ValueProvided);
+    }
+    if req.ignore_lease && req.lease != 0 {
+        return Err(RequestError::LeaseProvided);
+    }
+    Ok(())
+}
+
+pub fn validate_range(req: &RangeRequest) -> Result<(), RequestError> {
+    if req.key.is_empty() {
+        return Err(RequestError::EmptyKey);
+    }
+    if range_request::SortOrder::try_from(req.sort_order).is_err()
+        || range_request::SortTarget::try_from(req.sort_target).is_err()
+    {
+        return Err(RequestError::InvalidSortOption);
+    }
+    Ok(())
+}
+
+pub fn validate_delete(req: &DeleteRangeRequest) -> Result<(), RequestError> {
+    if req.key.is_empty() {
+        return Err(RequestError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// A request rejected before it reaches the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("key is not provided")]
+    EmptyKey,
+    #[error("value is provided")]
+    ValueProvided,
+    #[error("lease is provided")]
+    LeaseProvided,
+    #[error("too many operations in txn request")]
+    TooManyOps,
+    #[error("duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("invalid sort option")]
+    InvalidSortOption,
+    #[error("request is too large")]
+    TooLarge,
+}
+
+#[cfg(test)]
+mod tests;
