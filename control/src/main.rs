@@ -1,1 +1,53 @@
-fn main() {}
+//! `keelson`: one binary, a subcommand per role.
+
+mod store_cmd;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "keelson", version, about = "A container orchestrator whose control plane keeps its own database")]
+struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `raft_store=debug`.
+    #[arg(long, global = true, env = "KEELSON_LOG", default_value = "info,openraft=warn")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one member of the replicated store (etcd v3 API), with etcd-style flags.
+    Store(store_cmd::StoreArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("keelson: invalid --log-level {:?}: {e}", cli.log_level);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keelson: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Store(args) => store_cmd::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keelson: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

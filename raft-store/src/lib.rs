@@ -2,3 +2,10 @@
 //! by openraft, persisted in RocksDB, served over etcd's v3 gRPC API.
 
 pub mod mvcc;
+pub mod network;
+pub mod node;
+pub mod server;
+pub mod storage;
+pub mod types;
+
+pub use node::{ClusterState, StoreConfig, StoreNode};

@@ -612,7 +612,7 @@ pub fn validate_delete(req: &DeleteRangeRequest) -> Result<(), RequestError> {
 }
 
 /// A request rejected before it reaches the log.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum RequestError {
     #[error("key is not provided")]
     EmptyKey,

@@ -1,0 +1,494 @@
+//! A store member: openraft wired to RocksDB and the peer network, and the operations the gRPC
+//! services need — writes and membership changes routed to the leader, linearizable read
+//! barriers, response headers.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
+use openraft::{ChangeMembers, SnapshotPolicy};
+use proto::etcdserverpb::{Member, ResponseHeader};
+use tonic::transport::Channel;
+
+use crate::network::{self, Network};
+use crate::storage::{open_db, KvState, LogStore, StateMachine};
+use crate::types::*;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+/// Everything a member needs to start; the `keelson store` flags fill it.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub listen_client_urls: Vec<String>,
+    pub advertise_client_urls: Vec<String>,
+    pub listen_peer_urls: Vec<String>,
+    pub initial_advertise_peer_urls: Vec<String>,
+    /// Member name → peer URLs.
+    pub initial_cluster: Vec<(String, Vec<String>)>,
+    pub initial_cluster_state: ClusterState,
+    pub initial_cluster_token: String,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_ms: u64,
+    /// Applied entries between two snapshots.
+    pub snapshot_count: u64,
+    /// Entries kept behind a snapshot so that a slow follower catches up from the log.
+    pub snapshot_catchup_entries: u64,
+    pub request_timeout_ms: u64,
+    pub max_request_bytes: usize,
+    pub max_txn_ops: usize,
+}
+
+impl StoreConfig {
+    /// A single member on the default etcd ports.
+    pub fn single(name: &str, data_dir: PathBuf) -> Self {
+        let peer = "http://localhost:2380".to_string();
+        Self {
+            name: name.to_string(),
+            data_dir,
+            listen_client_urls: vec!["http://localhost:2379".into()],
+            advertise_client_urls: vec!["http://localhost:2379".into()],
+            listen_peer_urls: vec![peer.clone()],
+            initial_advertise_peer_urls: vec![peer.clone()],
+            initial_cluster: vec![(name.to_string(), vec![peer])],
+            initial_cluster_state: ClusterState::New,
+            initial_cluster_token: "keelson-cluster".into(),
+            heartbeat_interval_ms: 100,
+            election_timeout_ms: 1000,
+            snapshot_count: 10_000,
+            snapshot_catchup_entries: 5_000,
+            request_timeout_ms: 3_000,
+            max_request_bytes: 1_572_864,
+            max_txn_ops: 128,
+        }
+    }
+}
+
+/// A configuration a member cannot start with.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("cannot open the data directory {path}: {source}")]
+    Storage { path: PathBuf, source: rocksdb::Error },
+    #[error("cannot load the state: {0}")]
+    State(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+pub struct StoreNode {
+    id: NodeId,
+    config: StoreConfig,
+    raft: Raft,
+    state: Arc<KvState>,
+    log: LogStore,
+    /// Peer channels by member, reused by forwarded requests.
+    channels: Mutex<HashMap<NodeId, Channel>>,
+}
+
+impl StoreNode {
+    /// Opens the member's storage and starts Raft (not yet serving: see `crate::server`).
+    pub async fn open(config: StoreConfig) -> Result<Arc<Self>, StartError> {
+        let id = member_id(&config.initial_advertise_peer_urls);
+        validate(&config)?;
+        let dir = config.data_dir.join("member");
+        std::fs::create_dir_all(&dir).map_err(|e| StartError::Config(format!("cannot create {}: {e}", dir.display())))?;
+        let db_path = dir.join("db");
+        let db = open_db(&db_path).map_err(|source| StartError::Storage { path: db_path.clone(), source })?;
+        let log = LogStore::new(db.clone());
+        let sm = StateMachine::open(db, &dir).map_err(|e| StartError::State(e.to_string()))?;
+        let state = sm.state();
+        let raft_config = openraft::Config {
+            cluster_name: config.initial_cluster_token.clone(),
+            heartbeat_interval: config.heartbeat_interval_ms,
+            election_timeout_min: config.election_timeout_ms,
+            election_timeout_max: config.election_timeout_ms * 2,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
+            max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
+            max_payload_entries: 64,
+            install_snapshot_timeout: 10_000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StartError::Config(e.to_string()))?;
+        let raft = Raft::new(id, Arc::new(raft_config), Network, log.clone(), sm)
+            .await
+            .map_err(|e| StartError::Raft(e.to_string()))?;
+        Ok(Arc::new(Self { id, config, raft, state, log, channels: Mutex::new(HashMap::new()) }))
+    }
+
+    /// Forms the cluster on first start, then keeps this member's record published. Call once
+    /// the peer service is listening.
+    pub async fn bootstrap(self: &Arc<Self>) -> Result<(), StartError> {
+        let pristine = self.log.is_pristine().map_err(|e| StartError::State(e.to_string()))?;
+        if pristine && self.config.initial_cluster_state == ClusterState::New {
+            let members: BTreeMap<NodeId, MemberNode> = self
+                .config
+                .initial_cluster
+                .iter()
+                .map(|(_, urls)| (member_id(urls), MemberNode { peer_urls: urls.clone() }))
+                .collect();
+            tracing::info!(members = members.len(), "forming a new cluster");
+            // Every initial member initializes with the same membership; that is safe.
+            if let Err(e) = self.raft.initialize(members).await {
+                tracing::info!(error = %e, "cluster already initialized");
+            }
+        }
+        let node = self.clone();
+        tokio::spawn(async move { node.publish_loop().await });
+        Ok(())
+    }
+
+    /// Publishes this member's name and client URLs, and sets the cluster ID when this member
+    /// is the first leader.
+    async fn publish_loop(self: Arc<Self>) {
+        let attrs = MemberAttrs { name: self.config.name.clone(), client_urls: self.config.advertise_client_urls.clone() };
+        let initial_ids: BTreeSet<NodeId> = self.config.initial_cluster.iter().map(|(_, urls)| member_id(urls)).collect();
+        let cluster = cluster_id(&initial_ids, &self.config.initial_cluster_token);
+        let mut metrics = self.raft.metrics();
+        loop {
+            let (published, has_cluster_id) =
+                self.state.read(|d, _| (d.members.get(&self.id) == Some(&attrs), d.cluster_id != 0));
+            if published && has_cluster_id {
+                return;
+            }
+            let leader = metrics.borrow().current_leader;
+            if leader.is_some() {
+                if !has_cluster_id && leader == Some(self.id) && self.config.initial_cluster_state == ClusterState::New {
+                    if let Err(e) = self.write(Command::SetClusterId(cluster)).await {
+                        tracing::warn!(error = %e, "cannot record the cluster ID yet");
+                    }
+                }
+                if !published {
+                    let cmd = Command::SetMemberAttrs { id: self.id, name: attrs.name.clone(), client_urls: attrs.client_urls.clone() };
+                    match self.write(cmd).await {
+                        Ok(_) => tracing::info!(name = %attrs.name, id = %format!("{:x}", self.id), "published member attributes"),
+                        Err(e) => tracing::warn!(error = %e, "cannot publish member attributes yet"),
+                    }
+                }
+            }
+            // Wake on any Raft change (a leader appears, an entry applies), or retry shortly.
+            let _ = tokio::time::timeout(Duration::from_millis(self.config.election_timeout_ms), metrics.changed()).await;
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    pub fn state(&self) -> &Arc<KvState> {
+        &self.state
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    /// The header every response carries.
+    pub fn header(&self, revision: i64) -> ResponseHeader {
+        let cluster_id = self.state.read(|d, _| d.cluster_id);
+        ResponseHeader { cluster_id, member_id: self.id, revision, raft_term: self.raft.metrics().borrow().current_term }
+    }
+
+    /// Replicates a command and returns its result, wherever the leader is.
+    pub async fn write(&self, cmd: Command) -> Result<CommandResponse, StoreError> {
+        match self.leader_call(ForwardRequest::Write(cmd)).await? {
+            ForwardResponse::Write(r) => Ok(r),
+            other => Err(StoreError::Internal(format!("unexpected reply to a write: {other:?}"))),
+        }
+    }
+
+    /// Returns once this member has applied everything committed before the call: reads after
+    /// it are linearizable.
+    pub async fn read_barrier(&self) -> Result<(), StoreError> {
+        let index = match self.leader_call(ForwardRequest::ReadIndex).await? {
+            ForwardResponse::ReadIndex(i) => i,
+            other => return Err(StoreError::Internal(format!("unexpected reply to a read index: {other:?}"))),
+        };
+        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
+        if applied >= index {
+            return Ok(());
+        }
+        self.raft
+            .wait(Some(self.request_timeout()))
+            .applied_index_at_least(Some(index), "read index")
+            .await
+            .map(|_| ())
+            .map_err(|_| StoreError::Timeout)
+    }
+
+    pub async fn member_add(&self, peer_urls: Vec<String>, is_learner: bool) -> Result<NodeId, StoreError> {
+        self.member_call(ForwardRequest::MemberAdd { peer_urls, is_learner }).await
+    }
+
+    pub async fn member_remove(&self, id: NodeId) -> Result<NodeId, StoreError> {
+        self.member_call(ForwardRequest::MemberRemove { id }).await
+    }
+
+    pub async fn member_promote(&self, id: NodeId) -> Result<NodeId, StoreError> {
+        self.member_call(ForwardRequest::MemberPromote { id }).await
+    }
+
+    async fn member_call(&self, req: ForwardRequest) -> Result<NodeId, StoreError> {
+        let id = match self.leader_call(req).await? {
+            ForwardResponse::Member(id) => id,
+            other => return Err(StoreError::Internal(format!("unexpected reply to a member change: {other:?}"))),
+        };
+        // Let this member's own view include the change before answering with it.
+        let _ = self.read_barrier().await;
+        Ok(id)
+    }
+
+    /// The members as etcd lists them, by ID.
+    pub fn members(&self) -> Vec<Member> {
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+        let attrs = self.state.read(|d, _| d.members.clone());
+        let mut out: Vec<Member> = membership
+            .nodes()
+            .map(|(id, node)| {
+                let a = attrs.get(id).cloned().unwrap_or_default();
+                Member {
+                    id: *id,
+                    name: a.name,
+                    peer_ur_ls: node.peer_urls.clone(),
+                    client_ur_ls: a.client_urls,
+                    is_learner: !voters.contains(id),
+                }
+            })
+            .collect();
+        out.sort_by_key(|m| m.id);
+        out
+    }
+
+    /// Runs a request on the leader: here if this member leads, else through the peer service.
+    async fn leader_call(&self, req: ForwardRequest) -> Result<ForwardResponse, StoreError> {
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let (leader, leader_node) = {
+                let m = self.raft.metrics();
+                let m = m.borrow();
+                let node = m.current_leader.and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+                (m.current_leader, node)
+            };
+            if remaining.is_zero() {
+                return Err(if leader.is_some() { StoreError::Timeout } else { StoreError::NoLeader });
+            }
+            let result = match (leader, leader_node) {
+                (Some(l), _) if l == self.id => {
+                    tokio::time::timeout(remaining, self.handle_forwarded(req.clone())).await.unwrap_or(Err(StoreError::Timeout))
+                }
+                (Some(l), Some(node)) => match self.channel(l, &node) {
+                    Ok(channel) => network::forward(channel, &req, remaining).await,
+                    Err(e) => Err(StoreError::Unreachable(e)),
+                },
+                _ => Err(StoreError::NotLeader { leader: None }),
+            };
+            match result {
+                Err(StoreError::NotLeader { .. }) | Err(StoreError::Unreachable(_)) => {
+                    if let Some(l) = leader {
+                        self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(&l);
+                    }
+                    // Wait for the view of the leader to change, then retry.
+                    let wait = remaining.min(Duration::from_millis(self.config.election_timeout_ms));
+                    let _ = self
+                        .raft
+                        .wait(Some(wait))
+                        .metrics(|m| m.current_leader.is_some() && m.current_leader != leader, "leader change")
+                        .await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn channel(&self, id: NodeId, node: &MemberNode) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = channels.get(&id) {
+            return Ok(c.clone());
+        }
+        let c = network::peer_channel(node)?;
+        channels.insert(id, c.clone());
+        Ok(c)
+    }
+
+    /// Serves a request as the leader; answers `NotLeader` when this member is not.
+    pub async fn handle_forwarded(&self, req: ForwardRequest) -> Result<ForwardResponse, StoreError> {
+        match req {
+            ForwardRequest::Write(cmd) => match self.raft.client_write(cmd).await {
+                Ok(resp) => Ok(ForwardResponse::Write(resp.data)),
+                Err(e) => Err(client_write_error(e)),
+            },
+            ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
+                Ok((read, _)) => Ok(ForwardResponse::ReadIndex(read.map(|l| l.index).unwrap_or(0))),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                    Err(StoreError::NotLeader { leader: f.leader_id })
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                    Err(StoreError::Unhealthy(e.to_string()))
+                }
+                Err(RaftError::Fatal(e)) => Err(fatal(e)),
+            },
+            ForwardRequest::MemberAdd { peer_urls, is_learner } => self.leader_member_add(peer_urls, is_learner).await,
+            ForwardRequest::MemberRemove { id } => {
+                let membership = self.raft.metrics().borrow().membership_config.clone();
+                if membership.membership().get_node(&id).is_none() {
+                    return Err(StoreError::MemberNotFound);
+                }
+                let is_voter = membership.membership().voter_ids().any(|v| v == id);
+                let change = if is_voter {
+                    ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+                } else {
+                    ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+                };
+                self.change_membership(change).await?;
+                Ok(ForwardResponse::Member(id))
+            }
+            ForwardRequest::MemberPromote { id } => {
+                let m = self.raft.metrics().borrow().clone();
+                let membership = m.membership_config.membership();
+                if membership.get_node(&id).is_none() {
+                    return Err(StoreError::MemberNotFound);
+                }
+                if membership.voter_ids().any(|v| v == id) {
+                    return Err(StoreError::MemberNotLearner);
+                }
+                // As etcd: a learner is ready once it has 90% of the leader's log.
+                let last = m.last_log_index.unwrap_or(0);
+                let matched = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&id).cloned().flatten())
+                    .map(|l| l.index)
+                    .unwrap_or(0);
+                if (matched as f64) < 0.9 * last as f64 {
+                    return Err(StoreError::LearnerNotReady);
+                }
+                self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+                Ok(ForwardResponse::Member(id))
+            }
+        }
+    }
+
+    async fn leader_member_add(&self, peer_urls: Vec<String>, is_learner: bool) -> Result<ForwardResponse, StoreError> {
+        if !self.raft.metrics().borrow().current_leader.is_some_and(|l| l == self.id) {
+            return Err(StoreError::NotLeader { leader: self.raft.metrics().borrow().current_leader });
+        }
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let taken = membership.nodes().any(|(_, n)| n.peer_urls.iter().any(|u| peer_urls.contains(u)));
+        if taken {
+            return Err(StoreError::PeerUrlExists);
+        }
+        let id = member_id(&peer_urls);
+        match self.raft.add_learner(id, MemberNode { peer_urls }, false).await {
+            Ok(_) => {}
+            Err(e) => return Err(client_write_error(e)),
+        }
+        if !is_learner {
+            // As etcd: a voting member counts toward quorum at once, even before it starts.
+            self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+        }
+        Ok(ForwardResponse::Member(id))
+    }
+
+    async fn change_membership(&self, change: ChangeMembers<NodeId, MemberNode>) -> Result<(), StoreError> {
+        self.raft.change_membership(change, false).await.map(|_| ()).map_err(client_write_error)
+    }
+
+    pub async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft did not shut down cleanly");
+        }
+    }
+}
+
+fn fatal(e: openraft::error::Fatal<NodeId>) -> StoreError {
+    match e {
+        openraft::error::Fatal::Stopped => StoreError::Stopping,
+        other => StoreError::Internal(other.to_string()),
+    }
+}
+
+fn client_write_error(e: RaftError<NodeId, ClientWriteError<NodeId, MemberNode>>) -> StoreError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => StoreError::NotLeader { leader: f.leader_id },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => match c {
+            ChangeMembershipError::InProgress(p) => StoreError::MembershipBusy(p.to_string()),
+            other => StoreError::Unhealthy(other.to_string()),
+        },
+        RaftError::Fatal(f) => fatal(f),
+    }
+}
+
+fn validate(config: &StoreConfig) -> Result<(), StartError> {
+    let err = |m: String| Err(StartError::Config(m));
+    if config.name.is_empty() {
+        return err("--name must not be empty".into());
+    }
+    if config.initial_advertise_peer_urls.is_empty() {
+        return err("--initial-advertise-peer-urls must name at least one URL".into());
+    }
+    let mut names = BTreeSet::new();
+    for (name, urls) in &config.initial_cluster {
+        if !names.insert(name) {
+            return err(format!("--initial-cluster names member {name:?} twice"));
+        }
+        if urls.is_empty() {
+            return err(format!("--initial-cluster gives member {name:?} no peer URL"));
+        }
+    }
+    if config.initial_cluster_state == ClusterState::New {
+        match config.initial_cluster.iter().find(|(n, _)| *n == config.name) {
+            None => {
+                return err(format!(
+                    "--initial-cluster has no entry for this member's --name {:?} (e.g. {}={})",
+                    config.name,
+                    config.name,
+                    config.initial_advertise_peer_urls.join(",")
+                ))
+            }
+            Some((_, urls)) => {
+                let mut a = urls.clone();
+                let mut b = config.initial_advertise_peer_urls.clone();
+                a.sort();
+                b.sort();
+                if a != b {
+                    return err(format!(
+                        "--initial-cluster has {}={} but --initial-advertise-peer-urls is {}",
+                        config.name,
+                        urls.join(","),
+                        config.initial_advertise_peer_urls.join(",")
+                    ));
+                }
+            }
+        }
+    }
+    if config.election_timeout_ms < 5 * config.heartbeat_interval_ms {
+        return err(format!(
+            "--election-timeout ({} ms) must be at least 5 times --heartbeat-interval ({} ms)",
+            config.election_timeout_ms, config.heartbeat_interval_ms
+        ));
+    }
+    Ok(())
+}

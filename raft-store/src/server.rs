@@ -1,0 +1,352 @@
+//! The etcd v3 gRPC services (KV, Cluster, Maintenance) and the member's listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prost::Message;
+use proto::etcdserverpb::cluster_server::{Cluster, ClusterServer};
+use proto::etcdserverpb::kv_server::{Kv, KvServer};
+use proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
+use proto::etcdserverpb::*;
+use proto::raftpeer::raft_peer_server::RaftPeerServer;
+use tonic::{Request, Response, Status};
+
+use crate::mvcc::{self, MvccError, RequestError};
+use crate::network::{PeerService, PEER_MESSAGE_BYTES_MAX};
+use crate::node::StoreNode;
+use crate::types::*;
+
+/// The etcd API version Keelson implements, reported by Status.
+pub const ETCD_API_VERSION: &str = "3.4.0";
+/// gRPC framing allowance above the largest request, as etcd allows.
+const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// The gRPC status an etcd client expects for each failure.
+pub fn status(e: StoreError) -> Status {
+    let msg = |m: &str| format!("etcdserver: {m}");
+    match e {
+        StoreError::Mvcc(MvccError::Compacted) => Status::out_of_range(msg("mvcc: required revision has been compacted")),
+        StoreError::Mvcc(MvccError::FutureRevision) => {
+            Status::out_of_range(msg("mvcc: required revision is a future revision"))
+        }
+        StoreError::Mvcc(MvccError::KeyNotFound) => Status::invalid_argument(msg("key not found")),
+        StoreError::Mvcc(MvccError::LeaseNotFound) => Status::not_found(msg("requested lease not found")),
+        StoreError::Mvcc(MvccError::Storage(m)) => Status::internal(msg(&format!("storage: {m}"))),
+        StoreError::Request(r) => Status::invalid_argument(msg(&r.to_string())),
+        StoreError::NoLeader => Status::unavailable(msg("no leader")),
+        StoreError::Timeout => Status::unavailable(msg("request timed out")),
+        StoreError::NotLeader { .. } | StoreError::Unreachable(_) => Status::unavailable(msg("leader changed")),
+        StoreError::Indeterminate(_) => {
+            Status::unavailable(msg("request timed out, possibly due to connection lost"))
+        }
+        StoreError::MemberNotFound => Status::not_found(msg("member not found")),
+        StoreError::PeerUrlExists => Status::failed_precondition(msg("Peer URLs already exists")),
+        StoreError::MemberNotLearner => Status::failed_precondition(msg("can only promote a learner member")),
+        StoreError::LearnerNotReady => {
+            Status::failed_precondition(msg("can only promote a learner member which is in sync with leader"))
+        }
+        StoreError::MembershipBusy(_) | StoreError::Unhealthy(_) => Status::unavailable(msg("unhealthy cluster")),
+        StoreError::Stopping => Status::unavailable(msg("server stopped")),
+        StoreError::Internal(m) => Status::internal(msg(&m)),
+    }
+}
+
+fn request_status(e: RequestError) -> Status {
+    status(StoreError::Request(e))
+}
+
+pub struct KvService {
+    node: Arc<StoreNode>,
+}
+
+impl KvService {
+    fn check_size(&self, len: usize) -> Result<(), Status> {
+        if len > self.node.config().max_request_bytes {
+            return Err(request_status(RequestError::TooLarge));
+        }
+        Ok(())
+    }
+
+    async fn write(&self, cmd: Command) -> Result<CommandResponse, Status> {
+        match self.node.write(cmd).await.map_err(status)? {
+            CommandResponse::Failed(e) => Err(status(StoreError::Mvcc(e))),
+            other => Ok(other),
+        }
+    }
+
+    fn unexpected(&self, r: CommandResponse) -> Status {
+        Status::internal(format!("etcdserver: unexpected apply result {r:?}"))
+    }
+
+    fn fill<T>(&self, header: &mut Option<ResponseHeader>) {
+        let revision = header.as_ref().map(|h| h.revision).unwrap_or_default();
+        *header = Some(self.node.header(revision));
+    }
+}
+
+#[tonic::async_trait]
+impl Kv for KvService {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let req = request.into_inner();
+        mvcc::validate_range(&req).map_err(request_status)?;
+        if !req.serializable {
+            self.node.read_barrier().await.map_err(status)?;
+        }
+        let mut resp = self
+            .node
+            .state()
+            .read(|d, store| d.mvcc.range(store, &req))
+            .map_err(|e| status(StoreError::Mvcc(e)))?;
+        self.fill::<()>(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(req.encoded_len())?;
+        mvcc::validate_put(&req).map_err(request_status)?;
+        match self.write(Command::Put(req)).await? {
+            CommandResponse::Put(mut r) => {
+                self.fill::<()>(&mut r.header);
+                Ok(Response::new(r))
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(req.encoded_len())?;
+        mvcc::validate_delete(&req).map_err(request_status)?;
+        match self.write(Command::DeleteRange(req)).await? {
+            CommandResponse::DeleteRange(mut r) => {
+                self.fill::<()>(&mut r.header);
+                Ok(Response::new(r))
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let req = request.into_inner();
+        self.check_size(req.encoded_len())?;
+        mvcc::validate_txn(&req, self.node.config().max_txn_ops).map_err(request_status)?;
+        match self.write(Command::Txn(req)).await? {
+            CommandResponse::Txn(mut r) => {
+                self.fill::<()>(&mut r.header);
+                Ok(Response::new(r))
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        let req = request.into_inner();
+        // Compaction is applied synchronously, so `physical` always holds when this returns.
+        match self.write(Command::Compact { revision: req.revision }).await? {
+            CommandResponse::Compact(mut r) => {
+                self.fill::<()>(&mut r.header);
+                Ok(Response::new(r))
+            }
+            other => Err(self.unexpected(other)),
+        }
+    }
+}
+
+pub struct ClusterService {
+    node: Arc<StoreNode>,
+}
+
+impl ClusterService {
+    fn header(&self) -> Option<ResponseHeader> {
+        Some(self.node.header(self.node.state().read(|d, _| d.mvcc.current_revision())))
+    }
+}
+
+fn check_peer_urls(urls: &[String]) -> Result<(), Status> {
+    if urls.is_empty() {
+        return Err(Status::invalid_argument("etcdserver: member must have at least one peer URL"));
+    }
+    for u in urls {
+        if !(u.starts_with("http://") || u.starts_with("https://")) || u.parse::<tonic::transport::Uri>().is_err() {
+            return Err(Status::invalid_argument(format!("etcdserver: invalid peer URL {u:?}")));
+        }
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(&self, request: Request<MemberAddRequest>) -> Result<Response<MemberAddResponse>, Status> {
+        let req = request.into_inner();
+        check_peer_urls(&req.peer_ur_ls)?;
+        let id = self.node.member_add(req.peer_ur_ls.clone(), req.is_learner).await.map_err(status)?;
+        let members = self.node.members();
+        let member = Member { id, name: String::new(), peer_ur_ls: req.peer_ur_ls, client_ur_ls: vec![], is_learner: req.is_learner };
+        Ok(Response::new(MemberAddResponse { header: self.header(), member: Some(member), members }))
+    }
+
+    async fn member_remove(&self, request: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+        self.node.member_remove(request.into_inner().id).await.map_err(status)?;
+        Ok(Response::new(MemberRemoveResponse { header: self.header(), members: self.node.members() }))
+    }
+
+    async fn member_update(&self, _request: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
+        Err(Status::unimplemented("etcdserver: member update is not supported by keelson; remove and re-add the member"))
+    }
+
+    async fn member_list(&self, _request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
+        Ok(Response::new(MemberListResponse { header: self.header(), members: self.node.members() }))
+    }
+
+    async fn member_promote(&self, request: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
+        self.node.member_promote(request.into_inner().id).await.map_err(status)?;
+        Ok(Response::new(MemberPromoteResponse { header: self.header(), members: self.node.members() }))
+    }
+}
+
+pub struct MaintenanceService {
+    node: Arc<StoreNode>,
+}
+
+impl MaintenanceService {
+    fn header(&self) -> Option<ResponseHeader> {
+        Some(self.node.header(self.node.state().read(|d, _| d.mvcc.current_revision())))
+    }
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(&self, _request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // Keelson raises no alarms: space is not quota-limited.
+        Ok(Response::new(AlarmResponse { header: self.header(), alarms: vec![] }))
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let m = self.node.raft().metrics().borrow().clone();
+        let db_size = self.node.state().db_size();
+        let is_learner = !m.membership_config.membership().voter_ids().any(|v| v == self.node.id());
+        Ok(Response::new(StatusResponse {
+            header: self.header(),
+            version: ETCD_API_VERSION.to_string(),
+            db_size,
+            leader: m.current_leader.unwrap_or(0),
+            raft_index: m.last_log_index.unwrap_or(0),
+            raft_term: m.current_term,
+            raft_applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+            errors: if m.current_leader.is_none() { vec!["etcdserver: no leader".into()] } else { vec![] },
+            db_size_in_use: db_size,
+            is_learner,
+        }))
+    }
+
+    async fn defragment(&self, _request: Request<DefragmentRequest>) -> Result<Response<DefragmentResponse>, Status> {
+        // RocksDB compacts in the background; there is nothing to defragment.
+        Ok(Response::new(DefragmentResponse { header: self.header() }))
+    }
+
+    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(Status::unimplemented("etcdserver: Hash is not supported by keelson"))
+    }
+
+    async fn hash_kv(&self, _request: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        Err(Status::unimplemented("etcdserver: HashKV is not supported by keelson"))
+    }
+
+    async fn move_leader(&self, _request: Request<MoveLeaderRequest>) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(Status::unimplemented("etcdserver: MoveLeader is not supported by keelson"))
+    }
+}
+
+/// Resolves `http://host:port` URLs to socket addresses to listen on.
+pub async fn listen_addrs(urls: &[String]) -> Result<Vec<SocketAddr>, String> {
+    let mut out = Vec::new();
+    for url in urls {
+        let rest = if let Some(rest) = url.strip_prefix("http://") {
+            rest
+        } else if url.starts_with("https://") {
+            return Err(format!("{url}: TLS is not supported yet; use http://"));
+        } else {
+            return Err(format!("{url}: expected a URL such as http://127.0.0.1:2379"));
+        };
+        let hostport = rest.trim_end_matches('/');
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host(hostport)
+            .await
+            .map_err(|e| format!("{url}: cannot resolve {hostport}: {e}"))?
+            .collect();
+        // One address per URL: localhost resolves to both families, the first suffices.
+        let first = addrs.into_iter().next().ok_or_else(|| format!("{url}: resolves to no address"))?;
+        out.push(first);
+    }
+    Ok(out)
+}
+
+/// Serves the client and peer APIs until `shutdown` completes.
+pub async fn serve(
+    node: Arc<StoreNode>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), String> {
+    let client_addrs = listen_addrs(&node.config().listen_client_urls).await?;
+    let peer_addrs = listen_addrs(&node.config().listen_peer_urls).await?;
+    let max_msg = node.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+
+    let mut listeners = Vec::new();
+    for addr in client_addrs.iter().chain(peer_addrs.iter()) {
+        let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        listeners.push(l);
+    }
+    let peer_listeners = listeners.split_off(client_addrs.len());
+
+    for listener in listeners {
+        let n = node.clone();
+        let mut stop = stop_rx.clone();
+        let router = tonic::transport::Server::builder()
+            .add_service(KvServer::new(KvService { node: n.clone() }).max_decoding_message_size(max_msg))
+            .add_service(ClusterServer::new(ClusterService { node: n.clone() }))
+            .add_service(MaintenanceServer::new(MaintenanceService { node: n.clone() }));
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tasks.spawn(async move {
+            router.serve_with_incoming_shutdown(incoming, async move { let _ = stop.wait_for(|s| *s).await; }).await
+        });
+    }
+    for listener in peer_listeners {
+        let peer = PeerService { node: node.clone() };
+        let mut stop = stop_rx.clone();
+        let router = tonic::transport::Server::builder().add_service(
+            RaftPeerServer::new(peer)
+                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
+        );
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tasks.spawn(async move {
+            router.serve_with_incoming_shutdown(incoming, async move { let _ = stop.wait_for(|s| *s).await; }).await
+        });
+    }
+    tracing::info!(
+        name = node.name(),
+        id = %format!("{:x}", node.id()),
+        client = ?client_addrs,
+        peer = ?peer_addrs,
+        "serving"
+    );
+    node.bootstrap().await.map_err(|e| e.to_string())?;
+
+    tokio::select! {
+        _ = shutdown => {}
+        Some(result) = tasks.join_next() => {
+            if let Ok(Err(e)) = result {
+                tracing::error!(error = %e, "a listener failed");
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    while let Some(result) = tasks.join_next().await {
+        if let Ok(Err(e)) = result {
+            tracing::warn!(error = %e, "listener stopped with an error");
+        }
+    }
+    node.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,535 @@
+//! RocksDB persistence for openraft: the Raft log and vote ([`LogStore`]) and the replicated
+//! state machine ([`StateMachine`]) share one database, so one write-ahead log orders them.
+//!
+//! Column families:
+//! - `raft_log`: log index (u64 big-endian) → bincode `Entry`
+//! - `raft_state`: `vote`, `committed`, `last_purged` → bincode
+//! - `kv`: MVCC revision (main, sub; 16 bytes big-endian) → flag byte + protobuf `KeyValue`
+//! - `sm_state`: `applied`, `membership`, `revision`, `compacted`, `cluster_id`, `members`
+//!
+//! The current snapshot is a file beside the database (`snapshot.bin`), replaced atomically.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io::Cursor;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{LogFlushed, LogState, RaftLogStorage, RaftStateMachine, Snapshot};
+use openraft::{AnyError, EntryPayload, ErrorSubject, ErrorVerb, RaftLogReader, RaftSnapshotBuilder, StorageIOError};
+use rocksdb::{ColumnFamilyDescriptor, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB};
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::mvcc::{Change, Mvcc, MvccError, Revision, RevisionStore, StoredValue};
+use crate::types::*;
+
+const CF_LOG: &str = "raft_log";
+const CF_RAFT: &str = "raft_state";
+const CF_KV: &str = "kv";
+const CF_SM: &str = "sm_state";
+
+/// Capacity of the channel on which applied events are announced (watchers subscribe to it).
+pub const APPLIED_EVENTS_QUEUE_MAX: usize = 4096;
+
+fn io_err(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::new(subject, verb, AnyError::new(&e)).into()
+}
+
+fn read_logs_err(e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Read, e)
+}
+
+fn write_logs_err(e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Logs, ErrorVerb::Write, e)
+}
+
+fn sm_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::StateMachine, verb, e)
+}
+
+fn snapshot_err(verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    io_err(ErrorSubject::Snapshot(None), verb, e)
+}
+
+/// Opens (creating if needed) the store's database under `dir`.
+pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_SM].into_iter().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    Ok(Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?))
+}
+
+fn cf<'a>(db: &'a DB, name: &str) -> &'a rocksdb::ColumnFamily {
+    db.cf_handle(name).expect("column families are created when the database opens")
+}
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("in-memory values always serialize")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raft log
+
+/// The Raft log and vote. Appends are synced to disk before openraft is told they are durable.
+#[derive(Clone)]
+pub struct LogStore {
+    db: Arc<DB>,
+}
+
+impl LogStore {
+    pub fn new(db: Arc<DB>) -> Self {
+        Self { db }
+    }
+
+    fn get_meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, StorageError> {
+        let bytes = self.db.get_cf(cf(&self.db, CF_RAFT), key).map_err(read_logs_err)?;
+        bytes.map(|b| bincode::deserialize(&b).map_err(read_logs_err)).transpose()
+    }
+
+    fn put_meta<T: Serialize>(&self, key: &str, value: &T, sync: bool) -> Result<(), StorageError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.db.put_cf_opt(cf(&self.db, CF_RAFT), key, encode(value), &opts).map_err(write_logs_err)
+    }
+
+    /// True when this member has never taken part in a cluster.
+    pub fn is_pristine(&self) -> Result<bool, StorageError> {
+        let vote: Option<Vote> = self.get_meta("vote")?;
+        let any_log = self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::Start).next().is_some();
+        Ok(vote.is_none() && !any_log)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + Send>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let start = match range.start_bound() {
+            Bound::Included(x) => *x,
+            Bound::Excluded(x) => *x + 1,
+            Bound::Unbounded => 0,
+        };
+        let mut out = Vec::new();
+        let iter = self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::From(&start.to_be_bytes(), Direction::Forward));
+        for item in iter {
+            let (key, value) = item.map_err(read_logs_err)?;
+            let index = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
+                read_logs_err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad log key"))
+            })?);
+            if !range.contains(&index) {
+                break;
+            }
+            out.push(bincode::deserialize(&value).map_err(read_logs_err)?);
+        }
+        Ok(out)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
+        let last_purged: Option<LogId> = self.get_meta("last_purged")?;
+        let last = match self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::End).next() {
+            Some(item) => {
+                let (_, value) = item.map_err(read_logs_err)?;
+                let entry: Entry = bincode::deserialize(&value).map_err(read_logs_err)?;
+                Some(entry.log_id)
+            }
+            None => last_purged,
+        };
+        Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.put_meta("vote", vote, true).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, AnyError::new(&e)))
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        self.get_meta("vote")
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not synced: losing it only means re-deriving commitment from the quorum.
+        self.put_meta("committed", &committed, false)
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut batch = WriteBatch::default();
+        let log = cf(&self.db, CF_LOG);
+        for entry in entries {
+            batch.put_cf(log, entry.log_id.index.to_be_bytes(), encode(&entry));
+        }
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        let result = self.db.write_opt(batch, &opts);
+        let io_result = result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
+        callback.log_io_completed(io_result);
+        result.map_err(write_logs_err)
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(cf(&self.db, CF_LOG), log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());
+        // delete_range excludes its end; the last index is never used in practice.
+        batch.delete_cf(cf(&self.db, CF_LOG), u64::MAX.to_be_bytes());
+        self.db.write_opt(batch, &opts).map_err(write_logs_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // The state machine's writes share this WAL: sync them before dropping the log that
+        // could rebuild them.
+        self.db.flush_wal(true).map_err(write_logs_err)?;
+        let mut batch = WriteBatch::default();
+        batch.put_cf(cf(&self.db, CF_RAFT), "last_purged", encode(&Some(log_id)));
+        batch.delete_range_cf(cf(&self.db, CF_LOG), 0u64.to_be_bytes(), (log_id.index + 1).to_be_bytes());
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts).map_err(write_logs_err)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State machine
+
+/// Values of the `kv` column family, as the MVCC layer sees them.
+pub struct RocksRevisions<'a> {
+    db: &'a DB,
+}
+
+impl<'a> RocksRevisions<'a> {
+    pub fn new(db: &'a DB) -> Self {
+        Self { db }
+    }
+}
+
+fn storage(e: impl std::fmt::Display) -> MvccError {
+    MvccError::Storage(e.to_string())
+}
+
+impl RevisionStore for RocksRevisions<'_> {
+    fn get(&self, rev: Revision) -> Result<Option<StoredValue>, MvccError> {
+        let bytes = self.db.get_pinned_cf(cf(self.db, CF_KV), rev.encode()).map_err(storage)?;
+        bytes.map(|b| StoredValue::decode(&b)).transpose()
+    }
+
+    fn scan(&self, f: &mut dyn FnMut(Revision, StoredValue) -> Result<(), MvccError>) -> Result<(), MvccError> {
+        for item in self.db.iterator_cf(cf(self.db, CF_KV), IteratorMode::Start) {
+            let (key, value) = item.map_err(storage)?;
+            let rev = Revision::decode(&key).ok_or_else(|| storage("bad revision key"))?;
+            f(rev, StoredValue::decode(&value)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Everything the state machine holds besides the values themselves.
+pub struct StateData {
+    pub mvcc: Mvcc,
+    pub applied: Option<LogId>,
+    pub membership: StoredMembership,
+    pub cluster_id: u64,
+    pub members: BTreeMap<NodeId, MemberAttrs>,
+}
+
+/// One applied revision's events, announced to watchers.
+#[derive(Clone, Debug)]
+pub struct AppliedEvents {
+    pub revision: i64,
+    pub events: Arc<Vec<proto::mvccpb::Event>>,
+}
+
+/// The replicated state: MVCC key space plus cluster metadata, readable while Raft applies.
+pub struct KvState {
+    db: Arc<DB>,
+    data: RwLock<StateData>,
+    events: broadcast::Sender<AppliedEvents>,
+}
+
+impl KvState {
+    fn load(db: Arc<DB>) -> Result<Self, StorageError> {
+        let sm = cf(&db, CF_SM);
+        let get = |key: &str| db.get_cf(sm, key).map_err(|e| sm_err(ErrorVerb::Read, e));
+        fn de<T: for<'de> Deserialize<'de> + Default>(bytes: Option<Vec<u8>>) -> Result<T, StorageError> {
+            match bytes {
+                Some(b) => bincode::deserialize(&b).map_err(|e| sm_err(ErrorVerb::Read, e)),
+                None => Ok(T::default()),
+            }
+        }
+        let applied: Option<LogId> = de(get("applied")?)?;
+        let membership: StoredMembership = de(get("membership")?)?;
+        let revision: i64 = de(get("revision")?)?;
+        let compacted: i64 = de(get("compacted")?)?;
+        let cluster_id: u64 = de(get("cluster_id")?)?;
+        let members: BTreeMap<NodeId, MemberAttrs> = de(get("members")?)?;
+        let mvcc = Mvcc::open(&RocksRevisions::new(&db), revision, compacted)
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let (events, _) = broadcast::channel(APPLIED_EVENTS_QUEUE_MAX);
+        Ok(Self { db, data: RwLock::new(StateData { mvcc, applied, membership, cluster_id, members }), events })
+    }
+
+    /// Runs `f` against a consistent view of the state and the stored values.
+    pub fn read<T>(&self, f: impl FnOnce(&StateData, &dyn RevisionStore) -> T) -> T {
+        let data = self.data.read().unwrap_or_else(|p| p.into_inner());
+        f(&data, &RocksRevisions::new(&self.db))
+    }
+
+    /// Subscribes to the events of every revision applied from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<AppliedEvents> {
+        self.events.subscribe()
+    }
+
+    /// Approximate bytes on disk, for Status.
+    pub fn db_size(&self) -> i64 {
+        let prop = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        (prop("rocksdb.total-sst-files-size") + prop("rocksdb.cur-size-all-mem-tables")) as i64
+    }
+
+    fn persist(&self, data: &mut StateData, batch: &mut WriteBatch) {
+        let kv = cf(&self.db, CF_KV);
+        for change in data.mvcc.take_changes() {
+            match change {
+                Change::Put(rev, value) => batch.put_cf(kv, rev.encode(), value.encode()),
+                Change::Remove(rev) => batch.delete_cf(kv, rev.encode()),
+            }
+        }
+        let sm = cf(&self.db, CF_SM);
+        batch.put_cf(sm, "applied", encode(&data.applied));
+        batch.put_cf(sm, "membership", encode(&data.membership));
+        batch.put_cf(sm, "revision", encode(&data.mvcc.current_revision()));
+        batch.put_cf(sm, "compacted", encode(&data.mvcc.compacted_revision()));
+        batch.put_cf(sm, "cluster_id", encode(&data.cluster_id));
+        batch.put_cf(sm, "members", encode(&data.members));
+    }
+}
+
+/// Applies one command; the same input gives the same output on every member.
+fn apply_command(data: &mut StateData, store: &dyn RevisionStore, cmd: &Command) -> (CommandResponse, Vec<proto::mvccpb::Event>) {
+    fn done<R>(r: Result<crate::mvcc::Applied<R>, MvccError>, wrap: fn(R) -> CommandResponse) -> (CommandResponse, Vec<proto::mvccpb::Event>) {
+        match r {
+            Ok(applied) => (wrap(applied.response), applied.events),
+            Err(e) => (CommandResponse::Failed(e), Vec::new()),
+        }
+    }
+    match cmd {
+        Command::Put(req) => done(data.mvcc.put(store, req), CommandResponse::Put),
+        Command::DeleteRange(req) => done(data.mvcc.delete_range(store, req), CommandResponse::DeleteRange),
+        Command::Txn(req) => done(data.mvcc.txn(store, req), CommandResponse::Txn),
+        Command::Compact { revision } => match data.mvcc.compact(*revision) {
+            Ok(resp) => (CommandResponse::Compact(resp), Vec::new()),
+            Err(e) => (CommandResponse::Failed(e), Vec::new()),
+        },
+        Command::SetClusterId(id) => {
+            if data.cluster_id == 0 {
+                data.cluster_id = *id;
+            }
+            (CommandResponse::Done, Vec::new())
+        }
+        Command::SetMemberAttrs { id, name, client_urls } => {
+            data.members.insert(*id, MemberAttrs { name: name.clone(), client_urls: client_urls.clone() });
+            (CommandResponse::Done, Vec::new())
+        }
+    }
+}
+
+/// The content of a snapshot: the whole state, values included.
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    revision: i64,
+    compacted: i64,
+    cluster_id: u64,
+    members: BTreeMap<NodeId, MemberAttrs>,
+    values: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta,
+    data: Vec<u8>,
+}
+
+/// openraft's view of the state machine.
+#[derive(Clone)]
+pub struct StateMachine {
+    state: Arc<KvState>,
+    snapshot_path: PathBuf,
+}
+
+impl StateMachine {
+    pub fn open(db: Arc<DB>, dir: &Path) -> Result<Self, StorageError> {
+        Ok(Self { state: Arc::new(KvState::load(db)?), snapshot_path: dir.join("snapshot.bin") })
+    }
+
+    pub fn state(&self) -> Arc<KvState> {
+        self.state.clone()
+    }
+
+    fn write_snapshot_file(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
+        let tmp = self.snapshot_path.with_extension("tmp");
+        let bytes = encode(snapshot);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.snapshot_path)?;
+            if let Some(dir) = self.snapshot_path.parent() {
+                std::fs::File::open(dir)?.sync_all()?;
+            }
+            Ok(())
+        };
+        write().map_err(|e| snapshot_err(ErrorVerb::Write, e))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        // Between two applies every change is in RocksDB, so a RocksDB snapshot taken under the
+        // read lock matches the metadata read with it.
+        let (meta_parts, db_snapshot_values) = {
+            let data = self.state.data.read().unwrap_or_else(|p| p.into_inner());
+            let snap = self.state.db.snapshot();
+            let mut values = Vec::new();
+            for item in snap.iterator_cf(cf(&self.state.db, CF_KV), IteratorMode::Start) {
+                let (k, v) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+                values.push((k.to_vec(), v.to_vec()));
+            }
+            (
+                (data.applied, data.membership.clone(), data.mvcc.current_revision(), data.mvcc.compacted_revision(), data.cluster_id, data.members.clone()),
+                values,
+            )
+        };
+        let (applied, membership, revision, compacted, cluster_id, members) = meta_parts;
+        let payload = SnapshotPayload { revision, compacted, cluster_id, members, values: db_snapshot_values };
+        let data = encode(&payload);
+        let snapshot_id = match applied {
+            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, revision),
+            None => format!("empty-{revision}"),
+        };
+        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+        let stored = StoredSnapshot { meta: meta.clone(), data };
+        self.write_snapshot_file(&stored)?;
+        tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let data = self.state.data.read().unwrap_or_else(|p| p.into_inner());
+        Ok((data.applied, data.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut responses = Vec::new();
+        let mut announced = Vec::new();
+        {
+            let mut data = self.state.data.write().unwrap_or_else(|p| p.into_inner());
+            let store = RocksRevisions::new(&self.state.db);
+            for entry in entries {
+                data.applied = Some(entry.log_id);
+                let response = match &entry.payload {
+                    EntryPayload::Blank => CommandResponse::Done,
+                    EntryPayload::Membership(m) => {
+                        data.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        CommandResponse::Done
+                    }
+                    EntryPayload::Normal(cmd) => {
+                        let (response, events) = apply_command(&mut data, &store, cmd);
+                        if !events.is_empty() {
+                            announced.push(AppliedEvents { revision: data.mvcc.current_revision(), events: Arc::new(events) });
+                        }
+                        response
+                    }
+                };
+                responses.push(response);
+            }
+            let mut batch = WriteBatch::default();
+            self.state.persist(&mut data, &mut batch);
+            self.state.db.write(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        }
+        for events in announced {
+            // No subscriber is fine: watchers catch up from history.
+            let _ = self.state.events.send(events);
+        }
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let payload: SnapshotPayload = bincode::deserialize(&bytes).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+        {
+            let mut data = self.state.data.write().unwrap_or_else(|p| p.into_inner());
+            let db = &self.state.db;
+            let kv = cf(db, CF_KV);
+            let mut batch = WriteBatch::default();
+            batch.delete_range_cf(kv, &[][..], &[0xffu8; Revision::ENCODED_LEN + 1][..]);
+            for (k, v) in &payload.values {
+                batch.put_cf(kv, k, v);
+            }
+            let mut fresh = StateData {
+                mvcc: Mvcc::new(),
+                applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+                cluster_id: payload.cluster_id,
+                members: payload.members.clone(),
+            };
+            // Persist everything but the (still empty) MVCC changes, then rebuild the index.
+            self.state.persist(&mut fresh, &mut batch);
+            let sm = cf(db, CF_SM);
+            batch.put_cf(sm, "revision", encode(&payload.revision));
+            batch.put_cf(sm, "compacted", encode(&payload.compacted));
+            let mut opts = WriteOptions::default();
+            opts.set_sync(true);
+            db.write_opt(batch, &opts).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            fresh.mvcc = Mvcc::open(&RocksRevisions::new(db), payload.revision, payload.compacted)
+                .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+            *data = fresh;
+        }
+        self.write_snapshot_file(&StoredSnapshot { meta: meta.clone(), data: bytes })?;
+        tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let bytes = match std::fs::read(&self.snapshot_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(snapshot_err(ErrorVerb::Read, e)),
+        };
+        let stored: StoredSnapshot = bincode::deserialize(&bytes).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}
