@@ -4,6 +4,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_build::configure()
         // Raft log entries carry these requests; serde lets bincode encode them.
         .type_attribute(".", "#[derive(serde::Serialize, serde::Deserialize)]")
+        // Byte strings as one blob rather than a sequence of u8: large values cross the peer
+        // network in time.
+        .field_attribute("key", "#[serde(with = \"serde_bytes\")]")
+        .field_attribute("value", "#[serde(with = \"serde_bytes\")]")
+        .field_attribute("range_end", "#[serde(with = \"serde_bytes\")]")
         .compile_protos(
             &["proto/kv.proto", "proto/rpc.proto", "proto/raftpeer.proto"],
             &["proto"],

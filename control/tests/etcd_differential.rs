@@ -176,8 +176,9 @@ fn script() -> Vec<Step> {
     s.cmd(&["put", "foo", "three-b", "--prev-kv"]); // rev 9
     s.cmd(&["put", "foo2", "two", "--prev-kv", "-w", "json"]); // rev 10
     s.cmd(&["put", "foo", "three"]); // rev 11
-                                     // Now foo: create 3, mod 11, version 3, "three"; foo1: create 4, mod 4, version 1, "one";
-                                     // foo2: create 2, mod 10, version 2, "two".
+
+    // Now foo: create 3, mod 11, version 3, "three"; foo1: create 4, mod 4, version 1, "one";
+    // foo2: create 2, mod 10, version 2, "two".
 
     // Any member accepts writes, and a linearizable read on another member sees them.
     s.cmd_at(n3, &["put", "via-n3", "written-through-n3"]); // rev 12
@@ -236,44 +237,52 @@ fn script() -> Vec<Step> {
 
     s.cmd(&["put", "k", "v"]); // rev 17
     s.cmd(&["put", "k", "v"]); // rev 18: k create 17, mod 18, version 2
+
+    // rev 19
     s.txn(
         &[],
         &[r#"value("k") = "v""#],
         &["put t1 one", "get k", "del nothere"],
         &["put t2 two"],
-    ); // rev 19
-       // Ranges inside a txn report the revision as of their place in the txn.
+    );
+
+    // rev 20. Ranges inside a txn report the revision as of their place in the txn.
     s.txn(
         &["-w", "json"],
         &[r#"version("k") > "1""#],
         &["get t1", "put t2 two", "get --prefix t"],
         &["put never x"],
-    ); // rev 20
+    );
+    // rev 21
     s.txn(
         &[],
         &[r#"create("k") = "17""#],
         &["del t1 --prev-kv"],
         &["put never x"],
-    ); // rev 21
+    );
+    // rev 22
     s.txn(
         &["-w", "json"],
         &[r#"mod("k") < "19""#],
         &["put k v2 --prev-kv"],
         &[],
-    ); // rev 22
+    );
+    // rev 23: failure branch
     s.txn(
         &[],
         &[r#"value("k") = "v""#],
         &["put never x"],
         &["get --prefix t", "put t3 three"],
-    ); // rev 23: failure branch
+    );
+    // rev 24: failure branch
     s.txn(
         &["-w", "json"],
         &[r#"create("k") = "999""#],
         &["put never x"],
         &["del --prefix t --prev-kv"],
-    ); // rev 24: failure branch
-       // Several compares (all must hold), `!=`, and the version of a missing key is 0; read-only.
+    );
+
+    // Several compares (all must hold), `!=`, and the version of a missing key is 0; read-only.
     s.txn(
         &[],
         &[
@@ -285,12 +294,14 @@ fn script() -> Vec<Step> {
         &["put never x"],
     );
     s.txn(&[], &[], &["put t4 four"], &[]); // rev 25: no compare always succeeds
+
+    // The failure branch with no ops.
     s.txn(
         &["-w", "json"],
         &[r#"value("k") = "nope""#],
         &["put never x"],
         &[],
-    ); // failure, no ops
+    );
     s.txn(&[], &[], &["put t5 a", "put t5 b"], &[]); // error: duplicate key
     let too_many: Vec<String> = (0..TXN_OPS_OVER_LIMIT)
         .map(|i| format!("put many{i} x"))

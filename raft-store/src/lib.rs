@@ -1,6 +1,7 @@
 //! Keelson's replicated key-value store: an MVCC key space with etcd v3 semantics, replicated
 //! by openraft, persisted in RocksDB, served over etcd's v3 gRPC API.
 
+pub mod authority;
 pub mod mvcc;
 pub mod network;
 pub mod node;

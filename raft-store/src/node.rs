@@ -97,7 +97,7 @@ pub struct StoreNode {
 impl StoreNode {
     /// Opens the member's storage and starts Raft (not yet serving: see `crate::server`).
     pub async fn open(config: StoreConfig) -> Result<Arc<Self>, StartError> {
-        let id = member_id(&config.initial_advertise_peer_urls);
+        let id = member_id(&config.initial_advertise_peer_urls, &config.initial_cluster_token);
         validate(&config)?;
         let dir = config.data_dir.join("member");
         std::fs::create_dir_all(&dir).map_err(|e| StartError::Config(format!("cannot create {}: {e}", dir.display())))?;
@@ -134,7 +134,7 @@ impl StoreNode {
                 .config
                 .initial_cluster
                 .iter()
-                .map(|(_, urls)| (member_id(urls), MemberNode { peer_urls: urls.clone() }))
+                .map(|(_, urls)| (member_id(urls, &self.config.initial_cluster_token), MemberNode { peer_urls: urls.clone() }))
                 .collect();
             tracing::info!(members = members.len(), "forming a new cluster");
             // Every initial member initializes with the same membership; that is safe.
@@ -151,8 +151,9 @@ impl StoreNode {
     /// is the first leader.
     async fn publish_loop(self: Arc<Self>) {
         let attrs = MemberAttrs { name: self.config.name.clone(), client_urls: self.config.advertise_client_urls.clone() };
-        let initial_ids: BTreeSet<NodeId> = self.config.initial_cluster.iter().map(|(_, urls)| member_id(urls)).collect();
-        let cluster = cluster_id(&initial_ids, &self.config.initial_cluster_token);
+        let token = &self.config.initial_cluster_token;
+        let initial_ids: BTreeSet<NodeId> = self.config.initial_cluster.iter().map(|(_, urls)| member_id(urls, token)).collect();
+        let cluster = cluster_id(&initial_ids);
         let mut metrics = self.raft.metrics();
         loop {
             let (published, has_cluster_id) =
@@ -212,10 +213,13 @@ impl StoreNode {
 
     /// Replicates a command and returns its result, wherever the leader is.
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, StoreError> {
-        match self.leader_call(ForwardRequest::Write(cmd)).await? {
-            ForwardResponse::Write(r) => Ok(r),
-            other => Err(StoreError::Internal(format!("unexpected reply to a write: {other:?}"))),
-        }
+        let (response, index) = match self.leader_call(ForwardRequest::Write(cmd)).await? {
+            ForwardResponse::Write(r, index) => (r, index),
+            other => return Err(StoreError::Internal(format!("unexpected reply to a write: {other:?}"))),
+        };
+        // Read-your-writes on this member: answer once it has applied the write itself.
+        self.wait_applied(index).await?;
+        Ok(response)
     }
 
     /// Returns once this member has applied everything committed before the call: reads after
@@ -225,6 +229,10 @@ impl StoreNode {
             ForwardResponse::ReadIndex(i) => i,
             other => return Err(StoreError::Internal(format!("unexpected reply to a read index: {other:?}"))),
         };
+        self.wait_applied(index).await
+    }
+
+    async fn wait_applied(&self, index: u64) -> Result<(), StoreError> {
         let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
         if applied >= index {
             return Ok(());
@@ -337,7 +345,7 @@ impl StoreNode {
     pub async fn handle_forwarded(&self, req: ForwardRequest) -> Result<ForwardResponse, StoreError> {
         match req {
             ForwardRequest::Write(cmd) => match self.raft.client_write(cmd).await {
-                Ok(resp) => Ok(ForwardResponse::Write(resp.data)),
+                Ok(resp) => Ok(ForwardResponse::Write(resp.data, resp.log_id.index)),
                 Err(e) => Err(client_write_error(e)),
             },
             ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
@@ -400,7 +408,7 @@ impl StoreNode {
         if taken {
             return Err(StoreError::PeerUrlExists);
         }
-        let id = member_id(&peer_urls);
+        let id = member_id(&peer_urls, &self.config.initial_cluster_token);
         match self.raft.add_learner(id, MemberNode { peer_urls }, false).await {
             Ok(_) => {}
             Err(e) => return Err(client_write_error(e)),

@@ -78,7 +78,7 @@ impl KvService {
         Status::internal(format!("etcdserver: unexpected apply result {r:?}"))
     }
 
-    fn fill<T>(&self, header: &mut Option<ResponseHeader>) {
+    fn fill(&self, header: &mut Option<ResponseHeader>) {
         let revision = header.as_ref().map(|h| h.revision).unwrap_or_default();
         *header = Some(self.node.header(revision));
     }
@@ -97,7 +97,7 @@ impl Kv for KvService {
             .state()
             .read(|d, store| d.mvcc.range(store, &req))
             .map_err(|e| status(StoreError::Mvcc(e)))?;
-        self.fill::<()>(&mut resp.header);
+        self.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
 
@@ -107,7 +107,7 @@ impl Kv for KvService {
         mvcc::validate_put(&req).map_err(request_status)?;
         match self.write(Command::Put(req)).await? {
             CommandResponse::Put(mut r) => {
-                self.fill::<()>(&mut r.header);
+                self.fill(&mut r.header);
                 Ok(Response::new(r))
             }
             other => Err(self.unexpected(other)),
@@ -120,7 +120,7 @@ impl Kv for KvService {
         mvcc::validate_delete(&req).map_err(request_status)?;
         match self.write(Command::DeleteRange(req)).await? {
             CommandResponse::DeleteRange(mut r) => {
-                self.fill::<()>(&mut r.header);
+                self.fill(&mut r.header);
                 Ok(Response::new(r))
             }
             other => Err(self.unexpected(other)),
@@ -133,7 +133,7 @@ impl Kv for KvService {
         mvcc::validate_txn(&req, self.node.config().max_txn_ops).map_err(request_status)?;
         match self.write(Command::Txn(req)).await? {
             CommandResponse::Txn(mut r) => {
-                self.fill::<()>(&mut r.header);
+                self.fill(&mut r.header);
                 Ok(Response::new(r))
             }
             other => Err(self.unexpected(other)),
@@ -145,7 +145,7 @@ impl Kv for KvService {
         // Compaction is applied synchronously, so `physical` always holds when this returns.
         match self.write(Command::Compact { revision: req.revision }).await? {
             CommandResponse::Compact(mut r) => {
-                self.fill::<()>(&mut r.header);
+                self.fill(&mut r.header);
                 Ok(Response::new(r))
             }
             other => Err(self.unexpected(other)),
@@ -158,8 +158,9 @@ pub struct ClusterService {
 }
 
 impl ClusterService {
+    /// As etcd: cluster responses carry no revision.
     fn header(&self) -> Option<ResponseHeader> {
-        Some(self.node.header(self.node.state().read(|d, _| d.mvcc.current_revision())))
+        Some(self.node.header(0))
     }
 }
 
@@ -258,6 +259,67 @@ impl Maintenance for MaintenanceService {
     }
 }
 
+/// Capacity of the in-memory pipe between a client socket and the gRPC server, in bytes.
+const RELAY_BUFFER_BYTES: usize = 256 * 1024;
+/// Accepted client connections not yet taken by the gRPC server.
+const ACCEPT_QUEUE_MAX: usize = 64;
+
+/// Client connections, each behind the authority relay (see [`crate::authority`]).
+fn relayed_incoming(
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<tokio::io::DuplexStream, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_QUEUE_MAX);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                a = listener.accept() => a,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let socket = match accepted {
+                Ok((socket, _)) => socket,
+                Err(e) => {
+                    // Out of descriptors or a connection reset before accept: keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = socket.set_nodelay(true);
+            let (ours, theirs) = tokio::io::duplex(RELAY_BUFFER_BYTES);
+            tokio::spawn(relay(socket, ours));
+            if tx.send(Ok(theirs)).await.is_err() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+async fn relay(socket: tokio::net::TcpStream, server: tokio::io::DuplexStream) {
+    use tokio::io::AsyncWriteExt;
+    let (client_read, mut client_write) = socket.into_split();
+    let (mut server_read, server_write) = tokio::io::split(server);
+    let up = crate::authority::relay_client_to_server(client_read, server_write);
+    let down = async {
+        tokio::io::copy(&mut server_read, &mut client_write).await?;
+        client_write.shutdown().await
+    };
+    tokio::pin!(up, down);
+    // Returning drops both ends, which closes the connection on both sides.
+    let result = tokio::select! {
+        r = &mut up => match r {
+            // The client finished sending: let the server finish answering.
+            Ok(()) => down.await,
+            Err(e) => Err(e),
+        },
+        r = &mut down => r,
+    };
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
 /// Resolves `http://host:port` URLs to socket addresses to listen on.
 pub async fn listen_addrs(urls: &[String]) -> Result<Vec<SocketAddr>, String> {
     let mut out = Vec::new();
@@ -306,7 +368,7 @@ pub async fn serve(
             .add_service(KvServer::new(KvService { node: n.clone() }).max_decoding_message_size(max_msg))
             .add_service(ClusterServer::new(ClusterService { node: n.clone() }))
             .add_service(MaintenanceServer::new(MaintenanceService { node: n.clone() }));
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let incoming = relayed_incoming(listener, stop_rx.clone());
         tasks.spawn(async move {
             router.serve_with_incoming_shutdown(incoming, async move { let _ = stop.wait_for(|s| *s).await; }).await
         });

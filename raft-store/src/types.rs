@@ -141,37 +141,50 @@ pub enum ForwardRequest {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ForwardResponse {
-    Write(CommandResponse),
+    /// The result and the log index it was applied at.
+    Write(CommandResponse, u64),
     ReadIndex(u64),
     /// The ID of the member acted on.
     Member(NodeId),
 }
 
-/// A stable 64-bit FNV-1a hash: member and cluster IDs must be the same on every build.
-pub fn fnv64(parts: &[&[u8]]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.iter().chain(std::iter::once(&0xffu8)) {
-            h ^= u64::from(*b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    h
+fn sha1_prefix(bytes: &[u8]) -> u64 {
+    use sha1::{Digest, Sha1};
+    let hash = Sha1::digest(bytes);
+    u64::from_be_bytes(hash[..8].try_into().expect("a SHA-1 digest has 20 bytes"))
 }
 
-/// A member's ID, derived from its peer URLs as etcd derives it, so that a member started with
-/// `--initial-cluster-state existing` knows the ID `member add` gave it.
-pub fn member_id(peer_urls: &[String]) -> NodeId {
+/// A member's ID, derived from its peer URLs and the cluster token as etcd derives it: a member
+/// started with `--initial-cluster-state existing` knows the ID `member add` gave it, and
+/// members list in the same order as etcd's.
+pub fn member_id(peer_urls: &[String], token: &str) -> NodeId {
     let mut urls: Vec<&str> = peer_urls.iter().map(String::as_str).collect();
     urls.sort_unstable();
-    let parts: Vec<&[u8]> = urls.iter().map(|u| u.as_bytes()).collect();
-    fnv64(&parts).max(1)
+    let mut bytes = urls.concat().into_bytes();
+    bytes.extend_from_slice(token.as_bytes());
+    sha1_prefix(&bytes).max(1)
 }
 
-/// The cluster's ID, from its initial members and token.
-pub fn cluster_id(members: &BTreeSet<NodeId>, token: &str) -> u64 {
-    let ids: Vec<[u8; 8]> = members.iter().map(|id| id.to_be_bytes()).collect();
-    let mut parts: Vec<&[u8]> = ids.iter().map(|b| &b[..]).collect();
-    parts.push(token.as_bytes());
-    fnv64(&parts).max(1)
+/// The cluster's ID, from its initial members' IDs, as etcd derives it.
+pub fn cluster_id(members: &BTreeSet<NodeId>) -> u64 {
+    let bytes: Vec<u8> = members.iter().flat_map(|id| id.to_be_bytes()).collect();
+    sha1_prefix(&bytes).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_derived_as_etcd_derives_them() {
+        // A default single-member etcd: member 8e9e05c52164694d of cluster cdf818194e3a8c32.
+        let id = member_id(&["http://localhost:2380".to_string()], "etcd-cluster");
+        assert_eq!(id, 0x8e9e_05c5_2164_694d);
+        assert_eq!(cluster_id(&BTreeSet::from([id])), 0xcdf8_1819_4e3a_8c32);
+        assert_ne!(id, member_id(&["http://localhost:2380".to_string()], "other-token"));
+        let urls = ["http://b:2380".to_string(), "http://a:2380".to_string()];
+        let mut sorted = urls.clone();
+        sorted.sort();
+        assert_eq!(member_id(&urls, "t"), member_id(&sorted, "t"), "URL order does not matter");
+    }
 }

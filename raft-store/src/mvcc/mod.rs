@@ -379,8 +379,9 @@ impl Mvcc {
                     let succeeded = self.evaluate(store, &t.compare)?;
                     let ops = if succeeded { &t.success } else { &t.failure };
                     let inner = self.txn_ops(store, txn, ops)?;
+                    let revision = if txn.sub > 0 { txn.rev } else { self.current };
                     response_op::Response::ResponseTxn(TxnResponse {
-                        header: Some(ResponseHeader { revision: txn.rev, ..Default::default() }),
+                        header: Some(ResponseHeader { revision, ..Default::default() }),
                         succeeded,
                         responses: inner,
                     })
