@@ -314,7 +314,7 @@ impl StoreNode {
                 _ => Err(StoreError::NotLeader { leader: None }),
             };
             match result {
-                Err(StoreError::NotLeader { .. }) | Err(StoreError::Unreachable(_)) => {
+                Err(StoreError::NotLeader { .. }) | Err(StoreError::Unreachable(_)) | Err(StoreError::QuorumUnavailable) => {
                     if let Some(l) = leader {
                         self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(&l);
                     }
@@ -353,9 +353,7 @@ impl StoreNode {
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
                     Err(StoreError::NotLeader { leader: f.leader_id })
                 }
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                    Err(StoreError::Unhealthy(e.to_string()))
-                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(StoreError::QuorumUnavailable),
                 Err(RaftError::Fatal(e)) => Err(fatal(e)),
             },
             ForwardRequest::MemberAdd { peer_urls, is_learner } => self.leader_member_add(peer_urls, is_learner).await,

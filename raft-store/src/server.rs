@@ -34,7 +34,7 @@ pub fn status(e: StoreError) -> Status {
         StoreError::Mvcc(MvccError::Storage(m)) => Status::internal(msg(&format!("storage: {m}"))),
         StoreError::Request(r) => Status::invalid_argument(msg(&r.to_string())),
         StoreError::NoLeader => Status::unavailable(msg("no leader")),
-        StoreError::Timeout => Status::unavailable(msg("request timed out")),
+        StoreError::Timeout | StoreError::QuorumUnavailable => Status::unavailable(msg("request timed out")),
         StoreError::NotLeader { .. } | StoreError::Unreachable(_) => Status::unavailable(msg("leader changed")),
         StoreError::Indeterminate(_) => {
             Status::unavailable(msg("request timed out, possibly due to connection lost"))
@@ -381,7 +381,12 @@ pub async fn serve(
                 .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
                 .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
         );
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Small Raft messages must not wait for Nagle's algorithm.
+        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
+            s.inspect(|socket| {
+                let _ = socket.set_nodelay(true);
+            })
+        });
         tasks.spawn(async move {
             router.serve_with_incoming_shutdown(incoming, async move { let _ = stop.wait_for(|s| *s).await; }).await
         });

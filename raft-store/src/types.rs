@@ -111,6 +111,9 @@ pub enum StoreError {
     MemberNotLearner,
     #[error("can only promote a learner member which is in sync with leader")]
     LearnerNotReady,
+    /// The leader cannot reach a quorum right now; worth retrying until the deadline.
+    #[error("leader cannot reach a quorum")]
+    QuorumUnavailable,
     #[error("membership change in progress: {0}")]
     MembershipBusy(String),
     #[error("unhealthy cluster: {0}")]
