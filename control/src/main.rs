@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 #[command(name = "keelson", version, about = "A container orchestrator whose control plane keeps its own database")]
 struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `raft_store=debug`.
-    #[arg(long, global = true, env = "KEELSON_LOG", default_value = "info,openraft=warn")]
+    #[arg(long, global = true, env = "KEELSON_LOG", default_value = "info,openraft=off")]
     log_level: String,
     #[command(subcommand)]
     command: Command,

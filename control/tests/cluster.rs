@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use proto::etcdserverpb::request_op::Request as Op;
 use proto::etcdserverpb::{
-    CompactionRequest, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, PutRequest, RangeRequest,
+    CompactionRequest, Member, MemberAddRequest, MemberPromoteRequest, MemberRemoveRequest, PutRequest, RangeRequest,
     RequestOp, TxnRequest,
 };
 use tonic::Code;
@@ -247,6 +247,22 @@ async fn member_down_while_log_purged_catches_up_through_snapshot() {
 /// the member removed is the current leader (the harder case: the cluster must elect another
 /// leader among the remaining members), and it must vanish from MemberList; a learner is promoted once in sync (promote is
 /// retried while it answers "not in sync"); writes continue after each step.
+/// Adds member `idx` through member `via` and records the ID the cluster gave it.
+async fn add_member(c: &mut Cluster, via: usize, idx: usize, is_learner: bool) -> Member {
+    let name = c.members[idx].name.clone();
+    let resp = c
+        .cluster_client(via)
+        .member_add(MemberAddRequest { peer_ur_ls: vec![c.members[idx].peer_url()], is_learner })
+        .await
+        .unwrap_or_else(|s| panic!("MemberAdd {name} (learner: {is_learner}): {}", fmt_status(&s)))
+        .into_inner();
+    let added = resp.member.expect("MemberAdd returns the member");
+    assert!(added.is_learner == is_learner && added.id != 0, "MemberAdd returned {added:?}");
+    assert!(resp.members.iter().any(|m| m.id == added.id), "MemberAdd's member list lacks the new member");
+    c.members[idx].id = Some(added.id);
+    added
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn membership_changes_while_a_client_writes() {
     let mut c = Cluster::start(3, Options::default()).await;
@@ -258,16 +274,7 @@ async fn membership_changes_while_a_client_writes() {
 
     // 1. Add a voter, then start it.
     let n4 = c.define_new_member("n4");
-    let resp = c
-        .cluster_client(via)
-        .member_add(MemberAddRequest { peer_ur_ls: vec![c.members[n4].peer_url()], is_learner: false })
-        .await
-        .unwrap_or_else(|s| panic!("MemberAdd n4: {}", fmt_status(&s)))
-        .into_inner();
-    let added = resp.member.expect("MemberAdd returns the member");
-    assert!(!added.is_learner && added.id != 0, "MemberAdd returned {added:?}");
-    assert!(resp.members.iter().any(|m| m.id == added.id), "MemberAdd's member list lacks the new member");
-    c.members[n4].id = Some(added.id);
+    add_member(&mut c, via, n4, false).await;
     c.start_joining(n4, &[0, 1, 2, n4]);
     wait_started(&c, via, n4, false).await;
     wait_caught_up(&c, via, n4).await;
@@ -313,15 +320,7 @@ async fn membership_changes_while_a_client_writes() {
 
     // 3. Add a learner, start it, promote it once it is in sync.
     let n5 = c.define_new_member("n5");
-    let resp = c
-        .cluster_client(via)
-        .member_add(MemberAddRequest { peer_ur_ls: vec![c.members[n5].peer_url()], is_learner: true })
-        .await
-        .unwrap_or_else(|s| panic!("MemberAdd n5 as learner: {}", fmt_status(&s)))
-        .into_inner();
-    let learner = resp.member.expect("MemberAdd returns the member");
-    assert!(learner.is_learner, "MemberAdd(is_learner) returned {learner:?}");
-    c.members[n5].id = Some(learner.id);
+    let learner = add_member(&mut c, via, n5, true).await;
     let current: Vec<usize> = (0..c.members.len()).filter(|&i| i != removed).collect();
     c.start_joining(n5, &current);
     wait_started(&c, via, n5, true).await;

@@ -50,20 +50,33 @@ pub fn peer_client(channel: Channel) -> RaftPeerClient<Channel> {
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
 }
 
+/// Least time between two warnings about the same unreachable peer.
+const PEER_WARNING_INTERVAL_MS: u64 = 10_000;
+
 #[derive(Clone, Default)]
-pub struct Network;
+pub struct Network {
+    /// When each peer was last reported unreachable, shared by its successive connections.
+    warned: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
-        PeerConnection { target, client: peer_channel(node).map(peer_client) }
+        PeerConnection {
+            target,
+            url: node.peer_urls.first().cloned().unwrap_or_default(),
+            client: peer_channel(node).map(peer_client),
+            warned: self.warned.clone(),
+        }
     }
 }
 
 pub struct PeerConnection {
     target: NodeId,
+    url: String,
     client: Result<RaftPeerClient<Channel>, String>,
+    warned: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,15 +107,34 @@ impl PeerConnection {
             _ => client.install_snapshot(request).await,
         };
         let reply = match result {
-            Ok(r) => r.into_inner(),
+            Ok(r) => {
+                self.warned.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.target);
+                r.into_inner()
+            }
             Err(status) if status.code() == tonic::Code::Unavailable => {
-                return Err(RPCError::Unreachable(Unreachable::new(&Message(status.message().to_string()))))
+                self.warn_unreachable(&status);
+                return Err(RPCError::Unreachable(Unreachable::new(&Message(status.message().to_string()))));
             }
             Err(status) => return Err(RPCError::Network(NetworkError::new(&Message(status.to_string())))),
         };
         let decoded: Result<Resp, RaftError<NodeId, E>> =
             from_message(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl PeerConnection {
+    /// Says once in a while, in a sentence, that a peer cannot be reached.
+    fn warn_unreachable(&self, status: &Status) {
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        let due = warned.get(&self.target).is_none_or(|t| now.duration_since(*t) >= Duration::from_millis(PEER_WARNING_INTERVAL_MS));
+        if due {
+            warned.insert(self.target, now);
+            let cause = format!("{status:?}");
+            let cause = if cause.contains("Connection refused") { "connection refused".to_string() } else { status.message().to_string() };
+            tracing::warn!(peer = %format!("{:x}", self.target), url = %self.url, %cause, "peer unreachable; retrying");
+        }
     }
 }
 

@@ -119,7 +119,7 @@ impl StoreNode {
         }
         .validate()
         .map_err(|e| StartError::Config(e.to_string()))?;
-        let raft = Raft::new(id, Arc::new(raft_config), Network, log.clone(), sm)
+        let raft = Raft::new(id, Arc::new(raft_config), Network::default(), log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
         Ok(Arc::new(Self { id, config, raft, state, log, channels: Mutex::new(HashMap::new()) }))
@@ -144,6 +144,8 @@ impl StoreNode {
         }
         let node = self.clone();
         tokio::spawn(async move { node.publish_loop().await });
+        let node = self.clone();
+        tokio::spawn(async move { node.watch_raft().await });
         Ok(())
     }
 
@@ -178,6 +180,33 @@ impl StoreNode {
             }
             // Wake on any Raft change (a leader appears, an entry applies), or retry shortly.
             let _ = tokio::time::timeout(Duration::from_millis(self.config.election_timeout_ms), metrics.changed()).await;
+        }
+    }
+
+    /// Logs leader changes, and why Raft stopped if it stops by itself (a storage failure).
+    async fn watch_raft(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        let mut leader = None;
+        loop {
+            {
+                let m = metrics.borrow();
+                if let Err(fatal) = &m.running_state {
+                    if !matches!(fatal, openraft::error::Fatal::Stopped) {
+                        tracing::error!(error = %fatal, "raft stopped; this member no longer serves writes");
+                    }
+                    return;
+                }
+                if m.current_leader != leader {
+                    leader = m.current_leader;
+                    match leader {
+                        Some(l) => tracing::info!(leader = %format!("{l:x}"), term = m.current_term, "leader elected"),
+                        None => tracing::info!(term = m.current_term, "no leader"),
+                    }
+                }
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
         }
     }
 

@@ -218,6 +218,16 @@ impl Cluster {
     /// Defines `n` members named n1..nN forming a new cluster, starts them and waits until they
     /// agree on a leader and every member is published in MemberList.
     pub async fn start(n: usize, options: Options) -> Cluster {
+        let mut cluster = Cluster::define(n, options);
+        for i in 0..n {
+            cluster.start_new(i);
+        }
+        cluster.wait_ready().await;
+        cluster
+    }
+
+    /// Defines `n` members named n1..nN forming a new cluster, none started yet.
+    pub fn define(n: usize, options: Options) -> Cluster {
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_keelson"));
         assert!(binary.exists(), "the keelson binary is missing at {}", binary.display());
         let dir = tempfile::Builder::new().prefix("keelson-cluster-").tempdir().expect("cannot create a temp dir");
@@ -227,12 +237,14 @@ impl Cluster {
         for i in 0..n {
             cluster.define_member(&format!("n{}", i + 1), ports[2 * i], ports[2 * i + 1]);
         }
-        let initial = cluster.initial_cluster(&(0..n).collect::<Vec<_>>());
-        for i in 0..n {
-            cluster.spawn(i, &initial, "new");
-        }
-        cluster.wait_ready().await;
         cluster
+    }
+
+    /// Starts member `i` of a cluster made with `define`, as one of the initial members.
+    pub fn start_new(&mut self, i: usize) {
+        let n = self.members.len();
+        let initial = self.initial_cluster(&(0..n).collect::<Vec<_>>());
+        self.spawn(i, &initial, "new");
     }
 
     fn define_member(&mut self, name: &str, client_port: u16, peer_port: u16) -> usize {
