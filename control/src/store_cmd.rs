@@ -53,6 +53,27 @@ pub struct StoreArgs {
     /// Most operations in one Txn.
     #[arg(long, default_value_t = 128)]
     max_txn_ops: usize,
+    /// How often watchers that asked for it get a progress notification (e.g. `10m`, `5s`, `500ms`).
+    #[arg(long, default_value = "10m", value_parser = parse_duration_ms)]
+    experimental_watch_progress_notify_interval: u64,
+}
+
+/// A duration such as `10m`, `5s` or `500ms`, in milliseconds.
+fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration such as 10m, 5s or 500ms"))?;
+    let scale = match unit {
+        "ms" => 1,
+        "s" | "" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    };
+    if n == 0 {
+        return Err("the interval must be positive".into());
+    }
+    Ok(n * scale)
 }
 
 fn urls(flag: &str, value: &str) -> anyhow::Result<Vec<String>> {
@@ -116,6 +137,7 @@ impl StoreArgs {
             request_timeout_ms: (3 * self.election_timeout).max(3_000),
             max_request_bytes: self.max_request_bytes,
             max_txn_ops: self.max_txn_ops,
+            watch_progress_notify_interval_ms: self.experimental_watch_progress_notify_interval,
         })
     }
 }

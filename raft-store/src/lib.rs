@@ -2,11 +2,13 @@
 //! by openraft, persisted in RocksDB, served over etcd's v3 gRPC API.
 
 pub mod authority;
+pub mod lease;
 pub mod mvcc;
 pub mod network;
 pub mod node;
 pub mod server;
 pub mod storage;
 pub mod types;
+pub mod watch;
 
 pub use node::{ClusterState, StoreConfig, StoreNode};

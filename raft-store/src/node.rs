@@ -44,6 +44,8 @@ pub struct StoreConfig {
     pub request_timeout_ms: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// How often watchers that asked for progress notifications get one.
+    pub watch_progress_notify_interval_ms: u64,
 }
 
 impl StoreConfig {
@@ -67,6 +69,7 @@ impl StoreConfig {
             request_timeout_ms: 3_000,
             max_request_bytes: 1_572_864,
             max_txn_ops: 128,
+            watch_progress_notify_interval_ms: 600_000,
         }
     }
 }
@@ -92,7 +95,14 @@ pub struct StoreNode {
     log: LogStore,
     /// Peer channels by member, reused by forwarded requests.
     channels: Mutex<HashMap<NodeId, Channel>>,
+    /// Lease deadlines, kept only while this member leads (see `lease_loop`).
+    lease_deadlines: Mutex<HashMap<i64, Instant>>,
 }
+
+/// How often the leader looks for lapsed leases.
+pub const LEASE_CHECK_INTERVAL_MS: u64 = 250;
+/// Most leases the leader revokes in one check, so that a mass expiry does not flood the log.
+pub const LEASE_REVOKES_PER_CHECK_MAX: usize = 500;
 
 impl StoreNode {
     /// Opens the member's storage and starts Raft (not yet serving: see `crate::server`).
@@ -122,7 +132,15 @@ impl StoreNode {
         let raft = Raft::new(id, Arc::new(raft_config), Network::default(), log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        Ok(Arc::new(Self { id, config, raft, state, log, channels: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(Self {
+            id,
+            config,
+            raft,
+            state,
+            log,
+            channels: Mutex::new(HashMap::new()),
+            lease_deadlines: Mutex::new(HashMap::new()),
+        }))
     }
 
     /// Forms the cluster on first start, then keeps this member's record published. Call once
@@ -146,6 +164,8 @@ impl StoreNode {
         tokio::spawn(async move { node.publish_loop().await });
         let node = self.clone();
         tokio::spawn(async move { node.watch_raft().await });
+        let node = self.clone();
+        tokio::spawn(async move { node.lease_loop().await });
         Ok(())
     }
 
@@ -198,6 +218,9 @@ impl StoreNode {
                 }
                 if m.current_leader != leader {
                     leader = m.current_leader;
+                    // A new term of leadership starts every lease afresh: deadlines are re-armed
+                    // with the full TTL when first looked at, never carried over.
+                    self.lease_deadlines.lock().unwrap_or_else(|p| p.into_inner()).clear();
                     match leader {
                         Some(l) => tracing::info!(leader = %format!("{l:x}"), term = m.current_term, "leader elected"),
                         None => tracing::info!(term = m.current_term, "no leader"),
@@ -207,6 +230,90 @@ impl StoreNode {
             if metrics.changed().await.is_err() {
                 return;
             }
+        }
+    }
+
+    fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.id)
+    }
+
+    /// On the leader: revokes, through the log, every lease whose deadline has passed.
+    async fn lease_loop(self: Arc<Self>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(LEASE_CHECK_INTERVAL_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if self.raft.metrics().borrow().running_state.is_err() {
+                return;
+            }
+            if !self.is_leader() {
+                continue;
+            }
+            let expired = self.expired_leases();
+            for id in expired {
+                // Only as the leader, never forwarded: another leader keeps its own deadlines.
+                match self.handle_forwarded(ForwardRequest::Write(Command::LeaseRevoke { id })).await {
+                    Ok(_) => tracing::info!(lease = %format!("{id:x}"), "lease expired; revoked"),
+                    Err(e) => {
+                        tracing::debug!(lease = %format!("{id:x}"), error = %e, "lease revocation not done");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Leases past their deadline; leases first seen get a deadline of a full TTL from now.
+    fn expired_leases(&self) -> Vec<i64> {
+        let leases: Vec<(i64, i64)> = self.state.read(|d, _| d.mvcc.leases().iter().map(|(id, l)| (*id, l.ttl)).collect());
+        let now = Instant::now();
+        let mut deadlines = self.lease_deadlines.lock().unwrap_or_else(|p| p.into_inner());
+        let live: std::collections::HashSet<i64> = leases.iter().map(|(id, _)| *id).collect();
+        deadlines.retain(|id, _| live.contains(id));
+        let mut expired = Vec::new();
+        for (id, ttl) in leases {
+            let deadline = *deadlines.entry(id).or_insert_with(|| now + Duration::from_secs(ttl.max(0) as u64));
+            if deadline <= now && expired.len() < LEASE_REVOKES_PER_CHECK_MAX {
+                expired.push(id);
+            }
+        }
+        expired
+    }
+
+    /// Renews lease `id` (leader only); its TTL in seconds, or -1 if there is no such lease.
+    fn renew_lease(&self, id: i64) -> i64 {
+        let ttl = self.state.read(|d, _| d.mvcc.leases().get(&id).map(|l| l.ttl));
+        let Some(ttl) = ttl else { return -1 };
+        let deadline = Instant::now() + Duration::from_secs(ttl.max(0) as u64);
+        self.lease_deadlines.lock().unwrap_or_else(|p| p.into_inner()).insert(id, deadline);
+        ttl
+    }
+
+    /// Seconds left of lease `id` (leader only), or -1 if there is no such lease.
+    fn lease_remaining(&self, id: i64) -> i64 {
+        let ttl = self.state.read(|d, _| d.mvcc.leases().get(&id).map(|l| l.ttl));
+        let Some(ttl) = ttl else { return -1 };
+        let now = Instant::now();
+        let mut deadlines = self.lease_deadlines.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = *deadlines.entry(id).or_insert_with(|| now + Duration::from_secs(ttl.max(0) as u64));
+        let left = deadline.saturating_duration_since(now);
+        // Whole seconds, rounded up as etcd reports them.
+        left.as_millis().div_ceil(1000) as i64
+    }
+
+    /// Renews a lease wherever the leader is; its TTL, or -1 if there is no such lease.
+    pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, StoreError> {
+        match self.leader_call(ForwardRequest::LeaseKeepAlive { id }).await? {
+            ForwardResponse::LeaseTtl(t) => Ok(t),
+            other => Err(StoreError::Internal(format!("unexpected reply to a keep-alive: {other:?}"))),
+        }
+    }
+
+    /// A lease's remaining seconds as the leader counts them, or -1 if there is no such lease.
+    pub async fn lease_time_to_live(&self, id: i64) -> Result<i64, StoreError> {
+        match self.leader_call(ForwardRequest::LeaseTimeToLive { id }).await? {
+            ForwardResponse::LeaseTtl(t) => Ok(t),
+            other => Err(StoreError::Internal(format!("unexpected reply to a time-to-live: {other:?}"))),
         }
     }
 
@@ -373,10 +480,33 @@ impl StoreNode {
     /// Serves a request as the leader; answers `NotLeader` when this member is not.
     pub async fn handle_forwarded(&self, req: ForwardRequest) -> Result<ForwardResponse, StoreError> {
         match req {
-            ForwardRequest::Write(cmd) => match self.raft.client_write(cmd).await {
-                Ok(resp) => Ok(ForwardResponse::Write(resp.data, resp.log_id.index)),
-                Err(e) => Err(client_write_error(e)),
-            },
+            ForwardRequest::Write(cmd) => {
+                let grant = match &cmd {
+                    Command::LeaseGrant { id, .. } => Some(*id),
+                    _ => None,
+                };
+                match self.raft.client_write(cmd).await {
+                    Ok(resp) => {
+                        if let (Some(id), CommandResponse::LeaseGrant(_)) = (grant, &resp.data) {
+                            self.renew_lease(id);
+                        }
+                        Ok(ForwardResponse::Write(resp.data, resp.log_id.index))
+                    }
+                    Err(e) => Err(client_write_error(e)),
+                }
+            }
+            ForwardRequest::LeaseKeepAlive { id } => {
+                if !self.is_leader() {
+                    return Err(StoreError::NotLeader { leader: self.raft.metrics().borrow().current_leader });
+                }
+                Ok(ForwardResponse::LeaseTtl(self.renew_lease(id)))
+            }
+            ForwardRequest::LeaseTimeToLive { id } => {
+                if !self.is_leader() {
+                    return Err(StoreError::NotLeader { leader: self.raft.metrics().borrow().current_leader });
+                }
+                Ok(ForwardResponse::LeaseTtl(self.lease_remaining(id)))
+            }
             ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
                 Ok((read, _)) => Ok(ForwardResponse::ReadIndex(read.map(|l| l.index).unwrap_or(0))),
                 Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {

@@ -7,6 +7,8 @@ use prost::Message;
 use proto::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use proto::etcdserverpb::kv_server::{Kv, KvServer};
 use proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
+use proto::etcdserverpb::lease_server::LeaseServer;
+use proto::etcdserverpb::watch_server::WatchServer;
 use proto::etcdserverpb::*;
 use proto::raftpeer::raft_peer_server::RaftPeerServer;
 use tonic::{Request, Response, Status};
@@ -31,6 +33,7 @@ pub fn status(e: StoreError) -> Status {
         }
         StoreError::Mvcc(MvccError::KeyNotFound) => Status::invalid_argument(msg("key not found")),
         StoreError::Mvcc(MvccError::LeaseNotFound) => Status::not_found(msg("requested lease not found")),
+        StoreError::Mvcc(MvccError::LeaseExists) => Status::failed_precondition(msg("lease already exists")),
         StoreError::Mvcc(MvccError::Storage(m)) => Status::internal(msg(&format!("storage: {m}"))),
         StoreError::Request(r) => Status::invalid_argument(msg(&r.to_string())),
         StoreError::NoLeader => Status::unavailable(msg("no leader")),
@@ -367,7 +370,9 @@ pub async fn serve(
         let router = tonic::transport::Server::builder()
             .add_service(KvServer::new(KvService { node: n.clone() }).max_decoding_message_size(max_msg))
             .add_service(ClusterServer::new(ClusterService { node: n.clone() }))
-            .add_service(MaintenanceServer::new(MaintenanceService { node: n.clone() }));
+            .add_service(MaintenanceServer::new(MaintenanceService { node: n.clone() }))
+            .add_service(WatchServer::new(crate::watch::WatchService::new(n.clone())))
+            .add_service(LeaseServer::new(crate::lease::LeaseService::new(n.clone())));
         let incoming = relayed_incoming(listener, stop_rx.clone());
         tasks.spawn(async move {
             router.serve_with_incoming_shutdown(incoming, async move { let _ = stop.wait_for(|s| *s).await; }).await

@@ -5,6 +5,7 @@
 //! - `raft_log`: log index (u64 big-endian) → bincode `Entry`
 //! - `raft_state`: `vote`, `committed`, `last_purged` → bincode
 //! - `kv`: MVCC revision (main, sub; 16 bytes big-endian) → flag byte + protobuf `KeyValue`
+//! - `leases`: lease ID (i64 big-endian) → bincode TTL in seconds
 //! - `sm_state`: `applied`, `membership`, `revision`, `compacted`, `cluster_id`, `members`
 //!
 //! The current snapshot is a file beside the database (`snapshot.bin`), replaced atomically.
@@ -29,6 +30,7 @@ const CF_LOG: &str = "raft_log";
 const CF_RAFT: &str = "raft_state";
 const CF_KV: &str = "kv";
 const CF_SM: &str = "sm_state";
+const CF_LEASES: &str = "leases";
 
 /// Capacity of the channel on which applied events are announced (watchers subscribe to it).
 pub const APPLIED_EVENTS_QUEUE_MAX: usize = 4096;
@@ -58,7 +60,7 @@ pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_SM].into_iter().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_SM, CF_LEASES].into_iter().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     Ok(Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?))
 }
 
@@ -231,11 +233,18 @@ impl RevisionStore for RocksRevisions<'_> {
         bytes.map(|b| StoredValue::decode(&b)).transpose()
     }
 
-    fn scan(&self, f: &mut dyn FnMut(Revision, StoredValue) -> Result<(), MvccError>) -> Result<(), MvccError> {
-        for item in self.db.iterator_cf(cf(self.db, CF_KV), IteratorMode::Start) {
+    fn scan_from(
+        &self,
+        from: Revision,
+        f: &mut dyn FnMut(Revision, StoredValue) -> Result<bool, MvccError>,
+    ) -> Result<(), MvccError> {
+        let start = from.encode();
+        for item in self.db.iterator_cf(cf(self.db, CF_KV), IteratorMode::From(&start, Direction::Forward)) {
             let (key, value) = item.map_err(storage)?;
             let rev = Revision::decode(&key).ok_or_else(|| storage("bad revision key"))?;
-            f(rev, StoredValue::decode(&value)?)?;
+            if !f(rev, StoredValue::decode(&value)?)? {
+                break;
+            }
         }
         Ok(())
     }
@@ -280,7 +289,8 @@ impl KvState {
         let compacted: i64 = de(get("compacted")?)?;
         let cluster_id: u64 = de(get("cluster_id")?)?;
         let members: BTreeMap<NodeId, MemberAttrs> = de(get("members")?)?;
-        let mvcc = Mvcc::open(&RocksRevisions::new(&db), revision, compacted)
+        let leases = read_leases(&db)?;
+        let mvcc = Mvcc::open(&RocksRevisions::new(&db), revision, compacted, &leases)
             .map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let (events, _) = broadcast::channel(APPLIED_EVENTS_QUEUE_MAX);
         Ok(Self { db, data: RwLock::new(StateData { mvcc, applied, membership, cluster_id, members }), events })
@@ -309,6 +319,8 @@ impl KvState {
             match change {
                 Change::Put(rev, value) => batch.put_cf(kv, rev.encode(), value.encode()),
                 Change::Remove(rev) => batch.delete_cf(kv, rev.encode()),
+                Change::LeasePut(id, ttl) => batch.put_cf(cf(&self.db, CF_LEASES), id.to_be_bytes(), encode(&ttl)),
+                Change::LeaseRemove(id) => batch.delete_cf(cf(&self.db, CF_LEASES), id.to_be_bytes()),
             }
         }
         let sm = cf(&self.db, CF_SM);
@@ -319,6 +331,19 @@ impl KvState {
         batch.put_cf(sm, "cluster_id", encode(&data.cluster_id));
         batch.put_cf(sm, "members", encode(&data.members));
     }
+}
+
+/// Every granted lease: ID → TTL in seconds.
+fn read_leases(db: &DB) -> Result<BTreeMap<i64, i64>, StorageError> {
+    let mut leases = BTreeMap::new();
+    for item in db.iterator_cf(cf(db, CF_LEASES), IteratorMode::Start) {
+        let (k, v) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let id = i64::from_be_bytes(k.as_ref().try_into().map_err(|_| {
+            sm_err(ErrorVerb::Read, std::io::Error::new(std::io::ErrorKind::InvalidData, "bad lease key"))
+        })?);
+        leases.insert(id, bincode::deserialize(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?);
+    }
+    Ok(leases)
 }
 
 /// Applies one command; the same input gives the same output on every member.
@@ -335,6 +360,30 @@ fn apply_command(data: &mut StateData, store: &dyn RevisionStore, cmd: &Command)
         Command::Txn(req) => done(data.mvcc.txn(store, req), CommandResponse::Txn),
         Command::Compact { revision } => match data.mvcc.compact(*revision) {
             Ok(resp) => (CommandResponse::Compact(resp), Vec::new()),
+            Err(e) => (CommandResponse::Failed(e), Vec::new()),
+        },
+        Command::LeaseGrant { id, ttl } => match data.mvcc.lease_grant(*id, *ttl) {
+            Ok(()) => (
+                CommandResponse::LeaseGrant(proto::etcdserverpb::LeaseGrantResponse {
+                    header: Some(proto::etcdserverpb::ResponseHeader {
+                        revision: data.mvcc.current_revision(),
+                        ..Default::default()
+                    }),
+                    id: *id,
+                    ttl: *ttl,
+                    error: String::new(),
+                }),
+                Vec::new(),
+            ),
+            Err(e) => (CommandResponse::Failed(e), Vec::new()),
+        },
+        Command::LeaseRevoke { id } => match data.mvcc.lease_revoke(store, *id) {
+            Ok(applied) => (
+                CommandResponse::LeaseRevoke(proto::etcdserverpb::LeaseRevokeResponse {
+                    header: Some(proto::etcdserverpb::ResponseHeader { revision: applied.response, ..Default::default() }),
+                }),
+                applied.events,
+            ),
             Err(e) => (CommandResponse::Failed(e), Vec::new()),
         },
         Command::SetClusterId(id) => {
@@ -357,6 +406,7 @@ struct SnapshotPayload {
     compacted: i64,
     cluster_id: u64,
     members: BTreeMap<NodeId, MemberAttrs>,
+    leases: BTreeMap<i64, i64>,
     values: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
@@ -412,13 +462,22 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 let (k, v) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
                 values.push((k.to_vec(), v.to_vec()));
             }
+            let leases: BTreeMap<i64, i64> = data.mvcc.leases().iter().map(|(id, l)| (*id, l.ttl)).collect();
             (
-                (data.applied, data.membership.clone(), data.mvcc.current_revision(), data.mvcc.compacted_revision(), data.cluster_id, data.members.clone()),
+                (
+                    data.applied,
+                    data.membership.clone(),
+                    data.mvcc.current_revision(),
+                    data.mvcc.compacted_revision(),
+                    data.cluster_id,
+                    data.members.clone(),
+                    leases,
+                ),
                 values,
             )
         };
-        let (applied, membership, revision, compacted, cluster_id, members) = meta_parts;
-        let payload = SnapshotPayload { revision, compacted, cluster_id, members, values: db_snapshot_values };
+        let (applied, membership, revision, compacted, cluster_id, members, leases) = meta_parts;
+        let payload = SnapshotPayload { revision, compacted, cluster_id, members, leases, values: db_snapshot_values };
         let data = encode(&payload);
         let snapshot_id = match applied {
             Some(id) => format!("{}-{}-{}", id.leader_id, id.index, revision),
@@ -499,6 +558,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             for (k, v) in &payload.values {
                 batch.put_cf(kv, k, v);
             }
+            let leases = cf(db, CF_LEASES);
+            batch.delete_range_cf(leases, &[][..], &[0xffu8; 9][..]);
+            for (id, ttl) in &payload.leases {
+                batch.put_cf(leases, id.to_be_bytes(), encode(ttl));
+            }
             let mut fresh = StateData {
                 mvcc: Mvcc::new(),
                 applied: meta.last_log_id,
@@ -514,7 +578,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut opts = WriteOptions::default();
             opts.set_sync(true);
             db.write_opt(batch, &opts).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            fresh.mvcc = Mvcc::open(&RocksRevisions::new(db), payload.revision, payload.compacted)
+            fresh.mvcc = Mvcc::open(&RocksRevisions::new(db), payload.revision, payload.compacted, &payload.leases)
                 .map_err(|e| sm_err(ErrorVerb::Read, e))?;
             *data = fresh;
         }

@@ -52,6 +52,10 @@ pub enum Command {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact { revision: i64 },
+    /// Grants a lease; the ID and TTL (seconds) are settled before the command enters the log.
+    LeaseGrant { id: i64, ttl: i64 },
+    /// Revokes a lease, deleting its keys (a client's request, or the leader seeing it lapse).
+    LeaseRevoke { id: i64 },
     /// Set once by the first leader: the cluster's ID, reported in every response header.
     SetClusterId(u64),
     /// A member's own description, published when it starts.
@@ -65,6 +69,8 @@ impl fmt::Display for Command {
             Command::DeleteRange(d) => write!(f, "delete {:?}", String::from_utf8_lossy(&d.key)),
             Command::Txn(t) => write!(f, "txn ({} compares)", t.compare.len()),
             Command::Compact { revision } => write!(f, "compact {revision}"),
+            Command::LeaseGrant { id, ttl } => write!(f, "lease grant {id:x} ttl {ttl}s"),
+            Command::LeaseRevoke { id } => write!(f, "lease revoke {id:x}"),
             Command::SetClusterId(id) => write!(f, "cluster id {id:x}"),
             Command::SetMemberAttrs { id, name, .. } => write!(f, "member {id:x} is {name}"),
         }
@@ -78,6 +84,8 @@ pub enum CommandResponse {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact(CompactionResponse),
+    LeaseGrant(proto::etcdserverpb::LeaseGrantResponse),
+    LeaseRevoke(proto::etcdserverpb::LeaseRevokeResponse),
     Done,
     Failed(MvccError),
 }
@@ -140,6 +148,10 @@ pub enum ForwardRequest {
     MemberAdd { peer_urls: Vec<String>, is_learner: bool },
     MemberRemove { id: NodeId },
     MemberPromote { id: NodeId },
+    /// Renews a lease on the leader, which alone keeps lease deadlines.
+    LeaseKeepAlive { id: i64 },
+    /// A lease's remaining TTL, as the leader counts it.
+    LeaseTimeToLive { id: i64 },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -149,6 +161,8 @@ pub enum ForwardResponse {
     ReadIndex(u64),
     /// The ID of the member acted on.
     Member(NodeId),
+    /// Seconds left of a lease; -1 when the lease does not exist.
+    LeaseTtl(i64),
 }
 
 fn sha1_prefix(bytes: &[u8]) -> u64 {

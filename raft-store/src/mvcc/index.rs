@@ -101,6 +101,21 @@ pub fn range_bounds<'a>(key: &'a [u8], range_end: &'a [u8]) -> (Bound<&'a [u8]>,
     }
 }
 
+/// True when `key` lies within `bounds`.
+pub fn in_bounds(bounds: &(Bound<&[u8]>, Bound<&[u8]>), key: &[u8]) -> bool {
+    let above = match bounds.0 {
+        Bound::Included(start) => key >= start,
+        Bound::Excluded(start) => key > start,
+        Bound::Unbounded => true,
+    };
+    let below = match bounds.1 {
+        Bound::Included(end) => key <= end,
+        Bound::Excluded(end) => key < end,
+        Bound::Unbounded => true,
+    };
+    above && below
+}
+
 /// True when the bounds describe an empty or inverted interval, which BTreeMap refuses.
 fn empty_interval(bounds: &(Bound<&[u8]>, Bound<&[u8]>)) -> bool {
     match bounds {

@@ -31,6 +31,8 @@ pub enum MvccError {
     KeyNotFound,
     #[error("requested lease not found")]
     LeaseNotFound,
+    #[error("lease already exists")]
+    LeaseExists,
     #[error("revision store: {0}")]
     Storage(String),
 }
@@ -38,8 +40,12 @@ pub enum MvccError {
 /// The durable home of values, keyed by revision.
 pub trait RevisionStore: Send + Sync {
     fn get(&self, rev: Revision) -> Result<Option<StoredValue>, MvccError>;
-    /// Every stored value in revision order, to rebuild the index at start.
-    fn scan(&self, f: &mut dyn FnMut(Revision, StoredValue) -> Result<(), MvccError>) -> Result<(), MvccError>;
+    /// Stored values in revision order from `from` on, while `f` returns true.
+    fn scan_from(
+        &self,
+        from: Revision,
+        f: &mut dyn FnMut(Revision, StoredValue) -> Result<bool, MvccError>,
+    ) -> Result<(), MvccError>;
 }
 
 /// What one revision holds: a key's new value, or its deletion.
@@ -72,12 +78,16 @@ impl StoredValue {
 pub enum Change {
     Put(Revision, StoredValue),
     Remove(Revision),
+    /// A lease granted with this TTL in seconds.
+    LeasePut(i64, i64),
+    LeaseRemove(i64),
 }
 
 /// An in-memory [`RevisionStore`], the test double of the RocksDB one.
 #[derive(Default)]
 pub struct MemoryRevisions {
     pub values: BTreeMap<Revision, StoredValue>,
+    pub leases: BTreeMap<i64, i64>,
 }
 
 impl MemoryRevisions {
@@ -90,6 +100,12 @@ impl MemoryRevisions {
                 Change::Remove(rev) => {
                     self.values.remove(&rev);
                 }
+                Change::LeasePut(id, ttl) => {
+                    self.leases.insert(id, ttl);
+                }
+                Change::LeaseRemove(id) => {
+                    self.leases.remove(&id);
+                }
             }
         }
     }
@@ -100,9 +116,15 @@ impl RevisionStore for MemoryRevisions {
         Ok(self.values.get(&rev).cloned())
     }
 
-    fn scan(&self, f: &mut dyn FnMut(Revision, StoredValue) -> Result<(), MvccError>) -> Result<(), MvccError> {
-        for (rev, value) in &self.values {
-            f(*rev, value.clone())?;
+    fn scan_from(
+        &self,
+        from: Revision,
+        f: &mut dyn FnMut(Revision, StoredValue) -> Result<bool, MvccError>,
+    ) -> Result<(), MvccError> {
+        for (rev, value) in self.values.range(from..) {
+            if !f(*rev, value.clone())? {
+                break;
+            }
         }
         Ok(())
     }
@@ -115,10 +137,19 @@ pub struct Applied<R> {
     pub events: Vec<Event>,
 }
 
+/// A granted lease: its TTL in seconds and the keys attached to it. When it lapses, the leader
+/// revokes it through the log, which deletes those keys.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Lease {
+    pub ttl: i64,
+    pub keys: std::collections::BTreeSet<Vec<u8>>,
+}
+
 pub struct Mvcc {
     index: KeyIndex,
     current: i64,
     compacted: i64,
+    leases: BTreeMap<i64, Lease>,
     /// Values written since the last `take_changes`, visible to reads before they are persisted.
     staged: BTreeMap<Revision, StoredValue>,
     changes: Vec<Change>,
@@ -134,24 +165,89 @@ struct WriteTxn {
 impl Mvcc {
     /// An empty key space: revision 1, as a fresh etcd.
     pub fn new() -> Self {
-        Self { index: KeyIndex::default(), current: 1, compacted: 0, staged: BTreeMap::new(), changes: Vec::new() }
+        Self {
+            index: KeyIndex::default(),
+            current: 1,
+            compacted: 0,
+            leases: BTreeMap::new(),
+            staged: BTreeMap::new(),
+            changes: Vec::new(),
+        }
     }
 
-    /// Rebuilds the index from a revision store whose history starts after `compacted`.
-    pub fn open(store: &dyn RevisionStore, current: i64, compacted: i64) -> Result<Self, MvccError> {
+    /// Rebuilds the index from a revision store whose history starts after `compacted`, and the
+    /// leases (ID → TTL) with the keys attached to them.
+    pub fn open(
+        store: &dyn RevisionStore,
+        current: i64,
+        compacted: i64,
+        leases: &BTreeMap<i64, i64>,
+    ) -> Result<Self, MvccError> {
         let mut mvcc = Self::new();
         mvcc.current = current.max(1);
         mvcc.compacted = compacted;
-        store.scan(&mut |rev, value| {
+        mvcc.leases = leases.iter().map(|(id, ttl)| (*id, Lease { ttl: *ttl, keys: Default::default() })).collect();
+        store.scan_from(Revision::default(), &mut |rev, value| {
             if value.tombstone {
                 mvcc.index.tombstone(&value.kv.key, rev);
             } else {
                 mvcc.index.put(&value.kv.key, rev);
             }
             mvcc.current = mvcc.current.max(rev.main);
-            Ok(())
+            Ok(true)
         })?;
+        let live = mvcc.index.range(&[0], &[0], mvcc.current, 0);
+        for (key, rev) in live {
+            let lease = mvcc.value(store, rev)?.kv.lease;
+            if lease != 0 {
+                if let Some(l) = mvcc.leases.get_mut(&lease) {
+                    l.keys.insert(key);
+                }
+            }
+        }
         Ok(mvcc)
+    }
+
+    pub fn leases(&self) -> &BTreeMap<i64, Lease> {
+        &self.leases
+    }
+
+    /// Grants lease `id`; the ID is chosen before the request enters the log.
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> Result<(), MvccError> {
+        if self.leases.contains_key(&id) {
+            return Err(MvccError::LeaseExists);
+        }
+        self.leases.insert(id, Lease { ttl, keys: Default::default() });
+        self.changes.push(Change::LeasePut(id, ttl));
+        Ok(())
+    }
+
+    /// Revokes lease `id`, deleting its keys in one revision.
+    pub fn lease_revoke(&mut self, store: &dyn RevisionStore, id: i64) -> Result<Applied<i64>, MvccError> {
+        let lease = self.leases.get(&id).ok_or(MvccError::LeaseNotFound)?.clone();
+        let mut txn = self.begin();
+        for key in &lease.keys {
+            let req = DeleteRangeRequest { key: key.clone(), range_end: Vec::new(), prev_kv: false };
+            self.txn_delete(store, &mut txn, &req)?;
+        }
+        self.leases.remove(&id);
+        self.changes.push(Change::LeaseRemove(id));
+        if txn.sub > 0 {
+            self.current = txn.rev;
+        }
+        Ok(Applied { response: self.current, events: txn.events })
+    }
+
+    fn attach(&mut self, key: &[u8], old: i64, new: i64) {
+        if old == new {
+            return;
+        }
+        if let Some(l) = self.leases.get_mut(&old) {
+            l.keys.remove(key);
+        }
+        if let Some(l) = self.leases.get_mut(&new) {
+            l.keys.insert(key.to_vec());
+        }
     }
 
     pub fn current_revision(&self) -> i64 {
@@ -269,6 +365,41 @@ impl Mvcc {
         Ok(RangeResponse { header: Some(header), kvs, more, count })
     }
 
+    /// The events of revisions `from..=to` on keys in `[key, range_end)`, in revision order, as
+    /// watchers receive them; with each event's previous value when `prev_kv` is set.
+    pub fn history(
+        &self,
+        store: &dyn RevisionStore,
+        key: &[u8],
+        range_end: &[u8],
+        from: i64,
+        to: i64,
+        prev_kv: bool,
+    ) -> Result<Vec<Event>, MvccError> {
+        // As for reads, the compaction revision itself is still watchable.
+        if from < self.compacted {
+            return Err(MvccError::Compacted);
+        }
+        let bounds = index::range_bounds(key, range_end);
+        let mut events = Vec::new();
+        let mut found = Vec::new();
+        store.scan_from(Revision::new(from, 0), &mut |rev, value| {
+            if rev.main > to {
+                return Ok(false);
+            }
+            if index::in_bounds(&bounds, &value.kv.key) {
+                found.push(value);
+            }
+            Ok(true)
+        })?;
+        for value in found {
+            let prev = if prev_kv { self.latest(store, &value.kv.key, value.kv.mod_revision - 1)? } else { None };
+            let kind = if value.tombstone { EventType::Delete } else { EventType::Put };
+            events.push(Event { r#type: kind as i32, kv: Some(value.kv), prev_kv: prev });
+        }
+        Ok(events)
+    }
+
     /// A read of the committed state (the revision in the request, or the current one).
     pub fn range(&self, store: &dyn RevisionStore, req: &RangeRequest) -> Result<RangeResponse, MvccError> {
         self.range_at(store, req, self.current)
@@ -314,7 +445,7 @@ impl Mvcc {
                     }
                 }
                 Some(request_op::Request::RequestPut(p)) => {
-                    if p.lease != 0 {
+                    if p.lease != 0 && !self.leases.contains_key(&p.lease) {
                         return Err(MvccError::LeaseNotFound);
                     }
                 }
@@ -422,7 +553,7 @@ impl Mvcc {
         if (req.ignore_value || req.ignore_lease) && prev.is_none() {
             return Err(MvccError::KeyNotFound);
         }
-        if req.lease != 0 {
+        if req.lease != 0 && !self.leases.contains_key(&req.lease) {
             return Err(MvccError::LeaseNotFound);
         }
         let rev = Revision::new(txn.rev, txn.sub);
@@ -435,6 +566,7 @@ impl Mvcc {
         let lease = if req.ignore_lease { prev.as_ref().map(|p| p.lease).unwrap_or_default() } else { req.lease };
         let kv = KeyValue { key: req.key.clone(), create_revision, mod_revision: txn.rev, version, value, lease };
         self.index.put(&req.key, rev);
+        self.attach(&req.key, prev.as_ref().map(|p| p.lease).unwrap_or(0), lease);
         self.stage(rev, StoredValue { tombstone: false, kv: kv.clone() });
         txn.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: prev.clone() });
         Ok(PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
@@ -454,6 +586,7 @@ impl Mvcc {
             let rev = Revision::new(txn.rev, txn.sub);
             txn.sub += 1;
             self.index.tombstone(key, rev);
+            self.attach(key, prev.lease, 0);
             let tomb = KeyValue { key: key.clone(), mod_revision: txn.rev, ..Default::default() };
             self.stage(rev, StoredValue { tombstone: true, kv: tomb.clone() });
             txn.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: Some(prev.clone()) });

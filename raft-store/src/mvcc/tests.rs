@@ -291,7 +291,7 @@ fn reopening_rebuilds_the_same_view() {
     f.put("c", "3");
     f.mvcc.compact(3).unwrap();
     f.flush();
-    let reopened = Mvcc::open(&f.store, f.mvcc.current_revision(), f.mvcc.compacted_revision()).unwrap();
+    let reopened = Mvcc::open(&f.store, f.mvcc.current_revision(), f.mvcc.compacted_revision(), &f.store.leases).unwrap();
     for rev in 3..=6 {
         let req = RangeRequest { key: vec![0], range_end: vec![0], revision: rev, ..Default::default() };
         assert_eq!(reopened.range(&f.store, &req), f.mvcc.range(&f.store, &req), "at revision {rev}");
@@ -322,4 +322,52 @@ fn events_describe_each_change_with_prev_kv() {
     assert_eq!(types, vec![EventType::Put as i32, EventType::Put as i32], "deleting a missing key is no event");
     assert_eq!(applied.events[0].prev_kv.as_ref().unwrap().value, b"1");
     assert!(applied.events.iter().all(|e| e.kv.as_ref().unwrap().mod_revision == 3));
+}
+
+#[test]
+fn leases_attach_keys_and_revoke_deletes_them_in_one_revision() {
+    let mut f = Fixture::new();
+    let with_lease = |key: &str, lease: i64| PutRequest { key: key.into(), value: b"v".to_vec(), lease, ..Default::default() };
+    assert_eq!(f.mvcc.put(&f.store, &with_lease("a", 7)).unwrap_err(), MvccError::LeaseNotFound);
+    f.mvcc.lease_grant(7, 10).unwrap();
+    assert_eq!(f.mvcc.lease_grant(7, 10), Err(MvccError::LeaseExists));
+    f.mvcc.put(&f.store, &with_lease("a", 7)).unwrap();
+    f.mvcc.put(&f.store, &with_lease("b", 7)).unwrap();
+    f.mvcc.put(&f.store, &with_lease("c", 7)).unwrap();
+    f.flush();
+    f.put("c", "detached"); // a put without lease detaches the key
+    f.del("b", "");
+    assert_eq!(f.mvcc.leases()[&7].keys, std::collections::BTreeSet::from([b"a".to_vec()]));
+
+    let reopened = Mvcc::open(&f.store, f.mvcc.current_revision(), f.mvcc.compacted_revision(), &f.store.leases).unwrap();
+    assert_eq!(reopened.leases(), f.mvcc.leases(), "attachments are rebuilt from the stored values");
+
+    let before = f.mvcc.current_revision();
+    let applied = f.mvcc.lease_revoke(&f.store, 7).unwrap();
+    f.flush();
+    assert_eq!(applied.response, before + 1);
+    assert_eq!(applied.events.len(), 1);
+    assert!(f.get("a", "", 0).unwrap().kvs.is_empty());
+    assert_eq!(f.get("c", "", 0).unwrap().kvs.len(), 1);
+    assert!(f.mvcc.leases().is_empty());
+    assert!(f.store.leases.is_empty());
+    assert_eq!(f.mvcc.lease_revoke(&f.store, 7).unwrap_err(), MvccError::LeaseNotFound);
+}
+
+#[test]
+fn history_replays_events_with_prev_kv() {
+    let mut f = Fixture::new();
+    f.put("a", "1"); // 2
+    f.put("b", "1"); // 3
+    f.put("a", "2"); // 4
+    f.del("a", ""); // 5
+    let events = f.mvcc.history(&f.store, b"a", b"", 3, 5, true).unwrap();
+    let kinds: Vec<(i32, i64)> = events.iter().map(|e| (e.r#type, e.kv.as_ref().unwrap().mod_revision)).collect();
+    assert_eq!(kinds, vec![(EventType::Put as i32, 4), (EventType::Delete as i32, 5)]);
+    assert_eq!(events[0].prev_kv.as_ref().unwrap().value, b"1");
+    assert_eq!(events[1].prev_kv.as_ref().unwrap().value, b"2");
+    f.mvcc.compact(4).unwrap();
+    f.flush();
+    assert_eq!(f.mvcc.history(&f.store, b"a", b"", 3, 5, false).unwrap_err(), MvccError::Compacted);
+    assert_eq!(f.mvcc.history(&f.store, b"a", b"", 4, 5, false).unwrap().len(), 2, "the compaction revision stays watchable");
 }

@@ -1,0 +1,356 @@
+//! etcd's Watch service, served by every member from what it has applied.
+//!
+//! Each gRPC stream is one task that owns its watchers. It follows the applied events on a bounded
+//! broadcast channel; a watcher that is behind (it started in the past, the stream fell behind
+//! and the channel dropped revisions, or the client reads slowly) is caught up from the MVCC
+//! history instead, so the apply path never waits for a watcher and no event is lost. Every
+//! watcher remembers the next revision it must deliver: events leave in revision order, each
+//! revision whole in one response, none twice.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use proto::etcdserverpb::watch_create_request::FilterType;
+use proto::etcdserverpb::watch_request::RequestUnion;
+use proto::etcdserverpb::watch_server::Watch;
+use proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
+use proto::mvccpb::event::EventType;
+use proto::mvccpb::Event;
+use tokio::sync::{broadcast, mpsc};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::mvcc::MvccError;
+use crate::node::StoreNode;
+use crate::storage::AppliedEvents;
+
+/// Responses queued for one stream's client; when full, the stream's task waits and its
+/// watchers catch up from history afterwards.
+pub const WATCH_RESPONSES_QUEUE_MAX: usize = 64;
+/// A response stops growing past this many bytes of events (whole revisions only).
+pub const WATCH_RESPONSE_BYTES_SOFT_MAX: usize = 1024 * 1024;
+/// Watchers one stream may hold.
+pub const WATCHERS_PER_STREAM_MAX: usize = 10_000;
+
+/// What etcd's client treats as "not associated with a watcher" (progress responses).
+const NO_WATCH_ID: i64 = -1;
+
+pub struct WatchService {
+    node: Arc<StoreNode>,
+}
+
+impl WatchService {
+    pub fn new(node: Arc<StoreNode>) -> Self {
+        Self { node }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ResponseStream;
+
+    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        let requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(WATCH_RESPONSES_QUEUE_MAX);
+        // Subscribe before anything is read, so that no applied revision falls between.
+        let events = self.node.state().subscribe();
+        let stream = WatchStream {
+            node: self.node.clone(),
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            tx,
+        };
+        tokio::spawn(stream.run(requests, events));
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}
+
+struct Watcher {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    prev_kv: bool,
+    no_put: bool,
+    no_delete: bool,
+    progress_notify: bool,
+    /// The next revision this watcher must deliver; everything below has been delivered.
+    next: i64,
+}
+
+impl Watcher {
+    fn wants(&self, event: &Event) -> bool {
+        let is_put = event.r#type == EventType::Put as i32;
+        if (is_put && self.no_put) || (!is_put && self.no_delete) {
+            return false;
+        }
+        let key = event.kv.as_ref().map(|kv| kv.key.as_slice()).unwrap_or_default();
+        crate::mvcc::index::in_bounds(&crate::mvcc::index::range_bounds(&self.key, &self.range_end), key)
+    }
+}
+
+struct WatchStream {
+    node: Arc<StoreNode>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+}
+
+/// The client went away; the stream ends.
+struct Gone;
+
+impl WatchStream {
+    async fn run(mut self, mut requests: Streaming<WatchRequest>, mut events: broadcast::Receiver<AppliedEvents>) {
+        let interval = self.node.config().watch_progress_notify_interval_ms;
+        let mut progress = tokio::time::interval(Duration::from_millis(interval.max(1)));
+        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        progress.tick().await;
+        loop {
+            let step = tokio::select! {
+                request = requests.message() => match request {
+                    Ok(Some(req)) => self.handle(req).await,
+                    Ok(None) => Err(Gone),
+                    Err(status) => {
+                        tracing::debug!(error = %status, "watch stream ended");
+                        Err(Gone)
+                    }
+                },
+                applied = events.recv() => match applied {
+                    Ok(applied) => self.dispatch(&applied).await,
+                    // Revisions were dropped for this stream: its watchers read them from history
+                    // when the next revision arrives.
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::debug!(revisions = n, "watch stream fell behind; catching up from history");
+                        Ok(())
+                    }
+                    Err(broadcast::error::RecvError::Closed) => Err(Gone),
+                },
+                _ = progress.tick() => self.notify_progress(true).await,
+                _ = self.tx.closed() => Err(Gone),
+            };
+            if step.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn header(&self, revision: i64) -> Option<proto::etcdserverpb::ResponseHeader> {
+        Some(self.node.header(revision))
+    }
+
+    async fn send(&self, response: WatchResponse) -> Result<(), Gone> {
+        self.tx.send(Ok(response)).await.map_err(|_| Gone)
+    }
+
+    async fn handle(&mut self, req: WatchRequest) -> Result<(), Gone> {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                if self.watchers.remove(&cancel.watch_id).is_some() {
+                    let revision = self.current();
+                    self.send(WatchResponse {
+                        header: self.header(revision),
+                        watch_id: cancel.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => self.notify_progress(false).await,
+            None => Ok(()),
+        }
+    }
+
+    fn current(&self) -> i64 {
+        self.node.state().read(|d, _| d.mvcc.current_revision())
+    }
+
+    async fn create(&mut self, req: WatchCreateRequest) -> Result<(), Gone> {
+        let id = if req.watch_id != 0 {
+            req.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        if self.watchers.contains_key(&id) || self.watchers.len() >= WATCHERS_PER_STREAM_MAX {
+            let reason = if self.watchers.contains_key(&id) {
+                "etcdserver: duplicate watch ID"
+            } else {
+                "etcdserver: too many watchers on this stream"
+            };
+            let revision = self.current();
+            return self
+                .send(WatchResponse {
+                    header: self.header(revision),
+                    watch_id: id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: reason.to_string(),
+                    ..Default::default()
+                })
+                .await;
+        }
+        let current = self.current();
+        let next = if req.start_revision > 0 { req.start_revision } else { current + 1 };
+        let filters: Vec<i32> = req.filters.clone();
+        let watcher = Watcher {
+            key: req.key,
+            range_end: req.range_end,
+            prev_kv: req.prev_kv,
+            no_put: filters.contains(&(FilterType::Noput as i32)),
+            no_delete: filters.contains(&(FilterType::Nodelete as i32)),
+            progress_notify: req.progress_notify,
+            next,
+        };
+        self.watchers.insert(id, watcher);
+        self.next_id = self.next_id.max(id + 1);
+        self.send(WatchResponse { header: self.header(current), watch_id: id, created: true, ..Default::default() })
+            .await?;
+        self.catch_up(id).await
+    }
+
+    /// Delivers from history everything applied that watcher `id` has not received yet.
+    async fn catch_up(&mut self, id: i64) -> Result<(), Gone> {
+        let Some(w) = self.watchers.get(&id) else { return Ok(()) };
+        let (key, range_end, from, prev_kv) = (w.key.clone(), w.range_end.clone(), w.next, w.prev_kv);
+        let read = self.node.state().read(|d, store| {
+            let current = d.mvcc.current_revision();
+            if from > current {
+                return Ok((current, Vec::new()));
+            }
+            d.mvcc.history(store, &key, &range_end, from, current, prev_kv).map(|events| (current, events))
+        });
+        match read {
+            Ok((current, events)) => {
+                let w = self.watchers.get_mut(&id).expect("looked up above");
+                w.next = w.next.max(current + 1);
+                let events: Vec<Event> = events.into_iter().filter(|e| w.wants(e)).collect();
+                self.send_events(id, current, events).await
+            }
+            Err(MvccError::Compacted) => {
+                self.watchers.remove(&id);
+                let (current, compacted) = self.node.state().read(|d, _| (d.mvcc.current_revision(), d.mvcc.compacted_revision()));
+                self.send(WatchResponse {
+                    header: self.header(current),
+                    watch_id: id,
+                    canceled: true,
+                    compact_revision: compacted,
+                    cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
+                    ..Default::default()
+                })
+                .await
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "watch history unreadable");
+                self.watchers.remove(&id);
+                self.send(WatchResponse {
+                    header: self.header(0),
+                    watch_id: id,
+                    canceled: true,
+                    cancel_reason: format!("etcdserver: {e}"),
+                    ..Default::default()
+                })
+                .await
+            }
+        }
+    }
+
+    /// Sends events in responses of whole revisions, each under the size limit when it can be.
+    async fn send_events(&self, id: i64, revision: i64, events: Vec<Event>) -> Result<(), Gone> {
+        use prost::Message;
+        let mut batch: Vec<Event> = Vec::new();
+        let mut bytes = 0;
+        let mut i = 0;
+        while i < events.len() {
+            let rev = events[i].kv.as_ref().map(|kv| kv.mod_revision).unwrap_or_default();
+            let mut j = i;
+            let mut rev_bytes = 0;
+            while j < events.len() && events[j].kv.as_ref().map(|kv| kv.mod_revision).unwrap_or_default() == rev {
+                rev_bytes += events[j].encoded_len();
+                j += 1;
+            }
+            if !batch.is_empty() && bytes + rev_bytes > WATCH_RESPONSE_BYTES_SOFT_MAX {
+                let out = std::mem::take(&mut batch);
+                self.send(WatchResponse { header: self.header(revision), watch_id: id, events: out, ..Default::default() })
+                    .await?;
+                bytes = 0;
+            }
+            batch.extend_from_slice(&events[i..j]);
+            bytes += rev_bytes;
+            i = j;
+        }
+        if !batch.is_empty() {
+            self.send(WatchResponse { header: self.header(revision), watch_id: id, events: batch, ..Default::default() })
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn dispatch(&mut self, applied: &AppliedEvents) -> Result<(), Gone> {
+        let ids: Vec<i64> = self.watchers.keys().copied().collect();
+        for id in ids {
+            let Some(w) = self.watchers.get_mut(&id) else { continue };
+            if applied.revision < w.next {
+                continue;
+            }
+            if applied.revision > w.next {
+                // Revisions in between never reached this stream: read them, and this one.
+                self.catch_up(id).await?;
+                continue;
+            }
+            w.next = applied.revision + 1;
+            let events: Vec<Event> = applied
+                .events
+                .iter()
+                .filter(|e| w.wants(e))
+                .map(|e| if w.prev_kv { e.clone() } else { Event { prev_kv: None, ..e.clone() } })
+                .collect();
+            if !events.is_empty() {
+                self.send(WatchResponse {
+                    header: self.header(applied.revision),
+                    watch_id: id,
+                    events,
+                    ..Default::default()
+                })
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells watchers the revision they have seen everything up to. Each one is caught up first,
+    /// so that no event at or below the notified revision can follow the notification.
+    async fn notify_progress(&mut self, periodic: bool) -> Result<(), Gone> {
+        let current = self.current();
+        let ids: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| !periodic || w.progress_notify)
+            .map(|(id, _)| *id)
+            .collect();
+        if periodic && ids.is_empty() {
+            return Ok(());
+        }
+        for id in &ids {
+            if self.watchers.get(id).is_some_and(|w| w.next <= current) {
+                self.catch_up(*id).await?;
+            }
+        }
+        if periodic {
+            for id in ids {
+                if self.watchers.contains_key(&id) {
+                    self.send(WatchResponse { header: self.header(current), watch_id: id, ..Default::default() }).await?;
+                }
+            }
+            Ok(())
+        } else {
+            self.send(WatchResponse { header: self.header(current), watch_id: NO_WATCH_ID, ..Default::default() }).await
+        }
+    }
+}
