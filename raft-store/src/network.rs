@@ -212,9 +212,42 @@ pub async fn forward(channel: Channel, req: &ForwardRequest, timeout: Duration) 
                 .map_err(|e| StoreError::Internal(format!("undecodable forwarded reply: {e}")))?;
             decoded
         }
-        Err(status) if status.code() == tonic::Code::DeadlineExceeded => Err(StoreError::Timeout),
+        // The client-side deadline passed: the leader may still apply it, as after etcd's timeout.
+        Err(status) if matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
+            Err(StoreError::Timeout)
+        }
         // A failed connection attempt means the request never left this member.
-        Err(status) if format!("{status:?}").contains("connect") => Err(StoreError::Unreachable(status.message().to_string())),
+        Err(status) if failed_to_connect(&status) => Err(StoreError::Unreachable(status.message().to_string())),
         Err(status) => Err(StoreError::Indeterminate(status.message().to_string())),
+    }
+}
+
+/// True when the transport never established a connection (tonic's connector error is in the
+/// chain of causes), so the request cannot have been delivered.
+fn failed_to_connect(status: &Status) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = cause {
+        if format!("{e:?}").starts_with("ConnectError(") {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A forward to a port nobody listens on never left: it is safe to retry.
+    #[tokio::test]
+    async fn a_refused_connection_is_unreachable_not_indeterminate() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let node = MemberNode { peer_urls: vec![format!("http://127.0.0.1:{port}")] };
+        let channel = peer_channel(&node).unwrap();
+        let result = forward(channel, &ForwardRequest::ReadIndex, Duration::from_secs(5)).await;
+        assert!(matches!(result, Err(StoreError::Unreachable(_))), "{result:?}");
     }
 }

@@ -495,26 +495,17 @@ impl StoreNode {
                     Err(e) => Err(client_write_error(e)),
                 }
             }
+            // A leader cut off from the others must not keep leases alive that the real leader
+            // is about to revoke: leadership is confirmed with a quorum first.
             ForwardRequest::LeaseKeepAlive { id } => {
-                if !self.is_leader() {
-                    return Err(StoreError::NotLeader { leader: self.raft.metrics().borrow().current_leader });
-                }
+                self.confirm_leader().await?;
                 Ok(ForwardResponse::LeaseTtl(self.renew_lease(id)))
             }
             ForwardRequest::LeaseTimeToLive { id } => {
-                if !self.is_leader() {
-                    return Err(StoreError::NotLeader { leader: self.raft.metrics().borrow().current_leader });
-                }
+                self.confirm_leader().await?;
                 Ok(ForwardResponse::LeaseTtl(self.lease_remaining(id)))
             }
-            ForwardRequest::ReadIndex => match self.raft.get_read_log_id().await {
-                Ok((read, _)) => Ok(ForwardResponse::ReadIndex(read.map(|l| l.index).unwrap_or(0))),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
-                    Err(StoreError::NotLeader { leader: f.leader_id })
-                }
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(StoreError::QuorumUnavailable),
-                Err(RaftError::Fatal(e)) => Err(fatal(e)),
-            },
+            ForwardRequest::ReadIndex => Ok(ForwardResponse::ReadIndex(self.confirm_leader().await?)),
             ForwardRequest::MemberAdd { peer_urls, is_learner } => self.leader_member_add(peer_urls, is_learner).await,
             ForwardRequest::MemberRemove { id } => {
                 let membership = self.raft.metrics().borrow().membership_config.clone();
@@ -556,6 +547,17 @@ impl StoreNode {
         }
     }
 
+    /// Confirms with a quorum that this member leads; returns the log index a linearizable read
+    /// must wait for.
+    async fn confirm_leader(&self) -> Result<u64, StoreError> {
+        match self.raft.get_read_log_id().await {
+            Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(StoreError::NotLeader { leader: f.leader_id }),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(StoreError::QuorumUnavailable),
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+        }
+    }
+
     async fn leader_member_add(&self, peer_urls: Vec<String>, is_learner: bool) -> Result<ForwardResponse, StoreError> {
         if !self.raft.metrics().borrow().current_leader.is_some_and(|l| l == self.id) {
             return Err(StoreError::NotLeader { leader: self.raft.metrics().borrow().current_leader });
@@ -571,8 +573,21 @@ impl StoreNode {
             Err(e) => return Err(client_write_error(e)),
         }
         if !is_learner {
-            // As etcd: a voting member counts toward quorum at once, even before it starts.
-            self.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await?;
+            // As etcd: a voting member counts toward quorum at once, even before it starts. The
+            // change completes only once the joint configuration commits, which in a one-member
+            // cluster needs the new member itself: answer once it is under way.
+            let raft = self.raft.clone();
+            let change = tokio::spawn(async move {
+                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false).await
+            });
+            let wait = Duration::from_millis(2 * self.config.election_timeout_ms);
+            match tokio::time::timeout(wait, change).await {
+                Ok(Ok(result)) => {
+                    result.map_err(client_write_error)?;
+                }
+                Ok(Err(join)) => return Err(StoreError::Internal(format!("membership change failed: {join}"))),
+                Err(_) => tracing::info!(member = %format!("{id:x}"), "voter added; the change completes when it joins"),
+            }
         }
         Ok(ForwardResponse::Member(id))
     }

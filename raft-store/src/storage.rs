@@ -421,19 +421,52 @@ struct StoredSnapshot {
 pub struct StateMachine {
     state: Arc<KvState>,
     snapshot_path: PathBuf,
+    /// The log id of the snapshot file on disk; guards its replacement (builds run beside
+    /// applies and installs, and an older snapshot must never replace a newer one).
+    snapshot_file: Arc<std::sync::Mutex<Option<LogId>>>,
 }
 
 impl StateMachine {
+    /// Opens the state; if the snapshot file is newer than the applied state (a crash between
+    /// writing the file and loading it), loads the snapshot first.
     pub fn open(db: Arc<DB>, dir: &Path) -> Result<Self, StorageError> {
-        Ok(Self { state: Arc::new(KvState::load(db)?), snapshot_path: dir.join("snapshot.bin") })
+        let sm = Self {
+            state: Arc::new(KvState::load(db)?),
+            snapshot_path: dir.join("snapshot.bin"),
+            snapshot_file: Arc::new(std::sync::Mutex::new(None)),
+        };
+        if let Some(stored) = sm.read_snapshot_file()? {
+            *sm.snapshot_file.lock().unwrap_or_else(|p| p.into_inner()) = stored.meta.last_log_id;
+            let applied = sm.state.data.read().unwrap_or_else(|p| p.into_inner()).applied;
+            if stored.meta.last_log_id > applied {
+                tracing::info!(snapshot = %stored.meta.snapshot_id, "loading a snapshot newer than the applied state");
+                sm.load_snapshot(&stored.meta, &stored.data)?;
+            }
+        }
+        Ok(sm)
     }
 
     pub fn state(&self) -> Arc<KvState> {
         self.state.clone()
     }
 
+    fn read_snapshot_file(&self) -> Result<Option<StoredSnapshot>, StorageError> {
+        let bytes = match std::fs::read(&self.snapshot_path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(snapshot_err(ErrorVerb::Read, e)),
+        };
+        bincode::deserialize(&bytes).map(Some).map_err(|e| snapshot_err(ErrorVerb::Read, e))
+    }
+
+    /// Replaces the snapshot file, unless it already holds this snapshot or a newer one.
     fn write_snapshot_file(&self, snapshot: &StoredSnapshot) -> Result<(), StorageError> {
-        let tmp = self.snapshot_path.with_extension("tmp");
+        let mut current = self.snapshot_file.lock().unwrap_or_else(|p| p.into_inner());
+        if current.is_some() && *current >= snapshot.meta.last_log_id {
+            return Ok(());
+        }
+        let index = snapshot.meta.last_log_id.map(|l| l.index).unwrap_or(0);
+        let tmp = self.snapshot_path.with_extension(format!("{index}.tmp"));
         let bytes = encode(snapshot);
         let write = || -> std::io::Result<()> {
             use std::io::Write;
@@ -446,46 +479,91 @@ impl StateMachine {
             }
             Ok(())
         };
-        write().map_err(|e| snapshot_err(ErrorVerb::Write, e))
+        write().map_err(|e| snapshot_err(ErrorVerb::Write, e))?;
+        *current = snapshot.meta.last_log_id;
+        Ok(())
+    }
+
+    /// Replaces the whole state with a snapshot's.
+    fn load_snapshot(&self, meta: &SnapshotMeta, bytes: &[u8]) -> Result<(), StorageError> {
+        let payload: SnapshotPayload = bincode::deserialize(bytes).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
+        let mut data = self.state.data.write().unwrap_or_else(|p| p.into_inner());
+        let db = &self.state.db;
+        let kv = cf(db, CF_KV);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(kv, &[][..], &[0xffu8; Revision::ENCODED_LEN + 1][..]);
+        for (k, v) in &payload.values {
+            batch.put_cf(kv, k, v);
+        }
+        let leases = cf(db, CF_LEASES);
+        batch.delete_range_cf(leases, &[][..], &[0xffu8; 9][..]);
+        for (id, ttl) in &payload.leases {
+            batch.put_cf(leases, id.to_be_bytes(), encode(ttl));
+        }
+        let mut fresh = StateData {
+            mvcc: Mvcc::new(),
+            applied: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+            cluster_id: payload.cluster_id,
+            members: payload.members.clone(),
+        };
+        // Persist everything but the (still empty) MVCC changes, then rebuild the index.
+        self.state.persist(&mut fresh, &mut batch);
+        let sm = cf(db, CF_SM);
+        batch.put_cf(sm, "revision", encode(&payload.revision));
+        batch.put_cf(sm, "compacted", encode(&payload.compacted));
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        db.write_opt(batch, &opts).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        fresh.mvcc = Mvcc::open(&RocksRevisions::new(db), payload.revision, payload.compacted, &payload.leases)
+            .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        *data = fresh;
+        Ok(())
     }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
-        // Between two applies every change is in RocksDB, so a RocksDB snapshot taken under the
-        // read lock matches the metadata read with it.
-        let (meta_parts, db_snapshot_values) = {
-            let data = self.state.data.read().unwrap_or_else(|p| p.into_inner());
-            let snap = self.state.db.snapshot();
-            let mut values = Vec::new();
-            for item in snap.iterator_cf(cf(&self.state.db, CF_KV), IteratorMode::Start) {
-                let (k, v) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
-                values.push((k.to_vec(), v.to_vec()));
-            }
-            let leases: BTreeMap<i64, i64> = data.mvcc.leases().iter().map(|(id, l)| (*id, l.ttl)).collect();
-            (
-                (
-                    data.applied,
-                    data.membership.clone(),
-                    data.mvcc.current_revision(),
-                    data.mvcc.compacted_revision(),
-                    data.cluster_id,
-                    data.members.clone(),
+        let state = self.state.clone();
+        // Reading every value is long: off the async workers, and outside the lock. Between two
+        // applies every change is in RocksDB, so a RocksDB snapshot taken under the lock matches
+        // the metadata read with it.
+        let built = tokio::task::spawn_blocking(move || -> Result<(SnapshotMeta, Vec<u8>), StorageError> {
+            let db = &state.db;
+            let (meta, snap, mut payload) = {
+                let data = state.data.read().unwrap_or_else(|p| p.into_inner());
+                let snap = db.snapshot();
+                let leases: BTreeMap<i64, i64> = data.mvcc.leases().iter().map(|(id, l)| (*id, l.ttl)).collect();
+                let revision = data.mvcc.current_revision();
+                let snapshot_id = match data.applied {
+                    Some(id) => format!("{}-{}-{}", id.leader_id, id.index, revision),
+                    None => format!("empty-{revision}"),
+                };
+                let meta = SnapshotMeta { last_log_id: data.applied, last_membership: data.membership.clone(), snapshot_id };
+                let payload = SnapshotPayload {
+                    revision,
+                    compacted: data.mvcc.compacted_revision(),
+                    cluster_id: data.cluster_id,
+                    members: data.members.clone(),
                     leases,
-                ),
-                values,
-            )
-        };
-        let (applied, membership, revision, compacted, cluster_id, members, leases) = meta_parts;
-        let payload = SnapshotPayload { revision, compacted, cluster_id, members, leases, values: db_snapshot_values };
-        let data = encode(&payload);
-        let snapshot_id = match applied {
-            Some(id) => format!("{}-{}-{}", id.leader_id, id.index, revision),
-            None => format!("empty-{revision}"),
-        };
-        let meta = SnapshotMeta { last_log_id: applied, last_membership: membership, snapshot_id };
+                    values: Vec::new(),
+                };
+                (meta, snap, payload)
+            };
+            for item in snap.iterator_cf(cf(db, CF_KV), IteratorMode::Start) {
+                let (k, v) = item.map_err(|e| sm_err(ErrorVerb::Read, e))?;
+                payload.values.push((k.to_vec(), v.to_vec()));
+            }
+            Ok((meta, encode(&payload)))
+        })
+        .await
+        .map_err(|e| sm_err(ErrorVerb::Read, std::io::Error::other(e.to_string())))??;
+        let (meta, data) = built;
         let stored = StoredSnapshot { meta: meta.clone(), data };
-        self.write_snapshot_file(&stored)?;
+        let writer = self.clone();
+        let stored = tokio::task::spawn_blocking(move || writer.write_snapshot_file(&stored).map(|_| stored))
+            .await
+            .map_err(|e| snapshot_err(ErrorVerb::Write, std::io::Error::other(e.to_string())))??;
         tracing::info!(snapshot = %meta.snapshot_id, bytes = stored.data.len(), "built snapshot");
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(stored.data)) })
     }
@@ -519,6 +597,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                     EntryPayload::Normal(cmd) => {
                         let (response, events) = apply_command(&mut data, &store, cmd);
+                        // A local storage failure is not a result other members share: stop
+                        // rather than diverge.
+                        if let CommandResponse::Failed(MvccError::Storage(m)) = &response {
+                            return Err(sm_err(ErrorVerb::Read, std::io::Error::other(m.clone())));
+                        }
                         if !events.is_empty() {
                             announced.push(AppliedEvents { revision: data.mvcc.current_revision(), events: Arc::new(events) });
                         }
@@ -548,52 +631,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
-        let payload: SnapshotPayload = bincode::deserialize(&bytes).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
-        {
-            let mut data = self.state.data.write().unwrap_or_else(|p| p.into_inner());
-            let db = &self.state.db;
-            let kv = cf(db, CF_KV);
-            let mut batch = WriteBatch::default();
-            batch.delete_range_cf(kv, &[][..], &[0xffu8; Revision::ENCODED_LEN + 1][..]);
-            for (k, v) in &payload.values {
-                batch.put_cf(kv, k, v);
-            }
-            let leases = cf(db, CF_LEASES);
-            batch.delete_range_cf(leases, &[][..], &[0xffu8; 9][..]);
-            for (id, ttl) in &payload.leases {
-                batch.put_cf(leases, id.to_be_bytes(), encode(ttl));
-            }
-            let mut fresh = StateData {
-                mvcc: Mvcc::new(),
-                applied: meta.last_log_id,
-                membership: meta.last_membership.clone(),
-                cluster_id: payload.cluster_id,
-                members: payload.members.clone(),
-            };
-            // Persist everything but the (still empty) MVCC changes, then rebuild the index.
-            self.state.persist(&mut fresh, &mut batch);
-            let sm = cf(db, CF_SM);
-            batch.put_cf(sm, "revision", encode(&payload.revision));
-            batch.put_cf(sm, "compacted", encode(&payload.compacted));
-            let mut opts = WriteOptions::default();
-            opts.set_sync(true);
-            db.write_opt(batch, &opts).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-            fresh.mvcc = Mvcc::open(&RocksRevisions::new(db), payload.revision, payload.compacted, &payload.leases)
-                .map_err(|e| sm_err(ErrorVerb::Read, e))?;
-            *data = fresh;
-        }
-        self.write_snapshot_file(&StoredSnapshot { meta: meta.clone(), data: bytes })?;
+        // The file first: if the process dies before the state is replaced, `open` loads it.
+        let stored = StoredSnapshot { meta: meta.clone(), data: bytes };
+        self.write_snapshot_file(&stored)?;
+        self.load_snapshot(meta, &stored.data)?;
         tracing::info!(snapshot = %meta.snapshot_id, "installed snapshot");
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let bytes = match std::fs::read(&self.snapshot_path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(snapshot_err(ErrorVerb::Read, e)),
-        };
-        let stored: StoredSnapshot = bincode::deserialize(&bytes).map_err(|e| snapshot_err(ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        let _guard = self.snapshot_file.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(self.read_snapshot_file()?.map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }

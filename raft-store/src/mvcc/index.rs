@@ -153,6 +153,18 @@ impl KeyIndex {
         history.generations.push(Generation::default());
     }
 
+    /// Takes back the latest `put` or `tombstone` of `key` (a failed transaction's).
+    pub fn undo(&mut self, key: &[u8], tombstone: bool) {
+        let Some(history) = self.keys.get_mut(key) else { return };
+        if tombstone {
+            history.generations.pop();
+        }
+        history.current().revs.pop();
+        if history.is_empty() {
+            self.keys.remove(key);
+        }
+    }
+
     /// The keys of a range visible at revision `at`, in key order, at most `limit` (0: all).
     pub fn range(&self, key: &[u8], range_end: &[u8], at: i64, limit: usize) -> Vec<(Vec<u8>, Revision)> {
         let mut out = Vec::new();

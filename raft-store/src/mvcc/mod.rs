@@ -160,6 +160,14 @@ struct WriteTxn {
     rev: i64,
     sub: i64,
     events: Vec<Event>,
+    /// What to take back if the transaction fails part-way.
+    undo: Vec<Undo>,
+    changes_mark: usize,
+}
+
+enum Undo {
+    Index { key: Vec<u8>, tombstone: bool },
+    Attach { key: Vec<u8>, old: i64, new: i64 },
 }
 
 impl Mvcc {
@@ -228,7 +236,10 @@ impl Mvcc {
         let mut txn = self.begin();
         for key in &lease.keys {
             let req = DeleteRangeRequest { key: key.clone(), range_end: Vec::new(), prev_kv: false };
-            self.txn_delete(store, &mut txn, &req)?;
+            if let Err(e) = self.txn_delete(store, &mut txn, &req) {
+                self.rollback(txn);
+                return Err(e);
+            }
         }
         self.leases.remove(&id);
         self.changes.push(Change::LeaseRemove(id));
@@ -306,7 +317,7 @@ impl Mvcc {
         let fetch_limit = if sort_order != range_request::SortOrder::None || filtered || req.limit <= 0 {
             0
         } else {
-            req.limit as usize + 1
+            (req.limit as usize).saturating_add(1)
         };
         let count = self.index.count(&req.key, &req.range_end, rev) as i64;
         let header = ResponseHeader { revision: at, ..Default::default() };
@@ -407,8 +418,13 @@ impl Mvcc {
 
     pub fn put(&mut self, store: &dyn RevisionStore, req: &PutRequest) -> Result<Applied<PutResponse>, MvccError> {
         let mut txn = self.begin();
-        let response = self.txn_put(store, &mut txn, req)?;
-        Ok(self.commit(txn, response))
+        match self.txn_put(store, &mut txn, req) {
+            Ok(response) => Ok(self.commit(txn, response)),
+            Err(e) => {
+                self.rollback(txn);
+                Err(e)
+            }
+        }
     }
 
     pub fn delete_range(
@@ -417,46 +433,28 @@ impl Mvcc {
         req: &DeleteRangeRequest,
     ) -> Result<Applied<DeleteRangeResponse>, MvccError> {
         let mut txn = self.begin();
-        let response = self.txn_delete(store, &mut txn, req)?;
-        Ok(self.commit(txn, response))
+        match self.txn_delete(store, &mut txn, req) {
+            Ok(response) => Ok(self.commit(txn, response)),
+            Err(e) => {
+                self.rollback(txn);
+                Err(e)
+            }
+        }
     }
 
     pub fn txn(&mut self, store: &dyn RevisionStore, req: &TxnRequest) -> Result<Applied<TxnResponse>, MvccError> {
         let mut txn = self.begin();
-        // Validate reads first so that a failing request changes nothing.
-        let succeeded = self.evaluate(store, &req.compare)?;
-        let ops = if succeeded { &req.success } else { &req.failure };
-        self.check_ops(ops)?;
-        let responses = self.txn_ops(store, &mut txn, ops)?;
-        let response = TxnResponse { header: None, succeeded, responses };
-        Ok(self.commit(txn, response))
-    }
-
-    /// Errors that can only be known against the state: checked before any change is staged.
-    fn check_ops(&self, ops: &[RequestOp]) -> Result<(), MvccError> {
-        for op in ops {
-            match &op.request {
-                Some(request_op::Request::RequestRange(r)) => {
-                    if r.revision > self.current {
-                        return Err(MvccError::FutureRevision);
-                    }
-                    if r.revision > 0 && r.revision < self.compacted {
-                        return Err(MvccError::Compacted);
-                    }
-                }
-                Some(request_op::Request::RequestPut(p)) => {
-                    if p.lease != 0 && !self.leases.contains_key(&p.lease) {
-                        return Err(MvccError::LeaseNotFound);
-                    }
-                }
-                Some(request_op::Request::RequestTxn(t)) => {
-                    self.check_ops(&t.success)?;
-                    self.check_ops(&t.failure)?;
-                }
-                _ => {}
+        let result = self.evaluate(store, &req.compare).and_then(|succeeded| {
+            let ops = if succeeded { &req.success } else { &req.failure };
+            self.txn_ops(store, &mut txn, ops).map(|responses| (succeeded, responses))
+        });
+        match result {
+            Ok((succeeded, responses)) => Ok(self.commit(txn, TxnResponse { header: None, succeeded, responses })),
+            Err(e) => {
+                self.rollback(txn);
+                Err(e)
             }
         }
-        Ok(())
     }
 
     fn evaluate(&self, store: &dyn RevisionStore, compares: &[Compare]) -> Result<bool, MvccError> {
@@ -525,7 +523,22 @@ impl Mvcc {
     }
 
     fn begin(&self) -> WriteTxn {
-        WriteTxn { rev: self.current + 1, sub: 0, events: Vec::new() }
+        WriteTxn { rev: self.current + 1, sub: 0, events: Vec::new(), undo: Vec::new(), changes_mark: self.changes.len() }
+    }
+
+    /// Takes back everything a failed write did: a request is applied whole or not at all.
+    fn rollback(&mut self, txn: WriteTxn) {
+        for undo in txn.undo.into_iter().rev() {
+            match undo {
+                Undo::Index { key, tombstone } => self.index.undo(&key, tombstone),
+                Undo::Attach { key, old, new } => self.attach(&key, new, old),
+            }
+        }
+        for change in self.changes.drain(txn.changes_mark..) {
+            if let Change::Put(rev, _) = change {
+                self.staged.remove(&rev);
+            }
+        }
     }
 
     /// Ends a write: the revision moves only if something changed.
@@ -566,7 +579,10 @@ impl Mvcc {
         let lease = if req.ignore_lease { prev.as_ref().map(|p| p.lease).unwrap_or_default() } else { req.lease };
         let kv = KeyValue { key: req.key.clone(), create_revision, mod_revision: txn.rev, version, value, lease };
         self.index.put(&req.key, rev);
-        self.attach(&req.key, prev.as_ref().map(|p| p.lease).unwrap_or(0), lease);
+        txn.undo.push(Undo::Index { key: req.key.clone(), tombstone: false });
+        let old_lease = prev.as_ref().map(|p| p.lease).unwrap_or(0);
+        self.attach(&req.key, old_lease, lease);
+        txn.undo.push(Undo::Attach { key: req.key.clone(), old: old_lease, new: lease });
         self.stage(rev, StoredValue { tombstone: false, kv: kv.clone() });
         txn.events.push(Event { r#type: EventType::Put as i32, kv: Some(kv), prev_kv: prev.clone() });
         Ok(PutResponse { header: None, prev_kv: if req.prev_kv { prev } else { None } })
@@ -586,7 +602,9 @@ impl Mvcc {
             let rev = Revision::new(txn.rev, txn.sub);
             txn.sub += 1;
             self.index.tombstone(key, rev);
+            txn.undo.push(Undo::Index { key: key.clone(), tombstone: true });
             self.attach(key, prev.lease, 0);
+            txn.undo.push(Undo::Attach { key: key.clone(), old: prev.lease, new: 0 });
             let tomb = KeyValue { key: key.clone(), mod_revision: txn.rev, ..Default::default() };
             self.stage(rev, StoredValue { tombstone: true, kv: tomb.clone() });
             txn.events.push(Event { r#type: EventType::Delete as i32, kv: Some(tomb), prev_kv: Some(prev.clone()) });
@@ -665,52 +683,74 @@ has_header!(PutResponse, DeleteRangeResponse, TxnResponse);
 
 /// Checks that need no state, done before a request enters the log: etcd's request validation.
 pub fn validate_txn(req: &TxnRequest, max_ops: usize) -> Result<(), RequestError> {
+    check_txn_shape(req, max_ops)?;
+    check_intervals(&req.success)?;
+    check_intervals(&req.failure)?;
+    Ok(())
+}
+
+fn check_txn_shape(req: &TxnRequest, max_ops: usize) -> Result<(), RequestError> {
     if req.success.len() > max_ops || req.failure.len() > max_ops || req.compare.len() > max_ops {
         return Err(RequestError::TooManyOps);
     }
-    for c in &req.compare {
-        if c.key.is_empty() {
-            return Err(RequestError::EmptyKey);
-        }
+    if req.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(RequestError::EmptyKey);
     }
-    for ops in [&req.success, &req.failure] {
-        let mut put_keys = HashSet::new();
-        let mut deletes: Vec<(&[u8], &[u8])> = Vec::new();
-        for op in ops.iter() {
-            match &op.request {
-                Some(request_op::Request::RequestPut(p)) => {
-                    validate_put(p)?;
-                    if !put_keys.insert(p.key.as_slice()) {
-                        return Err(RequestError::DuplicateKey);
-                    }
-                }
-                Some(request_op::Request::RequestDeleteRange(d)) => {
-                    if d.key.is_empty() {
-                        return Err(RequestError::EmptyKey);
-                    }
-                    deletes.push((&d.key, &d.range_end));
-                }
-                Some(request_op::Request::RequestRange(r)) => validate_range(r)?,
-                Some(request_op::Request::RequestTxn(t)) => validate_txn(t, max_ops)?,
-                None => {}
-            }
-        }
-        for key in &put_keys {
-            for (start, end) in &deletes {
-                let hit = if end.is_empty() {
-                    key == start
-                } else if *end == [0u8] {
-                    key >= start
-                } else {
-                    key >= start && key < end
-                };
-                if hit {
-                    return Err(RequestError::DuplicateKey);
-                }
-            }
+    for op in req.success.iter().chain(&req.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestPut(p)) => validate_put(p)?,
+            Some(request_op::Request::RequestDeleteRange(d)) => validate_delete(d)?,
+            Some(request_op::Request::RequestRange(r)) => validate_range(r)?,
+            Some(request_op::Request::RequestTxn(t)) => check_txn_shape(t, max_ops)?,
+            None => {}
         }
     }
     Ok(())
+}
+
+/// A deleted key range: `[start, end)`, `[start, ∞)` for an end of `\0`, or one key.
+type KeyInterval = (Vec<u8>, Vec<u8>);
+
+fn interval_holds(interval: &KeyInterval, key: &[u8]) -> bool {
+    index::in_bounds(&index::range_bounds(&interval.0, &interval.1), key)
+}
+
+/// etcd's rule: within the writes a transaction can make together (one branch, with the branches
+/// of the transactions nested in it), a key is put at most once and never both put and deleted.
+/// Returns the keys put and the ranges deleted by `ops`.
+fn check_intervals(ops: &[RequestOp]) -> Result<(HashSet<Vec<u8>>, Vec<KeyInterval>), RequestError> {
+    let mut dels: Vec<KeyInterval> = ops
+        .iter()
+        .filter_map(|op| match &op.request {
+            Some(request_op::Request::RequestDeleteRange(d)) => Some((d.key.clone(), d.range_end.clone())),
+            _ => None,
+        })
+        .collect();
+    let mut puts: HashSet<Vec<u8>> = HashSet::new();
+    for op in ops {
+        let Some(request_op::Request::RequestTxn(t)) = &op.request else { continue };
+        let (puts_then, dels_then) = check_intervals(&t.success)?;
+        let (puts_else, dels_else) = check_intervals(&t.failure)?;
+        // Either branch may run, never both: each is checked against this level alone.
+        let mut added = HashSet::new();
+        for key in puts_then.iter().chain(puts_else.iter()) {
+            if puts.contains(key) || dels.iter().any(|d| interval_holds(d, key)) {
+                return Err(RequestError::DuplicateKey);
+            }
+            added.insert(key.clone());
+        }
+        puts.extend(added);
+        dels.extend(dels_then);
+        dels.extend(dels_else);
+    }
+    for op in ops {
+        let Some(request_op::Request::RequestPut(p)) = &op.request else { continue };
+        if puts.contains(&p.key) || dels.iter().any(|d| interval_holds(d, &p.key)) {
+            return Err(RequestError::DuplicateKey);
+        }
+        puts.insert(p.key.clone());
+    }
+    Ok((puts, dels))
 }
 
 pub fn validate_put(req: &PutRequest) -> Result<(), RequestError> {

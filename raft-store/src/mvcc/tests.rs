@@ -371,3 +371,51 @@ fn history_replays_events_with_prev_kv() {
     assert_eq!(f.mvcc.history(&f.store, b"a", b"", 3, 5, false).unwrap_err(), MvccError::Compacted);
     assert_eq!(f.mvcc.history(&f.store, b"a", b"", 4, 5, false).unwrap().len(), 2, "the compaction revision stays watchable");
 }
+
+#[test]
+fn a_txn_that_fails_part_way_changes_nothing() {
+    let mut f = Fixture::new();
+    f.put("a", "1");
+    let missing = RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: "b".into(),
+            ignore_value: true,
+            ..Default::default()
+        })),
+    };
+    let req = TxnRequest { compare: vec![], success: vec![put_op("a", "2"), put_op("c", "1"), missing], failure: vec![] };
+    assert_eq!(f.mvcc.txn(&f.store, &req).unwrap_err(), MvccError::KeyNotFound);
+    assert!(f.mvcc.take_changes().is_empty(), "nothing staged");
+    assert_eq!(f.mvcc.current_revision(), 2);
+    assert_eq!(f.get("a", "", 0).unwrap().kvs[0].value, b"1");
+    assert!(f.get("c", "", 0).unwrap().kvs.is_empty(), "the index forgot c");
+    // The next write takes the revision the failed one would have had, cleanly.
+    f.put("d", "1");
+    assert_eq!(f.get("d", "", 0).unwrap().kvs[0].mod_revision, 3);
+    assert_eq!(f.get("a", "", 0).unwrap().kvs[0].mod_revision, 2);
+    let reopened = Mvcc::open(&f.store, f.mvcc.current_revision(), f.mvcc.compacted_revision(), &f.store.leases).unwrap();
+    assert_eq!(reopened.current_revision(), 3);
+}
+
+#[test]
+fn duplicate_keys_are_refused_across_nested_txns() {
+    let nested = |ops: Vec<RequestOp>| RequestOp {
+        request: Some(request_op::Request::RequestTxn(TxnRequest { compare: vec![], success: ops, failure: vec![] })),
+    };
+    let del = |k: &str| RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest { key: k.into(), ..Default::default() })),
+    };
+    let txn = |ops: Vec<RequestOp>| TxnRequest { compare: vec![], success: ops, failure: vec![] };
+    assert_eq!(validate_txn(&txn(vec![put_op("a", "1"), nested(vec![put_op("a", "2")])]), 128), Err(RequestError::DuplicateKey));
+    assert_eq!(validate_txn(&txn(vec![put_op("a", "1"), nested(vec![del("a")])]), 128), Err(RequestError::DuplicateKey));
+    assert_eq!(validate_txn(&txn(vec![put_op("a", "1"), nested(vec![put_op("b", "2")])]), 128), Ok(()));
+    // The two branches of a nested txn never both run.
+    let both = RequestOp {
+        request: Some(request_op::Request::RequestTxn(TxnRequest {
+            compare: vec![],
+            success: vec![put_op("x", "1")],
+            failure: vec![put_op("x", "2")],
+        })),
+    };
+    assert_eq!(validate_txn(&txn(vec![both]), 128), Ok(()));
+}
