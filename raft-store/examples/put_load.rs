@@ -15,7 +15,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("usage: put_load ENDPOINT[,ENDPOINT...] CLIENTS CONNECTIONS TOTAL VALUE_BYTES");
         std::process::exit(2);
     }
-    let endpoints: Vec<String> = args[1].split(',').map(|e| format!("http://{}", e.trim_start_matches("http://"))).collect();
+    let endpoints: Vec<String> =
+        args[1].split(',').map(|e| format!("http://{}", e.trim_start_matches("http://"))).collect();
     let clients: usize = args[2].parse()?;
     let connections: usize = args[3].parse()?;
     let total: usize = args[4].parse()?;

@@ -192,7 +192,13 @@ async fn write_block<W: AsyncWrite + Unpin>(
     Ok(())
 }
 
-async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, kind: u8, flags: u8, stream: u32, payload: &[u8]) -> std::io::Result<()> {
+async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    kind: u8,
+    flags: u8,
+    stream: u32,
+    payload: &[u8],
+) -> std::io::Result<()> {
     let len = (payload.len() as u32).to_be_bytes();
     let s = stream.to_be_bytes();
     let header = [len[1], len[2], len[3], kind, flags, s[0], s[1], s[2], s[3]];
@@ -263,8 +269,10 @@ mod tests {
     #[tokio::test]
     async fn relay_repairs_authorities_and_keeps_hpack_state_consistent() {
         let mut client_enc = loona_hpack::Encoder::new();
-        let good: Vec<(&[u8], &[u8])> = vec![(b":method", b"POST"), (b":authority", b"127.0.0.1:2379"), (b":path", b"/a")];
-        let url: Vec<(&[u8], &[u8])> = vec![(b":method", b"POST"), (b":authority", b"http://127.0.0.1:2379"), (b":path", b"/b")];
+        let good: Vec<(&[u8], &[u8])> =
+            vec![(b":method", b"POST"), (b":authority", b"127.0.0.1:2379"), (b":path", b"/a")];
+        let url: Vec<(&[u8], &[u8])> =
+            vec![(b":method", b"POST"), (b":authority", b"http://127.0.0.1:2379"), (b":path", b"/b")];
         let mut input = PREFACE.to_vec();
         input.extend(frames(1, &client_enc.encode(good.clone()), false));
         // A DATA frame passes through untouched.

@@ -80,7 +80,10 @@ impl Lease for LeaseService {
         }
     }
 
-    async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let id = request.into_inner().id;
         match self.node.write(Command::LeaseRevoke { id }).await.map_err(status)? {
             CommandResponse::LeaseRevoke(mut r) => {
@@ -140,10 +143,19 @@ impl Lease for LeaseService {
             None => (0, Vec::new()),
         });
         let ttl = if granted == 0 && ttl >= 0 { -1 } else { ttl };
-        Ok(Response::new(LeaseTimeToLiveResponse { header: self.header(), id: req.id, ttl, granted_ttl: granted, keys }))
+        Ok(Response::new(LeaseTimeToLiveResponse {
+            header: self.header(),
+            id: req.id,
+            ttl,
+            granted_ttl: granted,
+            keys,
+        }))
     }
 
-    async fn lease_leases(&self, _request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        _request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
         self.node.read_barrier().await.map_err(status)?;
         let leases = self.node.state().read(|d, _| d.mvcc.leases().keys().map(|id| LeaseStatus { id: *id }).collect());
         Ok(Response::new(LeaseLeasesResponse { header: self.header(), leases }))

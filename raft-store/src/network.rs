@@ -128,11 +128,17 @@ impl PeerConnection {
     fn warn_unreachable(&self, status: &Status) {
         let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
         let now = std::time::Instant::now();
-        let due = warned.get(&self.target).is_none_or(|t| now.duration_since(*t) >= Duration::from_millis(PEER_WARNING_INTERVAL_MS));
+        let due = warned
+            .get(&self.target)
+            .is_none_or(|t| now.duration_since(*t) >= Duration::from_millis(PEER_WARNING_INTERVAL_MS));
         if due {
             warned.insert(self.target, now);
             let cause = format!("{status:?}");
-            let cause = if cause.contains("Connection refused") { "connection refused".to_string() } else { status.message().to_string() };
+            let cause = if cause.contains("Connection refused") {
+                "connection refused".to_string()
+            } else {
+                status.message().to_string()
+            };
             tracing::warn!(peer = %format!("{:x}", self.target), url = %self.url, %cause, "peer unreachable; retrying");
         }
     }

@@ -110,7 +110,8 @@ impl StoreNode {
         let id = member_id(&config.initial_advertise_peer_urls, &config.initial_cluster_token);
         validate(&config)?;
         let dir = config.data_dir.join("member");
-        std::fs::create_dir_all(&dir).map_err(|e| StartError::Config(format!("cannot create {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StartError::Config(format!("cannot create {}: {e}", dir.display())))?;
         let db_path = dir.join("db");
         let db = open_db(&db_path).map_err(|source| StartError::Storage { path: db_path.clone(), source })?;
         let log = LogStore::new(db.clone());
@@ -152,7 +153,9 @@ impl StoreNode {
                 .config
                 .initial_cluster
                 .iter()
-                .map(|(_, urls)| (member_id(urls, &self.config.initial_cluster_token), MemberNode { peer_urls: urls.clone() }))
+                .map(|(_, urls)| {
+                    (member_id(urls, &self.config.initial_cluster_token), MemberNode { peer_urls: urls.clone() })
+                })
                 .collect();
             tracing::info!(members = members.len(), "forming a new cluster");
             // Every initial member initializes with the same membership; that is safe.
@@ -172,9 +175,11 @@ impl StoreNode {
     /// Publishes this member's name and client URLs, and sets the cluster ID when this member
     /// is the first leader.
     async fn publish_loop(self: Arc<Self>) {
-        let attrs = MemberAttrs { name: self.config.name.clone(), client_urls: self.config.advertise_client_urls.clone() };
+        let attrs =
+            MemberAttrs { name: self.config.name.clone(), client_urls: self.config.advertise_client_urls.clone() };
         let token = &self.config.initial_cluster_token;
-        let initial_ids: BTreeSet<NodeId> = self.config.initial_cluster.iter().map(|(_, urls)| member_id(urls, token)).collect();
+        let initial_ids: BTreeSet<NodeId> =
+            self.config.initial_cluster.iter().map(|(_, urls)| member_id(urls, token)).collect();
         let cluster = cluster_id(&initial_ids);
         let mut metrics = self.raft.metrics();
         loop {
@@ -185,21 +190,29 @@ impl StoreNode {
             }
             let leader = metrics.borrow().current_leader;
             if leader.is_some() {
-                if !has_cluster_id && leader == Some(self.id) && self.config.initial_cluster_state == ClusterState::New {
+                if !has_cluster_id && leader == Some(self.id) && self.config.initial_cluster_state == ClusterState::New
+                {
                     if let Err(e) = self.write(Command::SetClusterId(cluster)).await {
                         tracing::warn!(error = %e, "cannot record the cluster ID yet");
                     }
                 }
                 if !published {
-                    let cmd = Command::SetMemberAttrs { id: self.id, name: attrs.name.clone(), client_urls: attrs.client_urls.clone() };
+                    let cmd = Command::SetMemberAttrs {
+                        id: self.id,
+                        name: attrs.name.clone(),
+                        client_urls: attrs.client_urls.clone(),
+                    };
                     match self.write(cmd).await {
-                        Ok(_) => tracing::info!(name = %attrs.name, id = %format!("{:x}", self.id), "published member attributes"),
+                        Ok(_) => {
+                            tracing::info!(name = %attrs.name, id = %format!("{:x}", self.id), "published member attributes")
+                        }
                         Err(e) => tracing::warn!(error = %e, "cannot publish member attributes yet"),
                     }
                 }
             }
             // Wake on any Raft change (a leader appears, an entry applies), or retry shortly.
-            let _ = tokio::time::timeout(Duration::from_millis(self.config.election_timeout_ms), metrics.changed()).await;
+            let _ =
+                tokio::time::timeout(Duration::from_millis(self.config.election_timeout_ms), metrics.changed()).await;
         }
     }
 
@@ -265,7 +278,8 @@ impl StoreNode {
 
     /// Leases past their deadline; leases first seen get a deadline of a full TTL from now.
     fn expired_leases(&self) -> Vec<i64> {
-        let leases: Vec<(i64, i64)> = self.state.read(|d, _| d.mvcc.leases().iter().map(|(id, l)| (*id, l.ttl)).collect());
+        let leases: Vec<(i64, i64)> =
+            self.state.read(|d, _| d.mvcc.leases().iter().map(|(id, l)| (*id, l.ttl)).collect());
         let now = Instant::now();
         let mut deadlines = self.lease_deadlines.lock().unwrap_or_else(|p| p.into_inner());
         let live: std::collections::HashSet<i64> = leases.iter().map(|(id, _)| *id).collect();
@@ -303,9 +317,15 @@ impl StoreNode {
 
     /// Renews a lease wherever the leader is; its TTL, or -1 if there is no such lease.
     pub async fn lease_keep_alive(&self, id: i64) -> Result<i64, StoreError> {
-        match self.leader_call(ForwardRequest::LeaseKeepAlive { id }).await? {
-            ForwardResponse::LeaseTtl(t) => Ok(t),
-            other => Err(StoreError::Internal(format!("unexpected reply to a keep-alive: {other:?}"))),
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            match self.leader_call(ForwardRequest::LeaseKeepAlive { id }).await {
+                Ok(ForwardResponse::LeaseTtl(t)) => return Ok(t),
+                Ok(other) => return Err(StoreError::Internal(format!("unexpected reply to a keep-alive: {other:?}"))),
+                // A renewal is idempotent: when the leader went away mid-request, ask the next one.
+                Err(StoreError::Indeterminate(_)) if Instant::now() < deadline => continue,
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -344,7 +364,12 @@ impl StoreNode {
     /// The header every response carries.
     pub fn header(&self, revision: i64) -> ResponseHeader {
         let cluster_id = self.state.read(|d, _| d.cluster_id);
-        ResponseHeader { cluster_id, member_id: self.id, revision, raft_term: self.raft.metrics().borrow().current_term }
+        ResponseHeader {
+            cluster_id,
+            member_id: self.id,
+            revision,
+            raft_term: self.raft.metrics().borrow().current_term,
+        }
     }
 
     /// Replicates a command and returns its result, wherever the leader is.
@@ -440,9 +465,9 @@ impl StoreNode {
                 return Err(if leader.is_some() { StoreError::Timeout } else { StoreError::NoLeader });
             }
             let result = match (leader, leader_node) {
-                (Some(l), _) if l == self.id => {
-                    tokio::time::timeout(remaining, self.handle_forwarded(req.clone())).await.unwrap_or(Err(StoreError::Timeout))
-                }
+                (Some(l), _) if l == self.id => tokio::time::timeout(remaining, self.handle_forwarded(req.clone()))
+                    .await
+                    .unwrap_or(Err(StoreError::Timeout)),
                 (Some(l), Some(node)) => match self.channel(l, &node) {
                     Ok(channel) => network::forward(channel, &req, remaining).await,
                     Err(e) => Err(StoreError::Unreachable(e)),
@@ -450,7 +475,9 @@ impl StoreNode {
                 _ => Err(StoreError::NotLeader { leader: None }),
             };
             match result {
-                Err(StoreError::NotLeader { .. }) | Err(StoreError::Unreachable(_)) | Err(StoreError::QuorumUnavailable) => {
+                Err(StoreError::NotLeader { .. })
+                | Err(StoreError::Unreachable(_))
+                | Err(StoreError::QuorumUnavailable) => {
                     if let Some(l) = leader {
                         self.channels.lock().unwrap_or_else(|p| p.into_inner()).remove(&l);
                     }
@@ -497,12 +524,16 @@ impl StoreNode {
             }
             // A leader cut off from the others must not keep leases alive that the real leader
             // is about to revoke: leadership is confirmed with a quorum first.
+            // A new leader also applies everything committed before answering, so that a lease
+            // granted just before a failover is known.
             ForwardRequest::LeaseKeepAlive { id } => {
-                self.confirm_leader().await?;
+                let index = self.confirm_leader().await?;
+                self.wait_applied(index).await?;
                 Ok(ForwardResponse::LeaseTtl(self.renew_lease(id)))
             }
             ForwardRequest::LeaseTimeToLive { id } => {
-                self.confirm_leader().await?;
+                let index = self.confirm_leader().await?;
+                self.wait_applied(index).await?;
                 Ok(ForwardResponse::LeaseTtl(self.lease_remaining(id)))
             }
             ForwardRequest::ReadIndex => Ok(ForwardResponse::ReadIndex(self.confirm_leader().await?)),
@@ -532,12 +563,8 @@ impl StoreNode {
                 }
                 // As etcd: a learner is ready once it has 90% of the leader's log.
                 let last = m.last_log_index.unwrap_or(0);
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&id).cloned().flatten())
-                    .map(|l| l.index)
-                    .unwrap_or(0);
+                let matched =
+                    m.replication.as_ref().and_then(|r| r.get(&id).cloned().flatten()).map(|l| l.index).unwrap_or(0);
                 if (matched as f64) < 0.9 * last as f64 {
                     return Err(StoreError::LearnerNotReady);
                 }
@@ -552,7 +579,9 @@ impl StoreNode {
     async fn confirm_leader(&self) -> Result<u64, StoreError> {
         match self.raft.get_read_log_id().await {
             Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => Err(StoreError::NotLeader { leader: f.leader_id }),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
+                Err(StoreError::NotLeader { leader: f.leader_id })
+            }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => Err(StoreError::QuorumUnavailable),
             Err(RaftError::Fatal(e)) => Err(fatal(e)),
         }
@@ -586,7 +615,9 @@ impl StoreNode {
                     result.map_err(client_write_error)?;
                 }
                 Ok(Err(join)) => return Err(StoreError::Internal(format!("membership change failed: {join}"))),
-                Err(_) => tracing::info!(member = %format!("{id:x}"), "voter added; the change completes when it joins"),
+                Err(_) => {
+                    tracing::info!(member = %format!("{id:x}"), "voter added; the change completes when it joins")
+                }
             }
         }
         Ok(ForwardResponse::Member(id))

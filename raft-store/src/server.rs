@@ -6,8 +6,8 @@ use std::sync::Arc;
 use prost::Message;
 use proto::etcdserverpb::cluster_server::{Cluster, ClusterServer};
 use proto::etcdserverpb::kv_server::{Kv, KvServer};
-use proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
 use proto::etcdserverpb::lease_server::LeaseServer;
+use proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
 use proto::etcdserverpb::watch_server::WatchServer;
 use proto::etcdserverpb::*;
 use proto::raftpeer::raft_peer_server::RaftPeerServer;
@@ -27,7 +27,9 @@ const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 pub fn status(e: StoreError) -> Status {
     let msg = |m: &str| format!("etcdserver: {m}");
     match e {
-        StoreError::Mvcc(MvccError::Compacted) => Status::out_of_range(msg("mvcc: required revision has been compacted")),
+        StoreError::Mvcc(MvccError::Compacted) => {
+            Status::out_of_range(msg("mvcc: required revision has been compacted"))
+        }
         StoreError::Mvcc(MvccError::FutureRevision) => {
             Status::out_of_range(msg("mvcc: required revision is a future revision"))
         }
@@ -39,9 +41,7 @@ pub fn status(e: StoreError) -> Status {
         StoreError::NoLeader => Status::unavailable(msg("no leader")),
         StoreError::Timeout | StoreError::QuorumUnavailable => Status::unavailable(msg("request timed out")),
         StoreError::NotLeader { .. } | StoreError::Unreachable(_) => Status::unavailable(msg("leader changed")),
-        StoreError::Indeterminate(_) => {
-            Status::unavailable(msg("request timed out, possibly due to connection lost"))
-        }
+        StoreError::Indeterminate(_) => Status::unavailable(msg("request timed out, possibly due to connection lost")),
         StoreError::MemberNotFound => Status::not_found(msg("member not found")),
         StoreError::PeerUrlExists => Status::failed_precondition(msg("Peer URLs already exists")),
         StoreError::MemberNotLearner => Status::failed_precondition(msg("can only promote a learner member")),
@@ -95,11 +95,8 @@ impl Kv for KvService {
         if !req.serializable {
             self.node.read_barrier().await.map_err(status)?;
         }
-        let mut resp = self
-            .node
-            .state()
-            .read(|d, store| d.mvcc.range(store, &req))
-            .map_err(|e| status(StoreError::Mvcc(e)))?;
+        let mut resp =
+            self.node.state().read(|d, store| d.mvcc.range(store, &req)).map_err(|e| status(StoreError::Mvcc(e)))?;
         self.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -117,7 +114,10 @@ impl Kv for KvService {
         }
     }
 
-    async fn delete_range(&self, request: Request<DeleteRangeRequest>) -> Result<Response<DeleteRangeResponse>, Status> {
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         mvcc::validate_delete(&req).map_err(request_status)?;
@@ -186,24 +186,41 @@ impl Cluster for ClusterService {
         check_peer_urls(&req.peer_ur_ls)?;
         let id = self.node.member_add(req.peer_ur_ls.clone(), req.is_learner).await.map_err(status)?;
         let members = self.node.members();
-        let member = Member { id, name: String::new(), peer_ur_ls: req.peer_ur_ls, client_ur_ls: vec![], is_learner: req.is_learner };
+        let member = Member {
+            id,
+            name: String::new(),
+            peer_ur_ls: req.peer_ur_ls,
+            client_ur_ls: vec![],
+            is_learner: req.is_learner,
+        };
         Ok(Response::new(MemberAddResponse { header: self.header(), member: Some(member), members }))
     }
 
-    async fn member_remove(&self, request: Request<MemberRemoveRequest>) -> Result<Response<MemberRemoveResponse>, Status> {
+    async fn member_remove(
+        &self,
+        request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
         self.node.member_remove(request.into_inner().id).await.map_err(status)?;
         Ok(Response::new(MemberRemoveResponse { header: self.header(), members: self.node.members() }))
     }
 
-    async fn member_update(&self, _request: Request<MemberUpdateRequest>) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented("etcdserver: member update is not supported by keelson; remove and re-add the member"))
+    async fn member_update(
+        &self,
+        _request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        Err(Status::unimplemented(
+            "etcdserver: member update is not supported by keelson; remove and re-add the member",
+        ))
     }
 
     async fn member_list(&self, _request: Request<MemberListRequest>) -> Result<Response<MemberListResponse>, Status> {
         Ok(Response::new(MemberListResponse { header: self.header(), members: self.node.members() }))
     }
 
-    async fn member_promote(&self, request: Request<MemberPromoteRequest>) -> Result<Response<MemberPromoteResponse>, Status> {
+    async fn member_promote(
+        &self,
+        request: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
         self.node.member_promote(request.into_inner().id).await.map_err(status)?;
         Ok(Response::new(MemberPromoteResponse { header: self.header(), members: self.node.members() }))
     }
@@ -375,7 +392,11 @@ pub async fn serve(
             .add_service(LeaseServer::new(crate::lease::LeaseService::new(n.clone())));
         let incoming = relayed_incoming(listener, stop_rx.clone());
         tasks.spawn(async move {
-            router.serve_with_incoming_shutdown(incoming, async move { let _ = stop.wait_for(|s| *s).await; }).await
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
         });
     }
     for listener in peer_listeners {
@@ -393,7 +414,11 @@ pub async fn serve(
             })
         });
         tasks.spawn(async move {
-            router.serve_with_incoming_shutdown(incoming, async move { let _ = stop.wait_for(|s| *s).await; }).await
+            router
+                .serve_with_incoming_shutdown(incoming, async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
         });
     }
     tracing::info!(

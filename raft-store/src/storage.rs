@@ -60,7 +60,9 @@ pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_SM, CF_LEASES].into_iter().map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
+    let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_SM, CF_LEASES]
+        .into_iter()
+        .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     Ok(Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?))
 }
 
@@ -116,12 +118,15 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let mut out = Vec::new();
-        let iter = self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::From(&start.to_be_bytes(), Direction::Forward));
+        let iter =
+            self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::From(&start.to_be_bytes(), Direction::Forward));
         for item in iter {
             let (key, value) = item.map_err(read_logs_err)?;
-            let index = u64::from_be_bytes(key.as_ref().try_into().map_err(|_| {
-                read_logs_err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad log key"))
-            })?);
+            let index = u64::from_be_bytes(
+                key.as_ref()
+                    .try_into()
+                    .map_err(|_| read_logs_err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad log key")))?,
+            );
             if !range.contains(&index) {
                 break;
             }
@@ -347,8 +352,15 @@ fn read_leases(db: &DB) -> Result<BTreeMap<i64, i64>, StorageError> {
 }
 
 /// Applies one command; the same input gives the same output on every member.
-fn apply_command(data: &mut StateData, store: &dyn RevisionStore, cmd: &Command) -> (CommandResponse, Vec<proto::mvccpb::Event>) {
-    fn done<R>(r: Result<crate::mvcc::Applied<R>, MvccError>, wrap: fn(R) -> CommandResponse) -> (CommandResponse, Vec<proto::mvccpb::Event>) {
+fn apply_command(
+    data: &mut StateData,
+    store: &dyn RevisionStore,
+    cmd: &Command,
+) -> (CommandResponse, Vec<proto::mvccpb::Event>) {
+    fn done<R>(
+        r: Result<crate::mvcc::Applied<R>, MvccError>,
+        wrap: fn(R) -> CommandResponse,
+    ) -> (CommandResponse, Vec<proto::mvccpb::Event>) {
         match r {
             Ok(applied) => (wrap(applied.response), applied.events),
             Err(e) => (CommandResponse::Failed(e), Vec::new()),
@@ -380,7 +392,10 @@ fn apply_command(data: &mut StateData, store: &dyn RevisionStore, cmd: &Command)
         Command::LeaseRevoke { id } => match data.mvcc.lease_revoke(store, *id) {
             Ok(applied) => (
                 CommandResponse::LeaseRevoke(proto::etcdserverpb::LeaseRevokeResponse {
-                    header: Some(proto::etcdserverpb::ResponseHeader { revision: applied.response, ..Default::default() }),
+                    header: Some(proto::etcdserverpb::ResponseHeader {
+                        revision: applied.response,
+                        ..Default::default()
+                    }),
                 }),
                 applied.events,
             ),
@@ -539,7 +554,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     Some(id) => format!("{}-{}-{}", id.leader_id, id.index, revision),
                     None => format!("empty-{revision}"),
                 };
-                let meta = SnapshotMeta { last_log_id: data.applied, last_membership: data.membership.clone(), snapshot_id };
+                let meta =
+                    SnapshotMeta { last_log_id: data.applied, last_membership: data.membership.clone(), snapshot_id };
                 let payload = SnapshotPayload {
                     revision,
                     compacted: data.mvcc.compacted_revision(),
@@ -603,7 +619,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                             return Err(sm_err(ErrorVerb::Read, std::io::Error::other(m.clone())));
                         }
                         if !events.is_empty() {
-                            announced.push(AppliedEvents { revision: data.mvcc.current_revision(), events: Arc::new(events) });
+                            announced.push(AppliedEvents {
+                                revision: data.mvcc.current_revision(),
+                                events: Arc::new(events),
+                            });
                         }
                         response
                     }
@@ -629,7 +648,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
-    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Box<Cursor<Vec<u8>>>) -> Result<(), StorageError> {
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
         let bytes = snapshot.into_inner();
         // The file first: if the process dies before the state is replaced, `open` loads it.
         let stored = StoredSnapshot { meta: meta.clone(), data: bytes };
@@ -641,6 +664,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let _guard = self.snapshot_file.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(self.read_snapshot_file()?.map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+        Ok(self
+            .read_snapshot_file()?
+            .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
     }
 }

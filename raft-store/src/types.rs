@@ -51,15 +51,26 @@ pub enum Command {
     Put(PutRequest),
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
-    Compact { revision: i64 },
+    Compact {
+        revision: i64,
+    },
     /// Grants a lease; the ID and TTL (seconds) are settled before the command enters the log.
-    LeaseGrant { id: i64, ttl: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
     /// Revokes a lease, deleting its keys (a client's request, or the leader seeing it lapse).
-    LeaseRevoke { id: i64 },
+    LeaseRevoke {
+        id: i64,
+    },
     /// Set once by the first leader: the cluster's ID, reported in every response header.
     SetClusterId(u64),
     /// A member's own description, published when it starts.
-    SetMemberAttrs { id: NodeId, name: String, client_urls: Vec<String> },
+    SetMemberAttrs {
+        id: NodeId,
+        name: String,
+        client_urls: Vec<String>,
+    },
 }
 
 impl fmt::Display for Command {
@@ -145,13 +156,24 @@ pub enum ForwardRequest {
     /// The leader confirms its leadership and answers the log index a linearizable read must
     /// wait for.
     ReadIndex,
-    MemberAdd { peer_urls: Vec<String>, is_learner: bool },
-    MemberRemove { id: NodeId },
-    MemberPromote { id: NodeId },
+    MemberAdd {
+        peer_urls: Vec<String>,
+        is_learner: bool,
+    },
+    MemberRemove {
+        id: NodeId,
+    },
+    MemberPromote {
+        id: NodeId,
+    },
     /// Renews a lease on the leader, which alone keeps lease deadlines.
-    LeaseKeepAlive { id: i64 },
+    LeaseKeepAlive {
+        id: i64,
+    },
     /// A lease's remaining TTL, as the leader counts it.
-    LeaseTimeToLive { id: i64 },
+    LeaseTimeToLive {
+        id: i64,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

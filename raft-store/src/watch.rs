@@ -58,12 +58,7 @@ impl Watch for WatchService {
         let (tx, rx) = mpsc::channel(WATCH_RESPONSES_QUEUE_MAX);
         // Subscribe before anything is read, so that no applied revision falls between.
         let events = self.node.state().subscribe();
-        let stream = WatchStream {
-            node: self.node.clone(),
-            watchers: BTreeMap::new(),
-            next_id: 0,
-            tx,
-        };
+        let stream = WatchStream { node: self.node.clone(), watchers: BTreeMap::new(), next_id: 0, tx };
         tokio::spawn(stream.run(requests, events));
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
@@ -235,13 +230,13 @@ impl WatchStream {
             }
             Err(MvccError::Compacted) => {
                 self.watchers.remove(&id);
-                let (current, compacted) = self.node.state().read(|d, _| (d.mvcc.current_revision(), d.mvcc.compacted_revision()));
+                let compacted = self.node.state().read(|d, _| d.mvcc.compacted_revision());
+                // As etcd: no revision in the header, and the compact revision tells the reason.
                 self.send(WatchResponse {
-                    header: self.header(current),
+                    header: self.header(0),
                     watch_id: id,
                     canceled: true,
                     compact_revision: compacted,
-                    cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
                     ..Default::default()
                 })
                 .await
@@ -277,8 +272,13 @@ impl WatchStream {
             }
             if !batch.is_empty() && bytes + rev_bytes > WATCH_RESPONSE_BYTES_SOFT_MAX {
                 let out = std::mem::take(&mut batch);
-                self.send(WatchResponse { header: self.header(revision), watch_id: id, events: out, ..Default::default() })
-                    .await?;
+                self.send(WatchResponse {
+                    header: self.header(revision),
+                    watch_id: id,
+                    events: out,
+                    ..Default::default()
+                })
+                .await?;
                 bytes = 0;
             }
             batch.extend_from_slice(&events[i..j]);
@@ -286,8 +286,13 @@ impl WatchStream {
             i = j;
         }
         if !batch.is_empty() {
-            self.send(WatchResponse { header: self.header(revision), watch_id: id, events: batch, ..Default::default() })
-                .await?;
+            self.send(WatchResponse {
+                header: self.header(revision),
+                watch_id: id,
+                events: batch,
+                ..Default::default()
+            })
+            .await?;
         }
         Ok(())
     }
@@ -328,12 +333,8 @@ impl WatchStream {
     /// so that no event at or below the notified revision can follow the notification.
     async fn notify_progress(&mut self, periodic: bool) -> Result<(), Gone> {
         let current = self.current();
-        let ids: Vec<i64> = self
-            .watchers
-            .iter()
-            .filter(|(_, w)| !periodic || w.progress_notify)
-            .map(|(id, _)| *id)
-            .collect();
+        let ids: Vec<i64> =
+            self.watchers.iter().filter(|(_, w)| !periodic || w.progress_notify).map(|(id, _)| *id).collect();
         if periodic && ids.is_empty() {
             return Ok(());
         }
@@ -345,7 +346,8 @@ impl WatchStream {
         if periodic {
             for id in ids {
                 if self.watchers.contains_key(&id) {
-                    self.send(WatchResponse { header: self.header(current), watch_id: id, ..Default::default() }).await?;
+                    self.send(WatchResponse { header: self.header(current), watch_id: id, ..Default::default() })
+                        .await?;
                 }
             }
             Ok(())

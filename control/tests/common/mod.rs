@@ -164,6 +164,8 @@ pub struct Cluster {
     pub token: String,
     pub options: Options,
     binary: PathBuf,
+    /// Further `keelson store` flags given to every member at each start (see `start_with_flags`).
+    extra_flags: Vec<String>,
 }
 
 impl Drop for Cluster {
@@ -226,13 +228,25 @@ impl Cluster {
         cluster
     }
 
+    /// As `start`, with further `keelson store` flags (e.g. `--experimental-watch-progress-notify-interval`)
+    /// given to every member, at this start and every restart.
+    pub async fn start_with_flags(n: usize, options: Options, flags: &[&str]) -> Cluster {
+        let mut cluster = Cluster::define(n, options);
+        cluster.extra_flags = flags.iter().map(|f| f.to_string()).collect();
+        for i in 0..n {
+            cluster.start_new(i);
+        }
+        cluster.wait_ready().await;
+        cluster
+    }
+
     /// Defines `n` members named n1..nN forming a new cluster, none started yet.
     pub fn define(n: usize, options: Options) -> Cluster {
         let binary = PathBuf::from(env!("CARGO_BIN_EXE_keelson"));
         assert!(binary.exists(), "the keelson binary is missing at {}", binary.display());
         let dir = tempfile::Builder::new().prefix("keelson-cluster-").tempdir().expect("cannot create a temp dir");
         let token = format!("keelson-test-{}", dir.path().file_name().unwrap().to_string_lossy());
-        let mut cluster = Cluster { dir, members: Vec::new(), token, options, binary };
+        let mut cluster = Cluster { dir, members: Vec::new(), token, options, binary, extra_flags: Vec::new() };
         let ports = free_ports(2 * n);
         for i in 0..n {
             cluster.define_member(&format!("n{}", i + 1), ports[2 * i], ports[2 * i + 1]);
@@ -286,6 +300,7 @@ impl Cluster {
         let binary = self.binary.clone();
         let token = self.token.clone();
         let options = self.options.clone();
+        let extra_flags = self.extra_flags.clone();
         let m = &mut self.members[i];
         assert!(m.child.is_none(), "{} is already running", m.name);
         m.initial_cluster = initial_cluster.to_string();
@@ -311,6 +326,7 @@ impl Cluster {
             .args(["--election-timeout", &ELECTION_TIMEOUT_MS.to_string()])
             .args(["--snapshot-count", &options.snapshot_count.to_string()])
             .args(["--snapshot-catchup-entries", &options.snapshot_catchup_entries.to_string()])
+            .args(&extra_flags)
             .env("KEELSON_LOG", "info,openraft=warn")
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -12,9 +12,9 @@ pub mod index;
 use std::collections::{BTreeMap, HashSet};
 
 use proto::etcdserverpb::{
-    compare, range_request, request_op, response_op, Compare, CompactionResponse, DeleteRangeRequest,
-    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader,
-    ResponseOp, TxnRequest, TxnResponse,
+    compare, range_request, request_op, response_op, CompactionResponse, Compare, DeleteRangeRequest,
+    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp,
+    TxnRequest, TxnResponse,
 };
 use proto::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -294,12 +294,7 @@ impl Mvcc {
         }
     }
 
-    fn range_at(
-        &self,
-        store: &dyn RevisionStore,
-        req: &RangeRequest,
-        at: i64,
-    ) -> Result<RangeResponse, MvccError> {
+    fn range_at(&self, store: &dyn RevisionStore, req: &RangeRequest, at: i64) -> Result<RangeResponse, MvccError> {
         let rev = if req.revision <= 0 { at } else { req.revision };
         if rev > at {
             return Err(MvccError::FutureRevision);
@@ -523,7 +518,13 @@ impl Mvcc {
     }
 
     fn begin(&self) -> WriteTxn {
-        WriteTxn { rev: self.current + 1, sub: 0, events: Vec::new(), undo: Vec::new(), changes_mark: self.changes.len() }
+        WriteTxn {
+            rev: self.current + 1,
+            sub: 0,
+            events: Vec::new(),
+            undo: Vec::new(),
+            changes_mark: self.changes.len(),
+        }
     }
 
     /// Takes back everything a failed write did: a request is applied whole or not at all.
@@ -575,7 +576,11 @@ impl Mvcc {
             Some(p) => (p.create_revision, p.version + 1),
             None => (txn.rev, 1),
         };
-        let value = if req.ignore_value { prev.as_ref().map(|p| p.value.clone()).unwrap_or_default() } else { req.value.clone() };
+        let value = if req.ignore_value {
+            prev.as_ref().map(|p| p.value.clone()).unwrap_or_default()
+        } else {
+            req.value.clone()
+        };
         let lease = if req.ignore_lease { prev.as_ref().map(|p| p.lease).unwrap_or_default() } else { req.lease };
         let kv = KeyValue { key: req.key.clone(), create_revision, mod_revision: txn.rev, version, value, lease };
         self.index.put(&req.key, rev);

@@ -274,7 +274,8 @@ fn request_validation_matches_etcd() {
     };
     let overlap = TxnRequest { compare: vec![], success: vec![put_op("a1", "1"), del], failure: vec![] };
     assert_eq!(validate_txn(&overlap, 128), Err(RequestError::DuplicateKey));
-    let many = TxnRequest { compare: vec![], success: (0..129).map(|i| get_op(&i.to_string())).collect(), failure: vec![] };
+    let many =
+        TxnRequest { compare: vec![], success: (0..129).map(|i| get_op(&i.to_string())).collect(), failure: vec![] };
     assert_eq!(validate_txn(&many, 128), Err(RequestError::TooManyOps));
     assert_eq!(validate_put(&PutRequest::default()), Err(RequestError::EmptyKey));
     let bad_sort = RangeRequest { key: "a".into(), sort_order: 7, ..Default::default() };
@@ -291,7 +292,8 @@ fn reopening_rebuilds_the_same_view() {
     f.put("c", "3");
     f.mvcc.compact(3).unwrap();
     f.flush();
-    let reopened = Mvcc::open(&f.store, f.mvcc.current_revision(), f.mvcc.compacted_revision(), &f.store.leases).unwrap();
+    let reopened =
+        Mvcc::open(&f.store, f.mvcc.current_revision(), f.mvcc.compacted_revision(), &f.store.leases).unwrap();
     for rev in 3..=6 {
         let req = RangeRequest { key: vec![0], range_end: vec![0], revision: rev, ..Default::default() };
         assert_eq!(reopened.range(&f.store, &req), f.mvcc.range(&f.store, &req), "at revision {rev}");
@@ -327,7 +329,8 @@ fn events_describe_each_change_with_prev_kv() {
 #[test]
 fn leases_attach_keys_and_revoke_deletes_them_in_one_revision() {
     let mut f = Fixture::new();
-    let with_lease = |key: &str, lease: i64| PutRequest { key: key.into(), value: b"v".to_vec(), lease, ..Default::default() };
+    let with_lease =
+        |key: &str, lease: i64| PutRequest { key: key.into(), value: b"v".to_vec(), lease, ..Default::default() };
     assert_eq!(f.mvcc.put(&f.store, &with_lease("a", 7)).unwrap_err(), MvccError::LeaseNotFound);
     f.mvcc.lease_grant(7, 10).unwrap();
     assert_eq!(f.mvcc.lease_grant(7, 10), Err(MvccError::LeaseExists));
@@ -339,7 +342,8 @@ fn leases_attach_keys_and_revoke_deletes_them_in_one_revision() {
     f.del("b", "");
     assert_eq!(f.mvcc.leases()[&7].keys, std::collections::BTreeSet::from([b"a".to_vec()]));
 
-    let reopened = Mvcc::open(&f.store, f.mvcc.current_revision(), f.mvcc.compacted_revision(), &f.store.leases).unwrap();
+    let reopened =
+        Mvcc::open(&f.store, f.mvcc.current_revision(), f.mvcc.compacted_revision(), &f.store.leases).unwrap();
     assert_eq!(reopened.leases(), f.mvcc.leases(), "attachments are rebuilt from the stored values");
 
     let before = f.mvcc.current_revision();
@@ -369,7 +373,11 @@ fn history_replays_events_with_prev_kv() {
     f.mvcc.compact(4).unwrap();
     f.flush();
     assert_eq!(f.mvcc.history(&f.store, b"a", b"", 3, 5, false).unwrap_err(), MvccError::Compacted);
-    assert_eq!(f.mvcc.history(&f.store, b"a", b"", 4, 5, false).unwrap().len(), 2, "the compaction revision stays watchable");
+    assert_eq!(
+        f.mvcc.history(&f.store, b"a", b"", 4, 5, false).unwrap().len(),
+        2,
+        "the compaction revision stays watchable"
+    );
 }
 
 #[test]
@@ -383,7 +391,8 @@ fn a_txn_that_fails_part_way_changes_nothing() {
             ..Default::default()
         })),
     };
-    let req = TxnRequest { compare: vec![], success: vec![put_op("a", "2"), put_op("c", "1"), missing], failure: vec![] };
+    let req =
+        TxnRequest { compare: vec![], success: vec![put_op("a", "2"), put_op("c", "1"), missing], failure: vec![] };
     assert_eq!(f.mvcc.txn(&f.store, &req).unwrap_err(), MvccError::KeyNotFound);
     assert!(f.mvcc.take_changes().is_empty(), "nothing staged");
     assert_eq!(f.mvcc.current_revision(), 2);
@@ -393,7 +402,8 @@ fn a_txn_that_fails_part_way_changes_nothing() {
     f.put("d", "1");
     assert_eq!(f.get("d", "", 0).unwrap().kvs[0].mod_revision, 3);
     assert_eq!(f.get("a", "", 0).unwrap().kvs[0].mod_revision, 2);
-    let reopened = Mvcc::open(&f.store, f.mvcc.current_revision(), f.mvcc.compacted_revision(), &f.store.leases).unwrap();
+    let reopened =
+        Mvcc::open(&f.store, f.mvcc.current_revision(), f.mvcc.compacted_revision(), &f.store.leases).unwrap();
     assert_eq!(reopened.current_revision(), 3);
 }
 
@@ -403,11 +413,20 @@ fn duplicate_keys_are_refused_across_nested_txns() {
         request: Some(request_op::Request::RequestTxn(TxnRequest { compare: vec![], success: ops, failure: vec![] })),
     };
     let del = |k: &str| RequestOp {
-        request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest { key: k.into(), ..Default::default() })),
+        request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+            key: k.into(),
+            ..Default::default()
+        })),
     };
     let txn = |ops: Vec<RequestOp>| TxnRequest { compare: vec![], success: ops, failure: vec![] };
-    assert_eq!(validate_txn(&txn(vec![put_op("a", "1"), nested(vec![put_op("a", "2")])]), 128), Err(RequestError::DuplicateKey));
-    assert_eq!(validate_txn(&txn(vec![put_op("a", "1"), nested(vec![del("a")])]), 128), Err(RequestError::DuplicateKey));
+    assert_eq!(
+        validate_txn(&txn(vec![put_op("a", "1"), nested(vec![put_op("a", "2")])]), 128),
+        Err(RequestError::DuplicateKey)
+    );
+    assert_eq!(
+        validate_txn(&txn(vec![put_op("a", "1"), nested(vec![del("a")])]), 128),
+        Err(RequestError::DuplicateKey)
+    );
     assert_eq!(validate_txn(&txn(vec![put_op("a", "1"), nested(vec![put_op("b", "2")])]), 128), Ok(()));
     // The two branches of a nested txn never both run.
     let both = RequestOp {
