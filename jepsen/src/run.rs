@@ -1,0 +1,216 @@
+//! One campaign: launch a cluster, run clients, watchers and the nemesis for the time limit,
+//! heal, read the final state, check the history and write the report.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+
+use crate::checker::watch::WatcherSpec;
+use crate::client::{final_registers, Client, Recorder, Workload, SET_NAME};
+use crate::cluster::{Cluster, ClusterOpts};
+use crate::history::{Kind, Op, NEMESIS_PROCESS};
+use crate::nemesis::Nemesis;
+
+/// How long the cluster may take to become healthy again after the last fault is healed.
+pub const RECOVERY_WITHIN_S: u64 = 60;
+
+#[derive(Clone, Debug)]
+pub struct RunOpts {
+    pub nodes: usize,
+    pub time_limit_s: u64,
+    pub nemesis: Vec<String>,
+    pub nemesis_interval_s: u64,
+    pub workload: Workload,
+    pub seed: u64,
+    pub concurrency: usize,
+    pub keys: u64,
+    pub watchers: u32,
+    pub check_time_limit_s: u64,
+    pub keelson: PathBuf,
+    pub out: PathBuf,
+}
+
+pub struct Outcome {
+    /// Some(true): no anomaly; Some(false): anomalies; None: some check could not decide.
+    pub valid: Option<bool>,
+    pub summary: String,
+    pub dir: PathBuf,
+}
+
+/// The prefix the watchers follow: the workload's keys.
+fn watched_prefix(workload: Workload) -> String {
+    match workload {
+        Workload::Register => "r".to_string(),
+        Workload::Set => format!("{SET_NAME}/"),
+    }
+}
+
+/// The fault kinds to draw from: `partition` stands for every kind of partition.
+pub fn expand_nemesis(kinds: &[String], nodes: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    for k in kinds {
+        if k == "partition" {
+            out.extend(
+                ["partition-one", "partition-leader", "partition-majority", "partition-bridge"].map(String::from),
+            );
+            if nodes >= 5 {
+                out.push("partition-ring".into());
+            }
+        } else {
+            out.push(k.clone());
+        }
+    }
+    out
+}
+
+pub async fn run(mut opts: RunOpts) -> anyhow::Result<Outcome> {
+    opts.nemesis = expand_nemesis(&opts.nemesis, opts.nodes);
+    // Refuse unknown kinds before anything starts.
+    for k in &opts.nemesis {
+        k.parse::<crate::nemesis::Target>()?;
+    }
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let dir = opts.out.join(format!("{stamp}-seed{}", opts.seed));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    tracing::info!(dir = %dir.display(), "run starts");
+    let mut cluster_opts = ClusterOpts::new(opts.keelson.clone(), opts.nodes, dir.join("cluster"));
+    // Frequent snapshots, so that restarted members also catch up through them.
+    cluster_opts.snapshot_count = 2_000;
+    let cluster = Arc::new(Cluster::launch(cluster_opts).await.context("cannot launch the cluster")?);
+    let result = campaign(&opts, cluster.clone(), &dir).await;
+    if let Err(e) = cluster.shutdown() {
+        tracing::warn!(error = %e, "cluster cleanup incomplete");
+    }
+    result
+}
+
+async fn campaign(opts: &RunOpts, cluster: Arc<Cluster>, dir: &std::path::Path) -> anyhow::Result<Outcome> {
+    let endpoints = cluster.client_endpoints();
+    let start = Instant::now();
+    let recorder = Recorder::new(start);
+    let until = start + Duration::from_secs(opts.time_limit_s);
+
+    let mut clients = Vec::new();
+    for p in 0..opts.concurrency {
+        let client = Client::new(p as i64, endpoints.clone(), opts.seed)?;
+        clients.push(tokio::spawn(client.run(opts.workload, opts.keys, until, recorder.clone())));
+    }
+    let prefix = watched_prefix(opts.workload);
+    let specs: Vec<WatcherSpec> = (0..opts.watchers)
+        .map(|w| WatcherSpec { watcher: w, prefix: prefix.clone(), start_revision: 1, prev_kv: w % 2 == 0 })
+        .collect();
+    let mut watchers = Vec::new();
+    for spec in &specs {
+        watchers.push(tokio::spawn(crate::watcher::follow(spec.clone(), endpoints.clone(), start, until, None)));
+    }
+    let mut nemesis = Nemesis::new(cluster.clone(), opts.nemesis.clone(), opts.seed)?;
+    let nemesis_task = {
+        let recorder = recorder.clone();
+        let interval = Duration::from_secs(opts.nemesis_interval_s);
+        tokio::spawn(async move {
+            nemesis
+                .run(until, interval, |action: &str, detail: &str| {
+                    let op = Op::Nemesis { action: action.to_string(), detail: detail.to_string() };
+                    recorder.record(NEMESIS_PROCESS, Kind::Info, op, None, None);
+                })
+                .await
+        })
+    };
+    for c in clients {
+        c.await.context("a client task failed")?;
+    }
+    nemesis_task.await.context("the nemesis task failed")??;
+    let mut deliveries = Vec::new();
+    for w in watchers {
+        deliveries.extend(w.await.context("a watcher task failed")?);
+    }
+
+    // Everything is healed: the cluster must recover, and then nothing acknowledged is lost.
+    cluster.wait_healthy(Duration::from_secs(RECOVERY_WITHIN_S)).await.context("the cluster did not recover")?;
+    let deadline = Instant::now() + Duration::from_secs(RECOVERY_WITHIN_S);
+    let final_registers = match opts.workload {
+        Workload::Register => final_registers(&endpoints, opts.keys, deadline).await?,
+        Workload::Set => Default::default(),
+    };
+    let final_set = match opts.workload {
+        Workload::Set => Some(final_set(&endpoints, deadline).await?),
+        Workload::Register => None,
+    };
+    // The reference history of the watched keys: a watch from revision 1 up to the head.
+    let head = head_revision(&endpoints, deadline).await?;
+    let reference_spec = WatcherSpec { watcher: u32::MAX, prefix: prefix.clone(), start_revision: 1, prev_kv: true };
+    let reference = crate::watcher::follow(
+        reference_spec,
+        endpoints.clone(),
+        start,
+        Instant::now() + Duration::from_secs(RECOVERY_WITHIN_S),
+        Some(head),
+    )
+    .await;
+
+    let history = recorder.snapshot();
+    let mut file = std::fs::File::create(dir.join("history.jsonl"))?;
+    crate::history::write_jsonl(&history, &mut file)?;
+    let mut watch_file = std::fs::File::create(dir.join("watch.jsonl"))?;
+    for d in &deliveries {
+        serde_json::to_writer(&mut watch_file, d)?;
+        std::io::Write::write_all(&mut watch_file, b"\n")?;
+    }
+
+    let verdict = crate::checker::check_all(crate::checker::CheckInput {
+        history: &history,
+        final_registers: &final_registers,
+        final_set: final_set.as_ref(),
+        watchers: &specs,
+        deliveries: &deliveries,
+        reference: &reference,
+        head_revision: head,
+        time_limit: Duration::from_secs(opts.check_time_limit_s),
+    });
+    let summary = crate::report::summary(&history, &verdict.render_text());
+    let svg = crate::report::timeline_svg(&history);
+    std::fs::write(dir.join("summary.txt"), &summary)?;
+    std::fs::write(dir.join("timeline.svg"), &svg)?;
+    std::fs::write(dir.join("report.html"), crate::report::html(&summary, &svg))?;
+    Ok(Outcome { valid: verdict.valid, summary, dir: dir.to_path_buf() })
+}
+
+async fn final_set(endpoints: &[String], deadline: Instant) -> anyhow::Result<Vec<String>> {
+    let mut attempt = 0;
+    loop {
+        let mut kv = proto::etcdserverpb::kv_client::KvClient::new(crate::client::channel(
+            &endpoints[attempt % endpoints.len()],
+        )?);
+        match crate::client::read_set(&mut kv, SET_NAME, false).await {
+            Ok((elements, _)) => return Ok(elements),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "final set read failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => anyhow::bail!("the final set read kept failing: {e}"),
+        }
+    }
+}
+
+/// The store's current revision, read linearizably.
+async fn head_revision(endpoints: &[String], deadline: Instant) -> anyhow::Result<i64> {
+    let mut attempt = 0;
+    loop {
+        let mut kv = proto::etcdserverpb::kv_client::KvClient::new(crate::client::channel(
+            &endpoints[attempt % endpoints.len()],
+        )?);
+        let req = proto::etcdserverpb::RangeRequest { key: b"\0".to_vec(), count_only: true, ..Default::default() };
+        match kv.range(req).await {
+            Ok(resp) => return Ok(resp.into_inner().header.map(|h| h.revision).unwrap_or_default()),
+            Err(e) if Instant::now() < deadline => {
+                tracing::debug!(error = %e, "head revision read failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => anyhow::bail!("the head revision read kept failing: {e}"),
+        }
+    }
+}
