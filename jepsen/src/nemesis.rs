@@ -387,20 +387,31 @@ impl Nemesis {
         Ok(done.join("; "))
     }
 
-    /// Until `until`: a random fault of the configured kinds for `interval`, heal, quiet for
-    /// `interval`. Every start and stop is passed to `record(action, detail)` (actions
+    /// Until `until`: a random fault of the configured kinds (sometimes two at once) for
+    /// `interval`, heal, quiet for `interval`. Every start and stop is passed to `record(action, detail)` (actions
     /// `start-<kind>`, `stop-<kind>`, `heal-all`, and `<action>-failed`) after it took effect.
     /// Everything is healed at the end, also after errors; the first error is returned.
     pub async fn run(&mut self, until: Instant, interval: Duration, mut record: impl FnMut(&str, &str)) -> Result<()> {
         let mut first_error: Option<anyhow::Error> = None;
         while Instant::now() < until {
             let target = self.targets[self.rng.below(self.targets.len())];
-            match self.start(target).await {
-                Ok(detail) => record(&format!("start-{target}"), &detail),
-                Err(e) => {
-                    tracing::warn!(%target, error = %format!("{e:#}"), "cannot inject a fault");
-                    record(&format!("start-{target}-failed"), &format!("{e:#}"));
-                    first_error.get_or_insert(e);
+            let mut window = vec![target];
+            // One window in three combines two kinds of fault (a partition and a kill, say).
+            // Membership changes stay alone: healing them needs a working quorum.
+            let others: Vec<Target> =
+                self.targets.iter().copied().filter(|t| *t != target && *t != Target::Member).collect();
+            if target != Target::Member && !others.is_empty() && self.rng.below(3) == 0 {
+                window.push(others[self.rng.below(others.len())]);
+            }
+            for target in window {
+                match self.start(target).await {
+                    Ok(detail) => record(&format!("start-{target}"), &detail),
+                    // A fault that cannot start now (no leader to single out during an
+                    // election, say) is recorded and skipped; only failing to heal stops the run.
+                    Err(e) => {
+                        tracing::warn!(%target, error = %format!("{e:#}"), "cannot inject a fault");
+                        record(&format!("start-{target}-failed"), &format!("{e:#}"));
+                    }
                 }
             }
             sleep_until_or(until, interval).await;

@@ -151,6 +151,9 @@ pub fn timeline_svg(history: &[Event]) -> String {
             *per_second.entry(c.time_ns / 1_000_000_000).or_default() += 1;
         }
     }
+    // The last second is partial: its count would read as a collapse.
+    let full_seconds = end_s.floor() as u64;
+    per_second.retain(|s, _| *s < full_seconds);
     let max_tp = per_second.values().copied().max().unwrap_or(1).max(1) as f64;
     let y_tp = |n: f64| TOP + (H - TOP - BOTTOM) * (1.0 - n / max_tp);
 
