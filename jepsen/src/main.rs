@@ -41,7 +41,7 @@ struct Cli {
     /// Seconds the linearizability search may take before it answers "unknown".
     #[arg(long, default_value_t = 60)]
     check_time_limit: u64,
-    /// The keelson binary (default: next to this one).
+    /// The keelson binary (default: $KEELSON_BIN, else next to this one).
     #[arg(long)]
     keelson: Option<PathBuf>,
     /// Where runs are kept (each in its own folder).
@@ -55,12 +55,17 @@ async fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEELSON_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let keelson = cli.keelson.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("keelson")))
-            .unwrap_or_else(|| PathBuf::from("keelson"))
-    });
+    let keelson = match cli.keelson.clone().map(Ok).unwrap_or_else(jepsen::cluster::find_keelson_binary) {
+        Ok(path) if path.is_file() => path,
+        Ok(path) => {
+            eprintln!("jepsen: --keelson {} is not a file", path.display());
+            return std::process::ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("jepsen: {e:#} (for a release run: cargo build --release -p control)");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let opts = RunOpts {
         nodes: cli.nodes,
         time_limit_s: cli.time_limit,
