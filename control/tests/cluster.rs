@@ -239,6 +239,17 @@ async fn member_down_while_log_purged_catches_up_through_snapshot() {
         c.members[down].name,
         log.lines().rev().take(40).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n")
     );
+
+    // The leader has purged its own log: it must start again from what it kept, and so must
+    // the member that caught up through the snapshot.
+    for i in [leader, down] {
+        c.kill(i);
+        c.restart(i);
+        c.wait_ready().await;
+    }
+    put(&mut c.kv(other), "snap/after", "y").await.expect("a put after the restarts");
+    let (_, view) = wait_converged(&c, &[leader, other, down], "snap/", within(CATCH_UP_WITHIN)).await;
+    assert_eq!(view.len(), KEYS + 2, "the restarted members lost keys");
 }
 
 /// Goal: membership changes (add a voter, remove a voter, add a learner and promote it) work

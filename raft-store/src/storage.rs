@@ -140,7 +140,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let last_purged: Option<LogId> = self.get_meta("last_purged")?;
+        // Stored as an Option (see `purge`): decode it as one.
+        let last_purged: Option<LogId> = self.get_meta::<Option<LogId>>("last_purged")?.flatten();
         let last = match self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::End).next() {
             Some(item) => {
                 let (_, value) = item.map_err(read_logs_err)?;
