@@ -11,6 +11,7 @@ use proto::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnReque
 use tonic::transport::Channel;
 
 use crate::history::{Event, Kind, Op};
+use crate::nemesis::SplitMix64;
 
 /// How long one operation may take before it is recorded as unknown.
 pub const OP_TIMEOUT_MS: u64 = 5_000;
@@ -41,32 +42,6 @@ impl Recorder {
 
     pub fn snapshot(&self) -> Vec<Event> {
         self.events.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-}
-
-/// A small seeded generator (splitmix64): runs with the same seed make the same choices.
-#[derive(Clone)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Self(seed ^ 0x9e37_79b9_7f4a_7c15)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next_u64() % n
-        }
     }
 }
 
@@ -106,7 +81,7 @@ pub struct Client {
     member: usize,
     kv: KvClient<Channel>,
     counter: u64,
-    rng: Rng,
+    rng: SplitMix64,
     /// The last value this client saw per register key, to aim compare-and-sets at.
     last_seen: std::collections::HashMap<String, String>,
 }
@@ -147,7 +122,7 @@ impl Client {
             member,
             kv,
             counter: 0,
-            rng: Rng::new(seed.wrapping_add(process as u64)),
+            rng: SplitMix64::new(seed ^ 0x9e37_79b9_7f4a_7c15 ^ (process as u64).wrapping_mul(0xbf58_476d_1ce4_e5b9)),
             last_seen: Default::default(),
         })
     }
@@ -176,7 +151,7 @@ impl Client {
     }
 
     async fn register_op(&mut self, keys: u64, recorder: &Recorder) {
-        let key = register_key(self.rng.below(keys));
+        let key = register_key(self.rng.below(keys.max(1) as usize) as u64);
         let choice = self.rng.below(10);
         if choice < 4 {
             let op = Op::Read { key: key.clone(), value: None };
