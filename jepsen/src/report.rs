@@ -163,7 +163,10 @@ pub fn timeline_svg(history: &[Event]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
     );
     let _ = writeln!(svg, r#"<rect width="{W}" height="{H}" fill="white"/>"#);
-    for w in fault_windows(history) {
+    let windows = fault_windows(history);
+    // Names are written on the plot only while they fit; the shading's tooltip always has them.
+    let label = windows.len() <= 12;
+    for w in windows {
         let x0 = x(secs(w.start_ns));
         let x1 = x(w.end_ns.map(secs).unwrap_or(end_s));
         let _ = writeln!(
@@ -173,13 +176,15 @@ pub fn timeline_svg(history: &[Event]) -> String {
             H - TOP - BOTTOM,
             xml_escape(&w.name)
         );
-        let _ = writeln!(
-            svg,
-            r##"<text x="{:.1}" y="{:.1}" fill="#a33" font-size="10">{}</text>"##,
-            x0 + 2.0,
-            TOP + 12.0,
-            xml_escape(&w.name)
-        );
+        if label {
+            let _ = writeln!(
+                svg,
+                r##"<text x="{:.1}" y="{:.1}" fill="#a33" font-size="10">{}</text>"##,
+                x0 + 2.0,
+                TOP + 12.0,
+                xml_escape(&w.name)
+            );
+        }
     }
     for o in &ops {
         let Some(c) = &o.complete else { continue };
