@@ -41,10 +41,7 @@ impl Ports {
         for l in &listeners {
             ports.push(l.local_addr()?.port());
         }
-        Ok(Ports {
-            client: [ports[0], ports[1], ports[2]],
-            peer: [ports[3], ports[4], ports[5]],
-        })
+        Ok(Ports { client: [ports[0], ports[1], ports[2]], peer: [ports[3], ports[4], ports[5]] })
     }
 }
 
@@ -102,18 +99,17 @@ impl Cluster {
 
     async fn wait_healthy(&mut self) -> Result<()> {
         let deadline = Instant::now() + HEALTH_DEADLINE;
-        let mut last_problem = String::from("no answer yet");
         loop {
             for child in &mut self.children {
                 if let Some(status) = child.try_wait()? {
                     bail!("member {} exited: {status}", child.id());
                 }
             }
-            match self.leaders().await {
+            let last_problem = match self.leaders().await {
                 Ok(leaders) if leaders.iter().all(|&l| l != 0 && l == leaders[0]) => return Ok(()),
-                Ok(leaders) => last_problem = format!("leaders as seen by each member: {leaders:?}"),
-                Err(e) => last_problem = format!("{e:#}"),
-            }
+                Ok(leaders) => format!("leaders as seen by each member: {leaders:?}"),
+                Err(e) => format!("{e:#}"),
+            };
             if Instant::now() >= deadline {
                 bail!("no agreed leader after {HEALTH_DEADLINE:?} ({last_problem})");
             }
