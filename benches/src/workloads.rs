@@ -401,6 +401,11 @@ pub async fn lease_keepalive(
         tasks.spawn(async move {
             let mut result = ClientResult::default();
             let (req_tx, req_rx) = mpsc::channel(1);
+            // A Go gRPC server sends the response headers of a stream only with its first answer,
+            // so the first request must be queued before the call is opened.
+            let Some(first) = mine.first() else { return Ok(result) };
+            req_tx.send(LeaseKeepAliveRequest { id: *first }).await?;
+            let mut queued = true;
             let mut responses =
                 LeaseClient::new(channel).lease_keep_alive(ReceiverStream::new(req_rx)).await?.into_inner();
             for id in mine.iter().cycle() {
@@ -408,8 +413,11 @@ pub async fn lease_keepalive(
                     break;
                 }
                 let started = Instant::now();
+                let send = !std::mem::take(&mut queued);
                 let round = async {
-                    req_tx.send(LeaseKeepAliveRequest { id: *id }).await?;
+                    if send {
+                        req_tx.send(LeaseKeepAliveRequest { id: *id }).await?;
+                    }
                     let resp = responses.message().await?.context("keep-alive stream ended")?;
                     if resp.ttl <= 0 {
                         bail!("lease {id} not found");
