@@ -263,8 +263,7 @@ pub async fn read_set(
     serializable: bool,
 ) -> Result<(Vec<String>, i64), tonic::Status> {
     let prefix = format!("{set}/");
-    let mut end = prefix.clone().into_bytes();
-    *end.last_mut().expect("the prefix is not empty") += 1;
+    let end = crate::watcher::prefix_end(&prefix);
     let req = RangeRequest {
         key: prefix.clone().into_bytes(),
         range_end: end,
@@ -281,6 +280,33 @@ pub async fn read_set(
     Ok((elements, resp.header.map(|h| h.revision).unwrap_or_default()))
 }
 
+/// Runs `read` against the members in turn until it succeeds or `deadline` passes: after
+/// healing, the cluster needs a moment before every member answers again.
+pub async fn read_until<T, F, Fut>(
+    endpoints: &[String],
+    deadline: Instant,
+    what: &str,
+    mut read: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut(KvClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let mut attempt = 0usize;
+    loop {
+        let kv = KvClient::new(channel(&endpoints[attempt % endpoints.len()])?);
+        match read(kv).await {
+            Ok(v) => return Ok(v),
+            Err(status) if Instant::now() < deadline => {
+                tracing::debug!(%what, error = %status, "final read failed; retrying");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => anyhow::bail!("the final read of {what} kept failing: {status}"),
+        }
+    }
+}
+
 /// The final value of every register key, read linearizably, retrying until `deadline`.
 pub async fn final_registers(
     endpoints: &[String],
@@ -290,23 +316,15 @@ pub async fn final_registers(
     let mut out = std::collections::BTreeMap::new();
     for i in 0..keys {
         let key = register_key(i);
-        let mut attempt = 0usize;
-        loop {
-            let mut kv = KvClient::new(channel(&endpoints[attempt % endpoints.len()])?);
-            match kv.range(RangeRequest { key: key.clone().into_bytes(), ..Default::default() }).await {
-                Ok(resp) => {
-                    let value = resp.into_inner().kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
-                    out.insert(key, value);
-                    break;
-                }
-                Err(status) if Instant::now() < deadline => {
-                    tracing::debug!(%key, error = %status, "final read failed; retrying");
-                    attempt += 1;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-                Err(status) => anyhow::bail!("the final read of {key} kept failing: {status}"),
+        let value = read_until(endpoints, deadline, &key, |mut kv| {
+            let req = RangeRequest { key: key.clone().into_bytes(), ..Default::default() };
+            async move {
+                let resp = kv.range(req).await?.into_inner();
+                Ok(resp.kvs.first().map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
             }
-        }
+        })
+        .await?;
+        out.insert(key, value);
     }
     Ok(out)
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::checker::watch::WatcherSpec;
-use crate::client::{final_registers, Client, Recorder, Workload, SET_NAME};
+use crate::client::{final_registers, read_until, Client, Recorder, Workload, SET_NAME};
 use crate::cluster::{Cluster, ClusterOpts};
 use crate::history::{Kind, Op, NEMESIS_PROCESS};
 use crate::nemesis::Nemesis;
@@ -178,39 +178,17 @@ async fn campaign(opts: &RunOpts, cluster: Arc<Cluster>, dir: &std::path::Path) 
 }
 
 async fn final_set(endpoints: &[String], deadline: Instant) -> anyhow::Result<Vec<String>> {
-    let mut attempt = 0;
-    loop {
-        let mut kv = proto::etcdserverpb::kv_client::KvClient::new(crate::client::channel(
-            &endpoints[attempt % endpoints.len()],
-        )?);
-        match crate::client::read_set(&mut kv, SET_NAME, false).await {
-            Ok((elements, _)) => return Ok(elements),
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "final set read failed; retrying");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => anyhow::bail!("the final set read kept failing: {e}"),
-        }
-    }
+    read_until(endpoints, deadline, "the set", |mut kv| async move {
+        crate::client::read_set(&mut kv, SET_NAME, false).await.map(|(elements, _)| elements)
+    })
+    .await
 }
 
 /// The store's current revision, read linearizably.
 async fn head_revision(endpoints: &[String], deadline: Instant) -> anyhow::Result<i64> {
-    let mut attempt = 0;
-    loop {
-        let mut kv = proto::etcdserverpb::kv_client::KvClient::new(crate::client::channel(
-            &endpoints[attempt % endpoints.len()],
-        )?);
+    read_until(endpoints, deadline, "the head revision", |mut kv| async move {
         let req = proto::etcdserverpb::RangeRequest { key: b"\0".to_vec(), count_only: true, ..Default::default() };
-        match kv.range(req).await {
-            Ok(resp) => return Ok(resp.into_inner().header.map(|h| h.revision).unwrap_or_default()),
-            Err(e) if Instant::now() < deadline => {
-                tracing::debug!(error = %e, "head revision read failed; retrying");
-                attempt += 1;
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => anyhow::bail!("the head revision read kept failing: {e}"),
-        }
-    }
+        Ok(kv.range(req).await?.into_inner().header.map(|h| h.revision).unwrap_or_default())
+    })
+    .await
 }

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::StoreNode;
-use crate::server::status;
+use crate::server::{replicate, status};
 use crate::types::*;
 
 /// The longest lease etcd grants, in seconds.
@@ -69,15 +69,11 @@ impl Lease for LeaseService {
         } else {
             new_lease_id(self.node.id(), LEASE_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
         };
-        match self.node.write(Command::LeaseGrant { id, ttl }).await.map_err(status)? {
-            CommandResponse::LeaseGrant(mut r) => {
-                let revision = r.header.as_ref().map(|h| h.revision).unwrap_or_default();
-                r.header = Some(self.node.header(revision));
-                Ok(Response::new(r))
-            }
-            CommandResponse::Failed(e) => Err(status(StoreError::Mvcc(e))),
-            other => Err(Status::internal(format!("etcdserver: unexpected apply result {other:?}"))),
-        }
+        replicate(&self.node, Command::LeaseGrant { id, ttl }, |r| match r {
+            CommandResponse::LeaseGrant(r) => Ok(r),
+            other => Err(other),
+        })
+        .await
     }
 
     async fn lease_revoke(
@@ -85,15 +81,11 @@ impl Lease for LeaseService {
         request: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
         let id = request.into_inner().id;
-        match self.node.write(Command::LeaseRevoke { id }).await.map_err(status)? {
-            CommandResponse::LeaseRevoke(mut r) => {
-                let revision = r.header.as_ref().map(|h| h.revision).unwrap_or_default();
-                r.header = Some(self.node.header(revision));
-                Ok(Response::new(r))
-            }
-            CommandResponse::Failed(e) => Err(status(StoreError::Mvcc(e))),
-            other => Err(Status::internal(format!("etcdserver: unexpected apply result {other:?}"))),
-        }
+        replicate(&self.node, Command::LeaseRevoke { id }, |r| match r {
+            CommandResponse::LeaseRevoke(r) => Ok(r),
+            other => Err(other),
+        })
+        .await
     }
 
     type LeaseKeepAliveStream = KeepAliveStream;

@@ -70,20 +70,47 @@ impl KvService {
         Ok(())
     }
 
-    async fn write(&self, cmd: Command) -> Result<CommandResponse, Status> {
-        match self.node.write(cmd).await.map_err(status)? {
-            CommandResponse::Failed(e) => Err(status(StoreError::Mvcc(e))),
-            other => Ok(other),
-        }
-    }
-
-    fn unexpected(&self, r: CommandResponse) -> Status {
-        Status::internal(format!("etcdserver: unexpected apply result {r:?}"))
-    }
-
     fn fill(&self, header: &mut Option<ResponseHeader>) {
-        let revision = header.as_ref().map(|h| h.revision).unwrap_or_default();
-        *header = Some(self.node.header(revision));
+        fill_header(&self.node, header);
+    }
+}
+
+/// Completes a header that carries only the revision the state machine gave it.
+fn fill_header(node: &StoreNode, header: &mut Option<ResponseHeader>) {
+    let revision = header.as_ref().map(|h| h.revision).unwrap_or_default();
+    *header = Some(node.header(revision));
+}
+
+/// Responses of replicated commands, whose header the serving member completes.
+pub(crate) trait Headed {
+    fn header_mut(&mut self) -> &mut Option<ResponseHeader>;
+}
+
+macro_rules! headed {
+    ($($t:ty),*) => {$(
+        impl Headed for $t {
+            fn header_mut(&mut self) -> &mut Option<ResponseHeader> {
+                &mut self.header
+            }
+        }
+    )*};
+}
+headed!(PutResponse, DeleteRangeResponse, TxnResponse, CompactionResponse, LeaseGrantResponse, LeaseRevokeResponse);
+
+/// Replicates `cmd` and returns its response, as `pick` finds it in the apply result, with a
+/// full header; an apply-time error becomes the etcd status a client expects.
+pub(crate) async fn replicate<R: Headed>(
+    node: &StoreNode,
+    cmd: Command,
+    pick: fn(CommandResponse) -> Result<R, CommandResponse>,
+) -> Result<Response<R>, Status> {
+    match pick(node.write(cmd).await.map_err(status)?) {
+        Ok(mut r) => {
+            fill_header(node, r.header_mut());
+            Ok(Response::new(r))
+        }
+        Err(CommandResponse::Failed(e)) => Err(status(StoreError::Mvcc(e))),
+        Err(other) => Err(Status::internal(format!("etcdserver: unexpected apply result {other:?}"))),
     }
 }
 
@@ -105,13 +132,11 @@ impl Kv for KvService {
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         mvcc::validate_put(&req).map_err(request_status)?;
-        match self.write(Command::Put(req)).await? {
-            CommandResponse::Put(mut r) => {
-                self.fill(&mut r.header);
-                Ok(Response::new(r))
-            }
-            other => Err(self.unexpected(other)),
-        }
+        replicate(&self.node, Command::Put(req), |r| match r {
+            CommandResponse::Put(r) => Ok(r),
+            other => Err(other),
+        })
+        .await
     }
 
     async fn delete_range(
@@ -121,38 +146,32 @@ impl Kv for KvService {
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         mvcc::validate_delete(&req).map_err(request_status)?;
-        match self.write(Command::DeleteRange(req)).await? {
-            CommandResponse::DeleteRange(mut r) => {
-                self.fill(&mut r.header);
-                Ok(Response::new(r))
-            }
-            other => Err(self.unexpected(other)),
-        }
+        replicate(&self.node, Command::DeleteRange(req), |r| match r {
+            CommandResponse::DeleteRange(r) => Ok(r),
+            other => Err(other),
+        })
+        .await
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let req = request.into_inner();
         self.check_size(req.encoded_len())?;
         mvcc::validate_txn(&req, self.node.config().max_txn_ops).map_err(request_status)?;
-        match self.write(Command::Txn(req)).await? {
-            CommandResponse::Txn(mut r) => {
-                self.fill(&mut r.header);
-                Ok(Response::new(r))
-            }
-            other => Err(self.unexpected(other)),
-        }
+        replicate(&self.node, Command::Txn(req), |r| match r {
+            CommandResponse::Txn(r) => Ok(r),
+            other => Err(other),
+        })
+        .await
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
         let req = request.into_inner();
         // Compaction is applied synchronously, so `physical` always holds when this returns.
-        match self.write(Command::Compact { revision: req.revision }).await? {
-            CommandResponse::Compact(mut r) => {
-                self.fill(&mut r.header);
-                Ok(Response::new(r))
-            }
-            other => Err(self.unexpected(other)),
-        }
+        replicate(&self.node, Command::Compact { revision: req.revision }, |r| match r {
+            CommandResponse::Compact(r) => Ok(r),
+            other => Err(other),
+        })
+        .await
     }
 }
 
