@@ -9,7 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .field_attribute("key", "#[serde(with = \"serde_bytes\")]")
         .field_attribute("value", "#[serde(with = \"serde_bytes\")]")
         .field_attribute("range_end", "#[serde(with = \"serde_bytes\")]")
-        .compile_protos(&["proto/kv.proto", "proto/rpc.proto", "proto/raftpeer.proto"], &["proto"])?;
+        .compile_protos(&["proto/kv.proto", "proto/rpc.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");
     Ok(())
 }

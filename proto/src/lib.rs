@@ -1,6 +1,6 @@
 //! Wire contracts of Keelson: the subset of etcd's v3 API (packages `etcdserverpb` and `mvccpb`,
-//! with etcd's names and field numbers so that etcd clients interoperate) and Keelson's own Raft
-//! peer service.
+//! with etcd's names and field numbers so that etcd clients interoperate). Keelson's members
+//! speak their own framed protocol to each other (see `raft_store::network`).
 
 pub mod mvccpb {
     tonic::include_proto!("mvccpb");
@@ -8,8 +8,4 @@ pub mod mvccpb {
 
 pub mod etcdserverpb {
     tonic::include_proto!("etcdserverpb");
-}
-
-pub mod raftpeer {
-    tonic::include_proto!("keelson.raftpeer");
 }

@@ -7,6 +7,9 @@
 //! decodes each header block (HPACK), and rewrites such an authority to its `host:port`; every
 //! other frame passes through untouched.
 //!
+//! A connection whose first request carries an ordinary authority (every other client) is not
+//! relayed: the server reads the socket directly (see [`ClientStream`]).
+//!
 //! HPACK is stateful per connection. Header blocks pass through as received until the first one
 //! that needs repair; from then on the relay re-encodes every block with its own encoder, and the
 //! first re-encoded block starts by emptying the server's dynamic table so that both tables agree.
@@ -75,25 +78,9 @@ where
 
         let in_block = block_start.is_some();
         if kind == FRAME_HEADERS && !in_block {
-            let mut body = &payload[..];
-            let mut pad = 0usize;
-            if flags & FLAG_PADDED != 0 {
-                let Some((&p, rest)) = body.split_first() else { return bad("short padded frame") };
-                pad = p as usize;
-                body = rest;
-            }
-            let mut priority = Vec::new();
-            if flags & FLAG_PRIORITY != 0 {
-                if body.len() < 5 {
-                    return bad("short priority frame");
-                }
-                priority = body[..5].to_vec();
-                body = &body[5..];
-            }
-            if pad > body.len() {
-                return bad("padding exceeds frame");
-            }
-            block.extend_from_slice(&body[..body.len() - pad]);
+            let (fragment, priority) = header_fragment(flags, &payload)?;
+            let priority = priority.to_vec();
+            block.extend_from_slice(fragment);
             pending.extend_from_slice(&header);
             pending.extend_from_slice(&payload);
             block_start = Some((flags, stream, priority));
@@ -120,6 +107,201 @@ where
         }
     }
     server.shutdown().await
+}
+
+/// A HEADERS frame's header block fragment and its priority bytes (empty when absent).
+fn header_fragment(flags: u8, payload: &[u8]) -> std::io::Result<(&[u8], &[u8])> {
+    let mut body = payload;
+    let mut pad = 0usize;
+    if flags & FLAG_PADDED != 0 {
+        let Some((&p, rest)) = body.split_first() else { return bad("short padded frame") };
+        pad = p as usize;
+        body = rest;
+    }
+    let mut priority: &[u8] = &[];
+    if flags & FLAG_PRIORITY != 0 {
+        if body.len() < 5 {
+            return bad("short priority frame");
+        }
+        (priority, body) = body.split_at(5);
+    }
+    if pad > body.len() {
+        return bad("padding exceeds frame");
+    }
+    Ok((&body[..body.len() - pad], priority))
+}
+
+/// Most bytes read ahead of a connection's first header block before giving it the relay anyway.
+const SNIFF_BYTES_MAX: usize = HEADER_BLOCK_BYTES_MAX + 64 * 1024;
+
+/// Reads a connection's opening bytes up to the end of its first header block; returns them and
+/// whether the connection needs the relay (its first request has a URL-shaped authority, or its
+/// opening could not be judged). A client keeps one authority for a connection, so a connection
+/// whose first request is fine is served directly.
+async fn sniff<R: AsyncRead + Unpin>(mut client: R) -> std::io::Result<(Vec<u8>, bool, R)> {
+    let mut seen = vec![0u8; PREFACE.len()];
+    let n = read_full(&mut client, &mut seen).await?;
+    seen.truncate(n);
+    if seen != PREFACE {
+        // Not HTTP/2 with prior knowledge (or closed early): the server answers it.
+        return Ok((seen, false, client));
+    }
+    let mut block = Vec::new();
+    loop {
+        let at = seen.len();
+        seen.resize(at + FRAME_HEADER_BYTES, 0);
+        if read_full(&mut client, &mut seen[at..]).await? < FRAME_HEADER_BYTES {
+            return Ok((seen, false, client));
+        }
+        let h = &seen[at..];
+        let len = u32::from_be_bytes([0, h[0], h[1], h[2]]) as usize;
+        let (kind, flags) = (h[3], h[4]);
+        if seen.len() + len > SNIFF_BYTES_MAX {
+            return Ok((seen, true, client));
+        }
+        let start = seen.len();
+        seen.resize(start + len, 0);
+        client.read_exact(&mut seen[start..]).await?;
+        let payload = &seen[start..];
+        match kind {
+            FRAME_HEADERS if block.is_empty() => block.extend_from_slice(header_fragment(flags, payload)?.0),
+            FRAME_CONTINUATION => block.extend_from_slice(payload),
+            _ => continue,
+        }
+        if flags & FLAG_END_HEADERS != 0 {
+            let mut decoder = loona_hpack::Decoder::new();
+            decoder.set_max_allowed_table_size(HPACK_TABLE_BYTES);
+            let needs_repair = match decoder.decode(&block) {
+                Ok(headers) => headers.iter().any(|(n, v)| n == b":authority" && repair_authority(v).is_some()),
+                // Let the relay report it.
+                Err(_) => true,
+            };
+            return Ok((seen, needs_repair, client));
+        }
+    }
+}
+
+type Sniffing = std::pin::Pin<
+    Box<dyn std::future::Future<Output = std::io::Result<(Vec<u8>, bool, tokio::net::tcp::OwnedReadHalf)>> + Send>,
+>;
+
+enum ReadSide {
+    Sniffing(Sniffing),
+    Direct(std::io::Cursor<Vec<u8>>, tokio::net::tcp::OwnedReadHalf),
+    Relayed(tokio::io::DuplexStream),
+    Failed(Option<std::io::Error>),
+}
+
+/// Capacity of the in-memory pipe between the relay and the gRPC server, in bytes.
+const RELAY_BUFFER_BYTES: usize = 256 * 1024;
+
+/// A client connection as the gRPC server sees it. The server writes straight to the socket from
+/// the start (so that a client waiting for the server's SETTINGS goes on to send its first
+/// request); what it reads is the client's bytes as they are, or, when the first request needs
+/// repair, the relay's output.
+pub struct ClientStream {
+    read: ReadSide,
+    write: tokio::net::tcp::OwnedWriteHalf,
+    info: tonic::transport::server::TcpConnectInfo,
+}
+
+impl ClientStream {
+    pub fn new(socket: tokio::net::TcpStream) -> Self {
+        let info = tonic::transport::server::TcpConnectInfo {
+            local_addr: socket.local_addr().ok(),
+            remote_addr: socket.peer_addr().ok(),
+        };
+        let (read, write) = socket.into_split();
+        Self { read: ReadSide::Sniffing(Box::pin(sniff(read))), write, info }
+    }
+}
+
+impl tonic::transport::server::Connected for ClientStream {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use std::task::Poll;
+        loop {
+            match &mut self.read {
+                ReadSide::Sniffing(sniffing) => {
+                    let next = match std::task::ready!(sniffing.as_mut().poll(cx)) {
+                        Ok((seen, false, rest)) => ReadSide::Direct(std::io::Cursor::new(seen), rest),
+                        Ok((seen, true, rest)) => {
+                            let (ours, theirs) = tokio::io::duplex(RELAY_BUFFER_BYTES);
+                            tokio::spawn(async move {
+                                let client = AsyncReadExt::chain(std::io::Cursor::new(seen), rest);
+                                if let Err(e) = relay_client_to_server(client, ours).await {
+                                    tracing::debug!(error = %e, "client connection ended with an error");
+                                }
+                            });
+                            ReadSide::Relayed(theirs)
+                        }
+                        Err(e) => ReadSide::Failed(Some(e)),
+                    };
+                    self.read = next;
+                }
+                ReadSide::Direct(seen, rest) => {
+                    if (seen.position() as usize) < seen.get_ref().len() {
+                        return std::pin::Pin::new(seen).poll_read(cx, buf);
+                    }
+                    return std::pin::Pin::new(rest).poll_read(cx, buf);
+                }
+                ReadSide::Relayed(relayed) => return std::pin::Pin::new(relayed).poll_read(cx, buf),
+                ReadSide::Failed(e) => {
+                    return Poll::Ready(match e.take() {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    })
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.write).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.write).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.write.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.write).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.write).poll_shutdown(cx)
+    }
 }
 
 struct Relay<'a> {
@@ -293,6 +475,28 @@ mod tests {
             blocks.iter().map(|b| b.iter().find(|(n, _)| n == b":path").map(|(_, v)| v.as_slice()).unwrap()).collect();
         assert_eq!(paths, vec![&b"/a"[..], b"/b", b"/a", b"/b"]);
         assert!(output.windows(11).any(|w| w == [0, 0, 2, 0, 1, 0, 0, 0, 1, 7, 7]), "DATA frame kept");
+    }
+
+    #[tokio::test]
+    async fn only_a_url_authority_in_the_first_request_sends_a_connection_to_the_relay() {
+        let settings = [0u8, 0, 0, 4, 0, 0, 0, 0, 0];
+        for (authority, relayed) in [(&b"127.0.0.1:2379"[..], false), (b"http://127.0.0.1:2379", true)] {
+            let mut input = PREFACE.to_vec();
+            input.extend(settings);
+            let block = loona_hpack::Encoder::new().encode(vec![(&b":authority"[..], authority), (b":path", b"/a")]);
+            input.extend(frames(1, &block, true));
+            let opening = input.len();
+            input.extend([0, 0, 2, 0, 1, 0, 0, 0, 1, 7, 7]);
+            let (seen, needs_relay, mut rest) = sniff(&input[..]).await.unwrap();
+            assert_eq!(needs_relay, relayed, "authority {:?}", String::from_utf8_lossy(authority));
+            assert_eq!(seen, input[..opening], "reads up to the end of the first header block");
+            let mut after = Vec::new();
+            rest.read_to_end(&mut after).await.unwrap();
+            assert_eq!(after, input[opening..]);
+        }
+        let (seen, needs_relay, _) = sniff(&b"GET / HTTP/1.1\r\n\r\n"[..]).await.unwrap();
+        assert!(!needs_relay);
+        assert_eq!(seen, b"GET / HTTP/1.1\r\n\r\n", "passed on as read");
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! by openraft, persisted in RocksDB, served over etcd's v3 gRPC API.
 
 pub mod authority;
+pub mod coalesce;
 pub mod lease;
 pub mod mvcc;
 pub mod network;

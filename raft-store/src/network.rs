@@ -1,8 +1,16 @@
-//! The peer transport: openraft's RPCs and forwarded client requests over Keelson's own gRPC
-//! peer service, bincode inside a protobuf envelope.
+//! The peer transport: openraft's RPCs and forwarded client requests between members.
+//!
+//! One TCP connection per member pair and direction carries every request, each a frame:
+//! a 4-byte big-endian length of what follows, a kind byte, an 8-byte big-endian request ID and
+//! a bincode payload. Requests may be answered out of order; a reply carries its request's ID.
+//! A connection opens with [`PREAMBLE`], so that anything else reaching the peer port is turned
+//! away. A frame costs one write and no HTTP/2 stream, which matters on the write path: every
+//! write is a handful of these messages.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -10,44 +18,266 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use proto::raftpeer::raft_peer_client::RaftPeerClient;
-use proto::raftpeer::raft_peer_server::RaftPeer;
-use proto::raftpeer::RaftMessage;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Semaphore};
 
 use crate::node::StoreNode;
 use crate::types::*;
 
-/// Largest peer message, in bytes: a batch of log entries or a snapshot chunk.
+/// Largest peer frame, in bytes: a batch of log entries or a snapshot chunk.
 pub const PEER_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
 /// How long a peer connection attempt may take.
 pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Requests one connection carries at once, either way; past this, callers (or the reading of
+/// further requests) wait.
+pub const PEER_REQUESTS_IN_FLIGHT_MAX: usize = 4096;
+/// How long an accepted connection may take to send its preamble.
+const PREAMBLE_TIMEOUT_MS: u64 = 10_000;
+/// What a peer connection starts with.
+pub const PREAMBLE: &[u8; 16] = b"KEELSON-PEER/1\r\n";
 
-fn to_message<T: Serialize>(value: &T) -> RaftMessage {
-    RaftMessage { data: bincode::serialize(value).expect("in-memory values always serialize") }
+const KIND_VOTE: u8 = 1;
+const KIND_APPEND: u8 = 2;
+const KIND_SNAPSHOT: u8 = 3;
+const KIND_FORWARD: u8 = 4;
+/// A reply: the bincode of the handler's result.
+const KIND_REPLY: u8 = 0x80;
+/// The request could not be decoded: a UTF-8 message.
+const KIND_FAILED: u8 = 0x81;
+/// Kind byte and request ID.
+const FRAME_PREFIX_BYTES: usize = 9;
+
+fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serialize(value).expect("in-memory values always serialize")
 }
 
-fn from_message<T: DeserializeOwned>(msg: &RaftMessage) -> Result<T, bincode::Error> {
-    bincode::deserialize(&msg.data)
+fn frame(kind: u8, id: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + FRAME_PREFIX_BYTES + payload.len());
+    out.extend_from_slice(&((FRAME_PREFIX_BYTES + payload.len()) as u32).to_be_bytes());
+    out.push(kind);
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
 }
 
-/// A lazily connected gRPC channel to a peer's first peer URL.
-pub fn peer_channel(node: &MemberNode) -> Result<Channel, String> {
-    let url = node.peer_urls.first().ok_or_else(|| "member has no peer URL".to_string())?;
-    let endpoint = Endpoint::from_shared(url.clone())
-        .map_err(|e| format!("bad peer URL {url}: {e}"))?
-        .connect_timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS))
-        .tcp_nodelay(true);
-    Ok(endpoint.connect_lazy())
+/// Reads one frame: kind, ID, payload. None at a clean end of the stream.
+async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Option<(u8, u64, Vec<u8>)>> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if !(FRAME_PREFIX_BYTES..=PEER_MESSAGE_BYTES_MAX).contains(&len) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("bad peer frame length {len}")));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    let id = u64::from_be_bytes(body[1..FRAME_PREFIX_BYTES].try_into().expect("8 bytes"));
+    let kind = body[0];
+    body.drain(..FRAME_PREFIX_BYTES);
+    Ok(Some((kind, id, body)))
 }
 
-pub fn peer_client(channel: Channel) -> RaftPeerClient<Channel> {
-    RaftPeerClient::new(channel)
-        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+/// Why a peer call did not return the peer's answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum CallError {
+    /// No connection could be made: the request was not sent.
+    #[error("peer unreachable: {0}")]
+    Unreachable(String),
+    /// No answer within the deadline; the peer may still act on the request.
+    #[error("peer did not answer in time")]
+    Timeout,
+    /// The connection broke after the request was (perhaps) sent.
+    #[error("peer connection broke: {0}")]
+    Broken(String),
+    /// The peer could not decode the request.
+    #[error("peer refused the request: {0}")]
+    Refused(String),
+}
+
+enum Reply {
+    Answer(Vec<u8>),
+    Refused(String),
+}
+
+/// One open connection to a peer: requests go out under the writer lock, a reader task hands
+/// each reply to its caller.
+struct Conn {
+    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    pending: Mutex<HashMap<u64, oneshot::Sender<Reply>>>,
+    next_id: AtomicU64,
+    closed: AtomicBool,
+    opened: Instant,
+    /// One more than the milliseconds after `opened` when a frame last arrived; 0 before any.
+    last_received_ms: AtomicU64,
+    slots: Semaphore,
+    reader: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Conn {
+    fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(reader) = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            reader.abort();
+        }
+        // Dropping the senders tells every waiting caller that the connection broke.
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn received_since(&self, t: Instant) -> bool {
+        match self.last_received_ms.load(Ordering::Relaxed) {
+            0 => false,
+            ms => self.opened + Duration::from_millis(ms - 1) >= t,
+        }
+    }
+
+    async fn read_replies(self: Arc<Self>, mut read: OwnedReadHalf) {
+        loop {
+            let (kind, id, payload) = match read_frame(&mut read).await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::debug!(error = %e, "peer connection ended");
+                    break;
+                }
+            };
+            self.last_received_ms.store(self.opened.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+            let reply = match kind {
+                KIND_REPLY => Reply::Answer(payload),
+                KIND_FAILED => Reply::Refused(String::from_utf8_lossy(&payload).into_owned()),
+                other => {
+                    tracing::warn!(kind = other, "unexpected frame from a peer; closing the connection");
+                    break;
+                }
+            };
+            let waiter = self.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            // A caller that timed out no longer waits.
+            if let Some(waiter) = waiter {
+                let _ = waiter.send(reply);
+            }
+        }
+        self.closed.store(true, Ordering::SeqCst);
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+}
+
+/// A peer's address and the connection to it, opened on first use and again after it breaks.
+pub struct PeerClient {
+    url: String,
+    addr: String,
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+}
+
+/// `http://host:port[/]` → `host:port`.
+fn peer_addr(url: &str) -> Result<String, String> {
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("peer URL {url} must start with http:// (TLS is not supported yet)"))?;
+    let addr = rest.split('/').next().unwrap_or(rest);
+    if addr.is_empty() {
+        return Err(format!("peer URL {url} has no host"));
+    }
+    Ok(addr.to_string())
+}
+
+impl PeerClient {
+    /// A client of the member's first peer URL; connects on first use.
+    pub fn new(node: &MemberNode) -> Result<Self, String> {
+        let url = node.peer_urls.first().ok_or_else(|| "member has no peer URL".to_string())?;
+        Ok(Self { url: url.clone(), addr: peer_addr(url)?, conn: tokio::sync::Mutex::new(None) })
+    }
+
+    async fn connection(&self) -> Result<Arc<Conn>, CallError> {
+        let mut slot = self.conn.lock().await;
+        if let Some(c) = slot.as_ref() {
+            if !c.closed.load(Ordering::SeqCst) {
+                return Ok(c.clone());
+            }
+        }
+        *slot = None;
+        let connect =
+            tokio::time::timeout(Duration::from_millis(PEER_CONNECT_TIMEOUT_MS), TcpStream::connect(&self.addr));
+        let mut stream = match connect.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                return Err(CallError::Unreachable("connection refused".into()))
+            }
+            Ok(Err(e)) => return Err(CallError::Unreachable(e.to_string())),
+            Err(_) => return Err(CallError::Unreachable("connection attempt timed out".into())),
+        };
+        // Small Raft messages must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        stream.write_all(PREAMBLE).await.map_err(|e| CallError::Unreachable(e.to_string()))?;
+        let (read, write) = stream.into_split();
+        let conn = Arc::new(Conn {
+            writer: tokio::sync::Mutex::new(write),
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            opened: Instant::now(),
+            last_received_ms: AtomicU64::new(0),
+            slots: Semaphore::new(PEER_REQUESTS_IN_FLIGHT_MAX),
+            reader: Mutex::new(None),
+        });
+        let reader = tokio::spawn(conn.clone().read_replies(read));
+        *conn.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(reader.abort_handle());
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    /// Sends a request and waits for its reply's payload until `timeout` has passed.
+    async fn call(&self, kind: u8, payload: &[u8], timeout: Duration) -> Result<Vec<u8>, CallError> {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let conn = match tokio::time::timeout_at(deadline, self.connection()).await {
+            Ok(c) => c?,
+            Err(_) => return Err(CallError::Unreachable("connection attempt timed out".into())),
+        };
+        let Ok(Ok(_slot)) = tokio::time::timeout_at(deadline, conn.slots.acquire()).await else {
+            return Err(CallError::Unreachable("too many requests under way to this peer".into()));
+        };
+        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        conn.pending.lock().unwrap_or_else(|p| p.into_inner()).insert(id, tx);
+        let bytes = frame(kind, id, payload);
+        let sent = tokio::time::timeout_at(deadline, async {
+            let mut w = conn.writer.lock().await;
+            w.write_all(&bytes).await
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            // A frame may be half written: the connection cannot carry another.
+            Ok(Err(e)) => {
+                conn.close();
+                return Err(CallError::Broken(e.to_string()));
+            }
+            Err(_) => {
+                conn.close();
+                return Err(CallError::Timeout);
+            }
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(Reply::Answer(payload))) => Ok(payload),
+            Ok(Ok(Reply::Refused(m))) => Err(CallError::Refused(m)),
+            Ok(Err(_)) => Err(CallError::Broken("connection closed".into())),
+            Err(_) => {
+                conn.pending.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                // Nothing heard while waiting: the path may be gone (a partition drops packets
+                // without a reset); the next call connects afresh.
+                if !conn.received_since(started) {
+                    conn.close();
+                }
+                Err(CallError::Timeout)
+            }
+        }
+    }
 }
 
 /// Least time between two warnings about the same unreachable peer.
@@ -56,27 +286,22 @@ const PEER_WARNING_INTERVAL_MS: u64 = 10_000;
 #[derive(Clone, Default)]
 pub struct Network {
     /// When each peer was last reported unreachable, shared by its successive connections.
-    warned: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>,
+    warned: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
-        PeerConnection {
-            target,
-            url: node.peer_urls.first().cloned().unwrap_or_default(),
-            client: peer_channel(node).map(peer_client),
-            warned: self.warned.clone(),
-        }
+        PeerConnection { target, client: PeerClient::new(node), warned: self.warned.clone() }
     }
 }
 
+/// openraft's handle on one peer.
 pub struct PeerConnection {
     target: NodeId,
-    url: String,
-    client: Result<RaftPeerClient<Channel>, String>,
-    warned: Arc<std::sync::Mutex<std::collections::HashMap<NodeId, std::time::Instant>>>,
+    client: Result<PeerClient, String>,
+    warned: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +311,7 @@ struct Message(String);
 impl PeerConnection {
     async fn call<Req, Resp, E>(
         &mut self,
-        kind: &'static str,
+        kind: u8,
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>
@@ -95,51 +320,36 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let client = match &mut self.client {
+        let client = match &self.client {
             Ok(c) => c,
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Message(e.clone())))),
         };
-        let mut request = Request::new(to_message(req));
-        request.set_timeout(option.hard_ttl());
-        let result = match kind {
-            "vote" => client.vote(request).await,
-            "append" => client.append_entries(request).await,
-            _ => client.install_snapshot(request).await,
-        };
-        let reply = match result {
-            Ok(r) => {
+        let reply = match client.call(kind, &encode(req), option.hard_ttl()).await {
+            Ok(reply) => {
                 self.warned.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.target);
-                r.into_inner()
+                reply
             }
-            Err(status) if status.code() == tonic::Code::Unavailable => {
-                self.warn_unreachable(&status);
-                return Err(RPCError::Unreachable(Unreachable::new(&Message(status.message().to_string()))));
+            Err(CallError::Unreachable(cause)) => {
+                self.warn_unreachable(&client.url, &cause);
+                return Err(RPCError::Unreachable(Unreachable::new(&Message(cause))));
             }
-            Err(status) => return Err(RPCError::Network(NetworkError::new(&Message(status.to_string())))),
+            Err(e) => return Err(RPCError::Network(NetworkError::new(&e))),
         };
         let decoded: Result<Resp, RaftError<NodeId, E>> =
-            from_message(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+            bincode::deserialize(&reply).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         decoded.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
     }
-}
 
-impl PeerConnection {
     /// Says once in a while, in a sentence, that a peer cannot be reached.
-    fn warn_unreachable(&self, status: &Status) {
+    fn warn_unreachable(&self, url: &str, cause: &str) {
         let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         let due = warned
             .get(&self.target)
             .is_none_or(|t| now.duration_since(*t) >= Duration::from_millis(PEER_WARNING_INTERVAL_MS));
         if due {
             warned.insert(self.target, now);
-            let cause = format!("{status:?}");
-            let cause = if cause.contains("Connection refused") {
-                "connection refused".to_string()
-            } else {
-                status.message().to_string()
-            };
-            tracing::warn!(peer = %format!("{:x}", self.target), url = %self.url, %cause, "peer unreachable; retrying");
+            tracing::warn!(peer = %format!("{:x}", self.target), %url, %cause, "peer unreachable; retrying");
         }
     }
 }
@@ -150,7 +360,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
-        self.call("append", &rpc, &option).await
+        self.call(KIND_APPEND, &rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -159,7 +369,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId, InstallSnapshotError>>>
     {
-        self.call("snapshot", &rpc, &option).await
+        self.call(KIND_SNAPSHOT, &rpc, &option).await
     }
 
     async fn vote(
@@ -167,78 +377,120 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
-        self.call("vote", &rpc, &option).await
-    }
-}
-
-/// The server side of the peer service.
-pub struct PeerService {
-    pub node: Arc<StoreNode>,
-}
-
-fn bad_message(e: bincode::Error) -> Status {
-    Status::invalid_argument(format!("undecodable peer message: {e}"))
-}
-
-#[tonic::async_trait]
-impl RaftPeer for PeerService {
-    async fn vote(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let req: VoteRequest<NodeId> = from_message(request.get_ref()).map_err(bad_message)?;
-        let result = self.node.raft().vote(req).await;
-        Ok(Response::new(to_message(&result)))
-    }
-
-    async fn append_entries(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let req: AppendEntriesRequest<TypeConfig> = from_message(request.get_ref()).map_err(bad_message)?;
-        let result = self.node.raft().append_entries(req).await;
-        Ok(Response::new(to_message(&result)))
-    }
-
-    async fn install_snapshot(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let req: InstallSnapshotRequest<TypeConfig> = from_message(request.get_ref()).map_err(bad_message)?;
-        let result = self.node.raft().install_snapshot(req).await;
-        Ok(Response::new(to_message(&result)))
-    }
-
-    async fn forward(&self, request: Request<RaftMessage>) -> Result<Response<RaftMessage>, Status> {
-        let req: ForwardRequest = from_message(request.get_ref()).map_err(bad_message)?;
-        let result: Result<ForwardResponse, StoreError> = self.node.handle_forwarded(req).await;
-        Ok(Response::new(to_message(&result)))
+        self.call(KIND_VOTE, &rpc, &option).await
     }
 }
 
 /// Sends a request to the leader's peer service.
-pub async fn forward(channel: Channel, req: &ForwardRequest, timeout: Duration) -> Result<ForwardResponse, StoreError> {
-    let mut client = peer_client(channel);
-    let mut request = Request::new(to_message(req));
-    request.set_timeout(timeout);
-    match client.forward(request).await {
+pub async fn forward(
+    client: &PeerClient,
+    req: &ForwardRequest,
+    timeout: Duration,
+) -> Result<ForwardResponse, StoreError> {
+    match client.call(KIND_FORWARD, &encode(req), timeout).await {
         Ok(reply) => {
-            let decoded: Result<ForwardResponse, StoreError> = from_message(reply.get_ref())
+            let decoded: Result<ForwardResponse, StoreError> = bincode::deserialize(&reply)
                 .map_err(|e| StoreError::Internal(format!("undecodable forwarded reply: {e}")))?;
             decoded
         }
-        // The client-side deadline passed: the leader may still apply it, as after etcd's timeout.
-        Err(status) if matches!(status.code(), tonic::Code::DeadlineExceeded | tonic::Code::Cancelled) => {
-            Err(StoreError::Timeout)
-        }
         // A failed connection attempt means the request never left this member.
-        Err(status) if failed_to_connect(&status) => Err(StoreError::Unreachable(status.message().to_string())),
-        Err(status) => Err(StoreError::Indeterminate(status.message().to_string())),
+        Err(CallError::Unreachable(m)) => Err(StoreError::Unreachable(m)),
+        // The deadline passed: the leader may still apply it, as after etcd's timeout.
+        Err(CallError::Timeout) => Err(StoreError::Timeout),
+        Err(CallError::Refused(m)) => Err(StoreError::Internal(format!("the leader refused a forwarded request: {m}"))),
+        Err(CallError::Broken(m)) => Err(StoreError::Indeterminate(m)),
     }
 }
 
-/// True when the transport never established a connection (tonic's connector error is in the
-/// chain of causes), so the request cannot have been delivered.
-fn failed_to_connect(status: &Status) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = cause {
-        if format!("{e:?}").starts_with("ConnectError(") {
-            return true;
+// ---------------------------------------------------------------------------------------------
+// Server side
+
+/// Serves peers connecting to `listener` until `stop` turns true.
+pub async fn serve_peers(
+    listener: tokio::net::TcpListener,
+    node: Arc<StoreNode>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((socket, _)) => {
+                let (node, mut stop) = (node.clone(), stop.clone());
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = serve_connection(socket, node) => {}
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                });
+            }
+            Err(e) => {
+                // Out of descriptors or a connection reset before accept: keep serving.
+                tracing::warn!(error = %e, "peer accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
-        cause = e.source();
     }
-    false
+}
+
+async fn serve_connection(socket: TcpStream, node: Arc<StoreNode>) {
+    let _ = socket.set_nodelay(true);
+    let (mut read, write) = socket.into_split();
+    let mut preamble = [0u8; PREAMBLE.len()];
+    let opened = tokio::time::timeout(Duration::from_millis(PREAMBLE_TIMEOUT_MS), read.read_exact(&mut preamble));
+    if !matches!(opened.await, Ok(Ok(_))) || &preamble != PREAMBLE {
+        tracing::debug!("a connection to the peer port did not speak the peer protocol; closed");
+        return;
+    }
+    let writer = Arc::new(tokio::sync::Mutex::new(write));
+    let slots = Arc::new(Semaphore::new(PEER_REQUESTS_IN_FLIGHT_MAX));
+    loop {
+        let (kind, id, payload) = match read_frame(&mut read).await {
+            Ok(Some(f)) => f,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "peer connection ended");
+                return;
+            }
+        };
+        let Ok(slot) = slots.clone().acquire_owned().await else { return };
+        let (node, writer) = (node.clone(), writer.clone());
+        // Each request on its own task: a forwarded write waiting for its commit must not hold
+        // up the appends that commit it.
+        tokio::spawn(async move {
+            let (reply_kind, reply) = match handle(&node, kind, &payload).await {
+                Ok(bytes) => (KIND_REPLY, bytes),
+                Err(message) => (KIND_FAILED, message.into_bytes()),
+            };
+            let bytes = frame(reply_kind, id, &reply);
+            drop(payload);
+            if let Err(e) = writer.lock().await.write_all(&bytes).await {
+                tracing::debug!(error = %e, "cannot answer a peer");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// Runs one request; the bincode of its result, or why it could not be decoded.
+async fn handle(node: &StoreNode, kind: u8, payload: &[u8]) -> Result<Vec<u8>, String> {
+    fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, String> {
+        bincode::deserialize(payload).map_err(|e| format!("undecodable peer message: {e}"))
+    }
+    Ok(match kind {
+        KIND_VOTE => encode(&node.raft().vote(decode::<VoteRequest<NodeId>>(payload)?).await),
+        KIND_APPEND => encode(&node.raft().append_entries(decode::<AppendEntriesRequest<TypeConfig>>(payload)?).await),
+        KIND_SNAPSHOT => {
+            encode(&node.raft().install_snapshot(decode::<InstallSnapshotRequest<TypeConfig>>(payload)?).await)
+        }
+        KIND_FORWARD => {
+            let result: Result<ForwardResponse, StoreError> = node.handle_forwarded(decode(payload)?).await;
+            encode(&result)
+        }
+        other => return Err(format!("unknown peer request kind {other}")),
+    })
 }
 
 #[cfg(test)]
@@ -251,9 +503,75 @@ mod tests {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         drop(listener);
-        let node = MemberNode { peer_urls: vec![format!("http://127.0.0.1:{port}")] };
-        let channel = peer_channel(&node).unwrap();
-        let result = forward(channel, &ForwardRequest::ReadIndex, Duration::from_secs(5)).await;
+        let client = PeerClient::new(&MemberNode { peer_urls: vec![format!("http://127.0.0.1:{port}")] }).unwrap();
+        let result = forward(&client, &ForwardRequest::ReadIndex, Duration::from_secs(5)).await;
         assert!(matches!(result, Err(StoreError::Unreachable(_))), "{result:?}");
+    }
+
+    /// A peer that takes requests but never answers: the caller times out, and since nothing at
+    /// all came back, the next call opens a new connection.
+    #[tokio::test]
+    async fn a_silent_peer_times_out_and_the_connection_is_replaced() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (accepted_tx, mut accepted) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+                let _ = accepted_tx.send(()).await;
+            }
+        });
+        let client = PeerClient::new(&MemberNode { peer_urls: vec![format!("http://127.0.0.1:{port}/")] }).unwrap();
+        let first = client.call(KIND_FORWARD, b"x", Duration::from_millis(200)).await;
+        assert_eq!(first, Err(CallError::Timeout));
+        let second = client.call(KIND_FORWARD, b"x", Duration::from_millis(200)).await;
+        assert_eq!(second, Err(CallError::Timeout));
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(5), accepted.recv()).await.expect("two connections").unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_reach_their_callers_out_of_order_and_bad_requests_are_refused() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // A peer that answers the second request first, echoing payloads, and refuses "bad".
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.unwrap();
+            let (mut read, mut write) = socket.into_split();
+            let mut preamble = [0u8; PREAMBLE.len()];
+            read.read_exact(&mut preamble).await.unwrap();
+            assert_eq!(&preamble, PREAMBLE);
+            let a = read_frame(&mut read).await.unwrap().unwrap();
+            let b = read_frame(&mut read).await.unwrap().unwrap();
+            for (_, id, payload) in [b, a] {
+                let reply =
+                    if payload == b"bad" { frame(KIND_FAILED, id, b"no") } else { frame(KIND_REPLY, id, &payload) };
+                write.write_all(&reply).await.unwrap();
+            }
+            let c = read_frame(&mut read).await.unwrap().unwrap();
+            write.write_all(&frame(KIND_REPLY, c.1, &c.2)).await.unwrap();
+        });
+        let client =
+            Arc::new(PeerClient::new(&MemberNode { peer_urls: vec![format!("http://127.0.0.1:{port}")] }).unwrap());
+        let first = tokio::spawn({
+            let client = client.clone();
+            async move { client.call(KIND_FORWARD, b"one", Duration::from_secs(5)).await }
+        });
+        // The first request must be on the wire before the second.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let sent = client.conn.lock().await.as_ref().is_some_and(|c| c.next_id.load(Ordering::SeqCst) > 1);
+            if sent {
+                break;
+            }
+            assert!(Instant::now() < deadline, "first request never sent");
+            tokio::task::yield_now().await;
+        }
+        let second = client.call(KIND_FORWARD, b"bad", Duration::from_secs(5)).await;
+        assert_eq!(second, Err(CallError::Refused("no".into())));
+        assert_eq!(first.await.unwrap(), Ok(b"one".to_vec()));
+        assert_eq!(client.call(KIND_FORWARD, b"three", Duration::from_secs(5)).await, Ok(b"three".to_vec()));
     }
 }

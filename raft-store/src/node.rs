@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use openraft::error::{ChangeMembershipError, CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, SnapshotPolicy};
 use proto::etcdserverpb::{Member, ResponseHeader};
-use tonic::transport::Channel;
 
-use crate::network::{self, Network};
+use crate::coalesce::Coalescer;
+use crate::network::{self, Network, PeerClient};
 use crate::storage::{open_db, KvState, LogStore, StateMachine};
 use crate::types::*;
 
@@ -93,11 +93,35 @@ pub struct StoreNode {
     raft: Raft,
     state: Arc<KvState>,
     log: LogStore,
-    /// Peer channels by member, reused by forwarded requests.
-    channels: Mutex<HashMap<NodeId, Channel>>,
+    /// Peer connections by member, reused by forwarded requests.
+    channels: Mutex<HashMap<NodeId, Arc<PeerClient>>>,
     /// Lease deadlines, kept only while this member leads (see `lease_loop`).
     lease_deadlines: Mutex<HashMap<i64, Instant>>,
+    /// Writes waiting for the proposer (see `propose_loop`).
+    proposals: tokio::sync::mpsc::Sender<Proposal>,
+    proposals_rx: Mutex<Option<tokio::sync::mpsc::Receiver<Proposal>>>,
+    /// Batches under way (PROPOSALS_IN_FLIGHT_MAX permits).
+    proposals_in_flight: Arc<tokio::sync::Semaphore>,
+    /// Concurrent linearizable reads share one read index from the leader.
+    read_index: Coalescer<Result<u64, StoreError>>,
+    /// Concurrent callers on the leader share one confirmation of leadership by a quorum.
+    leadership: Coalescer<Result<u64, StoreError>>,
 }
+
+/// A write waiting to be proposed, and where its outcome goes.
+struct Proposal {
+    cmd: Command,
+    done: tokio::sync::oneshot::Sender<Result<(CommandResponse, u64), StoreError>>,
+}
+
+/// Writes a member queues for its proposer; past this, writers wait for room.
+pub const PROPOSAL_QUEUE_MAX: usize = 4096;
+/// Most commands proposed together as one log entry.
+pub const PROPOSAL_BATCH_COMMANDS_MAX: usize = 512;
+/// Most bytes of commands in one batch (a single larger command goes alone).
+pub const PROPOSAL_BATCH_BYTES_MAX: usize = 512 * 1024;
+/// Batches a member has under way at once; while all are, new writes gather into the next one.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 4;
 
 /// How often the leader looks for lapsed leases.
 pub const LEASE_CHECK_INTERVAL_MS: u64 = 250;
@@ -124,7 +148,9 @@ impl StoreNode {
             election_timeout_max: config.election_timeout_ms * 2,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_count),
             max_in_snapshot_log_to_keep: config.snapshot_catchup_entries,
-            max_payload_entries: 64,
+            // Entries carry batches of up to PROPOSAL_BATCH_BYTES_MAX (plus one command): keep an
+            // AppendEntries message well under the peer message limit.
+            max_payload_entries: 32,
             install_snapshot_timeout: 10_000,
             ..Default::default()
         }
@@ -133,14 +159,45 @@ impl StoreNode {
         let raft = Raft::new(id, Arc::new(raft_config), Network::default(), log.clone(), sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        Ok(Arc::new(Self {
-            id,
-            config,
-            raft,
-            state,
-            log,
-            channels: Mutex::new(HashMap::new()),
-            lease_deadlines: Mutex::new(HashMap::new()),
+        let (proposals, proposals_rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
+        Ok(Arc::new_cyclic(|me: &std::sync::Weak<Self>| {
+            let node = me.clone();
+            let read_index = Coalescer::spawn(move || {
+                let node = node.upgrade();
+                async move {
+                    match node {
+                        Some(node) => match node.leader_call(ForwardRequest::ReadIndex).await? {
+                            ForwardResponse::ReadIndex(i) => Ok(i),
+                            other => Err(StoreError::Internal(format!("unexpected reply to a read index: {other:?}"))),
+                        },
+                        None => Err(StoreError::Stopping),
+                    }
+                }
+            });
+            let node = me.clone();
+            let leadership = Coalescer::spawn(move || {
+                let node = node.upgrade();
+                async move {
+                    match node {
+                        Some(node) => node.confirm_leader_now().await,
+                        None => Err(StoreError::Stopping),
+                    }
+                }
+            });
+            Self {
+                id,
+                config,
+                raft,
+                state,
+                log,
+                channels: Mutex::new(HashMap::new()),
+                lease_deadlines: Mutex::new(HashMap::new()),
+                proposals,
+                proposals_rx: Mutex::new(Some(proposals_rx)),
+                proposals_in_flight: Arc::new(tokio::sync::Semaphore::new(PROPOSALS_IN_FLIGHT_MAX)),
+                read_index,
+                leadership,
+            }
         }))
     }
 
@@ -162,6 +219,10 @@ impl StoreNode {
             if let Err(e) = self.raft.initialize(members).await {
                 tracing::info!(error = %e, "cluster already initialized");
             }
+        }
+        let queue = self.proposals_rx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(queue) = queue {
+            tokio::spawn(propose_loop(Arc::downgrade(self), queue, self.proposals_in_flight.clone()));
         }
         let node = self.clone();
         tokio::spawn(async move { node.publish_loop().await });
@@ -265,7 +326,7 @@ impl StoreNode {
             let expired = self.expired_leases();
             for id in expired {
                 // Only as the leader, never forwarded: another leader keeps its own deadlines.
-                match self.handle_forwarded(ForwardRequest::Write(Command::LeaseRevoke { id })).await {
+                match self.handle_forwarded(ForwardRequest::Write(vec![Command::LeaseRevoke { id }])).await {
                     Ok(_) => tracing::info!(lease = %format!("{id:x}"), "lease expired; revoked"),
                     Err(e) => {
                         tracing::debug!(lease = %format!("{id:x}"), error = %e, "lease revocation not done");
@@ -372,15 +433,44 @@ impl StoreNode {
         }
     }
 
-    /// Replicates a command and returns its result, wherever the leader is.
+    /// Replicates a command and returns its result, wherever the leader is. Concurrent writes
+    /// are proposed together (see `propose_loop`).
     pub async fn write(&self, cmd: Command) -> Result<CommandResponse, StoreError> {
-        let (response, index) = match self.leader_call(ForwardRequest::Write(cmd)).await? {
-            ForwardResponse::Write(r, index) => (r, index),
-            other => return Err(StoreError::Internal(format!("unexpected reply to a write: {other:?}"))),
+        // Nothing waiting and room for another batch: propose it from here, sparing a lone
+        // writer the hand-offs to and from the proposer.
+        if self.proposals.capacity() == self.proposals.max_capacity() {
+            if let Ok(_permit) = self.proposals_in_flight.clone().try_acquire_owned() {
+                let (mut responses, index) = self.write_batch(vec![cmd]).await?;
+                self.wait_applied(index).await?;
+                return responses.pop().ok_or_else(|| StoreError::Internal("a write without a result".into()));
+            }
+        }
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let timeout = self.request_timeout();
+        let queued = tokio::time::timeout(timeout, self.proposals.send(Proposal { cmd, done }));
+        match queued.await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(StoreError::Stopping),
+            Err(_) => return Err(StoreError::Timeout),
+        }
+        // The proposer's own call is bounded by the request timeout; this wait bounds the queueing.
+        let (response, index) = match tokio::time::timeout(2 * timeout, outcome).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => return Err(StoreError::Stopping),
+            Err(_) => return Err(StoreError::Timeout),
         };
         // Read-your-writes on this member: answer once it has applied the write itself.
         self.wait_applied(index).await?;
         Ok(response)
+    }
+
+    /// Replicates a batch of commands through the leader; their results and log index.
+    async fn write_batch(&self, cmds: Vec<Command>) -> Result<(Vec<CommandResponse>, u64), StoreError> {
+        let count = cmds.len();
+        match self.leader_call(ForwardRequest::Write(cmds)).await? {
+            ForwardResponse::Write(r, index) if r.len() == count => Ok((r, index)),
+            other => Err(StoreError::Internal(format!("unexpected reply to a write of {count} commands: {other:?}"))),
+        }
     }
 
     /// Returns once this member has applied everything committed before the call: reads after
@@ -391,24 +481,21 @@ impl StoreNode {
         if cfg!(feature = "test-fault-stale-reads") {
             return Ok(());
         }
-        let index = match self.leader_call(ForwardRequest::ReadIndex).await? {
-            ForwardResponse::ReadIndex(i) => i,
-            other => return Err(StoreError::Internal(format!("unexpected reply to a read index: {other:?}"))),
-        };
+        let index = self.read_index.join().await.unwrap_or(Err(StoreError::Stopping))?;
         self.wait_applied(index).await
     }
 
     async fn wait_applied(&self, index: u64) -> Result<(), StoreError> {
-        let applied = self.raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0);
+        // The state machine's own record is current the moment an apply ends (metrics lag it).
+        let applied = self.state.read(|d, _| d.applied.map(|l| l.index).unwrap_or(0));
         if applied >= index {
             return Ok(());
         }
-        self.raft
-            .wait(Some(self.request_timeout()))
-            .applied_index_at_least(Some(index), "read index")
-            .await
-            .map(|_| ())
-            .map_err(|_| StoreError::Timeout)
+        if self.state.wait_applied(index, self.request_timeout()).await {
+            Ok(())
+        } else {
+            Err(StoreError::Timeout)
+        }
     }
 
     pub async fn member_add(&self, peer_urls: Vec<String>, is_learner: bool) -> Result<NodeId, StoreError> {
@@ -474,7 +561,7 @@ impl StoreNode {
                     .await
                     .unwrap_or(Err(StoreError::Timeout)),
                 (Some(l), Some(node)) => match self.channel(l, &node) {
-                    Ok(channel) => network::forward(channel, &req, remaining).await,
+                    Ok(client) => network::forward(&client, &req, remaining).await,
                     Err(e) => Err(StoreError::Unreachable(e)),
                 },
                 _ => Err(StoreError::NotLeader { leader: None }),
@@ -499,12 +586,12 @@ impl StoreNode {
         }
     }
 
-    fn channel(&self, id: NodeId, node: &MemberNode) -> Result<Channel, String> {
+    fn channel(&self, id: NodeId, node: &MemberNode) -> Result<Arc<PeerClient>, String> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = channels.get(&id) {
             return Ok(c.clone());
         }
-        let c = network::peer_channel(node)?;
+        let c = Arc::new(PeerClient::new(node)?);
         channels.insert(id, c.clone());
         Ok(c)
     }
@@ -512,20 +599,23 @@ impl StoreNode {
     /// Serves a request as the leader; answers `NotLeader` when this member is not.
     pub async fn handle_forwarded(&self, req: ForwardRequest) -> Result<ForwardResponse, StoreError> {
         match req {
-            ForwardRequest::Write(cmd) => {
-                let grant = match &cmd {
-                    Command::LeaseGrant { id, .. } => Some(*id),
-                    _ => None,
-                };
-                match self.raft.client_write(cmd).await {
-                    Ok(resp) => {
-                        if let (Some(id), CommandResponse::LeaseGrant(_)) = (grant, &resp.data) {
-                            self.renew_lease(id);
-                        }
-                        Ok(ForwardResponse::Write(resp.data, resp.log_id.index))
-                    }
-                    Err(e) => Err(client_write_error(e)),
+            ForwardRequest::Write(mut cmds) => {
+                if cmds.is_empty() || cmds.iter().any(|c| matches!(c, Command::Batch(_))) {
+                    return Err(StoreError::Internal("a write must hold commands, none of them a batch".into()));
                 }
+                let entry = if cmds.len() == 1 { cmds.pop().expect("one command") } else { Command::Batch(cmds) };
+                let resp = self.raft.client_write(entry).await.map_err(client_write_error)?;
+                let index = resp.log_id.index;
+                let responses = match resp.data {
+                    CommandResponse::Batch(responses) => responses,
+                    single => vec![single],
+                };
+                for r in &responses {
+                    if let CommandResponse::LeaseGrant(grant) = r {
+                        self.renew_lease(grant.id);
+                    }
+                }
+                Ok(ForwardResponse::Write(responses, index))
             }
             // A leader cut off from the others must not keep leases alive that the real leader
             // is about to revoke: leadership is confirmed with a quorum first.
@@ -580,8 +670,12 @@ impl StoreNode {
     }
 
     /// Confirms with a quorum that this member leads; returns the log index a linearizable read
-    /// must wait for.
+    /// must wait for. Concurrent callers share one confirmation.
     async fn confirm_leader(&self) -> Result<u64, StoreError> {
+        self.leadership.join().await.unwrap_or(Err(StoreError::Stopping))
+    }
+
+    async fn confirm_leader_now(&self) -> Result<u64, StoreError> {
         match self.raft.get_read_log_id().await {
             Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {
@@ -636,6 +730,49 @@ impl StoreNode {
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
+    }
+}
+
+/// Proposes queued writes in batches: takes every write waiting (up to a batch's limits), sends
+/// them to the leader as one request and one log entry, and hands each writer its own result. Up
+/// to PROPOSALS_IN_FLIGHT_MAX batches are under way at once (a lone write proposed by its own
+/// writer counts as one). Ends when the member is gone.
+async fn propose_loop(
+    node: std::sync::Weak<StoreNode>,
+    mut queue: tokio::sync::mpsc::Receiver<Proposal>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+) {
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Some(first) = queue.recv().await else { return };
+        let mut bytes = first.cmd.size_bytes();
+        let mut batch = vec![first];
+        while batch.len() < PROPOSAL_BATCH_COMMANDS_MAX && bytes < PROPOSAL_BATCH_BYTES_MAX {
+            match queue.try_recv() {
+                Ok(p) => {
+                    bytes += p.cmd.size_bytes();
+                    batch.push(p);
+                }
+                Err(_) => break,
+            }
+        }
+        let Some(node) = node.upgrade() else { return };
+        tokio::spawn(async move {
+            let (cmds, waiters): (Vec<Command>, Vec<_>) = batch.into_iter().map(|p| (p.cmd, p.done)).unzip();
+            match node.write_batch(cmds).await {
+                Ok((responses, index)) => {
+                    for (done, response) in waiters.into_iter().zip(responses) {
+                        let _ = done.send(Ok((response, index)));
+                    }
+                }
+                Err(e) => {
+                    for done in waiters {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
     }
 }
 

@@ -10,11 +10,10 @@ use proto::etcdserverpb::lease_server::LeaseServer;
 use proto::etcdserverpb::maintenance_server::{Maintenance, MaintenanceServer};
 use proto::etcdserverpb::watch_server::WatchServer;
 use proto::etcdserverpb::*;
-use proto::raftpeer::raft_peer_server::RaftPeerServer;
 use tonic::{Request, Response, Status};
 
+use crate::authority::ClientStream;
 use crate::mvcc::{self, MvccError, RequestError};
-use crate::network::{PeerService, PEER_MESSAGE_BYTES_MAX};
 use crate::node::StoreNode;
 use crate::types::*;
 
@@ -298,16 +297,14 @@ impl Maintenance for MaintenanceService {
     }
 }
 
-/// Capacity of the in-memory pipe between a client socket and the gRPC server, in bytes.
-const RELAY_BUFFER_BYTES: usize = 256 * 1024;
 /// Accepted client connections not yet taken by the gRPC server.
 const ACCEPT_QUEUE_MAX: usize = 64;
 
-/// Client connections, each behind the authority relay (see [`crate::authority`]).
+/// Client connections, each able to go behind the authority relay (see [`crate::authority`]).
 fn relayed_incoming(
     listener: tokio::net::TcpListener,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> tokio_stream::wrappers::ReceiverStream<Result<tokio::io::DuplexStream, std::io::Error>> {
+) -> tokio_stream::wrappers::ReceiverStream<Result<ClientStream, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_QUEUE_MAX);
     tokio::spawn(async move {
         loop {
@@ -325,38 +322,12 @@ fn relayed_incoming(
                 }
             };
             let _ = socket.set_nodelay(true);
-            let (ours, theirs) = tokio::io::duplex(RELAY_BUFFER_BYTES);
-            tokio::spawn(relay(socket, ours));
-            if tx.send(Ok(theirs)).await.is_err() {
+            if tx.send(Ok(ClientStream::new(socket))).await.is_err() {
                 return;
             }
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
-}
-
-async fn relay(socket: tokio::net::TcpStream, server: tokio::io::DuplexStream) {
-    use tokio::io::AsyncWriteExt;
-    let (client_read, mut client_write) = socket.into_split();
-    let (mut server_read, server_write) = tokio::io::split(server);
-    let up = crate::authority::relay_client_to_server(client_read, server_write);
-    let down = async {
-        tokio::io::copy(&mut server_read, &mut client_write).await?;
-        client_write.shutdown().await
-    };
-    tokio::pin!(up, down);
-    // Returning drops both ends, which closes the connection on both sides.
-    let result = tokio::select! {
-        r = &mut up => match r {
-            // The client finished sending: let the server finish answering.
-            Ok(()) => down.await,
-            Err(e) => Err(e),
-        },
-        r = &mut down => r,
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, "client connection ended with an error");
-    }
 }
 
 /// Resolves `http://host:port` URLs to socket addresses to listen on.
@@ -419,25 +390,10 @@ pub async fn serve(
         });
     }
     for listener in peer_listeners {
-        let peer = PeerService { node: node.clone() };
-        let mut stop = stop_rx.clone();
-        let router = tonic::transport::Server::builder().add_service(
-            RaftPeerServer::new(peer)
-                .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-                .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX),
-        );
-        // Small Raft messages must not wait for Nagle's algorithm.
-        let incoming = tokio_stream::StreamExt::map(tokio_stream::wrappers::TcpListenerStream::new(listener), |s| {
-            s.inspect(|socket| {
-                let _ = socket.set_nodelay(true);
-            })
-        });
+        let (node, stop) = (node.clone(), stop_rx.clone());
         tasks.spawn(async move {
-            router
-                .serve_with_incoming_shutdown(incoming, async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
+            crate::network::serve_peers(listener, node, stop).await;
+            Ok(())
         });
     }
     tracing::info!(

@@ -3,7 +3,7 @@
 //!
 //! Column families:
 //! - `raft_log`: log index (u64 big-endian) → bincode `Entry`
-//! - `raft_state`: `vote`, `committed`, `last_purged` → bincode
+//! - `raft_state`: `vote`, `last_purged` → bincode
 //! - `kv`: MVCC revision (main, sub; 16 bytes big-endian) → flag byte + protobuf `KeyValue`
 //! - `leases`: lease ID (i64 big-endian) → bincode TTL in seconds
 //! - `sm_state`: `applied`, `membership`, `revision`, `compacted`, `cluster_id`, `members`
@@ -77,15 +77,113 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Raft log
 
+/// Appends waiting for the write-ahead log sync that makes them durable.
+pub const WAL_SYNC_QUEUE_MAX: usize = 1024;
+
+/// Most recent log entries kept in memory for replication to read back.
+pub const LOG_CACHE_ENTRIES_MAX: usize = 1024;
+/// Most bytes of commands in those entries.
+pub const LOG_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
+
 /// The Raft log and vote. Appends are synced to disk before openraft is told they are durable.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    wal_sync: std::sync::mpsc::SyncSender<LogFlushed<TypeConfig>>,
+    /// The newest entries, contiguous: the leader's replication reads them right after appending,
+    /// and serving them from here spares a RocksDB scan and decode per message.
+    recent: Arc<std::sync::Mutex<RecentEntries>>,
+}
+
+#[derive(Default)]
+struct RecentEntries {
+    entries: std::collections::VecDeque<Entry>,
+    bytes: usize,
+}
+
+fn entry_bytes(entry: &Entry) -> usize {
+    match &entry.payload {
+        EntryPayload::Normal(cmd) => cmd.size_bytes(),
+        _ => 64,
+    }
+}
+
+impl RecentEntries {
+    fn push(&mut self, entry: Entry) {
+        if self.entries.back().is_some_and(|last| last.log_id.index + 1 != entry.log_id.index) {
+            self.entries.clear();
+            self.bytes = 0;
+        }
+        self.bytes += entry_bytes(&entry);
+        self.entries.push_back(entry);
+        while self.entries.len() > LOG_CACHE_ENTRIES_MAX || (self.bytes > LOG_CACHE_BYTES_MAX && self.entries.len() > 1)
+        {
+            let dropped = self.entries.pop_front().expect("not empty");
+            self.bytes -= entry_bytes(&dropped);
+        }
+    }
+
+    /// Forgets entries from index `from` on.
+    fn truncate(&mut self, from: u64) {
+        while self.entries.back().is_some_and(|e| e.log_id.index >= from) {
+            let dropped = self.entries.pop_back().expect("not empty");
+            self.bytes -= entry_bytes(&dropped);
+        }
+    }
+
+    /// Forgets entries up to and including index `upto`.
+    fn purge(&mut self, upto: u64) {
+        while self.entries.front().is_some_and(|e| e.log_id.index <= upto) {
+            let dropped = self.entries.pop_front().expect("not empty");
+            self.bytes -= entry_bytes(&dropped);
+        }
+    }
+
+    /// Entries `start..end` if all are here.
+    fn get(&self, start: u64, end: u64) -> Option<Vec<Entry>> {
+        let first = self.entries.front()?.log_id.index;
+        let last = self.entries.back()?.log_id.index;
+        if start < first || end > last + 1 || start > end {
+            return None;
+        }
+        Some(self.entries.range((start - first) as usize..(end - first) as usize).cloned().collect())
+    }
 }
 
 impl LogStore {
     pub fn new(db: Arc<DB>) -> Self {
-        Self { db }
+        let (wal_sync, pending) = std::sync::mpsc::sync_channel(WAL_SYNC_QUEUE_MAX);
+        // Weak: the database must close when the store is dropped, not live on in this thread.
+        let syncing = Arc::downgrade(&db);
+        std::thread::Builder::new()
+            .name("wal-sync".into())
+            .spawn(move || wal_sync_loop(&syncing, pending))
+            .expect("the system can start a thread");
+        Self { db, wal_sync, recent: Arc::default() }
+    }
+
+    /// Writes entries to the log, readable at once; durable only after the next [`Self::sync`].
+    pub fn write_entries(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        let log = cf(&self.db, CF_LOG);
+        for entry in &entries {
+            batch.put_cf(log, entry.log_id.index.to_be_bytes(), encode(entry));
+        }
+        self.db.write(batch).map_err(write_logs_err)?;
+        let mut recent = self.recent();
+        for entry in entries {
+            recent.push(entry);
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (one write-ahead log sync).
+    pub fn sync(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true).map_err(write_logs_err)
+    }
+
+    fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn get_meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, StorageError> {
@@ -93,9 +191,9 @@ impl LogStore {
         bytes.map(|b| bincode::deserialize(&b).map_err(read_logs_err)).transpose()
     }
 
-    fn put_meta<T: Serialize>(&self, key: &str, value: &T, sync: bool) -> Result<(), StorageError> {
+    fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
         let mut opts = WriteOptions::default();
-        opts.set_sync(sync);
+        opts.set_sync(true);
         self.db.put_cf_opt(cf(&self.db, CF_RAFT), key, encode(value), &opts).map_err(write_logs_err)
     }
 
@@ -117,6 +215,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(x) => *x + 1,
             Bound::Unbounded => 0,
         };
+        let end = match range.end_bound() {
+            Bound::Included(x) => Some(*x + 1),
+            Bound::Excluded(x) => Some(*x),
+            Bound::Unbounded => None,
+        };
+        if let Some(cached) = end.and_then(|end| self.recent().get(start, end)) {
+            return Ok(cached);
+        }
         let mut out = Vec::new();
         let iter =
             self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::From(&start.to_be_bytes(), Direction::Forward));
@@ -158,20 +264,21 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
-        self.put_meta("vote", vote, true).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, AnyError::new(&e)))
+        self.put_meta("vote", vote).map_err(|e| io_err(ErrorSubject::Vote, ErrorVerb::Write, AnyError::new(&e)))
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         self.get_meta("vote")
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        // Not synced: losing it only means re-deriving commitment from the quorum.
-        self.put_meta("committed", &committed, false)
+    async fn save_committed(&mut self, _committed: Option<LogId>) -> Result<(), StorageError> {
+        // Not kept: the state machine records what it applied, and commitment beyond that is
+        // learned again from the quorum. Saves a write per commit on the write path.
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        Ok(self.get_meta::<Option<LogId>>("committed")?.flatten())
+        Ok(None)
     }
 
     async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
@@ -179,20 +286,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        let mut batch = WriteBatch::default();
-        let log = cf(&self.db, CF_LOG);
-        for entry in entries {
-            batch.put_cf(log, entry.log_id.index.to_be_bytes(), encode(&entry));
+        // Written now (readable at once), durable once the sync thread's next WAL sync covers it:
+        // openraft's core goes on replicating meanwhile, and concurrent appends share one sync.
+        if let Err(e) = self.write_entries(entries.into_iter().collect()) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(e);
         }
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        let result = self.db.write_opt(batch, &opts);
-        let io_result = result.as_ref().map(|_| ()).map_err(|e| std::io::Error::other(e.to_string()));
-        callback.log_io_completed(io_result);
-        result.map_err(write_logs_err)
+        if let Err(std::sync::mpsc::SendError(callback)) = self.wal_sync.send(callback) {
+            callback.log_io_completed(Err(std::io::Error::other("the WAL sync thread has stopped")));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().truncate(log_id.index);
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         let mut batch = WriteBatch::default();
@@ -203,6 +310,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.recent().purge(log_id.index);
         // The state machine's writes share this WAL: sync them before dropping the log that
         // could rebuild them.
         self.db.flush_wal(true).map_err(write_logs_err)?;
@@ -212,6 +320,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut opts = WriteOptions::default();
         opts.set_sync(true);
         self.db.write_opt(batch, &opts).map_err(write_logs_err)
+    }
+}
+
+/// Syncs the write-ahead log for every queued append: one sync covers all appends written
+/// before it (group commit). Ends when every `LogStore` clone is gone.
+fn wal_sync_loop(db: &std::sync::Weak<DB>, pending: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = pending.recv() {
+        let mut covered = vec![first];
+        covered.extend(pending.try_iter());
+        let result = match db.upgrade() {
+            Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
+            None => Err("the database is closed".to_string()),
+        };
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "cannot sync the write-ahead log");
+        }
+        for callback in covered {
+            callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+        }
     }
 }
 
@@ -277,6 +404,8 @@ pub struct KvState {
     db: Arc<DB>,
     data: RwLock<StateData>,
     events: broadcast::Sender<AppliedEvents>,
+    /// The last applied log index, for callers waiting to read their own writes.
+    applied_index: tokio::sync::watch::Sender<u64>,
 }
 
 impl KvState {
@@ -299,13 +428,26 @@ impl KvState {
         let mvcc = Mvcc::open(&RocksRevisions::new(&db), revision, compacted, &leases)
             .map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let (events, _) = broadcast::channel(APPLIED_EVENTS_QUEUE_MAX);
-        Ok(Self { db, data: RwLock::new(StateData { mvcc, applied, membership, cluster_id, members }), events })
+        let applied_index = tokio::sync::watch::Sender::new(applied.map(|l| l.index).unwrap_or(0));
+        Ok(Self {
+            db,
+            data: RwLock::new(StateData { mvcc, applied, membership, cluster_id, members }),
+            events,
+            applied_index,
+        })
     }
 
     /// Runs `f` against a consistent view of the state and the stored values.
     pub fn read<T>(&self, f: impl FnOnce(&StateData, &dyn RevisionStore) -> T) -> T {
         let data = self.data.read().unwrap_or_else(|p| p.into_inner());
         f(&data, &RocksRevisions::new(&self.db))
+    }
+
+    /// Waits until the log index `index` is applied; false if `timeout` passed first.
+    pub async fn wait_applied(&self, index: u64, timeout: std::time::Duration) -> bool {
+        let mut applied = self.applied_index.subscribe();
+        let reached = matches!(tokio::time::timeout(timeout, applied.wait_for(|a| *a >= index)).await, Ok(Ok(_)));
+        reached
     }
 
     /// Subscribes to the events of every revision applied from now on.
@@ -350,6 +492,24 @@ fn read_leases(db: &DB) -> Result<BTreeMap<i64, i64>, StorageError> {
         leases.insert(id, bincode::deserialize(&v).map_err(|e| sm_err(ErrorVerb::Read, e))?);
     }
     Ok(leases)
+}
+
+/// Applies one command and queues its events for watchers.
+fn apply_announced(
+    data: &mut StateData,
+    store: &dyn RevisionStore,
+    cmd: &Command,
+    announced: &mut Vec<AppliedEvents>,
+) -> Result<CommandResponse, StorageError> {
+    let (response, events) = apply_command(data, store, cmd);
+    // A local storage failure is not a result other members share: stop rather than diverge.
+    if let CommandResponse::Failed(MvccError::Storage(m)) = &response {
+        return Err(sm_err(ErrorVerb::Read, std::io::Error::other(m.clone())));
+    }
+    if !events.is_empty() {
+        announced.push(AppliedEvents { revision: data.mvcc.current_revision(), events: Arc::new(events) });
+    }
+    Ok(response)
 }
 
 /// Applies one command; the same input gives the same output on every member.
@@ -412,6 +572,8 @@ fn apply_command(
             data.members.insert(*id, MemberAttrs { name: name.clone(), client_urls: client_urls.clone() });
             (CommandResponse::Done, Vec::new())
         }
+        // Batches are made only by a member's proposer and never nested.
+        Command::Batch(_) => (CommandResponse::Failed(MvccError::Storage("nested command batch".into())), Vec::new()),
     }
 }
 
@@ -533,7 +695,9 @@ impl StateMachine {
         db.write_opt(batch, &opts).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         fresh.mvcc = Mvcc::open(&RocksRevisions::new(db), payload.revision, payload.compacted, &payload.leases)
             .map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let index = fresh.applied.map(|l| l.index).unwrap_or(0);
         *data = fresh;
+        self.state.applied_index.send_replace(index);
         Ok(())
     }
 }
@@ -612,27 +776,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                         data.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                         CommandResponse::Done
                     }
-                    EntryPayload::Normal(cmd) => {
-                        let (response, events) = apply_command(&mut data, &store, cmd);
-                        // A local storage failure is not a result other members share: stop
-                        // rather than diverge.
-                        if let CommandResponse::Failed(MvccError::Storage(m)) = &response {
-                            return Err(sm_err(ErrorVerb::Read, std::io::Error::other(m.clone())));
-                        }
-                        if !events.is_empty() {
-                            announced.push(AppliedEvents {
-                                revision: data.mvcc.current_revision(),
-                                events: Arc::new(events),
-                            });
-                        }
-                        response
-                    }
+                    EntryPayload::Normal(Command::Batch(cmds)) => CommandResponse::Batch(
+                        cmds.iter()
+                            .map(|cmd| apply_announced(&mut data, &store, cmd, &mut announced))
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    EntryPayload::Normal(cmd) => apply_announced(&mut data, &store, cmd, &mut announced)?,
                 };
                 responses.push(response);
             }
             let mut batch = WriteBatch::default();
             self.state.persist(&mut data, &mut batch);
             self.state.db.write(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
+            self.state.applied_index.send_replace(data.applied.map(|l| l.index).unwrap_or(0));
         }
         for events in announced {
             // No subscriber is fine: watchers catch up from history.

@@ -71,6 +71,24 @@ pub enum Command {
         name: String,
         client_urls: Vec<String>,
     },
+    /// Commands proposed together as one log entry, applied in order, each at its own revision
+    /// (never nested).
+    Batch(Vec<Command>),
+}
+
+impl Command {
+    /// About how many bytes the command takes in the log, to bound a batch.
+    pub fn size_bytes(&self) -> usize {
+        use prost::Message;
+        const SMALL_COMMAND_BYTES: usize = 64;
+        match self {
+            Command::Put(p) => p.encoded_len(),
+            Command::DeleteRange(d) => d.encoded_len(),
+            Command::Txn(t) => t.encoded_len(),
+            Command::Batch(cmds) => cmds.iter().map(Command::size_bytes).sum(),
+            _ => SMALL_COMMAND_BYTES,
+        }
+    }
 }
 
 impl fmt::Display for Command {
@@ -84,6 +102,7 @@ impl fmt::Display for Command {
             Command::LeaseRevoke { id } => write!(f, "lease revoke {id:x}"),
             Command::SetClusterId(id) => write!(f, "cluster id {id:x}"),
             Command::SetMemberAttrs { id, name, .. } => write!(f, "member {id:x} is {name}"),
+            Command::Batch(cmds) => write!(f, "batch of {} commands", cmds.len()),
         }
     }
 }
@@ -99,6 +118,8 @@ pub enum CommandResponse {
     LeaseRevoke(proto::etcdserverpb::LeaseRevokeResponse),
     Done,
     Failed(MvccError),
+    /// The results of a [`Command::Batch`], in its order.
+    Batch(Vec<CommandResponse>),
 }
 
 /// A member's published attributes.
@@ -152,7 +173,8 @@ pub enum StoreError {
 /// A request that a member hands to the leader.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ForwardRequest {
-    Write(Command),
+    /// Commands to replicate, as one log entry when there are several.
+    Write(Vec<Command>),
     /// The leader confirms its leadership and answers the log index a linearizable read must
     /// wait for.
     ReadIndex,
@@ -178,8 +200,8 @@ pub enum ForwardRequest {
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum ForwardResponse {
-    /// The result and the log index it was applied at.
-    Write(CommandResponse, u64),
+    /// The results, in the order of the commands, and the log index they were applied at.
+    Write(Vec<CommandResponse>, u64),
     ReadIndex(u64),
     /// The ID of the member acted on.
     Member(NodeId),

@@ -64,19 +64,18 @@ impl Watch for WatchService {
     }
 }
 
-struct Watcher {
-    key: Vec<u8>,
-    range_end: Vec<u8>,
-    prev_kv: bool,
-    no_put: bool,
-    no_delete: bool,
-    progress_notify: bool,
-    /// The next revision this watcher must deliver; everything below has been delivered.
-    next: i64,
+/// Which events a watcher receives, and in what form.
+#[derive(Clone, Debug)]
+pub struct WatchFilter {
+    pub key: Vec<u8>,
+    pub range_end: Vec<u8>,
+    pub prev_kv: bool,
+    pub no_put: bool,
+    pub no_delete: bool,
 }
 
-impl Watcher {
-    fn wants(&self, event: &Event) -> bool {
+impl WatchFilter {
+    pub fn wants(&self, event: &Event) -> bool {
         let is_put = event.r#type == EventType::Put as i32;
         if (is_put && self.no_put) || (!is_put && self.no_delete) {
             return false;
@@ -84,6 +83,22 @@ impl Watcher {
         let key = event.kv.as_ref().map(|kv| kv.key.as_slice()).unwrap_or_default();
         crate::mvcc::index::in_bounds(&crate::mvcc::index::range_bounds(&self.key, &self.range_end), key)
     }
+
+    /// The events of one revision this watcher receives, as it receives them.
+    pub fn select(&self, events: &[Event]) -> Vec<Event> {
+        events
+            .iter()
+            .filter(|e| self.wants(e))
+            .map(|e| if self.prev_kv { e.clone() } else { Event { prev_kv: None, ..e.clone() } })
+            .collect()
+    }
+}
+
+struct Watcher {
+    filter: WatchFilter,
+    progress_notify: bool,
+    /// The next revision this watcher must deliver; everything below has been delivered.
+    next: i64,
 }
 
 struct WatchStream {
@@ -195,11 +210,13 @@ impl WatchStream {
         let next = if req.start_revision > 0 { req.start_revision } else { current + 1 };
         let filters: Vec<i32> = req.filters.clone();
         let watcher = Watcher {
-            key: req.key,
-            range_end: req.range_end,
-            prev_kv: req.prev_kv,
-            no_put: filters.contains(&(FilterType::Noput as i32)),
-            no_delete: filters.contains(&(FilterType::Nodelete as i32)),
+            filter: WatchFilter {
+                key: req.key,
+                range_end: req.range_end,
+                prev_kv: req.prev_kv,
+                no_put: filters.contains(&(FilterType::Noput as i32)),
+                no_delete: filters.contains(&(FilterType::Nodelete as i32)),
+            },
             progress_notify: req.progress_notify,
             next,
         };
@@ -213,7 +230,8 @@ impl WatchStream {
     /// Delivers from history everything applied that watcher `id` has not received yet.
     async fn catch_up(&mut self, id: i64) -> Result<(), Gone> {
         let Some(w) = self.watchers.get(&id) else { return Ok(()) };
-        let (key, range_end, from, prev_kv) = (w.key.clone(), w.range_end.clone(), w.next, w.prev_kv);
+        let (key, range_end, from, prev_kv) =
+            (w.filter.key.clone(), w.filter.range_end.clone(), w.next, w.filter.prev_kv);
         let read = self.node.state().read(|d, store| {
             let current = d.mvcc.current_revision();
             if from > current {
@@ -225,7 +243,7 @@ impl WatchStream {
             Ok((current, events)) => {
                 let w = self.watchers.get_mut(&id).expect("looked up above");
                 w.next = w.next.max(current + 1);
-                let events: Vec<Event> = events.into_iter().filter(|e| w.wants(e)).collect();
+                let events: Vec<Event> = events.into_iter().filter(|e| w.filter.wants(e)).collect();
                 self.send_events(id, current, events).await
             }
             Err(MvccError::Compacted) => {
@@ -310,12 +328,7 @@ impl WatchStream {
                 continue;
             }
             w.next = applied.revision + 1;
-            let events: Vec<Event> = applied
-                .events
-                .iter()
-                .filter(|e| w.wants(e))
-                .map(|e| if w.prev_kv { e.clone() } else { Event { prev_kv: None, ..e.clone() } })
-                .collect();
+            let events = w.filter.select(&applied.events);
             if !events.is_empty() {
                 self.send(WatchResponse {
                     header: self.header(applied.revision),
