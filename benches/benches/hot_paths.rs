@@ -6,8 +6,6 @@
 //! - `watch_dispatch`: one revision's events matched against 1,000 watchers' filters.
 //! - `raft_log_append`: log entries written and synced to disk, one and 64 at a time.
 
-use std::sync::Arc;
-
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use openraft::storage::RaftStateMachine;
 use openraft::{CommittedLeaderId, EntryPayload};
@@ -153,7 +151,8 @@ fn raft_log_append(c: &mut Criterion) {
     let mut group = c.benchmark_group("raft_log_append");
     for per_append in [1u64, 64] {
         let dir = tempfile::tempdir().expect("a temporary directory");
-        let log = LogStore::new(open_db(&dir.path().join("db")).expect("the database opens"));
+        let db = open_db(&dir.path().join("db")).expect("the database opens");
+        let log = LogStore::open(db, &dir.path().join("log")).expect("the log opens");
         let mut index = 0u64;
         group.throughput(Throughput::Elements(per_append));
         group.bench_function(format!("{per_append}_entries_synced"), |b| {
@@ -166,10 +165,7 @@ fn raft_log_append(c: &mut Criterion) {
                         })
                         .collect::<Vec<_>>()
                 },
-                |entries| {
-                    log.write_entries(entries).expect("write succeeds");
-                    log.sync().expect("sync succeeds");
-                },
+                |entries| log.append_durably(entries).expect("append succeeds"),
                 BatchSize::SmallInput,
             )
         });

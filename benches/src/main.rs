@@ -214,16 +214,18 @@ async fn run(args: Args) -> Result<()> {
 }
 
 async fn run_workload(workload: &str, a: &Args, cluster: &Cluster) -> Result<workloads::Sample> {
-    let ch = connect(&cluster.endpoints, a.connections).await?;
+    let members = cluster.endpoints.len();
+    // At least one connection per member, the first `members` of them one to each.
+    let ch = connect(&cluster.endpoints, a.connections.max(members)).await?;
     let (secs, bytes) = (a.seconds, a.value_bytes);
     match workload {
-        "put-1" => workloads::put_load(&ch[..1], 1, a.put1_ops, secs, bytes, "bench/put1/").await,
+        "put-1" => workloads::put_load(&ch[..members], 1, a.put1_ops, secs, bytes, "bench/put1/").await,
         "put-256" => workloads::put_load(&ch, a.put_clients, a.put_ops, secs, bytes, "bench/put/").await,
         "get-linear" => workloads::get_load(&ch, a.clients, a.get_ops, secs, bytes, false).await,
         "get-serial" => workloads::get_load(&ch, a.clients, a.get_ops, secs, bytes, true).await,
         "txn-cas" => workloads::txn_cas(&ch, a.clients, a.txn_ops, secs, bytes).await,
         "range-1000" => workloads::range_load(&ch, a.range_clients, a.range_ops, secs, a.range_keys, bytes).await,
-        "watch-fanout" => workloads::watch_fanout(&ch, a.watchers, a.watch_events, secs, bytes).await,
+        "watch-fanout" => workloads::watch_fanout(&ch, members, a.watchers, a.watch_events, secs, bytes).await,
         "lease-keepalive" => workloads::lease_keepalive(&ch, a.leases, a.lease_streams, a.keepalive_ops, secs).await,
         other => bail!("unknown workload {other}"),
     }

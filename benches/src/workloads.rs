@@ -87,7 +87,10 @@ pub async fn connect(endpoints: &[String], n: usize) -> Result<Vec<Channel>> {
 }
 
 /// Runs `clients` closed-loop clients over `channels`, each calling `op(channel, client, op_index)`
-/// until `max_ops` operations have started in total or `seconds` have passed.
+/// until `max_ops` operations have started in total or `seconds` have passed. Each client keeps
+/// to one channel, except when there are fewer clients than channels: then each operation takes
+/// the next channel, so that a lone client meets the leader and the followers alike (which
+/// member leads is chance, and must not decide the comparison).
 async fn closed_loop<F, Fut>(channels: &[Channel], clients: usize, max_ops: u64, seconds: f64, op: F) -> Result<Sample>
 where
     F: Fn(Channel, usize, u64) -> Fut + Send + Sync + 'static,
@@ -99,7 +102,10 @@ where
     let deadline = start + Duration::from_secs_f64(seconds);
     let mut tasks = JoinSet::new();
     for client in 0..clients {
-        let (op, next, channel) = (op.clone(), next.clone(), channels[client % channels.len()].clone());
+        let (op, next) = (op.clone(), next.clone());
+        let rotate = clients < channels.len();
+        let own: Vec<Channel> =
+            if rotate { channels.to_vec() } else { vec![channels[client % channels.len()].clone()] };
         tasks.spawn(async move {
             let mut result = ClientResult::default();
             loop {
@@ -107,8 +113,9 @@ where
                 if i >= max_ops || Instant::now() >= deadline {
                     return result;
                 }
+                let channel = own[i as usize % own.len()].clone();
                 let started = Instant::now();
-                let outcome = match tokio::time::timeout(OP_TIMEOUT, op(channel.clone(), client, i)).await {
+                let outcome = match tokio::time::timeout(OP_TIMEOUT, op(channel, client, i)).await {
                     Ok(outcome) => outcome,
                     Err(_) => Err(anyhow::anyhow!("timed out after {OP_TIMEOUT:?}")),
                 };
@@ -260,6 +267,7 @@ pub async fn range_load(
 /// carrying their send time. Ops are delivered events; latency is put-to-event.
 pub async fn watch_fanout(
     channels: &[Channel],
+    members: usize,
     watchers: usize,
     events: u64,
     seconds: f64,
@@ -328,14 +336,16 @@ pub async fn watch_fanout(
 
     let start = Instant::now();
     let deadline = start + Duration::from_secs_f64(seconds);
-    let writer = KvClient::new(channels[0].clone());
+    // The writer's puts go to each member in turn (see `closed_loop`).
+    let writers: Vec<KvClient<Channel>> =
+        channels[..members.min(channels.len())].iter().cloned().map(KvClient::new).collect();
     let mut written = 0u64;
     let mut write_errors = ClientResult::default();
     while written < events && Instant::now() < deadline {
         let mut value = vec![b'w'; value_bytes.max(8)];
         value[..8].copy_from_slice(&(origin.elapsed().as_nanos() as u64).to_le_bytes());
         let key = format!("{PREFIX}{written}").into_bytes();
-        let mut kv = writer.clone();
+        let mut kv = writers[written as usize % writers.len()].clone();
         let started = Instant::now();
         let outcome = tokio::time::timeout(OP_TIMEOUT, kv.put(PutRequest { key, value, ..Default::default() })).await;
         match outcome {

@@ -10,6 +10,7 @@ pub mod node;
 pub mod server;
 pub mod storage;
 pub mod types;
+pub mod wal;
 pub mod watch;
 
 pub use node::{ClusterState, StoreConfig, StoreNode};

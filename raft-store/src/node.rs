@@ -138,7 +138,7 @@ impl StoreNode {
             .map_err(|e| StartError::Config(format!("cannot create {}: {e}", dir.display())))?;
         let db_path = dir.join("db");
         let db = open_db(&db_path).map_err(|source| StartError::Storage { path: db_path.clone(), source })?;
-        let log = LogStore::new(db.clone());
+        let log = LogStore::open(db.clone(), &dir.join("log")).map_err(|e| StartError::State(e.to_string()))?;
         let sm = StateMachine::open(db, &dir).map_err(|e| StartError::State(e.to_string()))?;
         let state = sm.state();
         let raft_config = openraft::Config {
@@ -424,7 +424,7 @@ impl StoreNode {
 
     /// The header every response carries.
     pub fn header(&self, revision: i64) -> ResponseHeader {
-        let cluster_id = self.state.read(|d, _| d.cluster_id);
+        let cluster_id = self.state.cluster_id();
         ResponseHeader {
             cluster_id,
             member_id: self.id,

@@ -1,8 +1,9 @@
-//! RocksDB persistence for openraft: the Raft log and vote ([`LogStore`]) and the replicated
-//! state machine ([`StateMachine`]) share one database, so one write-ahead log orders them.
+//! Persistence for openraft: the Raft log in segment files of its own (see [`crate::wal`]), and
+//! the vote and the replicated state machine ([`StateMachine`]) in one RocksDB database, whose
+//! own write-ahead log is synced only where it must be (votes, before a log purge): the state
+//! machine can always be rebuilt from the Raft log, so its writes need not be synced one by one.
 //!
 //! Column families:
-//! - `raft_log`: log index (u64 big-endian) → bincode `Entry`
 //! - `raft_state`: `vote`, `last_purged` → bincode
 //! - `kv`: MVCC revision (main, sub; 16 bytes big-endian) → flag byte + protobuf `KeyValue`
 //! - `leases`: lease ID (i64 big-endian) → bincode TTL in seconds
@@ -10,7 +11,7 @@
 //!
 //! The current snapshot is a file beside the database (`snapshot.bin`), replaced atomically.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Debug;
 use std::io::Cursor;
 use std::ops::{Bound, RangeBounds};
@@ -25,8 +26,8 @@ use tokio::sync::broadcast;
 
 use crate::mvcc::{Change, Mvcc, MvccError, Revision, RevisionStore, StoredValue};
 use crate::types::*;
+use crate::wal::SegmentLog;
 
-const CF_LOG: &str = "raft_log";
 const CF_RAFT: &str = "raft_state";
 const CF_KV: &str = "kv";
 const CF_SM: &str = "sm_state";
@@ -60,7 +61,7 @@ pub fn open_db(dir: &Path) -> Result<Arc<DB>, rocksdb::Error> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
-    let cfs = [CF_LOG, CF_RAFT, CF_KV, CF_SM, CF_LEASES]
+    let cfs = [CF_RAFT, CF_KV, CF_SM, CF_LEASES]
         .into_iter()
         .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
     Ok(Arc::new(DB::open_cf_descriptors(&opts, dir, cfs)?))
@@ -77,27 +78,34 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Raft log
 
-/// Appends waiting for the write-ahead log sync that makes them durable.
+/// Appends waiting for the log sync that makes them durable.
 pub const WAL_SYNC_QUEUE_MAX: usize = 1024;
-
 /// Most recent log entries kept in memory for replication to read back.
 pub const LOG_CACHE_ENTRIES_MAX: usize = 1024;
 /// Most bytes of commands in those entries.
 pub const LOG_CACHE_BYTES_MAX: usize = 32 * 1024 * 1024;
 
-/// The Raft log and vote. Appends are synced to disk before openraft is told they are durable.
+/// An append waiting for its sync: the files it wrote, and whom to tell.
+struct PendingSync {
+    files: Vec<Arc<std::fs::File>>,
+    callback: LogFlushed<TypeConfig>,
+}
+
+/// The Raft log (a [`SegmentLog`] beside the database) and the vote (in the database). Appends
+/// are synced to disk before openraft is told they are durable.
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
-    wal_sync: std::sync::mpsc::SyncSender<LogFlushed<TypeConfig>>,
+    log: Arc<std::sync::Mutex<SegmentLog>>,
+    wal_sync: std::sync::mpsc::SyncSender<PendingSync>,
     /// The newest entries, contiguous: the leader's replication reads them right after appending,
-    /// and serving them from here spares a RocksDB scan and decode per message.
+    /// and serving them from here spares a read and decode per message.
     recent: Arc<std::sync::Mutex<RecentEntries>>,
 }
 
 #[derive(Default)]
 struct RecentEntries {
-    entries: std::collections::VecDeque<Entry>,
+    entries: VecDeque<Entry>,
     bytes: usize,
 }
 
@@ -151,44 +159,43 @@ impl RecentEntries {
 }
 
 impl LogStore {
-    pub fn new(db: Arc<DB>) -> Self {
+    /// Opens the log in `dir` (the vote and purge marker live in `db`).
+    pub fn open(db: Arc<DB>, dir: &Path) -> Result<Self, StorageError> {
+        let purged = read_meta::<Option<LogId>>(&db, "last_purged")?.flatten();
+        let log = SegmentLog::open(dir, purged.map(|l| l.index)).map_err(read_logs_err)?;
         let (wal_sync, pending) = std::sync::mpsc::sync_channel(WAL_SYNC_QUEUE_MAX);
-        // Weak: the database must close when the store is dropped, not live on in this thread.
-        let syncing = Arc::downgrade(&db);
         std::thread::Builder::new()
             .name("wal-sync".into())
-            .spawn(move || wal_sync_loop(&syncing, pending))
-            .expect("the system can start a thread");
-        Self { db, wal_sync, recent: Arc::default() }
+            .spawn(move || wal_sync_loop(pending))
+            .map_err(write_logs_err)?;
+        Ok(Self { db, log: Arc::new(std::sync::Mutex::new(log)), wal_sync, recent: Arc::default() })
     }
 
-    /// Writes entries to the log, readable at once; durable only after the next [`Self::sync`].
-    pub fn write_entries(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
-        let mut batch = WriteBatch::default();
-        let log = cf(&self.db, CF_LOG);
-        for entry in &entries {
-            batch.put_cf(log, entry.log_id.index.to_be_bytes(), encode(entry));
-        }
-        self.db.write(batch).map_err(write_logs_err)?;
-        let mut recent = self.recent();
-        for entry in entries {
-            recent.push(entry);
-        }
-        Ok(())
-    }
-
-    /// Makes everything written so far durable (one write-ahead log sync).
-    pub fn sync(&self) -> Result<(), StorageError> {
-        self.db.flush_wal(true).map_err(write_logs_err)
+    fn log(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn recent(&self) -> std::sync::MutexGuard<'_, RecentEntries> {
         self.recent.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn get_meta<T: for<'de> Deserialize<'de>>(&self, key: &str) -> Result<Option<T>, StorageError> {
-        let bytes = self.db.get_cf(cf(&self.db, CF_RAFT), key).map_err(read_logs_err)?;
-        bytes.map(|b| bincode::deserialize(&b).map_err(read_logs_err)).transpose()
+    /// Writes entries to the log, readable at once; returns the files to sync for durability.
+    fn write_entries(&self, entries: Vec<Entry>) -> Result<Vec<Arc<std::fs::File>>, StorageError> {
+        let files = self.log().append(&entries).map_err(write_logs_err)?;
+        let mut recent = self.recent();
+        for entry in entries {
+            recent.push(entry);
+        }
+        Ok(files)
+    }
+
+    /// Writes entries and syncs them before returning (what `append` does with its sync
+    /// handed to the sync thread).
+    pub fn append_durably(&self, entries: Vec<Entry>) -> Result<(), StorageError> {
+        for file in self.write_entries(entries)? {
+            file.sync_data().map_err(write_logs_err)?;
+        }
+        Ok(())
     }
 
     fn put_meta<T: Serialize>(&self, key: &str, value: &T) -> Result<(), StorageError> {
@@ -199,10 +206,15 @@ impl LogStore {
 
     /// True when this member has never taken part in a cluster.
     pub fn is_pristine(&self) -> Result<bool, StorageError> {
-        let vote: Option<Vote> = self.get_meta("vote")?;
-        let any_log = self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::Start).next().is_some();
-        Ok(vote.is_none() && !any_log)
+        let vote: Option<Vote> = read_meta(&self.db, "vote")?;
+        let purged: Option<Option<LogId>> = read_meta(&self.db, "last_purged")?;
+        Ok(vote.is_none() && purged.flatten().is_none() && self.log().is_empty())
     }
+}
+
+fn read_meta<T: for<'de> Deserialize<'de>>(db: &DB, key: &str) -> Result<Option<T>, StorageError> {
+    let bytes = db.get_cf(cf(db, CF_RAFT), key).map_err(read_logs_err)?;
+    bytes.map(|b| bincode::deserialize(&b).map_err(read_logs_err)).transpose()
 }
 
 impl RaftLogReader<TypeConfig> for LogStore {
@@ -216,29 +228,14 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Unbounded => 0,
         };
         let end = match range.end_bound() {
-            Bound::Included(x) => Some(*x + 1),
-            Bound::Excluded(x) => Some(*x),
-            Bound::Unbounded => None,
+            Bound::Included(x) => *x + 1,
+            Bound::Excluded(x) => *x,
+            Bound::Unbounded => u64::MAX,
         };
-        if let Some(cached) = end.and_then(|end| self.recent().get(start, end)) {
+        if let Some(cached) = self.recent().get(start, end) {
             return Ok(cached);
         }
-        let mut out = Vec::new();
-        let iter =
-            self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::From(&start.to_be_bytes(), Direction::Forward));
-        for item in iter {
-            let (key, value) = item.map_err(read_logs_err)?;
-            let index = u64::from_be_bytes(
-                key.as_ref()
-                    .try_into()
-                    .map_err(|_| read_logs_err(std::io::Error::new(std::io::ErrorKind::InvalidData, "bad log key")))?,
-            );
-            if !range.contains(&index) {
-                break;
-            }
-            out.push(bincode::deserialize(&value).map_err(read_logs_err)?);
-        }
-        Ok(out)
+        self.log().read(start, end).map_err(read_logs_err)
     }
 }
 
@@ -247,15 +244,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         // Stored as an Option (see `purge`): decode it as one.
-        let last_purged: Option<LogId> = self.get_meta::<Option<LogId>>("last_purged")?.flatten();
-        let last = match self.db.iterator_cf(cf(&self.db, CF_LOG), IteratorMode::End).next() {
-            Some(item) => {
-                let (_, value) = item.map_err(read_logs_err)?;
-                let entry: Entry = bincode::deserialize(&value).map_err(read_logs_err)?;
-                Some(entry.log_id)
-            }
-            None => last_purged,
-        };
+        let last_purged: Option<LogId> = read_meta::<Option<LogId>>(&self.db, "last_purged")?.flatten();
+        let last = self.log().last().or(last_purged);
         Ok(LogState { last_purged_log_id: last_purged, last_log_id: last })
     }
 
@@ -268,7 +258,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        self.get_meta("vote")
+        read_meta(&self.db, "vote")
     }
 
     async fn save_committed(&mut self, _committed: Option<LogId>) -> Result<(), StorageError> {
@@ -286,58 +276,57 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + Send,
         I::IntoIter: Send,
     {
-        // Written now (readable at once), durable once the sync thread's next WAL sync covers it:
-        // openraft's core goes on replicating meanwhile, and concurrent appends share one sync.
-        if let Err(e) = self.write_entries(entries.into_iter().collect()) {
-            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-            return Err(e);
-        }
-        if let Err(std::sync::mpsc::SendError(callback)) = self.wal_sync.send(callback) {
-            callback.log_io_completed(Err(std::io::Error::other("the WAL sync thread has stopped")));
+        // Written now (readable at once), durable once the sync thread has synced the files:
+        // openraft's core goes on replicating meanwhile, and concurrent appends share a sync.
+        let files = match self.write_entries(entries.into_iter().collect()) {
+            Ok(files) => files,
+            Err(e) => {
+                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+                return Err(e);
+            }
+        };
+        if let Err(std::sync::mpsc::SendError(p)) = self.wal_sync.send(PendingSync { files, callback }) {
+            p.callback.log_io_completed(Err(std::io::Error::other("the log sync thread has stopped")));
         }
         Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.recent().truncate(log_id.index);
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        let mut batch = WriteBatch::default();
-        batch.delete_range_cf(cf(&self.db, CF_LOG), log_id.index.to_be_bytes(), u64::MAX.to_be_bytes());
-        // delete_range excludes its end; the last index is never used in practice.
-        batch.delete_cf(cf(&self.db, CF_LOG), u64::MAX.to_be_bytes());
-        self.db.write_opt(batch, &opts).map_err(write_logs_err)
+        self.log().truncate(log_id.index).map_err(write_logs_err)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.recent().purge(log_id.index);
-        // The state machine's writes share this WAL: sync them before dropping the log that
-        // could rebuild them.
+        // The state machine's writes are not synced one by one: sync them before dropping the
+        // log that could rebuild them.
         self.db.flush_wal(true).map_err(write_logs_err)?;
-        let mut batch = WriteBatch::default();
-        batch.put_cf(cf(&self.db, CF_RAFT), "last_purged", encode(&Some(log_id)));
-        batch.delete_range_cf(cf(&self.db, CF_LOG), 0u64.to_be_bytes(), (log_id.index + 1).to_be_bytes());
-        let mut opts = WriteOptions::default();
-        opts.set_sync(true);
-        self.db.write_opt(batch, &opts).map_err(write_logs_err)
+        self.put_meta("last_purged", &Some(log_id))?;
+        self.recent().purge(log_id.index);
+        self.log().purge(log_id.index).map_err(write_logs_err)
     }
 }
 
-/// Syncs the write-ahead log for every queued append: one sync covers all appends written
-/// before it (group commit). Ends when every `LogStore` clone is gone.
-fn wal_sync_loop(db: &std::sync::Weak<DB>, pending: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+/// Syncs the files of every queued append: one sync per file covers all appends written before
+/// it (group commit). Ends when every `LogStore` clone is gone.
+fn wal_sync_loop(pending: std::sync::mpsc::Receiver<PendingSync>) {
     while let Ok(first) = pending.recv() {
         let mut covered = vec![first];
         covered.extend(pending.try_iter());
-        let result = match db.upgrade() {
-            Some(db) => db.flush_wal(true).map_err(|e| e.to_string()),
-            None => Err("the database is closed".to_string()),
-        };
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "cannot sync the write-ahead log");
+        let mut files: Vec<&Arc<std::fs::File>> = Vec::new();
+        for p in &covered {
+            for f in &p.files {
+                if !files.iter().any(|g| Arc::ptr_eq(g, f)) {
+                    files.push(f);
+                }
+            }
         }
-        for callback in covered {
-            callback.log_io_completed(result.clone().map_err(std::io::Error::other));
+        let result = files.iter().try_for_each(|f| f.sync_data()).map_err(|e| e.to_string());
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "cannot sync the Raft log");
+        }
+        drop(files);
+        for p in covered {
+            p.callback.log_io_completed(result.clone().map_err(std::io::Error::other));
         }
     }
 }
@@ -345,14 +334,67 @@ fn wal_sync_loop(db: &std::sync::Weak<DB>, pending: std::sync::mpsc::Receiver<Lo
 // ---------------------------------------------------------------------------------------------
 // State machine
 
-/// Values of the `kv` column family, as the MVCC layer sees them.
+/// Bytes of recently written values kept in memory (see [`ValueCache`]).
+pub const VALUE_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// The values of the most recent revisions: reads of fresh data (the common case) skip RocksDB.
+/// A revision's value never changes, so entries need no invalidation, only removal when
+/// compaction deletes the revision and clearing when a snapshot replaces the state.
+#[derive(Default)]
+pub struct ValueCache {
+    values: HashMap<Revision, StoredValue>,
+    /// Revisions in the order they were cached, oldest first.
+    order: VecDeque<Revision>,
+    bytes: usize,
+}
+
+fn cached_bytes(value: &StoredValue) -> usize {
+    const OVERHEAD_BYTES: usize = 96;
+    value.kv.key.len() + value.kv.value.len() + OVERHEAD_BYTES
+}
+
+impl ValueCache {
+    fn insert(&mut self, rev: Revision, value: &StoredValue) {
+        if let Some(old) = self.values.insert(rev, value.clone()) {
+            self.bytes -= cached_bytes(&old);
+        } else {
+            self.order.push_back(rev);
+        }
+        self.bytes += cached_bytes(value);
+        while self.bytes > VALUE_CACHE_BYTES_MAX {
+            let Some(oldest) = self.order.pop_front() else { break };
+            if let Some(v) = self.values.remove(&oldest) {
+                self.bytes -= cached_bytes(&v);
+            }
+        }
+    }
+
+    fn remove(&mut self, rev: Revision) {
+        // Its place in `order` goes when eviction reaches it.
+        if let Some(v) = self.values.remove(&rev) {
+            self.bytes -= cached_bytes(&v);
+        }
+    }
+
+    fn clear(&mut self) {
+        *self = Self::default();
+    }
+}
+
+/// Values of the `kv` column family, as the MVCC layer sees them, through the value cache.
 pub struct RocksRevisions<'a> {
     db: &'a DB,
+    cache: Option<&'a RwLock<ValueCache>>,
 }
 
 impl<'a> RocksRevisions<'a> {
+    /// Reads straight from the database.
     pub fn new(db: &'a DB) -> Self {
-        Self { db }
+        Self { db, cache: None }
+    }
+
+    fn cached(&self) -> Option<std::sync::RwLockReadGuard<'a, ValueCache>> {
+        self.cache.map(|c| c.read().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -362,8 +404,39 @@ fn storage(e: impl std::fmt::Display) -> MvccError {
 
 impl RevisionStore for RocksRevisions<'_> {
     fn get(&self, rev: Revision) -> Result<Option<StoredValue>, MvccError> {
+        if let Some(v) = self.cached().and_then(|c| c.values.get(&rev).cloned()) {
+            return Ok(Some(v));
+        }
         let bytes = self.db.get_pinned_cf(cf(self.db, CF_KV), rev.encode()).map_err(storage)?;
         bytes.map(|b| StoredValue::decode(&b)).transpose()
+    }
+
+    fn get_many(&self, revs: &[Revision]) -> Result<Vec<Option<StoredValue>>, MvccError> {
+        let mut out: Vec<Option<StoredValue>> = vec![None; revs.len()];
+        let mut missing = Vec::new();
+        match self.cached() {
+            Some(cache) => {
+                for (i, r) in revs.iter().enumerate() {
+                    match cache.values.get(r) {
+                        Some(v) => out[i] = Some(v.clone()),
+                        None => missing.push(i),
+                    }
+                }
+            }
+            None => missing.extend(0..revs.len()),
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        // RocksDB reads sorted keys together; answers go back in the order asked.
+        let mut order: Vec<(usize, [u8; Revision::ENCODED_LEN])> =
+            missing.into_iter().map(|i| (i, revs[i].encode())).collect();
+        order.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        let found = self.db.batched_multi_get_cf(cf(self.db, CF_KV), order.iter().map(|(_, k)| k), true);
+        for ((i, _), value) in order.iter().zip(found) {
+            out[*i] = value.map_err(storage)?.map(|b| StoredValue::decode(&b)).transpose()?;
+        }
+        Ok(out)
     }
 
     fn scan_from(
@@ -406,6 +479,9 @@ pub struct KvState {
     events: broadcast::Sender<AppliedEvents>,
     /// The last applied log index, for callers waiting to read their own writes.
     applied_index: tokio::sync::watch::Sender<u64>,
+    values: RwLock<ValueCache>,
+    /// `StateData::cluster_id`, readable without the state lock: every response header has it.
+    cluster_id: std::sync::atomic::AtomicU64,
 }
 
 impl KvState {
@@ -434,13 +510,24 @@ impl KvState {
             data: RwLock::new(StateData { mvcc, applied, membership, cluster_id, members }),
             events,
             applied_index,
+            values: RwLock::default(),
+            cluster_id: std::sync::atomic::AtomicU64::new(cluster_id),
         })
     }
 
     /// Runs `f` against a consistent view of the state and the stored values.
     pub fn read<T>(&self, f: impl FnOnce(&StateData, &dyn RevisionStore) -> T) -> T {
         let data = self.data.read().unwrap_or_else(|p| p.into_inner());
-        f(&data, &RocksRevisions::new(&self.db))
+        f(&data, &self.revisions())
+    }
+
+    /// The cluster's ID (0 until the first leader sets it).
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn revisions(&self) -> RocksRevisions<'_> {
+        RocksRevisions { db: &self.db, cache: Some(&self.values) }
     }
 
     /// Waits until the log index `index` is applied; false if `timeout` passed first.
@@ -463,14 +550,22 @@ impl KvState {
 
     fn persist(&self, data: &mut StateData, batch: &mut WriteBatch) {
         let kv = cf(&self.db, CF_KV);
+        let mut cache = self.values.write().unwrap_or_else(|p| p.into_inner());
         for change in data.mvcc.take_changes() {
             match change {
-                Change::Put(rev, value) => batch.put_cf(kv, rev.encode(), value.encode()),
-                Change::Remove(rev) => batch.delete_cf(kv, rev.encode()),
+                Change::Put(rev, value) => {
+                    batch.put_cf(kv, rev.encode(), value.encode());
+                    cache.insert(rev, &value);
+                }
+                Change::Remove(rev) => {
+                    batch.delete_cf(kv, rev.encode());
+                    cache.remove(rev);
+                }
                 Change::LeasePut(id, ttl) => batch.put_cf(cf(&self.db, CF_LEASES), id.to_be_bytes(), encode(&ttl)),
                 Change::LeaseRemove(id) => batch.delete_cf(cf(&self.db, CF_LEASES), id.to_be_bytes()),
             }
         }
+        self.cluster_id.store(data.cluster_id, std::sync::atomic::Ordering::Relaxed);
         let sm = cf(&self.db, CF_SM);
         batch.put_cf(sm, "applied", encode(&data.applied));
         batch.put_cf(sm, "membership", encode(&data.membership));
@@ -696,6 +791,7 @@ impl StateMachine {
         fresh.mvcc = Mvcc::open(&RocksRevisions::new(db), payload.revision, payload.compacted, &payload.leases)
             .map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let index = fresh.applied.map(|l| l.index).unwrap_or(0);
+        self.state.values.write().unwrap_or_else(|p| p.into_inner()).clear();
         *data = fresh;
         self.state.applied_index.send_replace(index);
         Ok(())
@@ -767,7 +863,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut announced = Vec::new();
         {
             let mut data = self.state.data.write().unwrap_or_else(|p| p.into_inner());
-            let store = RocksRevisions::new(&self.state.db);
+            let store = self.state.revisions();
             for entry in entries {
                 data.applied = Some(entry.log_id);
                 let response = match &entry.payload {

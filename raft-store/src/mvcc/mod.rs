@@ -40,6 +40,10 @@ pub enum MvccError {
 /// The durable home of values, keyed by revision.
 pub trait RevisionStore: Send + Sync {
     fn get(&self, rev: Revision) -> Result<Option<StoredValue>, MvccError>;
+    /// The values of many revisions, in the order asked (stores may fetch them together).
+    fn get_many(&self, revs: &[Revision]) -> Result<Vec<Option<StoredValue>>, MvccError> {
+        revs.iter().map(|r| self.get(*r)).collect()
+    }
     /// Stored values in revision order from `from` on, while `f` returns true.
     fn scan_from(
         &self,
@@ -319,9 +323,20 @@ impl Mvcc {
         if req.count_only {
             return Ok(RangeResponse { header: Some(header), kvs: vec![], more: false, count });
         }
-        let mut kvs = Vec::new();
-        for (_, r) in self.index.range(&req.key, &req.range_end, rev, fetch_limit) {
-            kvs.push(self.value(store, r)?.kv);
+        let revs: Vec<Revision> =
+            self.index.range(&req.key, &req.range_end, rev, fetch_limit).into_iter().map(|(_, r)| r).collect();
+        let mut kvs = Vec::with_capacity(revs.len());
+        if self.staged.is_empty() {
+            // One batched read of every value (the common case: no transaction under way).
+            for (r, value) in revs.iter().zip(store.get_many(&revs)?) {
+                let value =
+                    value.ok_or_else(|| MvccError::Storage(format!("revision {r:?} is indexed but not stored")))?;
+                kvs.push(value.kv);
+            }
+        } else {
+            for r in revs {
+                kvs.push(self.value(store, r)?.kv);
+            }
         }
         if req.max_mod_revision != 0 {
             kvs.retain(|kv| kv.mod_revision <= req.max_mod_revision);
