@@ -37,6 +37,11 @@ pub const PEER_CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub const PEER_REQUESTS_IN_FLIGHT_MAX: usize = 4096;
 /// How long an accepted connection may take to send its preamble.
 const PREAMBLE_TIMEOUT_MS: u64 = 10_000;
+/// Idle time before TCP keep-alive probes start, between probes, and probes before a peer
+/// connection is given up: a peer that vanished behind a partition is noticed, on both ends.
+const KEEPALIVE_IDLE_MS: u64 = 10_000;
+const KEEPALIVE_INTERVAL_MS: u64 = 2_000;
+const KEEPALIVE_PROBES: u32 = 3;
 /// What a peer connection starts with.
 pub const PREAMBLE: &[u8; 16] = b"KEELSON-PEER/1\r\n";
 
@@ -50,6 +55,18 @@ const KIND_REPLY: u8 = 0x80;
 const KIND_FAILED: u8 = 0x81;
 /// Kind byte and request ID.
 const FRAME_PREFIX_BYTES: usize = 9;
+
+/// Small frames must not wait for Nagle's algorithm; dead peers must be noticed.
+fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_millis(KEEPALIVE_IDLE_MS))
+        .with_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
+        .with_retries(KEEPALIVE_PROBES);
+    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "cannot enable TCP keep-alive on a peer connection");
+    }
+}
 
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serialize(value).expect("in-memory values always serialize")
@@ -211,8 +228,7 @@ impl PeerClient {
             Ok(Err(e)) => return Err(CallError::Unreachable(e.to_string())),
             Err(_) => return Err(CallError::Unreachable("connection attempt timed out".into())),
         };
-        // Small Raft messages must not wait for Nagle's algorithm.
-        let _ = stream.set_nodelay(true);
+        tune(&stream);
         stream.write_all(PREAMBLE).await.map_err(|e| CallError::Unreachable(e.to_string()))?;
         let (read, write) = stream.into_split();
         let conn = Arc::new(Conn {
@@ -280,6 +296,15 @@ impl PeerClient {
     }
 }
 
+impl Drop for PeerClient {
+    /// Closes the connection: the peer sees it end, and nothing lingers on either side.
+    fn drop(&mut self) {
+        if let Some(conn) = self.conn.get_mut().take() {
+            conn.close();
+        }
+    }
+}
+
 /// Least time between two warnings about the same unreachable peer.
 const PEER_WARNING_INTERVAL_MS: u64 = 10_000;
 
@@ -287,20 +312,35 @@ const PEER_WARNING_INTERVAL_MS: u64 = 10_000;
 pub struct Network {
     /// When each peer was last reported unreachable, shared by its successive connections.
     warned: Arc<Mutex<HashMap<NodeId, Instant>>>,
+    /// One client per peer, shared by every handle openraft asks for (it asks anew for each
+    /// election's votes and each replication stream).
+    clients: Arc<Mutex<HashMap<NodeId, Arc<PeerClient>>>>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
-        PeerConnection { target, client: PeerClient::new(node), warned: self.warned.clone() }
+        let client = {
+            let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+            let url = node.peer_urls.first();
+            match clients.get(&target) {
+                Some(c) if Some(&c.url) == url => Ok(c.clone()),
+                _ => PeerClient::new(node).map(|c| {
+                    let c = Arc::new(c);
+                    clients.insert(target, c.clone());
+                    c
+                }),
+            }
+        };
+        PeerConnection { target, client, warned: self.warned.clone() }
     }
 }
 
 /// openraft's handle on one peer.
 pub struct PeerConnection {
     target: NodeId,
-    client: Result<PeerClient, String>,
+    client: Result<Arc<PeerClient>, String>,
     warned: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
@@ -436,7 +476,7 @@ pub async fn serve_peers(
 }
 
 async fn serve_connection(socket: TcpStream, node: Arc<StoreNode>) {
-    let _ = socket.set_nodelay(true);
+    tune(&socket);
     let (mut read, write) = socket.into_split();
     let mut preamble = [0u8; PREAMBLE.len()];
     let opened = tokio::time::timeout(Duration::from_millis(PREAMBLE_TIMEOUT_MS), read.read_exact(&mut preamble));
@@ -486,7 +526,12 @@ async fn handle(node: &StoreNode, kind: u8, payload: &[u8]) -> Result<Vec<u8>, S
             encode(&node.raft().install_snapshot(decode::<InstallSnapshotRequest<TypeConfig>>(payload)?).await)
         }
         KIND_FORWARD => {
-            let result: Result<ForwardResponse, StoreError> = node.handle_forwarded(decode(payload)?).await;
+            // Bounded as the caller's wait is: a leader cut off from the others must not collect
+            // writes that wait forever.
+            let result: Result<ForwardResponse, StoreError> =
+                tokio::time::timeout(node.request_timeout(), node.handle_forwarded(decode(payload)?))
+                    .await
+                    .unwrap_or(Err(StoreError::Timeout));
             encode(&result)
         }
         other => return Err(format!("unknown peer request kind {other}")),
@@ -530,6 +575,22 @@ mod tests {
         for _ in 0..2 {
             tokio::time::timeout(Duration::from_secs(5), accepted.recv()).await.expect("two connections").unwrap();
         }
+    }
+
+    /// Dropping a client closes its connection: the peer reads the end of it.
+    #[tokio::test]
+    async fn a_dropped_client_closes_its_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let client = PeerClient::new(&MemberNode { peer_urls: vec![format!("http://127.0.0.1:{port}")] }).unwrap();
+        client.connection().await.unwrap();
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let mut preamble = [0u8; PREAMBLE.len()];
+        socket.read_exact(&mut preamble).await.unwrap();
+        drop(client);
+        let mut rest = Vec::new();
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.read_to_end(&mut rest)).await;
+        assert!(matches!(n, Ok(Ok(0))), "the connection ends: {n:?}");
     }
 
     #[tokio::test]
