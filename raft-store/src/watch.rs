@@ -1,13 +1,14 @@
 //! etcd's Watch service, served by every member from what it has applied.
 //!
-//! Each gRPC stream is one task that owns its watchers. It follows the applied events on a bounded
-//! broadcast channel; a watcher that is behind (it started in the past, the stream fell behind
+//! Each gRPC stream's response body is itself the loop that owns its watchers (no task and no
+//! queue between them: an event costs one hand-off less per watcher). It follows the applied
+//! events on a bounded broadcast channel; a watcher that is behind (it started in the past, the stream fell behind
 //! and the channel dropped revisions, or the client reads slowly) is caught up from the MVCC
 //! history instead, so the apply path never waits for a watcher and no event is lost. Every
 //! watcher remembers the next revision it must deliver: events leave in revision order, each
 //! revision whole in one response, none twice.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,16 +20,13 @@ use proto::etcdserverpb::watch_server::Watch;
 use proto::etcdserverpb::{WatchCreateRequest, WatchRequest, WatchResponse};
 use proto::mvccpb::event::EventType;
 use proto::mvccpb::Event;
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::mvcc::MvccError;
 use crate::node::StoreNode;
 use crate::storage::AppliedEvents;
 
-/// Responses queued for one stream's client; when full, the stream's task waits and its
-/// watchers catch up from history afterwards.
-pub const WATCH_RESPONSES_QUEUE_MAX: usize = 64;
 /// A response stops growing past this many bytes of events (whole revisions only).
 pub const WATCH_RESPONSE_BYTES_SOFT_MAX: usize = 1024 * 1024;
 /// Watchers one stream may hold.
@@ -55,12 +53,11 @@ impl Watch for WatchService {
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(WATCH_RESPONSES_QUEUE_MAX);
         // Subscribe before anything is read, so that no applied revision falls between.
         let events = self.node.state().subscribe();
-        let stream = WatchStream { node: self.node.clone(), watchers: BTreeMap::new(), next_id: 0, tx };
-        tokio::spawn(stream.run(requests, events));
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        let stream =
+            WatchStream { node: self.node.clone(), watchers: BTreeMap::new(), next_id: 0, out: VecDeque::new() };
+        Ok(Response::new(Box::pin(stream.responses(requests, events))))
     }
 }
 
@@ -105,43 +102,56 @@ struct WatchStream {
     node: Arc<StoreNode>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
-    tx: mpsc::Sender<Result<WatchResponse, Status>>,
+    /// The responses of the step under way; the client's stream takes them all before the loop
+    /// reads another request or event, so a slow client holds its stream back (and its watchers
+    /// catch up from history afterwards), never the apply path.
+    out: VecDeque<WatchResponse>,
 }
 
 /// The client went away; the stream ends.
 struct Gone;
 
 impl WatchStream {
-    async fn run(mut self, mut requests: Streaming<WatchRequest>, mut events: broadcast::Receiver<AppliedEvents>) {
-        let interval = self.node.config().watch_progress_notify_interval_ms;
-        let mut progress = tokio::time::interval(Duration::from_millis(interval.max(1)));
-        progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        progress.tick().await;
-        loop {
-            let step = tokio::select! {
-                request = requests.message() => match request {
-                    Ok(Some(req)) => self.handle(req).await,
-                    Ok(None) => Err(Gone),
-                    Err(status) => {
-                        tracing::debug!(error = %status, "watch stream ended");
-                        Err(Gone)
-                    }
-                },
-                applied = events.recv() => match applied {
-                    Ok(applied) => self.dispatch(&applied).await,
-                    // Revisions were dropped for this stream: its watchers read them from history
-                    // when the next revision arrives.
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::debug!(revisions = n, "watch stream fell behind; catching up from history");
-                        Ok(())
-                    }
-                    Err(broadcast::error::RecvError::Closed) => Err(Gone),
-                },
-                _ = progress.tick() => self.notify_progress(true).await,
-                _ = self.tx.closed() => Err(Gone),
-            };
-            if step.is_err() {
-                return;
+    /// The stream of responses: each step handles one request, revision or tick, then hands
+    /// over what it produced. Ends when the client stops sending or the stream is dropped.
+    fn responses(
+        mut self,
+        mut requests: Streaming<WatchRequest>,
+        mut events: broadcast::Receiver<AppliedEvents>,
+    ) -> impl Stream<Item = Result<WatchResponse, Status>> + Send {
+        async_stream::stream! {
+            let interval = self.node.config().watch_progress_notify_interval_ms;
+            let mut progress = tokio::time::interval(Duration::from_millis(interval.max(1)));
+            progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            progress.tick().await;
+            loop {
+                let step = tokio::select! {
+                    request = requests.message() => match request {
+                        Ok(Some(req)) => self.handle(req).await,
+                        Ok(None) => Err(Gone),
+                        Err(status) => {
+                            tracing::debug!(error = %status, "watch stream ended");
+                            Err(Gone)
+                        }
+                    },
+                    applied = events.recv() => match applied {
+                        Ok(applied) => self.dispatch(&applied).await,
+                        // Revisions were dropped for this stream: its watchers read them from
+                        // history when the next revision arrives.
+                        Err(broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::debug!(revisions = n, "watch stream fell behind; catching up from history");
+                            Ok(())
+                        }
+                        Err(broadcast::error::RecvError::Closed) => Err(Gone),
+                    },
+                    _ = progress.tick() => self.notify_progress(true).await,
+                };
+                while let Some(response) = self.out.pop_front() {
+                    yield Ok(response);
+                }
+                if step.is_err() {
+                    break;
+                }
             }
         }
     }
@@ -150,8 +160,9 @@ impl WatchStream {
         Some(self.node.header(revision))
     }
 
-    async fn send(&self, response: WatchResponse) -> Result<(), Gone> {
-        self.tx.send(Ok(response)).await.map_err(|_| Gone)
+    async fn send(&mut self, response: WatchResponse) -> Result<(), Gone> {
+        self.out.push_back(response);
+        Ok(())
     }
 
     async fn handle(&mut self, req: WatchRequest) -> Result<(), Gone> {
@@ -275,7 +286,7 @@ impl WatchStream {
     }
 
     /// Sends events in responses of whole revisions, each under the size limit when it can be.
-    async fn send_events(&self, id: i64, revision: i64, events: Vec<Event>) -> Result<(), Gone> {
+    async fn send_events(&mut self, id: i64, revision: i64, events: Vec<Event>) -> Result<(), Gone> {
         use prost::Message;
         let mut batch: Vec<Event> = Vec::new();
         let mut bytes = 0;
