@@ -59,22 +59,22 @@ struct Args {
     #[arg(long, default_value_t = 256)]
     value_bytes: usize,
     /// Puts of the single-client put workload.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 5_000)]
     put1_ops: u64,
     /// Clients of the concurrent put workload.
     #[arg(long, default_value_t = 256)]
     put_clients: usize,
     /// Puts of the concurrent put workload.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 100_000)]
     put_ops: u64,
     /// Clients of the get and txn workloads.
     #[arg(long, default_value_t = 64)]
     clients: usize,
     /// Gets of each get workload.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 100_000)]
     get_ops: u64,
     /// Compare-and-swap transactions.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 30_000)]
     txn_ops: u64,
     /// Keys preloaded for, and returned by, each range.
     #[arg(long, default_value_t = 1_000)]
@@ -83,13 +83,13 @@ struct Args {
     #[arg(long, default_value_t = 8)]
     range_clients: usize,
     /// Ranges.
-    #[arg(long, default_value_t = 2_000)]
+    #[arg(long, default_value_t = 5_000)]
     range_ops: u64,
     /// Watchers on the watched prefix.
     #[arg(long, default_value_t = 200)]
     watchers: usize,
     /// Puts of the watch writer (each is delivered to every watcher).
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 2_000)]
     watch_events: u64,
     /// Leases kept alive.
     #[arg(long, default_value_t = 1_000)]
@@ -98,7 +98,7 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     lease_streams: usize,
     /// Keep-alive round trips.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 100_000)]
     keepalive_ops: u64,
 }
 

@@ -41,8 +41,8 @@ pub struct StoreArgs {
     /// Milliseconds without a heartbeat before a follower stands for election.
     #[arg(long, default_value_t = 1000)]
     election_timeout: u64,
-    /// Applied entries between two snapshots (after which the log is purged).
-    #[arg(long, default_value_t = 10_000)]
+    /// Applied entries between two snapshots (after which the log is purged); etcd 3.4's default.
+    #[arg(long, default_value_t = 100_000)]
     snapshot_count: u64,
     /// Entries kept in the log behind a snapshot, for slow followers.
     #[arg(long, default_value_t = 5_000)]

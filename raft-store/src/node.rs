@@ -64,7 +64,7 @@ impl StoreConfig {
             initial_cluster_token: "keelson-cluster".into(),
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
-            snapshot_count: 10_000,
+            snapshot_count: 100_000,
             snapshot_catchup_entries: 5_000,
             request_timeout_ms: 3_000,
             max_request_bytes: 1_572_864,

@@ -297,12 +297,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        // The state machine's writes are not synced one by one: sync them before dropping the
-        // log that could rebuild them.
-        self.db.flush_wal(true).map_err(write_logs_err)?;
-        self.put_meta("last_purged", &Some(log_id))?;
-        self.recent().purge(log_id.index);
-        self.log().purge(log_id.index).map_err(write_logs_err)
+        // Syncing what the state machine wrote since the last purge can take a while: off the
+        // async workers, which serve clients meanwhile.
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || {
+            // The state machine's writes are not synced one by one: sync them before dropping
+            // the log that could rebuild them.
+            store.db.flush_wal(true).map_err(write_logs_err)?;
+            store.put_meta("last_purged", &Some(log_id))?;
+            store.recent().purge(log_id.index);
+            store.log().purge(log_id.index).map_err(write_logs_err)
+        })
+        .await
+        .map_err(|e| write_logs_err(std::io::Error::other(e.to_string())))?
     }
 }
 
@@ -335,7 +342,7 @@ fn wal_sync_loop(pending: std::sync::mpsc::Receiver<PendingSync>) {
 // State machine
 
 /// Bytes of recently written values kept in memory (see [`ValueCache`]).
-pub const VALUE_CACHE_BYTES_MAX: usize = 64 * 1024 * 1024;
+pub const VALUE_CACHE_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// The values of the most recent revisions: reads of fresh data (the common case) skip RocksDB.
 /// A revision's value never changes, so entries need no invalidation, only removal when
