@@ -2,6 +2,11 @@
 
 mod store_cmd;
 
+// Every request and log entry allocates; mimalloc spends fewer cycles on it than the system
+// allocator (measured with the `load` benchmark).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
