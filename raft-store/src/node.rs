@@ -161,29 +161,8 @@ impl StoreNode {
             .map_err(|e| StartError::Raft(e.to_string()))?;
         let (proposals, proposals_rx) = tokio::sync::mpsc::channel(PROPOSAL_QUEUE_MAX);
         Ok(Arc::new_cyclic(|me: &std::sync::Weak<Self>| {
-            let node = me.clone();
-            let read_index = Coalescer::spawn(move || {
-                let node = node.upgrade();
-                async move {
-                    match node {
-                        Some(node) => match node.leader_call(ForwardRequest::ReadIndex).await? {
-                            ForwardResponse::ReadIndex(i) => Ok(i),
-                            other => Err(StoreError::Internal(format!("unexpected reply to a read index: {other:?}"))),
-                        },
-                        None => Err(StoreError::Stopping),
-                    }
-                }
-            });
-            let node = me.clone();
-            let leadership = Coalescer::spawn(move || {
-                let node = node.upgrade();
-                async move {
-                    match node {
-                        Some(node) => node.confirm_leader_now().await,
-                        None => Err(StoreError::Stopping),
-                    }
-                }
-            });
+            let read_index = coalesced(me, |node| async move { node.read_index_now().await });
+            let leadership = coalesced(me, |node| async move { node.confirm_leader_now().await });
             Self {
                 id,
                 config,
@@ -487,10 +466,6 @@ impl StoreNode {
 
     async fn wait_applied(&self, index: u64) -> Result<(), StoreError> {
         // The state machine's own record is current the moment an apply ends (metrics lag it).
-        let applied = self.state.read(|d, _| d.applied.map(|l| l.index).unwrap_or(0));
-        if applied >= index {
-            return Ok(());
-        }
         if self.state.wait_applied(index, self.request_timeout()).await {
             Ok(())
         } else {
@@ -675,6 +650,14 @@ impl StoreNode {
         self.leadership.join().await.unwrap_or(Err(StoreError::Stopping))
     }
 
+    /// The leader's read index, asked of it here or through the peer transport.
+    async fn read_index_now(&self) -> Result<u64, StoreError> {
+        match self.leader_call(ForwardRequest::ReadIndex).await? {
+            ForwardResponse::ReadIndex(i) => Ok(i),
+            other => Err(StoreError::Internal(format!("unexpected reply to a read index: {other:?}"))),
+        }
+    }
+
     async fn confirm_leader_now(&self) -> Result<u64, StoreError> {
         match self.raft.get_read_log_id().await {
             Ok((read, _)) => Ok(read.map(|l| l.index).unwrap_or(0)),
@@ -731,6 +714,25 @@ impl StoreNode {
             tracing::warn!(error = %e, "raft did not shut down cleanly");
         }
     }
+}
+
+/// A coalescer whose runs call `run` on the member while it exists (a run holds it only while it
+/// lasts, so the member can be dropped).
+fn coalesced<F, Fut>(me: &std::sync::Weak<StoreNode>, run: F) -> Coalescer<Result<u64, StoreError>>
+where
+    F: Fn(Arc<StoreNode>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64, StoreError>> + Send + 'static,
+{
+    let me = me.clone();
+    Coalescer::spawn(move || {
+        let running = me.upgrade().map(&run);
+        async move {
+            match running {
+                Some(run) => run.await,
+                None => Err(StoreError::Stopping),
+            }
+        }
+    })
 }
 
 /// Proposes queued writes in batches: takes every write waiting (up to a batch's limits), sends

@@ -126,15 +126,19 @@ impl RecentEntries {
         self.entries.push_back(entry);
         while self.entries.len() > LOG_CACHE_ENTRIES_MAX || (self.bytes > LOG_CACHE_BYTES_MAX && self.entries.len() > 1)
         {
-            let dropped = self.entries.pop_front().expect("not empty");
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(dropped) = self.entries.pop_front() {
             self.bytes -= entry_bytes(&dropped);
         }
     }
 
     /// Forgets entries from index `from` on.
     fn truncate(&mut self, from: u64) {
-        while self.entries.back().is_some_and(|e| e.log_id.index >= from) {
-            let dropped = self.entries.pop_back().expect("not empty");
+        while let Some(dropped) = self.entries.pop_back_if(|e| e.log_id.index >= from) {
             self.bytes -= entry_bytes(&dropped);
         }
     }
@@ -142,8 +146,7 @@ impl RecentEntries {
     /// Forgets entries up to and including index `upto`.
     fn purge(&mut self, upto: u64) {
         while self.entries.front().is_some_and(|e| e.log_id.index <= upto) {
-            let dropped = self.entries.pop_front().expect("not empty");
-            self.bytes -= entry_bytes(&dropped);
+            self.pop_front();
         }
     }
 
@@ -539,6 +542,9 @@ impl KvState {
 
     /// Waits until the log index `index` is applied; false if `timeout` passed first.
     pub async fn wait_applied(&self, index: u64, timeout: std::time::Duration) -> bool {
+        if *self.applied_index.borrow() >= index {
+            return true;
+        }
         let mut applied = self.applied_index.subscribe();
         let reached = matches!(tokio::time::timeout(timeout, applied.wait_for(|a| *a >= index)).await, Ok(Ok(_)));
         reached

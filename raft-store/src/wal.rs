@@ -141,7 +141,7 @@ impl SegmentLog {
         }
         // Entries up to `purged` may still sit in the first segment kept; they are not served.
         if let Some(p) = purged {
-            log.forget_through(p)?;
+            log.purge(p)?;
         }
         log.prepare_spare();
         Ok(log)
@@ -295,10 +295,6 @@ impl SegmentLog {
     /// deleted (all of them when the log holds nothing newer, so that the next append, after
     /// `index`, starts a segment of its own).
     pub fn purge(&mut self, index: u64) -> io::Result<()> {
-        self.forget_through(index)
-    }
-
-    fn forget_through(&mut self, index: u64) -> io::Result<()> {
         let everything = self.last.is_none_or(|l| l.index <= index);
         let firsts: Vec<u64> = self.segments.keys().copied().collect();
         let mut removed = false;
