@@ -202,6 +202,9 @@ const RELAY_BUFFER_BYTES: usize = 256 * 1024;
 pub struct ClientStream {
     read: ReadSide,
     write: tokio::net::tcp::OwnedWriteHalf,
+    /// Whether the write under way has already let the other ready tasks run once (see
+    /// [`ClientStream::poll_write`]).
+    write_yielded: bool,
     info: tonic::transport::server::TcpConnectInfo,
 }
 
@@ -212,7 +215,7 @@ impl ClientStream {
             remote_addr: socket.peer_addr().ok(),
         };
         let (read, write) = socket.into_split();
-        Self { read: ReadSide::Sniffing(Box::pin(sniff(read))), write, info }
+        Self { read: ReadSide::Sniffing(Box::pin(sniff(read))), write, write_yielded: false, info }
     }
 }
 
@@ -268,32 +271,36 @@ impl AsyncRead for ClientStream {
     }
 }
 
+/// Writes are deferred once per flush: the connection's task goes to the back of the run queue
+/// before it writes, so that the responses other tasks produce meanwhile (a revision's events on
+/// every watch stream, the answers of many concurrent requests) leave in one write instead of one
+/// each. The HTTP/2 codec copies frames under 1 KiB into its buffer only when the transport does
+/// not take vectored writes, hence `is_write_vectored` is false.
 impl AsyncWrite for ClientStream {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        if !self.write_yielded {
+            self.write_yielded = true;
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
         std::pin::Pin::new(&mut self.write).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.write).poll_write_vectored(cx, bufs)
-    }
-
     fn is_write_vectored(&self) -> bool {
-        self.write.is_write_vectored()
+        false
     }
 
     fn poll_flush(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.write).poll_flush(cx)
+        let flushed = std::task::ready!(std::pin::Pin::new(&mut self.write).poll_flush(cx));
+        self.write_yielded = false;
+        std::task::Poll::Ready(flushed)
     }
 
     fn poll_shutdown(
