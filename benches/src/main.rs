@@ -1,7 +1,10 @@
 //! `load`: is Keelson's store faster than etcd on this machine? Starts a three-member etcd 3.4 on
 //! loopback, runs every workload, stops it, then does the same with a three-member Keelson store on
-//! the same ports and data filesystem, with the same client code. Prints a table per workload and
-//! writes results.json, results.csv and summary.svg to --out.
+//! the same ports and data filesystem, with the same client code. That is one round; rounds
+//! alternate which system goes first, so that a machine whose disk or neighbours change speed
+//! during the run does not favour either. Prints a table per workload and round, then each
+//! system's median round per workload, and writes results.json, results.csv and summary.svg to
+//! --out.
 
 mod cluster;
 mod report;
@@ -49,6 +52,9 @@ struct Args {
     /// Where results.json, results.csv and summary.svg go.
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
+    /// Rounds, each on fresh clusters; the summary takes each system's median round per workload.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Time limit of each workload, in seconds (each also stops at its operation count).
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
@@ -165,47 +171,68 @@ async fn run(args: Args) -> Result<()> {
     let ports = Ports::free()?;
     println!("data in {}, client ports {:?}, peer ports {:?}", root.path().display(), ports.client, ports.peer);
 
+    if args.rounds == 0 {
+        bail!("--rounds must be at least 1");
+    }
     let mut rows: Vec<Row> = Vec::new();
-    for system in &args.systems {
-        let (program, prefix): (&PathBuf, &[&str]) =
-            if system == "etcd" { (&args.etcd, &[]) } else { (&keelson, &["store"]) };
-        println!("starting three {system} members");
-        let mut cluster = Cluster::start(system, program, prefix, &ports, root.path()).await?;
-        for workload in &selected {
-            // A workload that fails or hangs is reported and skipped, not fatal to the comparison.
-            let limit = Duration::from_secs_f64(2.0 * args.seconds) + WORKLOAD_SLACK;
-            let sample = match tokio::time::timeout(limit, run_workload(workload, &args, &cluster)).await {
-                Ok(Ok(sample)) => sample,
-                Ok(Err(e)) => {
-                    eprintln!("{system}: workload {workload} failed, skipped: {e:#}");
-                    continue;
-                }
-                Err(_) => {
-                    eprintln!("{system}: workload {workload} did not finish within {limit:?}, skipped");
-                    continue;
-                }
-            };
-            cluster.check_alive().with_context(|| format!("{system} after {workload}"))?;
-            let row = Row::new(workload, system, &sample, cluster.rss_bytes()?);
-            report::print_table(workload, &[&row], None);
-            rows.push(row);
+    for round in 0..args.rounds {
+        let mut order: Vec<&String> = args.systems.iter().collect();
+        if round % 2 == 1 {
+            order.reverse();
         }
-        drop(cluster);
+        let dir = root.path().join(format!("round-{round}"));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        for system in order {
+            let (program, prefix): (&PathBuf, &[&str]) =
+                if system == "etcd" { (&args.etcd, &[]) } else { (&keelson, &["store"]) };
+            println!("round {}/{}: starting three {system} members", round + 1, args.rounds);
+            let mut cluster = Cluster::start(system, program, prefix, &ports, &dir).await?;
+            for workload in &selected {
+                // A workload that fails or hangs is reported and skipped, not fatal to the comparison.
+                let limit = Duration::from_secs_f64(2.0 * args.seconds) + WORKLOAD_SLACK;
+                let sample = match tokio::time::timeout(limit, run_workload(workload, &args, &cluster)).await {
+                    Ok(Ok(sample)) => sample,
+                    Ok(Err(e)) => {
+                        eprintln!("{system}: workload {workload} failed, skipped: {e:#}");
+                        continue;
+                    }
+                    Err(_) => {
+                        eprintln!("{system}: workload {workload} did not finish within {limit:?}, skipped");
+                        continue;
+                    }
+                };
+                cluster.check_alive().with_context(|| format!("{system} after {workload}"))?;
+                let row = Row::new(workload, system, round, &sample, cluster.rss_bytes()?);
+                report::print_table(workload, &[&row], None);
+                rows.push(row);
+            }
+            drop(cluster);
+        }
     }
 
-    println!("\n######## summary");
+    println!("\n######## summary: each system's median round by ops/s");
+    let mut medians = Vec::new();
     let mut ratios = Vec::new();
     for workload in &selected {
-        let of = |system: &str| rows.iter().find(|r| r.workload == *workload && r.system == system);
+        let mut present = Vec::new();
+        for system in &args.systems {
+            let mut runs: Vec<&Row> = rows.iter().filter(|r| r.workload == *workload && r.system == *system).collect();
+            runs.sort_by(|a, b| a.ops_per_sec.total_cmp(&b.ops_per_sec));
+            if let Some(median) = runs.get(runs.len() / 2) {
+                present.push((*median).clone());
+            }
+        }
+        let of = |system: &str| present.iter().find(|r| r.system == system);
         let ratio = match (of("etcd"), of("keelson")) {
             (Some(e), Some(k)) => Some(report::ratio(e, k)),
             _ => None,
         };
-        let present: Vec<&Row> = rows.iter().filter(|r| r.workload == *workload).collect();
-        report::print_table(workload, &present, ratio.as_ref());
+        report::print_table(workload, &present.iter().collect::<Vec<_>>(), ratio.as_ref());
+        report::print_rounds(workload, &rows);
         ratios.extend(ratio);
+        medians.extend(present);
     }
-    report::write_all(&args.out, &args, &rows, &ratios)?;
+    report::write_all(&args.out, &args, &rows, &medians, &ratios)?;
     println!("\nwrote results.json, results.csv and summary.svg to {}", args.out.display());
     if args.keep {
         println!("kept data directories and member logs in {}", root.keep().display());

@@ -14,6 +14,8 @@ use crate::workloads::Sample;
 pub struct Row {
     pub workload: String,
     pub system: String,
+    /// The round, from 0.
+    pub round: usize,
     pub ops: u64,
     pub errors: u64,
     pub first_error: Option<String>,
@@ -26,7 +28,7 @@ pub struct Row {
 }
 
 impl Row {
-    pub fn new(workload: &str, system: &str, sample: &Sample, rss_bytes: u64) -> Self {
+    pub fn new(workload: &str, system: &str, round: usize, sample: &Sample, rss_bytes: u64) -> Self {
         let lat = &sample.latencies;
         let pct = |p: f64| -> f64 {
             if lat.is_empty() {
@@ -38,6 +40,7 @@ impl Row {
         Row {
             workload: workload.into(),
             system: system.into(),
+            round,
             ops: sample.ops,
             errors: sample.errors,
             first_error: sample.first_error.clone(),
@@ -97,27 +100,60 @@ pub fn print_table(workload: &str, rows: &[&Row], ratio: Option<&Ratio>) {
     }
 }
 
+/// One line per system with its ops/s in every round, in round order.
+pub fn print_rounds(workload: &str, rows: &[Row]) {
+    let mut systems: Vec<&str> = Vec::new();
+    for r in rows.iter().filter(|r| r.workload == workload) {
+        if !systems.contains(&r.system.as_str()) {
+            systems.push(&r.system);
+        }
+    }
+    for system in systems {
+        let runs: Vec<String> = rows
+            .iter()
+            .filter(|r| r.workload == workload && r.system == system)
+            .map(|r| format!("{:.0}", r.ops_per_sec))
+            .collect();
+        println!("{:<14} ops/s by round: {}", system, runs.join(", "));
+    }
+}
+
 #[derive(Serialize)]
 struct Results<'a, P: Serialize> {
     params: &'a P,
+    /// Every workload of every round.
+    rounds: &'a [Row],
+    /// Each system's median round per workload, as the summary shows them.
     results: &'a [Row],
     ratios: &'a [Ratio],
 }
 
-pub fn write_all<P: Serialize>(out: &Path, params: &P, rows: &[Row], ratios: &[Ratio]) -> Result<()> {
+/// results.json (everything), results.csv (every round) and summary.svg (the medians).
+pub fn write_all<P: Serialize>(out: &Path, params: &P, rows: &[Row], medians: &[Row], ratios: &[Ratio]) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
-    let json = serde_json::to_string_pretty(&Results { params, results: rows, ratios })?;
+    let json = serde_json::to_string_pretty(&Results { params, rounds: rows, results: medians, ratios })?;
     write(&out.join("results.json"), &json)?;
-    let mut csv = String::from("workload,system,ops,errors,seconds,ops_per_sec,p50_ms,p99_ms,max_ms,rss_mib\n");
+    let mut csv =
+        String::from("workload,system,round,ops,errors,seconds,ops_per_sec,p50_ms,p99_ms,max_ms,rss_mib\n");
     for r in rows {
         writeln!(
             csv,
-            "{},{},{},{},{:.3},{:.1},{:.3},{:.3},{:.3},{:.1}",
-            r.workload, r.system, r.ops, r.errors, r.seconds, r.ops_per_sec, r.p50_ms, r.p99_ms, r.max_ms, r.rss_mib
+            "{},{},{},{},{},{:.3},{:.1},{:.3},{:.3},{:.3},{:.1}",
+            r.workload,
+            r.system,
+            r.round,
+            r.ops,
+            r.errors,
+            r.seconds,
+            r.ops_per_sec,
+            r.p50_ms,
+            r.p99_ms,
+            r.max_ms,
+            r.rss_mib
         )?;
     }
     write(&out.join("results.csv"), &csv)?;
-    write(&out.join("summary.svg"), &svg(rows)?)?;
+    write(&out.join("summary.svg"), &svg(medians)?)?;
     Ok(())
 }
 
