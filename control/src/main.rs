@@ -1,5 +1,7 @@
 //! `keelson`: one binary, a subcommand per role.
 
+mod api;
+mod api_cmd;
 mod store_cmd;
 
 // Every request and log entry allocates; mimalloc spends fewer cycles on it than the system
@@ -28,6 +30,10 @@ struct Cli {
 enum Command {
     /// Run one member of the replicated store (etcd v3 API), with etcd-style flags.
     Store(store_cmd::StoreArgs),
+    /// Run a store member and a Kubernetes API server beside it.
+    Server(api_cmd::ServerArgs),
+    /// Run an extra Kubernetes API server over existing store endpoints.
+    Apiserver(api_cmd::ApiserverArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -53,6 +59,8 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Store(args) => store_cmd::run(args).await,
+            Command::Server(args) => api_cmd::server(args).await,
+            Command::Apiserver(args) => api_cmd::apiserver(args).await,
         }
     });
     match result {

@@ -143,7 +143,7 @@ impl StoreArgs {
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or SIGINT).
-async fn stop_signal() {
+pub async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
         Ok(s) => s,

@@ -1,0 +1,166 @@
+//! Every failure the API reports is a Kubernetes `Status` with a code, a reason and a message.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use super::store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+/// One invalid field, as a `Status`'s `details.causes` names it.
+pub struct Cause {
+    pub reason: &'static str,
+    pub field: String,
+    pub message: String,
+}
+
+impl Cause {
+    pub fn required(field: impl Into<String>) -> Self {
+        Cause { reason: "FieldValueRequired", field: field.into(), message: "Required value".into() }
+    }
+
+    pub fn invalid(field: impl Into<String>, value: impl std::fmt::Display, why: impl Into<String>) -> Self {
+        Cause {
+            reason: "FieldValueInvalid",
+            field: field.into(),
+            message: format!("Invalid value: {}: {}", json!(value.to_string()), why.into()),
+        }
+    }
+
+    pub fn duplicate(field: impl Into<String>, value: impl std::fmt::Display) -> Self {
+        Cause {
+            reason: "FieldValueDuplicate",
+            field: field.into(),
+            message: format!("Duplicate value: {}", json!(value.to_string())),
+        }
+    }
+}
+
+impl ApiError {
+    pub fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        ApiError { code, reason, message: message.into(), details: None }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(400, "BadRequest", message)
+    }
+
+    pub fn not_found(kind_plural: &str, group: &str, name: &str) -> Self {
+        let what = qualified(kind_plural, group);
+        ApiError {
+            code: 404,
+            reason: "NotFound",
+            message: format!("{what} \"{name}\" not found"),
+            details: Some(json!({"name": name, "group": group, "kind": kind_plural})),
+        }
+    }
+
+    pub fn path_not_found(path: &str) -> Self {
+        Self::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+    }
+
+    pub fn already_exists(plural: &str, group: &str, name: &str) -> Self {
+        ApiError {
+            code: 409,
+            reason: "AlreadyExists",
+            message: format!("{} \"{name}\" already exists", qualified(plural, group)),
+            details: Some(json!({"name": name, "group": group, "kind": plural})),
+        }
+    }
+
+    pub fn conflict(plural: &str, group: &str, name: &str) -> Self {
+        ApiError {
+            code: 409,
+            reason: "Conflict",
+            message: format!(
+                "Operation cannot be fulfilled on {} \"{name}\": the object has been modified; please apply your \
+                 changes to the latest version and try again",
+                qualified(plural, group)
+            ),
+            details: Some(json!({"name": name, "group": group, "kind": plural})),
+        }
+    }
+
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(405, "MethodNotAllowed", message)
+    }
+
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(410, "Expired", message)
+    }
+
+    /// 422 Invalid, naming every bad field.
+    pub fn invalid(kind: &str, group: &str, name: &str, causes: Vec<Cause>) -> Self {
+        let summary: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
+        let what = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        let message = if summary.len() == 1 {
+            format!("{what} \"{name}\" is invalid: {}", summary[0])
+        } else {
+            format!("{what} \"{name}\" is invalid: [{}]", summary.join(", "))
+        };
+        let causes: Vec<Value> =
+            causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect();
+        ApiError {
+            code: 422,
+            reason: "Invalid",
+            message,
+            details: Some(json!({"name": name, "group": group, "kind": kind, "causes": causes})),
+        }
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(500, "InternalError", message)
+    }
+
+    pub fn status(&self) -> Value {
+        let mut s = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.message,
+            "reason": self.reason,
+            "code": self.code,
+        });
+        if let Some(d) = &self.details {
+            s["details"] = d.clone();
+        }
+        s
+    }
+}
+
+fn qualified(plural: &str, group: &str) -> String {
+    if group.is_empty() {
+        plural.to_string()
+    } else {
+        format!("{plural}.{group}")
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Compacted => ApiError::gone(
+                "The resourceVersion for the provided list is too old.".to_string(),
+            ),
+            StoreError::Unavailable(m) => {
+                tracing::warn!(error = %m, "store call failed");
+                ApiError::new(503, "ServiceUnavailable", format!("storage unavailable: {m}"))
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (code, [("content-type", "application/json")], self.status().to_string()).into_response()
+    }
+}

@@ -1,0 +1,342 @@
+//! The Kubernetes-compatible API server: a stateless replica serving the REST API over the store's
+//! etcd v3 API. Objects live as JSON under `/registry/<resource>/<namespace>/<name>`; an object's
+//! resourceVersion is its key's mod revision, a list's the revision it was read at.
+
+pub mod errors;
+pub mod objects;
+pub mod resources;
+pub mod store;
+mod verbs;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+use errors::ApiError;
+use resources::Resource;
+use store::Store;
+
+/// Largest request body accepted, in bytes (Kubernetes' limit is 3 MiB as well).
+pub const REQUEST_BODY_BYTES_MAX: usize = 3 * 1024 * 1024;
+
+/// Namespaces every cluster has.
+const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+pub struct Api {
+    pub store: Store,
+    requests: HashMap<&'static str, AtomicU64>,
+}
+
+const VERBS: &[&str] =
+    &["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "discovery", "other"];
+
+impl Api {
+    pub fn new(store: Store) -> Arc<Self> {
+        let requests = VERBS.iter().map(|v| (*v, AtomicU64::new(0))).collect();
+        Arc::new(Api { store, requests })
+    }
+
+    fn count(&self, verb: &'static str) {
+        if let Some(c) = self.requests.get(verb) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Creates the namespaces every cluster has, unless they exist.
+    pub async fn ensure_system_namespaces(&self) -> Result<(), ApiError> {
+        let res = resources::find("", "v1", "namespaces").expect("namespaces are served");
+        for ns in SYSTEM_NAMESPACES {
+            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            match verbs::create(self, res, None, body, &Params::default()).await {
+                Ok(_) => tracing::info!(namespace = ns, "created namespace"),
+                Err(e) if e.reason == "AlreadyExists" => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The query parameters the verbs read.
+#[derive(Default, Debug)]
+pub struct Params {
+    pub map: HashMap<String, String>,
+}
+
+impl Params {
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.map.get(key).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    pub fn flag(&self, key: &str) -> bool {
+        matches!(self.get(key), Some("true") | Some("1"))
+    }
+}
+
+/// Where a request points: a resource type, perhaps a namespace, an object and a subresource.
+pub struct Target {
+    pub resource: &'static Resource,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub subresource: Option<String>,
+}
+
+fn resolve(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
+    let own = |s: &str| Some(s.to_string());
+    let found = |plural: &str| resources::find(group, version, plural);
+    let namespaced = rest.len() >= 3 && rest[0] == "namespaces" && found(rest[2]).is_some();
+    let (namespace, rest) = if namespaced { (own(rest[1]), &rest[2..]) } else { (None, rest) };
+    let resource = found(rest.first()?)?;
+    if namespace.is_some() && !resource.namespaced {
+        return None;
+    }
+    let (name, subresource) = match rest.len() {
+        1 => (None, None),
+        2 => (own(rest[1]), None),
+        3 if resource.has(rest[2]) => (own(rest[1]), own(rest[2])),
+        _ => return None,
+    };
+    Some(Target { resource, namespace, name, subresource })
+}
+
+pub fn router(api: Arc<Api>) -> axum::Router {
+    axum::Router::new().fallback(dispatch).with_state(api)
+}
+
+async fn dispatch(State(api): State<Arc<Api>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let path = uri.path().trim_end_matches('/');
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let params = Params {
+        map: axum::extract::Query::<HashMap<String, String>>::try_from_uri(&uri).map(|q| q.0).unwrap_or_default(),
+    };
+    let result = route(&api, &method, &segments, &headers, body, &params).await;
+    match result {
+        Ok(response) => response,
+        Err(e) => {
+            if e.code >= 500 {
+                tracing::warn!(%method, path, code = e.code, message = %e.message, "request failed");
+            }
+            e.into_response()
+        }
+    }
+}
+
+fn json_response(code: StatusCode, value: &Value) -> Response {
+    (code, [("content-type", "application/json")], value.to_string()).into_response()
+}
+
+fn plain(text: &'static str) -> Response {
+    (StatusCode::OK, [("content-type", "text/plain; charset=utf-8")], text).into_response()
+}
+
+async fn route(
+    api: &Arc<Api>,
+    method: &Method,
+    segments: &[&str],
+    headers: &HeaderMap,
+    body: Bytes,
+    params: &Params,
+) -> Result<Response, ApiError> {
+    let discovery = |v: Value| {
+        api.count("discovery");
+        Ok(json_response(StatusCode::OK, &v))
+    };
+    match segments {
+        [] => discovery(json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz", "/metrics", "/version"]})),
+        ["healthz" | "livez", ..] => Ok(plain("ok")),
+        ["readyz", ..] => {
+            // Ready when the store answers.
+            api.store.get(b"/registry/namespaces/default").await?;
+            Ok(plain("ok"))
+        }
+        ["version"] => discovery(json!({
+            "major": "1",
+            "minor": "33",
+            "gitVersion": concat!("v1.33.0-keelson-", env!("CARGO_PKG_VERSION")),
+            "gitCommit": "",
+            "gitTreeState": "clean",
+            "buildDate": "1970-01-01T00:00:00Z",
+            "goVersion": "",
+            "compiler": "rustc",
+            "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
+        })),
+        ["metrics"] => Ok(metrics(api)),
+        ["api"] => discovery(resources::core_versions()),
+        ["api", "v1"] => discovery(resources::resource_list("", "v1")),
+        ["apis"] => discovery(resources::group_list()),
+        ["apis", group] => match resources::group(group) {
+            Some(doc) => discovery(doc),
+            None => Err(ApiError::path_not_found(&segments.join("/"))),
+        },
+        ["apis", group, version] if resources::group_version_known(group, version) => {
+            discovery(resources::resource_list(group, version))
+        }
+        ["api", "v1", rest @ ..] => serve_resource(api, method, resolve("", "v1", rest), segments, headers, body, params).await,
+        ["apis", group, version, rest @ ..] => {
+            serve_resource(api, method, resolve(group, version, rest), segments, headers, body, params).await
+        }
+        _ => Err(ApiError::path_not_found(&format!("/{}", segments.join("/")))),
+    }
+}
+
+fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    if body.len() > REQUEST_BODY_BYTES_MAX {
+        return Err(ApiError::new(413, "RequestEntityTooLarge", "the request body is larger than 3 MiB"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+}
+
+async fn serve_resource(
+    api: &Arc<Api>,
+    method: &Method,
+    target: Option<Target>,
+    segments: &[&str],
+    headers: &HeaderMap,
+    body: Bytes,
+    params: &Params,
+) -> Result<Response, ApiError> {
+    let Some(t) = target else {
+        return Err(ApiError::path_not_found(&format!("/{}", segments.join("/"))));
+    };
+    let ns = t.namespace.as_deref();
+    let sub = t.subresource.as_deref();
+    let res = t.resource;
+    if res.namespaced && ns.is_none() && (t.name.is_some() || *method != Method::GET) {
+        return Err(ApiError::path_not_found(&format!("/{}", segments.join("/"))));
+    }
+    let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+    match (method.as_str(), t.name.as_deref(), sub) {
+        ("GET", None, None) if params.flag("watch") => {
+            api.count("watch");
+            watch::serve(api.clone(), res, ns, params).await
+        }
+        ("GET", None, None) => {
+            api.count("list");
+            ok(verbs::list(api, res, ns, params).await?)
+        }
+        ("GET", Some(name), None | Some("status")) => {
+            api.count("get");
+            ok(verbs::get(api, res, ns, name).await?.0)
+        }
+        ("GET", Some(name), Some("scale")) => {
+            api.count("get");
+            ok(verbs::scale_of(&verbs::get(api, res, ns, name).await?.0))
+        }
+        ("GET", Some(name), Some("log")) => {
+            api.count("get");
+            verbs::get(api, res, ns, name).await?;
+            Err(ApiError::bad_request(format!(
+                "pod \"{name}\" has no logs to show: no node agent is running it"
+            )))
+        }
+        ("POST", None, None) => {
+            api.count("create");
+            let created = verbs::create(api, res, ns, parse_body(&body)?, params).await?;
+            Ok(with_warnings(json_response(StatusCode::CREATED, &created.0), &created.1))
+        }
+        ("POST", Some(name), Some("binding")) => {
+            api.count("create");
+            let bound = verbs::bind(api, res, ns, name, parse_body(&body)?).await?;
+            Ok(json_response(StatusCode::CREATED, &bound))
+        }
+        ("PUT", Some(name), sub) => {
+            api.count("update");
+            let (obj, warnings) = verbs::update(api, res, ns, name, sub, parse_body(&body)?, params).await?;
+            Ok(with_warnings(json_response(StatusCode::OK, &obj), &warnings))
+        }
+        ("PATCH", Some(name), sub) => {
+            api.count("patch");
+            let kind = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+            let (obj, warnings) = verbs::patch(api, res, ns, name, sub, kind, &body, params).await?;
+            Ok(with_warnings(json_response(StatusCode::OK, &obj), &warnings))
+        }
+        ("DELETE", Some(name), None) => {
+            api.count("delete");
+            let options = if body.is_empty() { json!({}) } else { parse_body(&body)? };
+            ok(verbs::delete(api, res, ns, name, &options, params).await?)
+        }
+        ("DELETE", None, None) => {
+            api.count("deletecollection");
+            let options = if body.is_empty() { json!({}) } else { parse_body(&body)? };
+            ok(verbs::delete_collection(api, res, ns, &options, params).await?)
+        }
+        (m, _, _) => {
+            api.count("other");
+            Err(ApiError::method_not_allowed(format!(
+                "the server does not allow this method on the requested resource ({m} {})",
+                res.plural
+            )))
+        }
+    }
+}
+
+/// Unknown fields that were dropped, as Kubernetes reports them: `Warning` headers.
+fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
+    for w in warnings {
+        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
+            response.headers_mut().append("warning", v);
+        }
+    }
+    response
+}
+
+fn metrics(api: &Api) -> Response {
+    let mut text = String::from(
+        "# HELP apiserver_request_total Requests served, by verb.\n# TYPE apiserver_request_total counter\n",
+    );
+    for verb in VERBS {
+        let n = api.requests.get(verb).map(|c| c.load(Ordering::Relaxed)).unwrap_or(0);
+        text.push_str(&format!("apiserver_request_total{{verb=\"{verb}\"}} {n}\n"));
+    }
+    (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    api: Arc<Api>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(api)).with_graceful_shutdown(shutdown).await
+}
+
+/// A kubeconfig naming the API server at `server`, for `kubectl --kubeconfig`.
+pub fn kubeconfig(server: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: keelson\n  cluster:\n    server: {server}\n\
+         contexts:\n- name: keelson\n  context:\n    cluster: keelson\n    user: keelson\n    namespace: default\n\
+         current-context: keelson\nusers:\n- name: keelson\n  user: {{}}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_resolve_to_resources_namespaces_names_and_subresources() {
+        let t = resolve("", "v1", &["namespaces", "ns1", "pods", "web", "status"]).unwrap();
+        assert_eq!((t.resource.plural, t.namespace.as_deref()), ("pods", Some("ns1")));
+        assert_eq!((t.name.as_deref(), t.subresource.as_deref()), (Some("web"), Some("status")));
+        let t = resolve("", "v1", &["namespaces", "ns1"]).unwrap();
+        assert_eq!((t.resource.plural, t.name.as_deref(), t.namespace), ("namespaces", Some("ns1"), None));
+        let t = resolve("", "v1", &["namespaces", "ns1", "status"]).unwrap();
+        assert_eq!((t.resource.plural, t.subresource.as_deref()), ("namespaces", Some("status")));
+        let t = resolve("", "v1", &["pods"]).unwrap();
+        assert_eq!((t.resource.plural, t.namespace, t.name), ("pods", None, None));
+        let t = resolve("apps", "v1", &["namespaces", "d", "deployments", "x", "scale"]).unwrap();
+        assert_eq!(t.subresource.as_deref(), Some("scale"));
+        assert!(resolve("", "v1", &["namespaces", "d", "configmaps", "x", "scale"]).is_none());
+        assert!(resolve("", "v1", &["namespaces", "d", "nodes"]).is_none());
+        assert!(resolve("", "v1", &["widgets"]).is_none());
+    }
+}

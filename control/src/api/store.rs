@@ -1,0 +1,261 @@
+//! The API server's view of the store: objects as values under keys, read and written through
+//! the etcd v3 gRPC API (so the same code runs against Keelson's store and a real etcd). Every
+//! write is a Txn conditioned on what the caller last saw, so concurrent replicas never lose an
+//! update.
+
+use std::time::Duration;
+
+use proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use proto::etcdserverpb::kv_client::KvClient;
+use proto::etcdserverpb::request_op::Request as Op;
+use proto::etcdserverpb::watch_client::WatchClient;
+use proto::etcdserverpb::watch_request::RequestUnion;
+use proto::etcdserverpb::{
+    Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest, WatchRequest,
+};
+use proto::mvccpb::KeyValue;
+use tonic::transport::{Channel, Endpoint};
+
+/// How long one store call may take before the API request fails with a timeout.
+const STORE_CALL_TIMEOUT_MS: u64 = 10_000;
+/// Largest store response accepted, in bytes (a page of a list).
+const STORE_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+#[derive(Debug)]
+pub enum StoreError {
+    /// The revision asked for has been compacted away.
+    Compacted,
+    /// The store could not be reached or answered with an error.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Compacted => write!(f, "the requested revision has been compacted"),
+            StoreError::Unavailable(m) => write!(f, "storage unavailable: {m}"),
+        }
+    }
+}
+
+fn unavailable(status: tonic::Status) -> StoreError {
+    if status.message().contains("compacted") {
+        StoreError::Compacted
+    } else {
+        StoreError::Unavailable(format!("{}: {}", status.code(), status.message()))
+    }
+}
+
+/// The outcome of a conditional write.
+pub enum Written {
+    /// Written at this revision.
+    Done(i64),
+    /// The condition failed: the key is not at the expected revision.
+    Conflict,
+}
+
+/// One page of a range read.
+pub struct Page {
+    pub kvs: Vec<KeyValue>,
+    /// The store revision the page was read at.
+    pub revision: i64,
+    pub more: bool,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    kv: KvClient<Channel>,
+    channel: Channel,
+}
+
+impl Store {
+    /// Connects lazily to every endpoint (`http://host:port`); calls go to whichever answers.
+    pub fn connect(endpoints: &[String]) -> anyhow::Result<Self> {
+        if endpoints.is_empty() {
+            anyhow::bail!("no store endpoint given");
+        }
+        let mut list = Vec::new();
+        for e in endpoints {
+            if !e.starts_with("http://") {
+                anyhow::bail!("store endpoint {e:?} is not an http:// URL (TLS is not supported yet)");
+            }
+            let endpoint = Endpoint::from_shared(e.clone())
+                .map_err(|err| anyhow::anyhow!("store endpoint {e:?}: {err}"))?
+                .connect_timeout(Duration::from_secs(3))
+                .tcp_nodelay(true);
+            list.push(endpoint);
+        }
+        let channel = Channel::balance_list(list.into_iter());
+        let kv = KvClient::new(channel.clone())
+            .max_decoding_message_size(STORE_RESPONSE_BYTES_MAX)
+            .max_encoding_message_size(STORE_RESPONSE_BYTES_MAX);
+        Ok(Self { kv, channel })
+    }
+
+    async fn call<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(Duration::from_millis(STORE_CALL_TIMEOUT_MS), f).await {
+            Ok(Ok(r)) => Ok(r.into_inner()),
+            Ok(Err(status)) => Err(unavailable(status)),
+            Err(_) => Err(StoreError::Unavailable("the store did not answer in time".into())),
+        }
+    }
+
+    pub async fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, i64), StoreError> {
+        let mut kv = self.kv.clone();
+        let r = self.call(kv.range(RangeRequest { key: key.to_vec(), ..Default::default() })).await?;
+        let revision = r.header.map(|h| h.revision).unwrap_or_default();
+        Ok((r.kvs.into_iter().next(), revision))
+    }
+
+    /// Keys from `from` (inclusive) up to `end` (exclusive), at `revision` (0: the newest),
+    /// at most `limit` of them (0: all). `serializable` reads the answering member's own state.
+    pub async fn range(
+        &self,
+        from: &[u8],
+        end: &[u8],
+        revision: i64,
+        limit: i64,
+        serializable: bool,
+    ) -> Result<Page, StoreError> {
+        let mut kv = self.kv.clone();
+        let r = self
+            .call(kv.range(RangeRequest {
+                key: from.to_vec(),
+                range_end: end.to_vec(),
+                revision,
+                limit,
+                serializable,
+                ..Default::default()
+            }))
+            .await?;
+        let revision = r.header.map(|h| h.revision).unwrap_or_default();
+        Ok(Page { kvs: r.kvs, revision, more: r.more })
+    }
+
+    /// Writes `value` if the key's mod revision is `expected` (0: the key must not exist).
+    pub async fn put_if(&self, key: &[u8], value: Vec<u8>, expected: i64) -> Result<Written, StoreError> {
+        let put = Op::RequestPut(PutRequest { key: key.to_vec(), value, ..Default::default() });
+        self.txn_if(key, expected, put).await
+    }
+
+    /// Deletes every key in `[from, end)`.
+    pub async fn delete_range(&self, from: &[u8], end: &[u8]) -> Result<i64, StoreError> {
+        let mut kv = self.kv.clone();
+        let r = self
+            .call(kv.delete_range(DeleteRangeRequest { key: from.to_vec(), range_end: end.to_vec(), ..Default::default() }))
+            .await?;
+        Ok(r.header.map(|h| h.revision).unwrap_or_default())
+    }
+
+    /// Deletes the key if its mod revision is `expected`.
+    pub async fn delete_if(&self, key: &[u8], expected: i64) -> Result<Written, StoreError> {
+        let delete = Op::RequestDeleteRange(DeleteRangeRequest { key: key.to_vec(), ..Default::default() });
+        self.txn_if(key, expected, delete).await
+    }
+
+    async fn txn_if(&self, key: &[u8], expected: i64, op: Op) -> Result<Written, StoreError> {
+        let compare = Compare {
+            key: key.to_vec(),
+            result: CompareResult::Equal as i32,
+            target: CompareTarget::Mod as i32,
+            target_union: Some(TargetUnion::ModRevision(expected)),
+            ..Default::default()
+        };
+        let mut kv = self.kv.clone();
+        let r = self
+            .call(kv.txn(TxnRequest {
+                compare: vec![compare],
+                success: vec![RequestOp { request: Some(op) }],
+                failure: vec![],
+            }))
+            .await?;
+        let revision = r.header.map(|h| h.revision).unwrap_or_default();
+        if r.succeeded {
+            return Ok(Written::Done(revision));
+        }
+        Ok(Written::Conflict)
+    }
+
+    /// A watch of `[from, end)` starting at `start_revision`, with previous values on deletes.
+    /// The stream yields the store's responses as they come.
+    pub async fn watch(
+        &self,
+        from: &[u8],
+        end: &[u8],
+        start_revision: i64,
+        progress_notify: bool,
+    ) -> Result<WatchStream, StoreError> {
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let create = WatchCreateRequest {
+            key: from.to_vec(),
+            range_end: end.to_vec(),
+            start_revision,
+            prev_kv: true,
+            progress_notify,
+            ..Default::default()
+        };
+        tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) })
+            .await
+            .map_err(|_| StoreError::Unavailable("watch request not sent".into()))?;
+        let mut client = WatchClient::new(self.channel.clone()).max_decoding_message_size(STORE_RESPONSE_BYTES_MAX);
+        let stream = self.call(client.watch(tokio_stream::wrappers::ReceiverStream::new(rx))).await?;
+        Ok(WatchStream { stream, requests: tx })
+    }
+}
+
+/// An open store watch; dropping it cancels the watch.
+pub struct WatchStream {
+    stream: tonic::Streaming<proto::etcdserverpb::WatchResponse>,
+    /// The request side, open as long as the watch.
+    requests: tokio::sync::mpsc::Sender<WatchRequest>,
+}
+
+impl WatchStream {
+    /// A handle that asks the store for progress notifications on this watch.
+    pub fn progress(&self) -> Progress {
+        Progress(self.requests.clone())
+    }
+
+    /// The next response; `Ok(None)` when the store ended the stream.
+    pub async fn next(&mut self) -> Result<Option<proto::etcdserverpb::WatchResponse>, StoreError> {
+        match self.stream.message().await {
+            Ok(Some(r)) if r.canceled => {
+                if r.compact_revision > 0 {
+                    Err(StoreError::Compacted)
+                } else {
+                    Err(StoreError::Unavailable(format!("watch canceled: {}", r.cancel_reason)))
+                }
+            }
+            Ok(r) => Ok(r),
+            Err(status) => Err(unavailable(status)),
+        }
+    }
+}
+
+pub struct Progress(tokio::sync::mpsc::Sender<WatchRequest>);
+
+impl Progress {
+    /// Asks for a progress notification: a response with no events, whose header revision is
+    /// the one everything up to has been sent.
+    pub async fn request(&self) -> Result<(), StoreError> {
+        let req = WatchRequest {
+            request_union: Some(RequestUnion::ProgressRequest(proto::etcdserverpb::WatchProgressRequest {})),
+        };
+        self.0.send(req).await.map_err(|_| StoreError::Unavailable("watch stream closed".into()))
+    }
+}
+
+/// The first key after every key that starts with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}

@@ -1,0 +1,223 @@
+//! `?watch=true`: a stream of `{"type": ..., "object": ...}` lines fed by one store watch per
+//! request, with initial events, selectors (an object leaving the selection is DELETED for this
+//! watch), bookmarks, and the in-stream 410 Kubernetes clients expect for a compacted version.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::response::Response;
+use serde_json::{json, Value};
+
+use super::errors::ApiError;
+use super::resources::Resource;
+use super::store::{prefix_end, StoreError, WatchStream};
+use super::verbs::{from_kv, Selectors};
+use super::{Api, Params};
+
+/// Events buffered for a slow client before the watch waits for it.
+const WATCH_EVENTS_QUEUE_MAX: usize = 1024;
+/// How often a watch that allows bookmarks gets one, in milliseconds.
+const BOOKMARK_INTERVAL_MS: u64 = 60_000;
+/// Items read per store call while sending initial events.
+const INITIAL_PAGE_ITEMS_MAX: i64 = 500;
+
+type Tx = tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>;
+
+struct Watch {
+    api: Arc<Api>,
+    res: &'static Resource,
+    prefix: String,
+    selectors: Selectors,
+    bookmarks: bool,
+    tx: Tx,
+}
+
+/// The client went away.
+struct Gone;
+
+impl Watch {
+    async fn send(&self, kind: &str, object: Value) -> Result<(), Gone> {
+        let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("a JSON value encodes");
+        line.push(b'\n');
+        self.tx.send(Ok(Bytes::from(line))).await.map_err(|_| Gone)
+    }
+
+    fn bookmark(&self, revision: i64, initial_end: bool) -> Value {
+        let mut meta = json!({"resourceVersion": revision.to_string()});
+        if initial_end {
+            meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
+        }
+        json!({"kind": self.res.kind, "apiVersion": self.res.api_version(), "metadata": meta})
+    }
+
+    async fn error(&self, e: ApiError) -> Result<(), Gone> {
+        self.send("ERROR", e.status()).await
+    }
+
+    /// ADDED for every object in scope now; returns the revision they were read at.
+    async fn initial_events(&self) -> Result<i64, Gone> {
+        let end = prefix_end(self.prefix.as_bytes());
+        let (mut from, mut revision) = (self.prefix.as_bytes().to_vec(), 0);
+        loop {
+            let page = match self.api.store.range(&from, &end, revision, INITIAL_PAGE_ITEMS_MAX, false).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.error(e.into()).await?;
+                    return Err(Gone);
+                }
+            };
+            if revision == 0 {
+                revision = page.revision;
+            }
+            for kv in &page.kvs {
+                match from_kv(kv) {
+                    Ok(obj) if self.selectors.matches(&obj) => self.send("ADDED", obj).await?,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e.message, "skipping an undecodable object"),
+                }
+            }
+            match page.kvs.last() {
+                Some(last) if page.more => {
+                    from = last.key.clone();
+                    from.push(0);
+                }
+                _ => return Ok(revision),
+            }
+        }
+    }
+
+    async fn forward(&self, resp: proto::etcdserverpb::WatchResponse) -> Result<(), Gone> {
+        if resp.events.is_empty() {
+            if self.bookmarks && !resp.created {
+                let revision = resp.header.map(|h| h.revision).unwrap_or_default();
+                self.send("BOOKMARK", self.bookmark(revision, false)).await?;
+            }
+            return Ok(());
+        }
+        for ev in resp.events {
+            let Some(kv) = ev.kv else { continue };
+            let old = ev.prev_kv.as_ref().and_then(|p| from_kv(p).ok());
+            let old_match = old.as_ref().is_some_and(|o| self.selectors.matches(o));
+            if ev.r#type == proto::mvccpb::event::EventType::Delete as i32 {
+                if let (Some(mut old), true) = (old, old_match) {
+                    old["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
+                    self.send("DELETED", old).await?;
+                }
+                continue;
+            }
+            let new = match from_kv(&kv) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "skipping an undecodable object");
+                    continue;
+                }
+            };
+            let new_match = self.selectors.matches(&new);
+            let kind = match (kv.create_revision == kv.mod_revision || old.is_none(), old_match, new_match) {
+                (true, _, true) => "ADDED",
+                (false, true, true) => "MODIFIED",
+                (false, false, true) => "ADDED",
+                (false, true, false) => "DELETED",
+                _ => continue,
+            };
+            self.send(kind, new).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(self, start: Option<i64>, send_initial: bool, timeout: Option<Duration>) -> Result<(), Gone> {
+        let after = match (start, send_initial) {
+            (Some(rv), false) => rv,
+            _ => {
+                let revision = self.initial_events().await?;
+                if send_initial && self.bookmarks {
+                    self.send("BOOKMARK", self.bookmark(revision, true)).await?;
+                }
+                revision
+            }
+        };
+        let end = prefix_end(self.prefix.as_bytes());
+        let mut stream: WatchStream = match self.api.store.watch(self.prefix.as_bytes(), &end, after + 1, false).await
+        {
+            Ok(s) => s,
+            Err(e) => return self.error(e.into()).await,
+        };
+        let progress = stream.progress();
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut bookmarks = tokio::time::interval(Duration::from_millis(BOOKMARK_INTERVAL_MS));
+        bookmarks.tick().await;
+        loop {
+            let expired = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = expired => return Ok(()),
+                _ = self.tx.closed() => return Err(Gone),
+                _ = bookmarks.tick(), if self.bookmarks => {
+                    if progress.request().await.is_err() {
+                        return Ok(());
+                    }
+                }
+                next = stream.next() => match next {
+                    Ok(Some(resp)) => self.forward(resp).await?,
+                    Ok(None) => return Ok(()),
+                    Err(StoreError::Compacted) => {
+                        return self
+                            .error(ApiError::gone(format!("too old resource version: {after}")))
+                            .await
+                    }
+                    Err(e) => return self.error(e.into()).await,
+                },
+            }
+        }
+    }
+}
+
+pub async fn serve(api: Arc<Api>, res: &'static Resource, ns: Option<&str>, params: &Params) -> Result<Response, ApiError> {
+    let selectors = Selectors::from_params(params)?;
+    let start = match params.get("resourceVersion") {
+        None | Some("0") => None,
+        Some(rv) => Some(
+            rv.parse::<i64>()
+                .map_err(|_| ApiError::bad_request(format!("resourceVersion {rv:?} is not a valid version")))?,
+        ),
+    };
+    let send_initial = match params.get("sendInitialEvents") {
+        Some("true") => {
+            if !params.flag("allowWatchBookmarks") {
+                return Err(ApiError::invalid(
+                    "ListOptions",
+                    "meta.k8s.io",
+                    "",
+                    vec![super::errors::Cause::invalid(
+                        "allowWatchBookmarks",
+                        "false",
+                        "allowWatchBookmarks must be true if sendInitialEvents = true",
+                    )],
+                ));
+            }
+            true
+        }
+        _ => start.is_none(),
+    };
+    let timeout = match params.get("timeoutSeconds") {
+        Some(t) => Some(Duration::from_secs(
+            t.parse().map_err(|_| ApiError::bad_request(format!("timeoutSeconds {t:?} is not a number")))?,
+        )),
+        None => None,
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(WATCH_EVENTS_QUEUE_MAX);
+    let watch = Watch { api, res, prefix: res.scope_prefix(ns), selectors, bookmarks: params.flag("allowWatchBookmarks"), tx };
+    tokio::spawn(async move {
+        let _ = watch.run(start, send_initial, timeout).await;
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(body)
+        .map_err(|e| ApiError::internal(format!("building the watch response: {e}")))
+}

@@ -1,0 +1,102 @@
+//! `keelson apiserver` (an API replica over existing store endpoints) and `keelson server` (a
+//! store member with an API replica beside it).
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::api::{self, store::Store, Api};
+use crate::store_cmd::{self, StoreArgs};
+
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    /// Address the Kubernetes API is served on (plain HTTP).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    api_listen: String,
+    /// Write a kubeconfig for kubectl naming this API server to this file.
+    #[arg(long)]
+    write_kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct ApiserverArgs {
+    /// Comma-separated client URLs of the store (Keelson's or etcd's).
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    store_endpoints: String,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// How long the API replica keeps trying to create the system namespaces while the store comes up.
+const STORE_READY_TIMEOUT_MS: u64 = 60_000;
+
+async fn run_api(
+    args: &ApiArgs,
+    endpoints: Vec<String>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&args.api_listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.api_listen))?;
+    let address = listener.local_addr()?;
+    let store = Store::connect(&endpoints)?;
+    let api = Api::new(store);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(STORE_READY_TIMEOUT_MS);
+    loop {
+        match api.ensure_system_namespaces().await {
+            Ok(()) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %e.message, "waiting for the store");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Err(e) => anyhow::bail!("the store at {} is not usable: {}", endpoints.join(","), e.message),
+        }
+    }
+    if let Some(path) = &args.write_kubeconfig {
+        std::fs::write(path, api::kubeconfig(&format!("http://{address}")))
+            .with_context(|| format!("cannot write the kubeconfig to {}", path.display()))?;
+    }
+    tracing::info!(%address, store = %endpoints.join(","), "serving the Kubernetes API");
+    api::serve(listener, api, shutdown).await.context("the API server failed")
+}
+
+pub async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
+    let endpoints: Vec<String> =
+        args.store_endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+    run_api(&args.api, endpoints, store_cmd::stop_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    let config = args.store.to_config()?;
+    let endpoints = config.listen_client_urls.clone();
+    let node = raft_store::StoreNode::open(config).await.context("cannot start the store member")?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let store = tokio::spawn(raft_store::server::serve(node, wait(stop_rx.clone())));
+    let api = run_api(&args.api, endpoints, wait(stop_rx));
+    tokio::pin!(api);
+    let outcome = tokio::select! {
+        r = &mut api => r,
+        _ = store_cmd::stop_signal() => {
+            let _ = stop_tx.send(true);
+            api.await
+        }
+    };
+    let _ = stop_tx.send(true);
+    store.await.context("the store task failed")?.map_err(anyhow::Error::msg)?;
+    tracing::info!("stopped");
+    outcome
+}

@@ -1,0 +1,386 @@
+//! The Kubernetes API of `keelson server`, through kube-rs as a Kubernetes client uses it:
+//! create, get, list with selectors and pages, each kind of patch, optimistic concurrency,
+//! validation, watches that resume and that meet a compacted version, deletion with finalizers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::runtime::watcher;
+use kube::Client;
+use serde_json::json;
+
+use common::{free_ports, wait_until, within};
+
+/// How long `keelson server` may take to serve the API (debug build, tests alongside).
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+/// One `keelson server` process: a single-member store and the API beside it.
+struct Server {
+    child: Child,
+    log: PathBuf,
+    api_port: u16,
+    client_port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(3);
+        let (client, peer, api) = (ports[0], ports[1], ports[2]);
+        let log = dir.path().join("server.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .arg("server")
+            .args(["--name", "s1", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("keelson server starts");
+        let server = Server { child, log, api_port: api, client_port: client, _dir: dir };
+        let client = server.client();
+        wait_until("the API serves the default namespace", within(READY_WITHIN), || {
+            let api: Api<Namespace> = Api::all(client.clone());
+            async move { api.get("default").await.map(|_| ()).map_err(|e| e.to_string()) }
+        })
+        .await;
+        server
+    }
+
+    fn client(&self) -> Client {
+        let url: http::Uri = format!("http://127.0.0.1:{}", self.api_port).parse().unwrap();
+        Client::try_from(kube::Config::new(url)).expect("a client for a plain-HTTP server")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("===== keelson server log =====\n{}", common::log_tail(&self.log, 60));
+        }
+    }
+}
+
+fn api_error(e: kube::Error) -> (u16, String, serde_json::Value) {
+    match e {
+        kube::Error::Api(status) => {
+            let details = serde_json::to_value(&status.details).unwrap();
+            (status.code, status.reason.clone(), details)
+        }
+        other => panic!("expected a Status from the server, got {other:?}"),
+    }
+}
+
+fn configmap(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": labels.iter().cloned().collect::<BTreeMap<_, _>>()},
+        "data": {"key": "value"},
+    }))
+    .unwrap()
+}
+
+fn deployment(name: &str) -> Deployment {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "labels": {"app": "nginx"}},
+        "spec": {
+            "replicas": 3,
+            "selector": {"matchLabels": {"app": "nginx"}},
+            "template": {
+                "metadata": {"labels": {"app": "nginx"}},
+                "spec": {"containers": [
+                    {"name": "nginx", "image": "nginx:1.14.2", "ports": [{"containerPort": 80}]},
+                    {"name": "sidecar", "image": "busybox:1.36"}
+                ]}
+            }
+        }
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn create_get_list_with_selectors_and_pages_and_conflicts() {
+    let server = Server::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let pp = PostParams::default();
+    for (i, tier) in ["web", "web", "db", "cache", "web"].iter().enumerate() {
+        let env = if i % 2 == 0 { "prod" } else { "dev" };
+        cms.create(&pp, &configmap(&format!("cm-{i}"), &[("tier", tier), ("env", env)])).await.unwrap();
+    }
+    let got = cms.get("cm-2").await.unwrap();
+    let meta = &got.metadata;
+    assert!(meta.uid.is_some() && meta.creation_timestamp.is_some() && meta.resource_version.is_some());
+    assert_eq!(got.data.unwrap()["key"], "value");
+
+    let names = |list: kube::core::ObjectList<ConfigMap>| -> Vec<String> {
+        list.items.into_iter().map(|c| c.metadata.name.unwrap()).collect()
+    };
+    let by = |selector: &str| ListParams::default().labels(selector);
+    assert_eq!(names(cms.list(&by("tier=web")).await.unwrap()), ["cm-0", "cm-1", "cm-4"]);
+    assert_eq!(names(cms.list(&by("tier in (db,cache),env=prod")).await.unwrap()), ["cm-2"]);
+    assert_eq!(names(cms.list(&by("tier!=web,!missing")).await.unwrap()), ["cm-2", "cm-3"]);
+    assert_eq!(names(cms.list(&by("tier notin (web),env")).await.unwrap()), ["cm-2", "cm-3"]);
+    let by_name = ListParams::default().fields("metadata.name=cm-3");
+    assert_eq!(names(cms.list(&by_name).await.unwrap()), ["cm-3"]);
+    let (code, reason, _) = api_error(cms.list(&by("tier in (")).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (400, "BadRequest"));
+    let (code, _, _) = api_error(cms.list(&ListParams::default().fields("data.key=x")).await.unwrap_err());
+    assert_eq!(code, 400);
+
+    // Pages of two over one snapshot: a write between pages does not show up in later pages.
+    let mut seen = Vec::new();
+    let mut params = ListParams::default().limit(2);
+    let first = cms.list(&params).await.unwrap();
+    let snapshot = first.metadata.resource_version.clone().unwrap();
+    let mut token = first.metadata.continue_.clone();
+    seen.extend(names(first));
+    cms.create(&pp, &configmap("cm-9", &[])).await.unwrap();
+    while let Some(t) = token.filter(|t| !t.is_empty()) {
+        params = params.continue_token(&t);
+        let page = cms.list(&params).await.unwrap();
+        assert_eq!(page.metadata.resource_version.as_deref(), Some(snapshot.as_str()));
+        token = page.metadata.continue_.clone();
+        seen.extend(names(page));
+    }
+    assert_eq!(seen, ["cm-0", "cm-1", "cm-2", "cm-3", "cm-4"]);
+
+    // Optimistic concurrency: an update from a stale version is refused, and loses nothing.
+    let mut stale = cms.get("cm-0").await.unwrap();
+    let mut fresh = stale.clone();
+    fresh.data = Some([("key".to_string(), "second".to_string())].into());
+    cms.replace("cm-0", &pp, &fresh).await.unwrap();
+    stale.data = Some([("key".to_string(), "lost".to_string())].into());
+    let (code, reason, _) = api_error(cms.replace("cm-0", &pp, &stale).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (409, "Conflict"));
+    assert_eq!(cms.get("cm-0").await.unwrap().data.unwrap()["key"], "second");
+    let (code, reason, _) = api_error(cms.create(&pp, &configmap("cm-1", &[])).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (409, "AlreadyExists"));
+
+    // generateName, and a namespace that does not exist.
+    let mut generated = configmap("", &[]);
+    generated.metadata.name = None;
+    generated.metadata.generate_name = Some("gen-".into());
+    let made = cms.create(&pp, &generated).await.unwrap().metadata.name.unwrap();
+    assert!(made.starts_with("gen-") && made.len() == 9, "{made}");
+    let elsewhere: Api<ConfigMap> = Api::namespaced(server.client(), "nowhere");
+    let (code, reason, _) = api_error(elsewhere.create(&pp, &configmap("x", &[])).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (404, "NotFound"));
+    let (code, _, _) = api_error(cms.get("absent").await.unwrap_err());
+    assert_eq!(code, 404);
+}
+
+#[tokio::test]
+async fn invalid_objects_are_refused_with_the_fields_named_and_nothing_is_stored() {
+    let server = Server::start().await;
+    let deployments: Api<Deployment> = Api::namespaced(server.client(), "default");
+    let mut bad = deployment("bad");
+    bad.spec.as_mut().unwrap().template.metadata.as_mut().unwrap().labels =
+        Some([("app".to_string(), "other".to_string())].into());
+    bad.spec.as_mut().unwrap().template.spec.as_mut().unwrap().containers.clear();
+    let (code, reason, details) = api_error(deployments.create(&PostParams::default(), &bad).await.unwrap_err());
+    assert_eq!((code, reason.as_str()), (422, "Invalid"));
+    let fields: Vec<&str> =
+        details["causes"].as_array().unwrap().iter().map(|c| c["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["spec.template.metadata.labels", "spec.template.spec.containers"]);
+    assert_eq!(api_error(deployments.get("bad").await.unwrap_err()).0, 404);
+
+    let mut bad_name = deployment("Bad_Name");
+    bad_name.metadata.name = Some("Bad_Name".into());
+    let (code, _, details) = api_error(deployments.create(&PostParams::default(), &bad_name).await.unwrap_err());
+    assert_eq!(code, 422);
+    assert_eq!(details["causes"][0]["field"], "metadata.name");
+
+    // Unknown fields: refused under fieldValidation=Strict, dropped (with a warning) otherwise.
+    let pods: Api<Pod> = Api::namespaced(server.client(), "default");
+    let body = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {"containers": [{"name": "c", "image": "busybox", "colour": "blue"}]}});
+    let client = server.client();
+    let url = "/api/v1/namespaces/default/pods?fieldValidation=Strict";
+    let req = http::Request::post(url).header("content-type", "application/json").body(body.to_string().into_bytes()).unwrap();
+    let err = client.request::<Pod>(req).await.unwrap_err();
+    let (code, reason, _) = api_error(err);
+    assert_eq!((code, reason.as_str()), (400, "BadRequest"));
+    let lenient: Pod = serde_json::from_value(body).unwrap();
+    let created = pods.create(&PostParams::default(), &lenient).await.unwrap();
+    // Defaults are filled in.
+    let spec = created.spec.unwrap();
+    assert_eq!(spec.restart_policy.as_deref(), Some("Always"));
+    assert_eq!(spec.containers[0].image_pull_policy.as_deref(), Some("Always"));
+    assert_eq!(created.status.unwrap().phase.as_deref(), Some("Pending"));
+}
+
+#[tokio::test]
+async fn patches_of_each_kind_status_and_scale() {
+    let server = Server::start().await;
+    let deployments: Api<Deployment> = Api::namespaced(server.client(), "default");
+    let created = deployments.create(&PostParams::default(), &deployment("web")).await.unwrap();
+    assert_eq!(created.metadata.generation, Some(1));
+    let pp = PatchParams::default();
+
+    // Merge patch of metadata: no spec change, no new generation.
+    let merged =
+        deployments.patch("web", &pp, &Patch::Merge(json!({"metadata": {"labels": {"tier": "front"}}}))).await.unwrap();
+    assert_eq!(merged.metadata.labels.unwrap()["tier"], "front");
+    assert_eq!(merged.metadata.generation, Some(1));
+
+    // JSON patch of the spec: a new generation.
+    let ops: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "replace", "path": "/spec/replicas", "value": 5}])).unwrap();
+    let patched = deployments.patch("web", &pp, &Patch::Json::<()>(ops)).await.unwrap();
+    assert_eq!(patched.spec.as_ref().unwrap().replicas, Some(5));
+    assert_eq!(patched.metadata.generation, Some(2));
+
+    // Strategic merge: containers merge by name; the sidecar stays.
+    let strategic = json!({"spec": {"template": {"spec": {"containers": [{"name": "nginx", "image": "nginx:1.16.1"}]}}}});
+    let patched = deployments.patch("web", &pp, &Patch::Strategic(strategic)).await.unwrap();
+    let containers = patched.spec.unwrap().template.spec.unwrap().containers;
+    let images: Vec<(String, String)> =
+        containers.into_iter().map(|c| (c.name, c.image.unwrap_or_default())).collect();
+    assert_eq!(
+        images,
+        [("nginx".to_string(), "nginx:1.16.1".to_string()), ("sidecar".to_string(), "busybox:1.36".to_string())]
+    );
+
+    // A patch naming a stale resourceVersion is a conflict.
+    let stale = json!({"metadata": {"resourceVersion": created.metadata.resource_version.unwrap()}, "spec": {"replicas": 1}});
+    let (code, _, _) = api_error(deployments.patch("web", &pp, &Patch::Merge(stale)).await.unwrap_err());
+    assert_eq!(code, 409);
+
+    // Status changes only through /status, and /status changes only status.
+    let before = deployments.get("web").await.unwrap();
+    deployments.patch("web", &pp, &Patch::Merge(json!({"status": {"replicas": 7}}))).await.unwrap();
+    assert!(deployments.get("web").await.unwrap().status.and_then(|s| s.replicas).is_none());
+    let with_status = deployments
+        .patch_status("web", &pp, &Patch::Merge(json!({"status": {"replicas": 2}, "spec": {"replicas": 9}})))
+        .await
+        .unwrap();
+    assert_eq!(with_status.status.unwrap().replicas, Some(2));
+    assert_eq!(with_status.spec.unwrap().replicas, before.spec.unwrap().replicas);
+    assert_eq!(with_status.metadata.generation, before.metadata.generation);
+
+    // Scale.
+    let scale = deployments.get_scale("web").await.unwrap();
+    assert_eq!(scale.spec.unwrap().replicas, Some(5));
+    assert_eq!(scale.status.unwrap().selector.as_deref(), Some("app=nginx"));
+    deployments.patch_scale("web", &pp, &Patch::Merge(json!({"spec": {"replicas": 4}}))).await.unwrap();
+    assert_eq!(deployments.get("web").await.unwrap().spec.unwrap().replicas, Some(4));
+}
+
+#[tokio::test]
+async fn watches_resume_from_a_version_and_report_a_compacted_one_as_410() {
+    let server = Server::start().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let pp = PostParams::default();
+    let first = cms.create(&pp, &configmap("w-0", &[("watched", "yes")])).await.unwrap();
+    let from = first.metadata.resource_version.clone().unwrap();
+    cms.create(&pp, &configmap("w-1", &[("watched", "yes")])).await.unwrap();
+    cms.create(&pp, &configmap("other", &[])).await.unwrap();
+    cms.patch("w-1", &PatchParams::default(), &Patch::Merge(json!({"data": {"key": "changed"}}))).await.unwrap();
+    cms.delete("w-0", &DeleteParams::default()).await.unwrap();
+
+    // Resumed after the first create: everything since, in order, filtered by label.
+    let wp = WatchParams::default().labels("watched=yes").timeout(5);
+    let mut stream = cms.watch(&wp, &from).await.unwrap().boxed();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match stream.try_next().await.unwrap().expect("the watch ended early") {
+            WatchEvent::Added(c) => seen.push(format!("ADDED {}", c.metadata.name.unwrap())),
+            WatchEvent::Modified(c) => seen.push(format!("MODIFIED {}", c.metadata.name.unwrap())),
+            WatchEvent::Deleted(c) => seen.push(format!("DELETED {}", c.metadata.name.unwrap())),
+            WatchEvent::Bookmark(_) => {}
+            WatchEvent::Error(e) => panic!("watch error: {e:?}"),
+        }
+    }
+    assert_eq!(seen, ["ADDED w-1", "MODIFIED w-1", "DELETED w-0"]);
+
+    // Compact the store past `from`: a watch from there gets an in-stream 410 Expired.
+    let current = cms.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mut kv = proto::etcdserverpb::kv_client::KvClient::connect(format!("http://127.0.0.1:{}", server.client_port))
+        .await
+        .unwrap();
+    kv.compact(proto::etcdserverpb::CompactionRequest { revision: current.parse().unwrap(), physical: true })
+        .await
+        .unwrap();
+    let mut stream = cms.watch(&WatchParams::default().timeout(5), &from).await.unwrap().boxed();
+    match stream.try_next().await.unwrap() {
+        Some(WatchEvent::Error(status)) => assert_eq!((status.code, status.reason.as_str()), (410, "Expired")),
+        other => panic!("expected a 410 ERROR event, got {other:?}"),
+    }
+
+    // kube's watcher lists, then watches; it sees a later write.
+    let events = watcher(cms.clone(), watcher::Config::default().labels("watched=yes"));
+    let mut events = Box::pin(events);
+    let cms2 = cms.clone();
+    let writer = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cms2.create(&PostParams::default(), &configmap("w-2", &[("watched", "yes")])).await.unwrap();
+    });
+    let deadline = within(Duration::from_secs(20));
+    let mut names = Vec::new();
+    while !names.contains(&"w-2".to_string()) {
+        assert!(std::time::Instant::now() < deadline, "w-2 never arrived; saw {names:?}");
+        match tokio::time::timeout(Duration::from_secs(20), events.try_next()).await {
+            Ok(Ok(Some(watcher::Event::Apply(c) | watcher::Event::InitApply(c)))) => names.push(c.metadata.name.unwrap()),
+            Ok(Ok(Some(_))) => {}
+            other => panic!("watcher: {other:?}"),
+        }
+    }
+    writer.await.unwrap();
+    assert_eq!(names.first().map(String::as_str), Some("w-1"));
+}
+
+#[tokio::test]
+async fn deletion_waits_for_finalizers_and_namespaces_take_their_content() {
+    let server = Server::start().await;
+    let client = server.client();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "team");
+    let mut held = configmap("held", &[]);
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    cms.create(&PostParams::default(), &held).await.unwrap();
+    cms.create(&PostParams::default(), &configmap("plain", &[])).await.unwrap();
+
+    // With a finalizer the object stays, marked.
+    cms.delete("held", &DeleteParams::default()).await.unwrap();
+    let marked = cms.get("held").await.unwrap();
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    // Finalizers can be removed, not other changes made... the last one going deletes it.
+    cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    assert_eq!(api_error(cms.get("held").await.unwrap_err()).0, 404);
+
+    // The propagation policy asked for is recorded as the garbage collector's finalizer.
+    cms.create(&PostParams::default(), &configmap("fg", &[])).await.unwrap();
+    cms.delete("fg", &DeleteParams::foreground()).await.unwrap();
+    let fg = cms.get("fg").await.unwrap();
+    assert_eq!(fg.metadata.finalizers.as_deref(), Some(&["foregroundDeletion".to_string()][..]));
+
+    // Deleting the namespace takes what is in it.
+    namespaces.delete("team", &DeleteParams::default()).await.unwrap();
+    wait_until("the namespace and its content are gone", within(Duration::from_secs(10)), || {
+        let (namespaces, cms) = (namespaces.clone(), cms.clone());
+        async move {
+            let left = cms.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
+            match namespaces.get("team").await {
+                Err(kube::Error::Api(s)) if s.code == 404 && left == 0 => Ok(()),
+                other => Err(format!("namespace: {:?}, {left} configmaps left", other.map(|n| n.status))),
+            }
+        }
+    })
+    .await;
+}
