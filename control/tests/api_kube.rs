@@ -5,8 +5,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
@@ -14,67 +12,10 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::watcher;
-use kube::Client;
 use serde_json::json;
 
-use common::{free_ports, wait_until, within};
-
-/// How long `keelson server` may take to serve the API (debug build, tests alongside).
-const READY_WITHIN: Duration = Duration::from_secs(30);
-
-/// One `keelson server` process: a single-member store and the API beside it.
-struct Server {
-    child: Child,
-    log: PathBuf,
-    api_port: u16,
-    client_port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    async fn start() -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(3);
-        let (client, peer, api) = (ports[0], ports[1], ports[2]);
-        let log = dir.path().join("server.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
-            .arg("server")
-            .args(["--name", "s1", "--data-dir"])
-            .arg(dir.path().join("data"))
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
-            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--api-listen", &format!("127.0.0.1:{api}")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("keelson server starts");
-        let server = Server { child, log, api_port: api, client_port: client, _dir: dir };
-        let client = server.client();
-        wait_until("the API serves the default namespace", within(READY_WITHIN), || {
-            let api: Api<Namespace> = Api::all(client.clone());
-            async move { api.get("default").await.map(|_| ()).map_err(|e| e.to_string()) }
-        })
-        .await;
-        server
-    }
-
-    fn client(&self) -> Client {
-        let url: http::Uri = format!("http://127.0.0.1:{}", self.api_port).parse().unwrap();
-        Client::try_from(kube::Config::new(url)).expect("a client for a plain-HTTP server")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("===== keelson server log =====\n{}", common::log_tail(&self.log, 60));
-        }
-    }
-}
+use common::api::ApiProcess;
+use common::{wait_until, within};
 
 fn api_error(e: kube::Error) -> (u16, String, serde_json::Value) {
     match e {
@@ -114,7 +55,7 @@ fn deployment(name: &str) -> Deployment {
 
 #[tokio::test]
 async fn create_get_list_with_selectors_and_pages_and_conflicts() {
-    let server = Server::start().await;
+    let server = ApiProcess::server().await;
     let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
     let pp = PostParams::default();
     for (i, tier) in ["web", "web", "db", "cache", "web"].iter().enumerate() {
@@ -185,7 +126,7 @@ async fn create_get_list_with_selectors_and_pages_and_conflicts() {
 
 #[tokio::test]
 async fn invalid_objects_are_refused_with_the_fields_named_and_nothing_is_stored() {
-    let server = Server::start().await;
+    let server = ApiProcess::server().await;
     let deployments: Api<Deployment> = Api::namespaced(server.client(), "default");
     let mut bad = deployment("bad");
     bad.spec.as_mut().unwrap().template.metadata.as_mut().unwrap().labels =
@@ -225,7 +166,7 @@ async fn invalid_objects_are_refused_with_the_fields_named_and_nothing_is_stored
 
 #[tokio::test]
 async fn patches_of_each_kind_status_and_scale() {
-    let server = Server::start().await;
+    let server = ApiProcess::server().await;
     let deployments: Api<Deployment> = Api::namespaced(server.client(), "default");
     let created = deployments.create(&PostParams::default(), &deployment("web")).await.unwrap();
     assert_eq!(created.metadata.generation, Some(1));
@@ -282,7 +223,7 @@ async fn patches_of_each_kind_status_and_scale() {
 
 #[tokio::test]
 async fn watches_resume_from_a_version_and_report_a_compacted_one_as_410() {
-    let server = Server::start().await;
+    let server = ApiProcess::server().await;
     let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
     let pp = PostParams::default();
     let first = cms.create(&pp, &configmap("w-0", &[("watched", "yes")])).await.unwrap();
@@ -309,7 +250,7 @@ async fn watches_resume_from_a_version_and_report_a_compacted_one_as_410() {
 
     // Compact the store past `from`: a watch from there gets an in-stream 410 Expired.
     let current = cms.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
-    let mut kv = proto::etcdserverpb::kv_client::KvClient::connect(format!("http://127.0.0.1:{}", server.client_port))
+    let mut kv = proto::etcdserverpb::kv_client::KvClient::connect(format!("http://127.0.0.1:{}", server.store_port.unwrap()))
         .await
         .unwrap();
     kv.compact(proto::etcdserverpb::CompactionRequest { revision: current.parse().unwrap(), physical: true })
@@ -345,7 +286,7 @@ async fn watches_resume_from_a_version_and_report_a_compacted_one_as_410() {
 
 #[tokio::test]
 async fn deletion_waits_for_finalizers_and_namespaces_take_their_content() {
-    let server = Server::start().await;
+    let server = ApiProcess::server().await;
     let client = server.client();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();

@@ -1,0 +1,94 @@
+//! Kubernetes API processes for tests: `keelson server` (a one-member store with the API beside
+//! it) and `keelson apiserver` (an API replica over given store endpoints), each killed on drop,
+//! with its log printed when the test fails, and a kube-rs client for it.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{Api, Client};
+
+use super::{free_ports, log_tail, wait_until, within};
+
+/// How long an API process may take to serve the default namespace (debug build, tests alongside).
+pub const API_READY_WITHIN: Duration = Duration::from_secs(30);
+
+pub struct ApiProcess {
+    child: Child,
+    log: PathBuf,
+    pub api_port: u16,
+    /// The store's client port, for `keelson server`.
+    pub store_port: Option<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl ApiProcess {
+    /// `keelson server`: a one-member store and an API replica.
+    pub async fn server() -> ApiProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let ports = free_ports(3);
+        let (client, peer, api) = (ports[0], ports[1], ports[2]);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keelson"));
+        cmd.arg("server")
+            .args(["--name", "s1", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args(["--api-listen", &format!("127.0.0.1:{api}")]);
+        Self::spawn(cmd, dir, api, Some(client)).await
+    }
+
+    /// `keelson apiserver` over `endpoints` (client URLs of a Keelson store or of etcd).
+    pub async fn apiserver(endpoints: &[String]) -> ApiProcess {
+        let dir = tempfile::tempdir().unwrap();
+        let api = free_ports(1)[0];
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keelson"));
+        cmd.arg("apiserver")
+            .args(["--store-endpoints", &endpoints.join(",")])
+            .args(["--api-listen", &format!("127.0.0.1:{api}")]);
+        Self::spawn(cmd, dir, api, None).await
+    }
+
+    async fn spawn(mut cmd: Command, dir: tempfile::TempDir, api_port: u16, store_port: Option<u16>) -> ApiProcess {
+        let log = dir.path().join("api.log");
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the keelson binary starts");
+        let process = ApiProcess { child, log, api_port, store_port, _dir: dir };
+        let client = process.client();
+        wait_until("the API serves the default namespace", within(API_READY_WITHIN), || {
+            let api: Api<Namespace> = Api::all(client.clone());
+            async move { api.get("default").await.map(|_| ()).map_err(|e| e.to_string()) }
+        })
+        .await;
+        process
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::try_from(kube::Config::new(self.url().parse().unwrap())).expect("a client for a plain-HTTP server")
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("===== API process log {} =====\n{}", self.log.display(), log_tail(&self.log, 60));
+        }
+    }
+}
