@@ -55,6 +55,18 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `program [prefix_args] <etcd flags>` three times and waits until all members agree on a leader.
     pub async fn start(system: &str, program: &Path, prefix_args: &[&str], ports: &Ports, root: &Path) -> Result<Self> {
+        Self::start_with(system, program, prefix_args, |_| Vec::new(), ports, root).await
+    }
+
+    /// As `start`, with further arguments for member `i` from `member_args(i)`.
+    pub async fn start_with(
+        system: &str,
+        program: &Path,
+        prefix_args: &[&str],
+        member_args: impl Fn(usize) -> Vec<String>,
+        ports: &Ports,
+        root: &Path,
+    ) -> Result<Self> {
         if !program.is_file() {
             bail!("{system}: {} not found", program.display());
         }
@@ -78,6 +90,7 @@ impl Cluster {
                 .args(["--listen-peer-urls", &peer_url, "--initial-advertise-peer-urls", &peer_url])
                 .args(["--initial-cluster", &initial_cluster, "--initial-cluster-state", "new"])
                 .args(["--initial-cluster-token", &format!("bench-{system}")])
+                .args(member_args(i))
                 .stdin(Stdio::null())
                 .stdout(stderr.try_clone()?)
                 .stderr(stderr)

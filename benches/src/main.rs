@@ -6,9 +6,6 @@
 //! system's median round per workload, and writes results.json, results.csv and summary.svg to
 //! --out.
 
-mod cluster;
-mod report;
-mod workloads;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,9 +14,9 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use serde::Serialize;
 
-use cluster::{Cluster, Ports};
-use report::Row;
-use workloads::connect;
+use benches::cluster::{Cluster, Ports};
+use benches::report::{self, Row};
+use benches::workloads::{self, connect};
 
 const WORKLOADS: [&str; 8] =
     ["put-1", "put-256", "get-linear", "get-serial", "txn-cas", "range-1000", "watch-fanout", "lease-keepalive"];
