@@ -325,3 +325,61 @@ async fn deletion_waits_for_finalizers_and_namespaces_take_their_content() {
     })
     .await;
 }
+
+/// The count of watches served from `source` ("cache" or "store"), from /metrics.
+async fn watches_from(client: &kube::Client, source: &str) -> u64 {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await.unwrap();
+    let prefix = format!("keelson_apiserver_watches_total{{source=\"{source}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{text}"))
+}
+
+#[tokio::test]
+async fn cached_watches_follow_selections_and_version_zero_lists_come_from_the_cache() {
+    let server = ApiProcess::server().await;
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let pp = PostParams::default();
+    cms.create(&pp, &configmap("a", &[("colour", "red")])).await.unwrap();
+    // The first use builds the cache; a resourceVersion=0 list then reflects a later write.
+    let _ = cms.list(&ListParams::default().match_any()).await.unwrap();
+    cms.create(&pp, &configmap("b", &[("colour", "blue")])).await.unwrap();
+    wait_until("a resourceVersion=0 list shows b", within(Duration::from_secs(10)), || {
+        let cms = cms.clone();
+        async move {
+            let names: Vec<String> = cms
+                .list(&ListParams::default().match_any().labels("colour"))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .into_iter()
+                .map(|c| c.metadata.name.unwrap())
+                .collect();
+            if names == ["a", "b"] { Ok(()) } else { Err(format!("{names:?}")) }
+        }
+    })
+    .await;
+
+    let before = watches_from(&client, "cache").await;
+    let from = cms.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    let mut red = cms.watch(&WatchParams::default().labels("colour=red").timeout(10), &from).await.unwrap().boxed();
+    let pp2 = PatchParams::default();
+    let relabel = |c: &str| Patch::Merge(json!({"metadata": {"labels": {"colour": c}}}));
+    cms.patch("a", &pp2, &relabel("blue")).await.unwrap(); // a leaves the selection
+    cms.patch("b", &pp2, &relabel("red")).await.unwrap(); // b enters it
+    cms.patch("b", &pp2, &Patch::Merge(json!({"data": {"key": "v2"}}))).await.unwrap();
+    cms.delete("b", &DeleteParams::default()).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 4 {
+        let event = tokio::time::timeout(Duration::from_secs(10), red.try_next()).await.unwrap().unwrap().unwrap();
+        match event {
+            WatchEvent::Added(c) => seen.push(format!("ADDED {}", c.metadata.name.unwrap())),
+            WatchEvent::Modified(c) => seen.push(format!("MODIFIED {}", c.metadata.name.unwrap())),
+            WatchEvent::Deleted(c) => seen.push(format!("DELETED {}", c.metadata.name.unwrap())),
+            WatchEvent::Bookmark(_) => {}
+            WatchEvent::Error(e) => panic!("{e:?}"),
+        }
+    }
+    assert_eq!(seen, ["DELETED a", "ADDED b", "MODIFIED b", "DELETED b"]);
+    assert_eq!(watches_from(&client, "cache").await, before + 1, "the watch was not served from the cache");
+}

@@ -2,6 +2,7 @@
 //! etcd v3 API. Objects live as JSON under `/registry/<resource>/<namespace>/<name>`; an object's
 //! resourceVersion is its key's mod revision, a list's the revision it was read at.
 
+pub mod cache;
 pub mod errors;
 pub mod objects;
 pub mod resources;
@@ -32,6 +33,11 @@ const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "k
 pub struct Api {
     pub store: Store,
     requests: HashMap<&'static str, AtomicU64>,
+    /// Watches served from a watch cache, and from the store itself.
+    pub watches_from_cache: AtomicU64,
+    pub watches_from_store: AtomicU64,
+    /// Watch caches by resource plural, each started by its first use.
+    caches: std::sync::Mutex<HashMap<&'static str, Arc<cache::WatchCache>>>,
 }
 
 const VERBS: &[&str] =
@@ -40,7 +46,19 @@ const VERBS: &[&str] =
 impl Api {
     pub fn new(store: Store) -> Arc<Self> {
         let requests = VERBS.iter().map(|v| (*v, AtomicU64::new(0))).collect();
-        Arc::new(Api { store, requests })
+        Arc::new(Api {
+            store,
+            requests,
+            watches_from_cache: AtomicU64::new(0),
+            watches_from_store: AtomicU64::new(0),
+            caches: std::sync::Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The watch cache of `res`, started if this is its first use.
+    pub fn cache(&self, res: &'static Resource) -> Arc<cache::WatchCache> {
+        let mut caches = self.caches.lock().expect("not poisoned");
+        caches.entry(res.plural).or_insert_with(|| cache::WatchCache::start(self.store.clone(), res)).clone()
     }
 
     fn count(&self, verb: &'static str) {
@@ -296,6 +314,11 @@ fn metrics(api: &Api) -> Response {
     for verb in VERBS {
         let n = api.requests.get(verb).map(|c| c.load(Ordering::Relaxed)).unwrap_or(0);
         text.push_str(&format!("apiserver_request_total{{verb=\"{verb}\"}} {n}\n"));
+    }
+    text.push_str("# HELP keelson_apiserver_watches_total Watches served, by where their events came from.\n");
+    text.push_str("# TYPE keelson_apiserver_watches_total counter\n");
+    for (source, n) in [("cache", &api.watches_from_cache), ("store", &api.watches_from_store)] {
+        text.push_str(&format!("keelson_apiserver_watches_total{{source=\"{source}\"}} {}\n", n.load(Ordering::Relaxed)));
     }
     (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

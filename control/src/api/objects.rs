@@ -500,6 +500,10 @@ impl LabelSelector {
         Ok(LabelSelector(reqs))
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Whether `labels` (a JSON object of strings, or null) satisfies every requirement.
     pub fn matches(&self, labels: &Value) -> bool {
         let get = |k: &str| labels.get(k).and_then(Value::as_str);
@@ -561,6 +565,10 @@ impl FieldSelector {
             out.push((field.to_string(), negated, value.trim().to_string()));
         }
         Ok(FieldSelector(out))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     pub fn matches(&self, obj: &Value) -> bool {

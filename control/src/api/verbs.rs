@@ -80,14 +80,42 @@ impl Selectors {
         Ok(Selectors { labels, fields })
     }
 
+    /// Whether every object matches.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
+
     pub fn matches(&self, obj: &Value) -> bool {
         self.labels.matches(obj.pointer("/metadata/labels").unwrap_or(&Value::Null)) && self.fields.matches(obj)
     }
 }
 
 /// A list, filtered, paginated with `limit` and `continue` over one store snapshot.
-pub async fn list(api: &Api, res: &Resource, ns: Option<&str>, params: &Params) -> Result<Value, ApiError> {
+pub async fn list(api: &Api, res: &'static Resource, ns: Option<&str>, params: &Params) -> Result<Value, ApiError> {
     let selectors = Selectors::from_params(params)?;
+    // resourceVersion=0 asks for any version: the watch cache's, when it has been built.
+    if params.get("resourceVersion") == Some("0") && params.get("continue").is_none() {
+        if let Some((objects, revision)) = api.cache(res).list(&res.scope_prefix(ns)) {
+            let items: Vec<Value> = objects
+                .iter()
+                .filter(|o| selectors.matches(o))
+                .map(|o| {
+                    let mut item = (**o).clone();
+                    if let Some(map) = item.as_object_mut() {
+                        map.remove("apiVersion");
+                        map.remove("kind");
+                    }
+                    item
+                })
+                .collect();
+            return Ok(json!({
+                "kind": format!("{}List", res.kind),
+                "apiVersion": res.api_version(),
+                "metadata": {"resourceVersion": revision.to_string()},
+                "items": items,
+            }));
+        }
+    }
     let limit: i64 = match params.get("limit") {
         Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("limit {l:?} is not a number")))?,
         None => 0,
@@ -717,7 +745,7 @@ async fn delete_namespace_contents(api: &Api, ns: &str) -> Result<(), ApiError> 
 
 pub async fn delete_collection(
     api: &Api,
-    res: &Resource,
+    res: &'static Resource,
     ns: Option<&str>,
     options: &Value,
     params: &Params,

@@ -9,6 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::response::Response;
 use serde_json::{json, Value};
 
+use super::cache::{Backlog, CacheItem, CachedEvent, Subscription};
 use super::errors::ApiError;
 use super::resources::Resource;
 use super::store::{prefix_end, StoreError, WatchStream};
@@ -19,6 +20,8 @@ use super::{Api, Params};
 const WATCH_EVENTS_QUEUE_MAX: usize = 1024;
 /// How often a watch that allows bookmarks gets one, in milliseconds.
 const BOOKMARK_INTERVAL_MS: u64 = 60_000;
+/// How long a watch waits for its resource's cache to be built before reading the store itself.
+const CACHE_READY_WAIT_MS: u64 = 2_000;
 /// Items read per store call while sending initial events.
 const INITIAL_PAGE_ITEMS_MAX: i64 = 500;
 
@@ -37,6 +40,10 @@ struct Watch {
 struct Gone;
 
 impl Watch {
+    async fn send_line(&self, line: Bytes) -> Result<(), Gone> {
+        self.tx.send(Ok(line)).await.map_err(|_| Gone)
+    }
+
     async fn send(&self, kind: &str, object: Value) -> Result<(), Gone> {
         let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("a JSON value encodes");
         line.push(b'\n');
@@ -126,6 +133,85 @@ impl Watch {
         Ok(())
     }
 
+    /// One cached change, as this watch's selectors see it.
+    async fn forward_cached(&self, e: &CachedEvent) -> Result<(), Gone> {
+        if self.selectors.is_empty() {
+            return self.send_line(e.plain.clone()).await;
+        }
+        let old_match = e.old.as_ref().is_some_and(|o| self.selectors.matches(o));
+        match &e.new {
+            None if old_match => {
+                let mut gone = (**e.old.as_ref().expect("matched")).clone();
+                gone["metadata"]["resourceVersion"] = json!(e.revision.to_string());
+                self.send("DELETED", gone).await
+            }
+            None => Ok(()),
+            Some(new) => {
+                let kind = match (e.old.is_some(), old_match, self.selectors.matches(new)) {
+                    (false, _, true) | (true, false, true) => "ADDED",
+                    (true, true, true) => "MODIFIED",
+                    (true, true, false) => "DELETED",
+                    _ => return Ok(()),
+                };
+                self.send(kind, (**new).clone()).await
+            }
+        }
+    }
+
+    /// Serves the watch from the resource's cache: its backlog, then its changes as they come.
+    async fn run_cached(self, sub: Subscription, send_initial: bool, timeout: Option<Duration>) -> Result<(), Gone> {
+        let Subscription { backlog, revision, mut items } = sub;
+        let mut last = revision;
+        match backlog {
+            Backlog::Objects(objects) => {
+                for o in objects.iter().filter(|o| self.selectors.matches(o)) {
+                    self.send("ADDED", (**o).clone()).await?;
+                }
+                if send_initial && self.bookmarks {
+                    self.send("BOOKMARK", self.bookmark(revision, true)).await?;
+                }
+            }
+            Backlog::Events(events) => {
+                for e in &events {
+                    self.forward_cached(e).await?;
+                }
+            }
+        }
+        let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut last_bookmark = tokio::time::Instant::now();
+        loop {
+            let expired = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let item = tokio::select! {
+                _ = expired => return Ok(()),
+                _ = self.tx.closed() => return Err(Gone),
+                item = items.recv() => item,
+            };
+            match item {
+                Ok(CacheItem::Event(e)) if e.revision > last => {
+                    last = e.revision;
+                    self.forward_cached(&e).await?;
+                }
+                Ok(CacheItem::Event(_)) => {}
+                Ok(CacheItem::Progress(rev)) => {
+                    let due = last_bookmark.elapsed() >= Duration::from_millis(BOOKMARK_INTERVAL_MS);
+                    if self.bookmarks && due && rev > last {
+                        last = rev;
+                        last_bookmark = tokio::time::Instant::now();
+                        self.send("BOOKMARK", self.bookmark(rev, false)).await?;
+                    }
+                }
+                // The cache was rebuilt, or this watch fell too far behind: end it, and the
+                // client resumes from the last version it saw.
+                Ok(CacheItem::Reset) | Err(_) => return Ok(()),
+            }
+        }
+    }
+
     async fn run(self, start: Option<i64>, send_initial: bool, timeout: Option<Duration>) -> Result<(), Gone> {
         let after = match (start, send_initial) {
             (Some(rv), false) => rv,
@@ -211,9 +297,22 @@ pub async fn serve(api: Arc<Api>, res: &'static Resource, ns: Option<&str>, para
         None => None,
     };
     let (tx, rx) = tokio::sync::mpsc::channel(WATCH_EVENTS_QUEUE_MAX);
-    let watch = Watch { api, res, prefix: res.scope_prefix(ns), selectors, bookmarks: params.flag("allowWatchBookmarks"), tx };
+    let prefix = res.scope_prefix(ns);
+    let cache = api.cache(res);
+    // From the cache when it is built and still holds the version asked for; else from the store.
+    let subscription = if cache.ready(Duration::from_millis(CACHE_READY_WAIT_MS)).await {
+        cache.subscribe(&prefix, if send_initial { None } else { start }).ok()
+    } else {
+        None
+    };
+    let counter = if subscription.is_some() { &api.watches_from_cache } else { &api.watches_from_store };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let watch = Watch { api, res, prefix, selectors, bookmarks: params.flag("allowWatchBookmarks"), tx };
     tokio::spawn(async move {
-        let _ = watch.run(start, send_initial, timeout).await;
+        let _ = match subscription {
+            Some(sub) => watch.run_cached(sub, send_initial, timeout).await,
+            None => watch.run(start, send_initial, timeout).await,
+        };
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Response::builder()
