@@ -5,8 +5,10 @@
 pub mod cache;
 pub mod errors;
 pub mod objects;
+pub mod openapi;
 pub mod resources;
 pub mod store;
+pub mod table;
 mod verbs;
 mod watch;
 
@@ -186,6 +188,16 @@ async fn route(
             "platform": format!("{}/{}", std::env::consts::OS, std::env::consts::ARCH),
         })),
         ["metrics"] => Ok(metrics(api)),
+        ["openapi", "v2"] => {
+            api.count("discovery");
+            let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+            if openapi::wants_protobuf(accept) {
+                Ok((StatusCode::OK, [("content-type", "application/octet-stream")], openapi::v2_protobuf()).into_response())
+            } else {
+                Ok(json_response(StatusCode::OK, &openapi::v2_json()))
+            }
+        }
+        ["openapi", "v3"] => discovery(openapi::v3_root()),
         ["api"] => discovery(resources::core_versions()),
         ["api", "v1"] => discovery(resources::resource_list("", "v1")),
         ["apis"] => discovery(resources::group_list()),
@@ -231,18 +243,31 @@ async fn serve_resource(
         return Err(ApiError::path_not_found(&format!("/{}", segments.join("/"))));
     }
     let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
+    let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let as_table = table::wanted(accept);
+    let include_object = params.get("includeObject") == Some("Object");
     match (method.as_str(), t.name.as_deref(), sub) {
         ("GET", None, None) if params.flag("watch") => {
             api.count("watch");
-            watch::serve(api.clone(), res, ns, params).await
+            watch::serve(api.clone(), res, ns, params, as_table).await
         }
         ("GET", None, None) => {
             api.count("list");
-            ok(verbs::list(api, res, ns, params).await?)
+            let list = verbs::list(api, res, ns, params).await?;
+            if as_table {
+                let items = list["items"].as_array().cloned().unwrap_or_default();
+                return ok(table::table(res, &items, list["metadata"].clone(), include_object));
+            }
+            ok(list)
         }
         ("GET", Some(name), None | Some("status")) => {
             api.count("get");
-            ok(verbs::get(api, res, ns, name).await?.0)
+            let obj = verbs::get(api, res, ns, name).await?.0;
+            if as_table {
+                let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+                return ok(table::table(res, &[obj], json!({"resourceVersion": rv}), include_object));
+            }
+            ok(obj)
         }
         ("GET", Some(name), Some("scale")) => {
             api.count("get");

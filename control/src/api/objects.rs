@@ -369,6 +369,7 @@ pub fn apply_defaults(resource: &Resource, obj: &mut Value) {
                 }
             }
         }
+        "Secret" => set_default(obj, "/type", json!("Opaque")),
         "Namespace" => {
             ensure_object(obj, "/spec");
             set_default(obj, "/spec/finalizers", json!(["kubernetes"]));
@@ -543,6 +544,16 @@ const SELECTABLE_FIELDS: &[(&str, &str)] = &[
     ("metadata.namespace", "/metadata/namespace"),
     ("spec.nodeName", "/spec/nodeName"),
     ("status.phase", "/status/phase"),
+    // Events, as `kubectl describe` selects them.
+    ("involvedObject.kind", "/involvedObject/kind"),
+    ("involvedObject.namespace", "/involvedObject/namespace"),
+    ("involvedObject.name", "/involvedObject/name"),
+    ("involvedObject.uid", "/involvedObject/uid"),
+    ("involvedObject.apiVersion", "/involvedObject/apiVersion"),
+    ("involvedObject.resourceVersion", "/involvedObject/resourceVersion"),
+    ("involvedObject.fieldPath", "/involvedObject/fieldPath"),
+    ("reason", "/reason"),
+    ("type", "/type"),
 ];
 
 impl FieldSelector {

@@ -33,6 +33,8 @@ struct Watch {
     prefix: String,
     selectors: Selectors,
     bookmarks: bool,
+    /// Events carry one-row Tables (`as=Table`); the flag says whether rows hold whole objects.
+    table: Option<bool>,
     tx: Tx,
 }
 
@@ -45,6 +47,13 @@ impl Watch {
     }
 
     async fn send(&self, kind: &str, object: Value) -> Result<(), Gone> {
+        let object = match self.table {
+            Some(include_object) if kind != "ERROR" && kind != "BOOKMARK" => {
+                let rv = object.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+                super::table::table(self.res, &[object], json!({"resourceVersion": rv}), include_object)
+            }
+            _ => object,
+        };
         let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("a JSON value encodes");
         line.push(b'\n');
         self.tx.send(Ok(Bytes::from(line))).await.map_err(|_| Gone)
@@ -135,7 +144,7 @@ impl Watch {
 
     /// One cached change, as this watch's selectors see it.
     async fn forward_cached(&self, e: &CachedEvent) -> Result<(), Gone> {
-        if self.selectors.is_empty() {
+        if self.selectors.is_empty() && self.table.is_none() {
             return self.send_line(e.plain.clone()).await;
         }
         let old_match = e.old.as_ref().is_some_and(|o| self.selectors.matches(o));
@@ -263,7 +272,13 @@ impl Watch {
     }
 }
 
-pub async fn serve(api: Arc<Api>, res: &'static Resource, ns: Option<&str>, params: &Params) -> Result<Response, ApiError> {
+pub async fn serve(
+    api: Arc<Api>,
+    res: &'static Resource,
+    ns: Option<&str>,
+    params: &Params,
+    as_table: bool,
+) -> Result<Response, ApiError> {
     let selectors = Selectors::from_params(params)?;
     let start = match params.get("resourceVersion") {
         None | Some("0") => None,
@@ -307,7 +322,8 @@ pub async fn serve(api: Arc<Api>, res: &'static Resource, ns: Option<&str>, para
     };
     let counter = if subscription.is_some() { &api.watches_from_cache } else { &api.watches_from_store };
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let watch = Watch { api, res, prefix, selectors, bookmarks: params.flag("allowWatchBookmarks"), tx };
+    let table = as_table.then(|| params.get("includeObject") == Some("Object"));
+    let watch = Watch { api, res, prefix, selectors, bookmarks: params.flag("allowWatchBookmarks"), table, tx };
     tokio::spawn(async move {
         let _ = match subscription {
             Some(sub) => watch.run_cached(sub, send_initial, timeout).await,

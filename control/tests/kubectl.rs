@@ -1,0 +1,230 @@
+//! Debian's kubectl, with its default flags, against two API replicas over a three-member store:
+//! apply, get (tables), get -w, describe, label, annotate, scale, patch and delete on namespaces,
+//! configmaps, secrets, services and deployments, each output checked. Needs `KEELSON_KUBECTL`
+//! (set by `scripts/test`; `scripts/setup` installs or unpacks Debian's kubernetes-client).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::api::ApiProcess;
+use common::{wait_until, within, Cluster, Options};
+
+const DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx-deployment
+  labels:
+    app: nginx
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: nginx
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.14.2
+        ports:
+        - containerPort: 80
+";
+
+struct Kubectl {
+    binary: PathBuf,
+    kubeconfig: PathBuf,
+    cache: PathBuf,
+}
+
+impl Kubectl {
+    fn new(dir: &Path, server: &str) -> Kubectl {
+        let binary = PathBuf::from(std::env::var("KEELSON_KUBECTL").expect(
+            "KEELSON_KUBECTL must name Debian's kubectl (scripts/test sets it; scripts/setup installs it)",
+        ));
+        assert!(binary.is_file(), "{} missing: run scripts/setup", binary.display());
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: {server}\ncontexts:\n\
+                 - name: k\n  context:\n    cluster: k\n    user: k\ncurrent-context: k\nusers:\n- name: k\n  user: {{}}\n"
+            ),
+        )
+        .unwrap();
+        Kubectl { binary, kubeconfig, cache: dir.join("cache") }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.binary);
+        cmd.env_clear()
+            .env("HOME", self.cache.parent().unwrap())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(args);
+        cmd
+    }
+
+    /// Runs kubectl; its stdout, or a panic with stderr when it fails.
+    fn run(&self, args: &[&str]) -> String {
+        self.run_with_input(args, None)
+    }
+
+    fn run_with_input(&self, args: &[&str], input: Option<&str>) -> String {
+        let mut cmd = self.command(args);
+        cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl starts");
+        if let Some(text) = input {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "kubectl {args:?} failed: {}\nstdout: {stdout}\nstderr: {stderr}", out.status);
+        stdout.into_owned()
+    }
+}
+
+/// The words of each line, so that column widths do not matter.
+fn table(output: &str) -> Vec<Vec<String>> {
+    output.lines().map(|l| l.split_whitespace().map(String::from).collect()).collect()
+}
+
+fn row<'a>(rows: &'a [Vec<String>], name: &str) -> &'a [String] {
+    rows.iter().find(|r| r.first().map(String::as_str) == Some(name)).unwrap_or_else(|| panic!("no row {name} in {rows:?}"))
+}
+
+#[tokio::test]
+async fn kubectl_drives_two_replicas_over_a_three_member_store() {
+    let store = Cluster::start(3, Options::default()).await;
+    let endpoints: Vec<String> = store.members.iter().map(|m| m.client_url()).collect();
+    let a = ApiProcess::apiserver(&endpoints).await;
+    let b = ApiProcess::apiserver(&endpoints).await;
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl::new(dir.path(), &a.url());
+    let kb = Kubectl::new(&dir.path().join("b").tap_mkdir(), &b.url());
+
+    // Namespaces.
+    assert_eq!(k.run(&["create", "namespace", "team"]).trim(), "namespace/team created");
+    let ns = table(&kb.run(&["get", "namespace", "team"]));
+    assert_eq!(ns[0], ["NAME", "STATUS", "AGE"]);
+    assert_eq!(&row(&ns, "team")[..2], ["team", "Active"]);
+
+    // A Deployment applied as users type it, read through the other replica.
+    let applied = k.run_with_input(&["apply", "-n", "team", "-f", "-"], Some(DEPLOYMENT));
+    assert_eq!(applied.trim(), "deployment.apps/nginx-deployment created");
+    let deployments = table(&kb.run(&["get", "deployments", "-n", "team"]));
+    assert_eq!(deployments[0], ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
+    assert_eq!(&row(&deployments, "nginx-deployment")[..4], ["nginx-deployment", "0/3", "0", "0"]);
+    let again = k.run_with_input(&["apply", "-n", "team", "-f", "-"], Some(DEPLOYMENT));
+    assert_eq!(again.trim(), "deployment.apps/nginx-deployment unchanged");
+    let newer = DEPLOYMENT.replace("nginx:1.14.2", "nginx:1.16.1");
+    let configured = k.run_with_input(&["apply", "-n", "team", "-f", "-"], Some(&newer));
+    assert_eq!(configured.trim(), "deployment.apps/nginx-deployment configured");
+    let image_and_generation = kb.run(&[
+        "get",
+        "deploy",
+        "nginx-deployment",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image} {.metadata.generation}",
+    ]);
+    assert_eq!(image_and_generation, "nginx:1.16.1 2");
+
+    // label, annotate, scale, an edit-style patch.
+    assert_eq!(k.run(&["label", "deploy", "nginx-deployment", "tier=web", "-n", "team"]).trim(), "deployment.apps/nginx-deployment labeled");
+    assert_eq!(
+        k.run(&["annotate", "deploy", "nginx-deployment", "note=hello", "-n", "team"]).trim(),
+        "deployment.apps/nginx-deployment annotated"
+    );
+    assert_eq!(
+        k.run(&["scale", "deploy", "nginx-deployment", "--replicas=5", "-n", "team"]).trim(),
+        "deployment.apps/nginx-deployment scaled"
+    );
+    let patch = r#"{"spec":{"template":{"spec":{"containers":[{"name":"nginx","image":"nginx:1.17"}]}}}}"#;
+    assert_eq!(
+        k.run(&["patch", "deploy", "nginx-deployment", "-n", "team", "-p", patch]).trim(),
+        "deployment.apps/nginx-deployment patched"
+    );
+    let selected = kb.run(&["get", "deploy", "-n", "team", "-l", "tier=web", "-o", "jsonpath={.items[*].spec.replicas}"]);
+    assert_eq!(selected, "5");
+    let wide = table(&kb.run(&["get", "deploy", "nginx-deployment", "-n", "team", "-o", "wide"]));
+    assert_eq!(&row(&wide, "nginx-deployment")[5..], ["nginx", "nginx:1.17", "app=nginx"]);
+    let described = kb.run(&["describe", "deployment", "nginx-deployment", "-n", "team"]);
+    for expected in ["Name:", "nginx-deployment", "tier=web", "note: hello", "5 desired", "nginx:1.17", "Selector:"] {
+        assert!(described.contains(expected), "describe lacks {expected:?}:\n{described}");
+    }
+
+    // ConfigMaps, Secrets, Services.
+    assert_eq!(k.run(&["create", "configmap", "cfg", "--from-literal=a=1", "--from-literal=b=2", "-n", "team"]).trim(), "configmap/cfg created");
+    let cms = table(&kb.run(&["get", "configmaps", "-n", "team"]));
+    assert_eq!(cms[0], ["NAME", "DATA", "AGE"]);
+    assert_eq!(&row(&cms, "cfg")[..2], ["cfg", "2"]);
+    assert_eq!(k.run(&["create", "secret", "generic", "s", "--from-literal=p=x", "-n", "team"]).trim(), "secret/s created");
+    let secrets = table(&kb.run(&["get", "secrets", "-n", "team"]));
+    assert_eq!(&row(&secrets, "s")[..3], ["s", "Opaque", "1"]);
+    assert_eq!(kb.run(&["get", "secret", "s", "-n", "team", "-o", "jsonpath={.data.p}"]), "eA==");
+    assert_eq!(k.run(&["create", "service", "clusterip", "web", "--tcp=80:8080", "-n", "team"]).trim(), "service/web created");
+    let services = table(&kb.run(&["get", "services", "-n", "team"]));
+    assert_eq!(services[0], ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]);
+    assert_eq!(&row(&services, "web")[..2], ["web", "ClusterIP"]);
+    assert_eq!(row(&services, "web")[4], "80/TCP");
+
+    // get -w on one replica sees a configmap created through the other.
+    let mut watch = kb.command(&["get", "configmaps", "-n", "team", "-w"]);
+    let mut watch = watch.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let (out, lines) = (watch.stdout.take().unwrap(), lines.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        })
+    };
+    let seen = |name: &'static str| {
+        let lines = lines.clone();
+        move || {
+            let lines = lines.clone();
+            async move {
+                let got = lines.lock().unwrap().clone();
+                if got.iter().any(|l| l.split_whitespace().next() == Some(name)) { Ok(()) } else { Err(format!("{got:?}")) }
+            }
+        }
+    };
+    wait_until("get -w lists the existing configmap", within(Duration::from_secs(20)), seen("cfg")).await;
+    k.run(&["create", "configmap", "later", "--from-literal=c=3", "-n", "team"]);
+    wait_until("get -w shows the new configmap", within(Duration::from_secs(20)), seen("later")).await;
+    let _ = watch.kill();
+    let _ = watch.wait();
+    reader.join().unwrap();
+
+    // Deletion: the deployment, then the namespace with what is left in it.
+    assert_eq!(k.run(&["delete", "deploy", "nginx-deployment", "-n", "team"]).trim(), "deployment.apps \"nginx-deployment\" deleted");
+    assert_eq!(k.run(&["delete", "namespace", "team"]).trim(), "namespace \"team\" deleted");
+    let left = kb.run(&["get", "configmaps,secrets,services,deployments", "-n", "team", "-o", "name"]);
+    assert_eq!(left.trim(), "", "left in the deleted namespace: {left}");
+    let namespaces = table(&kb.run(&["get", "namespaces"]));
+    assert!(namespaces.iter().all(|r| r[0] != "team"), "{namespaces:?}");
+    drop(store);
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
