@@ -17,9 +17,10 @@ struct Cli {
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `raft_store=debug`.
     #[arg(long, global = true, env = "KEELSON_LOG", default_value = "info,openraft=off")]
     log_level: String,
-    /// Threads running the async runtime (default: half the CPUs, at least one). A store's
-    /// write path is a chain of hand-offs; on a small machine shared with its peers, fewer
-    /// threads mean fewer cross-thread wake-ups per request.
+    /// Threads running the async runtime (default: half the CPUs for `store`, all of them for
+    /// the commands that serve the Kubernetes API; at least one). A bare store's write path is a
+    /// chain of hand-offs, and on a small machine shared with its peers fewer threads mean fewer
+    /// cross-thread wake-ups; the API's JSON work is better spread over every CPU.
     #[arg(long, global = true, env = "KEELSON_WORKER_THREADS")]
     worker_threads: Option<usize>,
     #[command(subcommand)]
@@ -48,7 +49,11 @@ fn main() -> std::process::ExitCode {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let workers = cli.worker_threads.unwrap_or(cpus / 2).max(1);
+    let default_workers = match cli.command {
+        Command::Store(_) => cpus / 2,
+        Command::Server(_) | Command::Apiserver(_) => cpus,
+    };
+    let workers = cli.worker_threads.unwrap_or(default_workers).max(1);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(r) => r,
         Err(e) => {

@@ -254,11 +254,18 @@ async fn serve_resource(
         ("GET", None, None) => {
             api.count("list");
             let list = verbs::list(api, res, ns, params).await?;
-            if as_table {
-                let items = list["items"].as_array().cloned().unwrap_or_default();
-                return ok(table::table(res, &items, list["metadata"].clone(), include_object));
-            }
-            ok(list)
+            // Encoding thousands of objects takes a while: off the async workers.
+            let encode = move || {
+                if as_table {
+                    let items = list["items"].as_array().cloned().unwrap_or_default();
+                    json_response(StatusCode::OK, &table::table(res, &items, list["metadata"].clone(), include_object))
+                } else {
+                    json_response(StatusCode::OK, &list)
+                }
+            };
+            tokio::task::spawn_blocking(encode)
+                .await
+                .map_err(|e| ApiError::internal(format!("encoding a list: {e}")))
         }
         ("GET", Some(name), None | Some("status")) => {
             api.count("get");

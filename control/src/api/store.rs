@@ -104,8 +104,14 @@ impl Store {
     }
 
     pub async fn get(&self, key: &[u8]) -> Result<(Option<KeyValue>, i64), StoreError> {
+        self.get_at(key, false).await
+    }
+
+    /// A read of one key; `serializable` lets the answering member use its own state, which may
+    /// lag the newest writes.
+    pub async fn get_at(&self, key: &[u8], serializable: bool) -> Result<(Option<KeyValue>, i64), StoreError> {
         let mut kv = self.kv.clone();
-        let r = self.call(kv.range(RangeRequest { key: key.to_vec(), ..Default::default() })).await?;
+        let r = self.call(kv.range(RangeRequest { key: key.to_vec(), serializable, ..Default::default() })).await?;
         let revision = r.header.map(|h| h.revision).unwrap_or_default();
         Ok((r.kvs.into_iter().next(), revision))
     }

@@ -15,6 +15,8 @@ use super::{Api, Params};
 const UPDATE_ATTEMPTS_MAX: usize = 16;
 /// Attempts at a free name for `generateName`.
 const GENERATE_NAME_ATTEMPTS_MAX: usize = 8;
+/// Pages of at least this many objects are decoded on a blocking thread.
+const BLOCKING_DECODE_ITEMS_MIN: usize = 64;
 /// Most items a list returns when no limit is asked for, per store read.
 const LIST_PAGE_ITEMS_MAX: i64 = 500;
 
@@ -66,6 +68,27 @@ struct Continue {
     start: String,
 }
 
+/// Decodes a page of stored objects and keeps those `selectors` select. Large pages are decoded
+/// off the async workers, which keep serving other requests meanwhile.
+async fn decode_matching(kvs: Vec<proto::mvccpb::KeyValue>, selectors: Selectors) -> Result<Vec<Value>, ApiError> {
+    let small = kvs.len() < BLOCKING_DECODE_ITEMS_MIN;
+    let work = move || -> Result<Vec<Value>, ApiError> {
+        let mut out = Vec::new();
+        for kv in &kvs {
+            let obj = from_kv(kv)?;
+            if selectors.matches(&obj) {
+                out.push(obj);
+            }
+        }
+        Ok(out)
+    };
+    if small {
+        return work();
+    }
+    tokio::task::spawn_blocking(work).await.map_err(|e| ApiError::internal(format!("decoding a list: {e}")))?
+}
+
+#[derive(Clone)]
 pub struct Selectors {
     pub labels: LabelSelector,
     pub fields: FieldSelector,
@@ -156,12 +179,7 @@ pub async fn list(api: &Api, res: &'static Resource, ns: Option<&str>, params: &
             revision = page.revision;
         }
         let last = page.kvs.last().map(|kv| kv.key.clone());
-        for kv in &page.kvs {
-            let obj = from_kv(kv)?;
-            if selectors.matches(&obj) {
-                items.push(obj);
-            }
-        }
+        items.extend(decode_matching(page.kvs, selectors.clone()).await?);
         let Some(last) = last else { break };
         if !page.more {
             break;
@@ -327,11 +345,25 @@ async fn modify(
     params: &Params,
     mut change: impl FnMut(&Value) -> Result<(Value, Option<String>), ApiError>,
 ) -> Result<(Value, Vec<String>), ApiError> {
-    for _ in 0..UPDATE_ATTEMPTS_MAX {
-        let (current, mod_rev) = get(api, res, ns, name).await?;
+    for attempt in 0..UPDATE_ATTEMPTS_MAX {
+        // The first read may come from the member's own state (the write's condition catches a
+        // stale one); what it cannot settle — absent, or not the client's version — is read
+        // again, linearizably, before the client is told.
+        let first = attempt == 0;
+        let (kv, _) = api.store.get_at(res.key(ns, name).as_bytes(), first).await?;
+        let Some(kv) = kv else {
+            if first {
+                continue;
+            }
+            return Err(ApiError::not_found(res.plural, res.group, name));
+        };
+        let (current, mod_rev) = (from_kv(&kv)?, kv.mod_revision);
         let (body, expected_rv) = change(&current)?;
         if let Some(rv) = expected_rv.as_deref() {
             if rv != mod_rev.to_string() {
+                if first {
+                    continue;
+                }
                 return Err(ApiError::conflict(res.plural, res.group, name));
             }
         }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::response::Response;
 use serde_json::{json, Value};
+use tokio::sync::broadcast;
 
 use super::cache::{Backlog, CacheItem, CachedEvent, Subscription};
 use super::errors::ApiError;
@@ -18,6 +19,10 @@ use super::{Api, Params};
 
 /// Events buffered for a slow client before the watch waits for it.
 const WATCH_EVENTS_QUEUE_MAX: usize = 1024;
+/// Most bytes of events handed to the response body as one chunk.
+const WATCH_CHUNK_BYTES_MAX: usize = 64 * 1024;
+/// Most queued cache items a watch takes at once before writing them out.
+const WATCH_BATCH_ITEMS_MAX: usize = 256;
 /// How often a watch that allows bookmarks gets one, in milliseconds.
 const BOOKMARK_INTERVAL_MS: u64 = 60_000;
 /// How long a watch waits for its resource's cache to be built before reading the store itself.
@@ -33,6 +38,8 @@ struct Watch {
     prefix: String,
     selectors: Selectors,
     bookmarks: bool,
+    /// Lines not yet handed to the response body.
+    pending: std::sync::Mutex<Vec<u8>>,
     /// Events carry one-row Tables (`as=Table`); the flag says whether rows hold whole objects.
     table: Option<bool>,
     tx: Tx,
@@ -42,8 +49,26 @@ struct Watch {
 struct Gone;
 
 impl Watch {
+    /// Queues a line; lines leave together at the next `flush` (or once a chunk is full), so a
+    /// watch that is behind catches up in few writes.
     async fn send_line(&self, line: Bytes) -> Result<(), Gone> {
-        self.tx.send(Ok(line)).await.map_err(|_| Gone)
+        let full = {
+            let mut pending = self.pending.lock().expect("not poisoned");
+            pending.extend_from_slice(&line);
+            pending.len() >= WATCH_CHUNK_BYTES_MAX
+        };
+        if full {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&self) -> Result<(), Gone> {
+        let chunk = std::mem::take(&mut *self.pending.lock().expect("not poisoned"));
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.tx.send(Ok(Bytes::from(chunk))).await.map_err(|_| Gone)
     }
 
     async fn send(&self, kind: &str, object: Value) -> Result<(), Gone> {
@@ -56,7 +81,7 @@ impl Watch {
         };
         let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("a JSON value encodes");
         line.push(b'\n');
-        self.tx.send(Ok(Bytes::from(line))).await.map_err(|_| Gone)
+        self.send_line(Bytes::from(line)).await
     }
 
     fn bookmark(&self, revision: i64, initial_end: bool) -> Value {
@@ -68,7 +93,8 @@ impl Watch {
     }
 
     async fn error(&self, e: ApiError) -> Result<(), Gone> {
-        self.send("ERROR", e.status()).await
+        self.send("ERROR", e.status()).await?;
+        self.flush().await
     }
 
     /// ADDED for every object in scope now; returns the revision they were read at.
@@ -186,6 +212,7 @@ impl Watch {
                 }
             }
         }
+        self.flush().await?;
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut last_bookmark = tokio::time::Instant::now();
         loop {
@@ -195,29 +222,40 @@ impl Watch {
                     None => std::future::pending().await,
                 }
             };
-            let item = tokio::select! {
-                _ = expired => return Ok(()),
+            let first = tokio::select! {
+                _ = expired => return self.flush().await,
                 _ = self.tx.closed() => return Err(Gone),
                 item = items.recv() => item,
             };
-            match item {
-                Ok(CacheItem::Event(e)) if e.revision > last => {
-                    last = e.revision;
-                    self.forward_cached(&e).await?;
-                }
-                Ok(CacheItem::Event(_)) => {}
-                Ok(CacheItem::Progress(rev)) => {
-                    let due = last_bookmark.elapsed() >= Duration::from_millis(BOOKMARK_INTERVAL_MS);
-                    if self.bookmarks && due && rev > last {
-                        last = rev;
-                        last_bookmark = tokio::time::Instant::now();
-                        self.send("BOOKMARK", self.bookmark(rev, false)).await?;
+            // Take whatever else is already queued, then write it all at once.
+            let mut item = first.map_err(|e| match e {
+                broadcast::error::RecvError::Lagged(n) => broadcast::error::TryRecvError::Lagged(n),
+                broadcast::error::RecvError::Closed => broadcast::error::TryRecvError::Closed,
+            });
+            for _ in 0..WATCH_BATCH_ITEMS_MAX {
+                match item {
+                    Ok(CacheItem::Event(e)) if e.revision > last => {
+                        last = e.revision;
+                        self.forward_cached(&e).await?;
                     }
+                    Ok(CacheItem::Event(_)) => {}
+                    Ok(CacheItem::Progress(rev)) => {
+                        let due = last_bookmark.elapsed() >= Duration::from_millis(BOOKMARK_INTERVAL_MS);
+                        if self.bookmarks && due && rev > last {
+                            last = rev;
+                            last_bookmark = tokio::time::Instant::now();
+                            self.send("BOOKMARK", self.bookmark(rev, false)).await?;
+                        }
+                    }
+                    // The cache was rebuilt, or this watch fell too far behind: end it, and the
+                    // client resumes from the last version it saw.
+                    Ok(CacheItem::Reset) | Err(broadcast::error::TryRecvError::Lagged(_)) => return self.flush().await,
+                    Err(broadcast::error::TryRecvError::Closed) => return self.flush().await,
+                    Err(broadcast::error::TryRecvError::Empty) => break,
                 }
-                // The cache was rebuilt, or this watch fell too far behind: end it, and the
-                // client resumes from the last version it saw.
-                Ok(CacheItem::Reset) | Err(_) => return Ok(()),
+                item = items.try_recv();
             }
+            self.flush().await?;
         }
     }
 
@@ -229,6 +267,7 @@ impl Watch {
                 if send_initial && self.bookmarks {
                     self.send("BOOKMARK", self.bookmark(revision, true)).await?;
                 }
+                self.flush().await?;
                 revision
             }
         };
@@ -250,7 +289,7 @@ impl Watch {
                 }
             };
             tokio::select! {
-                _ = expired => return Ok(()),
+                _ = expired => return self.flush().await,
                 _ = self.tx.closed() => return Err(Gone),
                 _ = bookmarks.tick(), if self.bookmarks => {
                     if progress.request().await.is_err() {
@@ -258,7 +297,10 @@ impl Watch {
                     }
                 }
                 next = stream.next() => match next {
-                    Ok(Some(resp)) => self.forward(resp).await?,
+                    Ok(Some(resp)) => {
+                        self.forward(resp).await?;
+                        self.flush().await?;
+                    }
                     Ok(None) => return Ok(()),
                     Err(StoreError::Compacted) => {
                         return self
@@ -323,7 +365,16 @@ pub async fn serve(
     let counter = if subscription.is_some() { &api.watches_from_cache } else { &api.watches_from_store };
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let table = as_table.then(|| params.get("includeObject") == Some("Object"));
-    let watch = Watch { api, res, prefix, selectors, bookmarks: params.flag("allowWatchBookmarks"), table, tx };
+    let watch = Watch {
+        api,
+        res,
+        prefix,
+        selectors,
+        bookmarks: params.flag("allowWatchBookmarks"),
+        pending: std::sync::Mutex::new(Vec::new()),
+        table,
+        tx,
+    };
     tokio::spawn(async move {
         let _ = match subscription {
             Some(sub) => watch.run_cached(sub, send_initial, timeout).await,
