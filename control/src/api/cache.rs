@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use super::resources::Resource;
-use super::store::{prefix_end, Store, StoreError};
+use super::store::{prefix_end, Progress, Store, StoreError};
 use super::verbs::from_kv;
 
 /// Recent events kept per resource type for watches that resume from a past version.
@@ -26,14 +26,35 @@ const REBUILD_PAUSE_MS: u64 = 500;
 /// Items read per store call while (re)building.
 const BUILD_PAGE_ITEMS_MAX: i64 = 1_000;
 
+/// An object as the cache keeps it: decoded, and encoded once for lists.
+pub struct CachedObject {
+    pub value: Value,
+    pub json: Bytes,
+}
+
+impl CachedObject {
+    fn new(value: Value) -> Arc<Self> {
+        let json = Bytes::from(serde_json::to_vec(&value).expect("a JSON value encodes"));
+        Arc::new(CachedObject { value, json })
+    }
+}
+
+impl std::ops::Deref for CachedObject {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        &self.value
+    }
+}
+
 /// One change as watches send it.
 pub struct CachedEvent {
     pub revision: i64,
     pub key: String,
     /// The object after the change (with its resourceVersion); None for a deletion.
-    pub new: Option<Arc<Value>>,
+    pub new: Option<Arc<CachedObject>>,
     /// The object before it; None for a creation.
-    pub old: Option<Arc<Value>>,
+    pub old: Option<Arc<CachedObject>>,
     /// The event's line for a watch without selectors.
     pub plain: Bytes,
 }
@@ -49,7 +70,7 @@ pub enum CacheItem {
 
 struct State {
     ready: bool,
-    objects: BTreeMap<String, Arc<Value>>,
+    objects: BTreeMap<String, Arc<CachedObject>>,
     events: VecDeque<Arc<CachedEvent>>,
     /// Every event after this revision is in `events`.
     complete_after: i64,
@@ -61,6 +82,10 @@ pub struct WatchCache {
     state: RwLock<State>,
     fanout: broadcast::Sender<CacheItem>,
     ready: tokio::sync::watch::Sender<bool>,
+    /// The revision the cache is current at, for readers waiting until it is fresh enough.
+    revision: tokio::sync::watch::Sender<i64>,
+    /// Asks the store watch for a progress notification (present while it runs).
+    progress: std::sync::Mutex<Option<Progress>>,
 }
 
 /// What a new watch gets: the objects or events before it, and the changes after.
@@ -72,7 +97,7 @@ pub struct Subscription {
 
 pub enum Backlog {
     /// Every object in the scope, as of `revision`.
-    Objects(Vec<Arc<Value>>),
+    Objects(Vec<Arc<CachedObject>>),
     /// Every event after the requested version, up to `revision`.
     Events(Vec<Arc<CachedEvent>>),
 }
@@ -91,6 +116,7 @@ impl WatchCache {
     pub fn start(store: Store, res: &'static Resource) -> Arc<Self> {
         let (fanout, _) = broadcast::channel(WATCH_CACHE_FANOUT_QUEUE_MAX);
         let (ready, _) = tokio::sync::watch::channel(false);
+        let (revision, _) = tokio::sync::watch::channel(0);
         let cache = Arc::new(WatchCache {
             prefix: res.prefix(),
             state: RwLock::new(State {
@@ -102,6 +128,8 @@ impl WatchCache {
             }),
             fanout,
             ready,
+            revision,
+            progress: std::sync::Mutex::new(None),
         });
         let feeder = cache.clone();
         tokio::spawn(async move {
@@ -119,6 +147,7 @@ impl WatchCache {
     fn reset(&self) {
         let mut s = self.state.write().expect("not poisoned");
         s.ready = false;
+        *self.progress.lock().expect("not poisoned") = None;
         s.objects.clear();
         s.events.clear();
         let _ = self.fanout.send(CacheItem::Reset);
@@ -138,7 +167,7 @@ impl WatchCache {
             for kv in &page.kvs {
                 match from_kv(kv) {
                     Ok(obj) => {
-                        objects.insert(String::from_utf8_lossy(&kv.key).into_owned(), Arc::new(obj));
+                        objects.insert(String::from_utf8_lossy(&kv.key).into_owned(), CachedObject::new(obj));
                     }
                     Err(e) => tracing::warn!(error = %e.message, "watch cache skips an undecodable object"),
                 }
@@ -156,8 +185,10 @@ impl WatchCache {
             let mut s = self.state.write().expect("not poisoned");
             *s = State { ready: true, objects, events: VecDeque::new(), complete_after: revision, revision };
         }
+        self.revision.send_replace(revision);
         self.ready.send_replace(true);
         let progress = watch.progress();
+        *self.progress.lock().expect("not poisoned") = Some(progress.clone());
         let mut tick = tokio::time::interval(Duration::from_millis(PROGRESS_INTERVAL_MS));
         loop {
             tokio::select! {
@@ -177,6 +208,7 @@ impl WatchCache {
             if !resp.created && header_revision > s.revision {
                 s.revision = header_revision;
                 let _ = self.fanout.send(CacheItem::Progress(header_revision));
+                self.revision.send_replace(header_revision);
             }
             return;
         }
@@ -188,13 +220,13 @@ impl WatchCache {
             let (new, plain) = if is_delete {
                 s.objects.remove(&key);
                 let Some(old) = &old else { continue };
-                let mut gone = (**old).clone();
+                let mut gone = old.value.clone();
                 gone["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
                 let line = event_line("DELETED", &gone);
                 (None, line)
             } else {
                 let obj = match from_kv(&kv) {
-                    Ok(o) => Arc::new(o),
+                    Ok(o) => CachedObject::new(o),
                     Err(e) => {
                         tracing::warn!(error = %e.message, "watch cache skips an undecodable object");
                         continue;
@@ -202,7 +234,7 @@ impl WatchCache {
                 };
                 s.objects.insert(key.clone(), obj.clone());
                 let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
-                let line = event_line(kind, &obj);
+                let line = event_line(kind, &obj.value);
                 (Some(obj), line)
             };
             let event = Arc::new(CachedEvent { revision: kv.mod_revision, key, new, old, plain });
@@ -216,6 +248,26 @@ impl WatchCache {
             // Sent under the lock: a watch subscribing under the lock sees each event once.
             let _ = self.fanout.send(CacheItem::Event(event));
         }
+        // The whole response is applied: everything up to its revision is here.
+        s.revision = s.revision.max(header_revision);
+        self.revision.send_replace(s.revision);
+    }
+
+    /// Waits until the cache is current at `revision` or later, asking the store for progress
+    /// (the cache's own resources may not have changed since). False if `within` passes first.
+    pub async fn wait_fresh(&self, revision: i64, within: Duration) -> bool {
+        let mut rx = self.revision.subscribe();
+        if *rx.borrow_and_update() >= revision && self.state.read().expect("not poisoned").ready {
+            return true;
+        }
+        let progress = self.progress.lock().expect("not poisoned").clone();
+        if let Some(p) = progress {
+            if p.request().await.is_err() {
+                return false;
+            }
+        }
+        let fresh = tokio::time::timeout(within, rx.wait_for(|r| *r >= revision)).await.is_ok_and(|r| r.is_ok());
+        fresh && self.state.read().expect("not poisoned").ready
     }
 
     /// Waits until the cache has been built (or `within` passes).
@@ -244,7 +296,7 @@ impl WatchCache {
     }
 
     /// Every object in `scope` and the revision they are current at, if the cache is built.
-    pub fn list(&self, scope: &str) -> Option<(Vec<Arc<Value>>, i64)> {
+    pub fn list(&self, scope: &str) -> Option<(Vec<Arc<CachedObject>>, i64)> {
         let s = self.state.read().expect("not poisoned");
         if !s.ready {
             return None;

@@ -253,6 +253,11 @@ async fn serve_resource(
         }
         ("GET", None, None) => {
             api.count("list");
+            if !as_table {
+                if let Some(bytes) = verbs::list_from_cache(api, res, ns, params).await? {
+                    return Ok((StatusCode::OK, [("content-type", "application/json")], bytes).into_response());
+                }
+            }
             let list = verbs::list(api, res, ns, params).await?;
             // Encoding thousands of objects takes a while: off the async workers.
             let encode = move || {

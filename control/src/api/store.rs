@@ -107,6 +107,15 @@ impl Store {
         self.get_at(key, false).await
     }
 
+    /// The store's current revision, read linearizably.
+    pub async fn current_revision(&self) -> Result<i64, StoreError> {
+        let mut kv = self.kv.clone();
+        let r = self
+            .call(kv.range(RangeRequest { key: b"\0".to_vec(), count_only: true, ..Default::default() }))
+            .await?;
+        Ok(r.header.map(|h| h.revision).unwrap_or_default())
+    }
+
     /// A read of one key; `serializable` lets the answering member use its own state, which may
     /// lag the newest writes.
     pub async fn get_at(&self, key: &[u8], serializable: bool) -> Result<(Option<KeyValue>, i64), StoreError> {
@@ -241,6 +250,7 @@ impl WatchStream {
     }
 }
 
+#[derive(Clone)]
 pub struct Progress(tokio::sync::mpsc::Sender<WatchRequest>);
 
 impl Progress {

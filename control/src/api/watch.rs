@@ -176,7 +176,7 @@ impl Watch {
         let old_match = e.old.as_ref().is_some_and(|o| self.selectors.matches(o));
         match &e.new {
             None if old_match => {
-                let mut gone = (**e.old.as_ref().expect("matched")).clone();
+                let mut gone = e.old.as_ref().expect("matched").value.clone();
                 gone["metadata"]["resourceVersion"] = json!(e.revision.to_string());
                 self.send("DELETED", gone).await
             }
@@ -188,7 +188,7 @@ impl Watch {
                     (true, true, false) => "DELETED",
                     _ => return Ok(()),
                 };
-                self.send(kind, (**new).clone()).await
+                self.send(kind, new.value.clone()).await
             }
         }
     }
@@ -200,7 +200,7 @@ impl Watch {
         match backlog {
             Backlog::Objects(objects) => {
                 for o in objects.iter().filter(|o| self.selectors.matches(o)) {
-                    self.send("ADDED", (**o).clone()).await?;
+                    self.send("ADDED", o.value.clone()).await?;
                 }
                 if send_initial && self.bookmarks {
                     self.send("BOOKMARK", self.bookmark(revision, true)).await?;
