@@ -180,7 +180,7 @@ async fn watch(http: Http, url: String, origin: Instant, delays: Arc<std::sync::
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else { continue };
         pending.extend_from_slice(&data);
-        while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+        while let Some(nl) = memchr::memchr(b'\n', &pending) {
             let line: Vec<u8> = pending.drain(..=nl).collect();
             // Only the event type and the send time are needed: found in the bytes, without
             // decoding the whole object, so that the measuring client takes little of the CPU it
@@ -201,13 +201,13 @@ async fn watch(http: Http, url: String, origin: Instant, delays: Arc<std::sync::
 }
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(haystack, needle).is_some()
 }
 
 /// The `bench/sent` annotation of an event line: nanoseconds since the run's origin.
 fn sent_annotation(line: &[u8]) -> Option<u128> {
     const KEY: &[u8] = br#""bench/sent":""#;
-    let at = line.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+    let at = memchr::memmem::find(line, KEY)? + KEY.len();
     let digits: Vec<u8> = line[at..].iter().take_while(|b| b.is_ascii_digit()).copied().collect();
     std::str::from_utf8(&digits).ok()?.parse().ok()
 }
