@@ -179,6 +179,24 @@ async fn kubectl_drives_two_replicas_over_a_three_member_store() {
     assert_eq!(&row(&services, "web")[..2], ["web", "ClusterIP"]);
     assert_eq!(row(&services, "web")[4], "80/TCP");
 
+    // label, annotate and describe on the other kinds too.
+    assert_eq!(k.run(&["label", "namespace", "team", "stage=test"]).trim(), "namespace/team labeled");
+    assert_eq!(k.run(&["label", "configmap", "cfg", "env=prod", "-n", "team"]).trim(), "configmap/cfg labeled");
+    assert_eq!(k.run(&["annotate", "service", "web", "owner=me", "-n", "team"]).trim(), "service/web annotated");
+    assert_eq!(k.run(&["annotate", "secret", "s", "kept=yes", "-n", "team"]).trim(), "secret/s annotated");
+    let describes: [(&[&str], &[&str]); 4] = [
+        (&["describe", "namespace", "team"], &["Name:", "team", "stage=test", "Active"]),
+        (&["describe", "configmap", "cfg", "-n", "team"], &["env=prod", "Data", "a:"]),
+        (&["describe", "service", "web", "-n", "team"], &["owner: me", "ClusterIP", "8080/TCP"]),
+        (&["describe", "secret", "s", "-n", "team"], &["kept: yes", "Opaque", "p:  1 bytes"]),
+    ];
+    for (args, expected) in describes {
+        let out = kb.run(args);
+        for e in expected {
+            assert!(out.contains(e), "{args:?} lacks {e:?}:\n{out}");
+        }
+    }
+
     // get -w on one replica sees a configmap created through the other.
     let mut watch = kb.command(&["get", "configmaps", "-n", "team", "-w"]);
     let mut watch = watch.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
@@ -208,7 +226,8 @@ async fn kubectl_drives_two_replicas_over_a_three_member_store() {
     let _ = watch.wait();
     reader.join().unwrap();
 
-    // Deletion: the deployment, then the namespace with what is left in it.
+    // Deletion: a configmap, the deployment, then the namespace with what is left in it.
+    assert_eq!(k.run(&["delete", "configmap", "later", "-n", "team"]).trim(), "configmap \"later\" deleted");
     assert_eq!(k.run(&["delete", "deploy", "nginx-deployment", "-n", "team"]).trim(), "deployment.apps \"nginx-deployment\" deleted");
     assert_eq!(k.run(&["delete", "namespace", "team"]).trim(), "namespace \"team\" deleted");
     let left = kb.run(&["get", "configmaps,secrets,services,deployments", "-n", "team", "-o", "name"]);
