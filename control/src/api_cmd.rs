@@ -36,6 +36,10 @@ pub struct ServerArgs {
     api: ApiArgs,
 }
 
+/// How long requests under way may take to finish once the API server is asked to stop, in
+/// milliseconds.
+const SHUTDOWN_GRACE_MS: u64 = 3_000;
+
 /// How long the API replica keeps trying to create the system namespaces while the store comes up.
 const STORE_READY_TIMEOUT_MS: u64 = 60_000;
 
@@ -66,7 +70,28 @@ async fn run_api(
             .with_context(|| format!("cannot write the kubeconfig to {}", path.display()))?;
     }
     tracing::info!(%address, store = %endpoints.join(","), "serving the Kubernetes API");
-    api::serve(listener, api, shutdown).await.context("the API server failed")
+    // Once asked to stop, requests under way get a grace period; watches never end on their own,
+    // so whatever is still open after it is closed.
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = api::serve(listener, api, async move {
+        shutdown.await;
+        let _ = stopping_tx.send(());
+    });
+    tokio::pin!(serving);
+    let grace_over = async {
+        if stopping_rx.await.is_ok() {
+            tokio::time::sleep(std::time::Duration::from_millis(SHUTDOWN_GRACE_MS)).await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        served = &mut serving => served.context("the API server failed"),
+        _ = grace_over => {
+            tracing::info!(grace_ms = SHUTDOWN_GRACE_MS, "closing the connections still open");
+            Ok(())
+        }
+    }
 }
 
 pub async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {

@@ -383,3 +383,21 @@ async fn cached_watches_follow_selections_and_version_zero_lists_come_from_the_c
     assert_eq!(seen, ["DELETED a", "ADDED b", "MODIFIED b", "DELETED b"]);
     assert_eq!(watches_from(&client, "cache").await, before + 1, "the watch was not served from the cache");
 }
+
+#[tokio::test]
+async fn sigterm_stops_the_server_even_with_a_watch_open() {
+    let mut server = ApiProcess::server().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    cms.create(&PostParams::default(), &configmap("kept", &[])).await.unwrap();
+    let mut stream = cms.watch(&WatchParams::default(), "0").await.unwrap().boxed();
+    // The watch is open: its first event (the existing object) has arrived.
+    let first = tokio::time::timeout(Duration::from_secs(10), stream.try_next()).await.unwrap().unwrap();
+    assert!(matches!(first, Some(WatchEvent::Added(_))), "{first:?}");
+    let exit = tokio::task::spawn_blocking(move || {
+        let exit = server.terminate(Duration::from_secs(15));
+        (server, exit)
+    });
+    let (_server, exit) = exit.await.unwrap();
+    let exit = exit.expect("keelson server did not exit within 15 s of SIGTERM");
+    assert!(exit.success(), "SIGTERM should end the server cleanly, got {exit}");
+}

@@ -112,6 +112,33 @@ async fn unreachable_peers_are_reported_and_writes_fail_cleanly() {
     c.assert_running(0);
 }
 
+/// SIGTERM stops a member even while a client holds a watch stream open (streams never end on
+/// their own; the member closes them after a grace period).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_member_with_a_watch_open() {
+    use proto::etcdserverpb::watch_client::WatchClient;
+    use proto::etcdserverpb::watch_request::RequestUnion;
+    use proto::etcdserverpb::{WatchCreateRequest, WatchRequest};
+    let mut c = Cluster::start(1, Options::default()).await;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    let create = WatchCreateRequest { key: b"w".to_vec(), ..Default::default() };
+    tx.send(WatchRequest { request_union: Some(RequestUnion::CreateRequest(create)) }).await.unwrap();
+    let channel = tonic::transport::Channel::from_shared(c.members[0].client_url()).unwrap().connect().await.unwrap();
+    let mut stream =
+        WatchClient::new(channel).watch(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let created = stream.message().await.unwrap().expect("a created response");
+    assert!(created.created);
+    let exit = tokio::task::spawn_blocking(move || {
+        let exit = c.terminate(0);
+        (c, exit)
+    })
+    .await
+    .unwrap()
+    .1;
+    assert!(exit.success(), "SIGTERM should end the member cleanly, got {exit}");
+    drop(tx);
+}
+
 /// SIGTERM stops a member with exit status 0, and what it acknowledged is there after a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_gracefully_and_data_survives() {

@@ -414,11 +414,24 @@ pub async fn serve(
         }
     }
     let _ = stop_tx.send(true);
-    while let Some(result) = tasks.join_next().await {
-        if let Ok(Err(e)) = result {
-            tracing::warn!(error = %e, "listener stopped with an error");
+    // Requests under way get a grace period to finish; watch and keep-alive streams never end on
+    // their own, so whatever is still open after it is closed.
+    let drained = tokio::time::timeout(std::time::Duration::from_millis(SHUTDOWN_GRACE_MS), async {
+        while let Some(result) = tasks.join_next().await {
+            if let Ok(Err(e)) = result {
+                tracing::warn!(error = %e, "listener stopped with an error");
+            }
         }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::info!(grace_ms = SHUTDOWN_GRACE_MS, "closing the client streams still open");
+        tasks.abort_all();
     }
     node.shutdown().await;
     Ok(())
 }
+
+/// How long requests under way may take to finish once the member is asked to stop, in
+/// milliseconds.
+const SHUTDOWN_GRACE_MS: u64 = 3_000;

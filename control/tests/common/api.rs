@@ -77,6 +77,20 @@ impl ApiProcess {
         Client::try_from(kube::Config::new(self.url().parse().unwrap())).expect("a client for a plain-HTTP server")
     }
 
+    /// SIGTERM, then the exit status, waiting up to `within`.
+    pub fn terminate(&mut self, within_: Duration) -> Option<std::process::ExitStatus> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = std::time::Instant::now() + within_;
+        while std::time::Instant::now() < deadline {
+            if let Some(exit) = self.child.try_wait().expect("the child can be polled") {
+                return Some(exit);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
