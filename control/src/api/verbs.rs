@@ -299,7 +299,7 @@ pub async fn create(
             res.kind,
             res.group,
             "",
-            vec![errors_cause_required("metadata.name")],
+            vec![super::errors::Cause::required("metadata.name")],
         ));
     }
     if let (Some(url_ns), Some(body_ns)) = (ns, meta_str(&body, "namespace")) {
@@ -316,7 +316,6 @@ pub async fn create(
             map.remove("status");
         }
     }
-    objects::apply_defaults(res, &mut obj);
     {
         let meta = obj["metadata"].as_object_mut().expect("admitted objects have metadata");
         for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
@@ -363,10 +362,6 @@ pub async fn create(
         "AlreadyExists",
         format!("no free name for generateName {generate:?} after {GENERATE_NAME_ATTEMPTS_MAX} attempts"),
     ))
-}
-
-fn errors_cause_required(field: &str) -> super::errors::Cause {
-    super::errors::Cause::required(field)
 }
 
 fn obj_has_spec(obj: &Value) -> bool {

@@ -48,6 +48,17 @@ struct Watch {
 /// The client went away.
 struct Gone;
 
+/// What a put is for a watch with selectors: an object entering the selection is ADDED, one
+/// leaving it DELETED, one staying in it MODIFIED; None when the watch does not see it.
+fn event_type(created: bool, old_matched: bool, new_matches: bool) -> Option<&'static str> {
+    match (created, old_matched, new_matches) {
+        (true, _, true) | (false, false, true) => Some("ADDED"),
+        (false, true, true) => Some("MODIFIED"),
+        (false, true, false) => Some("DELETED"),
+        _ => None,
+    }
+}
+
 impl Watch {
     /// Queues a line; lines leave together at the next `flush` (or once a chunk is full), so a
     /// watch that is behind catches up in few writes.
@@ -156,13 +167,8 @@ impl Watch {
                 }
             };
             let new_match = self.selectors.matches(&new);
-            let kind = match (kv.create_revision == kv.mod_revision || old.is_none(), old_match, new_match) {
-                (true, _, true) => "ADDED",
-                (false, true, true) => "MODIFIED",
-                (false, false, true) => "ADDED",
-                (false, true, false) => "DELETED",
-                _ => continue,
-            };
+            let created = kv.create_revision == kv.mod_revision || old.is_none();
+            let Some(kind) = event_type(created, old_match, new_match) else { continue };
             self.send(kind, new).await?;
         }
         Ok(())
@@ -182,11 +188,8 @@ impl Watch {
             }
             None => Ok(()),
             Some(new) => {
-                let kind = match (e.old.is_some(), old_match, self.selectors.matches(new)) {
-                    (false, _, true) | (true, false, true) => "ADDED",
-                    (true, true, true) => "MODIFIED",
-                    (true, true, false) => "DELETED",
-                    _ => return Ok(()),
+                let Some(kind) = event_type(e.old.is_none(), old_match, self.selectors.matches(new)) else {
+                    return Ok(());
                 };
                 self.send(kind, new.value.clone()).await
             }
