@@ -536,7 +536,13 @@ async fn bad_input_gets_etcd_errors_and_the_member_stays_up() {
 }
 
 /// The messages etcd answers with when a request cannot reach a quorum.
-const NO_QUORUM_MESSAGES: [&str; 2] = ["etcdserver: request timed out", "etcdserver: no leader"];
+/// etcd's answers for a request that cannot reach a quorum. The third is what a follower says when
+/// its forward to a leader that just died fails: the write's fate is unknown, as in etcd.
+const NO_QUORUM_MESSAGES: [&str; 3] = [
+    "etcdserver: request timed out",
+    "etcdserver: no leader",
+    "etcdserver: request timed out, possibly due to connection lost",
+];
 /// A request without quorum must fail within this long (the store's request timeout is 3 s).
 const NO_QUORUM_ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
