@@ -17,6 +17,12 @@ pub struct ApiArgs {
     /// Write a kubeconfig for kubectl naming this API server to this file.
     #[arg(long)]
     write_kubeconfig: Option<PathBuf>,
+    /// The range services' cluster IPs are allocated from (the same on every API replica).
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
+    /// The range services' node ports are allocated from (the same on every API replica).
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
 }
 
 #[derive(Args, Debug)]
@@ -48,12 +54,14 @@ async fn run_api(
     endpoints: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let ranges = api::alloc::Ranges::parse(&args.service_cluster_ip_range, &args.service_node_port_range)
+        .map_err(|e| anyhow::anyhow!(e))?;
     let listener = tokio::net::TcpListener::bind(&args.api_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.api_listen))?;
     let address = listener.local_addr()?;
     let store = Store::connect(&endpoints)?;
-    let api = Api::new(store);
+    let api = Api::new(store, ranges);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(STORE_READY_TIMEOUT_MS);
     loop {
         match api.ensure_system_namespaces().await {

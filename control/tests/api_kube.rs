@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::watcher;
 use serde_json::json;
@@ -324,6 +324,116 @@ async fn deletion_waits_for_finalizers_and_namespaces_take_their_content() {
         }
     })
     .await;
+}
+
+fn service(name: &str, spec: serde_json::Value) -> Service {
+    serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+}
+
+fn cluster_ip(svc: &Service) -> String {
+    svc.spec.as_ref().and_then(|s| s.cluster_ip.clone()).unwrap_or_default()
+}
+
+fn node_ports(svc: &Service) -> Vec<i32> {
+    svc.spec.as_ref().and_then(|s| s.ports.as_ref()).into_iter().flatten().filter_map(|p| p.node_port).collect()
+}
+
+/// The first cause of a 422, as (field, message).
+fn invalid_cause(e: kube::Error) -> (String, String) {
+    let (code, reason, details) = api_error(e);
+    assert_eq!((code, reason.as_str()), (422, "Invalid"), "{details}");
+    let cause = &details["causes"][0];
+    (cause["field"].as_str().unwrap_or("").into(), cause["message"].as_str().unwrap_or("").into())
+}
+
+/// Goal: services get cluster IPs and node ports as Kubernetes hands them out — from the
+/// configured ranges, never one value to two services, asked-for values honoured or refused with
+/// the field named, kept across updates, and free again once their service is gone (also when
+/// its namespace took it).
+#[tokio::test]
+async fn services_get_cluster_ips_and_node_ports_that_no_two_share() {
+    let server = ApiProcess::server().await;
+    let client = server.client();
+    let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
+    let pp = PostParams::default();
+    let web = json!({"ports": [{"port": 80, "targetPort": 8080}]});
+    let a = svcs.create(&pp, &service("a", web.clone())).await.unwrap();
+    let b = svcs.create(&pp, &service("b", web.clone())).await.unwrap();
+    for svc in [&a, &b] {
+        let ip: std::net::Ipv4Addr = cluster_ip(svc).parse().unwrap();
+        let o = ip.octets();
+        assert!(o[0] == 10 && (96..112).contains(&o[1]) && ip != std::net::Ipv4Addr::new(10, 96, 0, 1), "{ip}");
+        let spec = svc.spec.as_ref().unwrap();
+        assert_eq!(spec.cluster_ips.as_deref(), Some(&[ip.to_string()][..]));
+        assert_eq!(spec.ip_families.as_deref(), Some(&["IPv4".to_string()][..]));
+    }
+    assert_ne!(cluster_ip(&a), cluster_ip(&b));
+
+    // An asked-for address is given, once.
+    let fixed = svcs.create(&pp, &service("fixed", json!({"clusterIP": "10.96.0.10", "ports": [{"port": 53}]}))).await;
+    assert_eq!(cluster_ip(&fixed.unwrap()), "10.96.0.10");
+    let (field, message) =
+        invalid_cause(svcs.create(&pp, &service("dup", json!({"clusterIP": "10.96.0.10", "ports": [{"port": 53}]}))).await.unwrap_err());
+    assert_eq!(field, "spec.clusterIPs");
+    assert!(message.contains("provided IP is already allocated"), "{message}");
+    assert_eq!(api_error(svcs.get("dup").await.unwrap_err()).0, 404, "a refused service was stored");
+    let (field, message) = invalid_cause(
+        svcs.create(&pp, &service("outside", json!({"clusterIP": "192.168.1.1", "ports": [{"port": 53}]}))).await.unwrap_err(),
+    );
+    assert_eq!(field, "spec.clusterIPs");
+    assert!(message.contains("is not in the valid range"), "{message}");
+    let headless = svcs.create(&pp, &service("headless", json!({"clusterIP": "None", "ports": [{"port": 80}]}))).await;
+    assert_eq!(cluster_ip(&headless.unwrap()), "None");
+    let external = svcs.create(&pp, &service("ext", json!({"type": "ExternalName", "externalName": "example.com"}))).await;
+    assert_eq!(cluster_ip(&external.unwrap()), "");
+
+    // Node ports: one per port, from the range, distinct; an asked-for one is refused while held.
+    let np = json!({"type": "NodePort", "ports": [{"name": "http", "port": 80}, {"name": "https", "port": 443}]});
+    let np = svcs.create(&pp, &service("np", np)).await.unwrap();
+    let ports = node_ports(&np);
+    assert_eq!(ports.len(), 2);
+    assert!(ports.iter().all(|p| (30000..=32767).contains(p)) && ports[0] != ports[1], "{ports:?}");
+    let want = json!({"type": "NodePort", "ports": [{"port": 80, "nodePort": ports[0]}]});
+    let (field, message) = invalid_cause(svcs.create(&pp, &service("np2", want.clone())).await.unwrap_err());
+    assert_eq!(field, "spec.ports[0].nodePort");
+    assert!(message.contains("provided port is already allocated"), "{message}");
+
+    // A replacement that leaves the allocated values out keeps them; the cluster IP never moves.
+    let mut replacement = service("a", json!({"ports": [{"port": 81}]}));
+    replacement.metadata.resource_version = a.metadata.resource_version.clone();
+    let replaced = svcs.replace("a", &pp, &replacement).await.unwrap();
+    assert_eq!(cluster_ip(&replaced), cluster_ip(&a));
+    let moved = svcs.patch("a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"clusterIP": "10.96.0.11"}}))).await;
+    assert!(invalid_cause(moved.unwrap_err()).1.contains("may not change once set"));
+
+    // Back to ClusterIP: the node ports go, and another service may take one.
+    let back = svcs.patch("np", &PatchParams::default(), &Patch::Merge(json!({"spec": {"type": "ClusterIP"}}))).await;
+    assert_eq!(node_ports(&back.unwrap()), Vec::<i32>::new());
+    assert_eq!(node_ports(&svcs.create(&pp, &service("np2", want)).await.unwrap()), [ports[0]]);
+
+    // Deleted, the address is free again.
+    svcs.delete("fixed", &DeleteParams::default()).await.unwrap();
+    let again = svcs.create(&pp, &service("again", json!({"clusterIP": "10.96.0.10", "ports": [{"port": 53}]}))).await;
+    assert_eq!(cluster_ip(&again.unwrap()), "10.96.0.10");
+
+    // A namespace's deletion takes its services' allocations with them.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.create(&pp, &serde_json::from_value(json!({"metadata": {"name": "gone"}})).unwrap()).await.unwrap();
+    let in_gone: Api<Service> = Api::namespaced(client.clone(), "gone");
+    in_gone.create(&pp, &service("dns", json!({"clusterIP": "10.96.0.20", "ports": [{"port": 53}]}))).await.unwrap();
+    namespaces.delete("gone", &DeleteParams::default()).await.unwrap();
+    wait_until("the namespace is gone", within(Duration::from_secs(10)), || {
+        let namespaces = namespaces.clone();
+        async move {
+            match namespaces.get("gone").await {
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                other => Err(format!("{:?}", other.map(|n| n.status))),
+            }
+        }
+    })
+    .await;
+    let reused = svcs.create(&pp, &service("dns", json!({"clusterIP": "10.96.0.20", "ports": [{"port": 53}]}))).await;
+    assert_eq!(cluster_ip(&reused.unwrap()), "10.96.0.20");
 }
 
 /// The count of watches served from `source` ("cache" or "store"), from /metrics.

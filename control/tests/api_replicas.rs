@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{Api, ListParams, PostParams, WatchEvent, WatchParams};
 use serde_json::json;
 
@@ -85,6 +85,41 @@ async fn two_replicas_serve_one_api_and_survive_each_other() {
         via_b.create(&PostParams::default(), &configmap(name)).await.unwrap();
     }
     assert_in_order(&next_events(&mut watch_b, later.len()).await, &later);
+}
+
+/// Goal: replicas allocating from one range at once never hand out one address twice, and a full
+/// range is refused with a clear error. The range 10.200.0.0/27 has 29 addresses to give (30
+/// hosts less the first, kept for a `kubernetes` service).
+#[tokio::test]
+async fn replicas_allocating_at_once_never_share_a_cluster_ip() {
+    const RANGE_FREE: usize = 29;
+    let store = Cluster::start(3, Options::default()).await;
+    let endpoints: Vec<String> = store.members.iter().map(|m| m.client_url()).collect();
+    let flags = ["--service-cluster-ip-range", "10.200.0.0/27"];
+    let a = ApiProcess::apiserver_with(&endpoints, &flags).await;
+    let b = ApiProcess::apiserver_with(&endpoints, &flags).await;
+    let apis: [Api<Service>; 2] = [Api::namespaced(a.client(), "default"), Api::namespaced(b.client(), "default")];
+    let service = |i: usize| -> Service {
+        serde_json::from_value(json!({"metadata": {"name": format!("svc-{i:02}")}, "spec": {"ports": [{"port": 80}]}}))
+            .unwrap()
+    };
+    let creates = (0..RANGE_FREE).map(|i| {
+        let (api, svc) = (apis[i % 2].clone(), service(i));
+        async move { api.create(&PostParams::default(), &svc).await }
+    });
+    let created = futures::future::join_all(creates).await;
+    let mut ips: Vec<String> = created
+        .into_iter()
+        .map(|r| r.expect("a create within the range's size").spec.unwrap().cluster_ip.unwrap())
+        .collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), RANGE_FREE, "two services share an address: {ips:?}");
+    assert!(!ips.contains(&"10.200.0.1".to_string()), "the kept first address was given out");
+    match apis[0].create(&PostParams::default(), &service(RANGE_FREE)).await {
+        Err(kube::Error::Api(s)) => assert!(s.message.contains("range 10.200.0.0/27 is full"), "{s:?}"),
+        other => panic!("a create beyond the range's size: {other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -177,6 +177,9 @@ async fn kubectl_drives_two_replicas_over_a_three_member_store() {
     let services = table(&kb.run(&["get", "services", "-n", "team"]));
     assert_eq!(services[0], ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]);
     assert_eq!(&row(&services, "web")[..2], ["web", "ClusterIP"]);
+    let ip: std::net::Ipv4Addr = row(&services, "web")[2].parse().expect("a cluster IP was allocated");
+    let o = ip.octets();
+    assert!(o[0] == 10 && (96..112).contains(&o[1]), "outside the default range 10.96.0.0/12: {ip}");
     assert_eq!(row(&services, "web")[4], "80/TCP");
 
     // label, annotate and describe on the other kinds too.

@@ -2,6 +2,7 @@
 //! etcd v3 API. Objects live as JSON under `/registry/<resource>/<namespace>/<name>`; an object's
 //! resourceVersion is its key's mod revision, a list's the revision it was read at.
 
+pub mod alloc;
 pub mod cache;
 pub mod errors;
 pub mod objects;
@@ -34,6 +35,8 @@ const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "k
 
 pub struct Api {
     pub store: Store,
+    /// Where services' cluster IPs and node ports come from.
+    pub ranges: alloc::Ranges,
     requests: HashMap<&'static str, AtomicU64>,
     /// Watches served from a watch cache, and from the store itself.
     pub watches_from_cache: AtomicU64,
@@ -46,10 +49,11 @@ const VERBS: &[&str] =
     &["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "discovery", "other"];
 
 impl Api {
-    pub fn new(store: Store) -> Arc<Self> {
+    pub fn new(store: Store, ranges: alloc::Ranges) -> Arc<Self> {
         let requests = VERBS.iter().map(|v| (*v, AtomicU64::new(0))).collect();
         Arc::new(Api {
             store,
+            ranges,
             requests,
             watches_from_cache: AtomicU64::new(0),
             watches_from_store: AtomicU64::new(0),

@@ -50,8 +50,16 @@ fn unavailable(status: tonic::Status) -> StoreError {
 pub enum Written {
     /// Written at this revision.
     Done(i64),
-    /// The condition failed: the key is not at the expected revision.
+    /// The condition failed: the key (or a claimed one) is not at the expected revision.
     Conflict,
+}
+
+/// A key written or removed in the same transaction as an object: an allocation it holds.
+pub enum Also {
+    /// Put `value` under `key` if the key's mod revision is `expected` (0: absent).
+    Claim { key: Vec<u8>, expected: i64, value: Vec<u8> },
+    /// Delete `key`, whatever it holds.
+    Release { key: Vec<u8> },
 }
 
 /// One page of a range read.
@@ -152,8 +160,7 @@ impl Store {
 
     /// Writes `value` if the key's mod revision is `expected` (0: the key must not exist).
     pub async fn put_if(&self, key: &[u8], value: Vec<u8>, expected: i64) -> Result<Written, StoreError> {
-        let put = Op::RequestPut(PutRequest { key: key.to_vec(), value, ..Default::default() });
-        self.txn_if(key, expected, put).await
+        self.write_if(key, expected, Some(value), Vec::new()).await
     }
 
     /// Deletes every key in `[from, end)`.
@@ -165,28 +172,51 @@ impl Store {
         Ok(r.header.map(|h| h.revision).unwrap_or_default())
     }
 
-    /// Deletes the key if its mod revision is `expected`.
-    pub async fn delete_if(&self, key: &[u8], expected: i64) -> Result<Written, StoreError> {
-        let delete = Op::RequestDeleteRange(DeleteRangeRequest { key: key.to_vec(), ..Default::default() });
-        self.txn_if(key, expected, delete).await
+    /// The keys in `[from, end)`, without their values.
+    pub async fn keys(&self, from: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
+        let mut kv = self.kv.clone();
+        let r = self
+            .call(kv.range(RangeRequest { key: from.to_vec(), range_end: end.to_vec(), keys_only: true, ..Default::default() }))
+            .await?;
+        Ok(r.kvs.into_iter().map(|kv| kv.key).collect())
     }
 
-    async fn txn_if(&self, key: &[u8], expected: i64, op: Op) -> Result<Written, StoreError> {
-        let compare = Compare {
+    /// Puts `value` under `key` (or deletes the key, for None) if its mod revision is `expected`,
+    /// and in the same transaction claims and releases the keys in `also`; a claim's own
+    /// condition failing fails the whole write.
+    pub async fn write_if(
+        &self,
+        key: &[u8],
+        expected: i64,
+        value: Option<Vec<u8>>,
+        also: Vec<Also>,
+    ) -> Result<Written, StoreError> {
+        let mod_is = |key: &[u8], expected: i64| Compare {
             key: key.to_vec(),
             result: CompareResult::Equal as i32,
             target: CompareTarget::Mod as i32,
             target_union: Some(TargetUnion::ModRevision(expected)),
             ..Default::default()
         };
+        let put = |key: Vec<u8>, value: Vec<u8>| Op::RequestPut(PutRequest { key, value, ..Default::default() });
+        let delete = |key: Vec<u8>| Op::RequestDeleteRange(DeleteRangeRequest { key, ..Default::default() });
+        let mut compare = vec![mod_is(key, expected)];
+        let mut success = vec![match value {
+            Some(v) => put(key.to_vec(), v),
+            None => delete(key.to_vec()),
+        }];
+        for a in also {
+            success.push(match a {
+                Also::Claim { key, expected, value } => {
+                    compare.push(mod_is(&key, expected));
+                    put(key, value)
+                }
+                Also::Release { key } => delete(key),
+            });
+        }
+        let success = success.into_iter().map(|op| RequestOp { request: Some(op) }).collect();
         let mut kv = self.kv.clone();
-        let r = self
-            .call(kv.txn(TxnRequest {
-                compare: vec![compare],
-                success: vec![RequestOp { request: Some(op) }],
-                failure: vec![],
-            }))
-            .await?;
+        let r = self.call(kv.txn(TxnRequest { compare, success, failure: vec![] })).await?;
         let revision = r.header.map(|h| h.revision).unwrap_or_default();
         if r.succeeded {
             return Ok(Written::Done(revision));

@@ -7,14 +7,16 @@ use serde_json::{json, Value};
 use super::errors::ApiError;
 use super::objects::{self, FieldSelector, LabelSelector};
 use super::resources::{self, Resource};
-use super::store::{prefix_end, Written};
+use super::alloc;
+use super::store::{prefix_end, Also, Written};
 use super::{Api, Params};
 
 /// Times a read-modify-write is retried when another writer got in between and the request named
 /// no resourceVersion of its own.
 const UPDATE_ATTEMPTS_MAX: usize = 16;
-/// Attempts at a free name for `generateName`.
-const GENERATE_NAME_ATTEMPTS_MAX: usize = 8;
+/// Attempts at a create: a name `generateName` made up, or an allocation another writer picked
+/// at the same time, may turn out taken.
+const CREATE_ATTEMPTS_MAX: usize = 16;
 /// Pages of at least this many objects are decoded on a blocking thread.
 const BLOCKING_DECODE_ITEMS_MIN: usize = 64;
 /// Most items a list returns when no limit is asked for, per store read.
@@ -263,12 +265,34 @@ fn admit(res: &Resource, mut body: Value, name: &str, params: &Params) -> Result
     Ok((obj, warnings))
 }
 
-fn check_valid(res: &Resource, obj: &Value, name: &str) -> Result<(), ApiError> {
-    let causes = objects::validate(res, obj);
+/// Validates `obj`, which replaces `old` if that is given; a service first takes over the values
+/// `old` had allocated.
+fn check_valid(api: &Api, res: &Resource, old: Option<&Value>, obj: &mut Value, name: &str) -> Result<(), ApiError> {
+    let mut causes = if res.kind == "Service" { alloc::prepare(&api.ranges, old, obj) } else { Vec::new() };
+    causes.extend(objects::validate(res, obj));
     if causes.is_empty() {
         Ok(())
     } else {
         Err(ApiError::invalid(res.kind, res.group, name, causes))
+    }
+}
+
+/// What `obj` (replacing `old`) claims and releases in the store beside its own write: a service's
+/// cluster IP and node ports, filled in where still unset.
+async fn allocations(api: &Api, res: &Resource, old: Option<&Value>, obj: &mut Value) -> Result<Vec<Also>, ApiError> {
+    if res.kind == "Service" {
+        alloc::claim(api, old, obj).await
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+/// What deleting `obj` gives back.
+fn releases(res: &Resource, obj: &Value) -> Vec<Also> {
+    if res.kind == "Service" {
+        alloc::release(obj)
+    } else {
+        Vec::new()
     }
 }
 
@@ -335,8 +359,9 @@ pub async fn create(
     if let Some(ns) = ns.filter(|_| res.namespaced) {
         namespace_accepts_content(api, ns).await?;
     }
-    let attempts = if name.is_empty() { GENERATE_NAME_ATTEMPTS_MAX } else { 1 };
-    for _ in 0..attempts {
+    // A generated name may be taken, and so may an allocation picked while another replica
+    // picked the same: either way, try again.
+    for _ in 0..CREATE_ATTEMPTS_MAX {
         let this_name = if name.is_empty() { format!("{generate}{}", objects::random_suffix()) } else { name.clone() };
         if let Some(why) = objects::name_error(res, &this_name) {
             return Err(ApiError::invalid(
@@ -346,21 +371,28 @@ pub async fn create(
                 vec![super::errors::Cause::invalid("metadata.name", &this_name, why)],
             ));
         }
+        let mut obj = obj.clone();
         obj["metadata"]["name"] = json!(this_name);
-        check_valid(res, &obj, &this_name)?;
+        check_valid(api, res, None, &mut obj, &this_name)?;
+        let also = allocations(api, res, None, &mut obj).await?;
         if dry_run(params) {
             return Ok((obj, warnings));
         }
-        match api.store.put_if(res.key(ns, &this_name).as_bytes(), to_stored(&obj), 0).await? {
+        let key = res.key(ns, &this_name);
+        match api.store.write_if(key.as_bytes(), 0, Some(to_stored(&obj)), also).await? {
             Written::Done(rev) => return Ok((with_rv(obj, rev), warnings)),
             Written::Conflict if name.is_empty() => continue,
-            Written::Conflict => return Err(ApiError::already_exists(res.plural, res.group, &this_name)),
+            Written::Conflict => {
+                if api.store.get(key.as_bytes()).await?.0.is_some() {
+                    return Err(ApiError::already_exists(res.plural, res.group, &this_name));
+                }
+            }
         }
     }
     Err(ApiError::new(
         500,
         "AlreadyExists",
-        format!("no free name for generateName {generate:?} after {GENERATE_NAME_ATTEMPTS_MAX} attempts"),
+        format!("no free name (generateName {generate:?}) or allocation after {CREATE_ATTEMPTS_MAX} attempts"),
     ))
 }
 
@@ -451,24 +483,23 @@ async fn modify(
         if res.namespaced {
             obj["metadata"]["namespace"] = json!(ns.unwrap_or("default"));
         }
+        check_valid(api, res, Some(&current), &mut obj, name)?;
         if obj_has_spec(&obj) && objects::spec_part(&obj) != objects::spec_part(&current) {
             let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
             obj["metadata"]["generation"] = json!(generation + 1);
         }
-        check_valid(res, &obj, name)?;
-        if dry_run(params) {
-            return Ok((with_rv(obj, mod_rev), warnings));
-        }
         let terminating = obj.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
         let finalizers_left =
             obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
+        let deleting = terminating && !finalizers_left;
+        let also = if deleting { releases(res, &current) } else { allocations(api, res, Some(&current), &mut obj).await? };
+        if dry_run(params) {
+            return Ok((with_rv(obj, mod_rev), warnings));
+        }
         let key = res.key(ns, name);
-        let written = if terminating && !finalizers_left {
-            // The last finalizer is gone from an object being deleted: delete it now.
-            api.store.delete_if(key.as_bytes(), mod_rev).await?
-        } else {
-            api.store.put_if(key.as_bytes(), to_stored(&obj), mod_rev).await?
-        };
+        // The last finalizer gone from an object being deleted deletes it now.
+        let value = if deleting { None } else { Some(to_stored(&obj)) };
+        let written = api.store.write_if(key.as_bytes(), mod_rev, value, also).await?;
         match written {
             Written::Done(rev) => return Ok((with_rv(obj, rev), warnings)),
             Written::Conflict if expected_rv.is_none() => continue,
@@ -771,7 +802,7 @@ pub async fn delete(
             if dry_run(params) {
                 return Ok(current);
             }
-            match api.store.delete_if(key.as_bytes(), mod_rev).await? {
+            match api.store.write_if(key.as_bytes(), mod_rev, None, releases(res, &current)).await? {
                 Written::Done(_) => return Ok(current),
                 Written::Conflict => continue,
             }

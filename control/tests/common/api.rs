@@ -43,12 +43,18 @@ impl ApiProcess {
 
     /// `keelson apiserver` over `endpoints` (client URLs of a Keelson store or of etcd).
     pub async fn apiserver(endpoints: &[String]) -> ApiProcess {
+        Self::apiserver_with(endpoints, &[]).await
+    }
+
+    /// `keelson apiserver` over `endpoints`, with more flags.
+    pub async fn apiserver_with(endpoints: &[String], args: &[&str]) -> ApiProcess {
         let dir = tempfile::tempdir().unwrap();
         let api = free_ports(1)[0];
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_keelson"));
         cmd.arg("apiserver")
             .args(["--store-endpoints", &endpoints.join(",")])
-            .args(["--api-listen", &format!("127.0.0.1:{api}")]);
+            .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .args(args);
         Self::spawn(cmd, dir, api, None).await
     }
 
