@@ -7,8 +7,32 @@ use std::path::PathBuf;
 use jepsen::client::Workload;
 use jepsen::run::{run, RunOpts};
 
-fn opts(keelson: PathBuf, nemesis: &[&str], workload: Workload, seconds: u64, seed: u64) -> RunOpts {
-    let out = tempfile::Builder::new().prefix("keelson-jepsen-").tempdir().expect("cannot create a temp dir").keep();
+/// A run's output (members' data, logs, history, report): removed after a passing test, kept for
+/// inspection after a failing one.
+struct OutDir(Option<tempfile::TempDir>);
+
+impl OutDir {
+    fn new() -> OutDir {
+        OutDir(Some(tempfile::Builder::new().prefix("keelson-jepsen-").tempdir().expect("cannot create a temp dir")))
+    }
+
+    fn path(&self) -> PathBuf {
+        self.0.as_ref().expect("present until drop").path().to_path_buf()
+    }
+}
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(dir) = self.0.take() {
+                eprintln!("kept the run's output in {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+fn opts(keelson: PathBuf, nemesis: &[&str], workload: Workload, seconds: u64, seed: u64, out: &OutDir) -> RunOpts {
+    let out = out.path();
     RunOpts {
         nodes: 3,
         time_limit_s: seconds,
@@ -38,8 +62,9 @@ fn faulty_binary() -> PathBuf {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_under_partitions_kills_and_pauses_are_linearizable() {
     let keelson = jepsen::cluster::find_keelson_binary().expect("the keelson binary");
+    let out = OutDir::new();
     let outcome =
-        run(opts(keelson, &["partition", "kill", "pause"], Workload::Register, 30, 7)).await.expect("the run");
+        run(opts(keelson, &["partition", "kill", "pause"], Workload::Register, 30, 7, &out)).await.expect("the run");
     assert_eq!(
         outcome.valid,
         Some(true),
@@ -54,7 +79,8 @@ async fn registers_under_partitions_kills_and_pauses_are_linearizable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn set_adds_survive_leader_kills_and_membership_changes() {
     let keelson = jepsen::cluster::find_keelson_binary().expect("the keelson binary");
-    let outcome = run(opts(keelson, &["kill-leader", "member"], Workload::Set, 20, 11)).await.expect("the run");
+    let out = OutDir::new();
+    let outcome = run(opts(keelson, &["kill-leader", "member"], Workload::Set, 20, 11, &out)).await.expect("the run");
     assert_eq!(
         outcome.valid,
         Some(true),
@@ -67,7 +93,9 @@ async fn set_adds_survive_leader_kills_and_membership_changes() {
 /// A store that serves "linearizable" reads locally is caught once its leader is cut off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_reads_of_a_faulty_store_are_caught() {
-    let outcome = run(opts(faulty_binary(), &["partition-leader"], Workload::Register, 20, 3)).await.expect("the run");
+    let out = OutDir::new();
+    let outcome =
+        run(opts(faulty_binary(), &["partition-leader"], Workload::Register, 20, 3, &out)).await.expect("the run");
     assert_eq!(
         outcome.valid,
         Some(false),
