@@ -44,9 +44,10 @@ struct Kubectl {
 
 impl Kubectl {
     fn new(dir: &Path, server: &str) -> Kubectl {
-        let binary = PathBuf::from(std::env::var("KEELSON_KUBECTL").expect(
-            "KEELSON_KUBECTL must name Debian's kubectl (scripts/test sets it; scripts/setup installs it)",
-        ));
+        let binary = PathBuf::from(
+            std::env::var("KEELSON_KUBECTL")
+                .expect("KEELSON_KUBECTL must name Debian's kubectl (scripts/test sets it; scripts/setup installs it)"),
+        );
         assert!(binary.is_file(), "{} missing: run scripts/setup", binary.display());
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(
@@ -99,7 +100,9 @@ fn table(output: &str) -> Vec<Vec<String>> {
 }
 
 fn row<'a>(rows: &'a [Vec<String>], name: &str) -> &'a [String] {
-    rows.iter().find(|r| r.first().map(String::as_str) == Some(name)).unwrap_or_else(|| panic!("no row {name} in {rows:?}"))
+    rows.iter()
+        .find(|r| r.first().map(String::as_str) == Some(name))
+        .unwrap_or_else(|| panic!("no row {name} in {rows:?}"))
 }
 
 #[tokio::test]
@@ -141,7 +144,10 @@ async fn kubectl_drives_two_replicas_over_a_three_member_store() {
     assert_eq!(image_and_generation, "nginx:1.16.1 2");
 
     // label, annotate, scale, an edit-style patch.
-    assert_eq!(k.run(&["label", "deploy", "nginx-deployment", "tier=web", "-n", "team"]).trim(), "deployment.apps/nginx-deployment labeled");
+    assert_eq!(
+        k.run(&["label", "deploy", "nginx-deployment", "tier=web", "-n", "team"]).trim(),
+        "deployment.apps/nginx-deployment labeled"
+    );
     assert_eq!(
         k.run(&["annotate", "deploy", "nginx-deployment", "note=hello", "-n", "team"]).trim(),
         "deployment.apps/nginx-deployment annotated"
@@ -155,7 +161,8 @@ async fn kubectl_drives_two_replicas_over_a_three_member_store() {
         k.run(&["patch", "deploy", "nginx-deployment", "-n", "team", "-p", patch]).trim(),
         "deployment.apps/nginx-deployment patched"
     );
-    let selected = kb.run(&["get", "deploy", "-n", "team", "-l", "tier=web", "-o", "jsonpath={.items[*].spec.replicas}"]);
+    let selected =
+        kb.run(&["get", "deploy", "-n", "team", "-l", "tier=web", "-o", "jsonpath={.items[*].spec.replicas}"]);
     assert_eq!(selected, "5");
     let wide = table(&kb.run(&["get", "deploy", "nginx-deployment", "-n", "team", "-o", "wide"]));
     assert_eq!(&row(&wide, "nginx-deployment")[5..], ["nginx", "nginx:1.17", "app=nginx"]);
@@ -165,15 +172,24 @@ async fn kubectl_drives_two_replicas_over_a_three_member_store() {
     }
 
     // ConfigMaps, Secrets, Services.
-    assert_eq!(k.run(&["create", "configmap", "cfg", "--from-literal=a=1", "--from-literal=b=2", "-n", "team"]).trim(), "configmap/cfg created");
+    assert_eq!(
+        k.run(&["create", "configmap", "cfg", "--from-literal=a=1", "--from-literal=b=2", "-n", "team"]).trim(),
+        "configmap/cfg created"
+    );
     let cms = table(&kb.run(&["get", "configmaps", "-n", "team"]));
     assert_eq!(cms[0], ["NAME", "DATA", "AGE"]);
     assert_eq!(&row(&cms, "cfg")[..2], ["cfg", "2"]);
-    assert_eq!(k.run(&["create", "secret", "generic", "s", "--from-literal=p=x", "-n", "team"]).trim(), "secret/s created");
+    assert_eq!(
+        k.run(&["create", "secret", "generic", "s", "--from-literal=p=x", "-n", "team"]).trim(),
+        "secret/s created"
+    );
     let secrets = table(&kb.run(&["get", "secrets", "-n", "team"]));
     assert_eq!(&row(&secrets, "s")[..3], ["s", "Opaque", "1"]);
     assert_eq!(kb.run(&["get", "secret", "s", "-n", "team", "-o", "jsonpath={.data.p}"]), "eA==");
-    assert_eq!(k.run(&["create", "service", "clusterip", "web", "--tcp=80:8080", "-n", "team"]).trim(), "service/web created");
+    assert_eq!(
+        k.run(&["create", "service", "clusterip", "web", "--tcp=80:8080", "-n", "team"]).trim(),
+        "service/web created"
+    );
     let services = table(&kb.run(&["get", "services", "-n", "team"]));
     assert_eq!(services[0], ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]);
     assert_eq!(&row(&services, "web")[..2], ["web", "ClusterIP"]);
@@ -218,7 +234,11 @@ async fn kubectl_drives_two_replicas_over_a_three_member_store() {
             let lines = lines.clone();
             async move {
                 let got = lines.lock().unwrap().clone();
-                if got.iter().any(|l| l.split_whitespace().next() == Some(name)) { Ok(()) } else { Err(format!("{got:?}")) }
+                if got.iter().any(|l| l.split_whitespace().next() == Some(name)) {
+                    Ok(())
+                } else {
+                    Err(format!("{got:?}"))
+                }
             }
         }
     };
@@ -231,7 +251,10 @@ async fn kubectl_drives_two_replicas_over_a_three_member_store() {
 
     // Deletion: a configmap, the deployment, then the namespace with what is left in it.
     assert_eq!(k.run(&["delete", "configmap", "later", "-n", "team"]).trim(), "configmap \"later\" deleted");
-    assert_eq!(k.run(&["delete", "deploy", "nginx-deployment", "-n", "team"]).trim(), "deployment.apps \"nginx-deployment\" deleted");
+    assert_eq!(
+        k.run(&["delete", "deploy", "nginx-deployment", "-n", "team"]).trim(),
+        "deployment.apps \"nginx-deployment\" deleted"
+    );
     assert_eq!(k.run(&["delete", "namespace", "team"]).trim(), "namespace \"team\" deleted");
     let left = kb.run(&["get", "configmaps,secrets,services,deployments", "-n", "team", "-o", "name"]);
     assert_eq!(left.trim(), "", "left in the deleted namespace: {left}");

@@ -213,7 +213,8 @@ pub fn prepare(ranges: &Ranges, old: Option<&Value>, svc: &mut Value) -> Vec<Cau
 pub async fn claim(api: &Api, old: Option<&Value>, svc: &mut Value) -> Result<Vec<Also>, ApiError> {
     let ns = svc.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default").to_string();
     let name = svc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_string();
-    let owner = Owner { namespace: ns, name, uid: svc.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").into() };
+    let owner =
+        Owner { namespace: ns, name, uid: svc.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or("").into() };
     let ranges = &api.ranges;
     // Values picked here were free when listed; one taken since fails the write's condition and
     // the create is tried again. Values the client asked for are checked one by one.
@@ -250,7 +251,8 @@ pub async fn claim(api: &Api, old: Option<&Value>, svc: &mut Value) -> Result<Ve
     }
     let before = old.map(held).unwrap_or_default();
     let after = held(svc);
-    let mut also: Vec<Also> = before.difference(&after).map(|k| Also::Release { key: k.clone().into_bytes() }).collect();
+    let mut also: Vec<Also> =
+        before.difference(&after).map(|k| Also::Release { key: k.clone().into_bytes() }).collect();
     let value = serde_json::to_vec(&owner).map_err(|e| ApiError::internal(e.to_string()))?;
     let mut wanted: Vec<&String> = after.difference(&before).collect();
     wanted.sort();
@@ -314,7 +316,11 @@ fn taken(svc: &Value, key: &str) -> ApiError {
     let services: &Resource = resources::find("", "v1", "services").expect("services are served");
     let name = svc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     let cause = if let Some(ip) = key.strip_prefix(IP_PREFIX) {
-        Cause::invalid("spec.clusterIPs", format!("[{ip}]"), format!("failed to allocate IP {ip}: provided IP is already allocated"))
+        Cause::invalid(
+            "spec.clusterIPs",
+            format!("[{ip}]"),
+            format!("failed to allocate IP {ip}: provided IP is already allocated"),
+        )
     } else {
         let port = key.strip_prefix(PORT_PREFIX).unwrap_or(key);
         let i = ports(svc).position(|p| node_port(p).to_string() == port).unwrap_or(0);

@@ -118,9 +118,8 @@ impl Store {
     /// The store's current revision, read linearizably.
     pub async fn current_revision(&self) -> Result<i64, StoreError> {
         let mut kv = self.kv.clone();
-        let r = self
-            .call(kv.range(RangeRequest { key: b"\0".to_vec(), count_only: true, ..Default::default() }))
-            .await?;
+        let r =
+            self.call(kv.range(RangeRequest { key: b"\0".to_vec(), count_only: true, ..Default::default() })).await?;
         Ok(r.header.map(|h| h.revision).unwrap_or_default())
     }
 
@@ -167,7 +166,11 @@ impl Store {
     pub async fn delete_range(&self, from: &[u8], end: &[u8]) -> Result<i64, StoreError> {
         let mut kv = self.kv.clone();
         let r = self
-            .call(kv.delete_range(DeleteRangeRequest { key: from.to_vec(), range_end: end.to_vec(), ..Default::default() }))
+            .call(kv.delete_range(DeleteRangeRequest {
+                key: from.to_vec(),
+                range_end: end.to_vec(),
+                ..Default::default()
+            }))
             .await?;
         Ok(r.header.map(|h| h.revision).unwrap_or_default())
     }
@@ -176,7 +179,12 @@ impl Store {
     pub async fn keys(&self, from: &[u8], end: &[u8]) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut kv = self.kv.clone();
         let r = self
-            .call(kv.range(RangeRequest { key: from.to_vec(), range_end: end.to_vec(), keys_only: true, ..Default::default() }))
+            .call(kv.range(RangeRequest {
+                key: from.to_vec(),
+                range_end: end.to_vec(),
+                keys_only: true,
+                ..Default::default()
+            }))
             .await?;
         Ok(r.kvs.into_iter().map(|kv| kv.key).collect())
     }

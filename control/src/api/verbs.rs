@@ -4,10 +4,10 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+use super::alloc;
 use super::errors::ApiError;
 use super::objects::{self, FieldSelector, LabelSelector};
 use super::resources::{self, Resource};
-use super::alloc;
 use super::store::{prefix_end, Also, Written};
 use super::{Api, Params};
 
@@ -24,8 +24,9 @@ const LIST_PAGE_ITEMS_MAX: i64 = 500;
 
 /// An object as clients see it: its stored JSON with the key's mod revision as resourceVersion.
 pub fn from_kv(kv: &proto::mvccpb::KeyValue) -> Result<Value, ApiError> {
-    let mut obj: Value = serde_json::from_slice(&kv.value)
-        .map_err(|e| ApiError::internal(format!("stored object at {} is not JSON: {e}", String::from_utf8_lossy(&kv.key))))?;
+    let mut obj: Value = serde_json::from_slice(&kv.value).map_err(|e| {
+        ApiError::internal(format!("stored object at {} is not JSON: {e}", String::from_utf8_lossy(&kv.key)))
+    })?;
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
     }
@@ -319,12 +320,7 @@ pub async fn create(
     let name = meta_str(&body, "name").unwrap_or("").to_string();
     let generate = meta_str(&body, "generateName").unwrap_or("").to_string();
     if name.is_empty() && generate.is_empty() {
-        return Err(ApiError::invalid(
-            res.kind,
-            res.group,
-            "",
-            vec![super::errors::Cause::required("metadata.name")],
-        ));
+        return Err(ApiError::invalid(res.kind, res.group, "", vec![super::errors::Cause::required("metadata.name")]));
     }
     if let (Some(url_ns), Some(body_ns)) = (ns, meta_str(&body, "namespace")) {
         if url_ns != body_ns {
@@ -492,7 +488,8 @@ async fn modify(
         let finalizers_left =
             obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
         let deleting = terminating && !finalizers_left;
-        let also = if deleting { releases(res, &current) } else { allocations(api, res, Some(&current), &mut obj).await? };
+        let also =
+            if deleting { releases(res, &current) } else { allocations(api, res, Some(&current), &mut obj).await? };
         if dry_run(params) {
             return Ok((with_rv(obj, mod_rev), warnings));
         }
@@ -563,17 +560,18 @@ pub async fn patch(
             "application/json-patch+json" => {
                 let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                     .map_err(|e| ApiError::bad_request(format!("the JSON patch is not valid: {e}")))?;
-                json_patch::patch(&mut doc, &ops).map_err(|e| {
-                    ApiError::new(422, "Invalid", format!("the JSON patch could not be applied: {e}"))
-                })?;
+                json_patch::patch(&mut doc, &ops)
+                    .map_err(|e| ApiError::new(422, "Invalid", format!("the JSON patch could not be applied: {e}")))?;
             }
             other => {
                 return Err(ApiError::new(
                     415,
                     "UnsupportedMediaType",
-                    format!("the body of the request was in an unknown format ({other:?}); accepted: \
+                    format!(
+                        "the body of the request was in an unknown format ({other:?}); accepted: \
                              application/json-patch+json, application/merge-patch+json, \
-                             application/strategic-merge-patch+json"),
+                             application/strategic-merge-patch+json"
+                    ),
                 ))
             }
         }
@@ -607,7 +605,12 @@ pub async fn patch(
 /// The key a strategic merge patch merges list items of `field` by, for the built-in types.
 fn merge_key(path: &str, field: &str) -> Option<&'static str> {
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets"
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
         | "hostAliases" => Some(if field == "hostAliases" { "ip" } else { "name" }),
         "volumeMounts" => Some("mountPath"),
         "volumeDevices" => Some("devicePath"),
@@ -707,12 +710,7 @@ pub fn scale_of(obj: &Value) -> Value {
 pub async fn bind(api: &Api, res: &Resource, ns: Option<&str>, name: &str, body: Value) -> Result<Value, ApiError> {
     let node = body.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
     if node.is_empty() {
-        return Err(ApiError::invalid(
-            "Binding",
-            "",
-            name,
-            vec![super::errors::Cause::required("target.name")],
-        ));
+        return Err(ApiError::invalid("Binding", "", name, vec![super::errors::Cause::required("target.name")]));
     }
     modify(api, res, ns, name, None, &Params::default(), |current| {
         if let Some(existing) = current.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
