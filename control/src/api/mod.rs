@@ -7,6 +7,7 @@ pub mod cache;
 pub mod errors;
 pub mod objects;
 pub mod openapi;
+mod protobuf;
 pub mod resources;
 pub mod store;
 pub mod table;
@@ -173,7 +174,9 @@ async fn route(
         Ok(json_response(StatusCode::OK, &v))
     };
     match segments {
-        [] => discovery(json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz", "/metrics", "/version"]})),
+        [] => discovery(
+            json!({"paths": ["/api", "/api/v1", "/apis", "/healthz", "/livez", "/readyz", "/metrics", "/version"]}),
+        ),
         ["healthz" | "livez", ..] => Ok(plain("ok")),
         ["readyz", ..] => {
             // Ready when the store answers.
@@ -196,7 +199,8 @@ async fn route(
             api.count("discovery");
             let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
             if openapi::wants_protobuf(accept) {
-                Ok((StatusCode::OK, [("content-type", "application/octet-stream")], openapi::v2_protobuf()).into_response())
+                Ok((StatusCode::OK, [("content-type", "application/octet-stream")], openapi::v2_protobuf())
+                    .into_response())
             } else {
                 Ok(json_response(StatusCode::OK, &openapi::v2_json()))
             }
@@ -212,7 +216,9 @@ async fn route(
         ["apis", group, version] if resources::group_version_known(group, version) => {
             discovery(resources::resource_list(group, version))
         }
-        ["api", "v1", rest @ ..] => serve_resource(api, method, resolve("", "v1", rest), segments, headers, body, params).await,
+        ["api", "v1", rest @ ..] => {
+            serve_resource(api, method, resolve("", "v1", rest), segments, headers, body, params).await
+        }
         ["apis", group, version, rest @ ..] => {
             serve_resource(api, method, resolve(group, version, rest), segments, headers, body, params).await
         }
@@ -220,12 +226,29 @@ async fn route(
     }
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+/// A request body as JSON, from JSON (also when no type is named) or from Kubernetes' protocol
+/// buffers; any other media type is 415.
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
     if body.len() > REQUEST_BODY_BYTES_MAX {
         return Err(ApiError::new(413, "RequestEntityTooLarge", "the request body is larger than 3 MiB"));
     }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}")))
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    match content_type.split(';').next().unwrap_or("").trim() {
+        "" | "application/json" => serde_json::from_slice(body)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
+        protobuf::CONTENT_TYPE => protobuf::to_json(body).map_err(|e| match e {
+            protobuf::Refused::Malformed(m) => ApiError::bad_request(format!("the request body is not a valid protobuf object: {m}")),
+            protobuf::Refused::Unsupported(m) => ApiError::new(415, "UnsupportedMediaType", m),
+        }),
+        other => Err(ApiError::new(
+            415,
+            "UnsupportedMediaType",
+            format!(
+                "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, {}",
+                protobuf::CONTENT_TYPE
+            ),
+        )),
+    }
 }
 
 async fn serve_resource(
@@ -272,9 +295,7 @@ async fn serve_resource(
                     json_response(StatusCode::OK, &list)
                 }
             };
-            tokio::task::spawn_blocking(encode)
-                .await
-                .map_err(|e| ApiError::internal(format!("encoding a list: {e}")))
+            tokio::task::spawn_blocking(encode).await.map_err(|e| ApiError::internal(format!("encoding a list: {e}")))
         }
         ("GET", Some(name), None | Some("status")) => {
             api.count("get");
@@ -292,23 +313,21 @@ async fn serve_resource(
         ("GET", Some(name), Some("log")) => {
             api.count("get");
             verbs::get(api, res, ns, name).await?;
-            Err(ApiError::bad_request(format!(
-                "pod \"{name}\" has no logs to show: no node agent is running it"
-            )))
+            Err(ApiError::bad_request(format!("pod \"{name}\" has no logs to show: no node agent is running it")))
         }
         ("POST", None, None) => {
             api.count("create");
-            let created = verbs::create(api, res, ns, parse_body(&body)?, params).await?;
+            let created = verbs::create(api, res, ns, parse_body(headers, &body)?, params).await?;
             Ok(with_warnings(json_response(StatusCode::CREATED, &created.0), &created.1))
         }
         ("POST", Some(name), Some("binding")) => {
             api.count("create");
-            let bound = verbs::bind(api, res, ns, name, parse_body(&body)?).await?;
+            let bound = verbs::bind(api, res, ns, name, parse_body(headers, &body)?).await?;
             Ok(json_response(StatusCode::CREATED, &bound))
         }
         ("PUT", Some(name), sub) => {
             api.count("update");
-            let (obj, warnings) = verbs::update(api, res, ns, name, sub, parse_body(&body)?, params).await?;
+            let (obj, warnings) = verbs::update(api, res, ns, name, sub, parse_body(headers, &body)?, params).await?;
             Ok(with_warnings(json_response(StatusCode::OK, &obj), &warnings))
         }
         ("PATCH", Some(name), sub) => {
@@ -319,12 +338,12 @@ async fn serve_resource(
         }
         ("DELETE", Some(name), None) => {
             api.count("delete");
-            let options = if body.is_empty() { json!({}) } else { parse_body(&body)? };
+            let options = if body.is_empty() { json!({}) } else { parse_body(headers, &body)? };
             ok(verbs::delete(api, res, ns, name, &options, params).await?)
         }
         ("DELETE", None, None) => {
             api.count("deletecollection");
-            let options = if body.is_empty() { json!({}) } else { parse_body(&body)? };
+            let options = if body.is_empty() { json!({}) } else { parse_body(headers, &body)? };
             ok(verbs::delete_collection(api, res, ns, &options, params).await?)
         }
         (m, _, _) => {
@@ -359,7 +378,10 @@ fn metrics(api: &Api) -> Response {
     text.push_str("# HELP keelson_apiserver_watches_total Watches served, by where their events came from.\n");
     text.push_str("# TYPE keelson_apiserver_watches_total counter\n");
     for (source, n) in [("cache", &api.watches_from_cache), ("store", &api.watches_from_store)] {
-        text.push_str(&format!("keelson_apiserver_watches_total{{source=\"{source}\"}} {}\n", n.load(Ordering::Relaxed)));
+        text.push_str(&format!(
+            "keelson_apiserver_watches_total{{source=\"{source}\"}} {}\n",
+            n.load(Ordering::Relaxed)
+        ));
     }
     (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

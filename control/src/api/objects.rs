@@ -346,11 +346,13 @@ pub fn apply_defaults(resource: &Resource, obj: &mut Value) {
             set_default(obj, "/spec/replicas", json!(1));
             set_default(obj, "/spec/revisionHistoryLimit", json!(10));
             set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
-            set_default(
-                obj,
-                "/spec/strategy",
-                json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}}),
-            );
+            ensure_object(obj, "/spec/strategy");
+            set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
+            if obj.pointer("/spec/strategy/type") == Some(&json!("RollingUpdate")) {
+                ensure_object(obj, "/spec/strategy/rollingUpdate");
+                set_default(obj, "/spec/strategy/rollingUpdate/maxUnavailable", json!("25%"));
+                set_default(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
+            }
             default_pod_spec(obj, "/spec/template/spec");
         }
         "ReplicaSet" | "StatefulSet" => {
@@ -683,5 +685,18 @@ mod tests {
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
         assert_eq!(pod["spec"]["containers"][1]["imagePullPolicy"], "Always");
         assert_eq!(pod["status"]["phase"], "Pending");
+
+        // An empty strategy (what a typed client sends) is filled in; a Recreate one is left be.
+        let deployments = super::super::resources::find("apps", "v1", "deployments").unwrap();
+        let mut deploy = json!({"spec": {"strategy": {}, "template": {"spec": {"containers": []}}}});
+        apply_defaults(deployments, &mut deploy);
+        assert_eq!(
+            deploy["spec"]["strategy"],
+            json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
+        );
+        let mut recreate =
+            json!({"spec": {"strategy": {"type": "Recreate"}, "template": {"spec": {"containers": []}}}});
+        apply_defaults(deployments, &mut recreate);
+        assert_eq!(recreate["spec"]["strategy"], json!({"type": "Recreate"}));
     }
 }
