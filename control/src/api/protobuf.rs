@@ -35,6 +35,7 @@ enum Ty {
     Inline(&'static [F]),
     IntOrString,
     Time,
+    MicroTime,
     Quantity,
     /// Raw JSON bytes (RawExtension, FieldsV1).
     Raw,
@@ -53,7 +54,7 @@ enum Card {
 struct F(u32, &'static str, Card, Ty);
 
 use Card::{Many, Map as M, One};
-use Ty::{Bool, Bytes, Inline, Int, IntOrString as IOS, Msg, PBool, PInt, Quantity, Raw, Str, Time};
+use Ty::{Bool, Bytes, Inline, Int, IntOrString as IOS, MicroTime, Msg, PBool, PInt, Quantity, Raw, Str, Time};
 
 const OWNER_REFERENCE: &[F] = &[
     F(1, "kind", One, Str),
@@ -323,6 +324,69 @@ const DEPLOYMENT: &[F] = &[
     F(2, "spec", One, Msg(DEPLOYMENT_SPEC)),
     F(3, "status", One, Msg(DEPLOYMENT_STATUS)),
 ];
+const LEASE: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(
+        2,
+        "spec",
+        One,
+        Msg(&[
+            F(1, "holderIdentity", One, Str),
+            F(2, "leaseDurationSeconds", One, PInt),
+            F(3, "acquireTime", One, MicroTime),
+            F(4, "renewTime", One, MicroTime),
+            F(5, "leaseTransitions", One, PInt),
+            F(6, "strategy", One, Str),
+            F(7, "preferredHolder", One, Str),
+        ]),
+    ),
+];
+const EVENT: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(2, "involvedObject", One, Msg(OBJECT_REFERENCE)),
+    F(3, "reason", One, Str),
+    F(4, "message", One, Str),
+    F(5, "source", One, Msg(&[F(1, "component", One, Str), F(2, "host", One, Str)])),
+    F(6, "firstTimestamp", One, Time),
+    F(7, "lastTimestamp", One, Time),
+    F(8, "count", One, Int),
+    F(9, "type", One, Str),
+    F(10, "eventTime", One, MicroTime),
+    F(11, "series", One, Msg(&[F(1, "count", One, Int), F(2, "lastObservedTime", One, MicroTime)])),
+    F(12, "action", One, Str),
+    F(13, "related", One, Msg(OBJECT_REFERENCE)),
+    F(14, "reportingComponent", One, Str),
+    F(15, "reportingInstance", One, Str),
+];
+const ENDPOINT_ADDRESS: &[F] = &[
+    F(1, "ip", One, Str),
+    F(2, "targetRef", One, Msg(OBJECT_REFERENCE)),
+    F(3, "hostname", One, Str),
+    F(4, "nodeName", One, Str),
+];
+const ENDPOINTS: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(
+        2,
+        "subsets",
+        Many,
+        Msg(&[
+            F(1, "addresses", Many, Msg(ENDPOINT_ADDRESS)),
+            F(2, "notReadyAddresses", Many, Msg(ENDPOINT_ADDRESS)),
+            F(
+                3,
+                "ports",
+                Many,
+                Msg(&[
+                    F(1, "name", One, Str),
+                    F(2, "port", One, Int),
+                    F(3, "protocol", One, Str),
+                    F(4, "appProtocol", One, Str),
+                ]),
+            ),
+        ]),
+    ),
+];
 const DELETE_OPTIONS: &[F] = &[
     F(1, "gracePeriodSeconds", One, PInt),
     F(2, "preconditions", One, Msg(&[F(1, "uid", One, Str), F(2, "resourceVersion", One, Str)])),
@@ -341,6 +405,9 @@ fn schema_of(api_version: &str, kind: &str) -> Option<&'static [F]> {
         ("v1", "Service") => SERVICE,
         ("v1", "Pod") => POD,
         ("v1", "Binding") => BINDING,
+        ("v1", "Event") => EVENT,
+        ("v1", "Endpoints") => ENDPOINTS,
+        ("coordination.k8s.io/v1", "Lease") => LEASE,
         ("apps/v1", "Deployment") => DEPLOYMENT,
         // Registered in every group-version.
         (_, "DeleteOptions") => DELETE_OPTIONS,
@@ -537,7 +604,7 @@ fn value(wire: &Wire, ty: Ty, path: &str, depth: usize) -> Result<Option<Value>,
                 _ => None,
             }
         }
-        Ty::Time => {
+        Ty::Time | Ty::MicroTime => {
             let v = decode(bytes()?, &[F(1, "seconds", One, Int), F(2, "nanos", One, Int)], path, depth + 1)?;
             let (seconds, nanos) = (v["seconds"].as_i64().unwrap_or(0), v["nanos"].as_i64().unwrap_or(0));
             if seconds == 0 && nanos == 0 {
@@ -545,7 +612,9 @@ fn value(wire: &Wire, ty: Ty, path: &str, depth: usize) -> Result<Option<Value>,
             } else {
                 let at = chrono::DateTime::from_timestamp(seconds, u32::try_from(nanos).unwrap_or(0))
                     .ok_or_else(|| malformed(path, "time out of range"))?;
-                Some(json!(at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)))
+                let micro = matches!(ty, Ty::MicroTime);
+                let precision = if micro { chrono::SecondsFormat::Micros } else { chrono::SecondsFormat::Secs };
+                Some(json!(at.to_rfc3339_opts(precision, true)))
             }
         }
         Ty::Quantity => decode(bytes()?, &[F(1, "string", One, Str)], path, depth + 1)?.get("string").cloned(),
@@ -753,6 +822,49 @@ mod tests {
         let got = to_json(&envelope("v1", "ServiceAccount", account.encode_to_vec())).unwrap();
         assert_eq!(got["automountServiceAccountToken"], false);
         assert_eq!(got["imagePullSecrets"], json!([{"name": "registry"}]));
+    }
+
+    #[test]
+    fn leases_and_events_read_with_micro_times() {
+        use k8s_pb::api::coordination::v1 as coordination;
+        let renewed = meta::MicroTime { seconds: Some(1_700_000_000), nanos: Some(123_456_000) };
+        let lease = coordination::Lease {
+            metadata: Some(meta("leader")),
+            spec: Some(coordination::LeaseSpec {
+                holder_identity: Some("a".into()),
+                lease_duration_seconds: Some(15),
+                renew_time: Some(renewed),
+                lease_transitions: Some(0),
+                ..Default::default()
+            }),
+        };
+        let got = to_json(&envelope("coordination.k8s.io/v1", "Lease", lease.encode_to_vec())).unwrap();
+        assert_eq!(
+            got["spec"],
+            json!({"holderIdentity": "a", "leaseDurationSeconds": 15,
+                "renewTime": "2023-11-14T22:13:20.123456Z", "leaseTransitions": 0})
+        );
+        let event = core::Event {
+            metadata: Some(meta("web.1")),
+            involved_object: Some(core::ObjectReference {
+                kind: Some("Pod".into()),
+                name: Some("web".into()),
+                ..Default::default()
+            }),
+            reason: Some("Scheduled".into()),
+            source: Some(core::EventSource { component: Some("scheduler".into()), host: Some(String::new()) }),
+            count: Some(1),
+            r#type: Some("Normal".into()),
+            event_time: Some(meta::MicroTime { seconds: Some(0), nanos: Some(0) }),
+            ..Default::default()
+        };
+        let got = to_json(&envelope("v1", "Event", event.encode_to_vec())).unwrap();
+        assert_eq!(got["involvedObject"], json!({"kind": "Pod", "name": "web"}));
+        assert_eq!(
+            (&got["source"], &got["count"], &got["type"]),
+            (&json!({"component": "scheduler"}), &json!(1), &json!("Normal"))
+        );
+        assert!(got.get("eventTime").is_none(), "a zero time is left out: {got}");
     }
 
     #[test]
