@@ -141,8 +141,9 @@ pub fn prepare(ranges: &Ranges, old: Option<&Value>, svc: &mut Value) -> Vec<Cau
     let new_type = spec.get("type").and_then(Value::as_str).unwrap_or("ClusterIP").to_string();
     // Type-dependent fields left unchanged go with the old type.
     if new_type == "ExternalName" && spec.get("clusterIP").and_then(Value::as_str) == Some(old_ip) {
-        spec.remove("clusterIP");
-        spec.remove("clusterIPs");
+        for field in ["clusterIP", "clusterIPs", "ipFamilies", "ipFamilyPolicy"] {
+            spec.remove(field);
+        }
     }
     let wants_node_ports = matches!(new_type.as_str(), "NodePort" | "LoadBalancer");
     for p in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
@@ -375,6 +376,13 @@ mod tests {
         assert!(prepare(&r, Some(&old), &mut back).is_empty());
         assert!(back["spec"]["ports"][0].get("nodePort").is_none());
         assert_eq!(held(&back), HashSet::from(["/registry/ranges/serviceips/10.96.3.4".to_string()]));
+        // To ExternalName with the address left as it was: the address and its families go.
+        let mut external = old.clone();
+        external["spec"]["type"] = json!("ExternalName");
+        external["spec"]["ipFamilies"] = json!(["IPv4"]);
+        assert!(prepare(&r, Some(&old), &mut external).is_empty());
+        assert!(external["spec"].get("clusterIP").is_none() && external["spec"].get("ipFamilies").is_none());
+        assert!(held(&external).is_empty(), "an ExternalName service holds nothing");
         // A cluster IP never changes once allocated.
         let mut moved = old.clone();
         moved["spec"]["clusterIP"] = json!("10.96.3.5");
