@@ -525,10 +525,10 @@ async fn protobuf_bodies_create_objects_as_json_would() {
 
     // Refused, with nothing stored: a kind not read from protobuf, a set field outside the
     // tables, a media type not understood.
-    let statefulset = protobuf_body("apps/v1", "StatefulSet", Vec::new());
-    let url = "/apis/apps/v1/namespaces/default/statefulsets";
+    let revision = protobuf_body("apps/v1", "ControllerRevision", Vec::new());
+    let url = "/apis/apps/v1/namespaces/default/controllerrevisions";
     let (code, reason, _) = api_error(
-        client.request::<Deployment>(post(url, "application/vnd.kubernetes.protobuf", statefulset)).await.unwrap_err(),
+        client.request::<Deployment>(post(url, "application/vnd.kubernetes.protobuf", revision)).await.unwrap_err(),
     );
     assert_eq!((code, reason.as_str()), (415, "UnsupportedMediaType"));
     let mut with_dns = core::Pod {

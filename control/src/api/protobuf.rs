@@ -216,6 +216,93 @@ const VOLUME_MOUNT: &[F] = &[
     F(6, "subPathExpr", One, Str),
     F(7, "recursiveReadOnly", One, Str),
 ];
+const PROBE_HANDLER: &[F] = &[
+    F(1, "exec", One, Msg(&[F(1, "command", Many, Str)])),
+    F(
+        2,
+        "httpGet",
+        One,
+        Msg(&[
+            F(1, "path", One, Str),
+            F(2, "port", One, IOS),
+            F(3, "host", One, Str),
+            F(4, "scheme", One, Str),
+            F(5, "httpHeaders", Many, Msg(&[F(1, "name", One, Str), F(2, "value", One, Str)])),
+        ]),
+    ),
+    F(3, "tcpSocket", One, Msg(&[F(1, "port", One, IOS), F(2, "host", One, Str)])),
+    F(4, "grpc", One, Msg(&[F(1, "port", One, Int), F(2, "service", One, Str)])),
+];
+const PROBE: &[F] = &[
+    F(1, "", One, Inline(PROBE_HANDLER)),
+    F(2, "initialDelaySeconds", One, Int),
+    F(3, "timeoutSeconds", One, Int),
+    F(4, "periodSeconds", One, Int),
+    F(5, "successThreshold", One, Int),
+    F(6, "failureThreshold", One, Int),
+    F(7, "terminationGracePeriodSeconds", One, PInt),
+];
+const KEY_TO_PATH: &[F] = &[F(1, "key", One, Str), F(2, "path", One, Str), F(3, "mode", One, PInt)];
+const OBJECT_PROJECTION: &[F] = &[
+    F(1, "", One, Inline(LOCAL_OBJECT_REFERENCE)),
+    F(2, "items", Many, Msg(KEY_TO_PATH)),
+    F(4, "optional", One, PBool),
+];
+const VOLUME_SOURCE: &[F] = &[
+    F(1, "hostPath", One, Msg(&[F(1, "path", One, Str), F(2, "type", One, Str)])),
+    F(2, "emptyDir", One, Msg(&[F(1, "medium", One, Str), F(2, "sizeLimit", One, Quantity)])),
+    F(
+        6,
+        "secret",
+        One,
+        Msg(&[
+            F(1, "secretName", One, Str),
+            F(2, "items", Many, Msg(KEY_TO_PATH)),
+            F(3, "defaultMode", One, PInt),
+            F(4, "optional", One, PBool),
+        ]),
+    ),
+    F(10, "persistentVolumeClaim", One, Msg(&[F(1, "claimName", One, Str), F(2, "readOnly", One, Bool)])),
+    F(
+        19,
+        "configMap",
+        One,
+        Msg(&[
+            F(1, "", One, Inline(LOCAL_OBJECT_REFERENCE)),
+            F(2, "items", Many, Msg(KEY_TO_PATH)),
+            F(3, "defaultMode", One, PInt),
+            F(4, "optional", One, PBool),
+        ]),
+    ),
+    F(
+        26,
+        "projected",
+        One,
+        Msg(&[
+            F(
+                1,
+                "sources",
+                Many,
+                Msg(&[
+                    F(1, "secret", One, Msg(OBJECT_PROJECTION)),
+                    F(3, "configMap", One, Msg(OBJECT_PROJECTION)),
+                    F(
+                        4,
+                        "serviceAccountToken",
+                        One,
+                        Msg(&[
+                            F(1, "audience", One, Str),
+                            F(2, "expirationSeconds", One, PInt),
+                            F(3, "path", One, Str),
+                        ]),
+                    ),
+                ]),
+            ),
+            F(2, "defaultMode", One, PInt),
+        ]),
+    ),
+];
+const VOLUME: &[F] = &[F(1, "name", One, Str), F(2, "", One, Inline(VOLUME_SOURCE))];
 const CONTAINER: &[F] = &[
     F(1, "name", One, Str),
     F(2, "image", One, Str),
@@ -226,6 +313,8 @@ const CONTAINER: &[F] = &[
     F(7, "env", Many, Msg(ENV_VAR)),
     F(8, "resources", One, Msg(RESOURCE_REQUIREMENTS)),
     F(9, "volumeMounts", Many, Msg(VOLUME_MOUNT)),
+    F(10, "livenessProbe", One, Msg(PROBE)),
+    F(11, "readinessProbe", One, Msg(PROBE)),
     F(13, "terminationMessagePath", One, Str),
     F(14, "imagePullPolicy", One, Str),
     F(16, "stdin", One, Bool),
@@ -233,6 +322,7 @@ const CONTAINER: &[F] = &[
     F(18, "tty", One, Bool),
     F(19, "envFrom", Many, Msg(ENV_FROM_SOURCE)),
     F(20, "terminationMessagePolicy", One, Str),
+    F(22, "startupProbe", One, Msg(PROBE)),
     F(24, "restartPolicy", One, Str),
 ];
 const TOLERATION: &[F] = &[
@@ -243,6 +333,7 @@ const TOLERATION: &[F] = &[
     F(5, "tolerationSeconds", One, PInt),
 ];
 const POD_SPEC: &[F] = &[
+    F(1, "volumes", Many, Msg(VOLUME)),
     F(2, "containers", Many, Msg(CONTAINER)),
     F(3, "restartPolicy", One, Str),
     F(4, "terminationGracePeriodSeconds", One, PInt),
@@ -323,6 +414,121 @@ const DEPLOYMENT: &[F] = &[
     F(1, "metadata", One, Msg(OBJECT_META)),
     F(2, "spec", One, Msg(DEPLOYMENT_SPEC)),
     F(3, "status", One, Msg(DEPLOYMENT_STATUS)),
+];
+/// A workload's status: counts, a revision or two, conditions; its own numbers per kind.
+const REPLICA_SET_STATUS: &[F] = &[
+    F(1, "replicas", One, Int),
+    F(2, "fullyLabeledReplicas", One, Int),
+    F(3, "observedGeneration", One, Int),
+    F(4, "readyReplicas", One, Int),
+    F(5, "availableReplicas", One, Int),
+    F(6, "conditions", Many, Msg(WORKLOAD_CONDITION)),
+    F(7, "terminatingReplicas", One, Int),
+];
+const WORKLOAD_CONDITION: &[F] = &[
+    F(1, "type", One, Str),
+    F(2, "status", One, Str),
+    F(3, "lastTransitionTime", One, Time),
+    F(4, "reason", One, Str),
+    F(5, "message", One, Str),
+];
+const REPLICA_SET: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(
+        2,
+        "spec",
+        One,
+        Msg(&[
+            F(1, "replicas", One, PInt),
+            F(2, "selector", One, Msg(LABEL_SELECTOR)),
+            F(3, "template", One, Msg(POD_TEMPLATE_SPEC)),
+            F(4, "minReadySeconds", One, Int),
+        ]),
+    ),
+    F(3, "status", One, Msg(REPLICA_SET_STATUS)),
+];
+const STATEFUL_SET: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(
+        2,
+        "spec",
+        One,
+        Msg(&[
+            F(1, "replicas", One, PInt),
+            F(2, "selector", One, Msg(LABEL_SELECTOR)),
+            F(3, "template", One, Msg(POD_TEMPLATE_SPEC)),
+            F(5, "serviceName", One, Str),
+            F(6, "podManagementPolicy", One, Str),
+            F(
+                7,
+                "updateStrategy",
+                One,
+                Msg(&[
+                    F(1, "type", One, Str),
+                    F(2, "rollingUpdate", One, Msg(&[F(1, "partition", One, PInt), F(2, "maxUnavailable", One, IOS)])),
+                ]),
+            ),
+            F(8, "revisionHistoryLimit", One, PInt),
+            F(9, "minReadySeconds", One, Int),
+        ]),
+    ),
+    F(
+        3,
+        "status",
+        One,
+        Msg(&[
+            F(1, "observedGeneration", One, Int),
+            F(2, "replicas", One, Int),
+            F(3, "readyReplicas", One, Int),
+            F(4, "currentReplicas", One, Int),
+            F(5, "updatedReplicas", One, Int),
+            F(6, "currentRevision", One, Str),
+            F(7, "updateRevision", One, Str),
+            F(9, "collisionCount", One, PInt),
+            F(10, "conditions", Many, Msg(WORKLOAD_CONDITION)),
+            F(11, "availableReplicas", One, Int),
+        ]),
+    ),
+];
+const DAEMON_SET: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(
+        2,
+        "spec",
+        One,
+        Msg(&[
+            F(1, "selector", One, Msg(LABEL_SELECTOR)),
+            F(2, "template", One, Msg(POD_TEMPLATE_SPEC)),
+            F(
+                3,
+                "updateStrategy",
+                One,
+                Msg(&[
+                    F(1, "type", One, Str),
+                    F(2, "rollingUpdate", One, Msg(&[F(1, "maxUnavailable", One, IOS), F(2, "maxSurge", One, IOS)])),
+                ]),
+            ),
+            F(4, "minReadySeconds", One, Int),
+            F(6, "revisionHistoryLimit", One, PInt),
+        ]),
+    ),
+    F(
+        3,
+        "status",
+        One,
+        Msg(&[
+            F(1, "currentNumberScheduled", One, Int),
+            F(2, "numberMisscheduled", One, Int),
+            F(3, "desiredNumberScheduled", One, Int),
+            F(4, "numberReady", One, Int),
+            F(5, "observedGeneration", One, Int),
+            F(6, "updatedNumberScheduled", One, Int),
+            F(7, "numberAvailable", One, Int),
+            F(8, "numberUnavailable", One, Int),
+            F(9, "collisionCount", One, PInt),
+            F(10, "conditions", Many, Msg(WORKLOAD_CONDITION)),
+        ]),
+    ),
 ];
 const LEASE: &[F] = &[
     F(1, "metadata", One, Msg(OBJECT_META)),
@@ -409,6 +615,9 @@ fn schema_of(api_version: &str, kind: &str) -> Option<&'static [F]> {
         ("v1", "Endpoints") => ENDPOINTS,
         ("coordination.k8s.io/v1", "Lease") => LEASE,
         ("apps/v1", "Deployment") => DEPLOYMENT,
+        ("apps/v1", "ReplicaSet") => REPLICA_SET,
+        ("apps/v1", "StatefulSet") => STATEFUL_SET,
+        ("apps/v1", "DaemonSet") => DAEMON_SET,
         // Registered in every group-version.
         (_, "DeleteOptions") => DELETE_OPTIONS,
         _ => return None,
@@ -822,6 +1031,89 @@ mod tests {
         let got = to_json(&envelope("v1", "ServiceAccount", account.encode_to_vec())).unwrap();
         assert_eq!(got["automountServiceAccountToken"], false);
         assert_eq!(got["imagePullSecrets"], json!([{"name": "registry"}]));
+    }
+
+    #[test]
+    fn a_stateful_set_with_volumes_and_probes_reads_as_its_json() {
+        let probe = core::Probe {
+            handler: Some(core::ProbeHandler {
+                http_get: Some(core::HttpGetAction {
+                    path: Some("/healthz".into()),
+                    port: Some(int_or_string(Err("http"))),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            period_seconds: Some(10),
+            timeout_seconds: Some(0),
+            ..Default::default()
+        };
+        let volumes = vec![
+            core::Volume {
+                name: Some("config".into()),
+                volume_source: Some(core::VolumeSource {
+                    config_map: Some(core::ConfigMapVolumeSource {
+                        local_object_reference: Some(core::LocalObjectReference { name: Some("cfg".into()) }),
+                        default_mode: Some(0o644),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            },
+            core::Volume {
+                name: Some("scratch".into()),
+                volume_source: Some(core::VolumeSource {
+                    empty_dir: Some(core::EmptyDirVolumeSource {
+                        medium: Some(String::new()),
+                        size_limit: Some(PbQuantity { string: Some("1Gi".into()) }),
+                    }),
+                    ..Default::default()
+                }),
+            },
+        ];
+        let set = apps::StatefulSet {
+            metadata: Some(meta("db")),
+            spec: Some(apps::StatefulSetSpec {
+                replicas: Some(3),
+                service_name: Some("db".into()),
+                template: Some(core::PodTemplateSpec {
+                    metadata: Some(meta("db")),
+                    spec: Some(core::PodSpec {
+                        volumes,
+                        containers: vec![core::Container {
+                            name: Some("db".into()),
+                            image: Some("postgres:16".into()),
+                            readiness_probe: Some(probe),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                }),
+                update_strategy: Some(apps::StatefulSetUpdateStrategy {
+                    r#type: Some("RollingUpdate".into()),
+                    rolling_update: Some(apps::RollingUpdateStatefulSetStrategy {
+                        partition: Some(0),
+                        max_unavailable: None,
+                    }),
+                }),
+                ..Default::default()
+            }),
+            status: Some(apps::StatefulSetStatus { replicas: Some(0), ..Default::default() }),
+        };
+        let got = to_json(&envelope("apps/v1", "StatefulSet", set.encode_to_vec())).unwrap();
+        assert_eq!(got["spec"]["replicas"], 3);
+        assert_eq!(got["spec"]["updateStrategy"], json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
+        let pod = &got["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["volumes"],
+            json!([{"name": "config", "configMap": {"name": "cfg", "defaultMode": 420}},
+                {"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}}])
+        );
+        assert_eq!(
+            pod["containers"][0]["readinessProbe"],
+            json!({"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10})
+        );
+        assert_eq!(got["status"], json!({}));
     }
 
     #[test]
