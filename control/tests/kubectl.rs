@@ -1,7 +1,8 @@
 //! Debian's kubectl, with its default flags, against two API replicas over a three-member store:
 //! apply, get (tables), get -w, describe, label, annotate, scale, patch and delete on namespaces,
-//! configmaps, secrets, services and deployments, each output checked. Needs `KEELSON_KUBECTL`
-//! (set by `scripts/test`; `scripts/setup` installs or unpacks Debian's kubernetes-client).
+//! configmaps, secrets, services and deployments, each output checked. And a current kubectl
+//! (1.33), whose `create` commands send protocol buffers. Needs `KEELSON_KUBECTL` and
+//! `KEELSON_KUBECTL_CURRENT` (set by `scripts/test`; `scripts/setup` installs both).
 
 mod common;
 
@@ -42,13 +43,23 @@ struct Kubectl {
     cache: PathBuf,
 }
 
+/// The kubectl binary named by the environment variable `var`; a test fails without it.
+fn kubectl_binary(var: &str) -> PathBuf {
+    let binary = PathBuf::from(
+        std::env::var(var)
+            .unwrap_or_else(|_| panic!("{var} must name a kubectl (scripts/test sets it; scripts/setup installs it)")),
+    );
+    assert!(binary.is_file(), "{} missing: run scripts/setup", binary.display());
+    binary
+}
+
 impl Kubectl {
+    /// Debian's kubectl.
     fn new(dir: &Path, server: &str) -> Kubectl {
-        let binary = PathBuf::from(
-            std::env::var("KEELSON_KUBECTL")
-                .expect("KEELSON_KUBECTL must name Debian's kubectl (scripts/test sets it; scripts/setup installs it)"),
-        );
-        assert!(binary.is_file(), "{} missing: run scripts/setup", binary.display());
+        Self::with_binary(kubectl_binary("KEELSON_KUBECTL"), dir, server)
+    }
+
+    fn with_binary(binary: PathBuf, dir: &Path, server: &str) -> Kubectl {
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(
             &kubeconfig,
@@ -272,4 +283,46 @@ impl TapMkdir for PathBuf {
         std::fs::create_dir_all(&self).unwrap();
         self
     }
+}
+
+/// Goal: a current kubectl (1.33), whose `create` commands encode objects as protocol buffers,
+/// creates and changes objects with its default flags, and what it created reads back as sent.
+#[tokio::test]
+async fn a_current_kubectl_creates_objects_it_sends_as_protocol_buffers() {
+    let server = ApiProcess::server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &server.url());
+    let created = |args: &[&str], what: &str| assert_eq!(k.run(args).trim(), format!("{what} created"));
+    created(&["create", "namespace", "pb"], "namespace/pb");
+    let n = ["-n", "pb"];
+    created(&[&["create", "configmap", "cfg", "--from-literal=greeting=hello"][..], &n].concat(), "configmap/cfg");
+    created(&[&["create", "secret", "generic", "s", "--from-literal=p=x"][..], &n].concat(), "secret/s");
+    created(&[&["create", "serviceaccount", "robot"][..], &n].concat(), "serviceaccount/robot");
+    created(
+        &[&["create", "deployment", "web", "--image=nginx:1.14.2", "--replicas=2", "--port=80"][..], &n].concat(),
+        "deployment.apps/web",
+    );
+    created(&[&["create", "service", "nodeport", "np", "--tcp=80:8080"][..], &n].concat(), "service/np");
+    let exposed = k.run(&[&["expose", "deployment", "web", "--port=81", "--name=web"][..], &n].concat());
+    assert_eq!(exposed.trim(), "service/web exposed");
+    assert_eq!(
+        k.run(&[&["scale", "deployment", "web", "--replicas=3"][..], &n].concat()).trim(),
+        "deployment.apps/web scaled"
+    );
+    let jsonpath =
+        |kind: &str, path: &str| k.run(&[&["get", kind, "-o", &format!("jsonpath={path}")][..], &n].concat());
+    assert_eq!(jsonpath("configmap/cfg", "{.data.greeting}"), "hello");
+    assert_eq!(jsonpath("secret/s", "{.data.p}"), "eA==");
+    assert_eq!(
+        jsonpath("deployment/web", "{.spec.replicas} {.spec.template.spec.containers[0].image} {.spec.strategy.type}"),
+        "3 nginx:1.14.2 RollingUpdate"
+    );
+    assert_eq!(jsonpath("deployment/web", "{.spec.template.spec.containers[0].ports[0].containerPort}"), "80");
+    let services = table(&k.run(&[&["get", "services"][..], &n].concat()));
+    let np = row(&services, "np");
+    assert_eq!(np[1], "NodePort");
+    let node_port: u16 = np[4].strip_prefix("80:").and_then(|p| p.strip_suffix("/TCP")).unwrap().parse().unwrap();
+    assert!((30000..=32767).contains(&node_port), "{np:?}");
+    assert_eq!(&row(&services, "web")[4], "81/TCP");
+    assert_eq!(jsonpath("service/web", "{.spec.selector.app}"), "web");
 }
