@@ -333,6 +333,14 @@ async fn deletion_waits_for_finalizers_and_namespaces_take_their_content() {
     .await;
 }
 
+/// Whether `key` is in the server's store, read through the etcd API.
+async fn stored(server: &ApiProcess, key: &str) -> bool {
+    let url = format!("http://127.0.0.1:{}", server.store_port.expect("a server runs a store"));
+    let mut kv = proto::etcdserverpb::kv_client::KvClient::connect(url).await.unwrap();
+    let request = proto::etcdserverpb::RangeRequest { key: key.into(), count_only: true, ..Default::default() };
+    kv.range(request).await.unwrap().into_inner().count > 0
+}
+
 fn service(name: &str, spec: serde_json::Value) -> Service {
     serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).unwrap()
 }
@@ -446,6 +454,8 @@ async fn services_get_cluster_ips_and_node_ports_that_no_two_share() {
         }
     })
     .await;
+    let held = stored(&server, "/registry/ranges/serviceips/10.96.0.20").await;
+    assert!(!held, "the namespace's deletion left its service's address allocated");
     let reused = svcs.create(&pp, &service("dns", json!({"clusterIP": "10.96.0.20", "ports": [{"port": 53}]}))).await;
     assert_eq!(cluster_ip(&reused.unwrap()), "10.96.0.20");
 }

@@ -835,7 +835,17 @@ pub async fn delete(
 async fn delete_namespace_contents(api: &Api, ns: &str) -> Result<(), ApiError> {
     for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
         let prefix = res.scope_prefix(Some(ns));
-        api.store.delete_range(prefix.as_bytes(), &prefix_end(prefix.as_bytes())).await?;
+        let end = prefix_end(prefix.as_bytes());
+        if res.kind == "Service" {
+            // Services go one by one, each with its allocations, so their addresses and node
+            // ports are free again for random picks too; one changed meanwhile is left to the
+            // range delete below (and its allocations to a later claim of their values).
+            for kv in api.store.range(prefix.as_bytes(), &end, 0, 0, false).await?.kvs {
+                let Ok(svc) = from_kv(&kv) else { continue };
+                api.store.write_if(&kv.key, kv.mod_revision, None, releases(res, &svc)).await?;
+            }
+        }
+        api.store.delete_range(prefix.as_bytes(), &end).await?;
     }
     Ok(())
 }
