@@ -157,7 +157,33 @@ pub fn prepare(ranges: &Ranges, old: Option<&Value>, svc: &mut Value) -> Vec<Cau
             }
         }
     }
+    // Single-stack IPv4: clusterIPs may name the address in clusterIP's stead, never another.
+    let listed: Vec<String> = spec
+        .get("clusterIPs")
+        .and_then(Value::as_array)
+        .map(|l| l.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+        .unwrap_or_default();
+    if spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").is_empty() {
+        if let Some(first) = listed.first().filter(|f| !f.is_empty()) {
+            spec.insert("clusterIP".into(), json!(first));
+        }
+    }
     let given_ip = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
+    if listed.len() > 1 || listed.first().is_some_and(|f| !f.is_empty() && *f != given_ip) {
+        causes.push(Cause::invalid(
+            "spec.clusterIPs",
+            format!("{listed:?}"),
+            "must hold one address, equal to spec.clusterIP, on this single-stack IPv4 cluster",
+        ));
+    }
+    if spec.get("ipFamilyPolicy").and_then(Value::as_str) == Some("RequireDualStack") {
+        causes.push(Cause::invalid("spec.ipFamilyPolicy", "RequireDualStack", "this cluster is single-stack IPv4"));
+    }
+    for (i, family) in spec.get("ipFamilies").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        if family != "IPv4" {
+            causes.push(Cause::invalid(format!("spec.ipFamilies[{i}]"), family, "this cluster is single-stack IPv4"));
+        }
+    }
     if new_type != "ExternalName" {
         if given_ip.is_empty() && !old_ip.is_empty() {
             spec.insert("clusterIP".into(), json!(old_ip));
@@ -167,7 +193,12 @@ pub fn prepare(ranges: &Ranges, old: Option<&Value>, svc: &mut Value) -> Vec<Cau
     } else if !given_ip.is_empty() {
         causes.push(Cause::invalid("spec.clusterIP", &given_ip, "must be empty for 'ExternalName' services"));
     }
-    if let Some(ip) = spec.get("clusterIP").and_then(Value::as_str).filter(|ip| !ip.is_empty() && *ip != "None") {
+    // Ranges are checked when a value is allocated, not for one the service already holds (the
+    // ranges may have been changed since).
+    let ip_held = !old_ip.is_empty() && given_ip == old_ip;
+    if let Some(ip) =
+        spec.get("clusterIP").and_then(Value::as_str).filter(|ip| !ip.is_empty() && *ip != "None" && !ip_held)
+    {
         match ip.parse::<Ipv4Addr>() {
             Ok(addr) if !ranges.ip_in_range(addr) => causes.push(Cause::invalid(
                 "spec.clusterIPs",
@@ -182,6 +213,7 @@ pub fn prepare(ranges: &Ranges, old: Option<&Value>, svc: &mut Value) -> Vec<Cau
         }
     }
     let (lo, hi) = ranges.node_ports;
+    let old_ports: HashSet<i64> = old.into_iter().flat_map(ports).map(node_port).filter(|p| *p > 0).collect();
     let mut seen = HashSet::new();
     for (i, p) in spec.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
         let n = node_port(p);
@@ -195,7 +227,7 @@ pub fn prepare(ranges: &Ranges, old: Option<&Value>, svc: &mut Value) -> Vec<Cau
                 field,
                 message: format!("Forbidden: may not be used when `type` is '{new_type}'"),
             });
-        } else if !(i64::from(lo)..=i64::from(hi)).contains(&n) {
+        } else if !(i64::from(lo)..=i64::from(hi)).contains(&n) && !old_ports.contains(&n) {
             causes.push(Cause::invalid(
                 field,
                 n,
@@ -383,6 +415,18 @@ mod tests {
         assert!(prepare(&r, Some(&old), &mut external).is_empty());
         assert!(external["spec"].get("clusterIP").is_none() && external["spec"].get("ipFamilies").is_none());
         assert!(held(&external).is_empty(), "an ExternalName service holds nothing");
+        // Values already held pass even outside the ranges (which may have changed since).
+        let narrow = Ranges::parse("10.200.0.0/24", "31000-31999").unwrap();
+        let mut status_only = old.clone();
+        status_only["status"] = json!({"loadBalancer": {}});
+        assert!(prepare(&narrow, Some(&old), &mut status_only).is_empty());
+        // clusterIPs alone names the address; dual stack and IPv6 are refused.
+        let mut listed = json!({"spec": {"clusterIPs": ["10.96.0.50"], "ports": [{"port": 80}]}});
+        assert!(prepare(&r, None, &mut listed).is_empty());
+        assert_eq!(listed["spec"]["clusterIP"], "10.96.0.50");
+        let mut dual = json!({"spec": {"ipFamilyPolicy": "RequireDualStack", "ipFamilies": ["IPv4", "IPv6"]}});
+        let fields: Vec<String> = prepare(&r, None, &mut dual).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, ["spec.ipFamilyPolicy", "spec.ipFamilies[1]"]);
         // A cluster IP never changes once allocated.
         let mut moved = old.clone();
         moved["spec"]["clusterIP"] = json!("10.96.3.5");

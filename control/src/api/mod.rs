@@ -233,7 +233,7 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
         return Err(ApiError::new(413, "RequestEntityTooLarge", "the request body is larger than 3 MiB"));
     }
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
-    match content_type.split(';').next().unwrap_or("").trim() {
+    match content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase().as_str() {
         "" | "application/json" => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("the request body is not valid JSON: {e}"))),
         protobuf::CONTENT_TYPE => protobuf::to_json(body).map_err(|e| match e {

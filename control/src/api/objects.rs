@@ -296,7 +296,8 @@ fn ensure_object(obj: &mut Value, pointer: &str) {
     for part in pointer.split('/').skip(1) {
         let parent = at.clone();
         at = format!("{at}/{part}");
-        if obj.pointer(&at).is_none() {
+        // Absent or null (what `field: null` in a manifest sends) alike.
+        if obj.pointer(&at).is_none_or(Value::is_null) {
             if let Some(Value::Object(map)) = obj.pointer_mut(if parent.is_empty() { "" } else { &parent }) {
                 map.insert(part.to_string(), json!({}));
             }
@@ -355,11 +356,30 @@ pub fn apply_defaults(resource: &Resource, obj: &mut Value) {
             }
             default_pod_spec(obj, "/spec/template/spec");
         }
-        "ReplicaSet" | "StatefulSet" => {
+        "ReplicaSet" => {
             set_default(obj, "/spec/replicas", json!(1));
             default_pod_spec(obj, "/spec/template/spec");
         }
-        "DaemonSet" => default_pod_spec(obj, "/spec/template/spec"),
+        "StatefulSet" => {
+            set_default(obj, "/spec/replicas", json!(1));
+            ensure_object(obj, "/spec/updateStrategy");
+            set_default(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
+            if obj.pointer("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {
+                ensure_object(obj, "/spec/updateStrategy/rollingUpdate");
+                set_default(obj, "/spec/updateStrategy/rollingUpdate/partition", json!(0));
+            }
+            default_pod_spec(obj, "/spec/template/spec");
+        }
+        "DaemonSet" => {
+            ensure_object(obj, "/spec/updateStrategy");
+            set_default(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
+            if obj.pointer("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {
+                ensure_object(obj, "/spec/updateStrategy/rollingUpdate");
+                set_default(obj, "/spec/updateStrategy/rollingUpdate/maxUnavailable", json!(1));
+                set_default(obj, "/spec/updateStrategy/rollingUpdate/maxSurge", json!(0));
+            }
+            default_pod_spec(obj, "/spec/template/spec");
+        }
         "Service" => {
             set_default(obj, "/spec/type", json!("ClusterIP"));
             set_default(obj, "/spec/sessionAffinity", json!("None"));

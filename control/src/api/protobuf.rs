@@ -33,7 +33,10 @@ enum Ty {
     Msg(&'static [F]),
     /// A message whose fields JSON writes into the parent (Go's embedded structs).
     Inline(&'static [F]),
+    /// A Go value IntOrString: the zero value (0) is what it holds when unset.
     IntOrString,
+    /// A Go pointer IntOrString: present means set, 0 included.
+    PIntOrString,
     Time,
     MicroTime,
     Quantity,
@@ -54,7 +57,10 @@ enum Card {
 struct F(u32, &'static str, Card, Ty);
 
 use Card::{Many, Map as M, One};
-use Ty::{Bool, Bytes, Inline, Int, IntOrString as IOS, MicroTime, Msg, PBool, PInt, Quantity, Raw, Str, Time};
+use Ty::{
+    Bool, Bytes, Inline, Int, IntOrString as IOS, MicroTime, Msg, PBool, PInt, PIntOrString as PIOS, Quantity, Raw,
+    Str, Time,
+};
 
 const OWNER_REFERENCE: &[F] = &[
     F(1, "kind", One, Str),
@@ -379,7 +385,7 @@ const DEPLOYMENT_SPEC: &[F] = &[
         One,
         Msg(&[
             F(1, "type", One, Str),
-            F(2, "rollingUpdate", One, Msg(&[F(1, "maxUnavailable", One, IOS), F(2, "maxSurge", One, IOS)])),
+            F(2, "rollingUpdate", One, Msg(&[F(1, "maxUnavailable", One, PIOS), F(2, "maxSurge", One, PIOS)])),
         ]),
     ),
     F(5, "minReadySeconds", One, Int),
@@ -408,7 +414,7 @@ const DEPLOYMENT_STATUS: &[F] = &[
     ),
     F(7, "readyReplicas", One, Int),
     F(8, "collisionCount", One, PInt),
-    F(9, "terminatingReplicas", One, Int),
+    F(9, "terminatingReplicas", One, PInt),
 ];
 const DEPLOYMENT: &[F] = &[
     F(1, "metadata", One, Msg(OBJECT_META)),
@@ -423,7 +429,7 @@ const REPLICA_SET_STATUS: &[F] = &[
     F(4, "readyReplicas", One, Int),
     F(5, "availableReplicas", One, Int),
     F(6, "conditions", Many, Msg(WORKLOAD_CONDITION)),
-    F(7, "terminatingReplicas", One, Int),
+    F(7, "terminatingReplicas", One, PInt),
 ];
 const WORKLOAD_CONDITION: &[F] = &[
     F(1, "type", One, Str),
@@ -465,7 +471,7 @@ const STATEFUL_SET: &[F] = &[
                 One,
                 Msg(&[
                     F(1, "type", One, Str),
-                    F(2, "rollingUpdate", One, Msg(&[F(1, "partition", One, PInt), F(2, "maxUnavailable", One, IOS)])),
+                    F(2, "rollingUpdate", One, Msg(&[F(1, "partition", One, PInt), F(2, "maxUnavailable", One, PIOS)])),
                 ]),
             ),
             F(8, "revisionHistoryLimit", One, PInt),
@@ -505,7 +511,7 @@ const DAEMON_SET: &[F] = &[
                 One,
                 Msg(&[
                     F(1, "type", One, Str),
-                    F(2, "rollingUpdate", One, Msg(&[F(1, "maxUnavailable", One, IOS), F(2, "maxSurge", One, IOS)])),
+                    F(2, "rollingUpdate", One, Msg(&[F(1, "maxUnavailable", One, PIOS), F(2, "maxSurge", One, PIOS)])),
                 ]),
             ),
             F(4, "minReadySeconds", One, Int),
@@ -804,13 +810,15 @@ fn value(wire: &Wire, ty: Ty, path: &str, depth: usize) -> Result<Option<Value>,
         Ty::PBool => Some(json!(int()? != 0)),
         Ty::PInt => Some(json!(int()?)),
         Ty::Msg(schema) | Ty::Inline(schema) => Some(decode(bytes()?, schema, path, depth + 1)?),
-        Ty::IntOrString => {
-            let schema = [F(1, "type", One, Int), F(2, "intVal", One, Int), F(3, "strVal", One, Str)];
+        Ty::IntOrString | Ty::PIntOrString => {
+            let schema = [F(1, "type", One, PInt), F(2, "intVal", One, PInt), F(3, "strVal", One, Str)];
             let v = decode(bytes()?, &schema, path, depth + 1)?;
-            match (v["type"].as_i64().unwrap_or(0), &v["intVal"], &v["strVal"]) {
-                (1, _, Value::String(s)) => Some(json!(s)),
-                (0, Value::Number(n), _) if n.as_i64() != Some(0) => Some(Value::Number(n.clone())),
-                _ => None,
+            let int = v["intVal"].as_i64().unwrap_or(0);
+            match v["type"].as_i64().unwrap_or(0) {
+                1 => v.get("strVal").cloned().or(Some(json!(""))).filter(|s| s != "" || matches!(ty, Ty::PIntOrString)),
+                0 if int == 0 && matches!(ty, Ty::IntOrString) => None,
+                0 => Some(json!(int)),
+                other => return Err(malformed(path, &format!("IntOrString of type {other}"))),
             }
         }
         Ty::Time | Ty::MicroTime => {
@@ -936,8 +944,8 @@ mod tests {
                 strategy: Some(apps::DeploymentStrategy {
                     r#type: Some("RollingUpdate".into()),
                     rolling_update: Some(apps::RollingUpdateDeployment {
-                        max_unavailable: Some(int_or_string(Err("25%"))),
-                        max_surge: Some(int_or_string(Ok(2))),
+                        max_unavailable: Some(int_or_string(Ok(0))),
+                        max_surge: Some(int_or_string(Err("25%"))),
                     }),
                 }),
                 min_ready_seconds: Some(0),
@@ -966,7 +974,7 @@ mod tests {
                             "terminationGracePeriodSeconds": 30
                         }
                     },
-                    "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": 2}}
+                    "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": "25%"}}
                 },
                 "status": {}
             })

@@ -385,11 +385,9 @@ pub async fn create(
             }
         }
     }
-    Err(ApiError::new(
-        500,
-        "AlreadyExists",
-        format!("no free name (generateName {generate:?}) or allocation after {CREATE_ATTEMPTS_MAX} attempts"),
-    ))
+    Err(ApiError::internal(format!(
+        "no free name (generateName {generate:?}) or allocation after {CREATE_ATTEMPTS_MAX} attempts"
+    )))
 }
 
 fn obj_has_spec(obj: &Value) -> bool {
@@ -500,7 +498,14 @@ async fn modify(
         match written {
             Written::Done(rev) => return Ok((with_rv(obj, rev), warnings)),
             Written::Conflict if expected_rv.is_none() => continue,
-            Written::Conflict => return Err(ApiError::conflict(res.plural, res.group, name)),
+            Written::Conflict => {
+                // The object unchanged, the write lost an allocation it claimed: try again.
+                let (now, _) = api.store.get(key.as_bytes()).await?;
+                if now.is_some_and(|kv| kv.mod_revision == mod_rev) {
+                    continue;
+                }
+                return Err(ApiError::conflict(res.plural, res.group, name));
+            }
         }
     }
     Err(ApiError::new(
