@@ -169,7 +169,10 @@ pub fn prepare(ranges: &Ranges, old: Option<&Value>, svc: &mut Value) -> Vec<Cau
         }
     }
     let given_ip = spec.get("clusterIP").and_then(Value::as_str).unwrap_or("").to_string();
-    if listed.len() > 1 || listed.first().is_some_and(|f| !f.is_empty() && *f != given_ip) {
+    // clusterIPs left as stored while clusterIP moved: the immutability below says what is wrong.
+    let listed_as_stored = old.and_then(|o| o.pointer("/spec/clusterIPs")) == spec.get("clusterIPs");
+    let mismatch = listed.first().is_some_and(|f| !f.is_empty() && *f != given_ip) && !listed_as_stored;
+    if listed.len() > 1 || mismatch {
         causes.push(Cause::invalid(
             "spec.clusterIPs",
             format!("{listed:?}"),
