@@ -284,6 +284,20 @@ pub fn validate(resource: &Resource, obj: &Value) -> Vec<Cause> {
     causes
 }
 
+/// Defaults the update strategy at `at` to RollingUpdate, and, when it is one, the fields of its
+/// `rollingUpdate` to `rolling`.
+fn default_rolling_update(obj: &mut Value, at: &str, rolling: &[(&str, Value)]) {
+    ensure_object(obj, at);
+    set_default(obj, &format!("{at}/type"), json!("RollingUpdate"));
+    if obj.pointer(&format!("{at}/type")) == Some(&json!("RollingUpdate")) {
+        let at = format!("{at}/rollingUpdate");
+        ensure_object(obj, &at);
+        for (field, value) in rolling {
+            set_default(obj, &format!("{at}/{field}"), value.clone());
+        }
+    }
+}
+
 fn set_default(obj: &mut Value, pointer: &str, value: Value) {
     let (parent, key) = pointer.rsplit_once('/').expect("pointer has a slash");
     if let Some(Value::Object(map)) = obj.pointer_mut(parent) {
@@ -347,13 +361,11 @@ pub fn apply_defaults(resource: &Resource, obj: &mut Value) {
             set_default(obj, "/spec/replicas", json!(1));
             set_default(obj, "/spec/revisionHistoryLimit", json!(10));
             set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
-            ensure_object(obj, "/spec/strategy");
-            set_default(obj, "/spec/strategy/type", json!("RollingUpdate"));
-            if obj.pointer("/spec/strategy/type") == Some(&json!("RollingUpdate")) {
-                ensure_object(obj, "/spec/strategy/rollingUpdate");
-                set_default(obj, "/spec/strategy/rollingUpdate/maxUnavailable", json!("25%"));
-                set_default(obj, "/spec/strategy/rollingUpdate/maxSurge", json!("25%"));
-            }
+            default_rolling_update(
+                obj,
+                "/spec/strategy",
+                &[("maxUnavailable", json!("25%")), ("maxSurge", json!("25%"))],
+            );
             default_pod_spec(obj, "/spec/template/spec");
         }
         "ReplicaSet" => {
@@ -362,22 +374,15 @@ pub fn apply_defaults(resource: &Resource, obj: &mut Value) {
         }
         "StatefulSet" => {
             set_default(obj, "/spec/replicas", json!(1));
-            ensure_object(obj, "/spec/updateStrategy");
-            set_default(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
-            if obj.pointer("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {
-                ensure_object(obj, "/spec/updateStrategy/rollingUpdate");
-                set_default(obj, "/spec/updateStrategy/rollingUpdate/partition", json!(0));
-            }
+            default_rolling_update(obj, "/spec/updateStrategy", &[("partition", json!(0))]);
             default_pod_spec(obj, "/spec/template/spec");
         }
         "DaemonSet" => {
-            ensure_object(obj, "/spec/updateStrategy");
-            set_default(obj, "/spec/updateStrategy/type", json!("RollingUpdate"));
-            if obj.pointer("/spec/updateStrategy/type") == Some(&json!("RollingUpdate")) {
-                ensure_object(obj, "/spec/updateStrategy/rollingUpdate");
-                set_default(obj, "/spec/updateStrategy/rollingUpdate/maxUnavailable", json!(1));
-                set_default(obj, "/spec/updateStrategy/rollingUpdate/maxSurge", json!(0));
-            }
+            default_rolling_update(
+                obj,
+                "/spec/updateStrategy",
+                &[("maxUnavailable", json!(1)), ("maxSurge", json!(0))],
+            );
             default_pod_spec(obj, "/spec/template/spec");
         }
         "Service" => {
