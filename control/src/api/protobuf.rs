@@ -5,7 +5,7 @@
 //! accept.
 //!
 //! The envelope is the magic `k8s\0` and a `runtime.Unknown` (field 1 the type meta: apiVersion
-//! 1, kind 2; field 2 the object's own encoding; 3 a content encoding; 4 a content type). The
+//! 1, kind 2; field 2 the object's own encoding; 3 a content encoding). The
 //! objects are read by the tables below: Kubernetes' field numbers and JSON names for the kinds
 //! and fields that typed clients create here. Go writes every non-pointer field, set or not, so a
 //! field outside the tables is skipped when it holds its zero value (what Go means by unset)
@@ -630,12 +630,7 @@ fn schema_of(api_version: &str, kind: &str) -> Option<&'static [F]> {
     })
 }
 
-const UNKNOWN: &[F] = &[
-    F(1, "typeMeta", One, Msg(&[F(1, "apiVersion", One, Str), F(2, "kind", One, Str)])),
-    F(2, "raw", One, Bytes),
-    F(3, "contentEncoding", One, Str),
-    F(4, "contentType", One, Str),
-];
+const TYPE_META: &[F] = &[F(1, "apiVersion", One, Str), F(2, "kind", One, Str)];
 
 /// Why a body could not be read: a malformed one, or a kind or field not read from protobuf.
 #[derive(Debug, PartialEq)]
@@ -657,21 +652,21 @@ pub fn to_json(body: &[u8]) -> Result<Value, Refused> {
     let envelope = body
         .strip_prefix(MAGIC)
         .ok_or_else(|| Refused::Malformed("the body does not start with the protobuf magic \"k8s\\0\"".into()))?;
-    let unknown = decode(envelope, UNKNOWN, "envelope", 0)?;
-    let text = |pointer: &str| unknown.pointer(pointer).and_then(Value::as_str).unwrap_or("").to_string();
-    if !text("/contentEncoding").is_empty() {
-        return Err(Refused::Unsupported(format!("content encoding {:?}", text("/contentEncoding"))));
+    // runtime.Unknown: 1 the type meta, 2 the object's own encoding, 3 a content encoding.
+    let encoding = bytes_field(envelope, 3, "envelope")?.unwrap_or_default();
+    if !encoding.is_empty() {
+        return Err(Refused::Unsupported(format!("content encoding {:?}", String::from_utf8_lossy(encoding))));
     }
-    let (api_version, kind) = (text("/typeMeta/apiVersion"), text("/typeMeta/kind"));
+    let type_meta = decode(bytes_field(envelope, 1, "envelope")?.unwrap_or_default(), TYPE_META, "typeMeta", 0)?;
+    let text = |field: &str| type_meta.get(field).and_then(Value::as_str).unwrap_or("").to_string();
+    let (api_version, kind) = (text("apiVersion"), text("kind"));
     let schema = schema_of(&api_version, &kind).ok_or_else(|| {
         Refused::Unsupported(format!(
             "{kind} ({api_version}) is not read from protobuf here; send it as application/json"
         ))
     })?;
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(text("/raw"))
-        .map_err(|e| Refused::Malformed(format!("raw: {e}")))?;
-    let mut object = match decode(&raw, schema, &kind, 0)? {
+    let raw = bytes_field(envelope, 2, "envelope")?.unwrap_or_default();
+    let mut object = match decode(raw, schema, &kind, 0)? {
         Value::Object(map) => map,
         _ => Map::new(),
     };
@@ -721,6 +716,37 @@ fn take<'a>(buf: &'a [u8], at: &mut usize, len: usize, path: &str) -> Result<&'a
     Ok(bytes)
 }
 
+/// The next field of a message at `at`: its number and value.
+fn next_field<'a>(buf: &'a [u8], at: &mut usize, path: &str) -> Result<(u64, Wire<'a>), Refused> {
+    let key = varint(buf, at, path)?;
+    let (number, wire_type) = (key >> 3, key & 7);
+    let wire = match wire_type {
+        0 => Wire::Varint(varint(buf, at, path)?),
+        1 => Wire::Fixed(take(buf, at, 8, path)?),
+        2 => {
+            let len = usize::try_from(varint(buf, at, path)?).map_err(|_| malformed(path, "length"))?;
+            Wire::Bytes(take(buf, at, len, path)?)
+        }
+        5 => Wire::Fixed(take(buf, at, 4, path)?),
+        other => return Err(malformed(path, &format!("wire type {other} of field {number}"))),
+    };
+    Ok((number, wire))
+}
+
+/// The bytes of length-delimited field `number` of a message (the last one, as protobuf reads
+/// a repeated singular field).
+fn bytes_field<'a>(buf: &'a [u8], number: u64, path: &str) -> Result<Option<&'a [u8]>, Refused> {
+    let (mut at, mut found) = (0, None);
+    while at < buf.len() {
+        match next_field(buf, &mut at, path)? {
+            (n, Wire::Bytes(b)) if n == number => found = Some(b),
+            (n, _) if n == number => return Err(malformed(path, &format!("field {n} is not length-delimited"))),
+            _ => {}
+        }
+    }
+    Ok(found)
+}
+
 /// Decodes one message by its table into a JSON object.
 fn decode(buf: &[u8], schema: &[F], path: &str, depth: usize) -> Result<Value, Refused> {
     if depth > DEPTH_MAX {
@@ -729,18 +755,7 @@ fn decode(buf: &[u8], schema: &[F], path: &str, depth: usize) -> Result<Value, R
     let mut object = Map::new();
     let mut at = 0;
     while at < buf.len() {
-        let key = varint(buf, &mut at, path)?;
-        let (number, wire_type) = (key >> 3, key & 7);
-        let wire = match wire_type {
-            0 => Wire::Varint(varint(buf, &mut at, path)?),
-            1 => Wire::Fixed(take(buf, &mut at, 8, path)?),
-            2 => {
-                let len = usize::try_from(varint(buf, &mut at, path)?).map_err(|_| malformed(path, "length"))?;
-                Wire::Bytes(take(buf, &mut at, len, path)?)
-            }
-            5 => Wire::Fixed(take(buf, &mut at, 4, path)?),
-            other => return Err(malformed(path, &format!("wire type {other} of field {number}"))),
-        };
+        let (number, wire) = next_field(buf, &mut at, path)?;
         let Some(&F(_, name, card, ty)) = schema.iter().find(|f| u64::from(f.0) == number) else {
             if wire.is_zero() {
                 continue;
@@ -835,16 +850,12 @@ fn value(wire: &Wire, ty: Ty, path: &str, depth: usize) -> Result<Option<Value>,
             }
         }
         Ty::Quantity => decode(bytes()?, &[F(1, "string", One, Str)], path, depth + 1)?.get("string").cloned(),
-        Ty::Raw => {
-            let raw = decode(bytes()?, &[F(1, "raw", One, Bytes)], path, depth + 1)?;
-            match raw.get("raw").and_then(Value::as_str) {
-                Some(b64) => {
-                    let b = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_default();
-                    Some(serde_json::from_slice(&b).map_err(|e| malformed(path, &format!("raw JSON: {e}")))?)
-                }
-                None => None,
+        Ty::Raw => match bytes_field(bytes()?, 1, path)? {
+            Some(raw) if !raw.is_empty() => {
+                Some(serde_json::from_slice(raw).map_err(|e| malformed(path, &format!("raw JSON: {e}")))?)
             }
-        }
+            _ => None,
+        },
     })
 }
 
