@@ -197,16 +197,7 @@ fn check_containers(spec: &Value, field: &str, causes: &mut Vec<Cause>) {
                 if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
                     causes.push(Cause::required(format!("{at}.image")));
                 }
-                for (j, p) in c.get("ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                    let port = p.get("containerPort").and_then(Value::as_i64).unwrap_or(0);
-                    if !(1..=65535).contains(&port) {
-                        causes.push(Cause::invalid(
-                            format!("{at}.ports[{j}].containerPort"),
-                            port,
-                            "must be between 1 and 65535, inclusive",
-                        ));
-                    }
-                }
+                check_ports(c.get("ports"), "containerPort", &format!("{at}.ports"), causes);
             }
         }
     }
@@ -244,6 +235,16 @@ fn check_workload(obj: &Value, causes: &mut Vec<Cause>) {
     check_containers(spec.pointer("/template/spec").unwrap_or(&json!({})), "spec.template.spec", causes);
 }
 
+/// Each element of the port list `ports` (at `at`) names a port in its `field`, 1 to 65535.
+fn check_ports(ports: Option<&Value>, field: &str, at: &str, causes: &mut Vec<Cause>) {
+    for (i, p) in ports.and_then(Value::as_array).into_iter().flatten().enumerate() {
+        let port = p.get(field).and_then(Value::as_i64).unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            causes.push(Cause::invalid(format!("{at}[{i}].{field}"), port, "must be between 1 and 65535, inclusive"));
+        }
+    }
+}
+
 /// Semantic checks of a decoded object; every bad field is named.
 pub fn validate(resource: &Resource, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
@@ -252,16 +253,7 @@ pub fn validate(resource: &Resource, obj: &Value) -> Vec<Cause> {
         "Pod" => check_containers(obj.get("spec").unwrap_or(&json!({})), "spec", &mut causes),
         "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => check_workload(obj, &mut causes),
         "Service" => {
-            for (i, p) in obj.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                let port = p.get("port").and_then(Value::as_i64).unwrap_or(0);
-                if !(1..=65535).contains(&port) {
-                    causes.push(Cause::invalid(
-                        format!("spec.ports[{i}].port"),
-                        port,
-                        "must be between 1 and 65535, inclusive",
-                    ));
-                }
-            }
+            check_ports(obj.pointer("/spec/ports"), "port", "spec.ports", &mut causes);
         }
         "ConfigMap" | "Secret" => {
             for field in ["data", "binaryData", "stringData"] {
