@@ -285,7 +285,11 @@ impl WatchCache {
         let items = self.fanout.subscribe();
         let backlog = match after {
             None => Backlog::Objects(
-                s.objects.range(scope.to_string()..).take_while(|(k, _)| k.starts_with(scope)).map(|(_, v)| v.clone()).collect(),
+                s.objects
+                    .range(scope.to_string()..)
+                    .take_while(|(k, _)| k.starts_with(scope))
+                    .map(|(_, v)| v.clone())
+                    .collect(),
             ),
             Some(rv) if rv < s.complete_after => return Err(TooOld),
             Some(rv) => Backlog::Events(
@@ -301,8 +305,12 @@ impl WatchCache {
         if !s.ready {
             return None;
         }
-        let items =
-            s.objects.range(scope.to_string()..).take_while(|(k, _)| k.starts_with(scope)).map(|(_, v)| v.clone()).collect();
+        let items = s
+            .objects
+            .range(scope.to_string()..)
+            .take_while(|(k, _)| k.starts_with(scope))
+            .map(|(_, v)| v.clone())
+            .collect();
         Some((items, s.revision))
     }
 }

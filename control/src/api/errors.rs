@@ -88,6 +88,32 @@ impl ApiError {
         }
     }
 
+    /// 403 for a request Kubernetes refuses whoever asks, naming the object and why.
+    pub fn forbidden(plural: &str, group: &str, name: &str, why: &str) -> Self {
+        ApiError {
+            code: 403,
+            reason: "Forbidden",
+            message: format!("{} \"{name}\" is forbidden: {why}", qualified(plural, group)),
+            details: Some(json!({"name": name, "group": group, "kind": plural})),
+        }
+    }
+
+    /// 403 for new content in a namespace being deleted, with the cause clients look for.
+    pub fn namespace_terminating(plural: &str, group: &str, name: &str, ns: &str) -> Self {
+        let mut e = Self::forbidden(
+            plural,
+            group,
+            name,
+            &format!("unable to create new content in namespace {ns} because it is being terminated"),
+        );
+        e.details = Some(json!({"name": name, "group": group, "kind": plural, "causes": [{
+            "reason": "NamespaceTerminating",
+            "message": format!("namespace {ns} is being terminated"),
+            "field": "metadata.namespace",
+        }]}));
+        e
+    }
+
     pub fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)
     }
@@ -147,9 +173,9 @@ fn qualified(plural: &str, group: &str) -> String {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Compacted => ApiError::gone(
-                "The resourceVersion for the provided list is too old.".to_string(),
-            ),
+            StoreError::Compacted => {
+                ApiError::gone("The resourceVersion for the provided list is too old.".to_string())
+            }
             StoreError::Unavailable(m) => {
                 tracing::warn!(error = %m, "store call failed");
                 ApiError::new(503, "ServiceUnavailable", format!("storage unavailable: {m}"))

@@ -5,6 +5,7 @@
 pub mod alloc;
 pub mod cache;
 pub mod errors;
+pub mod kinds;
 pub mod objects;
 pub mod openapi;
 mod protobuf;

@@ -3,14 +3,15 @@
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::errors::{ApiError, Cause};
+use super::kinds::{NameRule, SelectableField, META_FIELDS};
 use super::resources::Resource;
 
 /// Decodes `body` as `T` and encodes it again: the object as Kubernetes stores it. Returns it and
 /// the paths of the fields `T` does not have.
-fn typed<T: DeserializeOwned + Serialize>(body: &Value) -> Result<(Value, Vec<String>), String> {
+pub fn typed<T: DeserializeOwned + Serialize>(body: &Value) -> Result<(Value, Vec<String>), String> {
     let decoded: T = serde_path_to_error::deserialize(body).map_err(|e| {
         let path = e.path().to_string();
         if path == "." {
@@ -44,29 +45,6 @@ fn unknown_fields(sent: &Value, kept: &Value, path: &str, out: &mut Vec<String>)
             }
         }
         _ => {}
-    }
-}
-
-/// Decodes a body as the resource's type. Unknown fields are dropped; their paths are returned.
-pub fn decode(resource: &Resource, body: &Value) -> Result<(Value, Vec<String>), String> {
-    use k8s_openapi::api::{apps::v1 as apps, coordination::v1 as coordination, core::v1 as core};
-    match resource.kind {
-        "Namespace" => typed::<core::Namespace>(body),
-        "Node" => typed::<core::Node>(body),
-        "Pod" => typed::<core::Pod>(body),
-        "Service" => typed::<core::Service>(body),
-        "Endpoints" => typed::<core::Endpoints>(body),
-        "ConfigMap" => typed::<core::ConfigMap>(body),
-        "Secret" => typed::<core::Secret>(body),
-        "Event" => typed::<core::Event>(body),
-        "ServiceAccount" => typed::<core::ServiceAccount>(body),
-        "Deployment" => typed::<apps::Deployment>(body),
-        "ReplicaSet" => typed::<apps::ReplicaSet>(body),
-        "DaemonSet" => typed::<apps::DaemonSet>(body),
-        "StatefulSet" => typed::<apps::StatefulSet>(body),
-        "ControllerRevision" => typed::<apps::ControllerRevision>(body),
-        "Lease" => typed::<coordination::Lease>(body),
-        other => Err(format!("no decoder for kind {other}")),
     }
 }
 
@@ -118,7 +96,7 @@ pub fn random_suffix() -> String {
     (0..5).map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())] as char).collect()
 }
 
-fn is_dns_label(s: &str) -> bool {
+pub fn is_dns_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
@@ -130,21 +108,19 @@ fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
-const DNS_LABEL_RULE: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', \
+pub const DNS_LABEL_RULE: &str =
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', \
                               and must start and end with an alphanumeric character";
 const DNS_SUBDOMAIN_RULE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \
                                   '-' or '.', and must start and end with an alphanumeric character";
 
-/// The name rule of a resource: namespaces and services are DNS labels, the rest subdomains.
+/// What is wrong with `name` under the resource's name rule, if anything.
 pub fn name_error(resource: &Resource, name: &str) -> Option<String> {
-    let label_only = matches!(resource.kind, "Namespace" | "Service");
-    if label_only && !is_dns_label(name) {
-        return Some(DNS_LABEL_RULE.into());
+    match resource.strategy.name_rule() {
+        NameRule::Label if !is_dns_label(name) => Some(DNS_LABEL_RULE.into()),
+        NameRule::Subdomain if !is_dns_subdomain(name) => Some(DNS_SUBDOMAIN_RULE.into()),
+        _ => None,
     }
-    if !label_only && !is_dns_subdomain(name) {
-        return Some(DNS_SUBDOMAIN_RULE.into());
-    }
-    None
 }
 
 fn is_qualified_name_part(s: &str) -> bool {
@@ -166,7 +142,7 @@ fn label_value_ok(value: &str) -> bool {
     value.is_empty() || is_qualified_name_part(value)
 }
 
-fn check_labels(labels: Option<&Value>, field: &str, causes: &mut Vec<Cause>) {
+pub fn check_labels(labels: Option<&Value>, field: &str, causes: &mut Vec<Cause>) {
     let Some(map) = labels.and_then(Value::as_object) else { return };
     for (k, v) in map {
         if !label_key_ok(k) {
@@ -179,64 +155,8 @@ fn check_labels(labels: Option<&Value>, field: &str, causes: &mut Vec<Cause>) {
     }
 }
 
-fn check_containers(spec: &Value, field: &str, causes: &mut Vec<Cause>) {
-    let containers = spec.get("containers").and_then(Value::as_array);
-    match containers {
-        None => causes.push(Cause::required(format!("{field}.containers"))),
-        Some(list) if list.is_empty() => causes.push(Cause::required(format!("{field}.containers"))),
-        Some(list) => {
-            let mut seen = std::collections::HashSet::new();
-            for (i, c) in list.iter().enumerate() {
-                let at = format!("{field}.containers[{i}]");
-                match c.get("name").and_then(Value::as_str) {
-                    None | Some("") => causes.push(Cause::required(format!("{at}.name"))),
-                    Some(n) if !is_dns_label(n) => causes.push(Cause::invalid(format!("{at}.name"), n, DNS_LABEL_RULE)),
-                    Some(n) if !seen.insert(n.to_string()) => causes.push(Cause::duplicate(format!("{at}.name"), n)),
-                    Some(_) => {}
-                }
-                if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
-                    causes.push(Cause::required(format!("{at}.image")));
-                }
-                check_ports(c.get("ports"), "containerPort", &format!("{at}.ports"), causes);
-            }
-        }
-    }
-}
-
-/// The selector's matchLabels/matchExpressions must select the template's labels.
-fn check_workload(obj: &Value, causes: &mut Vec<Cause>) {
-    let spec = obj.get("spec").cloned().unwrap_or(json!({}));
-    if let Some(r) = spec.get("replicas").and_then(Value::as_i64) {
-        if r < 0 {
-            causes.push(Cause::invalid("spec.replicas", r, "must be greater than or equal to 0"));
-        }
-    }
-    let selector = spec.get("selector");
-    let empty = selector.is_none_or(|s| {
-        s.get("matchLabels").and_then(Value::as_object).is_none_or(Map::is_empty)
-            && s.get("matchExpressions").and_then(Value::as_array).is_none_or(Vec::is_empty)
-    });
-    if empty {
-        causes.push(Cause::required("spec.selector"));
-    }
-    let template_labels = spec.pointer("/template/metadata/labels").cloned().unwrap_or(json!({}));
-    if let Some(sel) = selector.filter(|_| !empty) {
-        match LabelSelector::from_json(sel) {
-            Ok(s) if !s.matches(&template_labels) => causes.push(Cause::invalid(
-                "spec.template.metadata.labels",
-                template_labels.to_string(),
-                "`selector` does not match template `labels`",
-            )),
-            Ok(_) => {}
-            Err(e) => causes.push(Cause::invalid("spec.selector", sel.to_string(), e)),
-        }
-    }
-    check_labels(spec.pointer("/template/metadata/labels"), "spec.template.metadata.labels", causes);
-    check_containers(spec.pointer("/template/spec").unwrap_or(&json!({})), "spec.template.spec", causes);
-}
-
 /// Each element of the port list `ports` (at `at`) names a port in its `field`, 1 to 65535.
-fn check_ports(ports: Option<&Value>, field: &str, at: &str, causes: &mut Vec<Cause>) {
+pub fn check_ports(ports: Option<&Value>, field: &str, at: &str, causes: &mut Vec<Cause>) {
     for (i, p) in ports.and_then(Value::as_array).into_iter().flatten().enumerate() {
         let port = p.get(field).and_then(Value::as_i64).unwrap_or(0);
         if !(1..=65535).contains(&port) {
@@ -245,158 +165,20 @@ fn check_ports(ports: Option<&Value>, field: &str, at: &str, causes: &mut Vec<Ca
     }
 }
 
-/// Semantic checks of a decoded object; every bad field is named.
-pub fn validate(resource: &Resource, obj: &Value) -> Vec<Cause> {
+/// Semantic checks of a decoded object (replacing `old`, on an update); every bad field is named.
+pub fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
     check_labels(obj.pointer("/metadata/labels"), "metadata.labels", &mut causes);
-    match resource.kind {
-        "Pod" => check_containers(obj.get("spec").unwrap_or(&json!({})), "spec", &mut causes),
-        "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet" => check_workload(obj, &mut causes),
-        "Service" => {
-            check_ports(obj.pointer("/spec/ports"), "port", "spec.ports", &mut causes);
-        }
-        "ConfigMap" | "Secret" => {
-            for field in ["data", "binaryData", "stringData"] {
-                for key in obj.get(field).and_then(Value::as_object).into_iter().flatten().map(|(k, _)| k) {
-                    let ok = !key.is_empty()
-                        && key.len() <= 253
-                        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
-                    if !ok {
-                        causes.push(Cause::invalid(
-                            format!("{field}[{key}]"),
-                            key,
-                            "a valid config key must consist of alphanumeric characters, '-', '_' or '.'",
-                        ));
-                    }
-                }
+    if let Some(old) = old {
+        let (uid, old_uid) = (obj.pointer("/metadata/uid"), old.pointer("/metadata/uid"));
+        if let (Some(Value::String(new)), Some(old)) = (uid, old_uid) {
+            if !new.is_empty() && Some(new.as_str()) != old.as_str() {
+                causes.push(Cause::invalid("metadata.uid", new, "field is immutable"));
             }
         }
-        _ => {}
     }
+    causes.extend(resource.strategy.validate(obj, old));
     causes
-}
-
-/// Defaults the update strategy at `at` to RollingUpdate, and, when it is one, the fields of its
-/// `rollingUpdate` to `rolling`.
-fn default_rolling_update(obj: &mut Value, at: &str, rolling: &[(&str, Value)]) {
-    ensure_object(obj, at);
-    set_default(obj, &format!("{at}/type"), json!("RollingUpdate"));
-    if obj.pointer(&format!("{at}/type")) == Some(&json!("RollingUpdate")) {
-        let at = format!("{at}/rollingUpdate");
-        ensure_object(obj, &at);
-        for (field, value) in rolling {
-            set_default(obj, &format!("{at}/{field}"), value.clone());
-        }
-    }
-}
-
-fn set_default(obj: &mut Value, pointer: &str, value: Value) {
-    let (parent, key) = pointer.rsplit_once('/').expect("pointer has a slash");
-    if let Some(Value::Object(map)) = obj.pointer_mut(parent) {
-        map.entry(key.to_string()).or_insert(value);
-    }
-}
-
-fn ensure_object(obj: &mut Value, pointer: &str) {
-    let mut at = String::new();
-    for part in pointer.split('/').skip(1) {
-        let parent = at.clone();
-        at = format!("{at}/{part}");
-        // Absent or null (what `field: null` in a manifest sends) alike.
-        if obj.pointer(&at).is_none_or(Value::is_null) {
-            if let Some(Value::Object(map)) = obj.pointer_mut(if parent.is_empty() { "" } else { &parent }) {
-                map.insert(part.to_string(), json!({}));
-            }
-        }
-    }
-}
-
-fn default_pod_spec(obj: &mut Value, at: &str) {
-    if obj.pointer(at).is_none() {
-        return;
-    }
-    set_default(obj, &format!("{at}/restartPolicy"), json!("Always"));
-    set_default(obj, &format!("{at}/dnsPolicy"), json!("ClusterFirst"));
-    set_default(obj, &format!("{at}/schedulerName"), json!("default-scheduler"));
-    set_default(obj, &format!("{at}/terminationGracePeriodSeconds"), json!(30));
-    set_default(obj, &format!("{at}/securityContext"), json!({}));
-    let Some(containers) = obj.pointer_mut(&format!("{at}/containers")).and_then(Value::as_array_mut) else {
-        return;
-    };
-    for c in containers {
-        let Some(map) = c.as_object_mut() else { continue };
-        map.entry("terminationMessagePath").or_insert(json!("/dev/termination-log"));
-        map.entry("terminationMessagePolicy").or_insert(json!("File"));
-        let image = map.get("image").and_then(Value::as_str).unwrap_or_default();
-        // The tag is what follows the last ':' after the last '/'.
-        let tag = image.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, t)| t);
-        let pull = if image.contains('@') || tag.is_some_and(|t| t != "latest") { "IfNotPresent" } else { "Always" };
-        map.entry("imagePullPolicy").or_insert(json!(pull));
-        map.entry("resources").or_insert(json!({}));
-        if let Some(ports) = map.get_mut("ports").and_then(Value::as_array_mut) {
-            for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-                p.entry("protocol").or_insert(json!("TCP"));
-            }
-        }
-    }
-}
-
-/// Kubernetes' defaults for the fields a user usually leaves out.
-pub fn apply_defaults(resource: &Resource, obj: &mut Value) {
-    match resource.kind {
-        "Pod" => {
-            default_pod_spec(obj, "/spec");
-            ensure_object(obj, "/status");
-            set_default(obj, "/status/phase", json!("Pending"));
-        }
-        "Deployment" => {
-            set_default(obj, "/spec/replicas", json!(1));
-            set_default(obj, "/spec/revisionHistoryLimit", json!(10));
-            set_default(obj, "/spec/progressDeadlineSeconds", json!(600));
-            default_rolling_update(
-                obj,
-                "/spec/strategy",
-                &[("maxUnavailable", json!("25%")), ("maxSurge", json!("25%"))],
-            );
-            default_pod_spec(obj, "/spec/template/spec");
-        }
-        "ReplicaSet" => {
-            set_default(obj, "/spec/replicas", json!(1));
-            default_pod_spec(obj, "/spec/template/spec");
-        }
-        "StatefulSet" => {
-            set_default(obj, "/spec/replicas", json!(1));
-            default_rolling_update(obj, "/spec/updateStrategy", &[("partition", json!(0))]);
-            default_pod_spec(obj, "/spec/template/spec");
-        }
-        "DaemonSet" => {
-            default_rolling_update(
-                obj,
-                "/spec/updateStrategy",
-                &[("maxUnavailable", json!(1)), ("maxSurge", json!(0))],
-            );
-            default_pod_spec(obj, "/spec/template/spec");
-        }
-        "Service" => {
-            set_default(obj, "/spec/type", json!("ClusterIP"));
-            set_default(obj, "/spec/sessionAffinity", json!("None"));
-            if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
-                for p in ports.iter_mut().filter_map(Value::as_object_mut) {
-                    p.entry("protocol").or_insert(json!("TCP"));
-                    let port = p.get("port").cloned().unwrap_or(Value::Null);
-                    p.entry("targetPort").or_insert(port);
-                }
-            }
-        }
-        "Secret" => set_default(obj, "/type", json!("Opaque")),
-        "Namespace" => {
-            ensure_object(obj, "/spec");
-            set_default(obj, "/spec/finalizers", json!(["kubernetes"]));
-            ensure_object(obj, "/status");
-            set_default(obj, "/status/phase", json!("Active"));
-        }
-        _ => {}
-    }
 }
 
 /// Everything but metadata and status: what `metadata.generation` counts changes of.
@@ -554,29 +336,14 @@ fn check_value(value: &str) -> Result<(), String> {
     }
 }
 
-/// A field selector over the fields lists can filter by.
+/// A field selector over the fields a kind's lists can filter by: each requirement is the
+/// field's place in the object, what an absent value reads as, whether it is negated, and the
+/// value.
 #[derive(Debug, Clone, Default)]
-pub struct FieldSelector(Vec<(String, bool, String)>);
-
-const SELECTABLE_FIELDS: &[(&str, &str)] = &[
-    ("metadata.name", "/metadata/name"),
-    ("metadata.namespace", "/metadata/namespace"),
-    ("spec.nodeName", "/spec/nodeName"),
-    ("status.phase", "/status/phase"),
-    // Events, as `kubectl describe` selects them.
-    ("involvedObject.kind", "/involvedObject/kind"),
-    ("involvedObject.namespace", "/involvedObject/namespace"),
-    ("involvedObject.name", "/involvedObject/name"),
-    ("involvedObject.uid", "/involvedObject/uid"),
-    ("involvedObject.apiVersion", "/involvedObject/apiVersion"),
-    ("involvedObject.resourceVersion", "/involvedObject/resourceVersion"),
-    ("involvedObject.fieldPath", "/involvedObject/fieldPath"),
-    ("reason", "/reason"),
-    ("type", "/type"),
-];
+pub struct FieldSelector(Vec<(&'static SelectableField, bool, String)>);
 
 impl FieldSelector {
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(resource: &Resource, text: &str) -> Result<Self, String> {
         let mut out = Vec::new();
         for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (field, negated, value) = if let Some((f, v)) = part.split_once("!=") {
@@ -589,10 +356,11 @@ impl FieldSelector {
                 return Err(format!("invalid selector: '{part}'; can't understand '{part}'"));
             };
             let field = field.trim();
-            if !SELECTABLE_FIELDS.iter().any(|(f, _)| *f == field) {
+            let known = META_FIELDS.iter().chain(resource.strategy.selectable_fields()).find(|f| f.name == field);
+            let Some(known) = known else {
                 return Err(format!("field label not supported: {field}"));
-            }
-            out.push((field.to_string(), negated, value.trim().to_string()));
+            };
+            out.push((known, negated, value.trim().to_string()));
         }
         Ok(FieldSelector(out))
     }
@@ -603,9 +371,13 @@ impl FieldSelector {
 
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(field, negated, value)| {
-            let pointer = SELECTABLE_FIELDS.iter().find(|(f, _)| f == field).map(|(_, p)| *p).unwrap_or("");
-            let actual = obj.pointer(pointer).and_then(Value::as_str).unwrap_or("");
-            (actual == value) != *negated
+            let actual = match obj.pointer(field.pointer) {
+                Some(Value::String(s)) => s.clone(),
+                Some(Value::Bool(b)) => b.to_string(),
+                Some(Value::Number(n)) => n.to_string(),
+                _ => field.absent.to_string(),
+            };
+            (actual == *value) != *negated
         })
     }
 }
@@ -655,10 +427,18 @@ mod tests {
     #[test]
     fn field_selectors_know_their_fields() {
         let pod = json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        assert!(FieldSelector::parse("spec.nodeName=n1,status.phase!=Pending").unwrap().matches(&pod));
-        assert!(!FieldSelector::parse("metadata.name==q").unwrap().matches(&pod));
-        assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&json!({})));
-        assert_eq!(FieldSelector::parse("spec.image=x").unwrap_err(), "field label not supported: spec.image");
+        let pods = super::super::resources::find("", "v1", "pods").unwrap();
+        let nodes = super::super::resources::find("", "v1", "nodes").unwrap();
+        assert!(FieldSelector::parse(pods, "spec.nodeName=n1,status.phase!=Pending").unwrap().matches(&pod));
+        assert!(!FieldSelector::parse(pods, "metadata.name==q").unwrap().matches(&pod));
+        assert!(FieldSelector::parse(pods, "spec.nodeName=").unwrap().matches(&json!({})));
+        assert_eq!(FieldSelector::parse(pods, "spec.image=x").unwrap_err(), "field label not supported: spec.image");
+        // A kind's own fields only; booleans read as Kubernetes prints them, absent as false.
+        assert!(FieldSelector::parse(nodes, "spec.nodeName=n1").is_err());
+        let cordoned = FieldSelector::parse(nodes, "spec.unschedulable=true").unwrap();
+        assert!(cordoned.matches(&json!({"spec": {"unschedulable": true}})));
+        assert!(!cordoned.matches(&json!({"spec": {}})));
+        assert!(FieldSelector::parse(nodes, "spec.unschedulable!=true").unwrap().matches(&json!({})));
     }
 
     #[test]
@@ -666,12 +446,12 @@ mod tests {
         let pods = super::super::resources::find("", "v1", "pods").unwrap();
         let body = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": [{"name": "c", "image": "x", "bogus": 1}], "extra": true}});
-        let (kept, unknown) = decode(pods, &body).unwrap();
+        let (kept, unknown) = pods.strategy.decode(&body).unwrap();
         assert_eq!(unknown, vec!["spec.containers[0].bogus".to_string(), "spec.extra".to_string()]);
         assert!(kept.pointer("/spec/extra").is_none());
         let wrong = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
             "spec": {"containers": [{"name": "c", "image": "x", "ports": [{"containerPort": "eighty"}]}]}});
-        let err = decode(pods, &wrong).unwrap_err();
+        let err = pods.strategy.decode(&wrong).unwrap_err();
         assert!(err.starts_with("spec.containers[0].ports[0].containerPort"), "{err}");
     }
 
@@ -680,11 +460,17 @@ mod tests {
         let deploy = super::super::resources::find("apps", "v1", "deployments").unwrap();
         let obj = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"app": "a"}},
             "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": []}}}});
-        let fields: Vec<String> = validate(deploy, &obj).into_iter().map(|c| c.field).collect();
+        let fields: Vec<String> = validate(deploy, &obj, None).into_iter().map(|c| c.field).collect();
         assert_eq!(fields, vec!["spec.template.metadata.labels", "spec.template.spec.containers"]);
         let ok = json!({"metadata": {"name": "d"}, "spec": {"selector": {"matchLabels": {"app": "a"}},
             "template": {"metadata": {"labels": {"app": "a"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}}}});
-        assert!(validate(deploy, &ok).is_empty());
+        assert!(validate(deploy, &ok, None).is_empty());
+        let mut other_uid = ok.clone();
+        other_uid["metadata"]["uid"] = json!("b");
+        let mut stored = ok.clone();
+        stored["metadata"]["uid"] = json!("a");
+        let fields: Vec<String> = validate(deploy, &other_uid, Some(&stored)).into_iter().map(|c| c.field).collect();
+        assert_eq!(fields, vec!["metadata.uid"]);
         let svc = super::super::resources::find("", "v1", "services").unwrap();
         assert!(name_error(svc, "a.b").is_some());
         assert!(name_error(deploy, "a.b").is_none());
@@ -696,7 +482,8 @@ mod tests {
         let pods = super::super::resources::find("", "v1", "pods").unwrap();
         let mut pod = json!({"spec": {"restartPolicy": "Never", "containers": [
             {"name": "a", "image": "nginx:1.14.2"}, {"name": "b", "image": "nginx"}]}});
-        apply_defaults(pods, &mut pod);
+        pods.strategy.defaults(&mut pod);
+        pods.strategy.prepare_for_create(&mut pod);
         assert_eq!(pod["spec"]["restartPolicy"], "Never");
         assert_eq!(pod["spec"]["dnsPolicy"], "ClusterFirst");
         assert_eq!(pod["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
@@ -706,14 +493,14 @@ mod tests {
         // An empty strategy (what a typed client sends) is filled in; a Recreate one is left be.
         let deployments = super::super::resources::find("apps", "v1", "deployments").unwrap();
         let mut deploy = json!({"spec": {"strategy": {}, "template": {"spec": {"containers": []}}}});
-        apply_defaults(deployments, &mut deploy);
+        deployments.strategy.defaults(&mut deploy);
         assert_eq!(
             deploy["spec"]["strategy"],
             json!({"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": "25%", "maxSurge": "25%"}})
         );
         let mut recreate =
             json!({"spec": {"strategy": {"type": "Recreate"}, "template": {"spec": {"containers": []}}}});
-        apply_defaults(deployments, &mut recreate);
+        deployments.strategy.defaults(&mut recreate);
         assert_eq!(recreate["spec"]["strategy"], json!({"type": "Recreate"}));
     }
 }

@@ -2,6 +2,8 @@
 
 use serde_json::{json, Value};
 
+use super::kinds::Strategy;
+
 /// One resource type, as discovery describes it.
 pub struct Resource {
     /// "" for the core group.
@@ -15,6 +17,8 @@ pub struct Resource {
     pub categories: &'static [&'static str],
     /// Subresources served: "status", "scale", "binding", "log".
     pub subresources: &'static [&'static str],
+    /// The kind's own rules (see `kinds/`).
+    pub strategy: &'static dyn Strategy,
 }
 
 impl Resource {
@@ -51,191 +55,26 @@ impl Resource {
     }
 }
 
-const ALL: &[&str] = &["all"];
-const NONE: &[&str] = &[];
-
-pub static RESOURCES: &[Resource] = &[
-    Resource {
-        group: "",
-        version: "v1",
-        kind: "Namespace",
-        plural: "namespaces",
-        singular: "namespace",
-        namespaced: false,
-        short_names: &["ns"],
-        categories: NONE,
-        subresources: &["status"],
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        kind: "Node",
-        plural: "nodes",
-        singular: "node",
-        namespaced: false,
-        short_names: &["no"],
-        categories: NONE,
-        subresources: &["status"],
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        kind: "Pod",
-        plural: "pods",
-        singular: "pod",
-        namespaced: true,
-        short_names: &["po"],
-        categories: ALL,
-        subresources: &["status", "binding", "log"],
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        kind: "Service",
-        plural: "services",
-        singular: "service",
-        namespaced: true,
-        short_names: &["svc"],
-        categories: ALL,
-        subresources: &["status"],
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        kind: "Endpoints",
-        plural: "endpoints",
-        singular: "endpoints",
-        namespaced: true,
-        short_names: &["ep"],
-        categories: NONE,
-        subresources: NONE,
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        kind: "ConfigMap",
-        plural: "configmaps",
-        singular: "configmap",
-        namespaced: true,
-        short_names: &["cm"],
-        categories: NONE,
-        subresources: NONE,
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        kind: "Secret",
-        plural: "secrets",
-        singular: "secret",
-        namespaced: true,
-        short_names: NONE,
-        categories: NONE,
-        subresources: NONE,
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        kind: "Event",
-        plural: "events",
-        singular: "event",
-        namespaced: true,
-        short_names: &["ev"],
-        categories: NONE,
-        subresources: NONE,
-    },
-    Resource {
-        group: "",
-        version: "v1",
-        kind: "ServiceAccount",
-        plural: "serviceaccounts",
-        singular: "serviceaccount",
-        namespaced: true,
-        short_names: &["sa"],
-        categories: NONE,
-        subresources: NONE,
-    },
-    Resource {
-        group: "apps",
-        version: "v1",
-        kind: "Deployment",
-        plural: "deployments",
-        singular: "deployment",
-        namespaced: true,
-        short_names: &["deploy"],
-        categories: ALL,
-        subresources: &["status", "scale"],
-    },
-    Resource {
-        group: "apps",
-        version: "v1",
-        kind: "ReplicaSet",
-        plural: "replicasets",
-        singular: "replicaset",
-        namespaced: true,
-        short_names: &["rs"],
-        categories: ALL,
-        subresources: &["status", "scale"],
-    },
-    Resource {
-        group: "apps",
-        version: "v1",
-        kind: "DaemonSet",
-        plural: "daemonsets",
-        singular: "daemonset",
-        namespaced: true,
-        short_names: &["ds"],
-        categories: ALL,
-        subresources: &["status"],
-    },
-    Resource {
-        group: "apps",
-        version: "v1",
-        kind: "StatefulSet",
-        plural: "statefulsets",
-        singular: "statefulset",
-        namespaced: true,
-        short_names: &["sts"],
-        categories: ALL,
-        subresources: &["status", "scale"],
-    },
-    Resource {
-        group: "apps",
-        version: "v1",
-        kind: "ControllerRevision",
-        plural: "controllerrevisions",
-        singular: "controllerrevision",
-        namespaced: true,
-        short_names: NONE,
-        categories: NONE,
-        subresources: NONE,
-    },
-    Resource {
-        group: "coordination.k8s.io",
-        version: "v1",
-        kind: "Lease",
-        plural: "leases",
-        singular: "lease",
-        namespaced: true,
-        short_names: NONE,
-        categories: NONE,
-        subresources: NONE,
-    },
-];
+/// Every served resource type, in discovery order.
+pub static RESOURCES: &[&Resource] = super::kinds::ALL;
 
 /// The groups other than the core one, in discovery order, each with its one version.
 const GROUPS: &[(&str, &str)] = &[("apps", "v1"), ("coordination.k8s.io", "v1")];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
-    RESOURCES.iter().find(|r| r.group == group && r.version == version && r.plural == plural)
+    RESOURCES.iter().copied().find(|r| r.group == group && r.version == version && r.plural == plural)
 }
 
 pub fn group_version_known(group: &str, version: &str) -> bool {
     RESOURCES.iter().any(|r| r.group == group && r.version == version)
 }
 
-fn verbs(sub: Option<&str>) -> Vec<&'static str> {
+fn verbs(r: &Resource, sub: Option<&str>) -> Vec<&'static str> {
     match sub {
-        None => vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+        None if r.strategy.deletecollection() => {
+            vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+        }
+        None => vec!["create", "delete", "get", "list", "patch", "update", "watch"],
         Some("status") | Some("scale") => vec!["get", "patch", "update"],
         Some("binding") => vec!["create"],
         Some("log") => vec!["get"],
@@ -252,7 +91,7 @@ pub fn resource_list(group: &str, version: &str) -> Value {
             "singularName": r.singular,
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": verbs(None),
+            "verbs": verbs(r, None),
         });
         if !r.short_names.is_empty() {
             entry["shortNames"] = json!(r.short_names);
@@ -272,7 +111,7 @@ pub fn resource_list(group: &str, version: &str) -> Value {
                 "singularName": "",
                 "namespaced": r.namespaced,
                 "kind": kind,
-                "verbs": verbs(Some(sub)),
+                "verbs": verbs(r, Some(sub)),
             });
             if *sub == "scale" {
                 entry["group"] = json!("autoscaling");

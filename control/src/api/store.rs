@@ -60,6 +60,9 @@ pub enum Also {
     Claim { key: Vec<u8>, expected: i64, value: Vec<u8> },
     /// Delete `key`, whatever it holds.
     Release { key: Vec<u8> },
+    /// Write only if `key`'s mod revision is still `expected` (the namespace an object is
+    /// created in, say).
+    Unchanged { key: Vec<u8>, expected: i64 },
 }
 
 /// One page of a range read.
@@ -214,13 +217,14 @@ impl Store {
             None => delete(key.to_vec()),
         }];
         for a in also {
-            success.push(match a {
+            match a {
                 Also::Claim { key, expected, value } => {
                     compare.push(mod_is(&key, expected));
-                    put(key, value)
+                    success.push(put(key, value));
                 }
-                Also::Release { key } => delete(key),
-            });
+                Also::Release { key } => success.push(delete(key)),
+                Also::Unchanged { key, expected } => compare.push(mod_is(&key, expected)),
+            }
         }
         let success = success.into_iter().map(|op| RequestOp { request: Some(op) }).collect();
         let mut kv = self.kv.clone();

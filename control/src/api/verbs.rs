@@ -4,7 +4,6 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use super::alloc;
 use super::errors::ApiError;
 use super::objects::{self, FieldSelector, LabelSelector};
 use super::resources::{self, Resource};
@@ -52,8 +51,10 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> Option<&'a str> {
     obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str)
 }
 
-fn dry_run(params: &Params) -> bool {
+/// Whether the request asks for a dry run: `dryRun=All` in the query, or in DeleteOptions.
+fn dry_run(params: &Params, options: Option<&Value>) -> bool {
     params.get("dryRun") == Some("All")
+        || options.and_then(|o| o.get("dryRun")).and_then(Value::as_array).is_some_and(|d| d.iter().any(|v| v == "All"))
 }
 
 /// The object and its mod revision.
@@ -98,10 +99,10 @@ pub struct Selectors {
 }
 
 impl Selectors {
-    pub fn from_params(params: &Params) -> Result<Self, ApiError> {
+    pub fn from_params(res: &Resource, params: &Params) -> Result<Self, ApiError> {
         let labels = LabelSelector::parse(params.get("labelSelector").unwrap_or(""))
             .map_err(|e| ApiError::bad_request(format!("unable to parse labelSelector: {e}")))?;
-        let fields = FieldSelector::parse(params.get("fieldSelector").unwrap_or(""))
+        let fields = FieldSelector::parse(res, params.get("fieldSelector").unwrap_or(""))
             .map_err(|e| ApiError::bad_request(format!("unable to parse fieldSelector: {e}")))?;
         Ok(Selectors { labels, fields })
     }
@@ -133,7 +134,7 @@ pub async fn list_from_cache(
     if ["limit", "continue", "resourceVersion", "resourceVersionMatch"].iter().any(|p| params.get(p).is_some()) {
         return Ok(None);
     }
-    let selectors = Selectors::from_params(params)?;
+    let selectors = Selectors::from_params(res, params)?;
     let cache = api.cache(res);
     let revision = api.store.current_revision().await?;
     if !cache.wait_fresh(revision, std::time::Duration::from_millis(CACHE_FRESH_WAIT_MS)).await {
@@ -159,7 +160,7 @@ pub async fn list_from_cache(
 
 /// A list, filtered, paginated with `limit` and `continue` over one store snapshot.
 pub async fn list(api: &Api, res: &'static Resource, ns: Option<&str>, params: &Params) -> Result<Value, ApiError> {
-    let selectors = Selectors::from_params(params)?;
+    let selectors = Selectors::from_params(res, params)?;
     // resourceVersion=0 asks for any version: the watch cache's, when it has been built.
     if params.get("resourceVersion") == Some("0") && params.get("continue").is_none() {
         if let Some((objects, revision)) = api.cache(res).list(&res.scope_prefix(ns)) {
@@ -254,23 +255,29 @@ pub async fn list(api: &Api, res: &'static Resource, ns: Option<&str>, params: &
 }
 
 /// Decodes, defaults and validates a body bound for `res`; returns it with the dropped fields.
+/// Decodes, defaults and validates a body bound for `res`; returns it with the dropped fields.
 fn admit(res: &Resource, mut body: Value, name: &str, params: &Params) -> Result<(Value, Vec<String>), ApiError> {
     objects::check_type_meta(res, &mut body)?;
-    let (mut obj, unknown) = objects::decode(res, &body)
+    let (mut obj, unknown) = res
+        .strategy
+        .decode(&body)
         .map_err(|e| ApiError::bad_request(format!("error decoding {} {name:?}: {e}", res.kind)))?;
     let warnings: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
     if !unknown.is_empty() && params.get("fieldValidation") == Some("Strict") {
         return Err(ApiError::bad_request(format!("strict decoding error: {}", warnings.join(", "))));
     }
-    objects::apply_defaults(res, &mut obj);
+    res.strategy.defaults(&mut obj);
     Ok((obj, warnings))
 }
 
-/// Validates `obj`, which replaces `old` if that is given; a service first takes over the values
-/// `old` had allocated.
+/// Validates `obj`, which replaces `old` if that is given; a kind with allocations first takes
+/// over the values `old` had.
 fn check_valid(api: &Api, res: &Resource, old: Option<&Value>, obj: &mut Value, name: &str) -> Result<(), ApiError> {
-    let mut causes = if res.kind == "Service" { alloc::prepare(&api.ranges, old, obj) } else { Vec::new() };
-    causes.extend(objects::validate(res, obj));
+    let mut causes = match res.strategy.allocator() {
+        Some(a) => a.prepare(api, old, obj),
+        None => Vec::new(),
+    };
+    causes.extend(objects::validate(res, obj, old));
     if causes.is_empty() {
         Ok(())
     } else {
@@ -278,36 +285,37 @@ fn check_valid(api: &Api, res: &Resource, old: Option<&Value>, obj: &mut Value, 
     }
 }
 
-/// What `obj` (replacing `old`) claims and releases in the store beside its own write: a service's
-/// cluster IP and node ports, filled in where still unset.
+/// What `obj` (replacing `old`) claims and releases in the store beside its own write.
 async fn allocations(api: &Api, res: &Resource, old: Option<&Value>, obj: &mut Value) -> Result<Vec<Also>, ApiError> {
-    if res.kind == "Service" {
-        alloc::claim(api, old, obj).await
-    } else {
-        Ok(Vec::new())
+    match res.strategy.allocator() {
+        Some(a) => a.claim(api, old, obj).await,
+        None => Ok(Vec::new()),
     }
 }
 
 /// What deleting `obj` gives back.
 fn releases(res: &Resource, obj: &Value) -> Vec<Also> {
-    if res.kind == "Service" {
-        alloc::release(obj)
-    } else {
-        Vec::new()
-    }
+    res.strategy.allocator().map(|a| a.release(obj)).unwrap_or_default()
 }
 
-async fn namespace_accepts_content(api: &Api, ns: &str) -> Result<(), ApiError> {
+fn is_deleting(obj: &Value) -> bool {
+    obj.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null())
+}
+
+fn finalizers(obj: &Value) -> Vec<Value> {
+    obj.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+/// The namespace `ns`, which must accept new content, and its mod revision: a create is written
+/// only if the namespace is still at that revision, so nothing lands in a namespace whose
+/// deletion began after the check.
+async fn namespace_for_content(api: &Api, res: &Resource, name: &str, ns: &str) -> Result<i64, ApiError> {
     let namespaces = resources::find("", "v1", "namespaces").expect("namespaces are served");
-    let (obj, _) = get(api, namespaces, None, ns).await?;
-    if obj.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null()) {
-        return Err(ApiError::new(
-            403,
-            "Forbidden",
-            format!("unable to create new content in namespace {ns} because it is being terminated"),
-        ));
+    let (obj, revision) = get(api, namespaces, None, ns).await?;
+    if is_deleting(&obj) {
+        return Err(ApiError::namespace_terminating(res.plural, res.group, name, ns));
     }
-    Ok(())
+    Ok(revision)
 }
 
 pub async fn create(
@@ -330,15 +338,9 @@ pub async fn create(
         }
     }
     let (mut obj, warnings) = admit(res, body, &name, params)?;
-    if res.has("status") && res.kind != "Namespace" && res.kind != "Pod" {
-        // Status is the controllers' to write, through /status.
-        if let Some(map) = obj.as_object_mut() {
-            map.remove("status");
-        }
-    }
     {
         let meta = obj["metadata"].as_object_mut().expect("admitted objects have metadata");
-        for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+        for f in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink", "generation"] {
             meta.remove(f);
         }
         if res.namespaced {
@@ -348,15 +350,19 @@ pub async fn create(
         }
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(objects::now_rfc3339()));
-        if obj_has_spec(&obj) {
-            obj["metadata"]["generation"] = json!(1);
+        if res.strategy.tracks_generation() {
+            meta.insert("generation".into(), json!(1));
         }
     }
-    if let Some(ns) = ns.filter(|_| res.namespaced) {
-        namespace_accepts_content(api, ns).await?;
-    }
-    // A generated name may be taken, and so may an allocation picked while another replica
-    // picked the same: either way, try again.
+    res.strategy.prepare_for_create(&mut obj);
+    let shown_name = if name.is_empty() { generate.as_str() } else { name.as_str() };
+    let content_ns = ns.filter(|_| res.namespaced);
+    let mut ns_revision = match content_ns {
+        Some(ns) => Some(namespace_for_content(api, res, shown_name, ns).await?),
+        None => None,
+    };
+    // A generated name may be taken, an allocation picked while another replica picked the same,
+    // or the namespace changed since it was read: each time, try again.
     for _ in 0..CREATE_ATTEMPTS_MAX {
         let this_name = if name.is_empty() { format!("{generate}{}", objects::random_suffix()) } else { name.clone() };
         if let Some(why) = objects::name_error(res, &this_name) {
@@ -369,18 +375,28 @@ pub async fn create(
         }
         let mut obj = obj.clone();
         obj["metadata"]["name"] = json!(this_name);
+        res.strategy.canonicalize(&mut obj);
         check_valid(api, res, None, &mut obj, &this_name)?;
-        let also = allocations(api, res, None, &mut obj).await?;
-        if dry_run(params) {
+        let mut also = allocations(api, res, None, &mut obj).await?;
+        if dry_run(params, None) {
             return Ok((obj, warnings));
+        }
+        if let (Some(ns), Some(revision)) = (content_ns, ns_revision) {
+            let namespaces = resources::find("", "v1", "namespaces").expect("namespaces are served");
+            also.push(Also::Unchanged { key: namespaces.key(None, ns).into_bytes(), expected: revision });
         }
         let key = res.key(ns, &this_name);
         match api.store.write_if(key.as_bytes(), 0, Some(to_stored(&obj)), also).await? {
             Written::Done(rev) => return Ok((with_rv(obj, rev), warnings)),
-            Written::Conflict if name.is_empty() => continue,
             Written::Conflict => {
                 if api.store.get(key.as_bytes()).await?.0.is_some() {
+                    if name.is_empty() {
+                        continue;
+                    }
                     return Err(ApiError::already_exists(res.plural, res.group, &this_name));
+                }
+                if let Some(ns) = content_ns {
+                    ns_revision = Some(namespace_for_content(api, res, shown_name, ns).await?);
                 }
             }
         }
@@ -390,21 +406,41 @@ pub async fn create(
     )))
 }
 
-fn obj_has_spec(obj: &Value) -> bool {
-    obj.get("spec").is_some()
+/// Which part of an object a write changes.
+#[derive(Clone, Copy, PartialEq)]
+enum Part {
+    /// The main resource: everything but status, by the kind's update rules.
+    Main,
+    /// The `/status` subresource: status and metadata, by the kind's status rules.
+    Status,
+    /// Both, for the server's own subresources (a pod's binding).
+    Whole,
+}
+
+impl Part {
+    fn of(sub: Option<&str>) -> Part {
+        if sub == Some("status") {
+            Part::Status
+        } else {
+            Part::Main
+        }
+    }
 }
 
 /// Read-modify-write of one object. `change` builds the new object from the current one (the
 /// server's own metadata is kept whatever it says) and may name the version it expects; when
 /// it does (the client's resourceVersion) a different current version is a 409, otherwise the
-/// write is retried on the newer version.
+/// write is retried on the newer version. A change that leaves the stored object as it was
+/// writes nothing: the resourceVersion stays and no watch hears of it, as in Kubernetes.
+#[allow(clippy::too_many_arguments)]
 async fn modify(
     api: &Api,
     res: &Resource,
     ns: Option<&str>,
     name: &str,
-    sub: Option<&str>,
+    part: Part,
     params: &Params,
+    dry: bool,
     mut change: impl FnMut(&Value) -> Result<(Value, Option<String>), ApiError>,
 ) -> Result<(Value, Vec<String>), ApiError> {
     for attempt in 0..UPDATE_ATTEMPTS_MAX {
@@ -443,29 +479,17 @@ async fn modify(
             }
         }
         let (mut obj, warnings) = admit(res, body, name, params)?;
-        match sub {
-            // Only status changes through /status.
-            Some("status") => {
-                let status = obj.get("status").cloned();
-                obj = current.clone();
-                match status {
-                    Some(s) => obj["status"] = s,
-                    None => {
-                        obj.as_object_mut().map(|m| m.remove("status"));
-                    }
-                }
-            }
-            // The main resource never changes status where a /status exists.
-            _ if res.has("status") => match current.get("status") {
-                Some(s) => obj["status"] = s.clone(),
-                None => {
-                    obj.as_object_mut().map(|m| m.remove("status"));
-                }
-            },
-            _ => {}
+        match part {
+            Part::Main => res.strategy.prepare_for_update(&mut obj, &current),
+            Part::Status => res.strategy.prepare_for_status_update(&mut obj, &current),
+            Part::Whole => {}
         }
-        // The server's own metadata stays as it was.
-        for f in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
+        // The server's own metadata stays as it was; a uid left out is the stored one (a
+        // different one fails validation).
+        if meta_str(&obj, "uid").is_none_or(str::is_empty) {
+            obj["metadata"]["uid"] = current["metadata"]["uid"].clone();
+        }
+        for f in ["creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation"] {
             match current["metadata"].get(f) {
                 Some(v) => obj["metadata"][f] = v.clone(),
                 None => {
@@ -477,23 +501,27 @@ async fn modify(
         if res.namespaced {
             obj["metadata"]["namespace"] = json!(ns.unwrap_or("default"));
         }
+        res.strategy.canonicalize(&mut obj);
         check_valid(api, res, Some(&current), &mut obj, name)?;
-        if obj_has_spec(&obj) && objects::spec_part(&obj) != objects::spec_part(&current) {
+        if res.strategy.tracks_generation() && res.strategy.generation_changed(&obj, &current) {
             let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
             obj["metadata"]["generation"] = json!(generation + 1);
         }
-        let terminating = obj.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
-        let finalizers_left =
-            obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|f| !f.is_empty());
-        let deleting = terminating && !finalizers_left;
+        // An object being deleted whose last finalizer goes is deleted now, unless a graceful
+        // deletion is still under way (a pod's node finishes that with a delete of its own).
+        let grace = current.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0);
+        let deleting = is_deleting(&current) && finalizers(&obj).is_empty() && grace == 0;
         let also =
             if deleting { releases(res, &current) } else { allocations(api, res, Some(&current), &mut obj).await? };
-        if dry_run(params) {
+        let stored = to_stored(&obj);
+        if !deleting && stored == kv.value {
+            return Ok((with_rv(obj, mod_rev), warnings));
+        }
+        if dry {
             return Ok((with_rv(obj, mod_rev), warnings));
         }
         let key = res.key(ns, name);
-        // The last finalizer gone from an object being deleted deletes it now.
-        let value = if deleting { None } else { Some(to_stored(&obj)) };
+        let value = if deleting { None } else { Some(stored) };
         let written = api.store.write_if(key.as_bytes(), mod_rev, value, also).await?;
         match written {
             Written::Done(rev) => return Ok((with_rv(obj, rev), warnings)),
@@ -528,10 +556,11 @@ pub async fn update(
     body: Value,
     params: &Params,
 ) -> Result<(Value, Vec<String>), ApiError> {
+    let dry = dry_run(params, None);
     if sub == Some("scale") {
         let replicas = body.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
         let expected = body_rv(&body);
-        let (obj, w) = modify(api, res, ns, name, None, params, |current| {
+        let (obj, w) = modify(api, res, ns, name, Part::Main, params, dry, |current| {
             let mut next = current.clone();
             next["spec"]["replicas"] = replicas.clone();
             Ok((next, expected.clone()))
@@ -540,10 +569,9 @@ pub async fn update(
         return Ok((scale_of(&obj), w));
     }
     let expected = body_rv(&body);
-    modify(api, res, ns, name, sub, params, |_| Ok((body.clone(), expected.clone()))).await
+    modify(api, res, ns, name, Part::of(sub), params, dry, |_| Ok((body.clone(), expected.clone()))).await
 }
 
-#[allow(clippy::too_many_arguments)]
 pub async fn patch(
     api: &Api,
     res: &Resource,
@@ -584,8 +612,9 @@ pub async fn patch(
     };
     // A resourceVersion in the patch itself is a precondition.
     let expected = body_rv(&patch);
+    let dry = dry_run(params, None);
     if sub == Some("scale") {
-        let (obj, w) = modify(api, res, ns, name, None, params, |current| {
+        let (obj, w) = modify(api, res, ns, name, Part::Main, params, dry, |current| {
             let scale = apply(&scale_of(current))?;
             let mut next = current.clone();
             next["spec"]["replicas"] = scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
@@ -594,7 +623,7 @@ pub async fn patch(
         .await?;
         return Ok((scale_of(&obj), w));
     }
-    modify(api, res, ns, name, sub, params, |current| {
+    modify(api, res, ns, name, Part::of(sub), params, dry, |current| {
         let mut next = apply(current)?;
         // Without a precondition the patch applies to whatever version is current.
         if expected.is_none() {
@@ -711,25 +740,66 @@ pub fn scale_of(obj: &Value) -> Value {
     })
 }
 
-/// `POST pods/<name>/binding`: puts the pod on the target node, once.
+/// `POST pods/<name>/binding`: puts the pod on the target node, once, and marks it scheduled.
 pub async fn bind(api: &Api, res: &Resource, ns: Option<&str>, name: &str, body: Value) -> Result<Value, ApiError> {
     let node = body.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
     if node.is_empty() {
         return Err(ApiError::invalid("Binding", "", name, vec![super::errors::Cause::required("target.name")]));
     }
-    modify(api, res, ns, name, None, &Params::default(), |current| {
+    let annotations = body.pointer("/metadata/annotations").and_then(Value::as_object).cloned().unwrap_or_default();
+    let refuse = |why: String| {
+        ApiError::conflict(res.plural, res.group, name)
+            .with_message(format!("Operation cannot be fulfilled on pods/binding \"{name}\": {why}"))
+    };
+    let params = Params::default();
+    modify(api, res, ns, name, Part::Whole, &params, false, |current| {
+        if is_deleting(current) {
+            return Err(refuse(format!("pod {name} is being deleted, cannot be assigned to a host")));
+        }
         if let Some(existing) = current.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-            return Err(ApiError::conflict(res.plural, res.group, name).with_message(format!(
-                "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \
-                 \"{existing}\""
-            )));
+            return Err(refuse(format!("pod {name} is already assigned to node \"{existing}\"")));
+        }
+        if current.pointer("/spec/schedulingGates").and_then(Value::as_array).is_some_and(|g| !g.is_empty()) {
+            return Err(refuse(format!("pod {name} has non-empty .spec.schedulingGates")));
         }
         let mut next = current.clone();
         next["spec"]["nodeName"] = json!(node);
+        for (k, v) in &annotations {
+            if !next["metadata"]["annotations"].is_object() {
+                next["metadata"]["annotations"] = json!({});
+            }
+            next["metadata"]["annotations"][k] = v.clone();
+        }
+        set_condition(&mut next, "PodScheduled", "True");
         Ok((next, None))
     })
     .await?;
     Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))
+}
+
+/// Replaces the pod condition of `kind` with one of `status` (its transition time kept if the
+/// status stays), as Kubernetes' UpdatePodCondition does.
+fn set_condition(pod: &mut Value, kind: &str, status: &str) {
+    if !pod["status"].is_object() {
+        pod["status"] = json!({});
+    }
+    let conditions = pod["status"].as_object_mut().expect("made an object above").entry("conditions");
+    let list = conditions.or_insert_with(|| json!([]));
+    if !list.is_array() {
+        *list = json!([]);
+    }
+    let list = list.as_array_mut().expect("made an array above");
+    let old = list.iter().position(|c| c["type"] == kind);
+    let since = old
+        .map(|i| &list[i])
+        .filter(|c| c["status"] == status)
+        .and_then(|c| c.get("lastTransitionTime").cloned())
+        .unwrap_or_else(|| json!(objects::now_rfc3339()));
+    let condition = json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+    match old {
+        Some(i) => list[i] = condition,
+        None => list.push(condition),
+    }
 }
 
 impl ApiError {
@@ -739,8 +809,90 @@ impl ApiError {
     }
 }
 
+/// What a delete does to the object in front of it.
+enum Deletion {
+    /// Remove it from the store now.
+    Now,
+    /// Write it marked (deletionTimestamp, grace period, finalizers): finalizers or a node's
+    /// graceful stop finish the deletion.
+    Mark(Value),
+    /// A graceful deletion with at least this little time left is under way already.
+    Pending,
+}
+
+/// Kubernetes' `BeforeDelete` and its store's finalizer rules: what a delete asking for `asked`
+/// seconds of grace does to `current`, which will hold `finalizers` afterwards.
+fn plan_deletion(res: &Resource, current: &Value, asked: Option<i64>, finalizers: &[Value]) -> Deletion {
+    let now = chrono::Utc::now();
+    let stamp = |t: chrono::DateTime<chrono::Utc>| json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    let grace = res.strategy.grace_period(current, asked);
+    let mut marked = current.clone();
+    marked["metadata"]["finalizers"] = json!(finalizers);
+    if finalizers.is_empty() {
+        marked["metadata"].as_object_mut().map(|m| m.remove("finalizers"));
+    }
+    let finalizers_changed = finalizers != self::finalizers(current).as_slice();
+    if is_deleting(current) {
+        let stored = current.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0);
+        if stored > 0 {
+            match grace {
+                // Only a shorter grace period changes a deletion under way: the deadline moves
+                // up by the difference.
+                Some(g) if g < stored => {
+                    let deadline = current
+                        .pointer("/metadata/deletionTimestamp")
+                        .and_then(Value::as_str)
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .map(|t| t.with_timezone(&chrono::Utc) - chrono::Duration::seconds(stored - g))
+                        .unwrap_or(now)
+                        .max(now);
+                    if g == 0 && finalizers.is_empty() {
+                        return Deletion::Now;
+                    }
+                    marked["metadata"]["deletionTimestamp"] = stamp(deadline);
+                    marked["metadata"]["deletionGracePeriodSeconds"] = json!(g);
+                    return Deletion::Mark(marked);
+                }
+                _ if finalizers_changed => return Deletion::Mark(marked),
+                _ => return Deletion::Pending,
+            }
+        }
+        if finalizers.is_empty() {
+            return Deletion::Now;
+        }
+        return if finalizers_changed { Deletion::Mark(marked) } else { Deletion::Pending };
+    }
+    let g = grace.unwrap_or(0);
+    if g == 0 && finalizers.is_empty() && !res.strategy.owns_namespace_contents() {
+        return Deletion::Now;
+    }
+    marked["metadata"]["deletionTimestamp"] = stamp(now + chrono::Duration::seconds(g));
+    marked["metadata"]["deletionGracePeriodSeconds"] = json!(g);
+    if let Some(generation) = current.pointer("/metadata/generation").and_then(Value::as_i64).filter(|g| *g > 0) {
+        marked["metadata"]["generation"] = json!(generation + 1);
+    }
+    res.strategy.mark_deleting(&mut marked);
+    Deletion::Mark(marked)
+}
+
+/// What a delete that removed `obj` answers: the object for kinds that return it, else a
+/// `Status` of Success naming it.
+fn deleted_answer(res: &Resource, obj: Value) -> Value {
+    if res.strategy.returns_deleted_object() {
+        return obj;
+    }
+    json!({
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": {"name": obj["metadata"]["name"], "group": res.group, "kind": res.plural, "uid": obj["metadata"]["uid"]},
+    })
+}
+
 /// Deletes one object, or marks it for deletion while finalizers (or a node's graceful stop of a
-/// pod) remain. Returns the object as it was, or as marked.
+/// pod) remain. Returns what Kubernetes returns: the object as marked, or for one removed, the
+/// object or a `Status` (see [`deleted_answer`]).
 pub async fn delete(
     api: &Api,
     res: &Resource,
@@ -749,7 +901,7 @@ pub async fn delete(
     options: &Value,
     params: &Params,
 ) -> Result<Value, ApiError> {
-    let grace: Option<i64> = options
+    let asked: Option<i64> = options
         .get("gracePeriodSeconds")
         .and_then(Value::as_i64)
         .or_else(|| params.get("gracePeriodSeconds").and_then(|g| g.parse().ok()));
@@ -765,6 +917,7 @@ pub async fn delete(
             )));
         }
     }
+    let dry = dry_run(params, Some(options));
     for _ in 0..UPDATE_ATTEMPTS_MAX {
         let (current, mod_rev) = get(api, res, ns, name).await?;
         if let Some(rv) = options.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
@@ -777,8 +930,8 @@ pub async fn delete(
                 return Err(ApiError::conflict(res.plural, res.group, name));
             }
         }
-        let mut finalizers: Vec<Value> =
-            current.pointer("/metadata/finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+        res.strategy.check_delete(&current)?;
+        let mut finalizers = finalizers(&current);
         // The garbage collector's finalizers record the propagation policy asked for.
         let recorded = match policy.as_deref() {
             Some("Foreground") => Some("foregroundDeletion"),
@@ -790,47 +943,34 @@ pub async fn delete(
                 finalizers.push(json!(f));
             }
         }
-        let on_node = current.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-        let pod_grace = if res.kind == "Pod" && on_node {
-            let g = grace.or_else(|| current.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64));
-            g.filter(|g| *g > 0)
-        } else {
-            None
-        };
         let key = res.key(ns, name);
-        if res.kind == "Namespace" && !dry_run(params) {
-            delete_namespace_contents(api, name).await?;
-        }
-        if finalizers.is_empty() && pod_grace.is_none() {
-            if dry_run(params) {
-                return Ok(current);
-            }
-            match api.store.write_if(key.as_bytes(), mod_rev, None, releases(res, &current)).await? {
-                Written::Done(_) => return Ok(current),
+        match plan_deletion(res, &current, asked, &finalizers) {
+            Deletion::Pending => return Ok(current),
+            Deletion::Now if dry => return Ok(deleted_answer(res, current)),
+            Deletion::Now => match api.store.write_if(key.as_bytes(), mod_rev, None, releases(res, &current)).await? {
+                Written::Done(_) => return Ok(deleted_answer(res, current)),
                 Written::Conflict => continue,
+            },
+            Deletion::Mark(marked) if dry => return Ok(marked),
+            Deletion::Mark(marked) => {
+                let rev = match api.store.put_if(key.as_bytes(), to_stored(&marked), mod_rev).await? {
+                    Written::Done(rev) => rev,
+                    Written::Conflict => continue,
+                };
+                let marked = with_rv(marked, rev);
+                if !res.strategy.owns_namespace_contents() {
+                    return Ok(marked);
+                }
+                // A namespace: marked first, so that nothing new is created in it, then emptied,
+                // then removed unless finalizers hold it.
+                delete_namespace_contents(api, name).await?;
+                if finalizers.is_empty() {
+                    match api.store.write_if(key.as_bytes(), rev, None, Vec::new()).await? {
+                        Written::Done(_) | Written::Conflict => {}
+                    }
+                }
+                return Ok(marked);
             }
-        }
-        // Marked, not yet deleted: finalizers or the node's graceful stop finish it.
-        let mut marked = current.clone();
-        let already = marked.pointer("/metadata/deletionTimestamp").is_some_and(|v| !v.is_null());
-        if !already {
-            let when = chrono::Utc::now() + chrono::Duration::seconds(pod_grace.unwrap_or(0));
-            marked["metadata"]["deletionTimestamp"] = json!(when.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-            marked["metadata"]["deletionGracePeriodSeconds"] = json!(pod_grace.unwrap_or(0));
-        }
-        marked["metadata"]["finalizers"] = json!(finalizers);
-        if finalizers.is_empty() {
-            marked["metadata"].as_object_mut().map(|m| m.remove("finalizers"));
-        }
-        if res.kind == "Namespace" {
-            marked["status"]["phase"] = json!("Terminating");
-        }
-        if dry_run(params) {
-            return Ok(marked);
-        }
-        match api.store.put_if(key.as_bytes(), to_stored(&marked), mod_rev).await? {
-            Written::Done(rev) => return Ok(with_rv(marked, rev)),
-            Written::Conflict => continue,
         }
     }
     Err(ApiError::new(409, "Conflict", format!("{} {name:?} kept changing while being deleted", res.plural)))
@@ -841,13 +981,13 @@ async fn delete_namespace_contents(api: &Api, ns: &str) -> Result<(), ApiError> 
     for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
         let prefix = res.scope_prefix(Some(ns));
         let end = prefix_end(prefix.as_bytes());
-        if res.kind == "Service" {
-            // Services go one by one, each with its allocations, so their addresses and node
-            // ports are free again for random picks too; one changed meanwhile is left to the
+        if res.strategy.allocator().is_some() {
+            // Objects holding allocations go one by one, each with its allocations, so their
+            // values are free again for random picks too; one changed meanwhile is left to the
             // range delete below (and its allocations to a later claim of their values).
             for kv in api.store.range(prefix.as_bytes(), &end, 0, 0, false).await?.kvs {
-                let Ok(svc) = from_kv(&kv) else { continue };
-                api.store.write_if(&kv.key, kv.mod_revision, None, releases(res, &svc)).await?;
+                let Ok(obj) = from_kv(&kv) else { continue };
+                api.store.write_if(&kv.key, kv.mod_revision, None, releases(res, &obj)).await?;
             }
         }
         api.store.delete_range(prefix.as_bytes(), &end).await?;
@@ -855,6 +995,7 @@ async fn delete_namespace_contents(api: &Api, ns: &str) -> Result<(), ApiError> 
     Ok(())
 }
 
+/// Deletes everything a list with the same parameters returns; answers that list.
 pub async fn delete_collection(
     api: &Api,
     res: &'static Resource,
@@ -862,12 +1003,18 @@ pub async fn delete_collection(
     options: &Value,
     params: &Params,
 ) -> Result<Value, ApiError> {
+    if !res.strategy.deletecollection() {
+        return Err(ApiError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource (DELETE {})",
+            res.plural
+        )));
+    }
     let listed = list(api, res, ns, params).await?;
     let mut deleted = Vec::new();
     for item in listed["items"].as_array().into_iter().flatten() {
         let Some(name) = meta_str(item, "name") else { continue };
         match delete(api, res, ns, name, options, params).await {
-            Ok(obj) => deleted.push(obj),
+            Ok(_) => deleted.push(item.clone()),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
         }

@@ -197,9 +197,17 @@ impl Watch {
     }
 
     /// Serves the watch from the resource's cache: its backlog, then its changes as they come.
-    async fn run_cached(self, sub: Subscription, send_initial: bool, timeout: Option<Duration>) -> Result<(), Gone> {
+    async fn run_cached(
+        self,
+        sub: Subscription,
+        start: Option<i64>,
+        send_initial: bool,
+        timeout: Option<Duration>,
+    ) -> Result<(), Gone> {
         let Subscription { backlog, revision, mut items } = sub;
-        let mut last = revision;
+        // A watch from a version newer than the cache's sends only what comes after that version,
+        // however far the cache still has to go to reach it.
+        let mut last = if send_initial { revision } else { revision.max(start.unwrap_or(0)) };
         match backlog {
             Backlog::Objects(objects) => {
                 for o in objects.iter().filter(|o| self.selectors.matches(o)) {
@@ -275,8 +283,7 @@ impl Watch {
             }
         };
         let end = prefix_end(self.prefix.as_bytes());
-        let mut stream: WatchStream = match self.api.store.watch(self.prefix.as_bytes(), &end, after + 1, false).await
-        {
+        let mut stream: WatchStream = match self.api.store.watch(self.prefix.as_bytes(), &end, after + 1, false).await {
             Ok(s) => s,
             Err(e) => return self.error(e.into()).await,
         };
@@ -324,7 +331,7 @@ pub async fn serve(
     params: &Params,
     as_table: bool,
 ) -> Result<Response, ApiError> {
-    let selectors = Selectors::from_params(params)?;
+    let selectors = Selectors::from_params(res, params)?;
     let start = match params.get("resourceVersion") {
         None | Some("0") => None,
         Some(rv) => Some(
@@ -380,7 +387,7 @@ pub async fn serve(
     };
     tokio::spawn(async move {
         let _ = match subscription {
-            Some(sub) => watch.run_cached(sub, send_initial, timeout).await,
+            Some(sub) => watch.run_cached(sub, start, send_initial, timeout).await,
             None => watch.run(start, send_initial, timeout).await,
         };
     });

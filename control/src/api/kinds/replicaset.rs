@@ -1,0 +1,62 @@
+//! ReplicaSets: generation counts spec changes; status is the controller's.
+
+use k8s_openapi::api::apps::v1::ReplicaSet;
+use serde_json::{json, Value};
+
+use super::super::errors::Cause;
+use super::super::objects::typed;
+use super::super::resources::Resource;
+use super::super::table::{n, selector, template_field, Column, AGE, NAME};
+use super::{set_default, status_by_controllers, Strategy};
+
+pub static RESOURCE: Resource = Resource {
+    group: "apps",
+    version: "v1",
+    kind: "ReplicaSet",
+    plural: "replicasets",
+    singular: "replicaset",
+    namespaced: true,
+    short_names: &["rs"],
+    categories: &["all"],
+    subresources: &["status", "scale"],
+    strategy: &ReplicaSetStrategy,
+};
+
+struct ReplicaSetStrategy;
+
+impl Strategy for ReplicaSetStrategy {
+    fn decode(&self, body: &Value) -> Result<(Value, Vec<String>), String> {
+        typed::<ReplicaSet>(body)
+    }
+
+    fn defaults(&self, obj: &mut Value) {
+        if !obj.get("spec").is_some_and(Value::is_object) {
+            return;
+        }
+        set_default(obj, "/spec/replicas", json!(1));
+        super::pod::default_pod_spec(obj, "/spec/template/spec");
+    }
+
+    fn tracks_generation(&self) -> bool {
+        true
+    }
+
+    status_by_controllers!();
+
+    fn validate(&self, obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
+        super::validate_workload(obj)
+    }
+
+    fn columns(&self) -> Vec<Column> {
+        vec![
+            NAME,
+            Column::new("Desired", "integer", 0, |o| json!(n(o, "/spec/replicas"))),
+            Column::new("Current", "integer", 0, |o| json!(n(o, "/status/replicas"))),
+            Column::new("Ready", "integer", 0, |o| json!(n(o, "/status/readyReplicas"))),
+            AGE,
+            Column::new("Containers", "string", 1, |o| template_field(o, "name")),
+            Column::new("Images", "string", 1, |o| template_field(o, "image")),
+            Column::new("Selector", "string", 1, selector),
+        ]
+    }
+}
