@@ -400,3 +400,73 @@ async fn watches_from_a_new_version_send_only_newer_events() {
         other => panic!("watching from {ahead}, the first event was {other:?}"),
     }
 }
+
+/// What kube-rs itself asks of a server, as a new user of its client and runtime would meet it:
+/// metadata-only gets, lists, patches and watches (`as=PartialObjectMetadata`, which
+/// `metadata_watcher` and client-go's metadata informers use), aggregated discovery
+/// (`Discovery::run_aggregated`, also kubectl 1.30+'s first request), and the
+/// `pods/ephemeralcontainers` subresource (`kubectl debug`).
+#[tokio::test]
+async fn kube_rs_metadata_aggregated_discovery_and_ephemeral_containers() {
+    let server = ApiProcess::server().await;
+    let client = server.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("p", None)).await.unwrap();
+
+    let meta = pods.get_metadata("p").await.unwrap();
+    assert_eq!(meta.types.as_ref().unwrap().kind, "PartialObjectMetadata");
+    assert_eq!(meta.metadata.name.as_deref(), Some("p"));
+    let listed = pods.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    let patched = pods
+        .patch_metadata("p", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})))
+        .await
+        .unwrap();
+    assert_eq!(patched.types.as_ref().unwrap().kind, "PartialObjectMetadata");
+    assert_eq!(patched.metadata.labels.unwrap()["a"], "b");
+    let raw = call(&client, "GET", "/api/v1/namespaces/default/pods/p", None).await.unwrap();
+    assert_eq!(raw["kind"], "Pod", "a plain get still answers the whole pod");
+
+    // A watcher of metadata only (kube-rs's `Api<PartialObjectMeta<Pod>>`) sees a new pod.
+    let metas: Api<kube::core::PartialObjectMeta<Pod>> = Api::namespaced(client.clone(), "default");
+    let mut stream = kube::runtime::watcher(metas, kube::runtime::watcher::Config::default()).boxed();
+    pods.create(&PostParams::default(), &pod("q", None)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut names = std::collections::BTreeSet::new();
+    while !names.contains("q") {
+        let event =
+            tokio::time::timeout_at(deadline, stream.next()).await.expect("q is seen in time").unwrap().unwrap();
+        use kube::runtime::watcher::Event;
+        if let Event::Apply(m) | Event::InitApply(m) = event {
+            names.insert(m.metadata.name.clone().unwrap());
+        }
+    }
+
+    // Aggregated discovery finds every served kind with its scope.
+    let discovery = kube::Discovery::new(client.clone()).run_aggregated().await.unwrap();
+    let (deploy, caps) = discovery
+        .groups()
+        .flat_map(|g| g.recommended_resources())
+        .find(|(r, _)| r.kind == "Deployment")
+        .expect("deployments discovered");
+    assert_eq!((deploy.group.as_str(), deploy.plural.as_str()), ("apps", "deployments"));
+    assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+    assert!(discovery.groups().flat_map(|g| g.recommended_resources()).any(|(r, _)| r.kind == "Namespace"));
+
+    // kubectl debug: an ephemeral container is added through its subresource, and stays.
+    let debug =
+        json!({"spec": {"ephemeralContainers": [{"name": "debugger", "image": "busybox:1.36", "stdin": true}]}});
+    let with = pods.patch_ephemeral_containers("p", &PatchParams::default(), &Patch::Strategic(debug)).await.unwrap();
+    let spec = with.spec.unwrap();
+    assert_eq!(spec.ephemeral_containers.unwrap()[0].name, "debugger");
+    assert_eq!(spec.containers.len(), 1);
+    let removal = json!({"spec": {"ephemeralContainers": []}});
+    let err = pods.patch_ephemeral_containers("p", &PatchParams::default(), &Patch::Merge(removal)).await.unwrap_err();
+    let kube::Error::Api(s) = err else { panic!("{err:?}") };
+    assert_eq!(s.code, 422);
+    let clash = json!({"spec": {"ephemeralContainers": [{"name": "debugger", "image": "busybox:1.36", "stdin": true},
+        {"name": "c", "image": "busybox:1.36"}]}});
+    let err = pods.patch_ephemeral_containers("p", &PatchParams::default(), &Patch::Merge(clash)).await.unwrap_err();
+    let kube::Error::Api(s) = err else { panic!("{err:?}") };
+    assert_eq!((s.code, s.details.unwrap().causes[0].field.as_str()), (422, "spec.ephemeralContainers[1].name"));
+}

@@ -34,6 +34,10 @@ impl Cause {
         }
     }
 
+    pub fn forbidden(field: impl Into<String>, why: impl Into<String>) -> Self {
+        Cause { reason: "FieldValueForbidden", field: field.into(), message: format!("Forbidden: {}", why.into()) }
+    }
+
     pub fn duplicate(field: impl Into<String>, value: impl std::fmt::Display) -> Self {
         Cause {
             reason: "FieldValueDuplicate",

@@ -5,6 +5,7 @@
 pub mod alloc;
 pub mod cache;
 pub mod errors;
+mod form;
 pub mod kinds;
 pub mod objects;
 pub mod openapi;
@@ -158,6 +159,12 @@ fn json_response(code: StatusCode, value: &Value) -> Response {
     (code, [("content-type", "application/json")], value.to_string()).into_response()
 }
 
+/// Aggregated discovery (`as=APIGroupDiscoveryList`), under the media type clients check for.
+fn aggregated(doc: Value) -> Response {
+    let media = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+    (StatusCode::OK, [("content-type", media)], doc.to_string()).into_response()
+}
+
 fn plain(text: &'static str) -> Response {
     (StatusCode::OK, [("content-type", "text/plain; charset=utf-8")], text).into_response()
 }
@@ -207,6 +214,8 @@ async fn route(
             }
         }
         ["openapi", "v3"] => discovery(openapi::v3_root()),
+        ["api"] if resources::wants_aggregated(headers) => Ok(aggregated(resources::aggregated_discovery(true))),
+        ["apis"] if resources::wants_aggregated(headers) => Ok(aggregated(resources::aggregated_discovery(false))),
         ["api"] => discovery(resources::core_versions()),
         ["api", "v1"] => discovery(resources::resource_list("", "v1")),
         ["apis"] => discovery(resources::group_list()),
@@ -272,40 +281,29 @@ async fn serve_resource(
     }
     let ok = |v: Value| Ok(json_response(StatusCode::OK, &v));
     let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
-    let as_table = table::wanted(accept);
-    let include_object = params.get("includeObject") == Some("Object");
+    let form = form::negotiate(accept, params.get("includeObject") == Some("Object"))?;
+    // The answer to a write or a get, in the form asked for (a scale stays a Scale).
+    let shaped = |v: Value| if sub == Some("scale") { v } else { form::object(form, res, v) };
     match (method.as_str(), t.name.as_deref(), sub) {
         ("GET", None, None) if params.flag("watch") => {
             api.count("watch");
-            watch::serve(api.clone(), res, ns, params, as_table).await
+            watch::serve(api.clone(), res, ns, params, form).await
         }
         ("GET", None, None) => {
             api.count("list");
-            if !as_table {
+            if form == form::Form::Object {
                 if let Some(bytes) = verbs::list_from_cache(api, res, ns, params).await? {
                     return Ok((StatusCode::OK, [("content-type", "application/json")], bytes).into_response());
                 }
             }
             let list = verbs::list(api, res, ns, params).await?;
             // Encoding thousands of objects takes a while: off the async workers.
-            let encode = move || {
-                if as_table {
-                    let items = list["items"].as_array().cloned().unwrap_or_default();
-                    json_response(StatusCode::OK, &table::table(res, &items, list["metadata"].clone(), include_object))
-                } else {
-                    json_response(StatusCode::OK, &list)
-                }
-            };
+            let encode = move || json_response(StatusCode::OK, &form::list(form, res, list));
             tokio::task::spawn_blocking(encode).await.map_err(|e| ApiError::internal(format!("encoding a list: {e}")))
         }
-        ("GET", Some(name), None | Some("status")) => {
+        ("GET", Some(name), None | Some("status") | Some("ephemeralcontainers")) => {
             api.count("get");
-            let obj = verbs::get(api, res, ns, name).await?.0;
-            if as_table {
-                let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
-                return ok(table::table(res, &[obj], json!({"resourceVersion": rv}), include_object));
-            }
-            ok(obj)
+            ok(shaped(verbs::get(api, res, ns, name).await?.0))
         }
         ("GET", Some(name), Some("scale")) => {
             api.count("get");
@@ -318,8 +316,8 @@ async fn serve_resource(
         }
         ("POST", None, None) => {
             api.count("create");
-            let created = verbs::create(api, res, ns, parse_body(headers, &body)?, params).await?;
-            Ok(with_warnings(json_response(StatusCode::CREATED, &created.0), &created.1))
+            let (obj, warnings) = verbs::create(api, res, ns, parse_body(headers, &body)?, params).await?;
+            Ok(with_warnings(json_response(StatusCode::CREATED, &shaped(obj)), &warnings))
         }
         ("POST", Some(name), Some("binding")) => {
             api.count("create");
@@ -329,18 +327,19 @@ async fn serve_resource(
         ("PUT", Some(name), sub) => {
             api.count("update");
             let (obj, warnings) = verbs::update(api, res, ns, name, sub, parse_body(headers, &body)?, params).await?;
-            Ok(with_warnings(json_response(StatusCode::OK, &obj), &warnings))
+            Ok(with_warnings(json_response(StatusCode::OK, &shaped(obj)), &warnings))
         }
         ("PATCH", Some(name), sub) => {
             api.count("patch");
             let kind = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
             let (obj, warnings) = verbs::patch(api, res, ns, name, sub, kind, &body, params).await?;
-            Ok(with_warnings(json_response(StatusCode::OK, &obj), &warnings))
+            Ok(with_warnings(json_response(StatusCode::OK, &shaped(obj)), &warnings))
         }
         ("DELETE", Some(name), None) => {
             api.count("delete");
             let options = if body.is_empty() { json!({}) } else { parse_body(headers, &body)? };
-            ok(verbs::delete(api, res, ns, name, &options, params).await?)
+            let answer = verbs::delete(api, res, ns, name, &options, params).await?;
+            ok(if answer["kind"] == "Status" { answer } else { shaped(answer) })
         }
         ("DELETE", None, None) => {
             api.count("deletecollection");

@@ -75,7 +75,7 @@ fn verbs(r: &Resource, sub: Option<&str>) -> Vec<&'static str> {
             vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
         }
         None => vec!["create", "delete", "get", "list", "patch", "update", "watch"],
-        Some("status") | Some("scale") => vec!["get", "patch", "update"],
+        Some("status") | Some("scale") | Some("ephemeralcontainers") => vec!["get", "patch", "update"],
         Some("binding") => vec!["create"],
         Some("log") => vec!["get"],
         Some(_) => vec![],
@@ -101,11 +101,7 @@ pub fn resource_list(group: &str, version: &str) -> Value {
         }
         list.push(entry);
         for sub in r.subresources {
-            let kind = match *sub {
-                "scale" => "Scale",
-                "binding" => "Binding",
-                _ => r.kind,
-            };
+            let (_, _, kind) = subresource_kind(r, sub);
             let mut entry = json!({
                 "name": format!("{}/{sub}", r.plural),
                 "singularName": "",
@@ -126,6 +122,73 @@ pub fn resource_list(group: &str, version: &str) -> Value {
         "groupVersion": if group.is_empty() { version.to_string() } else { format!("{group}/{version}") },
         "resources": list,
     })
+}
+
+/// The kind a subresource answers with.
+fn subresource_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'static str) {
+    match sub {
+        "scale" => ("autoscaling", "v1", "Scale"),
+        "binding" => ("", "v1", "Binding"),
+        _ => (r.group, r.version, r.kind),
+    }
+}
+
+/// Whether a discovery request asks for the aggregated form (kubectl 1.30+, kube-rs's
+/// `Discovery::run_aggregated`): `as=APIGroupDiscoveryList` in one of its media ranges.
+pub fn wants_aggregated(headers: &axum::http::HeaderMap) -> bool {
+    let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+    accept.split(',').any(|range| {
+        range.contains("as=APIGroupDiscoveryList")
+            && range.contains("g=apidiscovery.k8s.io")
+            && (range.contains("v=v2;") || range.ends_with("v=v2") || range.contains("v=v2beta1"))
+    })
+}
+
+/// Aggregated discovery (apidiscovery.k8s.io/v2): every group, version and resource, with its
+/// verbs, scope and subresources, in one document — the core group alone for `/api`, the
+/// named groups for `/apis`.
+pub fn aggregated_discovery(core: bool) -> Value {
+    let groups: Vec<(&str, &str)> = if core { vec![("", "v1")] } else { GROUPS.to_vec() };
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(group, version)| {
+            let resources: Vec<Value> = RESOURCES
+                .iter()
+                .filter(|r| r.group == *group && r.version == *version)
+                .map(|r| {
+                    let subresources: Vec<Value> = r
+                        .subresources
+                        .iter()
+                        .map(|sub| {
+                            let (g, v, k) = subresource_kind(r, sub);
+                            json!({"subresource": sub, "responseKind": {"group": g, "version": v, "kind": k},
+                                "verbs": verbs(r, Some(sub))})
+                        })
+                        .collect();
+                    let mut entry = json!({
+                        "resource": r.plural,
+                        "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+                        "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                        "singularResource": r.singular,
+                        "verbs": verbs(r, None),
+                    });
+                    if !r.short_names.is_empty() {
+                        entry["shortNames"] = json!(r.short_names);
+                    }
+                    if !r.categories.is_empty() {
+                        entry["categories"] = json!(r.categories);
+                    }
+                    if !subresources.is_empty() {
+                        entry["subresources"] = json!(subresources);
+                    }
+                    entry
+                })
+                .collect();
+            let metadata = if group.is_empty() { json!({"creationTimestamp": null}) } else { json!({"name": group, "creationTimestamp": null}) };
+            json!({"metadata": metadata, "versions": [{"version": version, "resources": resources, "freshness": "Current"}]})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
 }
 
 /// `/api`: the core group's versions.

@@ -5,11 +5,6 @@ use serde_json::{json, Value};
 
 use super::resources::Resource;
 
-/// Whether the client asked for a Table (kubectl get does, in its Accept header).
-pub fn wanted(accept: &str) -> bool {
-    accept.split(',').next().is_some_and(|first| first.contains("as=Table"))
-}
-
 /// One column of a kind's table: its header, type, and how a cell is computed from an object.
 pub struct Column {
     name: &'static str,
@@ -153,8 +148,6 @@ mod tests {
         assert_eq!(names, ["Name", "Ready", "Up-to-date", "Available", "Age", "Containers", "Images", "Selector"]);
         assert_eq!(t["rows"][0]["cells"], json!(["web", "2/3", 3, 2, "75s", "", "", "<none>"]));
         assert_eq!(t["rows"][0]["object"]["kind"], "PartialObjectMetadata");
-        assert!(wanted("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
-        assert!(!wanted("application/json"));
     }
 
     #[test]

@@ -415,14 +415,16 @@ enum Part {
     Status,
     /// Both, for the server's own subresources (a pod's binding).
     Whole,
+    /// A pod's ephemeral containers (`kubectl debug`), and nothing else.
+    Ephemeral,
 }
 
 impl Part {
     fn of(sub: Option<&str>) -> Part {
-        if sub == Some("status") {
-            Part::Status
-        } else {
-            Part::Main
+        match sub {
+            Some("status") => Part::Status,
+            Some("ephemeralcontainers") => Part::Ephemeral,
+            _ => Part::Main,
         }
     }
 }
@@ -482,6 +484,7 @@ async fn modify(
         match part {
             Part::Main => res.strategy.prepare_for_update(&mut obj, &current),
             Part::Status => res.strategy.prepare_for_status_update(&mut obj, &current),
+            Part::Ephemeral => res.strategy.prepare_for_ephemeral_update(&mut obj, &current),
             Part::Whole => {}
         }
         // The server's own metadata stays as it was; a uid left out is the stored one (a

@@ -12,6 +12,7 @@ use tokio::sync::broadcast;
 
 use super::cache::{Backlog, CacheItem, CachedEvent, Subscription};
 use super::errors::ApiError;
+use super::form::Form;
 use super::resources::Resource;
 use super::store::{prefix_end, StoreError, WatchStream};
 use super::verbs::{from_kv, Selectors};
@@ -40,8 +41,8 @@ struct Watch {
     bookmarks: bool,
     /// Lines not yet handed to the response body.
     pending: std::sync::Mutex<Vec<u8>>,
-    /// Events carry one-row Tables (`as=Table`); the flag says whether rows hold whole objects.
-    table: Option<bool>,
+    /// The form events carry their objects in.
+    form: Form,
     tx: Tx,
 }
 
@@ -83,12 +84,11 @@ impl Watch {
     }
 
     async fn send(&self, kind: &str, object: Value) -> Result<(), Gone> {
-        let object = match self.table {
-            Some(include_object) if kind != "ERROR" && kind != "BOOKMARK" => {
-                let rv = object.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
-                super::table::table(self.res, &[object], json!({"resourceVersion": rv}), include_object)
-            }
-            _ => object,
+        let object = match kind {
+            "ERROR" => object,
+            "BOOKMARK" if self.form == Form::Metadata => super::form::metadata_of(&object),
+            "BOOKMARK" => object,
+            _ => super::form::object(self.form, self.res, object),
         };
         let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("a JSON value encodes");
         line.push(b'\n');
@@ -176,7 +176,7 @@ impl Watch {
 
     /// One cached change, as this watch's selectors see it.
     async fn forward_cached(&self, e: &CachedEvent) -> Result<(), Gone> {
-        if self.selectors.is_empty() && self.table.is_none() {
+        if self.selectors.is_empty() && self.form == Form::Object {
             return self.send_line(e.plain.clone()).await;
         }
         let old_match = e.old.as_ref().is_some_and(|o| self.selectors.matches(o));
@@ -329,7 +329,7 @@ pub async fn serve(
     res: &'static Resource,
     ns: Option<&str>,
     params: &Params,
-    as_table: bool,
+    form: Form,
 ) -> Result<Response, ApiError> {
     let selectors = Selectors::from_params(res, params)?;
     let start = match params.get("resourceVersion") {
@@ -374,7 +374,6 @@ pub async fn serve(
     };
     let counter = if subscription.is_some() { &api.watches_from_cache } else { &api.watches_from_store };
     counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let table = as_table.then(|| params.get("includeObject") == Some("Object"));
     let watch = Watch {
         api,
         res,
@@ -382,7 +381,7 @@ pub async fn serve(
         selectors,
         bookmarks: params.flag("allowWatchBookmarks"),
         pending: std::sync::Mutex::new(Vec::new()),
-        table,
+        form,
         tx,
     };
     tokio::spawn(async move {

@@ -116,6 +116,12 @@ pub trait Strategy: Sync + Send {
         keep_all_but_status(obj, old);
     }
 
+    /// What a write through a pod's `ephemeralcontainers` subresource keeps from `old`:
+    /// everything but the ephemeral containers (other kinds have no such subresource).
+    fn prepare_for_ephemeral_update(&self, obj: &mut Value, old: &Value) {
+        *obj = old.clone();
+    }
+
     /// Semantic checks of an object about to be written; `old` is the stored one on an update.
     fn validate(&self, _obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
         Vec::new()

@@ -19,7 +19,7 @@ pub static RESOURCE: Resource = Resource {
     namespaced: true,
     short_names: &["po"],
     categories: &["all"],
-    subresources: &["status", "binding", "log"],
+    subresources: &["status", "binding", "log", "ephemeralcontainers"],
     strategy: &PodStrategy,
 };
 
@@ -149,6 +149,53 @@ pub fn check_pod_spec(spec: &Value, field: &str, causes: &mut Vec<Cause>) {
                 causes.push(Cause::required(format!("{at}.image")));
             }
             check_ports(c.get("ports"), "containerPort", &format!("{at}.ports"), causes);
+        }
+    }
+}
+
+/// Ephemeral containers: an image each, names unique among all the pod's containers, none of
+/// what only regular containers may have (ports, probes, resources), and once added, never
+/// changed or removed.
+fn check_ephemeral_containers(spec: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let list = |s: Option<&Value>, field: &str| -> Vec<Value> {
+        s.and_then(|s| s.get(field)).and_then(Value::as_array).cloned().unwrap_or_default()
+    };
+    let taken: std::collections::HashSet<String> = ["initContainers", "containers"]
+        .iter()
+        .flat_map(|f| list(Some(spec), f))
+        .filter_map(|c| c["name"].as_str().map(String::from))
+        .collect();
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in list(Some(spec), "ephemeralContainers").iter().enumerate() {
+        let at = format!("spec.ephemeralContainers[{i}]");
+        match c.get("name").and_then(Value::as_str) {
+            None | Some("") => causes.push(Cause::required(format!("{at}.name"))),
+            Some(n) if !is_dns_label(n) => causes.push(Cause::invalid(format!("{at}.name"), n, DNS_LABEL_RULE)),
+            Some(n) if taken.contains(n) || !seen.insert(n.to_string()) => {
+                causes.push(Cause::duplicate(format!("{at}.name"), n))
+            }
+            Some(_) => {}
+        }
+        if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
+            causes.push(Cause::required(format!("{at}.image")));
+        }
+        for field in ["ports", "livenessProbe", "readinessProbe", "startupProbe", "lifecycle"] {
+            if c.get(field).is_some_and(|v| !v.is_null()) {
+                causes.push(Cause::forbidden(format!("{at}.{field}"), "cannot be set for an Ephemeral Container"));
+            }
+        }
+        if c.pointer("/resources").is_some_and(|r| r.as_object().is_some_and(|m| !m.is_empty())) {
+            causes.push(Cause::forbidden(format!("{at}.resources"), "cannot be set for an Ephemeral Container"));
+        }
+    }
+    let now = list(Some(spec), "ephemeralContainers");
+    for before in list(old, "ephemeralContainers") {
+        let name = before["name"].as_str().unwrap_or_default();
+        if !now.iter().any(|c| *c == before) {
+            causes.push(Cause::forbidden(
+                "spec.ephemeralContainers",
+                format!("existing ephemeral containers \"{name}\" may not be changed"),
+            ));
         }
     }
 }
@@ -383,9 +430,24 @@ impl Strategy for PodStrategy {
         }
     }
 
-    fn validate(&self, obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
+    fn prepare_for_ephemeral_update(&self, obj: &mut Value, old: &Value) {
+        let ephemeral = obj.pointer("/spec/ephemeralContainers").cloned();
+        *obj = old.clone();
+        match ephemeral {
+            Some(e) => obj["spec"]["ephemeralContainers"] = e,
+            None => {
+                if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                    spec.remove("ephemeralContainers");
+                }
+            }
+        }
+    }
+
+    fn validate(&self, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
         let mut causes = Vec::new();
-        check_pod_spec(obj.get("spec").unwrap_or(&json!({})), "spec", &mut causes);
+        let spec = obj.get("spec").unwrap_or(&Value::Null);
+        check_pod_spec(spec, "spec", &mut causes);
+        check_ephemeral_containers(spec, old.and_then(|o| o.get("spec")), &mut causes);
         causes
     }
 
