@@ -470,3 +470,33 @@ async fn kube_rs_metadata_aggregated_discovery_and_ephemeral_containers() {
     let kube::Error::Api(s) = err else { panic!("{err:?}") };
     assert_eq!((s.code, s.details.unwrap().causes[0].field.as_str()), (422, "spec.ephemeralContainers[1].name"));
 }
+
+/// Strategic merge patch by Kubernetes' own merge keys and strategies: finalizers merge as a set,
+/// owner references by uid, a deployment's strategy keeps only the keys `$retainKeys` names.
+#[tokio::test]
+async fn strategic_merge_follows_kubernetes_definitions() {
+    let server = ApiProcess::server().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let mut cm = configmap("f");
+    cm.metadata.finalizers = Some(vec!["a".into()]);
+    cm.metadata.owner_references =
+        Some(vec![serde_json::from_value(json!({"apiVersion": "v1", "kind": "X", "name": "x", "uid": "1"})).unwrap()]);
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let patch = json!({"metadata": {"finalizers": ["b"],
+        "ownerReferences": [{"apiVersion": "v1", "kind": "Y", "name": "y", "uid": "2"}]}});
+    let patched = cms.patch("f", &PatchParams::default(), &Patch::Strategic(patch)).await.unwrap();
+    assert_eq!(patched.metadata.finalizers.unwrap(), ["a", "b"]);
+    let owners: Vec<String> = patched.metadata.owner_references.unwrap().into_iter().map(|o| o.uid).collect();
+    assert_eq!(owners, ["1", "2"]);
+
+    let deployments: Api<Deployment> = Api::namespaced(server.client(), "default");
+    let d: Deployment = serde_json::from_value(json!({"metadata": {"name": "d"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {"metadata": {"labels": {"a": "b"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}}))
+    .unwrap();
+    deployments.create(&PostParams::default(), &d).await.unwrap();
+    let recreate = json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate"}}});
+    let patched = deployments.patch("d", &PatchParams::default(), &Patch::Strategic(recreate)).await.unwrap();
+    let strategy = patched.spec.unwrap().strategy.unwrap();
+    assert_eq!((strategy.type_.as_deref(), strategy.rolling_update.is_none()), (Some("Recreate"), true));
+}

@@ -588,11 +588,15 @@ pub async fn patch(
     let media = content_type.split(';').next().unwrap_or("").trim();
     let patch: Value =
         serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("the patch is not valid JSON: {e}")))?;
-    let apply = |target: &Value| -> Result<Value, ApiError> {
+    let apply = |target: &Value, shape: Option<super::schema::Shape>| -> Result<Value, ApiError> {
         let mut doc = target.clone();
         match media {
             "application/merge-patch+json" => json_patch::merge(&mut doc, &patch),
-            "application/strategic-merge-patch+json" => strategic_merge(&mut doc, &patch, ""),
+            "application/strategic-merge-patch+json" => {
+                doc = super::patch::strategic_merge(&doc, &patch, shape).map_err(|e| {
+                    ApiError::bad_request(format!("the strategic merge patch could not be applied: {e}"))
+                })?;
+            }
             "application/json-patch+json" => {
                 let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                     .map_err(|e| ApiError::bad_request(format!("the JSON patch is not valid: {e}")))?;
@@ -618,7 +622,7 @@ pub async fn patch(
     let dry = dry_run(params, None);
     if sub == Some("scale") {
         let (obj, w) = modify(api, res, ns, name, Part::Main, params, dry, |current| {
-            let scale = apply(&scale_of(current))?;
+            let scale = apply(&scale_of(current), super::schema::root("autoscaling/v1", "Scale"))?;
             let mut next = current.clone();
             next["spec"]["replicas"] = scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
             Ok((next, expected.clone()))
@@ -627,7 +631,7 @@ pub async fn patch(
         return Ok((scale_of(&obj), w));
     }
     modify(api, res, ns, name, Part::of(sub), params, dry, |current| {
-        let mut next = apply(current)?;
+        let mut next = apply(current, super::schema::of(res))?;
         // Without a precondition the patch applies to whatever version is current.
         if expected.is_none() {
             if let Some(meta) = next.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -637,87 +641,6 @@ pub async fn patch(
         Ok((next, expected.clone()))
     })
     .await
-}
-
-/// The key a strategic merge patch merges list items of `field` by, for the built-in types.
-fn merge_key(path: &str, field: &str) -> Option<&'static str> {
-    match field {
-        "containers"
-        | "initContainers"
-        | "ephemeralContainers"
-        | "volumes"
-        | "env"
-        | "imagePullSecrets"
-        | "hostAliases" => Some(if field == "hostAliases" { "ip" } else { "name" }),
-        "volumeMounts" => Some("mountPath"),
-        "volumeDevices" => Some("devicePath"),
-        "conditions" => Some("type"),
-        "ports" if path.ends_with("containers") || path.contains("containers[") => Some("containerPort"),
-        "ports" => Some("port"),
-        _ => None,
-    }
-}
-
-/// Kubernetes' strategic merge patch for the built-in types: maps merge, `null` deletes, lists
-/// with a merge key merge item by item (`$patch: delete` removes one), other lists are replaced.
-fn strategic_merge(doc: &mut Value, patch: &Value, path: &str) {
-    let Value::Object(p) = patch else {
-        *doc = patch.clone();
-        return;
-    };
-    if p.get("$patch").and_then(Value::as_str) == Some("replace") {
-        let mut replacement = patch.clone();
-        replacement.as_object_mut().map(|m| m.remove("$patch"));
-        *doc = replacement;
-        return;
-    }
-    if !doc.is_object() {
-        *doc = json!({});
-    }
-    let d = doc.as_object_mut().expect("made an object above");
-    for (key, value) in p {
-        if key.starts_with('$') {
-            continue;
-        }
-        match value {
-            Value::Null => {
-                d.remove(key);
-            }
-            Value::Array(items) => match merge_key(path, key) {
-                Some(mk) => {
-                    let existing = d.entry(key.clone()).or_insert_with(|| json!([]));
-                    if !existing.is_array() {
-                        *existing = json!([]);
-                    }
-                    let list = existing.as_array_mut().expect("made an array above");
-                    for item in items {
-                        let id = item.get(mk).cloned();
-                        let at = id.as_ref().and_then(|id| list.iter().position(|x| x.get(mk) == Some(id)));
-                        let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
-                        match (at, delete) {
-                            (Some(i), true) => {
-                                list.remove(i);
-                            }
-                            (None, true) => {}
-                            (Some(i), false) => strategic_merge(&mut list[i], item, &format!("{path}.{key}[{i}]")),
-                            (None, false) => list.push(item.clone()),
-                        }
-                    }
-                }
-                None => {
-                    d.insert(key.clone(), value.clone());
-                }
-            },
-            Value::Object(_) => {
-                let child = d.entry(key.clone()).or_insert(Value::Null);
-                let child_path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
-                strategic_merge(child, value, &child_path);
-            }
-            other => {
-                d.insert(key.clone(), other.clone());
-            }
-        }
-    }
 }
 
 /// The `autoscaling/v1` Scale view of a workload.
@@ -1033,31 +956,6 @@ pub async fn delete_collection(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn strategic_merge_merges_containers_by_name_and_replaces_plain_lists() {
-        let mut doc = json!({"spec": {"containers": [
-            {"name": "a", "image": "a:1", "args": ["x"]},
-            {"name": "b", "image": "b:1"}]}});
-        let patch = json!({"spec": {"containers": [
-            {"name": "b", "image": "b:2"},
-            {"name": "c", "image": "c:1"},
-            {"name": "a", "args": ["y", "z"]}]}});
-        strategic_merge(&mut doc, &patch, "");
-        assert_eq!(
-            doc,
-            json!({"spec": {"containers": [
-                {"name": "a", "image": "a:1", "args": ["y", "z"]},
-                {"name": "b", "image": "b:2"},
-                {"name": "c", "image": "c:1"}]}})
-        );
-        strategic_merge(&mut doc, &json!({"spec": {"containers": [{"name": "b", "$patch": "delete"}]}}), "");
-        let names: Vec<&str> =
-            doc["spec"]["containers"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-        assert_eq!(names, vec!["a", "c"]);
-        strategic_merge(&mut doc, &json!({"metadata": {"labels": {"x": "1"}}, "spec": null}), "");
-        assert_eq!(doc, json!({"metadata": {"labels": {"x": "1"}}}));
-    }
 
     #[test]
     fn scale_views_carry_replicas_and_selector() {
