@@ -500,3 +500,66 @@ async fn strategic_merge_follows_kubernetes_definitions() {
     let strategy = patched.spec.unwrap().strategy.unwrap();
     assert_eq!((strategy.type_.as_deref(), strategy.rolling_update.is_none()), (Some("Recreate"), true));
 }
+
+fn managers<K: kube::Resource>(o: &K) -> Vec<String> {
+    o.meta()
+        .managed_fields
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| format!("{}/{}", m.manager.unwrap_or_default(), m.operation.unwrap_or_default()))
+        .collect()
+}
+
+/// Server-side apply through kube-rs (`Patch::Apply`), as Kubernetes' structured-merge-diff does
+/// it: an apply creates, an identical one writes nothing, a change to a field another manager
+/// set is a 409 naming the field and the manager (forced, the field changes hands), fields an
+/// apply no longer names are removed, and every create, update and patch records its manager.
+#[tokio::test]
+async fn server_side_apply_tracks_owners_conflicts_and_removals() {
+    let server = ApiProcess::server().await;
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    let config =
+        |data: Value| json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app"}, "data": data});
+    let by = |m: &str| PatchParams::apply(m);
+    let created = cms.patch("app", &by("deployer"), &Patch::Apply(config(json!({"a": "1", "b": "2"})))).await.unwrap();
+    assert_eq!(managers(&created), ["deployer/Apply"]);
+    let again = cms.patch("app", &by("deployer"), &Patch::Apply(config(json!({"a": "1", "b": "2"})))).await.unwrap();
+    assert_eq!(rv(&again), rv(&created));
+
+    // Another client changes `b` with an ordinary patch: it becomes b's manager.
+    let edit = PatchParams { field_manager: Some("editor".into()), ..Default::default() };
+    let edited = cms.patch("app", &edit, &Patch::Merge(json!({"data": {"b": "20"}}))).await.unwrap();
+    assert_eq!(managers(&edited), ["deployer/Apply", "editor/Update"]);
+    let fields = edited.metadata.managed_fields.unwrap()[1].fields_v1.clone().unwrap().0;
+    assert_eq!(fields, json!({"f:data": {"f:b": {}}}));
+
+    // Applying b back is a conflict with the editor, named; forced, b changes hands.
+    let err = cms.patch("app", &by("deployer"), &Patch::Apply(config(json!({"a": "1", "b": "2"})))).await.unwrap_err();
+    let kube::Error::Api(s) = err else { panic!("{err:?}") };
+    assert_eq!((s.code, s.reason.as_str()), (409, "Conflict"));
+    assert!(s.message.contains("conflict with \"editor\""), "{}", s.message);
+    let cause = &s.details.unwrap().causes[0];
+    assert_eq!((cause.reason.as_str(), cause.field.as_str()), ("FieldManagerConflict", ".data.b"));
+    let forced =
+        cms.patch("app", &by("deployer").force(), &Patch::Apply(config(json!({"a": "1", "b": "2"})))).await.unwrap();
+    assert_eq!(forced.data.as_ref().unwrap()["b"], "2");
+    assert_eq!(managers(&forced), ["deployer/Apply"]);
+
+    // Dropping `a` from the configuration removes it; a field another manager holds stays.
+    cms.patch("app", &edit, &Patch::Merge(json!({"data": {"c": "3"}}))).await.unwrap();
+    let dropped = cms.patch("app", &by("deployer"), &Patch::Apply(config(json!({"b": "2"})))).await.unwrap();
+    let data = dropped.data.unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["b", "c"]);
+
+    // Apply needs a field manager; a plain create records its manager as an update.
+    let req = http::Request::patch("/api/v1/namespaces/default/configmaps/app")
+        .header("content-type", "application/apply-patch+yaml")
+        .body(b"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n".to_vec())
+        .unwrap();
+    let kube::Error::Api(s) = server.client().request::<Value>(req).await.unwrap_err() else { panic!() };
+    assert_eq!(s.code, 400);
+    let pp = PostParams { field_manager: Some("creator".into()), ..Default::default() };
+    let plain = cms.create(&pp, &configmap("plain")).await.unwrap();
+    assert_eq!(managers(&plain), ["creator/Update"]);
+}

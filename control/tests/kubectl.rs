@@ -90,6 +90,13 @@ impl Kubectl {
     }
 
     fn run_with_input(&self, args: &[&str], input: Option<&str>) -> String {
+        let (ok, stdout, stderr) = self.try_run(args, input);
+        assert!(ok, "kubectl {args:?} failed\nstdout: {stdout}\nstderr: {stderr}");
+        stdout
+    }
+
+    /// Runs kubectl; whether it succeeded, its stdout and its stderr.
+    fn try_run(&self, args: &[&str], input: Option<&str>) -> (bool, String, String) {
         let mut cmd = self.command(args);
         cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
         cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -100,8 +107,7 @@ impl Kubectl {
         }
         let out = child.wait_with_output().unwrap();
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "kubectl {args:?} failed: {}\nstdout: {stdout}\nstderr: {stderr}", out.status);
-        stdout.into_owned()
+        (out.status.success(), stdout.into_owned(), stderr.into_owned())
     }
 }
 
@@ -325,4 +331,51 @@ async fn a_current_kubectl_creates_objects_it_sends_as_protocol_buffers() {
     assert!((30000..=32767).contains(&node_port), "{np:?}");
     assert_eq!(&row(&services, "web")[4], "81/TCP");
     assert_eq!(jsonpath("service/web", "{.spec.selector.app}"), "web");
+}
+
+/// `kubectl apply --server-side` (kubectl 1.33): creates, re-applies without a change, is refused
+/// over a field another manager set (the conflict named), forces it, and takes over an object
+/// kubectl applied client-side before (kubectl migrates the client-side manager's fields, and the
+/// fields the new configuration drops are removed).
+#[tokio::test]
+async fn kubectl_applies_server_side_with_conflicts_and_the_client_side_upgrade() {
+    let server = ApiProcess::server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &server.url());
+    let ssa = |manifest: &str, extra: &[&str]| {
+        k.try_run(&[&["apply", "--server-side", "-f", "-"][..], extra].concat(), Some(manifest))
+    };
+    let (ok, out, err) = ssa(DEPLOYMENT, &[]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "deployment.apps/nginx-deployment serverside-applied");
+    let version = || k.run(&["get", "deployment", "nginx-deployment", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    let before = version();
+    assert!(ssa(DEPLOYMENT, &[]).0);
+    assert_eq!(version(), before, "an unchanged configuration writes nothing");
+    let managers = k.run(&[
+        "get",
+        "deployment",
+        "nginx-deployment",
+        "--show-managed-fields",
+        "-o",
+        "jsonpath={.metadata.managedFields[*].manager}/{.metadata.managedFields[*].operation}",
+    ]);
+    assert_eq!(managers, "kubectl/Apply");
+
+    k.run(&["scale", "deployment", "nginx-deployment", "--replicas=5"]);
+    let (ok, _, err) = ssa(DEPLOYMENT, &[]);
+    assert!(!ok, "a conflicting apply fails");
+    assert!(err.contains("Apply failed with 1 conflict") && err.contains(".spec.replicas"), "{err}");
+    let (ok, _, err) = ssa(DEPLOYMENT, &["--force-conflicts"]);
+    assert!(ok, "{err}");
+    let replicas = k.run(&["get", "deployment", "nginx-deployment", "-o", "jsonpath={.spec.replicas}"]);
+    assert_eq!(replicas, "3");
+
+    // Client-side apply first, then server-side with a field left out: it goes.
+    let csa = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\ndata:\n  a: \"1\"\n  b: \"2\"\n";
+    k.run_with_input(&["apply", "-f", "-"], Some(csa));
+    let (ok, _, err) = ssa(&csa.replace("  b: \"2\"\n", "  c: \"3\"\n"), &[]);
+    assert!(ok, "{err}");
+    let data = k.run(&["get", "configmap", "settings", "-o", "jsonpath={.data}"]);
+    assert_eq!(data, r#"{"a":"1","c":"3"}"#);
 }

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod errors;
 mod form;
 pub mod kinds;
+pub mod managed;
 pub mod objects;
 pub mod openapi;
 mod patch;
@@ -83,7 +84,8 @@ impl Api {
         let res = resources::find("", "v1", "namespaces").expect("namespaces are served");
         for ns in SYSTEM_NAMESPACES {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            match verbs::create(self, res, None, body, &Params::default()).await {
+            let params = Params { user_agent: Some("kube-apiserver".into()), ..Params::default() };
+            match verbs::create(self, res, None, body, &params).await {
                 Ok(_) => tracing::info!(namespace = ns, "created namespace"),
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => return Err(e),
@@ -93,13 +95,20 @@ impl Api {
     }
 }
 
-/// The query parameters the verbs read.
+/// The query parameters the verbs read, and the client's user agent (managers are named after
+/// it when a request names none).
 #[derive(Default, Debug)]
 pub struct Params {
     pub map: HashMap<String, String>,
+    pub user_agent: Option<String>,
 }
 
 impl Params {
+    /// The field manager a write is recorded under.
+    pub fn manager(&self) -> String {
+        managed::manager_name(self.get("fieldManager"), self.user_agent.as_deref())
+    }
+
     pub fn get(&self, key: &str) -> Option<&str> {
         self.map.get(key).map(String::as_str).filter(|v| !v.is_empty())
     }
@@ -144,6 +153,7 @@ async fn dispatch(State(api): State<Arc<Api>>, method: Method, uri: Uri, headers
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let params = Params {
         map: axum::extract::Query::<HashMap<String, String>>::try_from_uri(&uri).map(|q| q.0).unwrap_or_default(),
+        user_agent: headers.get("user-agent").and_then(|v| v.to_str().ok()).map(String::from),
     };
     let result = route(&api, &method, &segments, &headers, body, &params).await;
     match result {
@@ -330,6 +340,12 @@ async fn serve_resource(
             api.count("update");
             let (obj, warnings) = verbs::update(api, res, ns, name, sub, parse_body(headers, &body)?, params).await?;
             Ok(with_warnings(json_response(StatusCode::OK, &shaped(obj)), &warnings))
+        }
+        ("PATCH", Some(name), sub) if verbs::is_apply(headers) => {
+            api.count("patch");
+            let (obj, warnings, created) = verbs::apply(api, res, ns, name, sub, &body, params).await?;
+            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+            Ok(with_warnings(json_response(code, &shaped(obj)), &warnings))
         }
         ("PATCH", Some(name), sub) => {
             api.count("patch");

@@ -8,7 +8,7 @@ use super::errors::ApiError;
 use super::objects::{self, FieldSelector, LabelSelector};
 use super::resources::{self, Resource};
 use super::store::{prefix_end, Also, Written};
-use super::{Api, Params};
+use super::{managed, Api, Params};
 
 /// Times a read-modify-write is retried when another writer got in between and the request named
 /// no resourceVersion of its own.
@@ -318,12 +318,32 @@ async fn namespace_for_content(api: &Api, res: &Resource, name: &str, ns: &str) 
     Ok(revision)
 }
 
+/// How a write's managed fields come about.
+#[derive(Clone, Copy)]
+enum Track<'a> {
+    /// An update by this manager: it takes the fields it changed.
+    Update(&'a str),
+    /// Already computed (server-side apply), or kept (the server's own writes).
+    Given,
+}
+
 pub async fn create(
     api: &Api,
     res: &Resource,
     ns: Option<&str>,
     body: Value,
     params: &Params,
+) -> Result<(Value, Vec<String>), ApiError> {
+    create_with(api, res, ns, body, params, Track::Update(&params.manager())).await
+}
+
+async fn create_with(
+    api: &Api,
+    res: &Resource,
+    ns: Option<&str>,
+    body: Value,
+    params: &Params,
+    track: Track<'_>,
 ) -> Result<(Value, Vec<String>), ApiError> {
     let name = meta_str(&body, "name").unwrap_or("").to_string();
     let generate = meta_str(&body, "generateName").unwrap_or("").to_string();
@@ -355,6 +375,9 @@ pub async fn create(
         }
     }
     res.strategy.prepare_for_create(&mut obj);
+    if let Track::Update(manager) = track {
+        managed::track_update(res, "", None, &mut obj, manager)?;
+    }
     let shown_name = if name.is_empty() { generate.as_str() } else { name.as_str() };
     let content_ns = ns.filter(|_| res.namespaced);
     let mut ns_revision = match content_ns {
@@ -420,6 +443,15 @@ enum Part {
 }
 
 impl Part {
+    /// The subresource managed fields are recorded under.
+    fn subresource(self) -> &'static str {
+        match self {
+            Part::Status => "status",
+            Part::Ephemeral => "ephemeralcontainers",
+            Part::Main | Part::Whole => "",
+        }
+    }
+
     fn of(sub: Option<&str>) -> Part {
         match sub {
             Some("status") => Part::Status,
@@ -443,6 +475,7 @@ async fn modify(
     part: Part,
     params: &Params,
     dry: bool,
+    track: Track<'_>,
     mut change: impl FnMut(&Value) -> Result<(Value, Option<String>), ApiError>,
 ) -> Result<(Value, Vec<String>), ApiError> {
     for attempt in 0..UPDATE_ATTEMPTS_MAX {
@@ -506,6 +539,9 @@ async fn modify(
         }
         res.strategy.canonicalize(&mut obj);
         check_valid(api, res, Some(&current), &mut obj, name)?;
+        if let Track::Update(manager) = track {
+            managed::track_update(res, part.subresource(), Some(&current), &mut obj, manager)?;
+        }
         if res.strategy.tracks_generation() && res.strategy.generation_changed(&obj, &current) {
             let generation = current.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
             obj["metadata"]["generation"] = json!(generation + 1);
@@ -563,7 +599,8 @@ pub async fn update(
     if sub == Some("scale") {
         let replicas = body.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
         let expected = body_rv(&body);
-        let (obj, w) = modify(api, res, ns, name, Part::Main, params, dry, |current| {
+        let manager = params.manager();
+        let (obj, w) = modify(api, res, ns, name, Part::Main, params, dry, Track::Update(&manager), |current| {
             let mut next = current.clone();
             next["spec"]["replicas"] = replicas.clone();
             Ok((next, expected.clone()))
@@ -572,7 +609,11 @@ pub async fn update(
         return Ok((scale_of(&obj), w));
     }
     let expected = body_rv(&body);
-    modify(api, res, ns, name, Part::of(sub), params, dry, |_| Ok((body.clone(), expected.clone()))).await
+    let manager = params.manager();
+    modify(api, res, ns, name, Part::of(sub), params, dry, Track::Update(&manager), |_| {
+        Ok((body.clone(), expected.clone()))
+    })
+    .await
 }
 
 pub async fn patch(
@@ -610,7 +651,7 @@ pub async fn patch(
                     format!(
                         "the body of the request was in an unknown format ({other:?}); accepted: \
                              application/json-patch+json, application/merge-patch+json, \
-                             application/strategic-merge-patch+json"
+                             application/strategic-merge-patch+json, application/apply-patch+yaml"
                     ),
                 ))
             }
@@ -621,7 +662,8 @@ pub async fn patch(
     let expected = body_rv(&patch);
     let dry = dry_run(params, None);
     if sub == Some("scale") {
-        let (obj, w) = modify(api, res, ns, name, Part::Main, params, dry, |current| {
+        let manager = params.manager();
+        let (obj, w) = modify(api, res, ns, name, Part::Main, params, dry, Track::Update(&manager), |current| {
             let scale = apply(&scale_of(current), super::schema::root("autoscaling/v1", "Scale"))?;
             let mut next = current.clone();
             next["spec"]["replicas"] = scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
@@ -630,7 +672,8 @@ pub async fn patch(
         .await?;
         return Ok((scale_of(&obj), w));
     }
-    modify(api, res, ns, name, Part::of(sub), params, dry, |current| {
+    let manager = params.manager();
+    modify(api, res, ns, name, Part::of(sub), params, dry, Track::Update(&manager), |current| {
         let mut next = apply(current, super::schema::of(res))?;
         // Without a precondition the patch applies to whatever version is current.
         if expected.is_none() {
@@ -641,6 +684,86 @@ pub async fn patch(
         Ok((next, expected.clone()))
     })
     .await
+}
+
+/// Whether a PATCH is a server-side apply.
+pub fn is_apply(headers: &axum::http::HeaderMap) -> bool {
+    let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
+    content_type.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(APPLY_PATCH)
+}
+
+const APPLY_PATCH: &str = "application/apply-patch+yaml";
+/// Attempts at an apply that finds the object missing and loses the race to create it.
+const APPLY_ATTEMPTS_MAX: usize = 4;
+
+/// Server-side apply (`PATCH` with `application/apply-patch+yaml`): the body, YAML or JSON, is
+/// the manager's whole intent for the object; it is merged in by the type's semantics (see
+/// `managed.rs`), and creates the object when it does not exist. Returns the object, the
+/// warnings, and whether it was created.
+pub async fn apply(
+    api: &Api,
+    res: &Resource,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<&str>,
+    body: &[u8],
+    params: &Params,
+) -> Result<(Value, Vec<String>, bool), ApiError> {
+    let mut config: Value =
+        serde_norway::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    if !config.is_object() {
+        return Err(ApiError::bad_request("the apply configuration must be an object"));
+    }
+    let Some(manager) = params.get("fieldManager").map(String::from) else {
+        return Err(ApiError::bad_request("PATCH, fieldManager is required for apply requests"));
+    };
+    for field in ["apiVersion", "kind"] {
+        if config.get(field).and_then(Value::as_str).is_none_or(str::is_empty) {
+            return Err(ApiError::bad_request(format!("{field} must be set in an apply configuration")));
+        }
+    }
+    objects::check_type_meta(res, &mut config)?;
+    if meta_str(&config, "name").is_some_and(|n| n != name) {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({}) does not match the name on the URL ({name})",
+            meta_str(&config, "name").unwrap_or_default()
+        )));
+    }
+    config["metadata"]["name"] = json!(name);
+    let mut defaulted = config.clone();
+    res.strategy.defaults(&mut defaulted);
+    managed::fill_default_keys(&mut config, &defaulted, super::schema::of(res));
+    let part = Part::of(sub);
+    if sub.is_some_and(|s| s != "status") {
+        return Err(ApiError::method_not_allowed(format!(
+            "apply is not supported on {}/{}",
+            res.plural,
+            sub.unwrap_or("")
+        )));
+    }
+    let force = params.flag("force");
+    let dry = dry_run(params, None);
+    let expected = body_rv(&config);
+    for _ in 0..APPLY_ATTEMPTS_MAX {
+        let updated = modify(api, res, ns, name, part, params, dry, Track::Given, |current| {
+            let obj = managed::apply(res, part.subresource(), Some(current), &config, &manager, force)?;
+            Ok((obj, expected.clone()))
+        })
+        .await;
+        match updated {
+            Ok((obj, warnings)) => return Ok((obj, warnings, false)),
+            Err(e) if e.code == 404 && sub.is_none() => {}
+            Err(e) => return Err(e),
+        }
+        // Nothing to apply to: the configuration creates the object.
+        let obj = managed::apply(res, "", None, &config, &manager, force)?;
+        match create_with(api, res, ns, obj, params, Track::Given).await {
+            Ok((obj, warnings)) => return Ok((obj, warnings, true)),
+            Err(e) if e.reason == "AlreadyExists" => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::new(409, "Conflict", format!("{} {name:?} kept appearing and disappearing", res.plural)))
 }
 
 /// The `autoscaling/v1` Scale view of a workload.
@@ -678,7 +801,7 @@ pub async fn bind(api: &Api, res: &Resource, ns: Option<&str>, name: &str, body:
             .with_message(format!("Operation cannot be fulfilled on pods/binding \"{name}\": {why}"))
     };
     let params = Params::default();
-    modify(api, res, ns, name, Part::Whole, &params, false, |current| {
+    modify(api, res, ns, name, Part::Whole, &params, false, Track::Given, |current| {
         if is_deleting(current) {
             return Err(refuse(format!("pod {name} is being deleted, cannot be assigned to a host")));
         }
