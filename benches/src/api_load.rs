@@ -247,7 +247,8 @@ async fn run(args: Args) -> Result<()> {
     // Every replica serves the API (it creates the system namespaces first).
     let deadline = Instant::now() + Duration::from_secs(30);
     for base in &bases {
-        while call(&http, "GET", format!("{base}/api/v1/namespaces/default"), "application/json", vec![]).await.is_err() {
+        while call(&http, "GET", format!("{base}/api/v1/namespaces/default"), "application/json", vec![]).await.is_err()
+        {
             if Instant::now() > deadline {
                 bail!("{base} does not serve the API");
             }
@@ -355,7 +356,10 @@ async fn run(args: Args) -> Result<()> {
 
 fn print_step(rate: u64, rows: &[Row]) {
     println!("\n== {rate} writes/s");
-    println!("{:<12} {:>8} {:>7} {:>11} {:>9} {:>9} {:>9}", "verb", "ops", "errors", "per sec", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{:<12} {:>8} {:>7} {:>11} {:>9} {:>9} {:>9}",
+        "verb", "ops", "errors", "per sec", "p50 ms", "p99 ms", "max ms"
+    );
     for r in rows {
         println!(
             "{:<12} {:>8} {:>7} {:>11.0} {:>9.2} {:>9.2} {:>9.2}",

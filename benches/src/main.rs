@@ -6,7 +6,6 @@
 //! system's median round per workload, and writes results.json, results.csv and summary.svg to
 //! --out.
 
-
 use std::path::PathBuf;
 use std::time::Duration;
 

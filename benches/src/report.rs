@@ -133,8 +133,7 @@ pub fn write_all<P: Serialize>(out: &Path, params: &P, rows: &[Row], medians: &[
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let json = serde_json::to_string_pretty(&Results { params, rounds: rows, results: medians, ratios })?;
     write(&out.join("results.json"), &json)?;
-    let mut csv =
-        String::from("workload,system,round,ops,errors,seconds,ops_per_sec,p50_ms,p99_ms,max_ms,rss_mib\n");
+    let mut csv = String::from("workload,system,round,ops,errors,seconds,ops_per_sec,p50_ms,p99_ms,max_ms,rss_mib\n");
     for r in rows {
         writeln!(
             csv,

@@ -18,7 +18,11 @@ fn two_rate_steps_give_latencies_per_verb_and_every_watch_event() {
         .output()
         .expect("api-load runs");
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "api-load failed\nstdout:\n{stdout}\nstderr:\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "api-load failed\nstdout:\n{stdout}\nstderr:\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.path().join("results.json")).unwrap()).unwrap();
     let rows = results["rows"].as_array().unwrap();

@@ -23,6 +23,38 @@ pub struct ApiArgs {
     /// The range services' node ports are allocated from (the same on every API replica).
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
+    /// How long events are kept after their last write (Kubernetes' --event-ttl), as 1h, 30m,
+    /// 90s, 1h30m or plain seconds.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    event_ttl: std::time::Duration,
+}
+
+/// A duration as Kubernetes' flags write them (`1h30m`, `45s`), or plain seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(seconds));
+    }
+    let mut total = 0u64;
+    let mut number = String::new();
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return Err(format!("{text:?} is not a duration like 1h, 30m or 90s")),
+        };
+        let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 1h, 30m or 90s"))?;
+        total += n * unit;
+        number.clear();
+    }
+    if !number.is_empty() || total == 0 {
+        return Err(format!("{text:?} is not a positive duration like 1h, 30m or 90s"));
+    }
+    Ok(std::time::Duration::from_secs(total))
 }
 
 #[derive(Args, Debug)]
@@ -61,10 +93,14 @@ async fn run_api(
         .with_context(|| format!("cannot listen on {}", args.api_listen))?;
     let address = listener.local_addr()?;
     let store = Store::connect(&endpoints)?;
-    let api = Api::new(store, ranges);
+    let api = Api::new(store, ranges, args.event_ttl);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(STORE_READY_TIMEOUT_MS);
     loop {
-        match api.ensure_system_namespaces().await {
+        let ready = async {
+            api.ensure_system_namespaces().await?;
+            api.detect_store().await
+        };
+        match ready.await {
             Ok(()) => break,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::info!(error = %e.message, "waiting for the store");

@@ -567,10 +567,7 @@ async fn protobuf_bodies_create_objects_as_json_would() {
 
 /// The count of watches served from `source` ("cache" or "store"), from /metrics.
 async fn watches_from(client: &kube::Client, source: &str) -> u64 {
-    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
-    let text = client.request_text(req).await.unwrap();
-    let prefix = format!("keelson_apiserver_watches_total{{source=\"{source}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{text}"))
+    common::api::metric(client, &format!("keelson_apiserver_watches_total{{source=\"{source}\"}}")).await
 }
 
 #[tokio::test]

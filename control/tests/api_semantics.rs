@@ -37,6 +37,21 @@ async fn call(
     }
 }
 
+/// A GET over a plain connection, outside kube-rs (which retries some answers by itself): the
+/// status code and the JSON body.
+async fn raw_get(port: u16, path: &str) -> (u16, Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap();
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (code, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
 fn rv<K: kube::Resource>(o: &K) -> String {
     o.meta().resource_version.clone().unwrap()
 }
@@ -562,4 +577,126 @@ async fn server_side_apply_tracks_owners_conflicts_and_removals() {
     let pp = PostParams { field_manager: Some("creator".into()), ..Default::default() };
     let plain = cms.create(&pp, &configmap("plain")).await.unwrap();
     assert_eq!(managers(&plain), ["creator/Update"]);
+}
+
+/// Lists at a version (Kubernetes' ListOptions): `Exact` (or a version with `limit`) is the state
+/// at that revision, 410 once compacted, 504 when the store has not reached it; `NotOlderThan` is
+/// a state at least that new; the combinations Kubernetes refuses are refused. Over Keelson's
+/// store a consistent list comes from the watch cache once it has caught up.
+#[tokio::test]
+async fn lists_honour_resource_version_match() {
+    let server = ApiProcess::server().await;
+    let client = server.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let a = cms.create(&PostParams::default(), &configmap("a")).await.unwrap();
+    cms.create(&PostParams::default(), &configmap("b")).await.unwrap();
+    let names = |l: kube::core::ObjectList<ConfigMap>| -> Vec<String> {
+        l.items.into_iter().map(|c| c.metadata.name.unwrap()).collect()
+    };
+    let at_a = ListParams::default().at(&rv(&a)).matching(kube::api::VersionMatch::Exact);
+    let listed = cms.list(&at_a).await.unwrap();
+    assert_eq!(listed.metadata.resource_version.as_deref(), Some(rv(&a).as_str()));
+    assert_eq!(names(listed), ["a"]);
+    // A version with a limit is exact too (Kubernetes' legacy rule).
+    let paged = cms.list(&ListParams::default().at(&rv(&a)).limit(10)).await.unwrap();
+    assert_eq!(names(paged), ["a"]);
+    assert_eq!(names(cms.list(&ListParams::default().at(&rv(&a))).await.unwrap()), ["a", "b"]);
+
+    // A version the store has not reached: 504, which clients retry (so asked without one).
+    let ahead = rv(&a).parse::<i64>().unwrap() + 1000;
+    for m in ["Exact", "NotOlderThan"] {
+        let path = format!("/api/v1/namespaces/default/configmaps?resourceVersion={ahead}&resourceVersionMatch={m}");
+        let (code, body) = raw_get(server.api_port, &path).await;
+        assert_eq!((code, body["reason"].as_str()), (504, Some("Timeout")), "{body}");
+        assert_eq!(body["details"]["causes"][0]["reason"], "ResourceVersionTooLarge");
+    }
+    let bad = [
+        "/api/v1/namespaces/default/configmaps?resourceVersionMatch=Exact",
+        "/api/v1/namespaces/default/configmaps?resourceVersion=0&resourceVersionMatch=Exact",
+        "/api/v1/namespaces/default/configmaps?resourceVersion=1&resourceVersionMatch=Newest",
+    ];
+    for path in bad {
+        assert_eq!(call(&client, "GET", path, None).await.unwrap_err().code, 422, "{path}");
+    }
+
+    // Compacted away: 410.
+    let mut kv =
+        proto::etcdserverpb::kv_client::KvClient::connect(format!("http://127.0.0.1:{}", server.store_port.unwrap()))
+            .await
+            .unwrap();
+    let head = cms.list(&ListParams::default()).await.unwrap().metadata.resource_version.unwrap();
+    kv.compact(proto::etcdserverpb::CompactionRequest { revision: head.parse().unwrap(), physical: true })
+        .await
+        .unwrap();
+    let err = cms.list(&at_a).await.unwrap_err();
+    let kube::Error::Api(s) = err else { panic!("{err:?}") };
+    assert_eq!((s.code, s.reason.as_str()), (410, "Expired"));
+
+    // Keelson's store is trusted to say when the cache is current: consistent lists use it.
+    let cached = common::api::metric(&client, "keelson_apiserver_lists_total{source=\"cache\"}").await;
+    let _ = cms.watch(&WatchParams::default().timeout(1), "0").await.unwrap().boxed().next().await;
+    cms.list(&ListParams::default()).await.unwrap();
+    assert!(common::api::metric(&client, "keelson_apiserver_lists_total{source=\"cache\"}").await > cached);
+}
+
+/// Events expire `--event-ttl` after their last write, through a store lease (Kubernetes keeps
+/// them an hour by default).
+#[tokio::test]
+async fn events_expire_after_the_event_ttl() {
+    let server = ApiProcess::server_with(&["--event-ttl", "2s"]).await;
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(server.client(), "default");
+    let event = serde_json::from_value(json!({"metadata": {"name": "e"}, "reason": "Tested", "message": "short-lived",
+        "involvedObject": {"kind": "Pod", "name": "p", "namespace": "default"}, "type": "Normal"}))
+    .unwrap();
+    events.create(&PostParams::default(), &event).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(server.client(), "default");
+    cms.create(&PostParams::default(), &configmap("stays")).await.unwrap();
+    let started = std::time::Instant::now();
+    wait_until("the event expires", within(Duration::from_secs(30)), || {
+        let events = events.clone();
+        async move {
+            match events.get_opt("e").await.unwrap() {
+                None => Ok(()),
+                Some(_) => Err("still there".to_string()),
+            }
+        }
+    })
+    .await;
+    assert!(started.elapsed() >= Duration::from_secs(1), "gone before its time-to-live");
+    assert!(cms.get_opt("stays").await.unwrap().is_some(), "other kinds do not expire");
+}
+
+/// kubectl's columns (pkg/printers/internalversion/printers.go): a pod being deleted reads
+/// Terminating, a cordoned node Ready,SchedulingDisabled with its roles.
+#[tokio::test]
+async fn tables_print_pod_and_node_states_as_kubectl_does() {
+    let server = ApiProcess::server().await;
+    let client = server.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(&PostParams::default(), &pod("leaving", Some("n1"))).await.unwrap();
+    pods.delete("leaving", &DeleteParams::default()).await.unwrap();
+    let nodes: Api<Node> = Api::all(client.clone());
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1",
+        "labels": {"node-role.kubernetes.io/control-plane": ""}}, "spec": {"unschedulable": true},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))
+    .unwrap();
+    nodes.create(&PostParams::default(), &node).await.unwrap();
+    let table = |path: &'static str| {
+        let client = client.clone();
+        async move {
+            let req = http::Request::get(path)
+                .header("accept", "application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
+                .body(Vec::new())
+                .unwrap();
+            client.request::<Value>(req).await.unwrap()
+        }
+    };
+    let t = table("/api/v1/namespaces/default/pods/leaving").await;
+    let columns: Vec<&str> =
+        t["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let status = columns.iter().position(|c| *c == "Status").unwrap();
+    assert_eq!(t["rows"][0]["cells"][status], "Terminating");
+    let t = table("/api/v1/nodes/n1").await;
+    assert_eq!(t["rows"][0]["cells"][1], "Ready,SchedulingDisabled");
+    assert_eq!(t["rows"][0]["cells"][2], "control-plane");
 }

@@ -17,8 +17,10 @@ use crate::mvcc::{self, MvccError, RequestError};
 use crate::node::StoreNode;
 use crate::types::*;
 
-/// The etcd API version Keelson implements, reported by Status.
-pub const ETCD_API_VERSION: &str = "3.4.0";
+/// The version `Status` reports: the etcd API level served, with build metadata that tells
+/// clients (Keelson's API server among them) that this is Keelson's store, whose progress
+/// notifications never run ahead of a watcher's events.
+pub const ETCD_API_VERSION: &str = "3.4.0+keelson";
 /// gRPC framing allowance above the largest request, as etcd allows.
 const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 

@@ -145,6 +145,24 @@ impl ApiError {
         }
     }
 
+    /// 504 for a resourceVersion the store has not reached (Kubernetes' TooLargeResourceVersion),
+    /// which a client retries.
+    pub fn too_large_resource_version(asked: Option<i64>, current: Option<i64>) -> Self {
+        let message = match (asked, current) {
+            (Some(a), Some(c)) => format!("Too large resource version: {a}, current: {c}"),
+            _ => "Too large resource version".to_string(),
+        };
+        ApiError {
+            code: 504,
+            reason: "Timeout",
+            message,
+            details: Some(
+                json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                "retryAfterSeconds": 1}),
+            ),
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
     }
@@ -180,6 +198,7 @@ impl From<StoreError> for ApiError {
             StoreError::Compacted => {
                 ApiError::gone("The resourceVersion for the provided list is too old.".to_string())
             }
+            StoreError::FutureRevision => ApiError::too_large_resource_version(None, None),
             StoreError::Unavailable(m) => {
                 tracing::warn!(error = %m, "store call failed");
                 ApiError::new(503, "ServiceUnavailable", format!("storage unavailable: {m}"))

@@ -36,17 +36,34 @@ use store::Store;
 /// Largest request body accepted, in bytes (Kubernetes' limit is 3 MiB as well).
 pub const REQUEST_BODY_BYTES_MAX: usize = 3 * 1024 * 1024;
 
+/// How long one store lease serves the events written after its grant, in milliseconds
+/// (Kubernetes' lease reuse window).
+const EVENT_LEASE_REUSE_MS: u64 = 60_000;
+
 /// Namespaces every cluster has.
 const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
 pub struct Api {
     pub store: Store,
+    /// How long events live (`--event-ttl`).
+    pub event_ttl: std::time::Duration,
+    /// The lease events are written with, and when it was granted: one lease serves every
+    /// event written within `EVENT_LEASE_REUSE_MS` of its grant, as Kubernetes' lease manager
+    /// shares them.
+    event_lease: tokio::sync::Mutex<Option<(i64, tokio::time::Instant)>>,
     /// Where services' cluster IPs and node ports come from.
     pub ranges: alloc::Ranges,
     requests: HashMap<&'static str, AtomicU64>,
     /// Watches served from a watch cache, and from the store itself.
     pub watches_from_cache: AtomicU64,
     pub watches_from_store: AtomicU64,
+    /// Lists served from a watch cache, and from the store.
+    pub lists_from_cache: AtomicU64,
+    pub lists_from_store: AtomicU64,
+    /// Whether the store's progress notifications may be trusted to mean a watch cache is
+    /// current (see `store::progress_notifications_ordered`); consistent reads come from the
+    /// store otherwise. Unknown until the store has been asked.
+    pub progress_ordered: std::sync::atomic::AtomicBool,
     /// Watch caches by resource plural, each started by its first use.
     caches: std::sync::Mutex<HashMap<&'static str, Arc<cache::WatchCache>>>,
 }
@@ -55,14 +72,19 @@ const VERBS: &[&str] =
     &["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "discovery", "other"];
 
 impl Api {
-    pub fn new(store: Store, ranges: alloc::Ranges) -> Arc<Self> {
+    pub fn new(store: Store, ranges: alloc::Ranges, event_ttl: std::time::Duration) -> Arc<Self> {
         let requests = VERBS.iter().map(|v| (*v, AtomicU64::new(0))).collect();
         Arc::new(Api {
             store,
+            event_ttl,
+            event_lease: tokio::sync::Mutex::new(None),
             ranges,
             requests,
             watches_from_cache: AtomicU64::new(0),
             watches_from_store: AtomicU64::new(0),
+            lists_from_cache: AtomicU64::new(0),
+            lists_from_store: AtomicU64::new(0),
+            progress_ordered: std::sync::atomic::AtomicBool::new(false),
             caches: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -77,6 +99,43 @@ impl Api {
         if let Some(c) = self.requests.get(verb) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The lease an object of a kind that expires is written with: one granted for the event
+    /// TTL plus the reuse window, shared by every write within that window, so that each lives
+    /// at least the TTL and at most the TTL plus the window.
+    pub async fn expiry_lease(&self) -> Result<i64, ApiError> {
+        let reuse = std::time::Duration::from_millis(EVENT_LEASE_REUSE_MS).min(self.event_ttl);
+        let mut lease = self.event_lease.lock().await;
+        if let Some((id, granted)) = *lease {
+            if granted.elapsed() < reuse {
+                return Ok(id);
+            }
+        }
+        let ttl = (self.event_ttl + reuse).as_secs().max(1) as i64;
+        let id = self.store.grant_lease(ttl).await?;
+        *lease = Some((id, tokio::time::Instant::now()));
+        Ok(id)
+    }
+
+    /// Forgets the shared lease (the store no longer knows it).
+    pub async fn forget_expiry_lease(&self) {
+        *self.event_lease.lock().await = None;
+    }
+
+    /// Asks the store which version it runs, and decides from it whether consistent reads may
+    /// come from the watch caches.
+    pub async fn detect_store(&self) -> Result<(), ApiError> {
+        let version = self.store.version().await?;
+        let ordered = store::progress_notifications_ordered(&version);
+        self.progress_ordered.store(ordered, Ordering::Relaxed);
+        if ordered {
+            tracing::info!(%version, "consistent reads are served from the watch caches");
+        } else {
+            tracing::warn!(%version, "this store's progress notifications may run ahead of its watch events \
+                (etcd before 3.4.31 / 3.5.13): consistent reads go to the store");
+        }
+        Ok(())
     }
 
     /// Creates the namespaces every cluster has, unless they exist.
@@ -400,6 +459,11 @@ fn metrics(api: &Api) -> Response {
             "keelson_apiserver_watches_total{{source=\"{source}\"}} {}\n",
             n.load(Ordering::Relaxed)
         ));
+    }
+    text.push_str("# HELP keelson_apiserver_lists_total Lists served, by where their objects came from.\n");
+    text.push_str("# TYPE keelson_apiserver_lists_total counter\n");
+    for (source, n) in [("cache", &api.lists_from_cache), ("store", &api.lists_from_store)] {
+        text.push_str(&format!("keelson_apiserver_lists_total{{source=\"{source}\"}} {}\n", n.load(Ordering::Relaxed)));
     }
     (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], text).into_response()
 }

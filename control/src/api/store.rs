@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use proto::etcdserverpb::kv_client::KvClient;
+use proto::etcdserverpb::lease_client::LeaseClient;
+use proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use proto::etcdserverpb::request_op::Request as Op;
 use proto::etcdserverpb::watch_client::WatchClient;
 use proto::etcdserverpb::watch_request::RequestUnion;
@@ -25,6 +27,8 @@ const STORE_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 pub enum StoreError {
     /// The revision asked for has been compacted away.
     Compacted,
+    /// The revision asked for is newer than the store's.
+    FutureRevision,
     /// The store could not be reached or answered with an error.
     Unavailable(String),
 }
@@ -33,14 +37,20 @@ impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreError::Compacted => write!(f, "the requested revision has been compacted"),
+            StoreError::FutureRevision => write!(f, "the requested revision is a future revision"),
             StoreError::Unavailable(m) => write!(f, "storage unavailable: {m}"),
         }
     }
 }
 
+/// etcd answers both a compacted and a future revision with OutOfRange; only its message (the
+/// `rpctypes` error text etcd's own client matches too) tells them apart.
 fn unavailable(status: tonic::Status) -> StoreError {
+    let out_of_range = status.code() == tonic::Code::OutOfRange;
     if status.message().contains("compacted") {
         StoreError::Compacted
+    } else if out_of_range && status.message().contains("future revision") {
+        StoreError::FutureRevision
     } else {
         StoreError::Unavailable(format!("{}: {}", status.code(), status.message()))
     }
@@ -118,6 +128,13 @@ impl Store {
         self.get_at(key, false).await
     }
 
+    /// The version the answering member reports (etcd's `Status`).
+    pub async fn version(&self) -> Result<String, StoreError> {
+        let mut client = MaintenanceClient::new(self.channel.clone());
+        let r = self.call(client.status(proto::etcdserverpb::StatusRequest {})).await?;
+        Ok(r.version)
+    }
+
     /// The store's current revision, read linearizably.
     pub async fn current_revision(&self) -> Result<i64, StoreError> {
         let mut kv = self.kv.clone();
@@ -192,6 +209,17 @@ impl Store {
         Ok(r.kvs.into_iter().map(|kv| kv.key).collect())
     }
 
+    /// A lease of `ttl_seconds`; keys written with it go when it expires.
+    pub async fn grant_lease(&self, ttl_seconds: i64) -> Result<i64, StoreError> {
+        let mut client = LeaseClient::new(self.channel.clone());
+        let r =
+            self.call(client.lease_grant(proto::etcdserverpb::LeaseGrantRequest { ttl: ttl_seconds, id: 0 })).await?;
+        if !r.error.is_empty() {
+            return Err(StoreError::Unavailable(format!("lease grant: {}", r.error)));
+        }
+        Ok(r.id)
+    }
+
     /// Puts `value` under `key` (or deletes the key, for None) if its mod revision is `expected`,
     /// and in the same transaction claims and releases the keys in `also`; a claim's own
     /// condition failing fails the whole write.
@@ -200,6 +228,18 @@ impl Store {
         key: &[u8],
         expected: i64,
         value: Option<Vec<u8>>,
+        also: Vec<Also>,
+    ) -> Result<Written, StoreError> {
+        self.write_if_leased(key, expected, value, 0, also).await
+    }
+
+    /// `write_if`, the value attached to `lease` (0: none).
+    pub async fn write_if_leased(
+        &self,
+        key: &[u8],
+        expected: i64,
+        value: Option<Vec<u8>>,
+        lease: i64,
         also: Vec<Also>,
     ) -> Result<Written, StoreError> {
         let mod_is = |key: &[u8], expected: i64| Compare {
@@ -213,7 +253,7 @@ impl Store {
         let delete = |key: Vec<u8>| Op::RequestDeleteRange(DeleteRangeRequest { key, ..Default::default() });
         let mut compare = vec![mod_is(key, expected)];
         let mut success = vec![match value {
-            Some(v) => put(key.to_vec(), v),
+            Some(v) => Op::RequestPut(PutRequest { key: key.to_vec(), value: v, lease, ..Default::default() }),
             None => delete(key.to_vec()),
         }];
         for a in also {
@@ -292,6 +332,21 @@ impl WatchStream {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::progress_notifications_ordered as ordered;
+
+    #[test]
+    fn progress_notifications_are_trusted_from_fixed_etcd_releases_and_keelson() {
+        for v in ["3.4.31", "3.4.35", "3.5.13", "3.5.21", "3.6.0", "3.4.0+keelson", "4.0.0"] {
+            assert!(ordered(v), "{v}");
+        }
+        for v in ["3.4.23", "3.4.30", "3.5.0", "3.5.12", "3.3.27", "", "garbage", "3.4.0+other"] {
+            assert!(!ordered(v), "{v}");
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Progress(tokio::sync::mpsc::Sender<WatchRequest>);
 
@@ -303,6 +358,29 @@ impl Progress {
             request_union: Some(RequestUnion::ProgressRequest(proto::etcdserverpb::WatchProgressRequest {})),
         };
         self.0.send(req).await.map_err(|_| StoreError::Unavailable("watch stream closed".into()))
+    }
+}
+
+/// Whether a store of this version sends progress notifications only once a watcher has been
+/// sent everything up to their revision. etcd before 3.4.31 and 3.5.13 may send one to a watcher
+/// still catching up (etcd issue 15220), which would make a watch cache believe itself current
+/// too early; Kubernetes then serves no consistent read from its cache, and neither does this
+/// server. Keelson's store marks its version with `+keelson` build metadata.
+pub fn progress_notifications_ordered(version: &str) -> bool {
+    let (core, build) = version.split_once('+').unwrap_or((version, ""));
+    if build.split('.').any(|b| b == "keelson") {
+        return true;
+    }
+    let core = core.split('-').next().unwrap_or("");
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    let (Some(Some(major)), Some(Some(minor)), Some(Some(patch))) = (parts.next(), parts.next(), parts.next()) else {
+        return false;
+    };
+    match (major, minor) {
+        (3, 4) => patch >= 31,
+        (3, 5) => patch >= 13,
+        (3, m) => m >= 6,
+        (m, _) => m > 3,
     }
 }
 

@@ -134,6 +134,9 @@ pub async fn list_from_cache(
     if ["limit", "continue", "resourceVersion", "resourceVersionMatch"].iter().any(|p| params.get(p).is_some()) {
         return Ok(None);
     }
+    if !api.progress_ordered.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(None);
+    }
     let selectors = Selectors::from_params(res, params)?;
     let cache = api.cache(res);
     let revision = api.store.current_revision().await?;
@@ -155,14 +158,88 @@ pub async fn list_from_cache(
         out.extend_from_slice(&o.json);
     }
     out.extend_from_slice(b"]}");
+    api.lists_from_cache.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(out))
+}
+
+/// Which state a list asks for, by `resourceVersion` and `resourceVersionMatch`
+/// (Kubernetes' ListOptions).
+enum ListAt {
+    /// The newest state.
+    Newest,
+    /// Any state, the watch cache's included (`resourceVersion=0`).
+    Any,
+    /// The state at exactly this revision (`Exact`, or a version with `limit`), or 410.
+    Exact(i64),
+    /// A state at least this new (`NotOlderThan`, or a version without `limit`).
+    NotOlderThan(i64),
+}
+
+fn list_at(params: &Params, limit: i64) -> Result<ListAt, ApiError> {
+    let rv = params.get("resourceVersion");
+    let rv_match = params.get("resourceVersionMatch");
+    let invalid = |field: &str, value: &str, why: &str| {
+        ApiError::invalid("ListOptions", "meta.k8s.io", "", vec![super::errors::Cause::invalid(field, value, why)])
+    };
+    if params.get("continue").is_some() {
+        if rv.is_some() {
+            return Err(ApiError::bad_request("specifying resource version is not allowed when using continue"));
+        }
+        if let Some(m) = rv_match {
+            return Err(invalid(
+                "resourceVersionMatch",
+                m,
+                "resourceVersionMatch is forbidden when continue is provided",
+            ));
+        }
+        return Ok(ListAt::Newest);
+    }
+    if let Some(m) = rv_match {
+        if !matches!(m, "Exact" | "NotOlderThan") {
+            return Err(invalid("resourceVersionMatch", m, "supported values: \"Exact\", \"NotOlderThan\""));
+        }
+        if rv.is_none() {
+            return Err(invalid(
+                "resourceVersionMatch",
+                m,
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
+        }
+        if m == "Exact" && rv == Some("0") {
+            return Err(invalid(
+                "resourceVersionMatch",
+                m,
+                "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+            ));
+        }
+    }
+    let Some(rv) = rv else { return Ok(ListAt::Newest) };
+    if rv == "0" {
+        return Ok(ListAt::Any);
+    }
+    let n: i64 = rv
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::bad_request(format!("resourceVersion {rv:?} is not a valid resource version")))?;
+    Ok(match rv_match {
+        Some("Exact") => ListAt::Exact(n),
+        Some(_) => ListAt::NotOlderThan(n),
+        None if limit > 0 => ListAt::Exact(n),
+        None => ListAt::NotOlderThan(n),
+    })
 }
 
 /// A list, filtered, paginated with `limit` and `continue` over one store snapshot.
 pub async fn list(api: &Api, res: &'static Resource, ns: Option<&str>, params: &Params) -> Result<Value, ApiError> {
     let selectors = Selectors::from_params(res, params)?;
+    let limit: i64 = match params.get("limit") {
+        Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("limit {l:?} is not a number")))?,
+        None => 0,
+    };
+    let at = list_at(params, limit)?;
     // resourceVersion=0 asks for any version: the watch cache's, when it has been built.
-    if params.get("resourceVersion") == Some("0") && params.get("continue").is_none() {
+    if matches!(at, ListAt::Any) {
         if let Some((objects, revision)) = api.cache(res).list(&res.scope_prefix(ns)) {
             let items: Vec<Value> = objects
                 .iter()
@@ -176,6 +253,7 @@ pub async fn list(api: &Api, res: &'static Resource, ns: Option<&str>, params: &
                     item
                 })
                 .collect();
+            api.lists_from_cache.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Ok(json!({
                 "kind": format!("{}List", res.kind),
                 "apiVersion": res.api_version(),
@@ -184,13 +262,13 @@ pub async fn list(api: &Api, res: &'static Resource, ns: Option<&str>, params: &
             }));
         }
     }
-    let limit: i64 = match params.get("limit") {
-        Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("limit {l:?} is not a number")))?,
-        None => 0,
-    };
     let prefix = res.scope_prefix(ns);
     let end = prefix_end(prefix.as_bytes());
-    let (mut revision, mut from) = (0i64, prefix.as_bytes().to_vec());
+    let exact = match at {
+        ListAt::Exact(n) => n,
+        _ => 0,
+    };
+    let (mut revision, mut from) = (exact, prefix.as_bytes().to_vec());
     if let Some(token) = params.get("continue") {
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(token)
@@ -205,23 +283,36 @@ pub async fn list(api: &Api, res: &'static Resource, ns: Option<&str>, params: &
         from.push(0);
     }
     // resourceVersion=0 lets any member answer from its own state.
-    let serializable = params.get("resourceVersion") == Some("0") && revision == 0;
+    let serializable = matches!(at, ListAt::Any) && revision == 0;
+    api.lists_from_store.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut items = Vec::new();
     let mut next: Option<Vec<u8>> = None;
     loop {
         let want = if limit > 0 { (limit - items.len() as i64).max(1) } else { LIST_PAGE_ITEMS_MAX };
         let page = match api.store.range(&from, &end, revision, want, serializable).await {
             Ok(p) => p,
-            Err(super::store::StoreError::Compacted) => {
+            Err(super::store::StoreError::Compacted) if params.get("continue").is_some() => {
                 return Err(ApiError::gone(
                     "The provided continue parameter is too old to display a consistent list result. You can \
                      start a new list without the continue parameter.",
                 ))
             }
+            Err(super::store::StoreError::Compacted) => {
+                return Err(ApiError::gone("The resourceVersion for the provided list is too old."));
+            }
+            Err(super::store::StoreError::FutureRevision) => {
+                let current = api.store.current_revision().await.ok();
+                return Err(ApiError::too_large_resource_version(Some(exact), current));
+            }
             Err(e) => return Err(e.into()),
         };
         if revision == 0 {
             revision = page.revision;
+            if let ListAt::NotOlderThan(n) = at {
+                if revision < n {
+                    return Err(ApiError::too_large_resource_version(Some(n), Some(revision)));
+                }
+            }
         }
         let last = page.kvs.last().map(|kv| kv.key.clone());
         items.extend(decode_matching(page.kvs, selectors.clone()).await?);
@@ -409,7 +500,12 @@ async fn create_with(
             also.push(Also::Unchanged { key: namespaces.key(None, ns).into_bytes(), expected: revision });
         }
         let key = res.key(ns, &this_name);
-        match api.store.write_if(key.as_bytes(), 0, Some(to_stored(&obj)), also).await? {
+        let lease = if res.strategy.expires() { api.expiry_lease().await? } else { 0 };
+        let written = api.store.write_if_leased(key.as_bytes(), 0, Some(to_stored(&obj)), lease, also).await;
+        if lease_lost(api, &written).await {
+            continue;
+        }
+        match written? {
             Written::Done(rev) => return Ok((with_rv(obj, rev), warnings)),
             Written::Conflict => {
                 if api.store.get(key.as_bytes()).await?.0.is_some() {
@@ -427,6 +523,16 @@ async fn create_with(
     Err(ApiError::internal(format!(
         "no free name (generateName {generate:?}) or allocation after {CREATE_ATTEMPTS_MAX} attempts"
     )))
+}
+
+/// Whether a write failed because the shared expiry lease is gone (expired, or the store lost
+/// it); the lease is then forgotten, and the write is tried again with a new one.
+async fn lease_lost(api: &Api, written: &Result<Written, super::store::StoreError>) -> bool {
+    let lost = matches!(written, Err(super::store::StoreError::Unavailable(m)) if m.contains("lease not found"));
+    if lost {
+        api.forget_expiry_lease().await;
+    }
+    lost
 }
 
 /// Which part of an object a write changes.
@@ -561,7 +667,12 @@ async fn modify(
         }
         let key = res.key(ns, name);
         let value = if deleting { None } else { Some(stored) };
-        let written = api.store.write_if(key.as_bytes(), mod_rev, value, also).await?;
+        let lease = if res.strategy.expires() && !deleting { api.expiry_lease().await? } else { 0 };
+        let written = api.store.write_if_leased(key.as_bytes(), mod_rev, value, lease, also).await;
+        if lease_lost(api, &written).await {
+            continue;
+        }
+        let written = written?;
         match written {
             Written::Done(rev) => return Ok((with_rv(obj, rev), warnings)),
             Written::Conflict if expected_rv.is_none() => continue,

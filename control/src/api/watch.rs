@@ -324,6 +324,30 @@ impl Watch {
     }
 }
 
+/// How long a watch that starts with the current state waits for its cache to catch up with the
+/// store before reading the store itself.
+const CACHE_FRESH_WAIT_MS: u64 = 1_000;
+
+/// Whether the cache may serve a watch starting at `from`: always for a watch from a past
+/// version (None); for one starting with the current state (Some(None)) or with a state at
+/// least as new as a version (Some(Some(n))), once the cache has caught up with it — and only
+/// where the store's progress notifications can tell.
+async fn cache_fresh_for(
+    api: &Api,
+    cache: &super::cache::WatchCache,
+    from: Option<Option<i64>>,
+) -> Result<bool, ApiError> {
+    let Some(at_least) = from else { return Ok(true) };
+    if !api.progress_ordered.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(false);
+    }
+    let revision = match at_least {
+        Some(n) => n,
+        None => api.store.current_revision().await?,
+    };
+    Ok(cache.wait_fresh(revision, Duration::from_millis(CACHE_FRESH_WAIT_MS)).await)
+}
+
 pub async fn serve(
     api: Arc<Api>,
     res: &'static Resource,
@@ -366,8 +390,17 @@ pub async fn serve(
     let (tx, rx) = tokio::sync::mpsc::channel(WATCH_EVENTS_QUEUE_MAX);
     let prefix = res.scope_prefix(ns);
     let cache = api.cache(res);
-    // From the cache when it is built and still holds the version asked for; else from the store.
-    let subscription = if cache.ready(Duration::from_millis(CACHE_READY_WAIT_MS)).await {
+    // From the cache when it is built, still holds the version asked for, and — for a watch that
+    // starts with the current state — has caught up with the store (as Kubernetes' consistent
+    // reads from its cache wait for); else from the store.
+    let consistent_from = match params.get("resourceVersion") {
+        None if send_initial => Some(None),
+        Some(rv) if send_initial && rv != "0" => start.map(Some),
+        _ => None,
+    };
+    let subscription = if cache.ready(Duration::from_millis(CACHE_READY_WAIT_MS)).await
+        && cache_fresh_for(&api, &cache, consistent_from).await?
+    {
         cache.subscribe(&prefix, if send_initial { None } else { start }).ok()
     } else {
         None

@@ -26,6 +26,11 @@ pub struct ApiProcess {
 impl ApiProcess {
     /// `keelson server`: a one-member store and an API replica.
     pub async fn server() -> ApiProcess {
+        Self::server_with(&[]).await
+    }
+
+    /// `keelson server` with more flags.
+    pub async fn server_with(args: &[&str]) -> ApiProcess {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(3);
         let (client, peer, api) = (ports[0], ports[1], ports[2]);
@@ -37,7 +42,8 @@ impl ApiProcess {
             .args(["--advertise-client-urls", &format!("http://127.0.0.1:{client}")])
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
             .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
-            .args(["--api-listen", &format!("127.0.0.1:{api}")]);
+            .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .args(args);
         Self::spawn(cmd, dir, api, Some(client)).await
     }
 
@@ -111,4 +117,13 @@ impl Drop for ApiProcess {
             eprintln!("===== API process log {} =====\n{}", self.log.display(), log_tail(&self.log, 60));
         }
     }
+}
+
+/// The value of the counter `series` (name and labels, as /metrics prints them).
+#[allow(dead_code)]
+pub async fn metric(client: &Client, series: &str) -> u64 {
+    let req = http::Request::get("/metrics").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await.unwrap();
+    let prefix = format!("{series} ");
+    text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{text}"))
 }

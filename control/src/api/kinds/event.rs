@@ -46,6 +46,10 @@ impl Strategy for EventStrategy {
         FIELDS
     }
 
+    fn expires(&self) -> bool {
+        true
+    }
+
     fn columns(&self) -> Vec<Column> {
         vec![
             Column::new("Last Seen", "string", 0, |o| json!(human_age(&s(o, "/lastTimestamp")))),

@@ -157,6 +157,12 @@ pub trait Strategy: Sync + Send {
         false
     }
 
+    /// Whether objects of the kind expire (`--event-ttl` after their last write), through a
+    /// store lease.
+    fn expires(&self) -> bool {
+        false
+    }
+
     /// Whether the collection may be deleted in one request.
     fn deletecollection(&self) -> bool {
         true
