@@ -84,15 +84,29 @@ pub fn template_field(o: &Value, field: &str) -> Value {
     json!(values.join(","))
 }
 
-pub fn selector(o: &Value) -> Value {
+/// A map of labels at `pointer` as `k=v,k=v`, or `<none>`.
+pub fn label_map(o: &Value, pointer: &str) -> Value {
     let labels: Vec<String> = o
-        .pointer("/spec/selector/matchLabels")
+        .pointer(pointer)
         .and_then(Value::as_object)
         .into_iter()
         .flatten()
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
         .collect();
     or_none(labels.join(","))
+}
+
+pub fn selector(o: &Value) -> Value {
+    label_map(o, "/spec/selector/matchLabels")
+}
+
+/// The `-o wide` columns of a workload: its template's containers and images, its selector.
+pub fn template_columns() -> [Column; 3] {
+    [
+        Column::new("Containers", "string", 1, |o| template_field(o, "name")),
+        Column::new("Images", "string", 1, |o| template_field(o, "image")),
+        Column::new("Selector", "string", 1, selector),
+    ]
 }
 
 /// The row object: the whole object if asked (`includeObject=Object`), else its metadata.

@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use super::super::errors::Cause;
 use super::super::objects::typed;
 use super::super::resources::Resource;
-use super::super::table::{n, selector, template_field, Column, AGE, NAME};
-use super::{default_rolling_update, set_default, status_by_controllers, Strategy};
+use super::super::table::{label_map, n, template_columns, Column, AGE, NAME};
+use super::{default_rolling_update, set_default, workload_rules, Strategy};
 
 pub static RESOURCE: Resource = Resource {
     group: "apps",
@@ -38,15 +38,7 @@ impl Strategy for DaemonSetStrategy {
         super::pod::default_pod_spec(obj, "/spec/template/spec");
     }
 
-    fn tracks_generation(&self) -> bool {
-        true
-    }
-
-    status_by_controllers!();
-
-    fn validate(&self, obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
-        super::validate_workload(obj)
-    }
+    workload_rules!();
 
     fn columns(&self) -> Vec<Column> {
         vec![
@@ -56,20 +48,11 @@ impl Strategy for DaemonSetStrategy {
             Column::new("Ready", "integer", 0, |o| json!(n(o, "/status/numberReady"))),
             Column::new("Up-to-date", "integer", 0, |o| json!(n(o, "/status/updatedNumberScheduled"))),
             Column::new("Available", "integer", 0, |o| json!(n(o, "/status/numberAvailable"))),
-            Column::new("Node Selector", "string", 0, |o| {
-                let labels: Vec<String> = o
-                    .pointer("/spec/template/spec/nodeSelector")
-                    .and_then(Value::as_object)
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                    .collect();
-                json!(if labels.is_empty() { "<none>".to_string() } else { labels.join(",") })
-            }),
+            Column::new("Node Selector", "string", 0, |o| label_map(o, "/spec/template/spec/nodeSelector")),
             AGE,
-            Column::new("Containers", "string", 1, |o| template_field(o, "name")),
-            Column::new("Images", "string", 1, |o| template_field(o, "image")),
-            Column::new("Selector", "string", 1, selector),
         ]
+        .into_iter()
+        .chain(template_columns())
+        .collect()
     }
 }

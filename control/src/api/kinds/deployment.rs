@@ -7,8 +7,8 @@ use serde_json::{json, Value};
 use super::super::errors::Cause;
 use super::super::objects::{self, typed};
 use super::super::resources::Resource;
-use super::super::table::{n, selector, template_field, Column, AGE, NAME};
-use super::{default_rolling_update, set_default, status_by_controllers, Strategy};
+use super::super::table::{n, template_columns, Column, AGE, NAME};
+use super::{default_rolling_update, set_default, workload_rules, Strategy};
 
 pub static RESOURCE: Resource = Resource {
     group: "apps",
@@ -41,17 +41,13 @@ impl Strategy for DeploymentStrategy {
         super::pod::default_pod_spec(obj, "/spec/template/spec");
     }
 
-    fn tracks_generation(&self) -> bool {
-        true
-    }
-
     /// A deployment's annotations count too (a rollback is asked for through them).
     fn generation_changed(&self, obj: &Value, old: &Value) -> bool {
         objects::spec_part(obj) != objects::spec_part(old)
             || obj.pointer("/metadata/annotations") != old.pointer("/metadata/annotations")
     }
 
-    status_by_controllers!();
+    workload_rules!();
 
     fn prepare_for_status_update(&self, obj: &mut Value, old: &Value) {
         super::keep_all_but_status(obj, old);
@@ -65,10 +61,6 @@ impl Strategy for DeploymentStrategy {
         }
     }
 
-    fn validate(&self, obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
-        super::validate_workload(obj)
-    }
-
     fn columns(&self) -> Vec<Column> {
         vec![
             NAME,
@@ -78,9 +70,9 @@ impl Strategy for DeploymentStrategy {
             Column::new("Up-to-date", "integer", 0, |o| json!(n(o, "/status/updatedReplicas"))),
             Column::new("Available", "integer", 0, |o| json!(n(o, "/status/availableReplicas"))),
             AGE,
-            Column::new("Containers", "string", 1, |o| template_field(o, "name")),
-            Column::new("Images", "string", 1, |o| template_field(o, "image")),
-            Column::new("Selector", "string", 1, selector),
         ]
+        .into_iter()
+        .chain(template_columns())
+        .collect()
     }
 }

@@ -297,9 +297,15 @@ pub fn validate_workload(obj: &Value) -> Vec<Cause> {
     causes
 }
 
-/// The status of a workload's main resource: kept as stored on updates, none on create.
-macro_rules! status_by_controllers {
+/// The rules every workload kind shares: generation counts spec changes, the status is its
+/// controller's (none on create, kept as stored by updates of the main resource), and
+/// [`validate_workload`] checks it.
+macro_rules! workload_rules {
     () => {
+        fn tracks_generation(&self) -> bool {
+            true
+        }
+
         fn prepare_for_create(&self, obj: &mut Value) {
             super::clear_status(obj);
         }
@@ -307,9 +313,13 @@ macro_rules! status_by_controllers {
         fn prepare_for_update(&self, obj: &mut Value, old: &Value) {
             super::keep_status(obj, old);
         }
+
+        fn validate(&self, obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
+            super::validate_workload(obj)
+        }
     };
 }
-pub(crate) use status_by_controllers;
+pub(crate) use workload_rules;
 
 #[cfg(test)]
 mod tests {

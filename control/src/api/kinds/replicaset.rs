@@ -6,8 +6,8 @@ use serde_json::{json, Value};
 use super::super::errors::Cause;
 use super::super::objects::typed;
 use super::super::resources::Resource;
-use super::super::table::{n, selector, template_field, Column, AGE, NAME};
-use super::{set_default, status_by_controllers, Strategy};
+use super::super::table::{n, template_columns, Column, AGE, NAME};
+use super::{set_default, workload_rules, Strategy};
 
 pub static RESOURCE: Resource = Resource {
     group: "apps",
@@ -37,15 +37,7 @@ impl Strategy for ReplicaSetStrategy {
         super::pod::default_pod_spec(obj, "/spec/template/spec");
     }
 
-    fn tracks_generation(&self) -> bool {
-        true
-    }
-
-    status_by_controllers!();
-
-    fn validate(&self, obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
-        super::validate_workload(obj)
-    }
+    workload_rules!();
 
     fn columns(&self) -> Vec<Column> {
         vec![
@@ -54,9 +46,9 @@ impl Strategy for ReplicaSetStrategy {
             Column::new("Current", "integer", 0, |o| json!(n(o, "/status/replicas"))),
             Column::new("Ready", "integer", 0, |o| json!(n(o, "/status/readyReplicas"))),
             AGE,
-            Column::new("Containers", "string", 1, |o| template_field(o, "name")),
-            Column::new("Images", "string", 1, |o| template_field(o, "image")),
-            Column::new("Selector", "string", 1, selector),
         ]
+        .into_iter()
+        .chain(template_columns())
+        .collect()
     }
 }

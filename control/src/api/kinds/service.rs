@@ -9,7 +9,7 @@ use super::super::errors::{ApiError, Cause};
 use super::super::objects::{check_ports, typed};
 use super::super::resources::Resource;
 use super::super::store::Also;
-use super::super::table::{or_none, s, Column, AGE, NAME};
+use super::super::table::{label_map, or_none, s, Column, AGE, NAME};
 use super::super::{alloc, Api};
 use super::{set_default, Allocator, NameRule, Strategy};
 
@@ -147,16 +147,7 @@ impl Strategy for ServiceStrategy {
             Column::new("External-IP", "string", 0, external_ip),
             Column::new("Port(s)", "string", 0, ports),
             AGE,
-            Column::new("Selector", "string", 1, |o| {
-                let labels: Vec<String> = o
-                    .pointer("/spec/selector")
-                    .and_then(Value::as_object)
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-                    .collect();
-                or_none(labels.join(","))
-            }),
+            Column::new("Selector", "string", 1, |o| label_map(o, "/spec/selector")),
         ]
     }
 }

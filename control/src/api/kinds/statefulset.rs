@@ -7,7 +7,7 @@ use super::super::errors::Cause;
 use super::super::objects::typed;
 use super::super::resources::Resource;
 use super::super::table::{n, template_field, Column, AGE, NAME};
-use super::{default_rolling_update, ensure_object, set_default, status_by_controllers, Strategy};
+use super::{default_rolling_update, ensure_object, set_default, workload_rules, Strategy};
 
 pub static RESOURCE: Resource = Resource {
     group: "apps",
@@ -43,15 +43,7 @@ impl Strategy for StatefulSetStrategy {
         super::pod::default_pod_spec(obj, "/spec/template/spec");
     }
 
-    fn tracks_generation(&self) -> bool {
-        true
-    }
-
-    status_by_controllers!();
-
-    fn validate(&self, obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
-        super::validate_workload(obj)
-    }
+    workload_rules!();
 
     fn columns(&self) -> Vec<Column> {
         vec![
