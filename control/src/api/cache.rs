@@ -105,9 +105,14 @@ pub enum Backlog {
 /// The requested version is older than the cache's window.
 pub struct TooOld;
 
-fn event_line(kind: &str, object: &Value) -> Bytes {
-    let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("a JSON value encodes");
-    line.push(b'\n');
+/// A watch event's line around an object already encoded (so it is not encoded again).
+fn event_line(kind: &str, object: &[u8]) -> Bytes {
+    let mut line = Vec::with_capacity(object.len() + 32);
+    line.extend_from_slice(b"{\"type\":\"");
+    line.extend_from_slice(kind.as_bytes());
+    line.extend_from_slice(b"\",\"object\":");
+    line.extend_from_slice(object);
+    line.extend_from_slice(b"}\n");
     Bytes::from(line)
 }
 
@@ -180,7 +185,9 @@ impl WatchCache {
                 _ => break,
             }
         }
-        let mut watch = store.watch(self.prefix.as_bytes(), &end, revision + 1, false).await?;
+        // No previous values: the cache holds every object's last state itself, and asking the
+        // store for them would double what every event carries.
+        let mut watch = store.watch(self.prefix.as_bytes(), &end, revision + 1, false, false).await?;
         {
             let mut s = self.state.write().expect("not poisoned");
             *s = State { ready: true, objects, events: VecDeque::new(), complete_after: revision, revision };
@@ -222,7 +229,7 @@ impl WatchCache {
                 let Some(old) = &old else { continue };
                 let mut gone = old.value.clone();
                 gone["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
-                let line = event_line("DELETED", &gone);
+                let line = event_line("DELETED", &serde_json::to_vec(&gone).expect("a JSON value encodes"));
                 (None, line)
             } else {
                 let obj = match from_kv(&kv) {
@@ -234,7 +241,7 @@ impl WatchCache {
                 };
                 s.objects.insert(key.clone(), obj.clone());
                 let kind = if old.is_some() { "MODIFIED" } else { "ADDED" };
-                let line = event_line(kind, &obj.value);
+                let line = event_line(kind, &obj.json);
                 (Some(obj), line)
             };
             let event = Arc::new(CachedEvent { revision: kv.mod_revision, key, new, old, plain });

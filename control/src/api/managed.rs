@@ -237,49 +237,6 @@ fn walk_set(value: &Value, shape: Option<Shape>, path: &mut Vec<String>, set: &m
     }
 }
 
-/// Every leaf path whose value differs between `old` and `new` (both present).
-fn modified(old: &Value, new: &Value, shape: Option<Shape>, path: &mut Vec<String>, out: &mut FieldSet) {
-    if is_leaf(shape) {
-        if old != new {
-            out.insert(path);
-        }
-        return;
-    }
-    match (old, new, shape.expect("a leaf otherwise").resolve()) {
-        (Value::Object(a), Value::Object(b), Resolved::Struct { fields, .. }) => {
-            for (k, v) in b {
-                if let (Some(f), Some(before)) = (fields.get(k), a.get(k)) {
-                    path.push(field_element(k));
-                    modified(before, v, Some(Shape::Node(f)), path, out);
-                    path.pop();
-                }
-            }
-        }
-        (Value::Object(a), Value::Object(b), Resolved::Map { elem, .. }) => {
-            for (k, v) in b {
-                if let Some(before) = a.get(k) {
-                    path.push(field_element(k));
-                    modified(before, v, Some(elem), path, out);
-                    path.pop();
-                }
-            }
-        }
-        (Value::Array(a), Value::Array(b), Resolved::List { elem, list_type: "map", keys, .. }) => {
-            for item in b {
-                let Some(e) = item_element(item, "map", &keys) else { continue };
-                let before = a.iter().find(|x| item_element(x, "map", &keys).as_deref() == Some(e.as_str()));
-                if let Some(before) = before {
-                    path.push(e);
-                    modified(before, item, Some(elem), path, out);
-                    path.pop();
-                }
-            }
-        }
-        (a, b, _) if a != b => out.insert(path),
-        _ => {}
-    }
-}
-
 /// What changed from `old` to `new`: fields added, fields whose value changed, fields removed.
 pub struct Comparison {
     pub added: FieldSet,
@@ -288,13 +245,88 @@ pub struct Comparison {
 }
 
 pub fn compare(old: &Value, new: &Value, shape: Option<Shape>) -> Comparison {
-    let (before, after) = (to_set(old, shape), to_set(new, shape));
-    let mut changed = FieldSet::default();
-    modified(old, new, shape, &mut Vec::new(), &mut changed);
-    Comparison {
-        added: after.difference(&before),
-        modified: changed.intersection(&before),
-        removed: before.difference(&after),
+    let mut cmp =
+        Comparison { added: FieldSet::default(), modified: FieldSet::default(), removed: FieldSet::default() };
+    diff(Some(old), Some(new), shape, &mut Vec::new(), &mut cmp);
+    cmp
+}
+
+/// Whether a struct field's value makes the field itself a member (null, or an empty map).
+fn empty_member(v: Option<&Value>) -> bool {
+    v.is_some_and(|v| v.is_null() || v.as_object().is_some_and(Map::is_empty))
+}
+
+/// One walk over `old` and `new` together that descends only where they differ, so that a
+/// write changing one field costs little whatever the object's size.
+fn diff(old: Option<&Value>, new: Option<&Value>, shape: Option<Shape>, path: &mut Vec<String>, cmp: &mut Comparison) {
+    let (o, n) = match (old, new) {
+        (None, None) => return,
+        (Some(o), Some(n)) if o == n => return,
+        (None, Some(n)) => return walk_set(n, shape, path, &mut cmp.added),
+        (Some(o), None) => return walk_set(o, shape, path, &mut cmp.removed),
+        (Some(o), Some(n)) => (o, n),
+    };
+    if is_leaf(shape) {
+        cmp.modified.insert(path);
+        return;
+    }
+    match (o, n, shape.expect("a leaf otherwise").resolve()) {
+        (Value::Object(a), Value::Object(b), Resolved::Struct { fields, .. }) => {
+            for k in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+                let Some(f) = fields.get(k) else { continue };
+                path.push(field_element(k));
+                let (before, after) = (a.get(k), b.get(k));
+                diff(before, after, Some(Shape::Node(f)), path, cmp);
+                match (empty_member(before), empty_member(after)) {
+                    (false, true) => cmp.added.insert(path),
+                    (true, false) => cmp.removed.insert(path),
+                    _ => {}
+                }
+                path.pop();
+            }
+        }
+        (Value::Object(a), Value::Object(b), Resolved::Map { elem, .. }) => {
+            for k in a.keys().chain(b.keys().filter(|k| !a.contains_key(*k))) {
+                path.push(field_element(k));
+                let (before, after) = (a.get(k), b.get(k));
+                diff(before, after, Some(elem), path, cmp);
+                match (before, after) {
+                    (None, Some(_)) => cmp.added.insert(path),
+                    (Some(_), None) => cmp.removed.insert(path),
+                    _ => {}
+                }
+                path.pop();
+            }
+        }
+        (Value::Array(a), Value::Array(b), Resolved::List { elem, list_type, keys, .. }) => {
+            let index = |items: &Vec<Value>| -> BTreeMap<String, usize> {
+                items.iter().enumerate().filter_map(|(i, v)| Some((item_element(v, list_type, &keys)?, i))).collect()
+            };
+            let (before, after) = (index(a), index(b));
+            for (e, &i) in &before {
+                path.push(e.clone());
+                match after.get(e) {
+                    None => {
+                        if list_type == "map" {
+                            walk_set(&a[i], Some(elem), path, &mut cmp.removed);
+                        }
+                        cmp.removed.insert(path);
+                    }
+                    Some(&j) if list_type == "map" => diff(Some(&a[i]), Some(&b[j]), Some(elem), path, cmp),
+                    Some(_) => {}
+                }
+                path.pop();
+            }
+            for (e, &j) in after.iter().filter(|(e, _)| !before.contains_key(*e)) {
+                path.push(e.clone());
+                if list_type == "map" {
+                    walk_set(&b[j], Some(elem), path, &mut cmp.added);
+                }
+                cmp.added.insert(path);
+                path.pop();
+            }
+        }
+        _ => cmp.modified.insert(path),
     }
 }
 
@@ -585,12 +617,13 @@ pub fn track_update(
     let sent = new.pointer("/metadata/managedFields").cloned();
     let cleared = sent.as_ref().and_then(Value::as_array).is_some_and(|l| l.len() == 1 && l[0] == json!({}));
     let sent_managers = decode_managers(new).map_err(bad)?;
-    let mut managers = if cleared {
-        Vec::new()
+    let (mut managers, source) = if cleared {
+        (Vec::new(), None)
     } else if !sent_managers.is_empty() && subresource.is_empty() {
-        sent_managers
+        (sent_managers, sent)
     } else {
-        old.map(decode_managers).transpose().map_err(bad)?.unwrap_or_default()
+        let stored = old.and_then(|o| o.pointer("/metadata/managedFields")).cloned();
+        (old.map(decode_managers).transpose().map_err(bad)?.unwrap_or_default(), stored)
     };
     let shape = super::schema::of(res);
     let empty = json!({});
@@ -598,8 +631,11 @@ pub fn track_update(
     let cmp = compare(old.unwrap_or(&empty), new, shape);
     let changed = cmp.added.union(&cmp.modified).recursive_difference(&ignore);
     let removed = cmp.removed.recursive_difference(&ignore);
+    let mut moved = false;
     for m in managers.iter_mut() {
-        m.set = m.set.difference(&changed).difference(&removed);
+        let kept = m.set.difference(&changed).difference(&removed);
+        moved |= kept != m.set;
+        m.set = kept;
     }
     let api_version = res.api_version();
     match managers.iter_mut().find(|m| m.same(manager, "Update", subresource)) {
@@ -609,17 +645,31 @@ pub fn track_update(
                 mine.set = set;
                 mine.time = Some(now());
                 mine.api_version = api_version;
+                moved = true;
             }
         }
-        None if !changed.is_empty() => managers.push(Manager {
-            name: manager.into(),
-            operation: "Update".into(),
-            api_version,
-            time: Some(now()),
-            subresource: subresource.into(),
-            set: changed,
-        }),
+        None if !changed.is_empty() => {
+            managers.push(Manager {
+                name: manager.into(),
+                operation: "Update".into(),
+                api_version,
+                time: Some(now()),
+                subresource: subresource.into(),
+                set: changed,
+            });
+            moved = true;
+        }
         None => {}
+    }
+    // Nobody's fields changed hands (the common update of fields one already holds): the
+    // entries stay as they were, not encoded again.
+    if !moved {
+        let meta = new["metadata"].as_object_mut().expect("objects have metadata");
+        match source {
+            Some(v) if v.as_array().is_some_and(|l| !l.is_empty()) => meta.insert("managedFields".into(), v),
+            _ => meta.remove("managedFields"),
+        };
+        return Ok(());
     }
     cap_update_managers(&mut managers);
     encode_managers(new, managers);
@@ -820,6 +870,28 @@ mod tests {
         let out = apply(cms(), "", Some(&updated), &second, "helm", false).unwrap();
         assert_eq!(out["data"], json!({"b": "20", "c": "3"}));
         assert!(out["metadata"].get("labels").is_none_or(|l| l.as_object().unwrap().is_empty()), "{out}");
+    }
+
+    #[test]
+    fn one_walk_finds_what_two_sets_would() {
+        let shape = super::super::schema::of(deployments());
+        let old = json!({"metadata": {"labels": {"a": "1", "b": "2"}, "finalizers": ["x", "y"], "annotations": {}},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "1"}}, "template": {"spec": {"containers": [
+                {"name": "c", "image": "i:1", "ports": [{"containerPort": 80, "protocol": "TCP"}]},
+                {"name": "d", "image": "d:1"}]}}}});
+        let new = json!({"metadata": {"labels": {"a": "1", "c": "3"}, "finalizers": ["y", "z"]},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"a": "2"}}, "paused": null, "template": {"spec": {"containers": [
+                {"name": "c", "image": "i:2", "ports": [{"containerPort": 81, "protocol": "TCP"}]},
+                {"name": "e", "image": "e:1"}]}}}});
+        let cmp = compare(&old, &new, shape);
+        let (before, after) = (to_set(&old, shape), to_set(&new, shape));
+        assert_eq!(cmp.added, after.difference(&before));
+        assert_eq!(cmp.removed, before.difference(&after));
+        let mut changed = Vec::new();
+        cmp.modified.paths("", &mut changed);
+        changed.sort();
+        assert_eq!(changed, [".spec.replicas", ".spec.selector", ".spec.template.spec.containers[name=\"c\"].image"]);
+        assert!(compare(&old, &old, shape).modified.is_empty());
     }
 
     #[test]

@@ -276,21 +276,22 @@ impl Store {
         Ok(Written::Conflict)
     }
 
-    /// A watch of `[from, end)` starting at `start_revision`, with previous values on deletes.
-    /// The stream yields the store's responses as they come.
+    /// A watch of `[from, end)` starting at `start_revision`, with each event's previous value
+    /// when `prev_kv` asks for it. The stream yields the store's responses as they come.
     pub async fn watch(
         &self,
         from: &[u8],
         end: &[u8],
         start_revision: i64,
         progress_notify: bool,
+        prev_kv: bool,
     ) -> Result<WatchStream, StoreError> {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         let create = WatchCreateRequest {
             key: from.to_vec(),
             range_end: end.to_vec(),
             start_revision,
-            prev_kv: true,
+            prev_kv,
             progress_notify,
             ..Default::default()
         };

@@ -465,10 +465,12 @@ async fn create_with(
             meta.insert("generation".into(), json!(1));
         }
     }
-    res.strategy.prepare_for_create(&mut obj);
+    // The manager owns what the request set and defaulted; what the server itself then resets
+    // and adds (status, admission defaults) it does not, as in Kubernetes' create handler.
     if let Track::Update(manager) = track {
         managed::track_update(res, "", None, &mut obj, manager)?;
     }
+    res.strategy.prepare_for_create(&mut obj);
     let shown_name = if name.is_empty() { generate.as_str() } else { name.as_str() };
     let content_ns = ns.filter(|_| res.namespaced);
     let mut ns_revision = match content_ns {

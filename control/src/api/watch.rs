@@ -283,10 +283,11 @@ impl Watch {
             }
         };
         let end = prefix_end(self.prefix.as_bytes());
-        let mut stream: WatchStream = match self.api.store.watch(self.prefix.as_bytes(), &end, after + 1, false).await {
-            Ok(s) => s,
-            Err(e) => return self.error(e.into()).await,
-        };
+        let mut stream: WatchStream =
+            match self.api.store.watch(self.prefix.as_bytes(), &end, after + 1, false, true).await {
+                Ok(s) => s,
+                Err(e) => return self.error(e.into()).await,
+            };
         let progress = stream.progress();
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         let mut bookmarks = tokio::time::interval(Duration::from_millis(BOOKMARK_INTERVAL_MS));

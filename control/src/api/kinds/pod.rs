@@ -36,10 +36,6 @@ const FIELDS: &[SelectableField] = &[
     SelectableField { name: "status.nominatedNodeName", pointer: "/status/nominatedNodeName", absent: "" },
 ];
 
-/// How long the node may wait before it forgets a pod on a node that stopped answering or is not
-/// ready, as Kubernetes' DefaultTolerationSeconds admission adds it, in seconds.
-const DEFAULT_TOLERATION_SECONDS: i64 = 300;
-
 /// The container lists of a pod spec.
 const CONTAINER_LISTS: &[&str] = &["initContainers", "containers", "ephemeralContainers"];
 
@@ -395,15 +391,6 @@ impl Strategy for PodStrategy {
                 "reason": "SchedulingGated", "message": "Scheduling is blocked due to non-empty scheduling gates",
                 "lastProbeTime": null, "lastTransitionTime": super::super::objects::now_rfc3339()}]);
         }
-        // What Kubernetes' admission plugins add to every new pod.
-        if obj.get("spec").is_some_and(Value::is_object) {
-            set_default(obj, "/spec/serviceAccountName", json!("default"));
-            let account = obj["spec"]["serviceAccountName"].clone();
-            set_default(obj, "/spec/serviceAccount", account);
-            set_default(obj, "/spec/priority", json!(0));
-            set_default(obj, "/spec/preemptionPolicy", json!("PreemptLowerPriority"));
-            ensure_default_tolerations(obj);
-        }
     }
 
     fn prepare_for_update(&self, obj: &mut Value, old: &Value) {
@@ -498,29 +485,6 @@ impl Strategy for PodStrategy {
                 json!(format!("{met}/{gates}"))
             }),
         ]
-    }
-}
-
-/// The not-ready and unreachable tolerations a pod gets unless it tolerates those taints itself.
-fn ensure_default_tolerations(obj: &mut Value) {
-    ensure_object(obj, "/spec");
-    let spec = obj["spec"].as_object_mut().expect("made an object above");
-    let list = spec.entry("tolerations").or_insert_with(|| json!([]));
-    if !list.is_array() {
-        *list = json!([]);
-    }
-    let list = list.as_array_mut().expect("made an array above");
-    for taint in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
-        let covered = list.iter().any(|t| {
-            let key = t["key"].as_str().unwrap_or("");
-            let effect = t["effect"].as_str().unwrap_or("");
-            (key == taint || (key.is_empty() && t["operator"] == "Exists"))
-                && (effect.is_empty() || effect == "NoExecute")
-        });
-        if !covered {
-            list.push(json!({"key": taint, "operator": "Exists", "effect": "NoExecute",
-                "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}));
-        }
     }
 }
 
