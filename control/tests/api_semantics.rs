@@ -720,7 +720,10 @@ async fn initial_events_include_every_acknowledged_write() {
             match tokio::time::timeout(Duration::from_secs(10), events.next()).await.unwrap().unwrap().unwrap() {
                 WatchEvent::Added(o) => seen.push(o["metadata"]["name"].as_str().unwrap_or_default().to_string()),
                 WatchEvent::Bookmark(b) => {
-                    assert_eq!(b.metadata.annotations.get("k8s.io/initial-events-end").map(String::as_str), Some("true"));
+                    assert_eq!(
+                        b.metadata.annotations.get("k8s.io/initial-events-end").map(String::as_str),
+                        Some("true")
+                    );
                     break;
                 }
                 other => panic!("round {round}: unexpected {other:?}"),

@@ -146,18 +146,28 @@ pub async fn list_from_cache(
     let Some((objects, at)) = cache.list(&res.scope_prefix(ns)) else { return Ok(None) };
     let head = json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(),
         "metadata": {"resourceVersion": at.to_string()}});
-    let mut out = serde_json::to_vec(&head).expect("a JSON value encodes");
-    out.pop(); // the closing brace; the items follow
-    out.extend_from_slice(b",\"items\":[");
-    let mut first = true;
-    for o in objects.iter().filter(|o| selectors.matches(o)) {
-        if !first {
-            out.push(b',');
+    let small = objects.len() < BLOCKING_DECODE_ITEMS_MIN;
+    let join = move || {
+        let mut out = serde_json::to_vec(&head).expect("a JSON value encodes");
+        out.pop(); // the closing brace; the items follow
+        out.extend_from_slice(b",\"items\":[");
+        let mut first = true;
+        for o in objects.iter().filter(|o| selectors.matches(o)) {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(&o.json);
         }
-        first = false;
-        out.extend_from_slice(&o.json);
-    }
-    out.extend_from_slice(b"]}");
+        out.extend_from_slice(b"]}");
+        out
+    };
+    // Joining thousands of objects' bytes takes a while: off the async workers, as decoding is.
+    let out = if small {
+        join()
+    } else {
+        tokio::task::spawn_blocking(join).await.map_err(|e| ApiError::internal(format!("joining a list: {e}")))?
+    };
     api.lists_from_cache.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     Ok(Some(out))
 }
