@@ -616,7 +616,9 @@ pub fn track_update(
     let bad = |e: String| ApiError::bad_request(format!("metadata.managedFields: {e}"));
     let sent = new.pointer("/metadata/managedFields").cloned();
     let cleared = sent.as_ref().and_then(Value::as_array).is_some_and(|l| l.len() == 1 && l[0] == json!({}));
-    let sent_managers = decode_managers(new).map_err(bad)?;
+    // Managed fields a client sends that cannot be read are passed over for the stored ones, as
+    // Kubernetes' field manager does.
+    let sent_managers = decode_managers(new).unwrap_or_default();
     let (mut managers, source) = if cleared {
         (Vec::new(), None)
     } else if !sent_managers.is_empty() && subresource.is_empty() {
@@ -892,6 +894,19 @@ mod tests {
         changed.sort();
         assert_eq!(changed, [".spec.replicas", ".spec.selector", ".spec.template.spec.containers[name=\"c\"].image"]);
         assert!(compare(&old, &old, shape).modified.is_empty());
+    }
+
+    #[test]
+    fn unreadable_managed_fields_from_a_client_give_way_to_the_stored_ones() {
+        let mut stored =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "x"}, "data": {"a": "1"}});
+        track_update(cms(), "", None, &mut stored, "creator").unwrap();
+        let mut sent = stored.clone();
+        sent["metadata"]["managedFields"] = json!([{"manager": "m", "fieldsType": "FieldsV9", "fieldsV1": {}}]);
+        sent["data"]["b"] = json!("2");
+        track_update(cms(), "", Some(&stored), &mut sent, "editor").unwrap();
+        let names: Vec<String> = decode_managers(&sent).unwrap().into_iter().map(|m| m.name).collect();
+        assert_eq!(names, ["creator", "editor"]);
     }
 
     #[test]
