@@ -23,21 +23,11 @@ pub fn negotiate(accept: &str, include_object: bool) -> Result<Form, ApiError> {
     if accept.trim().is_empty() {
         return Ok(Form::Object);
     }
-    for range in accept.split(',') {
-        let mut parts = range.split(';').map(str::trim);
-        let media = parts.next().unwrap_or("").to_ascii_lowercase();
-        if !matches!(media.as_str(), "application/json" | "application/*" | "*/*" | "application/yaml") {
+    for range in media_ranges(accept) {
+        if !matches!(range.media.as_str(), "application/json" | "application/*" | "*/*" | "application/yaml") {
             continue;
         }
-        let (mut as_, mut group, mut version) = ("", "", "");
-        for p in parts {
-            match p.split_once('=') {
-                Some(("as", v)) => as_ = v,
-                Some(("g", v)) => group = v,
-                Some(("v", v)) => version = v,
-                _ => {}
-            }
-        }
+        let (as_, group, version) = (range.as_, range.group, range.version);
         let meta_group = group.is_empty() || group == "meta.k8s.io";
         let meta_version = matches!(version, "" | "v1" | "v1beta1");
         match as_ {
@@ -54,6 +44,33 @@ pub fn negotiate(accept: &str, include_object: bool) -> Result<Form, ApiError> {
         "NotAcceptable",
         format!("only the following media types are accepted: application/json, application/json;as=Table;g=meta.k8s.io;v=v1, application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1 (asked: {accept})"),
     ))
+}
+
+/// One media range of an `Accept` header, with the parameters Kubernetes reads from it.
+pub struct MediaRange<'a> {
+    /// Lowercase type/subtype.
+    pub media: String,
+    pub as_: &'a str,
+    pub group: &'a str,
+    pub version: &'a str,
+}
+
+/// The media ranges of an `Accept` header, in the client's order.
+pub fn media_ranges(accept: &str) -> impl Iterator<Item = MediaRange<'_>> {
+    accept.split(',').map(|range| {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or("").to_ascii_lowercase();
+        let mut r = MediaRange { media, as_: "", group: "", version: "" };
+        for p in parts {
+            match p.split_once('=') {
+                Some(("as", v)) => r.as_ = v,
+                Some(("g", v)) => r.group = v,
+                Some(("v", v)) => r.version = v,
+                _ => {}
+            }
+        }
+        r
+    })
 }
 
 /// An object as `PartialObjectMetadata`: its metadata alone.

@@ -554,7 +554,19 @@ fn encode_managers(obj: &mut Value, mut managers: Vec<Manager>) {
 
 /// The fields no manager owns: the server's own metadata, and what the request's part of the
 /// object does not write (status through the main resource, the rest through `/status`).
-fn ignored(res: &Resource, subresource: &str) -> FieldSet {
+fn ignored(res: &Resource, subresource: &str) -> &'static FieldSet {
+    // Three sets serve every write, made once: the main resource of a kind with and without a
+    // status subresource, and the status subresource.
+    static SETS: std::sync::LazyLock<[FieldSet; 3]> =
+        std::sync::LazyLock::new(|| [ignored_set(false, ""), ignored_set(true, ""), ignored_set(true, "status")]);
+    match subresource {
+        "status" => &SETS[2],
+        _ if res.has("status") => &SETS[1],
+        _ => &SETS[0],
+    }
+}
+
+fn ignored_set(has_status: bool, subresource: &str) -> FieldSet {
     let mut set = FieldSet::default();
     for p in ["apiVersion", "kind"] {
         set.insert(&[field_element(p)]);
@@ -579,7 +591,7 @@ fn ignored(res: &Resource, subresource: &str) -> FieldSet {
                 set.insert(&[field_element(p)]);
             }
         }
-        _ if res.has("status") => set.insert(&[field_element("status")]),
+        _ if has_status => set.insert(&[field_element("status")]),
         _ => {}
     }
     set
@@ -631,8 +643,8 @@ pub fn track_update(
     let empty = json!({});
     let ignore = ignored(res, subresource);
     let cmp = compare(old.unwrap_or(&empty), new, shape);
-    let changed = cmp.added.union(&cmp.modified).recursive_difference(&ignore);
-    let removed = cmp.removed.recursive_difference(&ignore);
+    let changed = cmp.added.union(&cmp.modified).recursive_difference(ignore);
+    let removed = cmp.removed.recursive_difference(ignore);
     let mut moved = false;
     for m in managers.iter_mut() {
         let kept = m.set.difference(&changed).difference(&removed);
@@ -731,12 +743,12 @@ pub fn apply(
     }
     let merged = merge(&base, &config, shape);
     let ignore = ignored(res, subresource);
-    let applied = to_set(&config, shape).recursive_difference(&ignore);
+    let applied = to_set(&config, shape).recursive_difference(ignore);
     let last =
         managers.iter().find(|m| m.same(manager, "Apply", subresource)).map(|m| m.set.clone()).unwrap_or_default();
     // Fields this manager applied before and no longer does go, unless someone else holds them
     // (the server's own fields count as held).
-    let mut owned = applied.union(&ignore);
+    let mut owned = applied.union(ignore);
     for m in managers.iter().filter(|m| !m.same(manager, "Apply", subresource)) {
         owned = owned.union(&m.set);
     }
@@ -744,8 +756,8 @@ pub fn apply(
     remove(&mut pruned, &orphaned(&last, Some(&owned)), shape);
     // Fields another manager holds may change only when forced; then they change hands.
     let cmp = compare(&base, &pruned, shape);
-    let changed = cmp.added.union(&cmp.modified).recursive_difference(&ignore);
-    let removed = cmp.removed.recursive_difference(&ignore);
+    let changed = cmp.added.union(&cmp.modified).recursive_difference(ignore);
+    let removed = cmp.removed.recursive_difference(ignore);
     let mut conflicts: Vec<(String, String, Vec<String>)> = Vec::new();
     for m in managers.iter().filter(|m| !m.same(manager, "Apply", subresource)) {
         let clash = m.set.intersection(&changed);

@@ -140,11 +140,10 @@ impl Api {
 
     /// Creates the namespaces every cluster has, unless they exist.
     pub async fn ensure_system_namespaces(&self) -> Result<(), ApiError> {
-        let res = resources::find("", "v1", "namespaces").expect("namespaces are served");
+        let params = Params { user_agent: Some("kube-apiserver".into()), ..Params::default() };
         for ns in SYSTEM_NAMESPACES {
             let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            let params = Params { user_agent: Some("kube-apiserver".into()), ..Params::default() };
-            match verbs::create(self, res, None, body, &params).await {
+            match verbs::create(self, &kinds::namespace::RESOURCE, None, body, &params).await {
                 Ok(_) => tracing::info!(namespace = ns, "created namespace"),
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => return Err(e),

@@ -184,8 +184,7 @@ fn merge_list(
     }
     let merge_key = shape.as_ref().and_then(merge_key_of);
     let mut result = original.clone();
-    let mut touched: Vec<Value> = Vec::new();
-    match merge_key {
+    match merge_key.as_deref() {
         // Scalars merge as a set.
         None => {
             for item in patch {
@@ -195,7 +194,6 @@ fn merge_list(
                 if !result.contains(item) {
                     result.push(item.clone());
                 }
-                touched.push(item.clone());
             }
         }
         Some(mk) => {
@@ -203,8 +201,8 @@ fn merge_list(
                 let Value::Object(p) = item else {
                     return Err(format!("a list merged by {mk} may hold only objects"));
                 };
-                let id = p.get(&mk).ok_or_else(|| format!("map: {item} does not contain declared merge key: {mk}"))?;
-                let at = result.iter().position(|x| x.get(&mk) == Some(id));
+                let id = p.get(mk).ok_or_else(|| format!("map: {item} does not contain declared merge key: {mk}"))?;
+                let at = result.iter().position(|x| x.get(mk) == Some(id));
                 match (directive(p)?, at) {
                     (Some("delete"), Some(i)) => {
                         result.remove(i);
@@ -214,23 +212,14 @@ fn merge_list(
                         if let Value::Object(existing) = &mut result[i] {
                             merge_map(existing, p, elem)?;
                         }
-                        touched.push(id.clone());
                     }
-                    (_, None) => {
-                        result.push(fresh(item, elem)?);
-                        touched.push(id.clone());
-                    }
+                    (_, None) => result.push(fresh(item, elem)?),
                 }
             }
-            let _ = &original;
-            if let Some(order) = order {
-                return reorder(result, &original, order, Some(&mk));
-            }
-            return Ok(result);
         }
     }
     match order {
-        Some(order) => reorder(result, &original, order, None),
+        Some(order) => reorder(result, &original, order, merge_key.as_deref()),
         None => Ok(result),
     }
 }

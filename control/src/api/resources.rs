@@ -137,10 +137,8 @@ fn subresource_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'s
 /// `Discovery::run_aggregated`): `as=APIGroupDiscoveryList` in one of its media ranges.
 pub fn wants_aggregated(headers: &axum::http::HeaderMap) -> bool {
     let accept = headers.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
-    accept.split(',').any(|range| {
-        range.contains("as=APIGroupDiscoveryList")
-            && range.contains("g=apidiscovery.k8s.io")
-            && (range.contains("v=v2;") || range.ends_with("v=v2") || range.contains("v=v2beta1"))
+    super::form::media_ranges(accept).any(|r| {
+        r.as_ == "APIGroupDiscoveryList" && r.group == "apidiscovery.k8s.io" && matches!(r.version, "v2" | "v2beta1")
     })
 }
 

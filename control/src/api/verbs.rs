@@ -4,7 +4,9 @@
 use base64::Engine as _;
 use serde_json::{json, Value};
 
+use super::cache::WatchCache;
 use super::errors::ApiError;
+use super::kinds;
 use super::objects::{self, FieldSelector, LabelSelector};
 use super::resources::{self, Resource};
 use super::store::{prefix_end, Also, Written};
@@ -117,8 +119,22 @@ impl Selectors {
     }
 }
 
-/// How long a consistent list waits for the watch cache to catch up before reading the store.
+/// How long a consistent read waits for the watch cache to catch up before reading the store.
 const CACHE_FRESH_WAIT_MS: u64 = 1_000;
+
+/// Whether `cache` may answer a consistent read: a state at least as new as `at_least`, or as
+/// the store's current revision (None), once the cache has caught up with it — and only where
+/// the store's progress notifications can tell.
+pub async fn cache_current(api: &Api, cache: &WatchCache, at_least: Option<i64>) -> Result<bool, ApiError> {
+    if !api.progress_ordered.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(false);
+    }
+    let revision = match at_least {
+        Some(n) => n,
+        None => api.store.current_revision().await?,
+    };
+    Ok(cache.wait_fresh(revision, std::time::Duration::from_millis(CACHE_FRESH_WAIT_MS)).await)
+}
 
 /// A consistent list of everything in scope, served from the watch cache once the cache has
 /// caught up with the store's current revision (read linearizably first): the objects are
@@ -134,13 +150,9 @@ pub async fn list_from_cache(
     if ["limit", "continue", "resourceVersion", "resourceVersionMatch"].iter().any(|p| params.get(p).is_some()) {
         return Ok(None);
     }
-    if !api.progress_ordered.load(std::sync::atomic::Ordering::Relaxed) {
-        return Ok(None);
-    }
     let selectors = Selectors::from_params(res, params)?;
     let cache = api.cache(res);
-    let revision = api.store.current_revision().await?;
-    if !cache.wait_fresh(revision, std::time::Duration::from_millis(CACHE_FRESH_WAIT_MS)).await {
+    if !cache_current(api, &cache, None).await? {
         return Ok(None);
     }
     let Some((objects, at)) = cache.list(&res.scope_prefix(ns)) else { return Ok(None) };
@@ -356,7 +368,6 @@ pub async fn list(api: &Api, res: &'static Resource, ns: Option<&str>, params: &
 }
 
 /// Decodes, defaults and validates a body bound for `res`; returns it with the dropped fields.
-/// Decodes, defaults and validates a body bound for `res`; returns it with the dropped fields.
 fn admit(res: &Resource, mut body: Value, name: &str, params: &Params) -> Result<(Value, Vec<String>), ApiError> {
     objects::check_type_meta(res, &mut body)?;
     let (mut obj, unknown) = res
@@ -411,8 +422,7 @@ fn finalizers(obj: &Value) -> Vec<Value> {
 /// only if the namespace is still at that revision, so nothing lands in a namespace whose
 /// deletion began after the check.
 async fn namespace_for_content(api: &Api, res: &Resource, name: &str, ns: &str) -> Result<i64, ApiError> {
-    let namespaces = resources::find("", "v1", "namespaces").expect("namespaces are served");
-    let (obj, revision) = get(api, namespaces, None, ns).await?;
+    let (obj, revision) = get(api, &kinds::namespace::RESOURCE, None, ns).await?;
     if is_deleting(&obj) {
         return Err(ApiError::namespace_terminating(res.plural, res.group, name, ns));
     }
@@ -508,8 +518,10 @@ async fn create_with(
             return Ok((obj, warnings));
         }
         if let (Some(ns), Some(revision)) = (content_ns, ns_revision) {
-            let namespaces = resources::find("", "v1", "namespaces").expect("namespaces are served");
-            also.push(Also::Unchanged { key: namespaces.key(None, ns).into_bytes(), expected: revision });
+            also.push(Also::Unchanged {
+                key: kinds::namespace::RESOURCE.key(None, ns).into_bytes(),
+                expected: revision,
+            });
         }
         let key = res.key(ns, &this_name);
         let lease = if res.strategy.expires() { api.expiry_lease().await? } else { 0 };
@@ -592,7 +604,6 @@ async fn modify(
     name: &str,
     part: Part,
     params: &Params,
-    dry: bool,
     track: Track<'_>,
     mut change: impl FnMut(&Value) -> Result<(Value, Option<String>), ApiError>,
 ) -> Result<(Value, Vec<String>), ApiError> {
@@ -671,10 +682,7 @@ async fn modify(
         let also =
             if deleting { releases(res, &current) } else { allocations(api, res, Some(&current), &mut obj).await? };
         let stored = to_stored(&obj);
-        if !deleting && stored == kv.value {
-            return Ok((with_rv(obj, mod_rev), warnings));
-        }
-        if dry {
+        if dry_run(params, None) || (!deleting && stored == kv.value) {
             return Ok((with_rv(obj, mod_rev), warnings));
         }
         let key = res.key(ns, name);
@@ -718,12 +726,11 @@ pub async fn update(
     body: Value,
     params: &Params,
 ) -> Result<(Value, Vec<String>), ApiError> {
-    let dry = dry_run(params, None);
     if sub == Some("scale") {
         let replicas = body.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
         let expected = body_rv(&body);
         let manager = params.manager();
-        let (obj, w) = modify(api, res, ns, name, Part::Main, params, dry, Track::Update(&manager), |current| {
+        let (obj, w) = modify(api, res, ns, name, Part::Main, params, Track::Update(&manager), |current| {
             let mut next = current.clone();
             next["spec"]["replicas"] = replicas.clone();
             Ok((next, expected.clone()))
@@ -733,10 +740,8 @@ pub async fn update(
     }
     let expected = body_rv(&body);
     let manager = params.manager();
-    modify(api, res, ns, name, Part::of(sub), params, dry, Track::Update(&manager), |_| {
-        Ok((body.clone(), expected.clone()))
-    })
-    .await
+    modify(api, res, ns, name, Part::of(sub), params, Track::Update(&manager), |_| Ok((body.clone(), expected.clone())))
+        .await
 }
 
 pub async fn patch(
@@ -783,10 +788,9 @@ pub async fn patch(
     };
     // A resourceVersion in the patch itself is a precondition.
     let expected = body_rv(&patch);
-    let dry = dry_run(params, None);
     if sub == Some("scale") {
         let manager = params.manager();
-        let (obj, w) = modify(api, res, ns, name, Part::Main, params, dry, Track::Update(&manager), |current| {
+        let (obj, w) = modify(api, res, ns, name, Part::Main, params, Track::Update(&manager), |current| {
             let scale = apply(&scale_of(current), super::schema::root("autoscaling/v1", "Scale"))?;
             let mut next = current.clone();
             next["spec"]["replicas"] = scale.pointer("/spec/replicas").cloned().unwrap_or(json!(0));
@@ -796,7 +800,7 @@ pub async fn patch(
         return Ok((scale_of(&obj), w));
     }
     let manager = params.manager();
-    modify(api, res, ns, name, Part::of(sub), params, dry, Track::Update(&manager), |current| {
+    modify(api, res, ns, name, Part::of(sub), params, Track::Update(&manager), |current| {
         let mut next = apply(current, super::schema::of(res))?;
         // Without a precondition the patch applies to whatever version is current.
         if expected.is_none() {
@@ -865,10 +869,9 @@ pub async fn apply(
         )));
     }
     let force = params.flag("force");
-    let dry = dry_run(params, None);
     let expected = body_rv(&config);
     for _ in 0..APPLY_ATTEMPTS_MAX {
-        let updated = modify(api, res, ns, name, part, params, dry, Track::Given, |current| {
+        let updated = modify(api, res, ns, name, part, params, Track::Given, |current| {
             let obj = managed::apply(res, part.subresource(), Some(current), &config, &manager, force)?;
             Ok((obj, expected.clone()))
         })
@@ -924,7 +927,7 @@ pub async fn bind(api: &Api, res: &Resource, ns: Option<&str>, name: &str, body:
             .with_message(format!("Operation cannot be fulfilled on pods/binding \"{name}\": {why}"))
     };
     let params = Params::default();
-    modify(api, res, ns, name, Part::Whole, &params, false, Track::Given, |current| {
+    modify(api, res, ns, name, Part::Whole, &params, Track::Given, |current| {
         if is_deleting(current) {
             return Err(refuse(format!("pod {name} is being deleted, cannot be assigned to a host")));
         }
@@ -1136,10 +1139,9 @@ pub async fn delete(
                 // A namespace: marked first, so that nothing new is created in it, then emptied,
                 // then removed unless finalizers hold it.
                 delete_namespace_contents(api, name).await?;
+                // A namespace changed meanwhile (a conflict) is left as marked.
                 if finalizers.is_empty() {
-                    match api.store.write_if(key.as_bytes(), rev, None, Vec::new()).await? {
-                        Written::Done(_) | Written::Conflict => {}
-                    }
+                    api.store.write_if(key.as_bytes(), rev, None, Vec::new()).await?;
                 }
                 return Ok(marked);
             }

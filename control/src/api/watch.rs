@@ -325,30 +325,6 @@ impl Watch {
     }
 }
 
-/// How long a watch that starts with the current state waits for its cache to catch up with the
-/// store before reading the store itself.
-const CACHE_FRESH_WAIT_MS: u64 = 1_000;
-
-/// Whether the cache may serve a watch starting at `from`: always for a watch from a past
-/// version (None); for one starting with the current state (Some(None)) or with a state at
-/// least as new as a version (Some(Some(n))), once the cache has caught up with it — and only
-/// where the store's progress notifications can tell.
-async fn cache_fresh_for(
-    api: &Api,
-    cache: &super::cache::WatchCache,
-    from: Option<Option<i64>>,
-) -> Result<bool, ApiError> {
-    let Some(at_least) = from else { return Ok(true) };
-    if !api.progress_ordered.load(std::sync::atomic::Ordering::Relaxed) {
-        return Ok(false);
-    }
-    let revision = match at_least {
-        Some(n) => n,
-        None => api.store.current_revision().await?,
-    };
-    Ok(cache.wait_fresh(revision, Duration::from_millis(CACHE_FRESH_WAIT_MS)).await)
-}
-
 pub async fn serve(
     api: Arc<Api>,
     res: &'static Resource,
@@ -400,8 +376,10 @@ pub async fn serve(
         _ => None,
     };
     let subscription = if cache.ready(Duration::from_millis(CACHE_READY_WAIT_MS)).await
-        && cache_fresh_for(&api, &cache, consistent_from).await?
-    {
+        && match consistent_from {
+            Some(at_least) => super::verbs::cache_current(&api, &cache, at_least).await?,
+            None => true,
+        } {
         cache.subscribe(&prefix, if send_initial { None } else { start }).ok()
     } else {
         None
