@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
+use super::errors::ApiError;
 use super::resources::Resource;
 use super::store::{prefix_end, Progress, Store, StoreError};
 use super::verbs::from_kv;
@@ -26,16 +27,62 @@ const REBUILD_PAUSE_MS: u64 = 500;
 /// Items read per store call while (re)building.
 const BUILD_PAGE_ITEMS_MAX: i64 = 1_000;
 
-/// An object as the cache keeps it: decoded, and encoded once for lists.
+/// An object as the cache keeps it: its JSON as clients get it, and a decoded view of it for
+/// selectors that leaves out `metadata.managedFields` (often half the object, and many small
+/// maps to build and free on every change).
 pub struct CachedObject {
-    pub value: Value,
+    view: Value,
     pub json: Bytes,
+    /// Where the resourceVersion's digits are in `json`, when it was put there by splicing.
+    rv_span: Option<std::ops::Range<usize>>,
 }
 
 impl CachedObject {
-    fn new(value: Value) -> Arc<Self> {
-        let json = Bytes::from(serde_json::to_vec(&value).expect("a JSON value encodes"));
-        Arc::new(CachedObject { value, json })
+    /// From a stored value: the resourceVersion is spliced into the stored bytes rather than the
+    /// object decoded and encoded again.
+    fn from_kv(kv: &proto::mvccpb::KeyValue) -> Result<Arc<Self>, ApiError> {
+        let mut view = decode_view(&kv.value)?;
+        let revision = kv.mod_revision.to_string();
+        if let Some(meta) = view.get_mut("metadata").and_then(Value::as_object_mut) {
+            if !meta.contains_key("resourceVersion") {
+                if let Some((json, rv_span)) = splice_resource_version(&kv.value, &revision) {
+                    meta.insert("resourceVersion".into(), Value::String(revision));
+                    return Ok(Arc::new(CachedObject { view, json: Bytes::from(json), rv_span: Some(rv_span) }));
+                }
+            }
+        }
+        // Not the shape the API server stores (a resourceVersion kept, say): the long way.
+        let full = from_kv(kv)?;
+        let json = Bytes::from(serde_json::to_vec(&full).expect("a JSON value encodes"));
+        let mut view = full;
+        if let Some(meta) = view.get_mut("metadata").and_then(Value::as_object_mut) {
+            meta.remove("managedFields");
+        }
+        Ok(Arc::new(CachedObject { view, json, rv_span: None }))
+    }
+
+    /// The whole object, managed fields included.
+    pub fn full(&self) -> Value {
+        serde_json::from_slice(&self.json).expect("the cache encoded this JSON itself")
+    }
+
+    /// The object's JSON with another resourceVersion (a deletion's).
+    fn json_at(&self, revision: i64) -> Vec<u8> {
+        match &self.rv_span {
+            Some(span) => {
+                let rv = revision.to_string();
+                let mut out = Vec::with_capacity(self.json.len() + rv.len());
+                out.extend_from_slice(&self.json[..span.start]);
+                out.extend_from_slice(rv.as_bytes());
+                out.extend_from_slice(&self.json[span.end..]);
+                out
+            }
+            None => {
+                let mut full = self.full();
+                full["metadata"]["resourceVersion"] = json!(revision.to_string());
+                serde_json::to_vec(&full).expect("a JSON value encodes")
+            }
+        }
     }
 }
 
@@ -43,8 +90,82 @@ impl std::ops::Deref for CachedObject {
     type Target = Value;
 
     fn deref(&self) -> &Value {
-        &self.value
+        &self.view
     }
+}
+
+/// The stored bytes with `"resourceVersion":"<revision>"` put first in `metadata` (which must not
+/// have one), and where the revision's digits are; None unless `metadata` is an object.
+fn splice_resource_version(stored: &[u8], revision: &str) -> Option<(Vec<u8>, std::ops::Range<usize>)> {
+    #[derive(serde::Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        metadata: &'a serde_json::value::RawValue,
+    }
+    let top: Top = serde_json::from_slice(stored).ok()?;
+    let meta = top.metadata.get().as_bytes();
+    if meta.first() != Some(&b'{') {
+        return None;
+    }
+    let open = meta.as_ptr() as usize - stored.as_ptr() as usize + 1;
+    let empty = stored[open..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
+    let mut out = Vec::with_capacity(stored.len() + revision.len() + 24);
+    out.extend_from_slice(&stored[..open]);
+    out.extend_from_slice(b"\"resourceVersion\":\"");
+    let start = out.len();
+    out.extend_from_slice(revision.as_bytes());
+    let end = out.len();
+    out.push(b'"');
+    if !empty {
+        out.push(b',');
+    }
+    out.extend_from_slice(&stored[open..]);
+    Some((out, start..end))
+}
+
+/// Decodes an object without `metadata.managedFields` (skipped, not built).
+fn decode_view(stored: &[u8]) -> Result<Value, ApiError> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+    /// A map whose entry `skip` is passed over; under `descend`, the same one level down.
+    struct Skipping {
+        descend: Option<&'static str>,
+        skip: Option<&'static str>,
+    }
+    impl<'de> DeserializeSeed<'de> for Skipping {
+        type Value = Value;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Skipping {
+        type Value = Value;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = serde_json::Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if Some(key.as_str()) == self.skip {
+                    map.next_value::<IgnoredAny>()?;
+                    continue;
+                }
+                let value = if Some(key.as_str()) == self.descend {
+                    map.next_value_seed(Skipping { descend: None, skip: Some("managedFields") })?
+                } else {
+                    map.next_value::<Value>()?
+                };
+                out.insert(key, value);
+            }
+            Ok(Value::Object(out))
+        }
+    }
+    let mut de = serde_json::Deserializer::from_slice(stored);
+    let view = Skipping { descend: Some("metadata"), skip: None }
+        .deserialize(&mut de)
+        .and_then(|v| de.end().map(|()| v))
+        .map_err(|e| ApiError::internal(format!("a stored object is not JSON: {e}")))?;
+    Ok(view)
 }
 
 /// One change as watches send it.
@@ -106,7 +227,7 @@ pub enum Backlog {
 pub struct TooOld;
 
 /// A watch event's line around an object already encoded (so it is not encoded again).
-fn event_line(kind: &str, object: &[u8]) -> Bytes {
+pub fn event_line(kind: &str, object: &[u8]) -> Bytes {
     let mut line = Vec::with_capacity(object.len() + 32);
     line.extend_from_slice(b"{\"type\":\"");
     line.extend_from_slice(kind.as_bytes());
@@ -170,9 +291,9 @@ impl WatchCache {
                 revision = page.revision;
             }
             for kv in &page.kvs {
-                match from_kv(kv) {
+                match CachedObject::from_kv(kv) {
                     Ok(obj) => {
-                        objects.insert(String::from_utf8_lossy(&kv.key).into_owned(), CachedObject::new(obj));
+                        objects.insert(String::from_utf8_lossy(&kv.key).into_owned(), obj);
                     }
                     Err(e) => tracing::warn!(error = %e.message, "watch cache skips an undecodable object"),
                 }
@@ -227,13 +348,10 @@ impl WatchCache {
             let (new, plain) = if is_delete {
                 s.objects.remove(&key);
                 let Some(old) = &old else { continue };
-                let mut gone = old.value.clone();
-                gone["metadata"]["resourceVersion"] = json!(kv.mod_revision.to_string());
-                let line = event_line("DELETED", &serde_json::to_vec(&gone).expect("a JSON value encodes"));
-                (None, line)
+                (None, event_line("DELETED", &old.json_at(kv.mod_revision)))
             } else {
-                let obj = match from_kv(&kv) {
-                    Ok(o) => CachedObject::new(o),
+                let obj = match CachedObject::from_kv(&kv) {
+                    Ok(o) => o,
                     Err(e) => {
                         tracing::warn!(error = %e.message, "watch cache skips an undecodable object");
                         continue;
@@ -319,5 +437,59 @@ impl WatchCache {
             .map(|(_, v)| v.clone())
             .collect();
         Some((items, s.revision))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv(value: &Value, revision: i64) -> proto::mvccpb::KeyValue {
+        proto::mvccpb::KeyValue {
+            key: b"/registry/pods/default/a".to_vec(),
+            value: serde_json::to_vec(value).unwrap(),
+            mod_revision: revision,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cached_objects_read_as_the_stored_object_with_its_version() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "a", "namespace": "default", "labels": {"app": "x"},
+                "managedFields": [{"manager": "kubectl", "operation": "Update", "fieldsType": "FieldsV1",
+                    "fieldsV1": {"f:metadata": {"f:labels": {"f:app": {}}}}}]},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}});
+        let obj = CachedObject::from_kv(&kv(&pod, 42)).unwrap();
+        assert!(obj.rv_span.is_some(), "the stored shape is spliced, not re-encoded");
+        let mut expected = pod.clone();
+        expected["metadata"]["resourceVersion"] = json!("42");
+        assert_eq!(obj.full(), expected);
+        // The view leaves out managed fields, and only them.
+        let mut view = expected.clone();
+        view["metadata"].as_object_mut().unwrap().remove("managedFields");
+        assert_eq!(obj.view, view);
+        // A deletion's line carries the deletion's version.
+        let mut gone = expected;
+        gone["metadata"]["resourceVersion"] = json!("1000");
+        assert_eq!(serde_json::from_slice::<Value>(&obj.json_at(1000)).unwrap(), gone);
+    }
+
+    #[test]
+    fn odd_stored_shapes_take_the_long_way() {
+        // Empty metadata: spliced without a stray comma.
+        let bare = json!({"kind": "ConfigMap", "metadata": {}});
+        let obj = CachedObject::from_kv(&kv(&bare, 7)).unwrap();
+        assert_eq!(obj.full(), json!({"kind": "ConfigMap", "metadata": {"resourceVersion": "7"}}));
+        // A resourceVersion written into the store by another client is replaced, not doubled.
+        let kept = json!({"kind": "ConfigMap", "metadata": {"name": "b", "resourceVersion": "3"}});
+        let obj = CachedObject::from_kv(&kv(&kept, 9)).unwrap();
+        assert!(obj.rv_span.is_none());
+        assert_eq!(obj.full(), json!({"kind": "ConfigMap", "metadata": {"name": "b", "resourceVersion": "9"}}));
+        assert_eq!(serde_json::from_slice::<Value>(&obj.json_at(11)).unwrap()["metadata"]["resourceVersion"], "11");
+        // Not JSON: an error, not a panic.
+        let mut broken = kv(&bare, 1);
+        broken.value = b"{\"metadata\":".to_vec();
+        assert!(CachedObject::from_kv(&broken).is_err());
     }
 }

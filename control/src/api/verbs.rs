@@ -160,16 +160,19 @@ pub async fn list_from_cache(
         "metadata": {"resourceVersion": at.to_string()}});
     let small = objects.len() < BLOCKING_DECODE_ITEMS_MIN;
     let join = move || {
-        let mut out = serde_json::to_vec(&head).expect("a JSON value encodes");
-        out.pop(); // the closing brace; the items follow
+        let mut head = serde_json::to_vec(&head).expect("a JSON value encodes");
+        head.pop(); // the closing brace; the items follow
+        let items: Vec<&axum::body::Bytes> = objects.iter().filter(|o| selectors.matches(o)).map(|o| &o.json).collect();
+        // Sized once: a list is megabytes, and growing it would copy it over and over.
+        let size = head.len() + items.iter().map(|j| j.len() + 1).sum::<usize>() + 16;
+        let mut out = Vec::with_capacity(size);
+        out.extend_from_slice(&head);
         out.extend_from_slice(b",\"items\":[");
-        let mut first = true;
-        for o in objects.iter().filter(|o| selectors.matches(o)) {
-            if !first {
+        for (i, json) in items.iter().enumerate() {
+            if i > 0 {
                 out.push(b',');
             }
-            first = false;
-            out.extend_from_slice(&o.json);
+            out.extend_from_slice(json);
         }
         out.extend_from_slice(b"]}");
         out
@@ -267,7 +270,7 @@ pub async fn list(api: &Api, res: &'static Resource, ns: Option<&str>, params: &
                 .iter()
                 .filter(|o| selectors.matches(o))
                 .map(|o| {
-                    let mut item = o.value.clone();
+                    let mut item = o.full();
                     if let Some(map) = item.as_object_mut() {
                         map.remove("apiVersion");
                         map.remove("kind");

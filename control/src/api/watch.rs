@@ -10,7 +10,7 @@ use axum::response::Response;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use super::cache::{Backlog, CacheItem, CachedEvent, Subscription};
+use super::cache::{event_line, Backlog, CacheItem, CachedEvent, CachedObject, Subscription};
 use super::errors::ApiError;
 use super::form::Form;
 use super::resources::Resource;
@@ -40,7 +40,7 @@ struct Watch {
     selectors: Selectors,
     bookmarks: bool,
     /// Lines not yet handed to the response body.
-    pending: std::sync::Mutex<Vec<u8>>,
+    pending: std::sync::Mutex<Pending>,
     /// The form events carry their objects in.
     form: Form,
     tx: Tx,
@@ -48,6 +48,32 @@ struct Watch {
 
 /// The client went away.
 struct Gone;
+
+/// Lines waiting for the next chunk. They are kept as the shared lines they are (a cached event's
+/// line is one buffer for every watch) and copied only when several leave as one chunk.
+#[derive(Default)]
+struct Pending {
+    lines: Vec<Bytes>,
+    bytes: usize,
+}
+
+impl Pending {
+    fn take_chunk(&mut self) -> Option<Bytes> {
+        let lines = std::mem::take(&mut self.lines);
+        let bytes = std::mem::take(&mut self.bytes);
+        match lines.len() {
+            0 => None,
+            1 => lines.into_iter().next(),
+            _ => {
+                let mut chunk = Vec::with_capacity(bytes);
+                for line in &lines {
+                    chunk.extend_from_slice(line);
+                }
+                Some(Bytes::from(chunk))
+            }
+        }
+    }
+}
 
 /// What a put is for a watch with selectors: an object entering the selection is ADDED, one
 /// leaving it DELETED, one staying in it MODIFIED; None when the watch does not see it.
@@ -66,8 +92,9 @@ impl Watch {
     async fn send_line(&self, line: Bytes) -> Result<(), Gone> {
         let full = {
             let mut pending = self.pending.lock().expect("not poisoned");
-            pending.extend_from_slice(&line);
-            pending.len() >= WATCH_CHUNK_BYTES_MAX
+            pending.bytes += line.len();
+            pending.lines.push(line);
+            pending.bytes >= WATCH_CHUNK_BYTES_MAX
         };
         if full {
             self.flush().await?;
@@ -76,11 +103,8 @@ impl Watch {
     }
 
     async fn flush(&self) -> Result<(), Gone> {
-        let chunk = std::mem::take(&mut *self.pending.lock().expect("not poisoned"));
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        self.tx.send(Ok(Bytes::from(chunk))).await.map_err(|_| Gone)
+        let Some(chunk) = self.pending.lock().expect("not poisoned").take_chunk() else { return Ok(()) };
+        self.tx.send(Ok(chunk)).await.map_err(|_| Gone)
     }
 
     async fn send(&self, kind: &str, object: Value) -> Result<(), Gone> {
@@ -93,6 +117,14 @@ impl Watch {
         let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).expect("a JSON value encodes");
         line.push(b'\n');
         self.send_line(Bytes::from(line)).await
+    }
+
+    /// A cached object's event: its bytes as they are, unless the watch asks for another form.
+    async fn send_cached(&self, kind: &str, object: &CachedObject) -> Result<(), Gone> {
+        if self.form == Form::Object {
+            return self.send_line(event_line(kind, &object.json)).await;
+        }
+        self.send(kind, object.full()).await
     }
 
     fn bookmark(&self, revision: i64, initial_end: bool) -> Value {
@@ -181,8 +213,9 @@ impl Watch {
         }
         let old_match = e.old.as_ref().is_some_and(|o| self.selectors.matches(o));
         match &e.new {
+            None if old_match && self.form == Form::Object => self.send_line(e.plain.clone()).await,
             None if old_match => {
-                let mut gone = e.old.as_ref().expect("matched").value.clone();
+                let mut gone = e.old.as_ref().expect("matched").full();
                 gone["metadata"]["resourceVersion"] = json!(e.revision.to_string());
                 self.send("DELETED", gone).await
             }
@@ -191,7 +224,7 @@ impl Watch {
                 let Some(kind) = event_type(e.old.is_none(), old_match, self.selectors.matches(new)) else {
                     return Ok(());
                 };
-                self.send(kind, new.value.clone()).await
+                self.send_cached(kind, new).await
             }
         }
     }
@@ -211,7 +244,7 @@ impl Watch {
         match backlog {
             Backlog::Objects(objects) => {
                 for o in objects.iter().filter(|o| self.selectors.matches(o)) {
-                    self.send("ADDED", o.value.clone()).await?;
+                    self.send_cached("ADDED", o).await?;
                 }
                 if send_initial && self.bookmarks {
                     self.send("BOOKMARK", self.bookmark(revision, true)).await?;
@@ -392,7 +425,7 @@ pub async fn serve(
         prefix,
         selectors,
         bookmarks: params.flag("allowWatchBookmarks"),
-        pending: std::sync::Mutex::new(Vec::new()),
+        pending: std::sync::Mutex::new(Pending::default()),
         form,
         tx,
     };
