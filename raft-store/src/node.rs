@@ -259,7 +259,7 @@ impl StoreNode {
     /// Logs leader changes, and why Raft stopped if it stops by itself (a storage failure).
     async fn watch_raft(self: Arc<Self>) {
         let mut metrics = self.raft.metrics();
-        let mut leader = None;
+        let mut seen = (None, 0);
         loop {
             {
                 let m = metrics.borrow();
@@ -269,12 +269,8 @@ impl StoreNode {
                     }
                     return;
                 }
-                if m.current_leader != leader {
-                    leader = m.current_leader;
-                    // A new term of leadership starts every lease afresh: deadlines are re-armed
-                    // with the full TTL when first looked at, never carried over.
-                    self.lease_deadlines.lock().unwrap_or_else(|p| p.into_inner()).clear();
-                    match leader {
+                if self.leadership_seen(&mut seen, m.current_leader, m.current_term) {
+                    match m.current_leader {
                         Some(l) => tracing::info!(leader = %format!("{l:x}"), term = m.current_term, "leader elected"),
                         None => tracing::info!(term = m.current_term, "no leader"),
                     }
@@ -284,6 +280,19 @@ impl StoreNode {
                 return;
             }
         }
+    }
+
+    /// Notes the leader and term now in force; true if they differ from `seen`. A new term
+    /// starts every lease afresh: deadlines are re-armed with the full TTL when first looked at,
+    /// never carried over. By term, not by leader: metrics show only the latest state, so a change
+    /// A → B → A can pass unseen while B renewed leases that A's old deadlines know nothing of.
+    fn leadership_seen(&self, seen: &mut (Option<NodeId>, u64), leader: Option<NodeId>, term: u64) -> bool {
+        if *seen == (leader, term) {
+            return false;
+        }
+        *seen = (leader, term);
+        self.lease_deadlines.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        true
     }
 
     fn is_leader(&self) -> bool {
@@ -334,12 +343,19 @@ impl StoreNode {
         expired
     }
 
-    /// Renews lease `id` (leader only); its TTL in seconds, or -1 if there is no such lease.
+    /// Renews lease `id` (leader only); its TTL in seconds, or -1 if there is no such lease or
+    /// its deadline has passed. A lapsed lease is as good as revoked (the expiry loop is on its
+    /// way to revoke it, and its keys go with it): renewing it would tell a client it still holds
+    /// what is about to be deleted, as etcd's Renew refuses to.
     fn renew_lease(&self, id: i64) -> i64 {
         let ttl = self.state.read(|d, _| d.mvcc.leases().get(&id).map(|l| l.ttl));
         let Some(ttl) = ttl else { return -1 };
-        let deadline = Instant::now() + Duration::from_secs(ttl.max(0) as u64);
-        self.lease_deadlines.lock().unwrap_or_else(|p| p.into_inner()).insert(id, deadline);
+        let now = Instant::now();
+        let mut deadlines = self.lease_deadlines.lock().unwrap_or_else(|p| p.into_inner());
+        if deadlines.get(&id).is_some_and(|d| *d <= now) {
+            return -1;
+        }
+        deadlines.insert(id, now + Duration::from_secs(ttl.max(0) as u64));
         ttl
     }
 
@@ -846,4 +862,63 @@ fn validate(config: &StoreConfig) -> Result<(), StartError> {
         ));
     }
     Ok(())
+}
+
+/// A single member in a temporary directory, for tests inside the crate.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub async fn single_leader() -> (tempfile::TempDir, Arc<StoreNode>) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let node = StoreNode::open(StoreConfig::single("t", dir.path().join("data"))).await.expect("the member opens");
+        node.bootstrap().await.expect("the member bootstraps");
+        let id = node.id();
+        node.raft()
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.current_leader == Some(id) && m.last_applied.is_some(), "leads")
+            .await
+            .expect("a single member elects itself");
+        (dir, node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::single_leader;
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lapsed_lease_is_not_renewed_while_its_revocation_is_under_way() {
+        let (_dir, node) = single_leader().await;
+        let grant = node.write(Command::LeaseGrant { id: 7, ttl: 60 }).await.expect("granted");
+        assert!(matches!(grant, CommandResponse::LeaseGrant(_)));
+        assert_eq!(node.lease_keep_alive(7).await.expect("renewed"), 60, "a live lease renews");
+        // The deadline passes; the expiry loop has not revoked the lease yet (it does so within
+        // a check interval): as etcd, a keep-alive now finds no lease.
+        node.lease_deadlines.lock().unwrap().insert(7, Instant::now() - Duration::from_millis(1));
+        assert_eq!(node.lease_keep_alive(7).await.expect("answered"), -1);
+        // And the lease does go, keys and all.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while node.state().read(|d, _| d.mvcc.leases().contains_key(&7)) {
+            assert!(Instant::now() < deadline, "the lapsed lease was never revoked");
+            tokio::time::sleep(Duration::from_millis(LEASE_CHECK_INTERVAL_MS / 5)).await;
+        }
+        node.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lease_deadlines_start_afresh_in_every_term_even_under_the_same_leader() {
+        let (_dir, node) = single_leader().await;
+        let mut seen = (None, 0);
+        assert!(node.leadership_seen(&mut seen, Some(1), 2));
+        node.lease_deadlines.lock().unwrap().insert(9, Instant::now());
+        // The same leader in the same term: deadlines stand.
+        assert!(!node.leadership_seen(&mut seen, Some(1), 2));
+        assert_eq!(node.lease_deadlines.lock().unwrap().len(), 1);
+        // The same leader in a later term (another led in between, unseen): they are re-armed.
+        assert!(node.leadership_seen(&mut seen, Some(1), 4));
+        assert!(node.lease_deadlines.lock().unwrap().is_empty());
+        node.shutdown().await;
+    }
 }

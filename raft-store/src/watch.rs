@@ -235,16 +235,18 @@ impl WatchStream {
         self.next_id = self.next_id.max(id + 1);
         self.send(WatchResponse { header: self.header(current), watch_id: id, created: true, ..Default::default() })
             .await?;
-        self.catch_up(id).await
+        self.catch_up(id, None).await
     }
 
-    /// Delivers from history everything applied that watcher `id` has not received yet.
-    async fn catch_up(&mut self, id: i64) -> Result<(), Gone> {
+    /// Delivers from history everything applied that watcher `id` has not received yet, up to
+    /// revision `until` when given.
+    async fn catch_up(&mut self, id: i64, until: Option<i64>) -> Result<(), Gone> {
         let Some(w) = self.watchers.get(&id) else { return Ok(()) };
         let (key, range_end, from, prev_kv) =
             (w.filter.key.clone(), w.filter.range_end.clone(), w.next, w.filter.prev_kv);
         let read = self.node.state().read(|d, store| {
-            let current = d.mvcc.current_revision();
+            let applied = d.mvcc.current_revision();
+            let current = until.map_or(applied, |u| u.min(applied));
             if from > current {
                 return Ok((current, Vec::new()));
             }
@@ -335,7 +337,7 @@ impl WatchStream {
             }
             if applied.revision > w.next {
                 // Revisions in between never reached this stream: read them, and this one.
-                self.catch_up(id).await?;
+                self.catch_up(id, None).await?;
                 continue;
             }
             w.next = applied.revision + 1;
@@ -354,7 +356,9 @@ impl WatchStream {
     }
 
     /// Tells watchers the revision they have seen everything up to. Each one is caught up first,
-    /// so that no event at or below the notified revision can follow the notification.
+    /// so that no event at or below the notified revision can follow the notification, and only
+    /// up to that revision, so that no event above it precedes the notification (a Kubernetes
+    /// watch cache would otherwise move its resourceVersion backwards).
     async fn notify_progress(&mut self, periodic: bool) -> Result<(), Gone> {
         let current = self.current();
         let ids: Vec<i64> =
@@ -364,7 +368,7 @@ impl WatchStream {
         }
         for id in &ids {
             if self.watchers.get(id).is_some_and(|w| w.next <= current) {
-                self.catch_up(*id).await?;
+                self.catch_up(*id, Some(current)).await?;
             }
         }
         if periodic {
@@ -378,5 +382,71 @@ impl WatchStream {
         } else {
             self.send(WatchResponse { header: self.header(current), watch_id: NO_WATCH_ID, ..Default::default() }).await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::testing::single_leader;
+    use crate::types::Command;
+    use proto::etcdserverpb::PutRequest;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Progress notifications race writes: whatever a watcher was sent before a notification
+    /// must be at or below the notified revision.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_progress_notification_never_reports_less_than_events_already_sent() {
+        let (_dir, node) = single_leader().await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let writers: Vec<_> = (0..4)
+            .map(|w| {
+                let (node, stop) = (node.clone(), stop.clone());
+                tokio::spawn(async move {
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let put = PutRequest {
+                            key: format!("k/{w}/{i}").into_bytes(),
+                            value: b"v".to_vec(),
+                            ..Default::default()
+                        };
+                        node.write(Command::Put(put)).await.expect("a put succeeds");
+                        i += 1;
+                    }
+                })
+            })
+            .collect();
+        // The stream never reads the applied events: every notification catches its watcher up
+        // from history while the writers go on.
+        let mut stream =
+            WatchStream { node: node.clone(), watchers: BTreeMap::new(), next_id: 0, out: VecDeque::new() };
+        let create = WatchCreateRequest {
+            key: b"k/".to_vec(),
+            range_end: b"k0".to_vec(),
+            start_revision: 1,
+            ..Default::default()
+        };
+        assert!(stream.create(create).await.is_ok());
+        let started = std::time::Instant::now();
+        let (mut notifications, mut sent_max) = (0, 0i64);
+        while started.elapsed() < Duration::from_secs(3) {
+            assert!(stream.notify_progress(false).await.is_ok());
+            while let Some(r) = stream.out.pop_front() {
+                if let Some(last) = r.events.last().and_then(|e| e.kv.as_ref()) {
+                    sent_max = sent_max.max(last.mod_revision);
+                } else if r.watch_id == NO_WATCH_ID {
+                    let notified = r.header.map(|h| h.revision).unwrap_or_default();
+                    assert!(notified >= sent_max, "progress at {notified} after an event at {sent_max}");
+                    notifications += 1;
+                }
+            }
+            tokio::task::yield_now().await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        for w in writers {
+            w.await.expect("a writer ends");
+        }
+        assert!(notifications > 100 && sent_max > 100, "{notifications} notifications, events up to {sent_max}");
+        node.shutdown().await;
     }
 }
