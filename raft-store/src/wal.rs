@@ -6,7 +6,8 @@
 //! append cheap when several members share a disk. Segments are named by the index of their
 //! first entry; purging deletes whole segments. Entries are read back by position (an in-memory
 //! table of where each entry is), and a recovering log stops at the first record that is torn,
-//! corrupt or out of sequence, zeroing from there on so that nothing behind it can return.
+//! corrupt, out of sequence or missing (a zero header with data after it), zeroing from there on
+//! so that nothing behind it can return.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -60,6 +61,21 @@ fn zero_range(file: &File, from: u64, to: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Whether `file` holds only zeros from `from` to `to`.
+fn all_zero(file: &File, from: u64, to: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; ZERO_CHUNK_BYTES];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(ZERO_CHUNK_BYTES);
+        file.read_exact_at(&mut buf[..n], at)?;
+        if buf[..n].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        at += n as u64;
+    }
+    Ok(true)
+}
+
 /// Makes a zero-filled file of `size` bytes at `path`, synced.
 fn make_zeroed(path: &Path, size: u64) -> io::Result<()> {
     let file = OpenOptions::new().create(true).write(true).truncate(true).open(path)?;
@@ -110,6 +126,16 @@ impl SegmentLog {
                 let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as u64;
                 let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
                 if len == 0 {
+                    // The end of what was written here, unless pages reached the disk out of
+                    // order: then records beyond a hole were never acknowledged (the hole's record
+                    // was not durable, so no sync covering it completed), and left in place one
+                    // would be read back once later appends end at its offset.
+                    if !all_zero(&seg.file, at, size)? {
+                        tracing::warn!(segment = %seg.path.display(), offset = at, "records beyond a hole in the log; cleared");
+                        zero_range(&seg.file, at, size)?;
+                        seg.file.sync_data()?;
+                        broken = true;
+                    }
                     break;
                 }
                 let mut body = vec![0u8; len as usize];
@@ -403,6 +429,29 @@ mod tests {
         drop(log);
         let log = SegmentLog::open(dir.path(), None).unwrap();
         assert_eq!(log.last().map(|l| l.index), Some(4), "the fifth record is gone for good");
+    }
+
+    #[test]
+    fn records_beyond_a_hole_are_cleared_and_never_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SegmentLog::open(dir.path(), None).unwrap();
+        log.append(&(1..=5).map(|i| entry(1, i, 0)).collect::<Vec<_>>()).unwrap();
+        let (path, (offset, len)) = {
+            let seg = log.segments.values().next().unwrap();
+            (seg.path.clone(), seg.positions[2])
+        };
+        drop(log);
+        // A power loss wrote the pages of records 4 and 5 but not record 3's.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        zero_range(&f, offset, offset + len).unwrap();
+        drop(f);
+        let mut log = SegmentLog::open(dir.path(), None).unwrap();
+        assert_eq!(log.last().map(|l| l.index), Some(2));
+        // A new leader's entry 3, of the same size, ends where the stale record 4 began.
+        log.append(&[entry(2, 3, 0)]).unwrap();
+        drop(log);
+        let log = SegmentLog::open(dir.path(), None).unwrap();
+        assert_eq!(log.last().map(|l| (l.leader_id.term, l.index)), Some((2, 3)), "stale records 4 and 5 stay gone");
     }
 
     #[test]
