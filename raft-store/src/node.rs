@@ -138,9 +138,10 @@ impl StoreNode {
             .map_err(|e| StartError::Config(format!("cannot create {}: {e}", dir.display())))?;
         let db_path = dir.join("db");
         let db = open_db(&db_path).map_err(|source| StartError::Storage { path: db_path.clone(), source })?;
-        let log = LogStore::open(db.clone(), &dir.join("log")).map_err(|e| StartError::State(e.to_string()))?;
-        let sm = StateMachine::open(db, &dir).map_err(|e| StartError::State(e.to_string()))?;
+        let sm = StateMachine::open(db.clone(), &dir).map_err(|e| StartError::State(e.to_string()))?;
         let state = sm.state();
+        let log = LogStore::open(db, &dir.join("log"), state.applied_watch())
+            .map_err(|e| StartError::State(e.to_string()))?;
         let raft_config = openraft::Config {
             cluster_name: config.initial_cluster_token.clone(),
             heartbeat_interval: config.heartbeat_interval_ms,

@@ -101,6 +101,8 @@ pub struct LogStore {
     /// The newest entries, contiguous: the leader's replication reads them right after appending,
     /// and serving them from here spares a read and decode per message.
     recent: Arc<std::sync::Mutex<RecentEntries>>,
+    /// The state machine's applied index: a purge waits until the state covers what it drops.
+    applied: tokio::sync::watch::Receiver<u64>,
 }
 
 #[derive(Default)]
@@ -162,8 +164,9 @@ impl RecentEntries {
 }
 
 impl LogStore {
-    /// Opens the log in `dir` (the vote and purge marker live in `db`).
-    pub fn open(db: Arc<DB>, dir: &Path) -> Result<Self, StorageError> {
+    /// Opens the log in `dir` (the vote and purge marker live in `db`); `applied` follows the
+    /// state machine's applied index.
+    pub fn open(db: Arc<DB>, dir: &Path, applied: tokio::sync::watch::Receiver<u64>) -> Result<Self, StorageError> {
         let purged = read_meta::<Option<LogId>>(&db, "last_purged")?.flatten();
         let log = SegmentLog::open(dir, purged.map(|l| l.index)).map_err(read_logs_err)?;
         let (wal_sync, pending) = std::sync::mpsc::sync_channel(WAL_SYNC_QUEUE_MAX);
@@ -171,7 +174,7 @@ impl LogStore {
             .name("wal-sync".into())
             .spawn(move || wal_sync_loop(pending))
             .map_err(write_logs_err)?;
-        Ok(Self { db, log: Arc::new(std::sync::Mutex::new(log)), wal_sync, recent: Arc::default() })
+        Ok(Self { db, log: Arc::new(std::sync::Mutex::new(log)), wal_sync, recent: Arc::default(), applied })
     }
 
     fn log(&self) -> std::sync::MutexGuard<'_, SegmentLog> {
@@ -300,6 +303,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // openraft asks a follower to purge up to a snapshot while the state machine is still
+        // installing it. Dropping those entries first would leave a member killed in between
+        // with neither the entries nor the snapshot to restart from: wait for the state to cover
+        // them (the install writes the snapshot file, synced, before it moves the applied index).
+        let mut applied = self.applied.clone();
+        applied.wait_for(|a| *a >= log_id.index).await.map_err(write_logs_err)?;
         // Syncing what the state machine wrote since the last purge can take a while: off the
         // async workers, which serve clients meanwhile.
         let store = self.clone();
@@ -480,6 +489,9 @@ pub struct StateData {
 pub struct AppliedEvents {
     pub revision: i64,
     pub events: Arc<Vec<proto::mvccpb::Event>>,
+    /// The whole state was replaced by a snapshot, up to `revision` (no events listed): every
+    /// watcher behind it reads what it missed from the restored history.
+    pub restored: bool,
 }
 
 /// The replicated state: MVCC key space plus cluster metadata, readable while Raft applies.
@@ -550,6 +562,11 @@ impl KvState {
         reached
     }
 
+    /// Follows the applied log index.
+    pub fn applied_watch(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.applied_index.subscribe()
+    }
+
     /// Subscribes to the events of every revision applied from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<AppliedEvents> {
         self.events.subscribe()
@@ -615,7 +632,11 @@ fn apply_announced(
         return Err(sm_err(ErrorVerb::Read, std::io::Error::other(m.clone())));
     }
     if !events.is_empty() {
-        announced.push(AppliedEvents { revision: data.mvcc.current_revision(), events: Arc::new(events) });
+        announced.push(AppliedEvents {
+            revision: data.mvcc.current_revision(),
+            events: Arc::new(events),
+            restored: false,
+        });
     }
     Ok(response)
 }
@@ -807,6 +828,10 @@ impl StateMachine {
         self.state.values.write().unwrap_or_else(|p| p.into_inner()).clear();
         *data = fresh;
         self.state.applied_index.send_replace(index);
+        // Watchers learn of applied revisions only through announcements: without one, those
+        // on this member would wait for the next write to see what the snapshot brought.
+        let restored = AppliedEvents { revision: payload.revision, events: Arc::default(), restored: true };
+        let _ = self.state.events.send(restored);
         Ok(())
     }
 }
@@ -933,5 +958,67 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         Ok(self
             .read_snapshot_file()?
             .map(|stored| Snapshot { meta: stored.meta, snapshot: Box::new(Cursor::new(stored.data)) }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openraft::{CommittedLeaderId, EntryPayload};
+
+    fn entry(index: u64) -> Entry {
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Compact { revision: 0 }),
+        }
+    }
+
+    fn put(index: u64, key: &str) -> Entry {
+        let put = proto::etcdserverpb::PutRequest { key: key.into(), value: b"v".to_vec(), ..Default::default() };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Command::Put(put)),
+        }
+    }
+
+    /// Installing a snapshot announces the restored revision to the member's watchers.
+    #[tokio::test]
+    async fn installing_a_snapshot_announces_it_to_watchers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut leader = StateMachine::open(open_db(&dir.path().join("a")).unwrap(), &dir.path().join("a")).unwrap();
+        leader.apply((1..=3).map(|i| put(i, &format!("k{i}")))).await.unwrap();
+        let snapshot = leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let mut follower = StateMachine::open(open_db(&dir.path().join("b")).unwrap(), &dir.path().join("b")).unwrap();
+        let mut announced = follower.state().subscribe();
+        follower.install_snapshot(&snapshot.meta, snapshot.snapshot).await.unwrap();
+        let got = announced.try_recv().expect("the install was announced");
+        assert!(got.restored && got.events.is_empty());
+        assert_eq!(got.revision, 4, "three puts after revision 1");
+        assert_eq!(follower.state().read(|d, _| d.mvcc.current_revision()), 4);
+    }
+
+    /// A follower told to purge up to a snapshot it is still installing keeps its log until the
+    /// state covers the purged entries: killed in between, it restarts from the log.
+    #[tokio::test]
+    async fn a_purge_waits_for_the_state_to_cover_what_it_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open_db(&dir.path().join("db")).unwrap();
+        let (applied, watch) = tokio::sync::watch::channel(5u64);
+        let mut log = LogStore::open(db.clone(), &dir.path().join("log"), watch).unwrap();
+        log.append_durably((1..=10).map(entry).collect()).unwrap();
+        let mut purging = log.clone();
+        let purge = tokio::spawn(async move { purging.purge(LogId::new(CommittedLeaderId::new(1, 1), 10)).await });
+        // While the snapshot is being installed (applied still 5), nothing is dropped.
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            assert!(!purge.is_finished(), "the purge ran ahead of the state machine");
+        }
+        assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id, None);
+        assert_eq!(log.try_get_log_entries(6..=10).await.unwrap().len(), 5);
+        // The install lands: the purge goes through.
+        applied.send_replace(10);
+        tokio::time::timeout(std::time::Duration::from_secs(10), purge).await.unwrap().unwrap().unwrap();
+        assert_eq!(log.get_log_state().await.unwrap().last_purged_log_id.map(|l| l.index), Some(10));
     }
 }

@@ -335,8 +335,9 @@ impl WatchStream {
             if applied.revision < w.next {
                 continue;
             }
-            if applied.revision > w.next {
-                // Revisions in between never reached this stream: read them, and this one.
+            if applied.revision > w.next || applied.restored {
+                // Revisions in between never reached this stream (or came with a snapshot): read
+                // them, and this one.
                 self.catch_up(id, None).await?;
                 continue;
             }
@@ -447,6 +448,40 @@ mod tests {
             w.await.expect("a writer ends");
         }
         assert!(notifications > 100 && sent_max > 100, "{notifications} notifications, events up to {sent_max}");
+        node.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+    use crate::node::testing::single_leader;
+    use crate::types::Command;
+    use proto::etcdserverpb::PutRequest;
+
+    /// After a snapshot replaces the state, the announcement carries no events: a watcher behind
+    /// it reads them from the restored history rather than waiting for the next write.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restored_state_reaches_the_watchers_behind_it() {
+        let (_dir, node) = single_leader().await;
+        let mut stream =
+            WatchStream { node: node.clone(), watchers: BTreeMap::new(), next_id: 0, out: VecDeque::new() };
+        let create = WatchCreateRequest { key: b"r/".to_vec(), range_end: b"r0".to_vec(), ..Default::default() };
+        assert!(stream.create(create).await.is_ok());
+        stream.out.clear();
+        // One revision, the very one the watcher waits for: announced without its events, it
+        // must still be read, not taken as delivered.
+        let put = PutRequest { key: b"r/0".to_vec(), value: b"v".to_vec(), ..Default::default() };
+        node.write(Command::Put(put)).await.expect("a put succeeds");
+        let revision = node.state().read(|d, _| d.mvcc.current_revision());
+        let restored = AppliedEvents { revision, events: Arc::default(), restored: true };
+        assert!(stream.dispatch(&restored).await.is_ok());
+        let keys: Vec<Vec<u8>> = stream
+            .out
+            .iter()
+            .flat_map(|r| r.events.iter().filter_map(|e| e.kv.as_ref().map(|kv| kv.key.clone())))
+            .collect();
+        assert_eq!(keys, vec![b"r/0".to_vec()]);
         node.shutdown().await;
     }
 }
