@@ -1,5 +1,5 @@
-//! Runs `keelson store` members, each in its own network namespace, on a private bridge, so that
-//! the nemesis can partition them without touching the host's network.
+//! Runs `keelson store` members (or etcd's, for comparison), each in its own network namespace, on
+//! a private bridge, so that the nemesis can partition them without touching the host's network.
 //!
 //! Layout of a run holding slot `S` (0..=255) with prefix `kj`:
 //! - bridge `kjSbr` in the root namespace with `10.77.S.1/24`: clients in the root namespace reach
@@ -15,6 +15,7 @@
 //! ever touched, and a run deletes only what it recorded creating.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::Write as _;
 use std::net::Ipv4Addr;
@@ -62,10 +63,77 @@ const LOG_TAIL_LINES: usize = 60;
 /// Lines of each member's log put in the error of a launch that failed.
 const LAUNCH_LOG_TAIL_LINES: usize = 20;
 
+/// The store under test. Both take etcd's member flags; etcd is started as it is, Keelson as
+/// `keelson store`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum System {
+    Keelson,
+    Etcd,
+}
+
+/// Where Debian's etcd server lives.
+pub const ETCD_DEFAULT_PATH: &str = "/usr/bin/etcd";
+
+impl System {
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Keelson => "keelson",
+            System::Etcd => "etcd",
+        }
+    }
+}
+
+impl fmt::Display for System {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for System {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<System> {
+        match s {
+            "keelson" => Ok(System::Keelson),
+            "etcd" => Ok(System::Etcd),
+            other => bail!("unknown system {other:?}; known: keelson, etcd"),
+        }
+    }
+}
+
+/// The version an etcd binary reports (`etcd --version`: "etcd Version: 3.4.23").
+pub fn etcd_version(binary: &Path) -> Result<(u32, u32, u32)> {
+    let out = Command::new(binary)
+        .arg("--version")
+        .env_clear()
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("cannot run {} --version", binary.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_etcd_version(&text).ok_or_else(|| anyhow!("{} --version printed no version: {text:?}", binary.display()))
+}
+
+fn parse_etcd_version(text: &str) -> Option<(u32, u32, u32)> {
+    let v = text.lines().find_map(|l| l.strip_prefix("etcd Version:"))?.trim();
+    let mut parts = v.split(['.', '-', '+']).map(|p| p.parse::<u32>());
+    Some((parts.next()?.ok()?, parts.next()?.ok()?, parts.next()?.ok()?))
+}
+
+/// Whether an etcd version answers progress requests only once every event below the reported
+/// revision has been sent: etcd issue 15220 (a requested progress notification carries the
+/// store's revision even to a watcher still catching up) was fixed for good in 3.4.31 and 3.5.13.
+pub fn etcd_progress_is_ordered(version: (u32, u32, u32)) -> bool {
+    match version {
+        (3, 4, patch) => patch >= 31,
+        (3, 5, patch) => patch >= 13,
+        (major, minor, _) => (major, minor) >= (3, 6),
+    }
+}
+
 /// How to run a cluster.
 #[derive(Clone, Debug)]
 pub struct ClusterOpts {
-    /// The `keelson` binary.
+    pub system: System,
+    /// The `keelson` binary, or etcd's.
     pub binary: PathBuf,
     /// Members, 1..=NODES_MAX (3 or 5 in practice).
     pub nodes: usize,
@@ -74,18 +142,19 @@ pub struct ClusterOpts {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_count: u64,
-    /// Further `keelson store` flags given to every member at every start.
+    /// Further member flags given to every member at every start.
     pub extra_flags: Vec<String>,
-    /// `KEELSON_LOG` of every member.
+    /// `KEELSON_LOG` of every Keelson member.
     pub log_filter: String,
     /// How long a fresh cluster may take to answer and elect a leader.
     pub ready_within: Duration,
 }
 
 impl ClusterOpts {
-    /// Keelson's own defaults for timing and snapshots.
+    /// Keelson's own defaults for timing and snapshots (etcd's are the same).
     pub fn new(binary: PathBuf, nodes: usize, dir: PathBuf) -> ClusterOpts {
         ClusterOpts {
+            system: System::Keelson,
             binary,
             nodes,
             dir,
@@ -176,7 +245,16 @@ impl Cluster {
             bail!("a cluster has 1..={NODES_MAX} members, not {}", opts.nodes);
         }
         if !opts.binary.is_file() {
-            bail!("the keelson binary {} does not exist: build it with cargo build -p control", opts.binary.display());
+            match opts.system {
+                System::Keelson => bail!(
+                    "the keelson binary {} does not exist: build it with cargo build -p control",
+                    opts.binary.display()
+                ),
+                System::Etcd => bail!(
+                    "the etcd binary {} does not exist: install Debian's etcd-server (scripts/setup)",
+                    opts.binary.display()
+                ),
+            }
         }
         check_privileges()?;
         match cleanup_stale(NAME_PREFIX) {
@@ -300,10 +378,23 @@ impl Cluster {
             .with_context(|| format!("cannot write {}", log_path.display()))?;
         let stdout = log.try_clone().context("cannot clone a log handle")?;
         let (client, peer) = (self.client_endpoint(i), self.peer_url(i));
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.netns_name(i)])
-            .arg(&self.opts.binary)
-            .arg("store")
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.netns_name(i)]).arg(&self.opts.binary);
+        match self.opts.system {
+            System::Keelson => {
+                command.arg("store").env("KEELSON_LOG", &self.opts.log_filter).env_remove("RUST_LOG");
+            }
+            System::Etcd => {
+                // Settings from the caller's ETCD_* variables would override the flags below.
+                for (key, _) in std::env::vars_os() {
+                    if key.to_string_lossy().starts_with("ETCD_") {
+                        command.env_remove(key);
+                    }
+                }
+                command.args(["--logger", "zap", "--log-outputs", "stderr"]);
+            }
+        }
+        let child = command
             .args(["--name", &name])
             .arg("--data-dir")
             .arg(&data_dir)
@@ -315,8 +406,6 @@ impl Cluster {
             .args(["--election-timeout", &self.opts.election_timeout_ms.to_string()])
             .args(["--snapshot-count", &self.opts.snapshot_count.to_string()])
             .args(&self.opts.extra_flags)
-            .env("KEELSON_LOG", &self.opts.log_filter)
-            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(log))
@@ -324,7 +413,7 @@ impl Cluster {
             .with_context(|| {
                 format!("cannot start {name} ({} in {})", self.opts.binary.display(), self.netns_name(i))
             })?;
-        // `ip netns exec` execs the binary in place, so this is keelson's own pid.
+        // `ip netns exec` execs the binary in place, so this is the member's own pid.
         tracing::info!(node = %name, pid = child.id(), start = p.starts, "started");
         p.child = Some(child);
         Ok(())
@@ -707,6 +796,11 @@ impl Cluster {
         }
         if self.is_running(i) {
             self.kill(i)?;
+        } else if let Some(mut child) = locked(&self.procs)[i].child.take() {
+            // etcd exits by itself once it learns of its removal: reap it, so that it does not
+            // count as a member that died.
+            let status = child.wait().with_context(|| format!("cannot reap {}", node_name(i)))?;
+            tracing::info!(node = %node_name(i), %status, "exited after its removal");
         }
         let dir = self.data_dir(i);
         if dir.exists() {
@@ -1085,6 +1179,18 @@ mod tests {
         {
             assert_eq!(slot_of(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn etcd_versions_parse_and_the_progress_fix_is_known() {
+        let text = "etcd Version: 3.4.23\nGit SHA: Not provided\nGo Version: go1.19.8\n";
+        assert_eq!(parse_etcd_version(text), Some((3, 4, 23)));
+        assert_eq!(parse_etcd_version("etcd Version: 3.5.13-rc.0\n"), Some((3, 5, 13)));
+        assert_eq!(parse_etcd_version("keelson 0.1\n"), None);
+        assert!(!etcd_progress_is_ordered((3, 4, 23)));
+        assert!(etcd_progress_is_ordered((3, 4, 31)));
+        assert!(!etcd_progress_is_ordered((3, 5, 12)));
+        assert!(etcd_progress_is_ordered((3, 6, 0)));
     }
 
     #[test]

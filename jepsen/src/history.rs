@@ -33,6 +33,16 @@ pub enum Op {
     Add { set: String, element: String },
     /// Read a whole set.
     ReadSet { set: String, elements: Option<Vec<String>> },
+    /// Grant a lease; its ID and TTL (seconds) are filled in on completion.
+    Grant { lease: Option<i64>, ttl: Option<i64> },
+    /// Take a lock: create `lock` holding `token`, attached to `lease`, if the key does not exist
+    /// (a Txn on create_revision 0); `Fail` when it is held. Ok carries the put's revision.
+    Acquire { lock: String, token: String, lease: i64 },
+    /// Renew a lease (LeaseKeepAlive); `ttl` on completion: `Ok` when the lease is alive (TTL > 0),
+    /// `Fail` when it is gone.
+    KeepAlive { lease: i64, ttl: Option<i64> },
+    /// Give a lock up: `how` is "delete" (guarded by the lock's revision) or "revoke" (its lease).
+    Release { lock: String, token: String, lease: i64, how: String },
     /// A fault injected or healed.
     Nemesis { action: String, detail: String },
 }

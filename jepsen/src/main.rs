@@ -1,13 +1,14 @@
-//! `jepsen`: run a fault-injection campaign against Keelson's store and check the history.
+//! `jepsen`: run a fault-injection campaign against Keelson's store (or etcd) and check the history.
 //! Exit status 0: no anomaly; 1: anomalies found; 2: the run could not be checked (unknown).
 
 use std::path::PathBuf;
 
 use clap::Parser;
+use jepsen::cluster::System;
 use jepsen::run::{run, RunOpts};
 
 #[derive(Parser, Debug)]
-#[command(name = "jepsen", about = "Fault-injection testing of Keelson's replicated store")]
+#[command(name = "jepsen", about = "Fault-injection testing of Keelson's replicated store (or etcd's)")]
 struct Cli {
     /// Store members (3 or 5).
     #[arg(long, default_value_t = 3)]
@@ -23,7 +24,8 @@ struct Cli {
     /// Seconds a fault lasts, and then the quiet between faults.
     #[arg(long, default_value_t = 5)]
     nemesis_interval: u64,
-    /// `register` (read / write / compare-and-set) or `set` (unique adds, whole reads).
+    /// `register` (read / write / compare-and-set), `set` (unique adds, whole reads) or `lease`
+    /// (locks held with leases kept alive, released by delete or revoke).
     #[arg(long, default_value = "register")]
     workload: String,
     /// Seed of every random choice.
@@ -32,7 +34,7 @@ struct Cli {
     /// Concurrent clients.
     #[arg(long, default_value_t = 10)]
     concurrency: usize,
-    /// Register keys (register workload).
+    /// Register keys (register workload), or locks (lease workload).
     #[arg(long, default_value_t = 5)]
     keys: u64,
     /// Watchers following the workload's keys.
@@ -41,9 +43,15 @@ struct Cli {
     /// Seconds the linearizability search may take before it answers "unknown".
     #[arg(long, default_value_t = 60)]
     check_time_limit: u64,
+    /// The store under test: `keelson` or `etcd` (started with etcd's own flags, for comparison).
+    #[arg(long, default_value = "keelson")]
+    system: String,
     /// The keelson binary (default: $KEELSON_BIN, else next to this one).
     #[arg(long)]
     keelson: Option<PathBuf>,
+    /// The etcd server binary, for `--system etcd`.
+    #[arg(long, default_value = jepsen::cluster::ETCD_DEFAULT_PATH)]
+    etcd: PathBuf,
     /// Where runs are kept (each in its own folder).
     #[arg(long, default_value = "jepsen-runs")]
     out: PathBuf,
@@ -55,16 +63,33 @@ async fn main() -> std::process::ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEELSON_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    let keelson = match cli.keelson.clone().map(Ok).unwrap_or_else(jepsen::cluster::find_keelson_binary) {
-        Ok(path) if path.is_file() => path,
-        Ok(path) => {
-            eprintln!("jepsen: --keelson {} is not a file", path.display());
-            return std::process::ExitCode::from(2);
-        }
+    let system: System = match cli.system.parse() {
+        Ok(s) => s,
         Err(e) => {
-            eprintln!("jepsen: {e:#} (for a release run: cargo build --release -p control)");
+            eprintln!("jepsen: --system: {e:#}");
             return std::process::ExitCode::from(2);
         }
+    };
+    let binary = match system {
+        System::Etcd if cli.etcd.is_file() => cli.etcd.clone(),
+        System::Etcd => {
+            eprintln!(
+                "jepsen: --etcd {} is not a file (Debian's etcd-server installs /usr/bin/etcd)",
+                cli.etcd.display()
+            );
+            return std::process::ExitCode::from(2);
+        }
+        System::Keelson => match cli.keelson.clone().map(Ok).unwrap_or_else(jepsen::cluster::find_keelson_binary) {
+            Ok(path) if path.is_file() => path,
+            Ok(path) => {
+                eprintln!("jepsen: --keelson {} is not a file", path.display());
+                return std::process::ExitCode::from(2);
+            }
+            Err(e) => {
+                eprintln!("jepsen: {e:#} (for a release run: cargo build --release -p control)");
+                return std::process::ExitCode::from(2);
+            }
+        },
     };
     let opts = RunOpts {
         nodes: cli.nodes,
@@ -89,7 +114,8 @@ async fn main() -> std::process::ExitCode {
         keys: cli.keys,
         watchers: cli.watchers,
         check_time_limit_s: cli.check_time_limit,
-        keelson,
+        system,
+        binary,
         out: cli.out,
     };
     match run(opts).await {

@@ -48,12 +48,17 @@ fn op_name(op: &Op) -> &'static str {
         Op::Cas { .. } => "cas",
         Op::Add { .. } => "add",
         Op::ReadSet { .. } => "read-set",
+        Op::Grant { .. } => "grant",
+        Op::Acquire { .. } => "acquire",
+        Op::KeepAlive { .. } => "keep-alive",
+        Op::Release { .. } => "release",
         Op::Nemesis { .. } => "nemesis",
     }
 }
 
+/// Whether an operation needs the leader (a write, or a lease operation).
 fn is_write(op: &Op) -> bool {
-    matches!(op, Op::Write { .. } | Op::Cas { .. } | Op::Add { .. })
+    !matches!(op, Op::Read { .. } | Op::ReadSet { .. } | Op::Nemesis { .. })
 }
 
 fn secs(ns: u64) -> f64 {

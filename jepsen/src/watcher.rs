@@ -16,10 +16,12 @@ use crate::client::channel;
 const WATCH_REQUESTS_QUEUE_MAX: usize = 16;
 /// How often a watcher asks for a progress notification.
 pub const PROGRESS_REQUEST_INTERVAL_MS: u64 = 1_000;
+/// A stream that answered nothing (no event, no progress) for this long is given up.
+const STALL_MS: u64 = 5 * PROGRESS_REQUEST_INTERVAL_MS;
 /// Pause before reconnecting after a broken stream.
 const RECONNECT_PAUSE_MS: u64 = 100;
 
-/// The end of a key prefix's range.
+/// The end of a key prefix's range; the empty prefix ranges over every key.
 pub fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
     while let Some(last) = end.pop() {
@@ -45,14 +47,24 @@ fn convert(e: &proto::mvccpb::Event) -> WatchedEvent {
     }
 }
 
-/// Follows `spec` until `until` (or, with `until_revision`, until a progress notification at or
-/// past it), reconnecting across `endpoints`; returns every delivery.
+/// How a watcher follows its keys.
+#[derive(Clone, Copy, Debug)]
+pub struct FollowOpts {
+    /// Stop once an event at or past this revision has arrived (the reference watch).
+    pub until_event_revision: Option<i64>,
+    /// Whether a progress notification proves that everything below it was delivered, so that a
+    /// new session may resume after it. Not so for etcd before the fix of its issue 15220.
+    pub trust_progress: bool,
+}
+
+/// Follows `spec` until `until` (or, with `until_event_revision`, until an event at or past it),
+/// reconnecting across `endpoints`; returns every delivery.
 pub async fn follow(
     spec: WatcherSpec,
     endpoints: Vec<String>,
     start: Instant,
     until: Instant,
-    until_revision: Option<i64>,
+    opts: FollowOpts,
 ) -> Vec<WatchDelivery> {
     let mut deliveries: Vec<WatchDelivery> = Vec::new();
     let mut next = spec.start_revision;
@@ -66,7 +78,8 @@ pub async fn follow(
         let (tx, rx) = mpsc::channel(WATCH_REQUESTS_QUEUE_MAX);
         let create = WatchRequest {
             request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
-                key: spec.prefix.clone().into_bytes(),
+                // The empty prefix is every key: etcd's range from "\0" to "\0".
+                key: if spec.prefix.is_empty() { vec![0] } else { spec.prefix.clone().into_bytes() },
                 range_end: prefix_end(&spec.prefix),
                 start_revision: next,
                 prev_kv: spec.prev_kv,
@@ -85,18 +98,27 @@ pub async fn follow(
             }
         };
         let mut progress = tokio::time::interval(Duration::from_millis(PROGRESS_REQUEST_INTERVAL_MS));
+        // A member that is paused (or cut off from the client) answers nothing, not even progress
+        // requests: after that long without a response the watcher moves to another member.
+        let mut heard = Instant::now();
         loop {
             let message = tokio::select! {
                 m = stream.message() => m,
                 _ = progress.tick() => {
+                    if heard.elapsed() >= Duration::from_millis(STALL_MS) {
+                        tracing::debug!(watcher = spec.watcher, "watch stream silent; trying another member");
+                        continue 'sessions;
+                    }
                     let req = WatchRequest { request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})) };
-                    if tx.send(req).await.is_err() {
+                    // Full: earlier requests are still unanswered, and the stall check handles that.
+                    if let Err(mpsc::error::TrySendError::Closed(_)) = tx.try_send(req) {
                         continue 'sessions;
                     }
                     continue;
                 }
                 _ = tokio::time::sleep_until(until.into()) => break 'sessions,
             };
+            heard = Instant::now();
             let resp = match message {
                 Ok(Some(r)) => r,
                 Ok(None) | Err(_) => {
@@ -113,7 +135,7 @@ pub async fn follow(
             if let Some(last) = events.last() {
                 next = last.mod_revision + 1;
             }
-            if progress_only {
+            if progress_only && opts.trust_progress {
                 // Nothing at or below a progress notification is still to come.
                 next = next.max(header_revision + 1);
             }
@@ -129,7 +151,7 @@ pub async fn follow(
                 tracing::warn!(watcher = spec.watcher, reason = %resp.cancel_reason, "watch canceled by the server");
                 break 'sessions;
             }
-            if progress_only && until_revision.is_some_and(|r| header_revision >= r) {
+            if opts.until_event_revision.is_some_and(|r| next > r) {
                 break 'sessions;
             }
         }

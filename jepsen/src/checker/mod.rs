@@ -1,6 +1,7 @@
 //! Checkers of a run: each takes the recorded history (and what was read after healing) and says
 //! valid, invalid with minimal witnesses, or unknown. `check_all` runs them all into one `Verdict`.
 
+pub mod lease;
 pub mod linearizable;
 pub mod lost;
 pub mod monotonic;
@@ -11,12 +12,13 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use lease::{check_locks, Hold, HoldEnd, LeaseReport, LockAnomaly};
 pub use linearizable::{check_registers, KeyOutcome, KeyReport, LinearizabilityReport, Witness, WitnessOp};
 pub use lost::{check_lost_writes, LostAnomaly, LostReport};
 pub use monotonic::{check_monotonic_revisions, MonotonicReport, RevisionRegression};
 pub use watch::{
-    check_watches, EventKind, RevisionLog, WatchAnomaly, WatchCheck, WatchDelivery, WatchReport, WatchedEvent,
-    WatcherSpec,
+    check_watches, progress_ahead_of_events, EventKind, ProgressAhead, RevisionLog, WatchAnomaly, WatchCheck,
+    WatchDelivery, WatchReport, WatchedEvent, WatcherSpec,
 };
 
 use crate::history::{Event, Op};
@@ -35,6 +37,19 @@ pub struct Section {
     pub anomalies: Vec<String>,
 }
 
+/// Something the target is known to do wrong, observed and counted but not judged: it neither
+/// invalidates a run nor hides an anomaly (the checks that it would fool do not rely on it).
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub name: String,
+    pub count: usize,
+    /// One line of counts, then examples.
+    pub details: Vec<String>,
+}
+
+/// The name of the finding for etcd issue 15220.
+pub const PROGRESS_AHEAD_FINDING: &str = "progress notification ahead of events (etcd issue 15220)";
+
 /// The result of all checkers.
 #[derive(Clone, Debug, Serialize)]
 pub struct Verdict {
@@ -42,9 +57,14 @@ pub struct Verdict {
     /// section), else `Some(true)`.
     pub valid: Option<bool>,
     pub sections: Vec<Section>,
+    pub findings: Vec<Finding>,
 }
 
 impl Verdict {
+    pub fn with_findings(sections: Vec<Section>, findings: Vec<Finding>) -> Verdict {
+        Verdict { findings, ..Verdict::new(sections) }
+    }
+
     pub fn new(sections: Vec<Section>) -> Verdict {
         let valid = if sections.iter().any(|s| s.valid == Some(false)) {
             Some(false)
@@ -53,7 +73,7 @@ impl Verdict {
         } else {
             Some(true)
         };
-        Verdict { valid, sections }
+        Verdict { valid, sections, findings: Vec::new() }
     }
 
     /// The verdict, then per section its summary and its first anomalies.
@@ -73,6 +93,12 @@ impl Verdict {
             let hidden = section.anomalies.len().saturating_sub(SECTION_ANOMALIES_SHOWN_MAX);
             if hidden > 0 {
                 s.push_str(&format!("  ... and {hidden} more\n"));
+            }
+        }
+        for f in &self.findings {
+            s.push_str(&format!("[finding] {}: {}\n", f.name, f.count));
+            for d in f.details.iter().take(SECTION_ANOMALIES_SHOWN_MAX) {
+                s.push_str(&format!("  - {d}\n"));
             }
         }
         s
@@ -105,6 +131,12 @@ impl From<&LostReport> for Section {
     }
 }
 
+impl From<&LeaseReport> for Section {
+    fn from(r: &LeaseReport) -> Section {
+        Section { name: "lease locks".into(), valid: r.valid(), summary: r.summary(), anomalies: r.anomalies() }
+    }
+}
+
 impl From<&WatchReport> for Section {
     fn from(r: &WatchReport) -> Section {
         Section { name: "watch guarantees".into(), valid: r.valid(), summary: r.summary(), anomalies: r.anomalies() }
@@ -125,6 +157,9 @@ pub struct CheckInput<'a> {
     pub reference: &'a [WatchDelivery],
     /// The store's revision after healing: the reference is trusted up to it.
     pub head_revision: i64,
+    /// Whether the target's progress notifications prove that every event below them was delivered
+    /// (Keelson; etcd only from the fix of its issue 15220).
+    pub trust_progress: bool,
     /// Budget of the linearizability search, shared by all keys.
     pub time_limit: Duration,
 }
@@ -153,8 +188,40 @@ pub fn check_all(input: CheckInput) -> Verdict {
     }
     let lost = check_lost_writes(input.history, input.final_registers, &final_sets);
     let reference = RevisionLog::from_deliveries(input.reference, input.head_revision);
-    let watch = check_watches(input.watchers, input.deliveries, &reference);
-    Verdict::new(vec![(&linearizable).into(), (&monotonic).into(), (&lost).into(), (&watch).into()])
+    let mut watch = check_watches(input.watchers, input.deliveries, &reference, input.trust_progress);
+    // The reference watch asks for progress too, and catching up from revision 1 it is where a
+    // notification ahead of the events shows most.
+    let reference_ahead = progress_ahead_of_events(input.reference, true);
+    let mut findings = Vec::new();
+    if input.trust_progress {
+        for p in reference_ahead {
+            watch.anomalies.push(WatchAnomaly {
+                check: WatchCheck::Bookmarkable,
+                watcher: None,
+                message: format!("reference watch: {}", p.render()),
+                seen: Vec::new(),
+                revisions: vec![p.first_late_revision],
+            });
+        }
+    } else {
+        let all: Vec<&ProgressAhead> = reference_ahead.iter().chain(&watch.progress_ahead).collect();
+        if !all.is_empty() {
+            let events: usize = all.iter().map(|p| p.late_events).sum();
+            let mut details = vec![format!(
+                "{} notifications (reference watch {}, watchers {}), followed by {events} events at or below their revision; not counted as loss",
+                all.len(),
+                reference_ahead.len(),
+                watch.progress_ahead.len()
+            )];
+            details.extend(all.iter().map(|p| p.render()));
+            findings.push(Finding { name: PROGRESS_AHEAD_FINDING.into(), count: all.len(), details });
+        }
+    }
+    let mut sections = vec![(&linearizable).into(), (&monotonic).into(), (&lost).into(), (&watch).into()];
+    if input.history.iter().any(|e| matches!(e.op, Op::Grant { .. } | Op::Acquire { .. })) {
+        sections.push((&check_locks(input.history, &reference, input.deliveries)).into());
+    }
+    Verdict::with_findings(sections, findings)
 }
 
 #[cfg(test)]
@@ -215,6 +282,7 @@ mod tests {
             deliveries: &[],
             reference: &[],
             head_revision: 6,
+            trust_progress: true,
             time_limit: Duration::from_secs(10),
         });
         assert_eq!(verdict.valid, Some(false));

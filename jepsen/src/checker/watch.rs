@@ -77,21 +77,12 @@ impl RevisionLog {
         RevisionLog { header_revision, revisions }
     }
 
-    /// From the deliveries of a reference watch from revision 1 that ran until a progress notification
-    /// at or past `head_revision`: complete up to the lower of `head_revision` and what it reached.
+    /// From the deliveries of a reference watch from revision 1 that ran until an event at or past
+    /// `head_revision`: complete up to the lower of `head_revision` and the last event it received.
+    /// Progress notifications do not count: an etcd with issue 15220 sends one at the head to a
+    /// watch still catching up.
     pub fn from_deliveries(deliveries: &[WatchDelivery], head_revision: i64) -> RevisionLog {
-        let reached = deliveries
-            .iter()
-            .map(|d| {
-                let last_event = d.events.last().map(|e| e.mod_revision).unwrap_or_default();
-                if d.progress {
-                    d.header_revision.max(last_event)
-                } else {
-                    last_event
-                }
-            })
-            .max()
-            .unwrap_or_default();
+        let reached = deliveries.iter().filter_map(|d| d.events.last()).map(|e| e.mod_revision).max().unwrap_or(1);
         RevisionLog::from_events(head_revision.min(reached), deliveries.iter().flat_map(|d| d.events.iter().cloned()))
     }
 }
@@ -155,6 +146,75 @@ pub struct WatchReport {
     /// Watchers with deliveries but no spec: nothing can be said of them.
     pub unchecked_watchers: Vec<u32>,
     pub anomalies: Vec<WatchAnomaly>,
+    /// Whether progress notifications were taken as proof of delivery (see `check_watches`).
+    pub trust_progress: bool,
+    /// Progress notifications followed by events at or below their revision, when progress is not
+    /// trusted: the target's known bug, not a loss.
+    pub progress_ahead: Vec<ProgressAhead>,
+}
+
+/// A progress notification whose revision was ahead of events that the same session delivered
+/// after it (etcd issue 15220).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ProgressAhead {
+    /// None for the reference watch.
+    pub watcher: Option<u32>,
+    pub session: u32,
+    pub time_ns: u64,
+    pub progress_revision: i64,
+    /// Events delivered after it at or below its revision, and the lowest of their revisions.
+    pub late_events: usize,
+    pub first_late_revision: i64,
+}
+
+impl ProgressAhead {
+    pub fn render(&self) -> String {
+        let who = self.watcher.map_or_else(|| "reference watch".to_string(), |w| format!("watcher {w}"));
+        format!(
+            "{who}, session {}: progress notification at revision {} (at {:.3} s), then {} events from revision {}",
+            self.session,
+            self.progress_revision,
+            self.time_ns as f64 / 1e9,
+            self.late_events,
+            self.first_late_revision
+        )
+    }
+}
+
+/// Every progress notification in `deliveries` that a later event of the same session contradicts
+/// (its revision at or below the notification's). `watcher` overrides the deliveries' own number
+/// (None: the reference watch).
+pub fn progress_ahead_of_events(deliveries: &[WatchDelivery], reference: bool) -> Vec<ProgressAhead> {
+    let mut out: Vec<ProgressAhead> = Vec::new();
+    // Per (watcher, session): indexes into `out` of the notifications seen so far.
+    let mut open: HashMap<(u32, u32), Vec<usize>> = HashMap::new();
+    for d in deliveries {
+        let notes = open.entry((d.watcher, d.session)).or_default();
+        for e in &d.events {
+            for &i in notes.iter() {
+                if e.mod_revision <= out[i].progress_revision {
+                    out[i].late_events += 1;
+                    out[i].first_late_revision = out[i].first_late_revision.min(e.mod_revision);
+                }
+            }
+            // Passed notifications can only be contradicted by events out of order, which the
+            // ordering check reports; dropping them keeps this linear in a long session.
+            notes.retain(|&i| out[i].progress_revision > e.mod_revision);
+        }
+        if d.progress {
+            notes.push(out.len());
+            out.push(ProgressAhead {
+                watcher: if reference { None } else { Some(d.watcher) },
+                session: d.session,
+                time_ns: d.time_ns,
+                progress_revision: d.header_revision,
+                late_events: 0,
+                first_late_revision: i64::MAX,
+            });
+        }
+    }
+    out.retain(|p| p.late_events > 0);
+    out
 }
 
 impl WatchReport {
@@ -191,6 +251,9 @@ impl WatchReport {
         }
         if !self.unchecked_watchers.is_empty() {
             s.push_str(&format!("; watchers without a spec: {:?}", self.unchecked_watchers));
+        }
+        if !self.trust_progress {
+            s.push_str("; progress notifications not taken as proof of delivery");
         }
         s
     }
@@ -303,8 +366,16 @@ fn create_violation(e: &WatchedEvent, created: Option<bool>) -> Option<String> {
     }
 }
 
-/// Checks every watcher's deliveries (taken in the order given) against the reference log.
-pub fn check_watches(specs: &[WatcherSpec], deliveries: &[WatchDelivery], reference: &RevisionLog) -> WatchReport {
+/// Checks every watcher's deliveries (taken in the order given) against the reference log. With
+/// `trust_progress`, a progress notification promises that every event at or below its revision
+/// has been delivered (bookmarkable, and reliable up to it); without, it promises nothing, and an
+/// event arriving below one is counted in `progress_ahead` instead of being an anomaly.
+pub fn check_watches(
+    specs: &[WatcherSpec],
+    deliveries: &[WatchDelivery],
+    reference: &RevisionLog,
+    trust_progress: bool,
+) -> WatchReport {
     let mut anomalies = Vec::new();
     let reference = Reference::new(reference, &mut anomalies);
     let mut by_watcher: BTreeMap<u32, Vec<(usize, &WatchDelivery)>> = BTreeMap::new();
@@ -318,12 +389,17 @@ pub fn check_watches(specs: &[WatcherSpec], deliveries: &[WatchDelivery], refere
         events_past_reference: 0,
         unchecked_watchers: Vec::new(),
         anomalies,
+        trust_progress,
+        progress_ahead: Vec::new(),
     };
     for (watcher, list) in &by_watcher {
         match specs.iter().find(|s| s.watcher == *watcher) {
-            Some(spec) => WatcherCheck::new(spec, &reference).run(list, &mut report),
+            Some(spec) => WatcherCheck::new(spec, &reference, trust_progress).run(list, &mut report),
             None => report.unchecked_watchers.push(*watcher),
         }
+    }
+    if !trust_progress {
+        report.progress_ahead = progress_ahead_of_events(deliveries, false);
     }
     report
 }
@@ -352,11 +428,13 @@ struct WatcherCheck<'s, 'r> {
     /// Revisions already reported as a gap at a session seam.
     seam_gaps: BTreeSet<i64>,
     anomalies: Vec<WatchAnomaly>,
+    trust_progress: bool,
 }
 
 impl<'s, 'r> WatcherCheck<'s, 'r> {
-    fn new(spec: &'s WatcherSpec, reference: &'s Reference<'r>) -> Self {
+    fn new(spec: &'s WatcherSpec, reference: &'s Reference<'r>, trust_progress: bool) -> Self {
         WatcherCheck {
+            trust_progress,
             spec,
             reference,
             expected: reference.expected(&spec.prefix, spec.start_revision.max(1)),
@@ -417,7 +495,7 @@ impl<'s, 'r> WatcherCheck<'s, 'r> {
                     continue;
                 }
                 self.seen.insert((e.mod_revision, e.key.clone()), here.clone());
-                if let Some(b) = &bookmark {
+                if let Some(b) = bookmark.as_ref().filter(|_| self.trust_progress) {
                     if e.mod_revision <= b.revision {
                         let message = format!(
                             "event at revision {} after a progress notification at revision {}",
@@ -449,7 +527,10 @@ impl<'s, 'r> WatcherCheck<'s, 'r> {
                 }
                 if seam && e.mod_revision > last_revision {
                     // What the previous session was told it had is its own business; the rest is the seam's.
-                    let from = bookmark.as_ref().map_or(last_revision, |b| b.revision.max(last_revision));
+                    let from = bookmark
+                        .as_ref()
+                        .filter(|_| self.trust_progress)
+                        .map_or(last_revision, |b| b.revision.max(last_revision));
                     let gap = self.expected_between(from, e.mod_revision);
                     if !gap.is_empty() {
                         let message = format!(
@@ -487,6 +568,7 @@ impl<'s, 'r> WatcherCheck<'s, 'r> {
             self.expected.retain(|&r, _| r >= first);
         }
         self.check_atomic();
+        let bookmark = bookmark.filter(|_| self.trust_progress);
         self.check_reliable(last_revision, bookmark.as_ref());
         report.anomalies.append(&mut self.anomalies);
     }
@@ -691,7 +773,7 @@ mod tests {
     }
 
     fn check(deliveries: &[WatchDelivery]) -> WatchReport {
-        check_watches(&[spec(true)], deliveries, &reference())
+        check_watches(&[spec(true)], deliveries, &reference(), true)
     }
 
     /// The single anomaly of a report, which must be of `check`.
@@ -787,7 +869,7 @@ mod tests {
                 e.prev_value = None;
             }
         }
-        assert_eq!(check_watches(&[spec(false)], &ds, &reference()).valid(), Some(true));
+        assert_eq!(check_watches(&[spec(false)], &ds, &reference(), true).valid(), Some(true));
         assert_eq!(check(&ds).anomalies.len(), 3, "the three events with a previous value");
     }
 
@@ -852,7 +934,7 @@ mod tests {
         // The reference log is held to the same rule.
         let mut events = store();
         events[1].create_revision = 2;
-        let report = check_watches(&[], &[], &RevisionLog::from_events(7, events));
+        let report = check_watches(&[], &[], &RevisionLog::from_events(7, events), true);
         assert_eq!(report.anomalies.len(), 1, "{:#?}", report.anomalies());
         assert_eq!((report.anomalies[0].check, report.anomalies[0].watcher), (WatchCheck::Create, None));
     }
@@ -886,5 +968,41 @@ mod tests {
         ds.pop();
         ds.pop();
         assert_eq!(RevisionLog::from_deliveries(&ds, 7).header_revision, 5, "stopped short of the head");
+        // A progress notification at the head, ahead of the events (etcd issue 15220), is no proof.
+        let mut ds = vec![progress(1, 7)];
+        assert_eq!(RevisionLog::from_deliveries(&ds, 7).header_revision, 1);
+        ds.extend(faithful(1));
+        assert_eq!(RevisionLog::from_deliveries(&ds, 7).header_revision, 7);
+        let ahead = progress_ahead_of_events(&ds, true);
+        assert_eq!(ahead.len(), 1);
+        assert_eq!((ahead[0].watcher, ahead[0].late_events, ahead[0].first_late_revision), (None, 6, 2));
+    }
+
+    #[test]
+    fn untrusted_progress_ahead_of_events_is_a_finding_not_a_loss() {
+        // Goal: the etcd bug — a progress notification at 7 before events 4..7 of the same session —
+        // is an anomaly where progress is trusted, and only counted where it is not; an untrusted
+        // notification also does not make the tail owed or move a resume seam.
+        let mut ds = faithful(1);
+        ds.insert(2, progress(1, 7));
+        let trusted = check(&ds);
+        assert!(trusted.anomalies.iter().any(|a| a.check == WatchCheck::Bookmarkable), "{:#?}", trusted.anomalies());
+        let report = check_watches(&[spec(true)], &ds, &reference(), false);
+        assert_eq!(report.valid(), Some(true), "{:#?}", report.anomalies());
+        assert_eq!(report.progress_ahead.len(), 1);
+        assert_eq!((report.progress_ahead[0].late_events, report.progress_ahead[0].first_late_revision), (4, 4));
+        // A session cut after the notification resumes from its last event, not from the notification.
+        let mut ds = faithful(1);
+        ds.truncate(2);
+        ds.push(progress(1, 7));
+        ds.extend(faithful(2).into_iter().skip(2));
+        let report = check_watches(&[spec(true)], &ds, &reference(), false);
+        assert_eq!(report.valid(), Some(true), "{:#?}", report.anomalies());
+        assert!(report.progress_ahead.is_empty(), "a new session owes the old one's notification nothing");
+        // Untrusted, a notification does not make the undelivered tail owed.
+        let mut ds = faithful(1);
+        ds.pop();
+        ds.push(progress(1, 7));
+        assert_eq!(check_watches(&[spec(true)], &ds, &reference(), false).valid(), Some(true));
     }
 }
