@@ -923,3 +923,33 @@ mod tests {
         node.shutdown().await;
     }
 }
+
+#[cfg(test)]
+pub(crate) mod fill {
+    use super::*;
+    use proto::etcdserverpb::PutRequest;
+
+    /// Writes `n` keys `{prefix}{i:08}` with `value_bytes`-byte values, many writers at once (the
+    /// proposer batches them).
+    pub async fn keys(node: &Arc<StoreNode>, prefix: &str, n: usize, value_bytes: usize) {
+        const WRITERS: usize = 64;
+        let tasks: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let (node, prefix) = (node.clone(), prefix.to_string());
+                tokio::spawn(async move {
+                    for i in (w..n).step_by(WRITERS) {
+                        let put = PutRequest {
+                            key: format!("{prefix}{i:08}").into_bytes(),
+                            value: vec![b'v'; value_bytes],
+                            ..Default::default()
+                        };
+                        node.write(Command::Put(put)).await.expect("a put succeeds");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("a writer ends");
+        }
+    }
+}

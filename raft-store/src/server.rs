@@ -115,6 +115,23 @@ pub(crate) async fn replicate<R: Headed>(
     }
 }
 
+/// A Range over the applied state. The index is read under the state lock; the values after it
+/// is released, from a database snapshot, so that a long read never holds up apply (nor, through
+/// a writer waiting on the lock, every other reader).
+pub async fn range(node: &Arc<StoreNode>, req: RangeRequest) -> Result<RangeResponse, MvccError> {
+    let state = node.state().clone();
+    // A single key reads at most one value: not worth a thread hand-off. Any other range may
+    // read thousands, which is blocking work.
+    if req.range_end.is_empty() {
+        return state.read_planned(|d| d.mvcc.plan_range(&req), |plan, store| plan?.fetch(store));
+    }
+    tokio::task::spawn_blocking(move || {
+        state.read_planned(|d| d.mvcc.plan_range(&req), |plan, store| plan?.fetch(store))
+    })
+    .await
+    .map_err(|e| MvccError::Storage(format!("a range read failed: {e}")))?
+}
+
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
@@ -123,8 +140,7 @@ impl Kv for KvService {
         if !req.serializable {
             self.node.read_barrier().await.map_err(status)?;
         }
-        let mut resp =
-            self.node.state().read(|d, store| d.mvcc.range(store, &req)).map_err(|e| status(StoreError::Mvcc(e)))?;
+        let mut resp = range(&self.node, req).await.map_err(|e| status(StoreError::Mvcc(e)))?;
         self.fill(&mut resp.header);
         Ok(Response::new(resp))
     }
@@ -437,3 +453,49 @@ pub async fn serve(
 /// How long requests under way may take to finish once the member is asked to stop, in
 /// milliseconds.
 const SHUTDOWN_GRACE_MS: u64 = 3_000;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{fill, testing::single_leader};
+    use std::time::Duration;
+
+    /// A Range reads its values after releasing the state lock: a write issued while the Range
+    /// is reading them is applied and answered meanwhile (with the lock held throughout, the
+    /// write would wait for the read, and this read waits for the write).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_range_reading_values_does_not_hold_up_writes() {
+        let (_dir, node) = single_leader().await;
+        fill::keys(&node, "big/", 2_000, 512).await;
+        let req = RangeRequest { key: b"big/".to_vec(), range_end: b"big0".to_vec(), ..Default::default() };
+        let (planned_tx, planned) = tokio::sync::oneshot::channel();
+        let (written_tx, written) = std::sync::mpsc::channel::<()>();
+        let state = node.state().clone();
+        // What `range` runs, with a word out once the index is read and a wait for the write
+        // before the values are.
+        let range = tokio::task::spawn_blocking(move || {
+            state.read_planned(
+                |d| {
+                    let plan = d.mvcc.plan_range(&req);
+                    let _ = planned_tx.send(());
+                    plan
+                },
+                |plan, store| {
+                    let write_done = written.recv_timeout(Duration::from_secs(10)).is_ok();
+                    (write_done, plan.and_then(|p| p.fetch(store)))
+                },
+            )
+        });
+        planned.await.expect("the range planned");
+        let put = PutRequest { key: b"other".to_vec(), value: b"x".to_vec(), ..Default::default() };
+        let write = tokio::time::timeout(Duration::from_secs(10), node.write(Command::Put(put))).await;
+        let _ = written_tx.send(());
+        assert!(matches!(write, Ok(Ok(_))), "the write waited for the range: {write:?}");
+        let (write_done, resp) = range.await.expect("the range ends");
+        assert!(write_done);
+        // The range answers as of its plan: the later write is not in it.
+        let resp = resp.expect("the range succeeds");
+        assert_eq!((resp.kvs.len(), resp.count), (2_000, 2_000));
+        node.shutdown().await;
+    }
+}

@@ -404,12 +404,22 @@ impl ValueCache {
 pub struct RocksRevisions<'a> {
     db: &'a DB,
     cache: Option<&'a RwLock<ValueCache>>,
+    /// Reads see this snapshot of the database rather than its latest state.
+    snapshot: Option<&'a rocksdb::Snapshot<'a>>,
 }
 
 impl<'a> RocksRevisions<'a> {
     /// Reads straight from the database.
     pub fn new(db: &'a DB) -> Self {
-        Self { db, cache: None }
+        Self { db, cache: None, snapshot: None }
+    }
+
+    fn read_options(&self) -> rocksdb::ReadOptions {
+        let mut opts = rocksdb::ReadOptions::default();
+        if let Some(snapshot) = self.snapshot {
+            opts.set_snapshot(snapshot);
+        }
+        opts
     }
 
     fn cached(&self) -> Option<std::sync::RwLockReadGuard<'a, ValueCache>> {
@@ -426,7 +436,8 @@ impl RevisionStore for RocksRevisions<'_> {
         if let Some(v) = self.cached().and_then(|c| c.values.get(&rev).cloned()) {
             return Ok(Some(v));
         }
-        let bytes = self.db.get_pinned_cf(cf(self.db, CF_KV), rev.encode()).map_err(storage)?;
+        let bytes =
+            self.db.get_pinned_cf_opt(cf(self.db, CF_KV), rev.encode(), &self.read_options()).map_err(storage)?;
         bytes.map(|b| StoredValue::decode(&b)).transpose()
     }
 
@@ -451,7 +462,12 @@ impl RevisionStore for RocksRevisions<'_> {
         let mut order: Vec<(usize, [u8; Revision::ENCODED_LEN])> =
             missing.into_iter().map(|i| (i, revs[i].encode())).collect();
         order.sort_unstable_by(|a, b| a.1.cmp(&b.1));
-        let found = self.db.batched_multi_get_cf(cf(self.db, CF_KV), order.iter().map(|(_, k)| k), true);
+        let found = self.db.batched_multi_get_cf_opt(
+            cf(self.db, CF_KV),
+            order.iter().map(|(_, k)| k),
+            true,
+            &self.read_options(),
+        );
         for ((i, _), value) in order.iter().zip(found) {
             out[*i] = value.map_err(storage)?.map(|b| StoredValue::decode(&b)).transpose()?;
         }
@@ -464,7 +480,8 @@ impl RevisionStore for RocksRevisions<'_> {
         f: &mut dyn FnMut(Revision, StoredValue) -> Result<bool, MvccError>,
     ) -> Result<(), MvccError> {
         let start = from.encode();
-        for item in self.db.iterator_cf(cf(self.db, CF_KV), IteratorMode::From(&start, Direction::Forward)) {
+        let mode = IteratorMode::From(&start, Direction::Forward);
+        for item in self.db.iterator_cf_opt(cf(self.db, CF_KV), self.read_options(), mode) {
             let (key, value) = item.map_err(storage)?;
             let rev = Revision::decode(&key).ok_or_else(|| storage("bad revision key"))?;
             if !f(rev, StoredValue::decode(&value)?)? {
@@ -543,13 +560,31 @@ impl KvState {
         f(&data, &self.revisions())
     }
 
+    /// A read in two steps, so that applying never waits for a long read: `plan` runs under the
+    /// state lock (against the in-memory index, quickly), `fetch` after the lock is released,
+    /// reading values from a database snapshot taken under it, so that it sees the state `plan`
+    /// saw whatever is applied or compacted meanwhile. Blocking: call it off the async workers
+    /// when `fetch` reads much.
+    pub fn read_planned<P, T>(
+        &self,
+        plan: impl FnOnce(&StateData) -> P,
+        fetch: impl FnOnce(P, &dyn RevisionStore) -> T,
+    ) -> T {
+        let (planned, snapshot) = {
+            let data = self.data.read().unwrap_or_else(|p| p.into_inner());
+            (plan(&data), self.db.snapshot())
+        };
+        let store = RocksRevisions { db: &self.db, cache: Some(&self.values), snapshot: Some(&snapshot) };
+        fetch(planned, &store)
+    }
+
     /// The cluster's ID (0 until the first leader sets it).
     pub fn cluster_id(&self) -> u64 {
         self.cluster_id.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn revisions(&self) -> RocksRevisions<'_> {
-        RocksRevisions { db: &self.db, cache: Some(&self.values) }
+        RocksRevisions { db: &self.db, cache: Some(&self.values), snapshot: None }
     }
 
     /// Waits until the log index `index` is applied; false if `timeout` passed first.

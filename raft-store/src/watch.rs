@@ -23,14 +23,19 @@ use proto::mvccpb::Event;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::mvcc::MvccError;
+use crate::mvcc::{history_scan, MvccError, Revision};
 use crate::node::StoreNode;
-use crate::storage::AppliedEvents;
+use crate::storage::{AppliedEvents, KvState};
 
 /// A response stops growing past this many bytes of events (whole revisions only).
 pub const WATCH_RESPONSE_BYTES_SOFT_MAX: usize = 1024 * 1024;
 /// Watchers one stream may hold.
 pub const WATCHERS_PER_STREAM_MAX: usize = 10_000;
+
+/// Most bytes of events one catch-up step reads from history.
+pub const CATCH_UP_STEP_BYTES_MAX: usize = 4 * WATCH_RESPONSE_BYTES_SOFT_MAX;
+/// Most stored values one catch-up step looks at (a narrow watch over a busy history).
+pub const CATCH_UP_STEP_SCANNED_MAX: usize = 20_000;
 
 /// What etcd's client treats as "not associated with a watcher" (progress responses).
 const NO_WATCH_ID: i64 = -1;
@@ -55,8 +60,13 @@ impl Watch for WatchService {
         let requests = request.into_inner();
         // Subscribe before anything is read, so that no applied revision falls between.
         let events = self.node.state().subscribe();
-        let stream =
-            WatchStream { node: self.node.clone(), watchers: BTreeMap::new(), next_id: 0, out: VecDeque::new() };
+        let stream = WatchStream {
+            node: self.node.clone(),
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            lagging: Default::default(),
+            out: VecDeque::new(),
+        };
         Ok(Response::new(Box::pin(stream.responses(requests, events))))
     }
 }
@@ -91,6 +101,69 @@ impl WatchFilter {
     }
 }
 
+/// One catch-up step's reading.
+struct CatchUpStep {
+    /// The revision the step read up to (its responses' header revision).
+    upto: i64,
+    events: Vec<Event>,
+    /// The first revision the watcher still owes its client.
+    next: i64,
+    /// Nothing up to `upto` is left.
+    done: bool,
+}
+
+/// Reads one step of history for a watcher owing revisions from `from` on: the index is asked
+/// under the state lock, the history read from a snapshot after it is released (see
+/// `KvState::read_planned`). Blocking.
+fn read_history(
+    state: &KvState,
+    filter: &WatchFilter,
+    from: i64,
+    until: Option<i64>,
+) -> Result<CatchUpStep, MvccError> {
+    state.read_planned(
+        |d| {
+            // As for reads, the compaction revision itself is still watchable.
+            if from < d.mvcc.compacted_revision() {
+                return Err(MvccError::Compacted);
+            }
+            let applied = d.mvcc.current_revision();
+            Ok(until.map_or(applied, |u| u.min(applied)))
+        },
+        |upto, store| {
+            let upto = upto?;
+            if from > upto {
+                return Ok(CatchUpStep { upto, events: Vec::new(), next: from, done: true });
+            }
+            let batch = history_scan(
+                store,
+                &filter.key,
+                &filter.range_end,
+                from,
+                upto,
+                CATCH_UP_STEP_BYTES_MAX,
+                CATCH_UP_STEP_SCANNED_MAX,
+            )?;
+            let mut events: Vec<Event> = batch.events.into_iter().filter(|e| filter.wants(e)).collect();
+            if filter.prev_kv {
+                let prevs = state.read(|d, _| d.mvcc.prev_revisions(&events));
+                let revs: Vec<Revision> = prevs.iter().flatten().copied().collect();
+                let mut values = store.get_many(&revs)?.into_iter();
+                for (event, prev) in events.iter_mut().zip(&prevs) {
+                    if prev.is_some() {
+                        event.prev_kv = values.next().flatten().map(|v| v.kv);
+                    }
+                }
+            }
+            let (next, done) = match batch.resume {
+                Some(resume) => (resume, false),
+                None => (upto + 1, true),
+            };
+            Ok(CatchUpStep { upto, events, next, done })
+        },
+    )
+}
+
 struct Watcher {
     filter: WatchFilter,
     progress_notify: bool,
@@ -102,6 +175,8 @@ struct WatchStream {
     node: Arc<StoreNode>,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
+    /// Watchers with more history to catch up on, taken a step at a time.
+    lagging: std::collections::BTreeSet<i64>,
     /// The responses of the step under way; the client's stream takes them all before the loop
     /// reads another request or event, so a slow client holds its stream back (and its watchers
     /// catch up from history afterwards), never the apply path.
@@ -125,6 +200,17 @@ impl WatchStream {
             progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             progress.tick().await;
             loop {
+                // A lagging watcher's next step of history goes before anything new.
+                if let Some(id) = self.lagging.pop_first() {
+                    let step = self.catch_up(id, None).await;
+                    while let Some(response) = self.out.pop_front() {
+                        yield Ok(response);
+                    }
+                    if step.is_err() {
+                        break;
+                    }
+                    continue;
+                }
                 let step = tokio::select! {
                     request = requests.message() => match request {
                         Ok(Some(req)) => self.handle(req).await,
@@ -169,6 +255,7 @@ impl WatchStream {
         match req.request_union {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
+                self.lagging.remove(&cancel.watch_id);
                 if self.watchers.remove(&cancel.watch_id).is_some() {
                     let revision = self.current();
                     self.send(WatchResponse {
@@ -238,51 +325,64 @@ impl WatchStream {
         self.catch_up(id, None).await
     }
 
-    /// Delivers from history everything applied that watcher `id` has not received yet, up to
-    /// revision `until` when given.
+    /// Delivers from history what watcher `id` has not received yet, up to revision `until` when
+    /// given (wholly then), else one bounded step of it: a watcher still behind afterwards is
+    /// `lagging`, and the stream takes its next step once the client has taken this one's
+    /// responses, so that a long catch-up is never queued whole.
     async fn catch_up(&mut self, id: i64, until: Option<i64>) -> Result<(), Gone> {
-        let Some(w) = self.watchers.get(&id) else { return Ok(()) };
-        let (key, range_end, from, prev_kv) =
-            (w.filter.key.clone(), w.filter.range_end.clone(), w.next, w.filter.prev_kv);
-        let read = self.node.state().read(|d, store| {
-            let applied = d.mvcc.current_revision();
-            let current = until.map_or(applied, |u| u.min(applied));
-            if from > current {
-                return Ok((current, Vec::new()));
+        loop {
+            let Some(w) = self.watchers.get(&id) else {
+                self.lagging.remove(&id);
+                return Ok(());
+            };
+            let (filter, from) = (w.filter.clone(), w.next);
+            if until.is_none() && from > self.current() {
+                self.lagging.remove(&id);
+                return Ok(());
             }
-            d.mvcc.history(store, &key, &range_end, from, current, prev_kv).map(|events| (current, events))
-        });
-        match read {
-            Ok((current, events)) => {
-                let w = self.watchers.get_mut(&id).expect("looked up above");
-                w.next = w.next.max(current + 1);
-                let events: Vec<Event> = events.into_iter().filter(|e| w.filter.wants(e)).collect();
-                self.send_events(id, current, events).await
-            }
-            Err(MvccError::Compacted) => {
-                self.watchers.remove(&id);
-                let compacted = self.node.state().read(|d, _| d.mvcc.compacted_revision());
-                // As etcd: no revision in the header, and the compact revision tells the reason.
-                self.send(WatchResponse {
-                    header: self.header(0),
-                    watch_id: id,
-                    canceled: true,
-                    compact_revision: compacted,
-                    ..Default::default()
-                })
+            let state = self.node.state().clone();
+            // Reading history is blocking work, of any length: not on the async workers.
+            let read = tokio::task::spawn_blocking(move || read_history(&state, &filter, from, until))
                 .await
+                .unwrap_or_else(|e| Err(MvccError::Storage(format!("reading history failed: {e}"))));
+            let step = match read {
+                Ok(step) => step,
+                Err(e) => {
+                    self.lagging.remove(&id);
+                    self.watchers.remove(&id);
+                    let response = match e {
+                        MvccError::Compacted => WatchResponse {
+                            // As etcd: no revision in the header, and the compact revision tells the reason.
+                            header: self.header(0),
+                            watch_id: id,
+                            canceled: true,
+                            compact_revision: self.node.state().read(|d, _| d.mvcc.compacted_revision()),
+                            ..Default::default()
+                        },
+                        e => {
+                            tracing::error!(error = %e, "watch history unreadable");
+                            WatchResponse {
+                                header: self.header(0),
+                                watch_id: id,
+                                canceled: true,
+                                cancel_reason: format!("etcdserver: {e}"),
+                                ..Default::default()
+                            }
+                        }
+                    };
+                    return self.send(response).await;
+                }
+            };
+            let w = self.watchers.get_mut(&id).expect("looked up above");
+            w.next = w.next.max(step.next);
+            self.send_events(id, step.upto, step.events).await?;
+            if step.done {
+                self.lagging.remove(&id);
+                return Ok(());
             }
-            Err(e) => {
-                tracing::error!(error = %e, "watch history unreadable");
-                self.watchers.remove(&id);
-                self.send(WatchResponse {
-                    header: self.header(0),
-                    watch_id: id,
-                    canceled: true,
-                    cancel_reason: format!("etcdserver: {e}"),
-                    ..Default::default()
-                })
-                .await
+            if until.is_none() {
+                self.lagging.insert(id);
+                return Ok(());
             }
         }
     }
@@ -419,8 +519,13 @@ mod tests {
             .collect();
         // The stream never reads the applied events: every notification catches its watcher up
         // from history while the writers go on.
-        let mut stream =
-            WatchStream { node: node.clone(), watchers: BTreeMap::new(), next_id: 0, out: VecDeque::new() };
+        let mut stream = WatchStream {
+            node: node.clone(),
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            lagging: Default::default(),
+            out: VecDeque::new(),
+        };
         let create = WatchCreateRequest {
             key: b"k/".to_vec(),
             range_end: b"k0".to_vec(),
@@ -464,8 +569,13 @@ mod restore_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restored_state_reaches_the_watchers_behind_it() {
         let (_dir, node) = single_leader().await;
-        let mut stream =
-            WatchStream { node: node.clone(), watchers: BTreeMap::new(), next_id: 0, out: VecDeque::new() };
+        let mut stream = WatchStream {
+            node: node.clone(),
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            lagging: Default::default(),
+            out: VecDeque::new(),
+        };
         let create = WatchCreateRequest { key: b"r/".to_vec(), range_end: b"r0".to_vec(), ..Default::default() };
         assert!(stream.create(create).await.is_ok());
         stream.out.clear();
@@ -482,6 +592,53 @@ mod restore_tests {
             .flat_map(|r| r.events.iter().filter_map(|e| e.kv.as_ref().map(|kv| kv.key.clone())))
             .collect();
         assert_eq!(keys, vec![b"r/0".to_vec()]);
+        node.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod catch_up_tests {
+    use super::*;
+    use crate::node::{fill, testing::single_leader};
+    use prost::Message;
+
+    /// A watcher far behind is caught up a bounded step at a time: each step's responses are
+    /// handed over before the next is read, and together they hold every event once, in order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_long_catch_up_is_read_and_queued_in_bounded_steps() {
+        let (_dir, node) = single_leader().await;
+        let keys = 3_000;
+        fill::keys(&node, "c/", keys, 4096).await;
+        let mut stream = WatchStream {
+            node: node.clone(),
+            watchers: BTreeMap::new(),
+            next_id: 0,
+            lagging: Default::default(),
+            out: VecDeque::new(),
+        };
+        let create = WatchCreateRequest {
+            key: b"c/".to_vec(),
+            range_end: b"c0".to_vec(),
+            start_revision: 1,
+            prev_kv: true,
+            ..Default::default()
+        };
+        assert!(stream.create(create).await.is_ok());
+        let mut revisions = Vec::new();
+        let mut steps = 0;
+        loop {
+            let queued: usize = stream.out.iter().map(|r| r.encoded_len()).sum();
+            assert!(queued <= CATCH_UP_STEP_BYTES_MAX + 2 * 4096 + 1024, "{queued} bytes queued by one step");
+            for r in stream.out.drain(..) {
+                revisions.extend(r.events.iter().filter_map(|e| e.kv.as_ref().map(|kv| kv.mod_revision)));
+            }
+            steps += 1;
+            let Some(id) = stream.lagging.pop_first() else { break };
+            assert!(stream.catch_up(id, None).await.is_ok());
+        }
+        assert!(steps > 2, "12 MB of events came in {steps} steps");
+        assert_eq!(revisions.len(), keys);
+        assert!(revisions.windows(2).all(|w| w[0] < w[1]), "in revision order, none twice");
         node.shutdown().await;
     }
 }

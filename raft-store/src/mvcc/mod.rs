@@ -141,6 +141,100 @@ pub struct Applied<R> {
     pub events: Vec<Event>,
 }
 
+/// A Range settled against the index (see [`Mvcc::plan_range`]).
+#[derive(Debug, Clone)]
+pub struct RangePlan {
+    header_revision: i64,
+    count: i64,
+    /// The revisions to read, in key order.
+    revs: Vec<Revision>,
+    count_only: bool,
+    keys_only: bool,
+    limit: i64,
+    sort_order: i32,
+    sort_target: i32,
+    min_mod_revision: i64,
+    max_mod_revision: i64,
+    min_create_revision: i64,
+    max_create_revision: i64,
+}
+
+impl RangePlan {
+    /// Values to read: a plan with many is worth fetching off the async workers.
+    pub fn values(&self) -> usize {
+        self.revs.len()
+    }
+
+    /// Reads the planned values from `store` (which must still hold them) and shapes the answer.
+    pub fn fetch(self, store: &dyn RevisionStore) -> Result<RangeResponse, MvccError> {
+        if self.count_only {
+            return Ok(self.finish(Vec::new()));
+        }
+        // One batched read of every value.
+        let mut kvs = Vec::with_capacity(self.revs.len());
+        for (r, value) in self.revs.iter().zip(store.get_many(&self.revs)?) {
+            let value = value.ok_or_else(|| MvccError::Storage(format!("revision {r:?} is indexed but not stored")))?;
+            kvs.push(value.kv);
+        }
+        Ok(self.finish(kvs))
+    }
+
+    fn finish(self, mut kvs: Vec<KeyValue>) -> RangeResponse {
+        let header = ResponseHeader { revision: self.header_revision, ..Default::default() };
+        if self.count_only {
+            return RangeResponse { header: Some(header), kvs: vec![], more: false, count: self.count };
+        }
+        if self.max_mod_revision != 0 {
+            kvs.retain(|kv| kv.mod_revision <= self.max_mod_revision);
+        }
+        if self.min_mod_revision != 0 {
+            kvs.retain(|kv| kv.mod_revision >= self.min_mod_revision);
+        }
+        if self.max_create_revision != 0 {
+            kvs.retain(|kv| kv.create_revision <= self.max_create_revision);
+        }
+        if self.min_create_revision != 0 {
+            kvs.retain(|kv| kv.create_revision >= self.min_create_revision);
+        }
+        let sort_order = range_request::SortOrder::try_from(self.sort_order).unwrap_or_default();
+        let sort_target = range_request::SortTarget::try_from(self.sort_target).unwrap_or_default();
+        // Keys come out in ascending key order; any other target defaults to ascending.
+        let order = if sort_target != range_request::SortTarget::Key && sort_order == range_request::SortOrder::None {
+            range_request::SortOrder::Ascend
+        } else {
+            sort_order
+        };
+        if order != range_request::SortOrder::None {
+            use range_request::SortTarget as T;
+            kvs.sort_by(|a, b| {
+                let ord = match sort_target {
+                    T::Key => a.key.cmp(&b.key),
+                    T::Version => a.version.cmp(&b.version),
+                    T::Create => a.create_revision.cmp(&b.create_revision),
+                    T::Mod => a.mod_revision.cmp(&b.mod_revision),
+                    T::Value => a.value.cmp(&b.value),
+                };
+                if order == range_request::SortOrder::Descend {
+                    ord.reverse()
+                } else {
+                    ord
+                }
+            });
+        }
+        let mut more = false;
+        if self.limit > 0 && kvs.len() > self.limit as usize {
+            kvs.truncate(self.limit as usize);
+            more = true;
+        }
+        if self.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        RangeResponse { header: Some(header), kvs, more, count: self.count }
+    }
+}
+
 /// A granted lease: its TTL in seconds and the keys attached to it. When it lapses, the leader
 /// revokes it through the log, which deletes those keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -299,6 +393,24 @@ impl Mvcc {
     }
 
     fn range_at(&self, store: &dyn RevisionStore, req: &RangeRequest, at: i64) -> Result<RangeResponse, MvccError> {
+        let plan = self.plan_range_at(req, at)?;
+        if self.staged.is_empty() {
+            return plan.fetch(store);
+        }
+        // Inside a transaction: its own writes are staged, not yet stored.
+        let kvs = plan.revs.iter().map(|r| self.value(store, *r).map(|v| v.kv)).collect::<Result<_, _>>()?;
+        Ok(plan.finish(kvs))
+    }
+
+    /// A read of the committed state, settled against the index: which revisions to read and
+    /// how to shape the answer. The values are fetched afterwards ([`RangePlan::fetch`]), from a
+    /// store that still holds them (a snapshot taken with the plan), without holding up apply.
+    pub fn plan_range(&self, req: &RangeRequest) -> Result<RangePlan, MvccError> {
+        debug_assert!(self.staged.is_empty(), "readers never see a transaction under way");
+        self.plan_range_at(req, self.current)
+    }
+
+    fn plan_range_at(&self, req: &RangeRequest, at: i64) -> Result<RangePlan, MvccError> {
         let rev = if req.revision <= 0 { at } else { req.revision };
         if rev > at {
             return Err(MvccError::FutureRevision);
@@ -307,7 +419,6 @@ impl Mvcc {
             return Err(MvccError::Compacted);
         }
         let sort_order = range_request::SortOrder::try_from(req.sort_order).unwrap_or_default();
-        let sort_target = range_request::SortTarget::try_from(req.sort_target).unwrap_or_default();
         let filtered = req.min_mod_revision != 0
             || req.max_mod_revision != 0
             || req.min_create_revision != 0
@@ -319,71 +430,25 @@ impl Mvcc {
             (req.limit as usize).saturating_add(1)
         };
         let count = self.index.count(&req.key, &req.range_end, rev) as i64;
-        let header = ResponseHeader { revision: at, ..Default::default() };
-        if req.count_only {
-            return Ok(RangeResponse { header: Some(header), kvs: vec![], more: false, count });
-        }
-        let revs: Vec<Revision> =
-            self.index.range(&req.key, &req.range_end, rev, fetch_limit).into_iter().map(|(_, r)| r).collect();
-        let mut kvs = Vec::with_capacity(revs.len());
-        if self.staged.is_empty() {
-            // One batched read of every value (the common case: no transaction under way).
-            for (r, value) in revs.iter().zip(store.get_many(&revs)?) {
-                let value =
-                    value.ok_or_else(|| MvccError::Storage(format!("revision {r:?} is indexed but not stored")))?;
-                kvs.push(value.kv);
-            }
+        let revs = if req.count_only {
+            Vec::new()
         } else {
-            for r in revs {
-                kvs.push(self.value(store, r)?.kv);
-            }
-        }
-        if req.max_mod_revision != 0 {
-            kvs.retain(|kv| kv.mod_revision <= req.max_mod_revision);
-        }
-        if req.min_mod_revision != 0 {
-            kvs.retain(|kv| kv.mod_revision >= req.min_mod_revision);
-        }
-        if req.max_create_revision != 0 {
-            kvs.retain(|kv| kv.create_revision <= req.max_create_revision);
-        }
-        if req.min_create_revision != 0 {
-            kvs.retain(|kv| kv.create_revision >= req.min_create_revision);
-        }
-        // Keys come out in ascending key order; any other target defaults to ascending.
-        let order = if sort_target != range_request::SortTarget::Key && sort_order == range_request::SortOrder::None {
-            range_request::SortOrder::Ascend
-        } else {
-            sort_order
+            self.index.range(&req.key, &req.range_end, rev, fetch_limit).into_iter().map(|(_, r)| r).collect()
         };
-        if order != range_request::SortOrder::None {
-            use range_request::SortTarget as T;
-            kvs.sort_by(|a, b| {
-                let ord = match sort_target {
-                    T::Key => a.key.cmp(&b.key),
-                    T::Version => a.version.cmp(&b.version),
-                    T::Create => a.create_revision.cmp(&b.create_revision),
-                    T::Mod => a.mod_revision.cmp(&b.mod_revision),
-                    T::Value => a.value.cmp(&b.value),
-                };
-                if order == range_request::SortOrder::Descend {
-                    ord.reverse()
-                } else {
-                    ord
-                }
-            });
-        }
-        let mut more = false;
-        if req.limit > 0 && kvs.len() > req.limit as usize {
-            kvs.truncate(req.limit as usize);
-            more = true;
-        }
-        if req.keys_only {
-            for kv in &mut kvs {
-                kv.value.clear();
-            }
-        }
-        Ok(RangeResponse { header: Some(header), kvs, more, count })
+        Ok(RangePlan {
+            header_revision: at,
+            count,
+            revs,
+            count_only: req.count_only,
+            keys_only: req.keys_only,
+            limit: req.limit,
+            sort_order: req.sort_order,
+            sort_target: req.sort_target,
+            min_mod_revision: req.min_mod_revision,
+            max_mod_revision: req.max_mod_revision,
+            min_create_revision: req.min_create_revision,
+            max_create_revision: req.max_create_revision,
+        })
     }
 
     /// The events of revisions `from..=to` on keys in `[key, range_end)`, in revision order, as
@@ -401,24 +466,42 @@ impl Mvcc {
         if from < self.compacted {
             return Err(MvccError::Compacted);
         }
-        let bounds = index::range_bounds(key, range_end);
-        let mut events = Vec::new();
-        let mut found = Vec::new();
-        store.scan_from(Revision::new(from, 0), &mut |rev, value| {
-            if rev.main > to {
-                return Ok(false);
-            }
-            if index::in_bounds(&bounds, &value.kv.key) {
-                found.push(value);
-            }
-            Ok(true)
-        })?;
-        for value in found {
-            let prev = if prev_kv { self.latest(store, &value.kv.key, value.kv.mod_revision - 1)? } else { None };
-            let kind = if value.tombstone { EventType::Delete } else { EventType::Put };
-            events.push(Event { r#type: kind as i32, kv: Some(value.kv), prev_kv: prev });
+        let mut events = history_scan(store, key, range_end, from, to, usize::MAX, usize::MAX)?.events;
+        if prev_kv {
+            let prevs = self.prev_revisions(&events);
+            self.fill_prev(store, &mut events, &prevs)?;
         }
         Ok(events)
+    }
+
+    /// For each event, the revision holding its key's previous value, when the index still
+    /// knows it (the revision before the event is not compacted away) and there is one.
+    pub fn prev_revisions(&self, events: &[Event]) -> Vec<Option<Revision>> {
+        events
+            .iter()
+            .map(|e| {
+                let kv = e.kv.as_ref()?;
+                let before = kv.mod_revision - 1;
+                if before < self.compacted {
+                    return None;
+                }
+                self.index.range(&kv.key, b"", before, 1).into_iter().next().map(|(_, rev)| rev)
+            })
+            .collect()
+    }
+
+    fn fill_prev(
+        &self,
+        store: &dyn RevisionStore,
+        events: &mut [Event],
+        prevs: &[Option<Revision>],
+    ) -> Result<(), MvccError> {
+        for (event, prev) in events.iter_mut().zip(prevs) {
+            if let Some(rev) = prev {
+                event.prev_kv = Some(self.value(store, *rev)?.kv);
+            }
+        }
+        Ok(())
     }
 
     /// A read of the committed state (the revision in the request, or the current one).
@@ -658,6 +741,51 @@ impl Default for Mvcc {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// One stretch of history (see [`history_scan`]).
+pub struct HistoryBatch {
+    pub events: Vec<Event>,
+    /// The first revision not read yet, when the scan stopped before `to`.
+    pub resume: Option<i64>,
+}
+
+/// The events of revisions `from..=to` on keys in `[key, range_end)`, in revision order, without
+/// previous values; the scan stops at a revision boundary once it has gathered `bytes_max` of
+/// events or looked at `scanned_max` stored values, so that one call is a bounded piece of work.
+/// The caller checks `from` against the compaction revision.
+pub fn history_scan(
+    store: &dyn RevisionStore,
+    key: &[u8],
+    range_end: &[u8],
+    from: i64,
+    to: i64,
+    bytes_max: usize,
+    scanned_max: usize,
+) -> Result<HistoryBatch, MvccError> {
+    use prost::Message;
+    let bounds = index::range_bounds(key, range_end);
+    let (mut events, mut resume) = (Vec::new(), None);
+    let (mut bytes, mut scanned, mut last) = (0usize, 0usize, None);
+    store.scan_from(Revision::new(from, 0), &mut |rev, value| {
+        if rev.main > to {
+            return Ok(false);
+        }
+        if last != Some(rev.main) && (bytes >= bytes_max || scanned >= scanned_max) {
+            resume = Some(rev.main);
+            return Ok(false);
+        }
+        last = Some(rev.main);
+        scanned += 1;
+        if index::in_bounds(&bounds, &value.kv.key) {
+            let kind = if value.tombstone { EventType::Delete } else { EventType::Put };
+            let event = Event { r#type: kind as i32, kv: Some(value.kv), prev_kv: None };
+            bytes += event.encoded_len();
+            events.push(event);
+        }
+        Ok(true)
+    })?;
+    Ok(HistoryBatch { events, resume })
 }
 
 fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
