@@ -518,7 +518,11 @@ pub struct KvState {
     events: broadcast::Sender<AppliedEvents>,
     /// The last applied log index, for callers waiting to read their own writes.
     applied_index: tokio::sync::watch::Sender<u64>,
-    values: RwLock<ValueCache>,
+    values: Arc<RwLock<ValueCache>>,
+    /// Hands compacted revisions to the thread that deletes them (see `compactor_loop`); taken
+    /// on drop, which then waits for the thread, so that the database closes with the state.
+    compactor: Option<std::sync::mpsc::SyncSender<Vec<Revision>>>,
+    compactor_thread: Option<std::thread::JoinHandle<()>>,
     /// `StateData::cluster_id`, readable without the state lock: every response header has it.
     cluster_id: std::sync::atomic::AtomicU64,
 }
@@ -544,14 +548,43 @@ impl KvState {
             .map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let (events, _) = broadcast::channel(APPLIED_EVENTS_QUEUE_MAX);
         let applied_index = tokio::sync::watch::Sender::new(applied.map(|l| l.index).unwrap_or(0));
-        Ok(Self {
+        let values: Arc<RwLock<ValueCache>> = Arc::default();
+        let (compactor, compacted_revs) = std::sync::mpsc::sync_channel(COMPACTIONS_QUEUED_MAX);
+        let (db_, values_) = (db.clone(), values.clone());
+        let compactor_thread = std::thread::Builder::new()
+            .name("compactor".into())
+            .spawn(move || compactor_loop(db_, values_, compacted_revs))
+            .map_err(|e| sm_err(ErrorVerb::Write, e))?;
+        let state = Self {
             db,
             data: RwLock::new(StateData { mvcc, applied, membership, cluster_id, members }),
             events,
             applied_index,
-            values: RwLock::default(),
+            values,
+            compactor: Some(compactor),
+            compactor_thread: Some(compactor_thread),
             cluster_id: std::sync::atomic::AtomicU64::new(cluster_id),
-        })
+        };
+        state.delete_leftovers();
+        Ok(state)
+    }
+
+    /// Queues revisions for deletion; if the compactor is behind, they wait for the next start.
+    fn hand_to_compactor(&self, revs: Vec<Revision>) {
+        if let Some(Err(e)) = self.compactor.as_ref().map(|c| c.try_send(revs)) {
+            tracing::warn!(error = %e, "compacted revisions left for the next start");
+        }
+    }
+
+    /// Hands what `Mvcc::open` found left over from a compaction to the compactor.
+    fn delete_leftovers(&self) {
+        let mut data = self.data.write().unwrap_or_else(|p| p.into_inner());
+        for change in data.mvcc.take_changes() {
+            if let Change::Compacted(revs) = change {
+                tracing::info!(revisions = revs.len(), "deleting revisions left over from a compaction");
+                self.hand_to_compactor(revs);
+            }
+        }
     }
 
     /// Runs `f` against a consistent view of the state and the stored values.
@@ -574,7 +607,7 @@ impl KvState {
             let data = self.data.read().unwrap_or_else(|p| p.into_inner());
             (plan(&data), self.db.snapshot())
         };
-        let store = RocksRevisions { db: &self.db, cache: Some(&self.values), snapshot: Some(&snapshot) };
+        let store = RocksRevisions { db: &self.db, cache: Some(self.values.as_ref()), snapshot: Some(&snapshot) };
         fetch(planned, &store)
     }
 
@@ -584,7 +617,7 @@ impl KvState {
     }
 
     fn revisions(&self) -> RocksRevisions<'_> {
-        RocksRevisions { db: &self.db, cache: Some(&self.values), snapshot: None }
+        RocksRevisions { db: &self.db, cache: Some(self.values.as_ref()), snapshot: None }
     }
 
     /// Waits until the log index `index` is applied; false if `timeout` passed first.
@@ -622,9 +655,22 @@ impl KvState {
                     batch.put_cf(kv, rev.encode(), value.encode());
                     cache.insert(rev, &value);
                 }
-                Change::Remove(rev) => {
-                    batch.delete_cf(kv, rev.encode());
-                    cache.remove(rev);
+                // Deleted off the apply path: a compaction drops up to every revision but the
+                // newest of each key, too much for one batch under the state lock.
+                Change::Compacted(revs) => {
+                    let Some(compactor) = self.compactor.as_ref() else { continue };
+                    if let Err(e) = compactor.try_send(revs) {
+                        let revs = match e {
+                            std::sync::mpsc::TrySendError::Full(r) | std::sync::mpsc::TrySendError::Disconnected(r) => {
+                                r
+                            }
+                        };
+                        tracing::warn!(revisions = revs.len(), "compactions queued; deleting this one now");
+                        for rev in revs {
+                            batch.delete_cf(kv, rev.encode());
+                            cache.remove(rev);
+                        }
+                    }
                 }
                 Change::LeasePut(id, ttl) => batch.put_cf(cf(&self.db, CF_LEASES), id.to_be_bytes(), encode(&ttl)),
                 Change::LeaseRemove(id) => batch.delete_cf(cf(&self.db, CF_LEASES), id.to_be_bytes()),
@@ -638,6 +684,46 @@ impl KvState {
         batch.put_cf(sm, "compacted", encode(&data.mvcc.compacted_revision()));
         batch.put_cf(sm, "cluster_id", encode(&data.cluster_id));
         batch.put_cf(sm, "members", encode(&data.members));
+    }
+}
+
+impl Drop for KvState {
+    fn drop(&mut self) {
+        self.compactor.take();
+        if let Some(thread) = self.compactor_thread.take() {
+            if thread.join().is_err() {
+                tracing::error!("the compactor panicked");
+            }
+        }
+    }
+}
+
+/// Compactions waiting for their revisions to be deleted; past this, apply deletes them itself.
+pub const COMPACTIONS_QUEUED_MAX: usize = 16;
+/// Revisions deleted per write by the compactor.
+pub const COMPACTION_BATCH_REVISIONS: usize = 10_000;
+
+/// Deletes compacted revisions in batches, off the apply path. A revision is deleted only once
+/// the index no longer has it, so no read that starts afterwards asks for it, and reads under
+/// way read a database snapshot. Ends when the state is gone.
+fn compactor_loop(db: Arc<DB>, values: Arc<RwLock<ValueCache>>, compacted: std::sync::mpsc::Receiver<Vec<Revision>>) {
+    for revs in compacted {
+        for chunk in revs.chunks(COMPACTION_BATCH_REVISIONS) {
+            let mut batch = WriteBatch::default();
+            let kv = cf(&db, CF_KV);
+            for rev in chunk {
+                batch.delete_cf(kv, rev.encode());
+            }
+            if let Err(e) = db.write(batch) {
+                // Left in place they waste space only: the next start finds and deletes them.
+                tracing::error!(error = %e, "deleting compacted revisions failed");
+                break;
+            }
+            let mut cache = values.write().unwrap_or_else(|p| p.into_inner());
+            for rev in chunk {
+                cache.remove(*rev);
+            }
+        }
     }
 }
 
@@ -861,6 +947,11 @@ impl StateMachine {
             .map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let index = fresh.applied.map(|l| l.index).unwrap_or(0);
         self.state.values.write().unwrap_or_else(|p| p.into_inner()).clear();
+        for change in fresh.mvcc.take_changes() {
+            if let Change::Compacted(revs) = change {
+                self.state.hand_to_compactor(revs);
+            }
+        }
         *data = fresh;
         self.state.applied_index.send_replace(index);
         // Watchers learn of applied revisions only through announcements: without one, those
@@ -1030,6 +1121,29 @@ mod tests {
         assert!(got.restored && got.events.is_empty());
         assert_eq!(got.revision, 4, "three puts after revision 1");
         assert_eq!(follower.state().read(|d, _| d.mvcc.current_revision()), 4);
+    }
+
+    /// A compaction's dropped revisions are deleted by the compactor after the apply, and a
+    /// reopened state finds none left.
+    #[tokio::test]
+    async fn compacted_revisions_are_deleted_off_the_apply_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut sm = StateMachine::open(open_db(&path).unwrap(), dir.path()).unwrap();
+        sm.apply((1..=50).map(|i| put(i, "same"))).await.unwrap();
+        let compact = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 51),
+            payload: EntryPayload::Normal(Command::Compact { revision: 51 }),
+        };
+        sm.apply([compact]).await.unwrap();
+        let db = sm.state().db.clone();
+        let old = (2..=50).map(|main| Revision::new(main, 0)).collect::<Vec<_>>();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while RocksRevisions::new(&db).get_many(&old).unwrap().iter().any(Option::is_some) {
+            assert!(std::time::Instant::now() < deadline, "the compacted revisions were never deleted");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(RocksRevisions::new(&db).get(Revision::new(51, 0)).unwrap().is_some(), "the live value stays");
     }
 
     /// A follower told to purge up to a snapshot it is still installing keeps its log until the

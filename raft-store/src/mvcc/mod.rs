@@ -81,7 +81,10 @@ impl StoredValue {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Change {
     Put(Revision, StoredValue),
-    Remove(Revision),
+    /// Revisions a compaction dropped from the index. No read asks for them any more, so the
+    /// store may delete them at leisure (and a member that stops first finds them again when it
+    /// reopens: see [`Mvcc::open`]).
+    Compacted(Vec<Revision>),
     /// A lease granted with this TTL in seconds.
     LeasePut(i64, i64),
     LeaseRemove(i64),
@@ -101,8 +104,10 @@ impl MemoryRevisions {
                 Change::Put(rev, value) => {
                     self.values.insert(rev, value);
                 }
-                Change::Remove(rev) => {
-                    self.values.remove(&rev);
+                Change::Compacted(revs) => {
+                    for rev in revs {
+                        self.values.remove(&rev);
+                    }
                 }
                 Change::LeasePut(id, ttl) => {
                     self.leases.insert(id, ttl);
@@ -282,7 +287,8 @@ impl Mvcc {
     }
 
     /// Rebuilds the index from a revision store whose history starts after `compacted`, and the
-    /// leases (ID → TTL) with the keys attached to them.
+    /// leases (ID → TTL) with the keys attached to them. Stored revisions that compaction had
+    /// already dropped come back as a staged [`Change::Compacted`].
     pub fn open(
         store: &dyn RevisionStore,
         current: i64,
@@ -302,6 +308,12 @@ impl Mvcc {
             mvcc.current = mvcc.current.max(rev.main);
             Ok(true)
         })?;
+        // Revisions a compaction dropped but the store had not deleted yet (they are deleted
+        // after the compaction is applied): found again, and handed back for deletion.
+        let leftover = mvcc.index.compact(compacted);
+        if !leftover.is_empty() {
+            mvcc.changes.push(Change::Compacted(leftover));
+        }
         let live = mvcc.index.range(&[0], &[0], mvcc.current, 0);
         for (key, rev) in live {
             let lease = mvcc.value(store, rev)?.kv.lease;
@@ -728,9 +740,12 @@ impl Mvcc {
         if rev > self.current {
             return Err(MvccError::FutureRevision);
         }
-        for removed in self.index.compact(rev) {
-            self.staged.remove(&removed);
-            self.changes.push(Change::Remove(removed));
+        let removed = self.index.compact(rev);
+        for r in &removed {
+            self.staged.remove(r);
+        }
+        if !removed.is_empty() {
+            self.changes.push(Change::Compacted(removed));
         }
         self.compacted = rev;
         Ok(CompactionResponse { header: Some(ResponseHeader { revision: self.current, ..Default::default() }) })

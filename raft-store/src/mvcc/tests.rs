@@ -438,3 +438,37 @@ fn duplicate_keys_are_refused_across_nested_txns() {
     };
     assert_eq!(validate_txn(&txn(vec![both]), 128), Ok(()));
 }
+
+#[test]
+fn reopening_finds_revisions_a_compaction_left_undeleted() {
+    let mut f = Fixture::new();
+    for v in ["1", "2", "3"] {
+        f.put("a", v);
+    }
+    f.put("b", "1");
+    f.del("b", "");
+    f.mvcc.compact(6).unwrap();
+    // The member stops before the store deleted what the compaction dropped.
+    let changes = f.mvcc.take_changes();
+    let Some(Change::Compacted(dropped)) = changes.first().cloned() else {
+        panic!("a compaction stages its drop: {changes:?}")
+    };
+    assert_eq!(dropped.len(), 4, "a@2, a@3, b@5 and its tombstone b@6: {dropped:?}");
+    let mut reopened =
+        Mvcc::open(&f.store, f.mvcc.current_revision(), f.mvcc.compacted_revision(), &f.store.leases).unwrap();
+    let mut leftover = match reopened.take_changes().as_slice() {
+        [Change::Compacted(revs)] => revs.clone(),
+        other => panic!("the leftovers are handed back: {other:?}"),
+    };
+    leftover.sort();
+    let mut expected = dropped.clone();
+    expected.sort();
+    assert_eq!(leftover, expected);
+    // Once deleted, a further reopening finds nothing left.
+    f.store.apply(vec![Change::Compacted(dropped)]);
+    let mut again =
+        Mvcc::open(&f.store, f.mvcc.current_revision(), f.mvcc.compacted_revision(), &f.store.leases).unwrap();
+    assert!(again.take_changes().is_empty());
+    let req = RangeRequest { key: vec![0], range_end: vec![0], ..Default::default() };
+    assert_eq!(again.range(&f.store, &req).unwrap().kvs.len(), 1, "only a@4 is live");
+}
