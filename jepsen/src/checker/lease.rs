@@ -331,6 +331,9 @@ impl Observed {
     }
 }
 
+/// An event of one key: revision, kind, value put.
+type KeyEvent<'a> = (i64, EventKind, Option<&'a str>);
+
 /// Checks the lock holds of a lease workload's history against each other and against the store's
 /// history of the lock keys (`reference`, complete up to its header revision); `deliveries` are the
 /// run's watch deliveries, which date revisions.
@@ -355,7 +358,7 @@ pub fn check_locks(history: &[Event], reference: &RevisionLog, deliveries: &[Wat
         }
     }
     // Against the store's history: per lock key, its events by revision.
-    let mut key_events: HashMap<&str, Vec<(i64, EventKind, Option<&str>)>> = HashMap::new();
+    let mut key_events: HashMap<&str, Vec<KeyEvent>> = HashMap::new();
     for (&revision, events) in &reference.revisions {
         for e in events {
             key_events.entry(e.key.as_str()).or_default().push((revision, e.kind, e.value.as_deref()));
