@@ -13,7 +13,7 @@ use proto::etcdserverpb::*;
 use tonic::{Request, Response, Status};
 
 use crate::authority::ClientStream;
-use crate::mvcc::{self, MvccError, RequestError};
+use crate::mvcc::{self, MvccError, RequestError, RevisionStore};
 use crate::node::StoreNode;
 use crate::types::*;
 
@@ -115,21 +115,26 @@ pub(crate) async fn replicate<R: Headed>(
     }
 }
 
+/// Values a Range reads at a time; between two chunks it lets other tasks run.
+pub const RANGE_FETCH_CHUNK_VALUES: usize = 256;
+
 /// A Range over the applied state. The index is read under the state lock; the values after it
 /// is released, from a database snapshot, so that a long read never holds up apply (nor, through
-/// a writer waiting on the lock, every other reader).
+/// a writer waiting on the lock, every other reader), in chunks, so that it never holds an async
+/// worker for long (heartbeats run on the same workers).
 pub async fn range(node: &Arc<StoreNode>, req: RangeRequest) -> Result<RangeResponse, MvccError> {
     let state = node.state().clone();
-    // A single key reads at most one value: not worth a thread hand-off. Any other range may
-    // read thousands, which is blocking work.
-    if req.range_end.is_empty() {
-        return state.read_planned(|d| d.mvcc.plan_range(&req), |plan, store| plan?.fetch(store));
+    let (plan, snapshot) = state.plan_read(|d| d.mvcc.plan_range(&req));
+    let plan = plan?;
+    let store = state.snapshot_store(&snapshot);
+    let mut values = Vec::with_capacity(plan.values());
+    for (i, chunk) in plan.revisions().chunks(RANGE_FETCH_CHUNK_VALUES).enumerate() {
+        if i > 0 {
+            tokio::task::yield_now().await;
+        }
+        values.extend(store.get_many(chunk)?);
     }
-    tokio::task::spawn_blocking(move || {
-        state.read_planned(|d| d.mvcc.plan_range(&req), |plan, store| plan?.fetch(store))
-    })
-    .await
-    .map_err(|e| MvccError::Storage(format!("a range read failed: {e}")))?
+    plan.answer(values)
 }
 
 #[tonic::async_trait]
@@ -460,42 +465,33 @@ mod tests {
     use crate::node::{fill, testing::single_leader};
     use std::time::Duration;
 
-    /// A Range reads its values after releasing the state lock: a write issued while the Range
-    /// is reading them is applied and answered meanwhile (with the lock held throughout, the
-    /// write would wait for the read, and this read waits for the write).
+    /// A Range reads its values after releasing the state lock, from a snapshot taken under it:
+    /// a write goes through between the two (with the lock held throughout, as a Range once
+    /// read, it would wait), and the values read are those of the planned state.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_range_reading_values_does_not_hold_up_writes() {
         let (_dir, node) = single_leader().await;
         fill::keys(&node, "big/", 2_000, 512).await;
         let req = RangeRequest { key: b"big/".to_vec(), range_end: b"big0".to_vec(), ..Default::default() };
-        let (planned_tx, planned) = tokio::sync::oneshot::channel();
-        let (written_tx, written) = std::sync::mpsc::channel::<()>();
         let state = node.state().clone();
-        // What `range` runs, with a word out once the index is read and a wait for the write
-        // before the values are.
-        let range = tokio::task::spawn_blocking(move || {
-            state.read_planned(
-                |d| {
-                    let plan = d.mvcc.plan_range(&req);
-                    let _ = planned_tx.send(());
-                    plan
-                },
-                |plan, store| {
-                    let write_done = written.recv_timeout(Duration::from_secs(10)).is_ok();
-                    (write_done, plan.and_then(|p| p.fetch(store)))
-                },
-            )
-        });
-        planned.await.expect("the range planned");
-        let put = PutRequest { key: b"other".to_vec(), value: b"x".to_vec(), ..Default::default() };
+        let (plan, snapshot) = state.plan_read(|d| d.mvcc.plan_range(&req));
+        // Also a write that compacts everything the range is about to read.
+        let put = PutRequest { key: b"big/00000001".to_vec(), value: b"new".to_vec(), ..Default::default() };
         let write = tokio::time::timeout(Duration::from_secs(10), node.write(Command::Put(put))).await;
-        let _ = written_tx.send(());
         assert!(matches!(write, Ok(Ok(_))), "the write waited for the range: {write:?}");
-        let (write_done, resp) = range.await.expect("the range ends");
-        assert!(write_done);
-        // The range answers as of its plan: the later write is not in it.
-        let resp = resp.expect("the range succeeds");
+        let head = state.read(|d, _| d.mvcc.current_revision());
+        let compact =
+            tokio::time::timeout(Duration::from_secs(10), node.write(Command::Compact { revision: head })).await;
+        assert!(matches!(compact, Ok(Ok(_))), "the compaction waited for the range: {compact:?}");
+        let resp = plan.expect("planned").fetch(&state.snapshot_store(&snapshot)).expect("the range succeeds");
         assert_eq!((resp.kvs.len(), resp.count), (2_000, 2_000));
+        assert_eq!(resp.kvs[1].value, vec![b'v'; 512], "the value as planned, not the later write's");
+        drop(snapshot);
+        // And through the service's path, the new state.
+        let req = RangeRequest { key: b"big/".to_vec(), range_end: b"big0".to_vec(), ..Default::default() };
+        let resp = range(&node, req).await.expect("the range succeeds");
+        assert_eq!(resp.kvs.len(), 2_000);
+        assert_eq!(resp.kvs[1].value, b"new".to_vec());
         node.shutdown().await;
     }
 }

@@ -593,22 +593,30 @@ impl KvState {
         f(&data, &self.revisions())
     }
 
-    /// A read in two steps, so that applying never waits for a long read: `plan` runs under the
-    /// state lock (against the in-memory index, quickly), `fetch` after the lock is released,
-    /// reading values from a database snapshot taken under it, so that it sees the state `plan`
-    /// saw whatever is applied or compacted meanwhile. Blocking: call it off the async workers
-    /// when `fetch` reads much.
+    /// The first half of a read that must not hold up apply: `plan` runs under the state lock
+    /// (against the in-memory index, quickly), and the values are read afterwards, without the
+    /// lock, through [`KvState::snapshot_store`] on the snapshot returned — taken under the lock,
+    /// so that the values are those of the state `plan` saw, whatever is applied or compacted
+    /// meanwhile. Long reads fetch in chunks and yield between them, so that no async worker is
+    /// held for long either.
+    pub fn plan_read<P>(&self, plan: impl FnOnce(&StateData) -> P) -> (P, rocksdb::Snapshot<'_>) {
+        let data = self.data.read().unwrap_or_else(|p| p.into_inner());
+        (plan(&data), self.db.snapshot())
+    }
+
+    /// The stored values as of `snapshot` (from [`KvState::plan_read`]), through the value cache.
+    pub fn snapshot_store<'a>(&'a self, snapshot: &'a rocksdb::Snapshot<'a>) -> RocksRevisions<'a> {
+        RocksRevisions { db: &self.db, cache: Some(self.values.as_ref()), snapshot: Some(snapshot) }
+    }
+
+    /// [`KvState::plan_read`] and the fetch after it in one call.
     pub fn read_planned<P, T>(
         &self,
         plan: impl FnOnce(&StateData) -> P,
         fetch: impl FnOnce(P, &dyn RevisionStore) -> T,
     ) -> T {
-        let (planned, snapshot) = {
-            let data = self.data.read().unwrap_or_else(|p| p.into_inner());
-            (plan(&data), self.db.snapshot())
-        };
-        let store = RocksRevisions { db: &self.db, cache: Some(self.values.as_ref()), snapshot: Some(&snapshot) };
-        fetch(planned, &store)
+        let (planned, snapshot) = self.plan_read(plan);
+        fetch(planned, &self.snapshot_store(&snapshot))
     }
 
     /// The cluster's ID (0 until the first leader sets it).

@@ -32,10 +32,10 @@ pub const WATCH_RESPONSE_BYTES_SOFT_MAX: usize = 1024 * 1024;
 /// Watchers one stream may hold.
 pub const WATCHERS_PER_STREAM_MAX: usize = 10_000;
 
-/// Most bytes of events one catch-up step reads from history.
-pub const CATCH_UP_STEP_BYTES_MAX: usize = 4 * WATCH_RESPONSE_BYTES_SOFT_MAX;
+/// Most bytes of events one catch-up step reads from history (a step runs on an async worker).
+pub const CATCH_UP_STEP_BYTES_MAX: usize = WATCH_RESPONSE_BYTES_SOFT_MAX;
 /// Most stored values one catch-up step looks at (a narrow watch over a busy history).
-pub const CATCH_UP_STEP_SCANNED_MAX: usize = 20_000;
+pub const CATCH_UP_STEP_SCANNED_MAX: usize = 2_048;
 
 /// What etcd's client treats as "not associated with a watcher" (progress responses).
 const NO_WATCH_ID: i64 = -1;
@@ -114,7 +114,7 @@ struct CatchUpStep {
 
 /// Reads one step of history for a watcher owing revisions from `from` on: the index is asked
 /// under the state lock, the history read from a snapshot after it is released (see
-/// `KvState::read_planned`). Blocking.
+/// `KvState::plan_read`); a step is bounded (`CATCH_UP_STEP_*`).
 fn read_history(
     state: &KvState,
     filter: &WatchFilter,
@@ -340,11 +340,9 @@ impl WatchStream {
                 self.lagging.remove(&id);
                 return Ok(());
             }
-            let state = self.node.state().clone();
-            // Reading history is blocking work, of any length: not on the async workers.
-            let read = tokio::task::spawn_blocking(move || read_history(&state, &filter, from, until))
-                .await
-                .unwrap_or_else(|e| Err(MvccError::Storage(format!("reading history failed: {e}"))));
+            // One bounded step; a catch-up to a progress notification's revision yields between
+            // steps, the others between the stream's turns.
+            let read = read_history(self.node.state(), &filter, from, until);
             let step = match read {
                 Ok(step) => step,
                 Err(e) => {
@@ -384,6 +382,7 @@ impl WatchStream {
                 self.lagging.insert(id);
                 return Ok(());
             }
+            tokio::task::yield_now().await;
         }
     }
 

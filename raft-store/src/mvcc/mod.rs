@@ -170,14 +170,22 @@ impl RangePlan {
         self.revs.len()
     }
 
+    /// The revisions to read, in the order their values are expected by [`RangePlan::answer`].
+    pub fn revisions(&self) -> &[Revision] {
+        &self.revs
+    }
+
     /// Reads the planned values from `store` (which must still hold them) and shapes the answer.
     pub fn fetch(self, store: &dyn RevisionStore) -> Result<RangeResponse, MvccError> {
-        if self.count_only {
-            return Ok(self.finish(Vec::new()));
-        }
         // One batched read of every value.
-        let mut kvs = Vec::with_capacity(self.revs.len());
-        for (r, value) in self.revs.iter().zip(store.get_many(&self.revs)?) {
+        let values = store.get_many(&self.revs)?;
+        self.answer(values)
+    }
+
+    /// Shapes the answer from the values of [`RangePlan::revisions`], read by the caller.
+    pub fn answer(self, values: Vec<Option<StoredValue>>) -> Result<RangeResponse, MvccError> {
+        let mut kvs = Vec::with_capacity(values.len());
+        for (r, value) in self.revs.iter().zip(values) {
             let value = value.ok_or_else(|| MvccError::Storage(format!("revision {r:?} is indexed but not stored")))?;
             kvs.push(value.kv);
         }
