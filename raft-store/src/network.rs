@@ -264,7 +264,13 @@ impl PeerClient {
         let bytes = frame(kind, id, payload);
         let sent = tokio::time::timeout_at(deadline, async {
             let mut w = conn.writer.lock().await;
-            w.write_all(&bytes).await
+            // Dropped part-way (openraft gives up on a call at its own deadline), this call
+            // would leave half a frame on the connection, and the next frame would be read as
+            // the rest of it: the connection closes instead.
+            let half_written = CloseOnDrop(Some(&conn));
+            let written = w.write_all(&bytes).await;
+            half_written.disarm();
+            written
         })
         .await;
         match sent {
@@ -292,6 +298,23 @@ impl PeerClient {
                 }
                 Err(CallError::Timeout)
             }
+        }
+    }
+}
+
+/// Closes a connection when dropped, unless disarmed first.
+struct CloseOnDrop<'a>(Option<&'a Conn>);
+
+impl CloseOnDrop<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0 {
+            conn.close();
         }
     }
 }
@@ -584,6 +607,23 @@ mod tests {
         for _ in 0..2 {
             tokio::time::timeout(Duration::from_secs(5), accepted.recv()).await.expect("two connections").unwrap();
         }
+    }
+
+    /// A call abandoned while its frame is half written closes the connection: the next frame
+    /// must not be read as the rest of the half one.
+    #[tokio::test]
+    async fn a_call_dropped_mid_frame_closes_its_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // A peer that takes the connection and reads nothing: the frame cannot be written whole.
+        let held = tokio::spawn(async move { listener.accept().await.map(|(socket, _)| socket) });
+        let client = PeerClient::new(&MemberNode { peer_urls: vec![format!("http://127.0.0.1:{port}")] }).unwrap();
+        let payload = vec![7u8; 64 * 1024 * 1024];
+        let call = client.call(KIND_APPEND, &payload, Duration::from_secs(30));
+        assert!(tokio::time::timeout(Duration::from_millis(300), call).await.is_err(), "the write cannot finish");
+        let conn = client.conn.lock().await.clone().expect("a connection was opened");
+        assert!(conn.closed.load(Ordering::SeqCst), "the half-written connection is closed");
+        drop(held);
     }
 
     /// Dropping a client closes its connection: the peer reads the end of it.
