@@ -142,6 +142,9 @@ pub struct ClusterOpts {
     pub heartbeat_interval_ms: u64,
     pub election_timeout_ms: u64,
     pub snapshot_count: u64,
+    /// `--snapshot-catchup-entries` of Keelson's members (entries kept behind a snapshot); None
+    /// leaves Keelson's default. etcd 3.4 has no such flag.
+    pub snapshot_catchup_entries: Option<u64>,
     /// Further member flags given to every member at every start.
     pub extra_flags: Vec<String>,
     /// `KEELSON_LOG` of every Keelson member.
@@ -161,6 +164,7 @@ impl ClusterOpts {
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
             snapshot_count: 10_000,
+            snapshot_catchup_entries: None,
             extra_flags: Vec::new(),
             log_filter: "info,openraft=warn".to_string(),
             ready_within: Duration::from_secs(60),
@@ -383,6 +387,9 @@ impl Cluster {
         match self.opts.system {
             System::Keelson => {
                 command.arg("store").env("KEELSON_LOG", &self.opts.log_filter).env_remove("RUST_LOG");
+                if let Some(entries) = self.opts.snapshot_catchup_entries {
+                    command.args(["--snapshot-catchup-entries", &entries.to_string()]);
+                }
             }
             System::Etcd => {
                 // Settings from the caller's ETCD_* variables would override the flags below.
@@ -577,6 +584,12 @@ impl Cluster {
     /// Node `i`'s process id while it runs.
     pub fn pid(&self, i: usize) -> Option<u32> {
         locked(&self.procs).get(i).and_then(|p| p.child.as_ref()).map(Child::id)
+    }
+
+    /// How node `i`'s process ended, if it exited without the harness stopping it.
+    pub fn exited_on_its_own(&self, i: usize) -> Option<std::process::ExitStatus> {
+        let mut procs = locked(&self.procs);
+        procs.get_mut(i).and_then(|p| p.child.as_mut()).and_then(|c| c.try_wait().ok().flatten())
     }
 
     pub fn is_paused(&self, i: usize) -> bool {
