@@ -5,6 +5,7 @@ pub mod lease;
 pub mod linearizable;
 pub mod lost;
 pub mod monotonic;
+pub mod recovery;
 pub mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,6 +17,7 @@ pub use lease::{check_locks, Hold, HoldEnd, LeaseReport, LockAnomaly};
 pub use linearizable::{check_registers, KeyOutcome, KeyReport, LinearizabilityReport, Witness, WitnessOp};
 pub use lost::{check_lost_writes, LostAnomaly, LostReport};
 pub use monotonic::{check_monotonic_revisions, MonotonicReport, RevisionRegression};
+pub use recovery::{check_recovery, RecoveryReport};
 pub use watch::{
     check_watches, progress_ahead_of_events, EventKind, ProgressAhead, RevisionLog, WatchAnomaly, WatchCheck,
     WatchDelivery, WatchReport, WatchedEvent, WatcherSpec,
@@ -137,6 +139,12 @@ impl From<&LeaseReport> for Section {
     }
 }
 
+impl From<&RecoveryReport> for Section {
+    fn from(r: &RecoveryReport) -> Section {
+        Section { name: "crash recovery".into(), valid: r.valid(), summary: r.summary(), anomalies: r.anomalies() }
+    }
+}
+
 impl From<&WatchReport> for Section {
     fn from(r: &WatchReport) -> Section {
         Section { name: "watch guarantees".into(), valid: r.valid(), summary: r.summary(), anomalies: r.anomalies() }
@@ -220,6 +228,9 @@ pub fn check_all(input: CheckInput) -> Verdict {
     let mut sections = vec![(&linearizable).into(), (&monotonic).into(), (&lost).into(), (&watch).into()];
     if input.history.iter().any(|e| matches!(e.op, Op::Grant { .. } | Op::Acquire { .. })) {
         sections.push((&check_locks(input.history, &reference, input.deliveries)).into());
+    }
+    if let Some(recovery) = check_recovery(input.history) {
+        sections.push((&recovery).into());
     }
     Verdict::with_findings(sections, findings)
 }
