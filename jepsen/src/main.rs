@@ -18,7 +18,8 @@ struct Cli {
     time_limit: u64,
     /// Faults to inject, comma-separated: kill, kill-minority, kill-leader, pause, pause-leader,
     /// partition (= partition-one), partition-leader, partition-majority, partition-ring,
-    /// partition-bridge, member; or `none`.
+    /// partition-bridge, member, kill-install (a follower killed while it installs a snapshot;
+    /// members then snapshot every few hundred entries); or `none`.
     #[arg(long, default_value = "partition,kill,pause")]
     nemesis: String,
     /// Seconds a fault lasts, and then the quiet between faults.

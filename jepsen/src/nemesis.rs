@@ -59,10 +59,14 @@ pub enum Target {
     PartitionRing,
     PartitionBridge,
     Member,
+    /// A follower killed until the leader has purged the log it would need, restarted, and
+    /// killed again while it installs the snapshot the leader sends it; then it must come back
+    /// (see `Nemesis::kill_during_install`).
+    KillInstall,
 }
 
 impl Target {
-    pub const ALL: [Target; 11] = [
+    pub const ALL: [Target; 12] = [
         Target::Kill,
         Target::KillMinority,
         Target::KillLeader,
@@ -74,6 +78,7 @@ impl Target {
         Target::PartitionRing,
         Target::PartitionBridge,
         Target::Member,
+        Target::KillInstall,
     ];
 
     pub fn name(self) -> &'static str {
@@ -89,6 +94,7 @@ impl Target {
             Target::PartitionRing => "partition-ring",
             Target::PartitionBridge => "partition-bridge",
             Target::Member => "member",
+            Target::KillInstall => "kill-install",
         }
     }
 }
@@ -262,6 +268,8 @@ impl Nemesis {
             Target::PartitionRing => (Fault::Partition(ring_groups(&self.shuffled_members())), String::new()),
             Target::PartitionBridge => (Fault::Partition(bridge_groups(&self.shuffled_members())), String::new()),
             Target::Member => (Fault::RemoveMember(random(&mut self.rng)?), String::new()),
+            // On its own (`start`), the first step of the fault: a follower killed.
+            Target::KillInstall => (Fault::Kill(vec![self.follower().await?]), String::new()),
         };
         Ok(fault)
     }
@@ -395,12 +403,24 @@ impl Nemesis {
         let mut first_error: Option<anyhow::Error> = None;
         while Instant::now() < until {
             let target = self.targets[self.rng.below(self.targets.len())];
+            if target == Target::KillInstall {
+                // A procedure of its own, which heals what it did; it fails only when the cluster
+                // cannot be made whole again.
+                if let Err(e) = self.kill_during_install(until, &mut record).await {
+                    record("stop-kill-install-failed", &format!("{e:#}"));
+                    first_error.get_or_insert(e);
+                    break;
+                }
+                sleep_until_or(until, interval).await;
+                continue;
+            }
             let mut window = vec![target];
             // One window in three combines two kinds of fault (a partition and a kill, say).
-            // Membership changes stay alone: healing them needs a working quorum.
-            let others: Vec<Target> =
-                self.targets.iter().copied().filter(|t| *t != target && *t != Target::Member).collect();
-            if target != Target::Member && !others.is_empty() && self.rng.below(3) == 0 {
+            // Membership changes stay alone: healing them needs a working quorum; so do
+            // kill-install faults, which need a quorum that writes.
+            let alone = |t: Target| matches!(t, Target::Member | Target::KillInstall);
+            let others: Vec<Target> = self.targets.iter().copied().filter(|t| *t != target && !alone(*t)).collect();
+            if !alone(target) && !others.is_empty() && self.rng.below(3) == 0 {
                 window.push(others[self.rng.below(others.len())]);
             }
             for target in window {
@@ -441,6 +461,308 @@ impl Nemesis {
         match first_error {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+}
+
+/// What a member logs (openraft's state machine worker, `openraft::core::sm::worker`, at info)
+/// right before it hands a received snapshot to the state machine to install; openraft issues the
+/// purge of the log the snapshot covers at the same time. (`Done install complete snapshot`
+/// follows the install; the first occurrence is this one.)
+pub const INSTALL_BEGIN_MARKER: &str = ": install complete snapshot";
+/// What Keelson logs (`raft_store::storage`, info) once an install is complete.
+pub const INSTALL_DONE_MARKER: &str = "installed snapshot";
+/// Member log filter for `kill-install`: Keelson's default, plus openraft's lines on receiving and
+/// installing snapshots, which the nemesis watches for.
+pub const INSTALL_LOG_FILTER: &str =
+    "info,openraft=warn,openraft::core::sm::worker=info,openraft::engine::handler::following_handler=info,openraft::network::snapshot_transport=info";
+/// Snapshot policy of the members when `kill-install` is selected: snapshots, and purges of the
+/// log behind them, every few hundred entries.
+pub const INSTALL_SNAPSHOT_COUNT: u64 = 200;
+pub const INSTALL_CATCHUP_ENTRIES: u64 = 50;
+/// Entries beyond `snapshot count + catch-up entries` that the log must advance past a killed
+/// follower's last one, so that the leader has surely purged what the follower would need.
+const INSTALL_ADVANCE_MARGIN_ENTRIES: u64 = 50;
+/// Restarts per fault that try to kill the member mid-install.
+const INSTALL_KILL_ATTEMPTS_MAX: u32 = 4;
+/// How long after a restart the member may take to begin installing the leader's snapshot.
+const INSTALL_BEGIN_WITHIN: Duration = Duration::from_secs(20);
+/// How often the member's log is read for the markers.
+const INSTALL_LOG_POLL: Duration = Duration::from_millis(2);
+/// The kill lands up to this long after the install began (a random delay per attempt, halved
+/// after an attempt that came too late).
+const INSTALL_KILL_DELAY_MAX_MS: u64 = 16;
+/// How long a member restarted after the fault may take to catch up and serve a read.
+pub const INSTALL_RECOVERY_WITHIN: Duration = Duration::from_secs(45);
+/// Pause between two probes of a recovering member.
+const RECOVERY_POLL: Duration = Duration::from_millis(100);
+/// Lines of a wedged member's log quoted in the anomaly.
+const WEDGED_LOG_LINES: usize = 8;
+
+/// How one restart of `restart_and_kill_mid_install` went.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum InstallAttempt {
+    /// No install began in time: the member caught up from the leader's log (it is left running).
+    NotSent,
+    /// The member exited on its own before an install began (it is left stopped).
+    Exited(String),
+    /// Killed `delay_ms` after the install began; `completed`: the install was done by then.
+    Killed { delay_ms: u64, completed: bool },
+}
+
+/// Reads what a log file gained since an offset.
+struct LogTail {
+    path: std::path::PathBuf,
+    offset: u64,
+    text: String,
+}
+
+impl LogTail {
+    fn new(path: std::path::PathBuf, offset: u64) -> LogTail {
+        LogTail { path, offset, text: String::new() }
+    }
+
+    /// Everything written since the start offset.
+    fn read(&mut self) -> Result<&str> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&self.path).with_context(|| format!("cannot open {}", self.path.display()))?;
+        f.seek(SeekFrom::Start(self.offset)).with_context(|| format!("cannot seek in {}", self.path.display()))?;
+        let mut bytes = Vec::new();
+        f.read_to_end(&mut bytes).with_context(|| format!("cannot read {}", self.path.display()))?;
+        self.offset += bytes.len() as u64;
+        self.text.push_str(&String::from_utf8_lossy(&bytes));
+        Ok(&self.text)
+    }
+}
+
+/// Restarts node `i` and SIGKILLs it `delay` after its log shows that a snapshot install began.
+/// Synchronous (it polls the log every `INSTALL_LOG_POLL`): run it off the async workers.
+fn restart_and_kill_mid_install(c: &Cluster, i: usize, delay: Duration) -> Result<InstallAttempt> {
+    let path = c.log_path(i);
+    let offset = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    c.restart(i)?;
+    let mut tail = LogTail::new(path, offset);
+    let deadline = Instant::now() + INSTALL_BEGIN_WITHIN;
+    let began = loop {
+        if let Some(at) = tail.read()?.find(INSTALL_BEGIN_MARKER) {
+            break at;
+        }
+        if let Some(status) = c.exited_on_its_own(i) {
+            return Ok(InstallAttempt::Exited(status.to_string()));
+        }
+        if Instant::now() >= deadline {
+            return Ok(InstallAttempt::NotSent);
+        }
+        std::thread::sleep(INSTALL_LOG_POLL);
+    };
+    // The delay is the fault's timing, chosen at random: where in the install the kill lands.
+    std::thread::sleep(delay);
+    c.kill(i)?;
+    // The process is reaped: everything it wrote is in the file.
+    let completed = tail.read()?[began..].contains(INSTALL_DONE_MARKER);
+    Ok(InstallAttempt::Killed { delay_ms: delay.as_millis() as u64, completed })
+}
+
+impl Nemesis {
+    /// A live follower, at random; an error when no leader is agreed on.
+    async fn follower(&mut self) -> Result<usize> {
+        let leader = self.cluster.leader().await.ok_or_else(|| anyhow!("no leader to tell a follower by"))?;
+        let followers: Vec<usize> = self.candidates().into_iter().filter(|&i| i != leader).collect();
+        self.rng.pick(&followers).ok_or_else(|| anyhow!("no live follower"))
+    }
+
+    /// The highest applied log index and revision that the live nodes other than `except` report.
+    async fn others_applied(&self, except: usize) -> Option<(u64, i64)> {
+        let mut best: Option<(u64, i64)> = None;
+        for j in self.candidates().into_iter().filter(|&j| j != except) {
+            if let Ok(s) = self.cluster.status(j).await {
+                let revision = s.header.map(|h| h.revision).unwrap_or_default();
+                let (index, rev) = best.unwrap_or_default();
+                best = Some((index.max(s.raft_applied_index), rev.max(revision)));
+            }
+        }
+        best
+    }
+
+    /// Waits until the others' applied index is past `index` (false at `until`: the workload ended).
+    async fn wait_applied_past(&self, except: usize, index: u64, until: Instant) -> bool {
+        loop {
+            if self.others_applied(except).await.is_some_and(|(applied, _)| applied > index) {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(RECOVERY_POLL).await;
+        }
+    }
+
+    /// The `kill-install` fault. A random follower is SIGKILLed; once the workload has moved the
+    /// log more than a snapshot interval plus the catch-up entries past it (the leader has
+    /// purged what it would need), it is restarted, so that the leader sends it a snapshot, and
+    /// SIGKILLed again a random few milliseconds after its log shows the install began (up to
+    /// `INSTALL_KILL_ATTEMPTS_MAX` restarts, as a kill that lands after the install needs the log
+    /// to move on again). Then it is restarted for good and must start, catch up with the others'
+    /// applied index and serve a read at their revision within `INSTALL_RECOVERY_WITHIN`;
+    /// if it does not, that is recorded as an anomaly (`member-wedged`) and the member is
+    /// replaced (removed, wiped and added back) so that the run goes on. Records `start-` and
+    /// `stop-kill-install` around it, `install-crashed` per install killed mid-way and
+    /// `member-recovered` or `member-wedged`. An error means the cluster could not be made whole.
+    pub async fn kill_during_install(&mut self, until: Instant, record: &mut impl FnMut(&str, &str)) -> Result<()> {
+        let victim = match self.follower().await {
+            Ok(v) => v,
+            Err(e) => {
+                record("start-kill-install-failed", &format!("{e:#}"));
+                return Ok(());
+            }
+        };
+        let name = self.cluster.node_name(victim);
+        let last_index = match self.cluster.status(victim).await {
+            Ok(s) => s.raft_index,
+            Err(e) => {
+                record("start-kill-install-failed", &format!("{e:#}"));
+                return Ok(());
+            }
+        };
+        let fault = Fault::Kill(vec![victim]);
+        self.inject(Target::KillInstall, fault.clone()).await?;
+        record("start-kill-install", &format!("{fault} (follower, log at index {last_index})"));
+        let opts = self.cluster.opts();
+        let purge_distance =
+            opts.snapshot_count + opts.snapshot_catchup_entries.unwrap_or(0) + INSTALL_ADVANCE_MARGIN_ENTRIES;
+        let mut base = last_index;
+        let mut delay_max_ms = INSTALL_KILL_DELAY_MAX_MS;
+        let mut crashed = None;
+        for attempt in 1..=INSTALL_KILL_ATTEMPTS_MAX {
+            if !self.wait_applied_past(victim, base + purge_distance, until).await {
+                record(
+                    "install-skipped",
+                    &format!(
+                        "{name}: the log did not move {purge_distance} entries past {base} before the workload ended"
+                    ),
+                );
+                break;
+            }
+            let delay = Duration::from_millis(self.rng.below(delay_max_ms as usize + 1) as u64);
+            let outcome = self.blocking(move |c| restart_and_kill_mid_install(c, victim, delay)).await?;
+            tracing::info!(node = %name, attempt, ?outcome, "kill-install attempt");
+            match outcome {
+                InstallAttempt::NotSent => {
+                    record(
+                        "install-not-sent",
+                        &format!(
+                            "{name}: no snapshot install began within {INSTALL_BEGIN_WITHIN:?} of restart {attempt}"
+                        ),
+                    );
+                    break;
+                }
+                InstallAttempt::Exited(status) => {
+                    record(
+                        "install-not-sent",
+                        &format!("{name} exited on its own ({status}) before an install began, restart {attempt}"),
+                    );
+                    break;
+                }
+                InstallAttempt::Killed { delay_ms, completed: false } => {
+                    let detail =
+                        format!("{name} killed {delay_ms} ms after its snapshot install began (restart {attempt})");
+                    record(crate::checker::recovery::INSTALL_CRASHED, &detail);
+                    crashed = Some(detail);
+                    break;
+                }
+                InstallAttempt::Killed { delay_ms, completed: true } => {
+                    record("install-completed-first", &format!("{name}: the install was done {delay_ms} ms after it began, before the kill (restart {attempt})"));
+                    delay_max_ms /= 2;
+                    // The member now holds the leader's latest snapshot: the log must move on again.
+                    base = self.others_applied(victim).await.map(|(index, _)| index).unwrap_or(base);
+                }
+            }
+        }
+        let verdict = self.recover(victim).await?;
+        let what = crashed.as_deref().unwrap_or("no install was crashed");
+        match verdict {
+            Ok(detail) => record(crate::checker::recovery::MEMBER_RECOVERED, &format!("{detail} ({what})")),
+            Err(detail) => {
+                record(crate::checker::recovery::MEMBER_WEDGED, &format!("{detail} ({what})"));
+                self.cluster.remove_member(victim, MEMBER_CHANGE_WITHIN).await.context("replacing a wedged member")?;
+                self.cluster.add_member(victim, MEMBER_CHANGE_WITHIN).await.context("replacing a wedged member")?;
+                record("replace-member", &format!("{name} removed, wiped and added back"));
+            }
+        }
+        self.active.retain(|(t, f)| !(*t == Target::KillInstall && *f == fault));
+        record("stop-kill-install", &format!("restarted {name}"));
+        Ok(())
+    }
+
+    /// Starts node `i` if it is stopped and waits until it has applied what the others had at
+    /// that point and serves a serializable read at their revision. Inner `Err`: it did not
+    /// (what was seen, with the end of its log); outer `Err`: the harness failed.
+    async fn recover(&self, i: usize) -> Result<std::result::Result<String, String>> {
+        let name = self.cluster.node_name(i);
+        if !self.cluster.is_running(i) {
+            self.blocking(move |c| {
+                // A member that died on its own is reaped by `kill` before it is started again.
+                if c.exited_on_its_own(i).is_some() {
+                    c.kill(i)?;
+                }
+                c.restart(i)
+            })
+            .await?;
+        }
+        let started = Instant::now();
+        let deadline = started + INSTALL_RECOVERY_WITHIN;
+        let target = loop {
+            if let Some(t) = self.others_applied(i).await {
+                break t;
+            }
+            if Instant::now() >= deadline {
+                bail!("no other member answered Status within {INSTALL_RECOVERY_WITHIN:?}");
+            }
+            tokio::time::sleep(RECOVERY_POLL).await;
+        };
+        let (index, revision) = target;
+        let mut last: String;
+        let wedged = |why: String| {
+            let log = crate::cluster::log_tail(&self.cluster.log_path(i), WEDGED_LOG_LINES);
+            Ok(Err(format!("{name} {why}; end of its log:\n{log}")))
+        };
+        loop {
+            if let Some(status) = self.cluster.exited_on_its_own(i) {
+                return wedged(format!("exited on its own ({status}) after its restart"));
+            }
+            match self.cluster.status(i).await {
+                Ok(s) if s.raft_applied_index >= index => {
+                    let mut kv = proto::etcdserverpb::kv_client::KvClient::new(self.cluster.channel(i));
+                    let req = proto::etcdserverpb::RangeRequest {
+                        key: b"\0".to_vec(),
+                        range_end: vec![0],
+                        count_only: true,
+                        serializable: true,
+                        ..Default::default()
+                    };
+                    match kv.range(req).await {
+                        Ok(r) => {
+                            let read_at = r.into_inner().header.map(|h| h.revision).unwrap_or_default();
+                            if read_at >= revision {
+                                return Ok(Ok(format!(
+                                    "{name} caught up to index {index} in {:.1} s and serves reads (revision {read_at})",
+                                    started.elapsed().as_secs_f64()
+                                )));
+                            }
+                            last = format!("a read at revision {read_at} < {revision}");
+                        }
+                        Err(e) => last = format!("a read failed: {:?} {}", e.code(), e.message()),
+                    }
+                }
+                Ok(s) => last = format!("applied index {} of {index}", s.raft_applied_index),
+                Err(e) => last = format!("{e:#}"),
+            }
+            if Instant::now() >= deadline {
+                return wedged(format!(
+                    "did not catch up to index {index} and revision {revision} within {INSTALL_RECOVERY_WITHIN:?} of its restart: {last}"
+                ));
+            }
+            tokio::time::sleep(RECOVERY_POLL).await;
         }
     }
 }

@@ -38,8 +38,55 @@ pub struct RunOpts {
 pub struct Outcome {
     /// Some(true): no anomaly; Some(false): anomalies; None: some check could not decide.
     pub valid: Option<bool>,
+    /// Snapshot installs of the run (Keelson only).
+    pub installs: Option<Installs>,
     pub summary: String,
     pub dir: PathBuf,
+}
+
+/// Snapshot installs of a run: completed ones as the members' logs tell, crashed ones as the
+/// nemesis recorded (`kill-install`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Installs {
+    /// Lines `installed snapshot` per member log.
+    pub completed: Vec<usize>,
+    pub crashed: usize,
+}
+
+impl Installs {
+    pub fn completed_total(&self) -> usize {
+        self.completed.iter().sum()
+    }
+
+    fn render(&self) -> String {
+        let per: Vec<String> = self.completed.iter().enumerate().map(|(i, n)| format!("n{} {n}", i + 1)).collect();
+        format!(
+            "snapshot installs: {} completed (members' logs: {}), {} crashed mid-install",
+            self.completed_total(),
+            per.join(", "),
+            self.crashed
+        )
+    }
+}
+
+/// Counts the installs the members' logs report.
+fn count_installs(cluster: &Cluster, history: &[crate::history::Event]) -> Installs {
+    let completed = (0..cluster.node_count())
+        .map(|i| match std::fs::read_to_string(cluster.log_path(i)) {
+            Ok(text) => text.lines().filter(|l| l.contains(crate::nemesis::INSTALL_DONE_MARKER)).count(),
+            Err(e) => {
+                tracing::warn!(node = i + 1, error = %e, "cannot read a member's log to count installs");
+                0
+            }
+        })
+        .collect();
+    let crashed = crate::checker::check_recovery(history).map(|r| r.installs_crashed).unwrap_or(0);
+    Installs { completed, crashed }
+}
+
+/// Whether the run's faults include `kill-install`.
+fn kills_installs(kinds: &[String]) -> bool {
+    kinds.iter().any(|k| k == crate::nemesis::Target::KillInstall.name())
 }
 
 /// The prefix the watchers follow: the workload's keys.
@@ -75,6 +122,9 @@ pub async fn run(mut opts: RunOpts) -> anyhow::Result<Outcome> {
     for k in &opts.nemesis {
         k.parse::<crate::nemesis::Target>()?;
     }
+    if kills_installs(&opts.nemesis) && opts.system != System::Keelson {
+        anyhow::bail!("the kill-install nemesis reads Keelson's member logs: it cannot run with --system etcd");
+    }
     // Whether progress notifications prove delivery: Keelson's do; etcd's only once issue 15220 is
     // fixed, else a watch still catching up hears of the head before its events.
     let (trust_progress, target) = match opts.system {
@@ -96,6 +146,13 @@ pub async fn run(mut opts: RunOpts) -> anyhow::Result<Outcome> {
     cluster_opts.system = opts.system;
     // Frequent snapshots, so that restarted members also catch up through them.
     cluster_opts.snapshot_count = 2_000;
+    if kills_installs(&opts.nemesis) {
+        // Snapshots and log purges every few hundred entries, and the lines that tell when a
+        // member installs one.
+        cluster_opts.snapshot_count = crate::nemesis::INSTALL_SNAPSHOT_COUNT;
+        cluster_opts.snapshot_catchup_entries = Some(crate::nemesis::INSTALL_CATCHUP_ENTRIES);
+        cluster_opts.log_filter = crate::nemesis::INSTALL_LOG_FILTER.to_string();
+    }
     let cluster = Arc::new(Cluster::launch(cluster_opts).await.context("cannot launch the cluster")?);
     let result = campaign(&opts, cluster.clone(), &dir, trust_progress, &target).await;
     if let Err(e) = cluster.shutdown() {
@@ -127,13 +184,24 @@ async fn campaign(
         }
     }
     let prefix = watched_prefix(opts.workload);
-    let specs: Vec<WatcherSpec> = (0..opts.watchers)
+    let mut specs: Vec<WatcherSpec> = (0..opts.watchers)
         .map(|w| WatcherSpec { watcher: w, prefix: prefix.clone(), start_revision: 1, prev_kv: w % 2 == 0 })
         .collect();
+    // Watchers move to another member when theirs fails; with kill-install, one more per member
+    // stays on it (reconnecting as it restarts), so that the member a fault restarted has a watcher
+    // through its install and after it comes back.
+    let mut watcher_endpoints = vec![endpoints.clone(); specs.len()];
+    if kills_installs(&opts.nemesis) {
+        for (k, endpoint) in endpoints.iter().enumerate() {
+            let watcher = opts.watchers + k as u32;
+            specs.push(WatcherSpec { watcher, prefix: prefix.clone(), start_revision: 1, prev_kv: true });
+            watcher_endpoints.push(vec![endpoint.clone()]);
+        }
+    }
     let mut watchers = Vec::new();
-    for spec in &specs {
+    for (spec, endpoints) in specs.iter().zip(watcher_endpoints) {
         let follow = FollowOpts { until_event_revision: None, trust_progress };
-        watchers.push(tokio::spawn(crate::watcher::follow(spec.clone(), endpoints.clone(), start, until, follow)));
+        watchers.push(tokio::spawn(crate::watcher::follow(spec.clone(), endpoints, start, until, follow)));
     }
     // `--nemesis none`: a run without faults.
     let mut nemesis = if opts.nemesis.is_empty() {
@@ -217,12 +285,17 @@ async fn campaign(
         trust_progress,
         time_limit: Duration::from_secs(opts.check_time_limit_s),
     });
-    let summary = format!("target: {target}\n{}", crate::report::summary(&history, &verdict.render_text()));
+    let installs = (opts.system == System::Keelson).then(|| count_installs(&cluster, &history));
+    let mut summary = format!("target: {target}\n{}", crate::report::summary(&history, &verdict.render_text()));
+    if let Some(installs) = &installs {
+        summary.push_str(&installs.render());
+        summary.push('\n');
+    }
     let svg = crate::report::timeline_svg(&history);
     std::fs::write(dir.join("summary.txt"), &summary)?;
     std::fs::write(dir.join("timeline.svg"), &svg)?;
     std::fs::write(dir.join("report.html"), crate::report::html(&summary, &svg))?;
-    Ok(Outcome { valid: verdict.valid, summary, dir: dir.to_path_buf() })
+    Ok(Outcome { valid: verdict.valid, installs, summary, dir: dir.to_path_buf() })
 }
 
 async fn final_set(endpoints: &[String], deadline: Instant) -> anyhow::Result<Vec<String>> {

@@ -110,6 +110,30 @@ async fn lease_locks_under_faults_never_have_two_holders() {
     assert!(outcome.summary.contains("[valid] lease locks:"), "{}", outcome.summary);
 }
 
+/// A follower killed while it installs a snapshot from the leader (after the leader purged the
+/// log it would need) starts again, catches up and serves reads; its watchers miss nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_killed_mid_snapshot_install_comes_back() {
+    let keelson = jepsen::cluster::find_keelson_binary().expect("the keelson binary");
+    let out = OutDir::new();
+    let outcome = run(opts(keelson, &["kill-install"], Workload::Set, 30, 13, &out)).await.expect("the run");
+    assert_eq!(
+        outcome.valid,
+        Some(true),
+        "anomalies or unknown outcome; report in {}:\n{}",
+        outcome.dir.display(),
+        outcome.summary
+    );
+    let installs = outcome.installs.clone().expect("install counts of a Keelson run");
+    assert!(
+        installs.completed_total() > 0 && installs.crashed > 0,
+        "the nemesis crashed no snapshot install ({installs:?}); report in {}:\n{}",
+        outcome.dir.display(),
+        outcome.summary
+    );
+    assert!(outcome.summary.contains("[valid] crash recovery:"), "{}", outcome.summary);
+}
+
 /// A store that serves "linearizable" reads locally is caught once its leader is cut off.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stale_reads_of_a_faulty_store_are_caught() {
