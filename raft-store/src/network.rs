@@ -8,7 +8,7 @@
 //! write is a handful of these messages.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -189,6 +189,9 @@ pub struct PeerClient {
     url: String,
     addr: String,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    /// Bytes of entries one AppendEntries may carry to this peer: learned from how long sends
+    /// take (see `PeerConnection::append_entries`).
+    append_budget_bytes: AtomicUsize,
 }
 
 /// `http://host:port[/]` → `host:port`.
@@ -207,7 +210,12 @@ impl PeerClient {
     /// A client of the member's first peer URL; connects on first use.
     pub fn new(node: &MemberNode) -> Result<Self, String> {
         let url = node.peer_urls.first().ok_or_else(|| "member has no peer URL".to_string())?;
-        Ok(Self { url: url.clone(), addr: peer_addr(url)?, conn: tokio::sync::Mutex::new(None) })
+        Ok(Self {
+            url: url.clone(),
+            addr: peer_addr(url)?,
+            conn: tokio::sync::Mutex::new(None),
+            append_budget_bytes: AtomicUsize::new(APPEND_BUDGET_BYTES_MAX),
+        })
     }
 
     async fn connection(&self) -> Result<Arc<Conn>, CallError> {
@@ -298,6 +306,29 @@ impl PeerClient {
                 }
                 Err(CallError::Timeout)
             }
+        }
+    }
+}
+
+/// Least and most bytes of entries in one AppendEntries (see `PeerConnection::append_entries`).
+pub const APPEND_BUDGET_BYTES_MIN: usize = 64 * 1024;
+pub const APPEND_BUDGET_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// Cuts a peer's append budget to a quarter when dropped armed: the send timed out, failed on
+/// the way, or was abandoned at openraft's own deadline.
+struct BudgetCut<'a>(Option<&'a PeerClient>);
+
+impl BudgetCut<'_> {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for BudgetCut<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.0 {
+            let budget = client.append_budget_bytes.load(Ordering::Relaxed);
+            client.append_budget_bytes.store((budget / 4).max(APPEND_BUDGET_BYTES_MIN), Ordering::Relaxed);
         }
     }
 }
@@ -418,12 +449,63 @@ impl PeerConnection {
 }
 
 impl RaftNetwork<TypeConfig> for PeerConnection {
+    /// openraft gives every AppendEntries the heartbeat interval, however many entries it
+    /// carries; on a link slower than that allows, the same range would time out forever. So
+    /// entries are sent up to a byte budget per peer — halved towards what fits in half the
+    /// deadline when a send is slow, cut to a quarter when one times out (or is abandoned), and
+    /// doubled while sends are quick — and a trimmed request answers `PartialSuccess`.
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
-        self.call(KIND_APPEND, &rpc, &option).await
+        let Ok(client) = self.client.clone() else { return self.call(KIND_APPEND, &rpc, &option).await };
+        let budget = client.append_budget_bytes.load(Ordering::Relaxed);
+        let (mut bytes, mut keep) = (0usize, 0usize);
+        for entry in &rpc.entries {
+            let n = bincode::serialized_size(entry).map_or(usize::MAX, |n| n as usize);
+            // At least one entry goes, whatever its size: nothing else would move.
+            if keep > 0 && bytes.saturating_add(n) > budget {
+                break;
+            }
+            bytes = bytes.saturating_add(n);
+            keep += 1;
+        }
+        let trimmed_to = if keep < rpc.entries.len() {
+            rpc.entries.truncate(keep);
+            rpc.entries.last().map(|e| e.log_id)
+        } else {
+            None
+        };
+        let started = Instant::now();
+        let slow = BudgetCut(Some(&client));
+        let result = self.call(KIND_APPEND, &rpc, &option).await;
+        let took = started.elapsed();
+        let target = option.hard_ttl() / 2;
+        match &result {
+            Ok(_) if bytes > 0 => {
+                slow.disarm();
+                let next = if took > target {
+                    (bytes as f64 * target.as_secs_f64() / took.as_secs_f64()) as usize
+                } else if took < target / 2 && bytes * 2 > budget {
+                    budget.saturating_mul(2)
+                } else {
+                    budget
+                };
+                client
+                    .append_budget_bytes
+                    .store(next.clamp(APPEND_BUDGET_BYTES_MIN, APPEND_BUDGET_BYTES_MAX), Ordering::Relaxed);
+            }
+            Ok(_) => slow.disarm(),
+            Err(RPCError::Network(_)) => {}
+            Err(_) => slow.disarm(),
+        }
+        match result {
+            Ok(AppendEntriesResponse::Success) if trimmed_to.is_some() => {
+                Ok(AppendEntriesResponse::PartialSuccess(trimmed_to))
+            }
+            other => other,
+        }
     }
 
     async fn install_snapshot(
@@ -624,6 +706,84 @@ mod tests {
         let conn = client.conn.lock().await.clone().expect("a connection was opened");
         assert!(conn.closed.load(Ordering::SeqCst), "the half-written connection is closed");
         drop(held);
+    }
+
+    /// A peer behind a slow link (a reader taking 8 MB/s): openraft gives each AppendEntries its
+    /// heartbeat interval, and 4 MB of entries would time out forever. Trimmed to a budget
+    /// learned from the sends, every entry gets through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn entries_get_through_a_link_too_slow_for_one_whole_request() {
+        use openraft::{CommittedLeaderId, EntryPayload, Vote};
+        const LINK_BYTES_PER_TICK: usize = 80 * 1024;
+        const TICK: Duration = Duration::from_millis(10);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut chunk = vec![0u8; LINK_BYTES_PER_TICK];
+                    loop {
+                        // The link's pace: the test's slow network, not a wait for a race.
+                        tokio::time::sleep(TICK).await;
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&chunk[..n]),
+                        }
+                        if pending.starts_with(PREAMBLE) {
+                            pending.drain(..PREAMBLE.len());
+                        }
+                        while pending.len() >= 4 {
+                            let len = u32::from_be_bytes(pending[..4].try_into().unwrap()) as usize;
+                            if pending.len() < 4 + len {
+                                break;
+                            }
+                            let id = u64::from_be_bytes(pending[5..13].try_into().unwrap());
+                            pending.drain(..4 + len);
+                            let ok: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                                Ok(AppendEntriesResponse::Success);
+                            if socket.write_all(&frame(KIND_REPLY, id, &encode(&ok))).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let entry = |i: u64| Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), i),
+            payload: EntryPayload::Normal(Command::SetMemberAttrs {
+                id: 1,
+                name: "x".repeat(256 * 1024),
+                client_urls: vec![],
+            }),
+        };
+        let mut network = Network::default();
+        let mut peer = network.new_client(2, &MemberNode { peer_urls: vec![format!("http://127.0.0.1:{port}")] }).await;
+        let heartbeat = Duration::from_millis(100);
+        let mut matched = 0u64;
+        let mut attempts = 0;
+        while matched < 16 {
+            attempts += 1;
+            assert!(attempts <= 200, "{matched} of 16 entries through after {attempts} attempts");
+            let rpc = AppendEntriesRequest {
+                vote: Vote::new_committed(1, 1),
+                prev_log_id: (matched > 0).then(|| LogId::new(CommittedLeaderId::new(1, 1), matched)),
+                leader_commit: None,
+                entries: (matched + 1..=16).map(entry).collect(),
+            };
+            // As openraft sends it: its own deadline around the call.
+            let sent = tokio::time::timeout(heartbeat, peer.append_entries(rpc, RPCOption::new(heartbeat))).await;
+            match sent {
+                Ok(Ok(AppendEntriesResponse::Success)) => matched = 16,
+                Ok(Ok(AppendEntriesResponse::PartialSuccess(Some(id)))) => {
+                    assert!(id.index > matched);
+                    matched = id.index;
+                }
+                Ok(Ok(other)) => panic!("unexpected answer {other:?}"),
+                Ok(Err(_)) | Err(_) => {}
+            }
+        }
     }
 
     /// Dropping a client closes its connection: the peer reads the end of it.
