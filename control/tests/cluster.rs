@@ -252,6 +252,74 @@ async fn member_down_while_log_purged_catches_up_through_snapshot() {
     assert_eq!(view.len(), KEYS + 2, "the restarted members lost keys");
 }
 
+/// Goal: a follower far behind catches up over a link too slow for a whole AppendEntries within
+/// the heartbeat interval openraft allows each one (32 entries of 256 KiB: 8 MiB, half a second
+/// at 16 MB/s, against 50 ms). Every member is reached through a proxy passing 16 MB/s towards
+/// it; one is killed, 64 MiB are written, and it restarts and must hold every key.
+/// `KEELSON_SLOW_LINK_CATCHUP_MIB` writes more (the 500 MiB demonstration).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_a_slow_link_catches_up() {
+    const LINK_BYTES_PER_SECOND: usize = 16 * 1024 * 1024;
+    const VALUE_BYTES: usize = 256 * 1024;
+    let mib: usize = std::env::var("KEELSON_SLOW_LINK_CATCHUP_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let keys = mib * 1024 * 1024 / VALUE_BYTES;
+    // No snapshot: the follower must be sent the log itself.
+    let mut c = Cluster::define(3, Options { snapshot_count: 1_000_000, snapshot_catchup_entries: 1_000_000 });
+    for i in 0..3 {
+        c.members[i].advertised_peer_port = Some(throttled_proxy(c.members[i].peer_port, LINK_BYTES_PER_SECOND).await);
+    }
+    for i in 0..3 {
+        c.start_new(i);
+    }
+    c.wait_ready().await;
+    let leader = c.leader_index(&[0, 1, 2], within(READY_WITHIN)).await;
+    let down = (0..3).find(|&i| i != leader).unwrap();
+    let other = (0..3).find(|&i| i != leader && i != down).unwrap();
+    c.kill(down);
+    let value = "v".repeat(VALUE_BYTES);
+    let started = Instant::now();
+    const WRITERS: usize = 8;
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let (mut kv, value) = (c.kv(leader), value.clone());
+        tasks.push(tokio::spawn(async move {
+            for k in (w..keys).step_by(WRITERS) {
+                let key = format!("slow/{k:06}");
+                put(&mut kv, &key, &value).await.map_err(|s| format!("put {key}: {}", fmt_status(&s)))?;
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    for t in tasks {
+        t.await.expect("writer task panicked").expect("a put failed while one follower was down");
+    }
+    let written = started.elapsed();
+    let restarted = Instant::now();
+    c.restart(down);
+    let deadline = within(CATCH_UP_WITHIN + Duration::from_secs((mib / 4) as u64));
+    let head = linearizable_head(&c, leader).await.expect("the leader answers");
+    // Keys only: the values are megabytes, and the members hold the same revisions or not.
+    let what = format!("{} serves revision {head} with all {keys} keys", c.members[down].name);
+    let c = &c;
+    wait_until(&what, deadline, move || async move {
+        let req = RangeRequest { keys_only: true, ..prefix_range("slow/", true) };
+        let resp = range(&mut c.kv(down), req).await.map_err(|s| fmt_status(&s))?;
+        let revision = resp.header.as_ref().map(|h| h.revision).unwrap_or(0);
+        match (revision >= head, resp.kvs.len()) {
+            (true, n) if n == keys => Ok(()),
+            (_, n) => Err(format!("at revision {revision} with {n} keys")),
+        }
+    })
+    .await;
+    eprintln!(
+        "{mib} MiB written in {:.1} s; {} caught up over a {} MB/s link in {:.1} s",
+        written.as_secs_f64(),
+        c.members[down].name,
+        LINK_BYTES_PER_SECOND / (1024 * 1024),
+        restarted.elapsed().as_secs_f64()
+    );
+}
+
 /// Goal: membership changes (add a voter, remove a voter, add a learner and promote it) work
 /// while a client keeps writing, and lose no acknowledged write. Each new member is added with
 /// MemberAdd, started with `--initial-cluster-state existing`, must publish its name and catch up;

@@ -101,6 +101,45 @@ where
     }
 }
 
+/// A TCP proxy to `127.0.0.1:target` that passes what flows towards the target at no more than
+/// `bytes_per_second` (what comes back is not held up): a slow link on loopback. Returns the
+/// port it listens on; it runs as long as the test's runtime.
+pub async fn throttled_proxy(target: u16, bytes_per_second: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TICK: Duration = Duration::from_millis(10);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a proxy port");
+    let port = listener.local_addr().expect("a bound port").port();
+    let per_tick = (bytes_per_second / 100).max(1);
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else { continue };
+            let (mut in_read, mut in_write) = inbound.into_split();
+            let (mut out_read, mut out_write) = outbound.into_split();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; per_tick];
+                let mut tick = tokio::time::interval(TICK);
+                loop {
+                    tick.tick().await;
+                    match in_read.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if out_write.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = out_write.shutdown().await;
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut out_read, &mut in_write).await;
+                let _ = in_write.shutdown().await;
+            });
+        }
+    });
+    port
+}
+
 /// A deadline `d` from now.
 pub fn within(d: Duration) -> Instant {
     Instant::now() + d
@@ -124,6 +163,9 @@ pub struct Node {
     pub name: String,
     pub client_port: u16,
     pub peer_port: u16,
+    /// Where the other members reach this one, when not `peer_port` itself (a proxy standing
+    /// for a slow link: see `throttled_proxy`).
+    pub advertised_peer_port: Option<u16>,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     /// `--initial-cluster` and `--initial-cluster-state` it was first started with; restarts
@@ -142,7 +184,13 @@ impl Node {
         format!("http://127.0.0.1:{}", self.client_port)
     }
 
+    /// The peer URL the other members use.
     pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.advertised_peer_port.unwrap_or(self.peer_port))
+    }
+
+    /// The peer URL this member listens on.
+    pub fn listen_peer_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.peer_port)
     }
 
@@ -271,6 +319,7 @@ impl Cluster {
             name: name.to_string(),
             client_port,
             peer_port,
+            advertised_peer_port: None,
             data_dir,
             log_path,
             initial_cluster: String::new(),
@@ -319,7 +368,7 @@ impl Cluster {
             .arg(&m.data_dir)
             .args(["--listen-client-urls", &m.client_url()])
             .args(["--advertise-client-urls", &m.client_url()])
-            .args(["--listen-peer-urls", &m.peer_url()])
+            .args(["--listen-peer-urls", &m.listen_peer_url()])
             .args(["--initial-advertise-peer-urls", &m.peer_url()])
             .args(["--initial-cluster", initial_cluster])
             .args(["--initial-cluster-state", state])
