@@ -366,28 +366,41 @@ const PEER_WARNING_INTERVAL_MS: u64 = 10_000;
 pub struct Network {
     /// When each peer was last reported unreachable, shared by its successive connections.
     warned: Arc<Mutex<HashMap<NodeId, Instant>>>,
-    /// One client per peer, shared by every handle openraft asks for (it asks anew for each
-    /// election's votes and each replication stream).
-    clients: Arc<Mutex<HashMap<NodeId, Arc<PeerClient>>>>,
+    /// Two clients per peer, shared by every handle openraft asks for (it asks anew for each
+    /// election's votes and each replication stream): one for entries and snapshot chunks, one
+    /// for what must not wait behind them (votes, heartbeats).
+    clients: Arc<Mutex<HashMap<NodeId, PeerClients>>>,
+}
+
+#[derive(Clone)]
+struct PeerClients {
+    bulk: Arc<PeerClient>,
+    urgent: Arc<PeerClient>,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &MemberNode) -> Self::Network {
-        let client = {
+        let clients = {
             let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
             let url = node.peer_urls.first();
             match clients.get(&target) {
-                Some(c) if Some(&c.url) == url => Ok(c.clone()),
-                _ => PeerClient::new(node).map(|c| {
-                    let c = Arc::new(c);
+                Some(c) if Some(&c.bulk.url) == url => Ok(c.clone()),
+                _ => PeerClient::new(node).and_then(|bulk| {
+                    let urgent = PeerClient::new(node)?;
+                    let c = PeerClients { bulk: Arc::new(bulk), urgent: Arc::new(urgent) };
                     clients.insert(target, c.clone());
-                    c
+                    Ok(c)
                 }),
             }
         };
-        PeerConnection { target, client, warned: self.warned.clone() }
+        PeerConnection {
+            target,
+            client: clients.as_ref().map(|c| c.bulk.clone()).map_err(Clone::clone),
+            urgent: clients.map(|c| c.urgent),
+            warned: self.warned.clone(),
+        }
     }
 }
 
@@ -395,6 +408,9 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 pub struct PeerConnection {
     target: NodeId,
     client: Result<Arc<PeerClient>, String>,
+    /// The connection for votes and heartbeats: a frame of entries megabytes long ahead of them
+    /// on the same connection would hold them up.
+    urgent: Result<Arc<PeerClient>, String>,
     warned: Arc<Mutex<HashMap<NodeId, Instant>>>,
 }
 
@@ -414,7 +430,22 @@ impl PeerConnection {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let client = match &self.client {
+        self.call_on(false, kind, req, option).await
+    }
+
+    async fn call_on<Req, Resp, E>(
+        &mut self,
+        urgent: bool,
+        kind: u8,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, MemberNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let client = match if urgent { &self.urgent } else { &self.client } {
             Ok(c) => c,
             Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Message(e.clone())))),
         };
@@ -459,6 +490,9 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
+        if rpc.entries.is_empty() {
+            return self.call_on(true, KIND_APPEND, &rpc, &option).await;
+        }
         let Ok(client) = self.client.clone() else { return self.call(KIND_APPEND, &rpc, &option).await };
         let budget = client.append_budget_bytes.load(Ordering::Relaxed);
         let (mut bytes, mut keep) = (0usize, 0usize);
@@ -522,7 +556,7 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, MemberNode, RaftError<NodeId>>> {
-        self.call(KIND_VOTE, &rpc, &option).await
+        self.call_on(true, KIND_VOTE, &rpc, &option).await
     }
 }
 
@@ -784,6 +818,95 @@ mod tests {
                 Ok(Err(_)) | Err(_) => {}
             }
         }
+    }
+
+    /// A vote is not held up behind a frame of entries megabytes long on its way over a slow
+    /// link: votes and heartbeats have a connection of their own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_vote_does_not_wait_behind_a_long_append() {
+        use openraft::{CommittedLeaderId, EntryPayload, Vote};
+        const LINK_BYTES_PER_TICK: usize = 10 * 1024;
+        const TICK: Duration = Duration::from_millis(10);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        // A peer at 1 MB/s that answers an append with Success and a vote with a granted vote,
+        // and says when a connection has brought it a megabyte.
+        let (megabyte_tx, mut megabyte) = tokio::sync::mpsc::channel::<()>(4);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let megabyte_tx = megabyte_tx.clone();
+                tokio::spawn(async move {
+                    let mut pending = Vec::new();
+                    let mut chunk = vec![0u8; LINK_BYTES_PER_TICK];
+                    let mut received = 0;
+                    loop {
+                        tokio::time::sleep(TICK).await;
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                pending.extend_from_slice(&chunk[..n]);
+                                received += n;
+                                if received >= 1024 * 1024 && received - n < 1024 * 1024 {
+                                    let _ = megabyte_tx.send(()).await;
+                                }
+                            }
+                        }
+                        if pending.starts_with(PREAMBLE) {
+                            pending.drain(..PREAMBLE.len());
+                        }
+                        while pending.len() >= 4 {
+                            let len = u32::from_be_bytes(pending[..4].try_into().unwrap()) as usize;
+                            if pending.len() < 4 + len {
+                                break;
+                            }
+                            let (kind, id) = (pending[4], u64::from_be_bytes(pending[5..13].try_into().unwrap()));
+                            pending.drain(..4 + len);
+                            let reply = if kind == KIND_VOTE {
+                                let granted: Result<VoteResponse<NodeId>, RaftError<NodeId>> =
+                                    Ok(VoteResponse { vote: Vote::new(2, 1), vote_granted: true, last_log_id: None });
+                                encode(&granted)
+                            } else {
+                                let ok: Result<AppendEntriesResponse<NodeId>, RaftError<NodeId>> =
+                                    Ok(AppendEntriesResponse::Success);
+                                encode(&ok)
+                            };
+                            if socket.write_all(&frame(KIND_REPLY, id, &reply)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        let mut network = Network::default();
+        let node = MemberNode { peer_urls: vec![format!("http://127.0.0.1:{port}")] };
+        let mut replication = network.new_client(2, &node).await;
+        let mut election = network.new_client(2, &node).await;
+        let append = AppendEntriesRequest {
+            vote: Vote::new_committed(1, 1),
+            prev_log_id: None,
+            leader_commit: None,
+            entries: vec![Entry {
+                log_id: LogId::new(CommittedLeaderId::new(1, 1), 1),
+                payload: EntryPayload::Normal(Command::SetMemberAttrs {
+                    id: 1,
+                    name: "x".repeat(8 * 1024 * 1024),
+                    client_urls: vec![],
+                }),
+            }],
+        };
+        let long = tokio::spawn(async move {
+            let _ = replication.append_entries(append, RPCOption::new(Duration::from_secs(30))).await;
+        });
+        // The append's frame is on its way (a megabyte of it arrived; the rest takes seconds)
+        // before the vote is sent.
+        tokio::time::timeout(Duration::from_secs(10), megabyte.recv()).await.expect("the append is on its way");
+        let vote = VoteRequest { vote: Vote::new(2, 1), last_log_id: None };
+        let answered =
+            tokio::time::timeout(Duration::from_secs(2), election.vote(vote, RPCOption::new(Duration::from_secs(2))))
+                .await;
+        assert!(matches!(answered, Ok(Ok(VoteResponse { vote_granted: true, .. }))), "the vote waited: {answered:?}");
+        long.abort();
     }
 
     /// Dropping a client closes its connection: the peer reads the end of it.
