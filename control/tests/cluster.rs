@@ -274,7 +274,6 @@ async fn a_follower_behind_a_slow_link_catches_up() {
     c.wait_ready().await;
     let leader = c.leader_index(&[0, 1, 2], within(READY_WITHIN)).await;
     let down = (0..3).find(|&i| i != leader).unwrap();
-    let other = (0..3).find(|&i| i != leader && i != down).unwrap();
     c.kill(down);
     let value = "v".repeat(VALUE_BYTES);
     let started = Instant::now();
