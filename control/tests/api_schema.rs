@@ -1,4 +1,4 @@
-//! The schema the API server merges and applies by (`control/src/api/schema/k8s.json`) is what
+//! The schema the API server merges and applies by (`control/src/apiserver/schema/k8s.json`) is what
 //! Kubernetes' own definitions of the built-in types say, as the pinned PyPI package carries
 //! them (scripts/setup unpacks it; scripts/gen-api-schema makes the schema from it).
 

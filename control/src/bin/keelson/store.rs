@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use control::process::stop_signal;
 use raft_store::{ClusterState, StoreConfig, StoreNode};
 
 #[derive(Args, Debug)]
@@ -139,23 +140,6 @@ impl StoreArgs {
             max_txn_ops: self.max_txn_ops,
             watch_progress_notify_interval_ms: self.experimental_watch_progress_notify_interval,
         })
-    }
-}
-
-/// Resolves when the process is asked to stop (SIGTERM or SIGINT).
-pub async fn stop_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM; stop with SIGINT");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
     }
 }
 

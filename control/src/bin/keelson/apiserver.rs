@@ -1,13 +1,13 @@
-//! `keelson apiserver` (an API replica over existing store endpoints) and `keelson server` (a
-//! store member with an API replica beside it).
+//! `keelson apiserver`: an API replica over existing store endpoints (and the API half of
+//! `keelson server`).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::Args;
 
-use crate::api::{self, store::Store, Api};
-use crate::store_cmd::{self, StoreArgs};
+use control::apiserver::{self as api, store::Store, Api};
+use control::process::stop_signal;
 
 #[derive(Args, Debug)]
 pub struct ApiArgs {
@@ -66,14 +66,6 @@ pub struct ApiserverArgs {
     api: ApiArgs,
 }
 
-#[derive(Args, Debug)]
-pub struct ServerArgs {
-    #[command(flatten)]
-    store: StoreArgs,
-    #[command(flatten)]
-    api: ApiArgs,
-}
-
 /// How long requests under way may take to finish once the API server is asked to stop, in
 /// milliseconds.
 const SHUTDOWN_GRACE_MS: u64 = 3_000;
@@ -81,7 +73,7 @@ const SHUTDOWN_GRACE_MS: u64 = 3_000;
 /// How long the API replica keeps trying to create the system namespaces while the store comes up.
 const STORE_READY_TIMEOUT_MS: u64 = 60_000;
 
-async fn run_api(
+pub async fn run_api(
     args: &ApiArgs,
     endpoints: Vec<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -141,31 +133,7 @@ async fn run_api(
 pub async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     let endpoints: Vec<String> =
         args.store_endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
-    run_api(&args.api, endpoints, store_cmd::stop_signal()).await?;
+    run_api(&args.api, endpoints, stop_signal()).await?;
     tracing::info!("stopped");
     Ok(())
-}
-
-pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
-    let config = args.store.to_config()?;
-    let endpoints = config.listen_client_urls.clone();
-    let node = raft_store::StoreNode::open(config).await.context("cannot start the store member")?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let store = tokio::spawn(raft_store::server::serve(node, wait(stop_rx.clone())));
-    let api = run_api(&args.api, endpoints, wait(stop_rx));
-    tokio::pin!(api);
-    let outcome = tokio::select! {
-        r = &mut api => r,
-        _ = store_cmd::stop_signal() => {
-            let _ = stop_tx.send(true);
-            api.await
-        }
-    };
-    let _ = stop_tx.send(true);
-    store.await.context("the store task failed")?.map_err(anyhow::Error::msg)?;
-    tracing::info!("stopped");
-    outcome
 }

@@ -1,8 +1,8 @@
 //! `keelson`: one binary, a subcommand per role.
 
-mod api;
-mod api_cmd;
-mod store_cmd;
+mod apiserver;
+mod server;
+mod store;
 
 // Every request and log entry allocates; mimalloc spends fewer cycles on it than the system
 // allocator (measured with the `load` benchmark).
@@ -18,9 +18,7 @@ struct Cli {
     #[arg(long, global = true, env = "KEELSON_LOG", default_value = "info,openraft=off")]
     log_level: String,
     /// Threads running the async runtime (default: half the CPUs for `store`, all of them for
-    /// the commands that serve the Kubernetes API; at least one). A bare store's write path is a
-    /// chain of hand-offs, and on a small machine shared with its peers fewer threads mean fewer
-    /// cross-thread wake-ups; the API's JSON work is better spread over every CPU.
+    /// the commands that serve the Kubernetes API; at least one: see `process::worker_threads`).
     #[arg(long, global = true, env = "KEELSON_WORKER_THREADS")]
     worker_threads: Option<usize>,
     #[command(subcommand)]
@@ -30,11 +28,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run one member of the replicated store (etcd v3 API), with etcd-style flags.
-    Store(store_cmd::StoreArgs),
+    Store(store::StoreArgs),
     /// Run a store member and a Kubernetes API server beside it.
-    Server(api_cmd::ServerArgs),
+    Server(server::ServerArgs),
     /// Run an extra Kubernetes API server over existing store endpoints.
-    Apiserver(api_cmd::ApiserverArgs),
+    Apiserver(apiserver::ApiserverArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,12 +46,8 @@ fn main() -> std::process::ExitCode {
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let default_workers = match cli.command {
-        Command::Store(_) => cpus / 2,
-        Command::Server(_) | Command::Apiserver(_) => cpus,
-    };
-    let workers = cli.worker_threads.unwrap_or(default_workers).max(1);
+    let serves_api = !matches!(cli.command, Command::Store(_));
+    let workers = control::process::worker_threads(cli.worker_threads, serves_api);
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build() {
         Ok(r) => r,
         Err(e) => {
@@ -63,9 +57,9 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Store(args) => store_cmd::run(args).await,
-            Command::Server(args) => api_cmd::server(args).await,
-            Command::Apiserver(args) => api_cmd::apiserver(args).await,
+            Command::Store(args) => store::run(args).await,
+            Command::Server(args) => server::server(args).await,
+            Command::Apiserver(args) => apiserver::apiserver(args).await,
         }
     });
     match result {

@@ -1,0 +1,6 @@
+//! Keelson's control plane as a library: the Kubernetes API server over the replicated store
+//! (`apiserver`) and what every process shares (`process`). The `keelson` binary
+//! (`src/bin/keelson/`, a file per subcommand) runs them.
+
+pub mod apiserver;
+pub mod process;
