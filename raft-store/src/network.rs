@@ -275,7 +275,7 @@ impl PeerClient {
             // Dropped part-way (openraft gives up on a call at its own deadline), this call
             // would leave half a frame on the connection, and the next frame would be read as
             // the rest of it: the connection closes instead.
-            let half_written = CloseOnDrop(Some(&conn));
+            let half_written = OnDrop(Some(|| conn.close()));
             let written = w.write_all(&bytes).await;
             half_written.disarm();
             written
@@ -314,38 +314,20 @@ impl PeerClient {
 pub const APPEND_BUDGET_BYTES_MIN: usize = 64 * 1024;
 pub const APPEND_BUDGET_BYTES_MAX: usize = 64 * 1024 * 1024;
 
-/// Cuts a peer's append budget to a quarter when dropped armed: the send timed out, failed on
-/// the way, or was abandoned at openraft's own deadline.
-struct BudgetCut<'a>(Option<&'a PeerClient>);
+/// Runs its action when dropped, unless disarmed first: what a call must undo if it is
+/// abandoned part-way (openraft drops a call at its own deadline).
+struct OnDrop<F: FnOnce()>(Option<F>);
 
-impl BudgetCut<'_> {
+impl<F: FnOnce()> OnDrop<F> {
     fn disarm(mut self) {
         self.0 = None;
     }
 }
 
-impl Drop for BudgetCut<'_> {
+impl<F: FnOnce()> Drop for OnDrop<F> {
     fn drop(&mut self) {
-        if let Some(client) = self.0 {
-            let budget = client.append_budget_bytes.load(Ordering::Relaxed);
-            client.append_budget_bytes.store((budget / 4).max(APPEND_BUDGET_BYTES_MIN), Ordering::Relaxed);
-        }
-    }
-}
-
-/// Closes a connection when dropped, unless disarmed first.
-struct CloseOnDrop<'a>(Option<&'a Conn>);
-
-impl CloseOnDrop<'_> {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for CloseOnDrop<'_> {
-    fn drop(&mut self) {
-        if let Some(conn) = self.0 {
-            conn.close();
+        if let Some(action) = self.0.take() {
+            action();
         }
     }
 }
@@ -512,7 +494,12 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
             None
         };
         let started = Instant::now();
-        let slow = BudgetCut(Some(&client));
+        // Armed until the send is known not to have been slow: a timeout, a failure on the way
+        // or being abandoned cuts the budget to a quarter.
+        let slow = OnDrop(Some(|| {
+            let budget = client.append_budget_bytes.load(Ordering::Relaxed);
+            client.append_budget_bytes.store((budget / 4).max(APPEND_BUDGET_BYTES_MIN), Ordering::Relaxed);
+        }));
         let result = self.call(KIND_APPEND, &rpc, &option).await;
         let took = started.elapsed();
         let target = option.hard_ttl() / 2;

@@ -565,7 +565,7 @@ impl KvState {
             compactor_thread: Some(compactor_thread),
             cluster_id: std::sync::atomic::AtomicU64::new(cluster_id),
         };
-        state.delete_leftovers();
+        state.delete_leftovers(&mut state.data.write().unwrap_or_else(|p| p.into_inner()).mvcc);
         Ok(state)
     }
 
@@ -577,9 +577,8 @@ impl KvState {
     }
 
     /// Hands what `Mvcc::open` found left over from a compaction to the compactor.
-    fn delete_leftovers(&self) {
-        let mut data = self.data.write().unwrap_or_else(|p| p.into_inner());
-        for change in data.mvcc.take_changes() {
+    fn delete_leftovers(&self, mvcc: &mut Mvcc) {
+        for change in mvcc.take_changes() {
             if let Change::Compacted(revs) = change {
                 tracing::info!(revisions = revs.len(), "deleting revisions left over from a compaction");
                 self.hand_to_compactor(revs);
@@ -963,11 +962,7 @@ impl StateMachine {
             .map_err(|e| sm_err(ErrorVerb::Read, e))?;
         let index = fresh.applied.map(|l| l.index).unwrap_or(0);
         self.state.values.write().unwrap_or_else(|p| p.into_inner()).clear();
-        for change in fresh.mvcc.take_changes() {
-            if let Change::Compacted(revs) = change {
-                self.state.hand_to_compactor(revs);
-            }
-        }
+        self.state.delete_leftovers(&mut fresh.mvcc);
         *data = fresh;
         self.state.applied_index.send_replace(index);
         // Watchers learn of applied revisions only through announcements: without one, those

@@ -60,13 +60,7 @@ impl Watch for WatchService {
         let requests = request.into_inner();
         // Subscribe before anything is read, so that no applied revision falls between.
         let events = self.node.state().subscribe();
-        let stream = WatchStream {
-            node: self.node.clone(),
-            watchers: BTreeMap::new(),
-            next_id: 0,
-            lagging: Default::default(),
-            out: VecDeque::new(),
-        };
+        let stream = WatchStream::new(self.node.clone());
         Ok(Response::new(Box::pin(stream.responses(requests, events))))
     }
 }
@@ -187,6 +181,10 @@ struct WatchStream {
 struct Gone;
 
 impl WatchStream {
+    fn new(node: Arc<StoreNode>) -> Self {
+        Self { node, watchers: BTreeMap::new(), next_id: 0, lagging: Default::default(), out: VecDeque::new() }
+    }
+
     /// The stream of responses: each step handles one request, revision or tick, then hands
     /// over what it produced. Ends when the client stops sending or the stream is dropped.
     fn responses(
@@ -518,13 +516,7 @@ mod tests {
             .collect();
         // The stream never reads the applied events: every notification catches its watcher up
         // from history while the writers go on.
-        let mut stream = WatchStream {
-            node: node.clone(),
-            watchers: BTreeMap::new(),
-            next_id: 0,
-            lagging: Default::default(),
-            out: VecDeque::new(),
-        };
+        let mut stream = WatchStream::new(node.clone());
         let create = WatchCreateRequest {
             key: b"k/".to_vec(),
             range_end: b"k0".to_vec(),
@@ -568,13 +560,7 @@ mod restore_tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_restored_state_reaches_the_watchers_behind_it() {
         let (_dir, node) = single_leader().await;
-        let mut stream = WatchStream {
-            node: node.clone(),
-            watchers: BTreeMap::new(),
-            next_id: 0,
-            lagging: Default::default(),
-            out: VecDeque::new(),
-        };
+        let mut stream = WatchStream::new(node.clone());
         let create = WatchCreateRequest { key: b"r/".to_vec(), range_end: b"r0".to_vec(), ..Default::default() };
         assert!(stream.create(create).await.is_ok());
         stream.out.clear();
@@ -608,13 +594,7 @@ mod catch_up_tests {
         let (_dir, node) = single_leader().await;
         let keys = 3_000;
         fill::keys(&node, "c/", keys, 4096).await;
-        let mut stream = WatchStream {
-            node: node.clone(),
-            watchers: BTreeMap::new(),
-            next_id: 0,
-            lagging: Default::default(),
-            out: VecDeque::new(),
-        };
+        let mut stream = WatchStream::new(node.clone());
         let create = WatchCreateRequest {
             key: b"c/".to_vec(),
             range_end: b"c0".to_vec(),
