@@ -1,0 +1,256 @@
+//! The scheduling framework: what a plugin sees (a pod, a node's info, the cluster's snapshot),
+//! what it answers (a `Status`, a score), and the per-cycle state plugins share between their
+//! extension points. Shaped after kube-scheduler's framework so that its plugin names and
+//! semantics carry over one to one.
+
+use std::any::Any;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+
+use super::resources::{pod_requests, Resources};
+
+/// Kubernetes' score range: every plugin's normalized score lies in `0..=MAX_NODE_SCORE`.
+pub const MAX_NODE_SCORE: i64 = 100;
+
+/// A pod as the scheduler reasons about it: the object and what it derives from it once.
+#[derive(Debug, Clone)]
+pub struct PodInfo {
+    pub pod: Arc<Pod>,
+    /// `namespace/name`.
+    pub key: String,
+    pub uid: String,
+    pub namespace: String,
+    /// Requests as Kubernetes counts them (containers, init containers, overhead).
+    pub requests: Resources,
+    /// The same, with Kubernetes' defaults (100m cpu, 200Mi memory) for containers that request
+    /// none; what the scoring plugins use so that request-less pods still spread.
+    pub non_zero_requests: Resources,
+    pub priority: i32,
+    /// Host ports the pod's containers claim: (protocol, host IP, port).
+    pub host_ports: Vec<HostPort>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct HostPort {
+    pub protocol: String,
+    /// "0.0.0.0" when the container gives none.
+    pub ip: String,
+    pub port: i32,
+}
+
+impl PodInfo {
+    pub fn new(pod: Arc<Pod>) -> PodInfo {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let (requests, non_zero_requests) = pod_requests(&pod);
+        let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
+        let host_ports = host_ports(&pod);
+        PodInfo {
+            key: format!("{namespace}/{name}"),
+            uid: pod.metadata.uid.clone().unwrap_or_default(),
+            namespace,
+            requests,
+            non_zero_requests,
+            priority,
+            host_ports,
+            pod,
+        }
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.pod.metadata.labels.as_ref().unwrap_or(&EMPTY)
+    }
+
+    pub fn node_name(&self) -> Option<&str> {
+        self.pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty())
+    }
+}
+
+fn host_ports(pod: &Pod) -> Vec<HostPort> {
+    let mut out = Vec::new();
+    let Some(spec) = &pod.spec else { return out };
+    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+        for p in c.ports.iter().flatten() {
+            if let Some(port) = p.host_port.filter(|p| *p > 0) {
+                out.push(HostPort {
+                    protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                    ip: p.host_ip.clone().filter(|ip| !ip.is_empty()).unwrap_or_else(|| "0.0.0.0".into()),
+                    port,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// A node and the pods that count against it (bound ones and assumed ones).
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    pub node: Arc<Node>,
+    pub name: String,
+    pub pods: Vec<Arc<PodInfo>>,
+    pub allocatable: Resources,
+    pub requested: Resources,
+    pub non_zero_requested: Resources,
+    pub used_ports: Vec<HostPort>,
+    /// Bumped on every change, so that snapshots copy only what changed.
+    pub generation: u64,
+}
+
+impl NodeInfo {
+    pub fn new(node: Arc<Node>) -> NodeInfo {
+        let allocatable = Resources::allocatable(&node);
+        NodeInfo {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            node,
+            pods: Vec::new(),
+            allocatable,
+            requested: Resources::default(),
+            non_zero_requested: Resources::default(),
+            used_ports: Vec::new(),
+            generation: 0,
+        }
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        static EMPTY: BTreeMap<String, String> = BTreeMap::new();
+        self.node.metadata.labels.as_ref().unwrap_or(&EMPTY)
+    }
+
+    pub fn set_node(&mut self, node: Arc<Node>) {
+        self.allocatable = Resources::allocatable(&node);
+        self.name = node.metadata.name.clone().unwrap_or_default();
+        self.node = node;
+    }
+
+    pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
+        self.requested.add(&pod.requests);
+        self.non_zero_requested.add(&pod.non_zero_requests);
+        self.used_ports.extend(pod.host_ports.iter().cloned());
+        self.pods.push(pod);
+    }
+
+    /// Removes the pod with `uid`; false when it was not here.
+    pub fn remove_pod(&mut self, uid: &str) -> bool {
+        let Some(i) = self.pods.iter().position(|p| p.uid == uid) else { return false };
+        let pod = self.pods.swap_remove(i);
+        self.requested.sub(&pod.requests);
+        self.non_zero_requested.sub(&pod.non_zero_requests);
+        for port in &pod.host_ports {
+            if let Some(j) = self.used_ports.iter().position(|p| p == port) {
+                self.used_ports.swap_remove(j);
+            }
+        }
+        true
+    }
+}
+
+/// The cluster as one scheduling cycle sees it: every node with its pods, fixed for the cycle.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub nodes: Vec<Arc<NodeInfo>>,
+}
+
+impl Snapshot {
+    pub fn node(&self, name: &str) -> Option<&Arc<NodeInfo>> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+/// How a plugin answered, as kube-scheduler's framework codes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    Success,
+    /// Does not fit now; preempting pods on the node might make it fit.
+    Unschedulable,
+    /// Does not fit, and preemption cannot change that.
+    UnschedulableAndUnresolvable,
+    /// The plugin has nothing to do for this pod (from PreFilter/PreScore: skip its Filter/Score).
+    Skip,
+    Error,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: Code,
+    /// Human reasons, in Kubernetes' words (they are counted into FailedScheduling's message).
+    pub reasons: Vec<String>,
+}
+
+impl Status {
+    pub fn success() -> Status {
+        Status { code: Code::Success, reasons: Vec::new() }
+    }
+    pub fn skip() -> Status {
+        Status { code: Code::Skip, reasons: Vec::new() }
+    }
+    pub fn unschedulable(reason: impl Into<String>) -> Status {
+        Status { code: Code::Unschedulable, reasons: vec![reason.into()] }
+    }
+    pub fn unresolvable(reason: impl Into<String>) -> Status {
+        Status { code: Code::UnschedulableAndUnresolvable, reasons: vec![reason.into()] }
+    }
+    pub fn error(reason: impl Into<String>) -> Status {
+        Status { code: Code::Error, reasons: vec![reason.into()] }
+    }
+    pub fn is_success(&self) -> bool {
+        self.code == Code::Success
+    }
+}
+
+/// State one plugin computes in PreFilter/PreScore and reads back in Filter/Score, keyed by the
+/// plugin's name. Cloned for preemption's what-if runs.
+#[derive(Default)]
+pub struct CycleState {
+    data: HashMap<&'static str, Arc<dyn Any + Send + Sync>>,
+}
+
+impl CycleState {
+    pub fn write<T: Any + Send + Sync>(&mut self, key: &'static str, value: T) {
+        self.data.insert(key, Arc::new(value));
+    }
+    pub fn read<T: Any + Send + Sync>(&self, key: &'static str) -> Option<&T> {
+        self.data.get(key).and_then(|v| v.downcast_ref::<T>())
+    }
+}
+
+impl Clone for CycleState {
+    fn clone(&self) -> Self {
+        CycleState { data: self.data.clone() }
+    }
+}
+
+/// One scheduling plugin. A plugin implements the extension points it takes part in; which of
+/// them are enabled comes from the profile (`config.rs`). Everything is synchronous and pure
+/// over the snapshot: a plugin never calls the API.
+pub trait Plugin: Send + Sync {
+    /// Kubernetes' name for the plugin, e.g. "NodeResourcesFit".
+    fn name(&self) -> &'static str;
+
+    /// Computes per-pod state once per cycle. `Skip` disables this plugin's Filter for the pod;
+    /// an unschedulable status fails the pod on every node.
+    fn pre_filter(&self, _state: &mut CycleState, _pod: &PodInfo, _snapshot: &Snapshot) -> Status {
+        Status::success()
+    }
+
+    /// Whether `pod` may run on `node`.
+    fn filter(&self, _state: &CycleState, _pod: &PodInfo, _node: &NodeInfo) -> Status {
+        Status::success()
+    }
+
+    /// Computes per-pod state for scoring over the nodes that passed the filters.
+    fn pre_score(&self, _state: &mut CycleState, _pod: &PodInfo, _nodes: &[Arc<NodeInfo>], _snapshot: &Snapshot) -> Status {
+        Status::success()
+    }
+
+    /// A raw score for `node`; `normalize_score` maps the raw scores to `0..=MAX_NODE_SCORE`.
+    fn score(&self, _state: &CycleState, _pod: &PodInfo, _node: &NodeInfo) -> i64 {
+        0
+    }
+
+    /// Normalizes the raw scores of every feasible node in place (same order as the nodes).
+    fn normalize_score(&self, _state: &CycleState, _pod: &PodInfo, _scores: &mut [i64]) {}
+}
