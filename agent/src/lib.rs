@@ -1,1 +1,336 @@
-//! Keelson's node agent.
+//! Keelson's node agent: registers nodes, keeps their leases, and runs the pods bound to them
+//! through a CRI-shaped runtime (`runtime::RuntimeService`). It reaches the cluster only through
+//! the Kubernetes API (kube-rs). One process may run many nodes (hollow nodes for scale tests):
+//! one watch of pods feeds them all, and each node has a task of its own that owns its pods.
+
+pub mod client;
+pub mod hollow;
+pub mod node;
+pub mod pods;
+pub mod runtime;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::watcher;
+use tokio::sync::{mpsc, Semaphore};
+
+use node::{NodeLease, NodeSetup};
+use pods::{NodeContext, Next};
+use runtime::RuntimeService;
+
+/// Pod updates waiting for one node's task; the pod watch waits when a node falls behind.
+pub const POD_UPDATES_QUEUED_MAX: usize = 128;
+/// Finished syncs and retry timers waiting for one node's task.
+const SYNC_RESULTS_QUEUED_MAX: usize = 256;
+/// Nodes registering at once when a process starts many.
+const REGISTRATIONS_IN_FLIGHT_MAX: usize = 32;
+/// Relisting the runtime: how often, when it reports container events and when it does not.
+const RELIST_PERIOD_EVENTED: Duration = Duration::from_secs(60);
+const RELIST_PERIOD_POLLED: Duration = Duration::from_secs(1);
+/// A failing sync is retried after this, doubling up to the maximum.
+const SYNC_RETRY_INITIAL: Duration = Duration::from_secs(1);
+const SYNC_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// How the agent's nodes keep in touch with the control plane.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The node lease's `leaseDurationSeconds` (kubelet: 40 s).
+    pub lease_duration: Duration,
+    /// How often the lease is renewed (kubelet: every 10 s).
+    pub lease_renew_interval: Duration,
+    /// How often an unchanged node status is reported anyway (kubelet: 5 min).
+    pub status_report_frequency: Duration,
+    /// Pod syncs running at once across all of the process's nodes.
+    pub syncs_in_flight_max: usize,
+    /// The scheme of container IDs in pod status, e.g. `containerd`.
+    pub container_id_scheme: &'static str,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        AgentOptions {
+            lease_duration: Duration::from_secs(40),
+            lease_renew_interval: Duration::from_secs(10),
+            status_report_frequency: Duration::from_secs(300),
+            syncs_in_flight_max: 64,
+            container_id_scheme: "hollow",
+        }
+    }
+}
+
+enum PodUpdate {
+    Apply(Box<Pod>),
+    Gone(String),
+}
+
+/// Runs `nodes` (each with its own runtime) until `stop` resolves.
+pub async fn run<R: RuntimeService>(
+    client: kube::Client,
+    nodes: Vec<(NodeSetup, Arc<R>)>,
+    options: AgentOptions,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    tokio::pin!(stop);
+    let single = (nodes.len() == 1).then(|| nodes[0].0.name.clone());
+    let registered = futures::stream::iter(nodes)
+        .map(|(setup, rt)| {
+            let client = client.clone();
+            async move { register_with_retry(&client, &setup).await.map(|uid| (setup, rt, uid)) }
+        })
+        .buffer_unordered(REGISTRATIONS_IN_FLIGHT_MAX)
+        .try_collect::<Vec<_>>();
+    let registered = tokio::select! {
+        r = registered => r?,
+        _ = &mut stop => return Ok(()),
+    };
+    tracing::info!(nodes = registered.len(), "nodes registered");
+
+    let syncs = Arc::new(Semaphore::new(options.syncs_in_flight_max.max(1)));
+    let mut routes: HashMap<String, mpsc::Sender<PodUpdate>> = HashMap::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (setup, rt, uid)) in registered.into_iter().enumerate() {
+        let (tx, rx) = mpsc::channel(POD_UPDATES_QUEUED_MAX);
+        routes.insert(setup.name.clone(), tx);
+        let ctx = Arc::new(NodeContext::new(setup.name.clone(), setup.internal_ip.clone(), rt, client.clone(), options.container_id_scheme));
+        let lease = NodeLease::new(&client, &setup.name, uid, options.lease_duration);
+        // Spread the nodes' heartbeats over the renewal interval instead of sending them at once.
+        let offset = options.lease_renew_interval.mul_f64((i as f64 * 0.618_033_988_7).fract());
+        tasks.spawn(node_loop(ctx, setup, lease, rx, syncs.clone(), options.clone(), offset));
+    }
+
+    // One watch of the pods bound to this process's nodes.
+    let fields = match &single {
+        Some(name) => format!("spec.nodeName={name}"),
+        None => "spec.nodeName!=".to_string(),
+    };
+    let pods: Api<Pod> = Api::all(client.clone());
+    let stream = watcher(pods, watcher::Config::default().fields(&fields));
+    let mut stream = std::pin::pin!(stream);
+    let mut known: HashMap<String, String> = HashMap::new();
+    let mut listing: HashSet<String> = HashSet::new();
+    loop {
+        let event = tokio::select! {
+            e = stream.next() => e,
+            _ = &mut stop => break,
+        };
+        let event = match event {
+            None => break,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "pod watch failed; retrying");
+                tokio::time::sleep(SYNC_RETRY_INITIAL).await;
+                continue;
+            }
+            Some(Ok(e)) => e,
+        };
+        match event {
+            watcher::Event::Init => listing.clear(),
+            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+                let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+                let Some(route) = routes.get(&node) else { continue };
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                listing.insert(uid.clone());
+                known.insert(uid, node);
+                if route.send(PodUpdate::Apply(Box::new(pod))).await.is_err() {
+                    anyhow::bail!("the task of node {:?} stopped", route_name(&routes, route));
+                }
+            }
+            watcher::Event::Delete(pod) => {
+                let uid = pod.metadata.uid.clone().unwrap_or_default();
+                if let Some(node) = known.remove(&uid) {
+                    if let Some(route) = routes.get(&node) {
+                        let _ = route.send(PodUpdate::Gone(uid)).await;
+                    }
+                }
+            }
+            watcher::Event::InitDone => {
+                // Pods that vanished while the watch was down.
+                let gone: Vec<(String, String)> = known.iter().filter(|(uid, _)| !listing.contains(*uid)).map(|(u, n)| (u.clone(), n.clone())).collect();
+                for (uid, node) in gone {
+                    known.remove(&uid);
+                    if let Some(route) = routes.get(&node) {
+                        let _ = route.send(PodUpdate::Gone(uid)).await;
+                    }
+                }
+            }
+        }
+    }
+    drop(routes);
+    tasks.abort_all();
+    Ok(())
+}
+
+fn route_name(routes: &HashMap<String, mpsc::Sender<PodUpdate>>, route: &mpsc::Sender<PodUpdate>) -> String {
+    routes.iter().find(|(_, r)| r.same_channel(route)).map(|(n, _)| n.clone()).unwrap_or_default()
+}
+
+async fn register_with_retry(client: &kube::Client, setup: &NodeSetup) -> anyhow::Result<String> {
+    let mut delay = SYNC_RETRY_INITIAL;
+    loop {
+        match node::register(client, setup).await {
+            Ok(uid) => return Ok(uid),
+            Err(e) => {
+                tracing::warn!(node = %setup.name, error = format!("{e:#}"), "cannot register; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(SYNC_RETRY_MAX);
+            }
+        }
+    }
+}
+
+/// A pod as its node's task tracks it: the latest object (None once the API deleted it), and
+/// whether a sync is running and whether another is owed after it (kubelet's pod workers).
+struct Worker {
+    pod: Option<Box<Pod>>,
+    busy: bool,
+    dirty: bool,
+    retry: Duration,
+}
+
+/// A finished sync (`Some`) or a retry timer that fired (`None`).
+type SyncResult = (String, Option<anyhow::Result<Next>>);
+
+async fn node_loop<R: RuntimeService>(
+    ctx: Arc<NodeContext<R>>,
+    setup: NodeSetup,
+    mut lease: NodeLease,
+    mut updates: mpsc::Receiver<PodUpdate>,
+    syncs: Arc<Semaphore>,
+    options: AgentOptions,
+    offset: Duration,
+) {
+    let mut workers: HashMap<String, Worker> = HashMap::new();
+    let (done_tx, mut done_rx) = mpsc::channel::<SyncResult>(SYNC_RESULTS_QUEUED_MAX);
+    let mut events = ctx.runtime.container_events();
+    let relist_period = if events.is_some() { RELIST_PERIOD_EVENTED } else { RELIST_PERIOD_POLLED };
+    let start = tokio::time::Instant::now();
+    let every = |first: Duration, period: Duration| {
+        let mut i = tokio::time::interval_at(start + first, period);
+        i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        i
+    };
+    let mut renew = every(offset, options.lease_renew_interval);
+    let mut report = every(offset + options.status_report_frequency, options.status_report_frequency);
+    let mut relist = every(offset + relist_period, relist_period);
+
+    let kick = |workers: &mut HashMap<String, Worker>, uid: &str| {
+        let Some(w) = workers.get_mut(uid) else { return };
+        if w.busy {
+            w.dirty = true;
+            return;
+        }
+        w.busy = true;
+        let (ctx, pod, tx, syncs, uid) = (ctx.clone(), w.pod.clone(), done_tx.clone(), syncs.clone(), uid.to_string());
+        tokio::spawn(async move {
+            let Ok(_permit) = syncs.acquire_owned().await else { return };
+            let result = match pod {
+                Some(pod) => pods::sync_pod(&ctx, &pod).await,
+                None => pods::kill_pod(&ctx, &uid, Duration::ZERO).await.map(|()| Next::Gone),
+            };
+            let _ = tx.send((uid, Some(result))).await;
+        });
+    };
+
+    loop {
+        tokio::select! {
+            update = updates.recv() => match update {
+                None => return,
+                Some(PodUpdate::Apply(pod)) => {
+                    let uid = pod.metadata.uid.clone().unwrap_or_default();
+                    let w = workers.entry(uid.clone()).or_insert(Worker { pod: None, busy: false, dirty: false, retry: SYNC_RETRY_INITIAL });
+                    w.pod = Some(pod);
+                    kick(&mut workers, &uid);
+                }
+                Some(PodUpdate::Gone(uid)) => {
+                    if let Some(w) = workers.get_mut(&uid) {
+                        w.pod = None;
+                        kick(&mut workers, &uid);
+                    }
+                }
+            },
+            Some((uid, result)) = done_rx.recv() => {
+                let Some(w) = workers.get_mut(&uid) else { continue };
+                let Some(result) = result else {
+                    kick(&mut workers, &uid);
+                    continue;
+                };
+                w.busy = false;
+                let next = match result {
+                    Ok(next) => {
+                        w.retry = SYNC_RETRY_INITIAL;
+                        next
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %ctx.node_name, pod = %pod_name(w.pod.as_deref()), error = format!("{e:#}"), "pod sync failed; retrying");
+                        let wait = w.retry;
+                        w.retry = (w.retry * 2).min(SYNC_RETRY_MAX);
+                        Next::After(wait)
+                    }
+                };
+                if w.dirty {
+                    w.dirty = false;
+                    kick(&mut workers, &uid);
+                    continue;
+                }
+                match next {
+                    Next::Idle => {}
+                    Next::Gone if w.pod.is_none() => {
+                        workers.remove(&uid);
+                        ctx.forget(&uid);
+                    }
+                    // Deleted for good; the watch's deletion comes next.
+                    Next::Gone => {}
+                    Next::After(wait) => {
+                        let tx = done_tx.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(wait).await;
+                            let _ = tx.send((uid, None)).await;
+                        });
+                    }
+                }
+            },
+            Some(event) = async { match events.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
+                match ctx.runtime.pod_sandbox_status(&event.pod_sandbox_id).await {
+                    Ok(s) => kick(&mut workers, &s.metadata.uid),
+                    Err(e) => tracing::debug!(error = %e, "container event for a sandbox that is gone"),
+                }
+            },
+            _ = relist.tick() => {
+                let uids: Vec<String> = workers.keys().cloned().collect();
+                for uid in &uids {
+                    kick(&mut workers, uid);
+                }
+                // Sandboxes of pods this node no longer has (the agent restarted meanwhile).
+                match ctx.runtime.list_pod_sandbox().await {
+                    Ok(list) => {
+                        let orphans: Vec<String> = list.into_iter().map(|s| s.metadata.uid).filter(|uid| !workers.contains_key(uid)).collect();
+                        for uid in orphans {
+                            workers.insert(uid.clone(), Worker { pod: None, busy: false, dirty: false, retry: SYNC_RETRY_INITIAL });
+                            kick(&mut workers, &uid);
+                        }
+                    }
+                    Err(e) => tracing::warn!(node = %ctx.node_name, error = %e, "cannot list sandboxes"),
+                }
+            },
+            _ = renew.tick() => {
+                if let Err(e) = lease.renew().await {
+                    tracing::warn!(node = %ctx.node_name, error = format!("{e:#}"), "node lease not renewed");
+                }
+            },
+            _ = report.tick() => {
+                if let Err(e) = node::report_status(&ctx.client, &setup).await {
+                    tracing::warn!(node = %ctx.node_name, error = format!("{e:#}"), "node status not reported");
+                }
+            },
+        }
+    }
+}
+
+fn pod_name(pod: Option<&Pod>) -> String {
+    pod.map(|p| format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))).unwrap_or_default()
+}

@@ -26,3 +26,59 @@ pub fn worker_threads(requested: Option<usize>, serves_api: bool) -> usize {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     requested.unwrap_or(if serves_api { cpus } else { cpus / 2 }).max(1)
 }
+
+/// Parses a duration as Kubernetes' flags write them (Go's syntax): `15s`, `1m30s`, `500ms`,
+/// `2h`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        return std::time::Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"));
+    }
+    let mut total = 0f64;
+    let mut rest = t;
+    if rest.is_empty() {
+        return Err("invalid duration \"\": empty".into());
+    }
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let number: f64 = rest[..n].parse().map_err(|_| format!("invalid duration {s:?}: expected a number"))?;
+        rest = &rest[n..];
+        let u = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let scale = match &rest[..u] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            unit => return Err(format!("invalid duration {s:?}: unknown unit {unit:?}")),
+        };
+        rest = &rest[u..];
+        total += number * scale;
+    }
+    std::time::Duration::try_from_secs_f64(total).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_as_kubernetes_flags_write_them() {
+        let ok = [
+            ("15s", Duration::from_secs(15)),
+            ("1m30s", Duration::from_secs(90)),
+            ("500ms", Duration::from_millis(500)),
+            ("2h", Duration::from_secs(7200)),
+            ("1.5s", Duration::from_millis(1500)),
+            ("7", Duration::from_secs(7)),
+        ];
+        for (s, want) in ok {
+            assert_eq!(parse_duration(s), Ok(want), "{s}");
+        }
+        for bad in ["", "s", "10x", "-1s", "1s2"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Args;
 
 use control::apiserver::{self as api, store::Store, Api};
-use control::process::stop_signal;
+use control::process::{parse_duration, stop_signal};
 
 #[derive(Args, Debug)]
 pub struct ApiArgs {
@@ -29,34 +29,6 @@ pub struct ApiArgs {
     event_ttl: std::time::Duration,
 }
 
-/// A duration as Kubernetes' flags write them (`1h30m`, `45s`), or plain seconds.
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(seconds));
-    }
-    let mut total = 0u64;
-    let mut number = String::new();
-    for c in text.chars() {
-        if c.is_ascii_digit() {
-            number.push(c);
-            continue;
-        }
-        let unit = match c {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => return Err(format!("{text:?} is not a duration like 1h, 30m or 90s")),
-        };
-        let n: u64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 1h, 30m or 90s"))?;
-        total += n * unit;
-        number.clear();
-    }
-    if !number.is_empty() || total == 0 {
-        return Err(format!("{text:?} is not a positive duration like 1h, 30m or 90s"));
-    }
-    Ok(std::time::Duration::from_secs(total))
-}
-
 #[derive(Args, Debug)]
 pub struct ApiserverArgs {
     /// Comma-separated client URLs of the store (Keelson's or etcd's).
@@ -70,7 +42,8 @@ pub struct ApiserverArgs {
 /// milliseconds.
 const SHUTDOWN_GRACE_MS: u64 = 3_000;
 
-/// How long the API replica keeps trying to create the system namespaces while the store comes up.
+/// How long the API replica keeps trying to create the system objects (namespaces, priority
+/// classes) while the store comes up.
 const STORE_READY_TIMEOUT_MS: u64 = 60_000;
 
 pub async fn run_api(
@@ -89,7 +62,7 @@ pub async fn run_api(
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(STORE_READY_TIMEOUT_MS);
     loop {
         let ready = async {
-            api.ensure_system_namespaces().await?;
+            api.ensure_system_objects().await?;
             api.detect_store().await
         };
         match ready.await {

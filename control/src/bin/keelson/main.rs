@@ -1,5 +1,6 @@
 //! `keelson`: one binary, a subcommand per role.
 
+mod agent;
 mod apiserver;
 mod server;
 mod store;
@@ -33,6 +34,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Run an extra Kubernetes API server over existing store endpoints.
     Apiserver(apiserver::ApiserverArgs),
+    /// Run a node agent (kubelet); `--runtime hollow` runs many in-memory nodes for scale tests.
+    Agent(agent::AgentArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -60,6 +63,7 @@ fn main() -> std::process::ExitCode {
             Command::Store(args) => store::run(args).await,
             Command::Server(args) => server::server(args).await,
             Command::Apiserver(args) => apiserver::apiserver(args).await,
+            Command::Agent(args) => agent::agent(args).await,
         }
     });
     match result {

@@ -1,0 +1,179 @@
+//! A node's registration and heartbeats: the Node object with its capacity, conditions and
+//! addresses, and its Lease in `kube-node-lease`, renewed as kubelet renews it.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{
+    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+
+/// Where node leases live.
+pub const LEASE_NAMESPACE: &str = "kube-node-lease";
+
+/// Kubelet's version string as nodes report it.
+pub const KUBELET_VERSION: &str = concat!("v1.33.0-keelson.", env!("CARGO_PKG_VERSION"));
+
+/// What a node registers as.
+#[derive(Debug, Clone)]
+pub struct NodeSetup {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub taints: Vec<Taint>,
+    pub capacity: BTreeMap<String, Quantity>,
+    pub allocatable: BTreeMap<String, Quantity>,
+    pub pod_cidr: Option<String>,
+    pub internal_ip: String,
+    pub hostname: String,
+    pub system: NodeSystemInfo,
+}
+
+fn now_time() -> Time {
+    Time(k8s_openapi::jiff::Timestamp::now())
+}
+
+fn condition(kind: &str, status: &str, reason: &str, message: &str, at: &Time) -> NodeCondition {
+    NodeCondition {
+        type_: kind.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        message: Some(message.into()),
+        last_heartbeat_time: Some(at.clone()),
+        last_transition_time: Some(at.clone()),
+    }
+}
+
+impl NodeSetup {
+    /// The node's status as its agent reports it: healthy, with the time of this report.
+    pub fn status(&self) -> NodeStatus {
+        let at = now_time();
+        NodeStatus {
+            capacity: Some(self.capacity.clone()),
+            allocatable: Some(self.allocatable.clone()),
+            conditions: Some(vec![
+                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available", &at),
+                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", &at),
+                condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", &at),
+                condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &at),
+            ]),
+            addresses: Some(vec![
+                NodeAddress { type_: "InternalIP".into(), address: self.internal_ip.clone() },
+                NodeAddress { type_: "Hostname".into(), address: self.hostname.clone() },
+            ]),
+            daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }) }),
+            node_info: Some(self.system.clone()),
+            ..Default::default()
+        }
+    }
+
+    fn object(&self) -> Node {
+        Node {
+            metadata: ObjectMeta { name: Some(self.name.clone()), labels: Some(self.labels.clone()), ..Default::default() },
+            spec: Some(NodeSpec {
+                pod_cidr: self.pod_cidr.clone(),
+                pod_cidrs: self.pod_cidr.clone().map(|c| vec![c]),
+                taints: (!self.taints.is_empty()).then(|| self.taints.clone()),
+                ..Default::default()
+            }),
+            status: Some(self.status()),
+        }
+    }
+}
+
+/// Registers the node: creates it, or, when it exists (the agent restarted), brings its labels
+/// and status up to date while keeping what others set (cordoning, taints added by users).
+/// Returns the node's uid, which its Lease names as owner.
+pub async fn register(client: &kube::Client, setup: &NodeSetup) -> anyhow::Result<String> {
+    let api: Api<Node> = Api::all(client.clone());
+    let node = match api.create(&PostParams::default(), &setup.object()).await {
+        Ok(n) => n,
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let patch = serde_json::json!({ "metadata": { "labels": setup.labels } });
+            api.patch(&setup.name, &PatchParams::default(), &Patch::Merge(&patch)).await.context("updating the node's labels")?;
+            let status = serde_json::json!({ "status": setup.status() });
+            api.patch_status(&setup.name, &PatchParams::default(), &Patch::Merge(&status)).await.context("updating the node's status")?
+        }
+        Err(e) => return Err(e).context("registering the node"),
+    };
+    Ok(node.metadata.uid.unwrap_or_default())
+}
+
+/// Reports the node's status again (conditions with a fresh heartbeat time).
+pub async fn report_status(client: &kube::Client, setup: &NodeSetup) -> anyhow::Result<()> {
+    let api: Api<Node> = Api::all(client.clone());
+    let status = serde_json::json!({ "status": { "conditions": setup.status().conditions } });
+    api.patch_status(&setup.name, &PatchParams::default(), &Patch::Merge(&status)).await.context("reporting node status")?;
+    Ok(())
+}
+
+/// The node's Lease, held by the node itself, as kubelet keeps it: created on first renewal,
+/// then updated with the last version seen (a conflict means someone else wrote it: read again).
+pub struct NodeLease {
+    api: Api<Lease>,
+    name: String,
+    owner_uid: String,
+    duration: Duration,
+    last: Option<Lease>,
+}
+
+impl NodeLease {
+    pub fn new(client: &kube::Client, name: &str, owner_uid: String, duration: Duration) -> NodeLease {
+        NodeLease { api: Api::namespaced(client.clone(), LEASE_NAMESPACE), name: name.into(), owner_uid, duration, last: None }
+    }
+
+    pub async fn renew(&mut self) -> anyhow::Result<()> {
+        let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
+        if let Some(mut lease) = self.last.take() {
+            lease.spec.get_or_insert_with(Default::default).renew_time = Some(now.clone());
+            match self.api.replace(&self.name, &PostParams::default(), &lease).await {
+                Ok(l) => {
+                    self.last = Some(l);
+                    return Ok(());
+                }
+                Err(kube::Error::Api(s)) if s.code == 409 || s.code == 404 => {}
+                Err(e) => return Err(e).context("renewing the node lease"),
+            }
+        }
+        let lease = match self.api.get_opt(&self.name).await.context("reading the node lease")? {
+            Some(mut l) => {
+                let spec = l.spec.get_or_insert_with(Default::default);
+                spec.holder_identity = Some(self.name.clone());
+                spec.lease_duration_seconds = Some(self.duration.as_secs() as i32);
+                spec.renew_time = Some(now);
+                self.api.replace(&self.name, &PostParams::default(), &l).await.context("renewing the node lease")?
+            }
+            None => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        namespace: Some(LEASE_NAMESPACE.into()),
+                        owner_references: (!self.owner_uid.is_empty()).then(|| {
+                            vec![OwnerReference {
+                                api_version: "v1".into(),
+                                kind: "Node".into(),
+                                name: self.name.clone(),
+                                uid: self.owner_uid.clone(),
+                                ..Default::default()
+                            }]
+                        }),
+                        ..Default::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(self.name.clone()),
+                        lease_duration_seconds: Some(self.duration.as_secs() as i32),
+                        renew_time: Some(now),
+                        ..Default::default()
+                    }),
+                };
+                self.api.create(&PostParams::default(), &lease).await.context("creating the node lease")?
+            }
+        };
+        self.last = Some(lease);
+        Ok(())
+    }
+}

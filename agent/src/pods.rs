@@ -1,0 +1,598 @@
+//! The pod lifecycle on one node, over any `RuntimeService`: what kubelet's SyncPod does. A sync
+//! reads the pod as the API last showed it and the runtime as it is now, makes one step towards
+//! the pod's spec (a sandbox, the next init container, the app containers, restarts under the
+//! restart policy and its back-off), and writes the pod's status when it changed. A pod being
+//! deleted has its containers stopped within its grace period and is then deleted for good with
+//! its uid as precondition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use k8s_openapi::api::core::v1::{
+    Container, ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus as ApiStatus, Pod, PodCondition, PodIP, PodStatus,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+
+use crate::runtime::{
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, PodSandboxConfig, RuntimeService,
+    SandboxMetadata, SandboxState,
+};
+
+/// Kubelet's crash-loop back-off: 10 s doubling to 5 min, reset after 10 min of running.
+pub const RESTART_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(300);
+const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// Grace period when the pod gives none (Kubernetes' default).
+const DEFAULT_GRACE_PERIOD_SECONDS: i64 = 30;
+
+/// Labels the agent puts on sandboxes and containers, kubelet's names.
+pub const LABEL_POD_UID: &str = "io.kubernetes.pod.uid";
+const LABEL_POD_NAME: &str = "io.kubernetes.pod.name";
+const LABEL_POD_NAMESPACE: &str = "io.kubernetes.pod.namespace";
+const LABEL_CONTAINER_NAME: &str = "io.kubernetes.container.name";
+
+/// What one node's pod syncs share.
+pub struct NodeContext<R> {
+    pub node_name: String,
+    pub host_ip: String,
+    pub runtime: Arc<R>,
+    pub client: kube::Client,
+    /// Scheme of container IDs in pod status (`containerd://…` for containerd).
+    pub container_id_scheme: &'static str,
+    backoff: Mutex<HashMap<(String, String), Backoff>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    delay: Duration,
+    /// When the container may start again.
+    until: Instant,
+}
+
+impl<R: RuntimeService> NodeContext<R> {
+    pub fn new(node_name: String, host_ip: String, runtime: Arc<R>, client: kube::Client, container_id_scheme: &'static str) -> Self {
+        NodeContext { node_name, host_ip, runtime, client, container_id_scheme, backoff: Mutex::new(HashMap::new()) }
+    }
+
+    fn backoffs(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Backoff>> {
+        self.backoff.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Forgets the back-off of a pod that is gone.
+    pub fn forget(&self, uid: &str) {
+        self.backoffs().retain(|(u, _), _| u != uid);
+    }
+}
+
+/// What a sync asks of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing until the pod or one of its containers changes.
+    Idle,
+    /// Sync again after this long (a container is backing off).
+    After(Duration),
+    /// The pod is gone from the API and the node.
+    Gone,
+}
+
+fn pod_uid(pod: &Pod) -> &str {
+    pod.metadata.uid.as_deref().unwrap_or("")
+}
+
+/// Brings `pod` one step closer to its spec on this node and reports its status.
+pub async fn sync_pod<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod) -> anyhow::Result<Next> {
+    let uid = pod_uid(pod).to_string();
+    let spec = pod.spec.as_ref().context("pod has no spec")?;
+    if pod.metadata.deletion_timestamp.is_some() {
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or(spec.termination_grace_period_seconds)
+            .unwrap_or(DEFAULT_GRACE_PERIOD_SECONDS);
+        kill_pod(ctx, &uid, Duration::from_secs(grace.max(0) as u64)).await?;
+        delete_for_good(ctx, pod).await?;
+        ctx.forget(&uid);
+        return Ok(Next::Gone);
+    }
+    let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
+    if phase == "Succeeded" || phase == "Failed" {
+        // Terminal: nothing runs again; what is left is removed.
+        kill_pod(ctx, &uid, Duration::ZERO).await?;
+        return Ok(Next::Idle);
+    }
+
+    let sandbox_config = sandbox_config(pod);
+    let rt = &ctx.runtime;
+    let sandboxes = rt.list_pod_sandbox().await?;
+    let mut ours: Vec<_> = sandboxes.into_iter().filter(|s| s.metadata.uid == uid).collect();
+    ours.sort_by_key(|s| s.created_at);
+    let sandbox = match ours.last() {
+        Some(s) if s.state == SandboxState::Ready => s.clone(),
+        last => {
+            // No sandbox, or a dead one: everything starts over in a new one, as kubelet does.
+            let attempt = last.map(|s| s.metadata.attempt + 1).unwrap_or(0);
+            for s in &ours {
+                remove_sandbox(ctx, &s.id).await?;
+            }
+            let mut config = sandbox_config.clone();
+            config.metadata.attempt = attempt;
+            let id = rt.run_pod_sandbox(&config).await.context("RunPodSandbox")?;
+            rt.pod_sandbox_status(&id).await?
+        }
+    };
+
+    let containers = rt.list_containers(Some(&sandbox.id)).await?;
+    let latest = latest_by_name(&containers);
+    let restart_policy = spec.restart_policy.as_deref().unwrap_or("Always");
+    let mut next = Next::Idle;
+    let mut waiting: HashMap<String, (&'static str, String)> = HashMap::new();
+    let mut init_done = true;
+    let mut pod_failed = false;
+
+    // Init containers one at a time, in order; sidecars (restartPolicy Always) keep running.
+    for c in spec.init_containers.iter().flatten() {
+        let sidecar = c.restart_policy.as_deref() == Some("Always");
+        match latest.get(c.name.as_str()) {
+            None => {
+                start(ctx, &sandbox.id, &sandbox_config, pod, c, 0).await?;
+                if !sidecar {
+                    init_done = false;
+                    break;
+                }
+            }
+            Some(s) if s.state == ContainerState::Exited && !(s.exit_code == 0 && !sidecar) => {
+                let may_restart = sidecar || restart_policy != "Never";
+                if !may_restart {
+                    pod_failed = true;
+                    init_done = false;
+                    break;
+                }
+                match restart(ctx, &uid, &sandbox.id, &sandbox_config, pod, c, s).await? {
+                    Some(wait) => {
+                        next = earlier(next, Next::After(wait));
+                        waiting.insert(c.name.clone(), ("CrashLoopBackOff", backoff_message(c, pod, wait)));
+                    }
+                    None => {}
+                }
+                if !sidecar {
+                    init_done = false;
+                    break;
+                }
+            }
+            Some(s) if !sidecar && s.state != ContainerState::Exited => {
+                init_done = false;
+                break;
+            }
+            Some(_) => {}
+        }
+    }
+
+    if init_done {
+        for c in &spec.containers {
+            match latest.get(c.name.as_str()) {
+                None => start(ctx, &sandbox.id, &sandbox_config, pod, c, 0).await?,
+                Some(s) if s.state == ContainerState::Exited => {
+                    let again = match restart_policy {
+                        "Always" => true,
+                        "OnFailure" => s.exit_code != 0,
+                        _ => false,
+                    };
+                    if again {
+                        if let Some(wait) = restart(ctx, &uid, &sandbox.id, &sandbox_config, pod, c, s).await? {
+                            next = earlier(next, Next::After(wait));
+                            waiting.insert(c.name.clone(), ("CrashLoopBackOff", backoff_message(c, pod, wait)));
+                        }
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+    }
+
+    // The status as the runtime now has it.
+    let containers = rt.list_containers(Some(&sandbox.id)).await?;
+    let status = pod_status(ctx, pod, &containers, &waiting, init_done, pod_failed, sandbox.ip.as_deref());
+    write_status(ctx, pod, status).await?;
+    Ok(next)
+}
+
+fn earlier(a: Next, b: Next) -> Next {
+    match (a, b) {
+        (Next::After(x), Next::After(y)) => Next::After(x.min(y)),
+        (Next::Idle, b) => b,
+        (a, _) => a,
+    }
+}
+
+fn backoff_message(c: &Container, pod: &Pod, wait: Duration) -> String {
+    format!(
+        "back-off {}s restarting failed container={} pod={}_{}({})",
+        wait.as_secs().max(1),
+        c.name,
+        pod.metadata.name.as_deref().unwrap_or(""),
+        pod.metadata.namespace.as_deref().unwrap_or(""),
+        pod_uid(pod)
+    )
+}
+
+/// The newest instance of every container name.
+fn latest_by_name(containers: &[ContainerStatus]) -> HashMap<&str, &ContainerStatus> {
+    let mut latest: HashMap<&str, &ContainerStatus> = HashMap::new();
+    for c in containers {
+        let e = latest.entry(c.metadata.name.as_str()).or_insert(c);
+        if c.metadata.attempt > e.metadata.attempt {
+            *e = c;
+        }
+    }
+    latest
+}
+
+async fn start<R: RuntimeService>(
+    ctx: &NodeContext<R>,
+    sandbox_id: &str,
+    sandbox: &PodSandboxConfig,
+    pod: &Pod,
+    c: &Container,
+    attempt: u32,
+) -> anyhow::Result<()> {
+    let config = container_config(pod, c, attempt);
+    let id = ctx.runtime.create_container(sandbox_id, &config, sandbox).await.with_context(|| format!("CreateContainer {}", c.name))?;
+    ctx.runtime.start_container(&id).await.with_context(|| format!("StartContainer {}", c.name))?;
+    Ok(())
+}
+
+/// Restarts an exited container unless it is backing off; returns how long it still must wait.
+/// The dead instance before the one that just exited is removed, as kubelet keeps one.
+async fn restart<R: RuntimeService>(
+    ctx: &NodeContext<R>,
+    uid: &str,
+    sandbox_id: &str,
+    sandbox: &PodSandboxConfig,
+    pod: &Pod,
+    c: &Container,
+    exited: &ContainerStatus,
+) -> anyhow::Result<Option<Duration>> {
+    let key = (uid.to_string(), c.name.clone());
+    let now = Instant::now();
+    let ran_for = Duration::from_nanos((exited.finished_at - exited.started_at).max(0) as u64);
+    {
+        let mut backoffs = ctx.backoffs();
+        match backoffs.get(&key).copied() {
+            Some(b) if b.until > now => return Ok(Some(b.until - now)),
+            Some(b) if ran_for < RESTART_BACKOFF_RESET => {
+                let delay = (b.delay * 2).min(RESTART_BACKOFF_MAX);
+                backoffs.insert(key, Backoff { delay, until: now + delay });
+            }
+            _ => {
+                backoffs.insert(key, Backoff { delay: RESTART_BACKOFF_INITIAL, until: now + RESTART_BACKOFF_INITIAL });
+            }
+        }
+    }
+    for old in ctx.runtime.list_containers(Some(sandbox_id)).await? {
+        if old.metadata.name == c.name && old.metadata.attempt < exited.metadata.attempt {
+            ctx.runtime.remove_container(&old.id).await?;
+        }
+    }
+    start(ctx, sandbox_id, sandbox, pod, c, exited.metadata.attempt + 1).await?;
+    Ok(None)
+}
+
+/// Stops every container of the pod (within `grace`) and removes its sandboxes.
+pub async fn kill_pod<R: RuntimeService>(ctx: &NodeContext<R>, uid: &str, grace: Duration) -> anyhow::Result<()> {
+    for s in ctx.runtime.list_pod_sandbox().await?.into_iter().filter(|s| s.metadata.uid == uid) {
+        for c in ctx.runtime.list_containers(Some(&s.id)).await? {
+            if c.state == ContainerState::Running {
+                ctx.runtime.stop_container(&c.id, grace).await.with_context(|| format!("StopContainer {}", c.metadata.name))?;
+            }
+        }
+        remove_sandbox(ctx, &s.id).await?;
+    }
+    Ok(())
+}
+
+async fn remove_sandbox<R: RuntimeService>(ctx: &NodeContext<R>, id: &str) -> anyhow::Result<()> {
+    ctx.runtime.stop_pod_sandbox(id).await.context("StopPodSandbox")?;
+    ctx.runtime.remove_pod_sandbox(id).await.context("RemovePodSandbox")?;
+    Ok(())
+}
+
+/// The final delete: grace period 0 and the uid as precondition, so that a new pod of the same
+/// name is never deleted by mistake. A pod already gone is fine.
+async fn delete_for_good<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod) -> anyhow::Result<()> {
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+        ..DeleteParams::default()
+    };
+    match api.delete(pod.metadata.name.as_deref().unwrap_or(""), &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e).context("deleting the pod"),
+    }
+}
+
+fn sandbox_config(pod: &Pod) -> PodSandboxConfig {
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+    let uid = pod_uid(pod).to_string();
+    let spec = pod.spec.as_ref();
+    let mut labels: BTreeMap<String, String> = pod.metadata.labels.clone().unwrap_or_default();
+    labels.insert(LABEL_POD_UID.into(), uid.clone());
+    labels.insert(LABEL_POD_NAME.into(), name.clone());
+    labels.insert(LABEL_POD_NAMESPACE.into(), namespace.clone());
+    PodSandboxConfig {
+        hostname: spec.and_then(|s| s.hostname.clone()).unwrap_or_else(|| name.clone()),
+        log_directory: format!("/var/log/pods/{namespace}_{name}_{uid}"),
+        metadata: SandboxMetadata { name, uid, namespace, attempt: 0 },
+        labels,
+        annotations: pod.metadata.annotations.clone().unwrap_or_default(),
+    }
+}
+
+fn container_config(pod: &Pod, c: &Container, attempt: u32) -> ContainerConfig {
+    let mut labels = BTreeMap::new();
+    labels.insert(LABEL_POD_UID.to_string(), pod_uid(pod).to_string());
+    labels.insert(LABEL_CONTAINER_NAME.to_string(), c.name.clone());
+    ContainerConfig {
+        metadata: ContainerMetadata { name: c.name.clone(), attempt },
+        image: c.image.clone().unwrap_or_default(),
+        command: c.command.clone().unwrap_or_default(),
+        args: c.args.clone().unwrap_or_default(),
+        working_dir: c.working_dir.clone().unwrap_or_default(),
+        envs: c.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect(),
+        labels,
+        annotations: BTreeMap::new(),
+        log_path: format!("{}/{attempt}.log", c.name),
+    }
+}
+
+/// A CRI time (nanoseconds) as the API shows it: whole seconds.
+fn time(nanos: i64) -> Option<Time> {
+    if nanos <= 0 {
+        return None;
+    }
+    k8s_openapi::jiff::Timestamp::from_second(nanos / 1_000_000_000).ok().map(Time)
+}
+
+fn now() -> Time {
+    let secs = k8s_openapi::jiff::Timestamp::now().as_second();
+    Time(k8s_openapi::jiff::Timestamp::from_second(secs).unwrap_or_else(|_| k8s_openapi::jiff::Timestamp::now()))
+}
+
+fn api_container_status(
+    scheme: &str,
+    c: &Container,
+    instances: &[&ContainerStatus],
+    waiting: Option<&(&'static str, String)>,
+) -> ApiStatus {
+    let mut sorted: Vec<&ContainerStatus> = instances.to_vec();
+    sorted.sort_by_key(|s| std::cmp::Reverse(s.metadata.attempt));
+    let state_of = |s: &ContainerStatus| -> ApiState {
+        match s.state {
+            ContainerState::Running => ApiState { running: Some(ContainerStateRunning { started_at: time(s.started_at) }), ..Default::default() },
+            ContainerState::Exited => ApiState {
+                terminated: Some(ContainerStateTerminated {
+                    container_id: Some(format!("{scheme}://{}", s.id)),
+                    exit_code: s.exit_code,
+                    reason: Some(if s.reason.is_empty() { if s.exit_code == 0 { "Completed".into() } else { "Error".into() } } else { s.reason.clone() }),
+                    message: (!s.message.is_empty()).then(|| s.message.clone()),
+                    started_at: time(s.started_at),
+                    finished_at: time(s.finished_at),
+                    signal: None,
+                }),
+                ..Default::default()
+            },
+            ContainerState::Created | ContainerState::Unknown => ApiState {
+                waiting: Some(ContainerStateWaiting { reason: Some("ContainerCreating".into()), message: None }),
+                ..Default::default()
+            },
+        }
+    };
+    let latest = sorted.first().copied();
+    let mut state = match latest {
+        Some(s) => state_of(s),
+        None => ApiState { waiting: Some(ContainerStateWaiting { reason: Some("ContainerCreating".into()), message: None }), ..Default::default() },
+    };
+    let mut last_state = sorted.get(1).map(|s| state_of(s)).filter(|s| s.terminated.is_some());
+    if let Some((reason, message)) = waiting {
+        // Backing off: the exited instance becomes the last state.
+        last_state = latest.map(|s| state_of(s)).filter(|s| s.terminated.is_some()).or(last_state);
+        state = ApiState { waiting: Some(ContainerStateWaiting { reason: Some(reason.to_string()), message: Some(message.clone()) }), ..Default::default() };
+    }
+    let running = state.running.is_some();
+    ApiStatus {
+        name: c.name.clone(),
+        image: c.image.clone().unwrap_or_default(),
+        image_id: latest.map(|s| s.image_ref.clone()).unwrap_or_default(),
+        container_id: latest.map(|s| format!("{scheme}://{}", s.id)),
+        ready: running,
+        started: Some(running),
+        restart_count: latest.map(|s| s.metadata.attempt as i32).unwrap_or(0),
+        state: Some(state),
+        last_state: Some(last_state.unwrap_or_default()),
+        ..Default::default()
+    }
+}
+
+/// Kubernetes' pod phase from its containers (kubelet's getPhase).
+fn phase(restart_policy: &str, statuses: &[ApiStatus], init_done: bool, init_failed: bool) -> &'static str {
+    if init_failed {
+        return "Failed";
+    }
+    if !init_done {
+        return "Pending";
+    }
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for s in statuses {
+        let st = s.state.as_ref();
+        if st.is_some_and(|st| st.running.is_some()) {
+            running += 1;
+        } else if let Some(t) = st.and_then(|st| st.terminated.as_ref()) {
+            stopped += 1;
+            if t.exit_code == 0 {
+                succeeded += 1;
+            }
+        } else if s.last_state.as_ref().is_some_and(|l| l.terminated.is_some()) {
+            // Waiting to restart after having run.
+            stopped += 1;
+        } else {
+            waiting += 1;
+        }
+    }
+    if waiting > 0 {
+        return "Pending";
+    }
+    if running > 0 {
+        return "Running";
+    }
+    if stopped > 0 {
+        return match restart_policy {
+            "Always" => "Running",
+            "OnFailure" if stopped == succeeded => "Succeeded",
+            "OnFailure" => "Running",
+            _ if stopped == succeeded => "Succeeded",
+            _ => "Failed",
+        };
+    }
+    "Pending"
+}
+
+fn pod_status<R: RuntimeService>(
+    ctx: &NodeContext<R>,
+    pod: &Pod,
+    containers: &[ContainerStatus],
+    waiting: &HashMap<String, (&'static str, String)>,
+    init_done: bool,
+    init_failed: bool,
+    ip: Option<&str>,
+) -> PodStatus {
+    let spec = pod.spec.as_ref();
+    let old = pod.status.clone().unwrap_or_default();
+    let instances = |name: &str| -> Vec<&ContainerStatus> { containers.iter().filter(|c| c.metadata.name == name).collect() };
+    let statuses = |list: &[Container]| -> Vec<ApiStatus> {
+        list.iter()
+            .map(|c| api_container_status(ctx.container_id_scheme, c, &instances(&c.name), waiting.get(&c.name)))
+            .collect()
+    };
+    let app = statuses(spec.map(|s| s.containers.as_slice()).unwrap_or(&[]));
+    let init = statuses(spec.and_then(|s| s.init_containers.as_deref()).unwrap_or(&[]));
+    let restart_policy = spec.and_then(|s| s.restart_policy.as_deref()).unwrap_or("Always");
+    let phase = phase(restart_policy, &app, init_done, init_failed);
+    let all_ready = init_done && !app.is_empty() && app.iter().all(|s| s.ready);
+    let truth = |b: bool| if b { "True" } else { "False" };
+    let mut wanted = vec![
+        ("PodReadyToStartContainers", truth(ip.is_some()), None),
+        ("Initialized", truth(init_done), (!init_done).then_some("ContainersNotInitialized")),
+        ("Ready", truth(all_ready), (!all_ready).then_some("ContainersNotReady")),
+        ("ContainersReady", truth(all_ready), (!all_ready).then_some("ContainersNotReady")),
+    ];
+    if phase == "Succeeded" || phase == "Failed" {
+        // A finished pod is not ready, whatever its last containers said.
+        for w in wanted.iter_mut().skip(2) {
+            *w = (w.0, "False", Some("PodCompleted"));
+        }
+    }
+    let mut conditions: Vec<PodCondition> = old.conditions.clone().unwrap_or_default();
+    for (kind, status, reason) in wanted {
+        let message = match reason {
+            Some("ContainersNotReady") => {
+                let names: Vec<&str> = app.iter().filter(|s| !s.ready).map(|s| s.name.as_str()).collect();
+                Some(format!("containers with unready status: [{}]", names.join(" ")))
+            }
+            Some("ContainersNotInitialized") => {
+                let names: Vec<&str> = init.iter().filter(|s| !s.state.as_ref().is_some_and(|st| st.terminated.as_ref().is_some_and(|t| t.exit_code == 0))).map(|s| s.name.as_str()).collect();
+                Some(format!("containers with incomplete status: [{}]", names.join(" ")))
+            }
+            _ => None,
+        };
+        match conditions.iter_mut().find(|c| c.type_ == kind) {
+            Some(c) => {
+                if c.status != status {
+                    c.last_transition_time = Some(now());
+                }
+                c.status = status.to_string();
+                c.reason = reason.map(str::to_string);
+                c.message = message;
+            }
+            None => conditions.push(PodCondition {
+                type_: kind.to_string(),
+                status: status.to_string(),
+                reason: reason.map(str::to_string),
+                message,
+                last_transition_time: Some(now()),
+                last_probe_time: None,
+                observed_generation: None,
+            }),
+        }
+    }
+    let ips = ip.map(|ip| vec![PodIP { ip: ip.to_string() }]);
+    PodStatus {
+        phase: Some(phase.to_string()),
+        conditions: Some(conditions),
+        host_ip: Some(ctx.host_ip.clone()),
+        host_ips: Some(vec![k8s_openapi::api::core::v1::HostIP { ip: ctx.host_ip.clone() }]),
+        pod_ip: ip.map(str::to_string),
+        pod_ips: ips,
+        start_time: old.start_time.clone().or_else(|| Some(now())),
+        container_statuses: Some(app),
+        init_container_statuses: (!init.is_empty()).then_some(init),
+        ..old
+    }
+}
+
+/// Writes the pod's status when it differs from what the API has (one merge patch).
+async fn write_status<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod, status: PodStatus) -> anyhow::Result<()> {
+    if pod.status.as_ref() == Some(&status) {
+        return Ok(());
+    }
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
+    let patch = serde_json::json!({ "metadata": { "uid": pod.metadata.uid }, "status": status });
+    match api.patch_status(pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        Ok(_) => Ok(()),
+        // Deleted meanwhile: the watch brings the deletion.
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e).context("writing pod status"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn st(running: bool, exit: Option<i32>, last_exit: bool) -> ApiStatus {
+        let terminated = |code| ApiState { terminated: Some(ContainerStateTerminated { exit_code: code, ..Default::default() }), ..Default::default() };
+        let state = match (running, exit) {
+            (true, _) => ApiState { running: Some(ContainerStateRunning::default()), ..Default::default() },
+            (false, Some(code)) => terminated(code),
+            (false, None) => ApiState { waiting: Some(ContainerStateWaiting::default()), ..Default::default() },
+        };
+        ApiStatus { state: Some(state), last_state: last_exit.then(|| terminated(1)), ..Default::default() }
+    }
+
+    #[test]
+    fn phases_follow_kubelets_rules() {
+        let cases: &[(&str, Vec<ApiStatus>, bool, bool, &str)] = &[
+            ("Always", vec![st(false, None, false)], true, false, "Pending"),
+            ("Always", vec![st(true, None, false), st(false, None, false)], true, false, "Pending"),
+            ("Always", vec![st(true, None, false)], true, false, "Running"),
+            ("Always", vec![st(false, Some(0), false)], true, false, "Running"),
+            ("Always", vec![st(false, None, true)], true, false, "Running"),
+            ("OnFailure", vec![st(false, Some(0), false)], true, false, "Succeeded"),
+            ("OnFailure", vec![st(false, Some(1), false)], true, false, "Running"),
+            ("Never", vec![st(false, Some(0), false), st(false, Some(0), false)], true, false, "Succeeded"),
+            ("Never", vec![st(false, Some(0), false), st(false, Some(1), false)], true, false, "Failed"),
+            ("Never", vec![st(true, None, false), st(false, Some(1), false)], true, false, "Running"),
+            ("Always", vec![st(true, None, false)], false, false, "Pending"),
+            ("Never", vec![], false, true, "Failed"),
+        ];
+        for (policy, statuses, init_done, init_failed, want) in cases {
+            assert_eq!(phase(policy, statuses, *init_done, *init_failed), *want, "{policy} {statuses:?}");
+        }
+    }
+}

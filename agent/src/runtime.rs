@@ -1,0 +1,146 @@
+//! The container runtime as the agent sees it: the calls of the Kubernetes Container Runtime
+//! Interface (CRI) that a kubelet makes, with CRI's names and states. The hollow runtime
+//! (`hollow.rs`) implements it in memory; a runtime that speaks CRI to containerd implements the
+//! same trait, so the pod lifecycle above it is one code path.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+/// What can go wrong in a runtime call.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("{kind} {id:?} not found")]
+    NotFound { kind: &'static str, id: String },
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type Result<T> = std::result::Result<T, RuntimeError>;
+
+/// CRI's `VersionResponse`.
+#[derive(Debug, Clone)]
+pub struct VersionInfo {
+    pub runtime_name: String,
+    pub runtime_version: String,
+    pub runtime_api_version: String,
+}
+
+/// CRI's `PodSandboxMetadata`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxMetadata {
+    pub name: String,
+    pub uid: String,
+    pub namespace: String,
+    pub attempt: u32,
+}
+
+/// CRI's `PodSandboxConfig`, reduced to what Keelson's pods use.
+#[derive(Debug, Clone)]
+pub struct PodSandboxConfig {
+    pub metadata: SandboxMetadata,
+    pub hostname: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub log_directory: String,
+}
+
+/// CRI's `PodSandboxState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxState {
+    Ready,
+    NotReady,
+}
+
+/// CRI's `PodSandboxStatus` (and list item): times in nanoseconds since the epoch, as in CRI.
+#[derive(Debug, Clone)]
+pub struct PodSandboxStatus {
+    pub id: String,
+    pub metadata: SandboxMetadata,
+    pub state: SandboxState,
+    pub created_at: i64,
+    /// The sandbox's primary address, when it has a network.
+    pub ip: Option<String>,
+}
+
+/// CRI's `ContainerMetadata`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerMetadata {
+    pub name: String,
+    pub attempt: u32,
+}
+
+/// CRI's `ContainerConfig`, reduced to what Keelson's pods use.
+#[derive(Debug, Clone)]
+pub struct ContainerConfig {
+    pub metadata: ContainerMetadata,
+    pub image: String,
+    pub command: Vec<String>,
+    pub args: Vec<String>,
+    pub working_dir: String,
+    pub envs: Vec<(String, String)>,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub log_path: String,
+}
+
+/// CRI's `ContainerState`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerState {
+    Created,
+    Running,
+    Exited,
+    Unknown,
+}
+
+/// CRI's `ContainerStatus` (and list item); times in nanoseconds since the epoch, 0 for unset.
+#[derive(Debug, Clone)]
+pub struct ContainerStatus {
+    pub id: String,
+    pub pod_sandbox_id: String,
+    pub metadata: ContainerMetadata,
+    pub state: ContainerState,
+    pub created_at: i64,
+    pub started_at: i64,
+    pub finished_at: i64,
+    pub exit_code: i32,
+    pub image: String,
+    pub image_ref: String,
+    pub reason: String,
+    pub message: String,
+}
+
+/// CRI's `ContainerEventResponse`: a container changed state (evented PLEG), so that the agent
+/// need not poll the runtime to notice an exit.
+#[derive(Debug, Clone)]
+pub struct ContainerEvent {
+    pub container_id: String,
+    pub pod_sandbox_id: String,
+    pub state: ContainerState,
+}
+
+/// CRI's RuntimeService, as the agent calls it. Every call may be slow (a real runtime is another
+/// process), so the agent never holds a lock across one.
+pub trait RuntimeService: Send + Sync + 'static {
+    fn version(&self) -> impl Future<Output = Result<VersionInfo>> + Send;
+    fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> impl Future<Output = Result<String>> + Send;
+    fn stop_pod_sandbox(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    fn remove_pod_sandbox(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    fn pod_sandbox_status(&self, id: &str) -> impl Future<Output = Result<PodSandboxStatus>> + Send;
+    fn list_pod_sandbox(&self) -> impl Future<Output = Result<Vec<PodSandboxStatus>>> + Send;
+    fn create_container(
+        &self,
+        pod_sandbox_id: &str,
+        config: &ContainerConfig,
+        sandbox: &PodSandboxConfig,
+    ) -> impl Future<Output = Result<String>> + Send;
+    fn start_container(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Stops a container: SIGTERM, then SIGKILL after `timeout`.
+    fn stop_container(&self, id: &str, timeout: Duration) -> impl Future<Output = Result<()>> + Send;
+    fn remove_container(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
+    fn container_status(&self, id: &str) -> impl Future<Output = Result<ContainerStatus>> + Send;
+    /// The containers of one sandbox, or of every sandbox.
+    fn list_containers(&self, pod_sandbox_id: Option<&str>) -> impl Future<Output = Result<Vec<ContainerStatus>>> + Send;
+    /// CRI's `GetContainerEvents` stream, when the runtime has one (taken once).
+    fn container_events(&self) -> Option<tokio::sync::mpsc::Receiver<ContainerEvent>>;
+}
