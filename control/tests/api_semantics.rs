@@ -356,11 +356,17 @@ async fn defaults_and_conversions_of_secrets_services_and_stateful_sets() {
 }
 
 /// Binding (pkg/registry/core/pod/storage/storage.go, assignPod): sets the node and a
-/// PodScheduled=True condition; a pod being deleted or already bound is a 409.
+/// PodScheduled=True condition; a pod being deleted or already bound is a 409. (A node that does
+/// not exist is a 404: see api_scheduling.)
 #[tokio::test]
 async fn binding_marks_pods_scheduled_and_refuses_deleted_ones() {
     let server = ApiProcess::server().await;
     let client = server.client();
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap())
+        .await
+        .unwrap();
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let mut held = pod("held", None);
     held.metadata.finalizers = Some(vec!["example.com/hold".into()]);

@@ -1,7 +1,7 @@
 //! Debian's kubectl, with its default flags, against two API replicas over a three-member store:
 //! apply, get (tables), get -w, describe, label, annotate, scale, patch and delete on namespaces,
 //! configmaps, secrets, services and deployments, each output checked. And a current kubectl
-//! (1.33), whose `create` commands send protocol buffers. Needs `KEELSON_KUBECTL` and
+//! (1.33), whose `create` commands send protocol buffers, priority classes among them. Needs `KEELSON_KUBECTL` and
 //! `KEELSON_KUBECTL_CURRENT` (set by `scripts/test`; `scripts/setup` installs both).
 
 mod common;
@@ -331,6 +331,32 @@ async fn a_current_kubectl_creates_objects_it_sends_as_protocol_buffers() {
     assert!((30000..=32767).contains(&node_port), "{np:?}");
     assert_eq!(&row(&services, "web")[4], "81/TCP");
     assert_eq!(jsonpath("service/web", "{.spec.selector.app}"), "web");
+}
+
+/// Goal: kubectl (1.33) creates a priority class (sent as protocol buffers) and lists classes,
+/// the built-ins included, with Kubernetes' columns, by plural and by short name.
+#[tokio::test]
+async fn kubectl_creates_and_lists_priority_classes() {
+    let server = ApiProcess::server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &server.url());
+    let created = k.run(&["create", "priorityclass", "batch", "--value=1000", "--preemption-policy=Never"]);
+    assert_eq!(created.trim(), "priorityclass.scheduling.k8s.io/batch created");
+    k.run(&["create", "priorityclass", "usual", "--value=0", "--global-default", "--description=most pods"]);
+    let classes = table(&k.run(&["get", "priorityclasses"]));
+    assert_eq!(classes[0], ["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE", "PREEMPTIONPOLICY"]);
+    let without_age = |r: &[String]| [&r[..3], &r[4..]].concat();
+    assert_eq!(without_age(row(&classes, "batch")), ["batch", "1000", "false", "Never"]);
+    assert_eq!(without_age(row(&classes, "usual")), ["usual", "0", "true", "PreemptLowerPriority"]);
+    assert_eq!(
+        without_age(row(&classes, "system-node-critical")),
+        ["system-node-critical", "2000001000", "false", "PreemptLowerPriority"]
+    );
+    assert_eq!(row(&classes, "system-cluster-critical")[1], "2000000000");
+    let short = table(&k.run(&["get", "pc", "batch", "--no-headers"]));
+    assert_eq!(short.len(), 1);
+    let (ok, _, err) = k.try_run(&["create", "priorityclass", "second", "--value=1", "--global-default"], None);
+    assert!(!ok && err.contains("PriorityClass usual is already marked as default"), "{err}");
 }
 
 /// `kubectl apply --server-side` (kubectl 1.33): creates, re-applies without a change, is refused

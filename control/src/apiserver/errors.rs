@@ -38,6 +38,20 @@ impl Cause {
         Cause { reason: "FieldValueForbidden", field: field.into(), message: format!("Forbidden: {}", why.into()) }
     }
 
+    /// A value outside a fixed set, the set listed as Kubernetes lists it.
+    pub fn not_supported(field: impl Into<String>, value: impl std::fmt::Display, supported: &[&str]) -> Self {
+        let listed: Vec<String> = supported.iter().map(|s| json!(s).to_string()).collect();
+        Cause {
+            reason: "FieldValueNotSupported",
+            field: field.into(),
+            message: format!(
+                "Unsupported value: {}: supported values: {}",
+                json!(value.to_string()),
+                listed.join(", ")
+            ),
+        }
+    }
+
     pub fn duplicate(field: impl Into<String>, value: impl std::fmt::Display) -> Self {
         Cause {
             reason: "FieldValueDuplicate",

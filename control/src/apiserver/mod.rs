@@ -138,13 +138,19 @@ impl Api {
         Ok(())
     }
 
-    /// Creates the namespaces every cluster has, unless they exist.
-    pub async fn ensure_system_namespaces(&self) -> Result<(), ApiError> {
+    /// Creates what every cluster has, unless it exists: the system namespaces and the built-in
+    /// priority classes. Replicas starting together race to create them; the losers' creates
+    /// answer AlreadyExists, which is as good as their own.
+    pub async fn ensure_system_objects(&self) -> Result<(), ApiError> {
         let params = Params { user_agent: Some("kube-apiserver".into()), ..Params::default() };
-        for ns in SYSTEM_NAMESPACES {
-            let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            match verbs::create(self, &kinds::namespace::RESOURCE, None, body, &params).await {
-                Ok(_) => tracing::info!(namespace = ns, "created namespace"),
+        let namespaces = SYSTEM_NAMESPACES.iter().map(|ns| {
+            (&kinds::namespace::RESOURCE, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        });
+        let classes = kinds::priorityclass::BUILT_IN.iter().map(|c| (&kinds::priorityclass::RESOURCE, c.object()));
+        for (res, body) in namespaces.chain(classes) {
+            let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            match verbs::create(self, res, None, body, &params).await {
+                Ok(_) => tracing::info!(kind = res.kind, name, "created"),
                 Err(e) if e.reason == "AlreadyExists" => {}
                 Err(e) => return Err(e),
             }

@@ -104,14 +104,15 @@ pub fn is_dns_label(s: &str) -> bool {
         && s.as_bytes()[s.len() - 1].is_ascii_alphanumeric()
 }
 
-fn is_dns_subdomain(s: &str) -> bool {
+pub fn is_dns_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns_label)
 }
 
 pub const DNS_LABEL_RULE: &str =
     "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', \
                               and must start and end with an alphanumeric character";
-const DNS_SUBDOMAIN_RULE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \
+pub const DNS_SUBDOMAIN_RULE: &str =
+    "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \
                                   '-' or '.', and must start and end with an alphanumeric character";
 
 /// What is wrong with `name` under the resource's name rule, if anything.

@@ -599,6 +599,14 @@ const ENDPOINTS: &[F] = &[
         ]),
     ),
 ];
+// Go always writes `value` (an int32, not a pointer): 0 is a value given, as JSON has it.
+const PRIORITY_CLASS: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(2, "value", One, PInt),
+    F(3, "globalDefault", One, Bool),
+    F(4, "description", One, Str),
+    F(5, "preemptionPolicy", One, Str),
+];
 const DELETE_OPTIONS: &[F] = &[
     F(1, "gracePeriodSeconds", One, PInt),
     F(2, "preconditions", One, Msg(&[F(1, "uid", One, Str), F(2, "resourceVersion", One, Str)])),
@@ -620,6 +628,7 @@ fn schema_of(api_version: &str, kind: &str) -> Option<&'static [F]> {
         ("v1", "Event") => EVENT,
         ("v1", "Endpoints") => ENDPOINTS,
         ("coordination.k8s.io/v1", "Lease") => LEASE,
+        ("scheduling.k8s.io/v1", "PriorityClass") => PRIORITY_CLASS,
         ("apps/v1", "Deployment") => DEPLOYMENT,
         ("apps/v1", "ReplicaSet") => REPLICA_SET,
         ("apps/v1", "StatefulSet") => STATEFUL_SET,
@@ -1176,6 +1185,24 @@ mod tests {
             (&json!({"component": "scheduler"}), &json!(1), &json!("Normal"))
         );
         assert!(got.get("eventTime").is_none(), "a zero time is left out: {got}");
+    }
+
+    #[test]
+    fn priority_classes_keep_a_zero_value() {
+        use k8s_pb::api::scheduling::v1 as scheduling;
+        let class = scheduling::PriorityClass {
+            metadata: Some(meta("low")),
+            value: Some(0),
+            global_default: Some(false),
+            description: Some(String::new()),
+            preemption_policy: Some("Never".into()),
+        };
+        let got = to_json(&envelope("scheduling.k8s.io/v1", "PriorityClass", class.encode_to_vec())).unwrap();
+        assert_eq!((&got["value"], &got["preemptionPolicy"]), (&json!(0), &json!("Never")));
+        assert!(got.get("globalDefault").is_none() && got.get("description").is_none(), "{got}");
+        let negative = scheduling::PriorityClass { value: Some(-5), ..class };
+        let got = to_json(&envelope("scheduling.k8s.io/v1", "PriorityClass", negative.encode_to_vec())).unwrap();
+        assert_eq!(got["value"], -5);
     }
 
     #[test]

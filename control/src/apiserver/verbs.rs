@@ -496,10 +496,24 @@ async fn create_with(
     res.strategy.prepare_for_create(&mut obj);
     let shown_name = if name.is_empty() { generate.as_str() } else { name.as_str() };
     let content_ns = ns.filter(|_| res.namespaced);
-    let mut ns_revision = match content_ns {
-        Some(ns) => Some(namespace_for_content(api, res, shown_name, ns).await?),
-        None => None,
+    let admission = res.strategy.admission();
+    // The namespace and what admission reads are read at once; a namespace that refuses the
+    // object answers first, as Kubernetes' NamespaceLifecycle plugin runs before the others.
+    let namespace = async {
+        match content_ns {
+            Some(ns) => namespace_for_content(api, res, shown_name, ns).await.map(Some),
+            None => Ok(None),
+        }
     };
+    let admitted = async {
+        match admission {
+            Some(a) => a.admit_create(api, shown_name, &mut obj).await,
+            None => Ok(()),
+        }
+    };
+    let (namespace, admitted) = tokio::join!(namespace, admitted);
+    let mut ns_revision = namespace?;
+    admitted?;
     // A generated name may be taken, an allocation picked while another replica picked the same,
     // or the namespace changed since it was read: each time, try again.
     for _ in 0..CREATE_ATTEMPTS_MAX {
@@ -516,6 +530,9 @@ async fn create_with(
         obj["metadata"]["name"] = json!(this_name);
         res.strategy.canonicalize(&mut obj);
         check_valid(api, res, None, &mut obj, &this_name)?;
+        if let Some(a) = admission {
+            a.validate(api, &this_name, &obj, None).await?;
+        }
         let mut also = allocations(api, res, None, &mut obj).await?;
         if dry_run(params, None) {
             return Ok((obj, warnings));
@@ -671,6 +688,9 @@ async fn modify(
         }
         res.strategy.canonicalize(&mut obj);
         check_valid(api, res, Some(&current), &mut obj, name)?;
+        if let (Part::Main, Some(a)) = (part, res.strategy.admission()) {
+            a.validate(api, name, &obj, Some(&current)).await?;
+        }
         if let Track::Update(manager) = track {
             managed::track_update(res, part.subresource(), Some(&current), &mut obj, manager)?;
         }
@@ -747,6 +767,7 @@ pub async fn update(
         .await
 }
 
+#[allow(clippy::too_many_arguments)]
 pub async fn patch(
     api: &Api,
     res: &Resource,
@@ -918,11 +939,21 @@ pub fn scale_of(obj: &Value) -> Value {
     })
 }
 
-/// `POST pods/<name>/binding`: puts the pod on the target node, once, and marks it scheduled.
+/// `POST pods/<name>/binding`: puts the pod on the target node, once, and marks it scheduled. A
+/// node that does not exist is a 404 naming it, and the pod stays as it was: a scheduler working
+/// from a stale node list sees why and tries again, rather than strand the pod on no node.
 pub async fn bind(api: &Api, res: &Resource, ns: Option<&str>, name: &str, body: Value) -> Result<Value, ApiError> {
     let node = body.pointer("/target/name").and_then(Value::as_str).unwrap_or("").to_string();
     if node.is_empty() {
         return Err(ApiError::invalid("Binding", "", name, vec![super::errors::Cause::required("target.name")]));
+    }
+    // One linearizable read of the key alone: a node registered just before is found. A node
+    // deleted after it is the node lifecycle's to handle, as for any bound pod.
+    let node_key = kinds::node::RESOURCE.key(None, &node);
+    let mut node_end = node_key.clone().into_bytes();
+    node_end.push(0);
+    if api.store.keys(node_key.as_bytes(), &node_end).await?.is_empty() {
+        return Err(ApiError::not_found(kinds::node::RESOURCE.plural, kinds::node::RESOURCE.group, &node));
     }
     let annotations = body.pointer("/metadata/annotations").and_then(Value::as_object).cloned().unwrap_or_default();
     let refuse = |why: String| {
@@ -1193,6 +1224,8 @@ pub async fn delete_collection(
         match delete(api, res, ns, name, options, params).await {
             Ok(_) => deleted.push(item.clone()),
             Err(e) if e.code == 404 => {}
+            // What may never be deleted (the built-in priority classes) stays, and the rest goes.
+            Err(_) if res.strategy.check_delete(item).is_err() => {}
             Err(e) => return Err(e),
         }
     }

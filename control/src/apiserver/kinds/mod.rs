@@ -1,9 +1,11 @@
 //! One strategy per served kind, as Kubernetes keeps one beside its generic registry store: what
 //! the server fills in and resets on create and update, defaults, validation, which writes the
 //! `/status` subresource may make, whether `metadata.generation` counts spec changes, how a
-//! delete behaves and what it returns, the fields lists select by, and the table columns. The
-//! generic store (`verbs.rs`) does everything else the same way for every kind; adding a kind is
-//! adding a file here and naming it in [`ALL`].
+//! delete behaves and what it returns, the fields lists select by, and the table columns; and,
+//! for the kinds Kubernetes' admission plugins look at, what those plugins check or fill in from
+//! other objects (a pod's priority from its PriorityClass). The generic store (`verbs.rs`) does
+//! everything else the same way for every kind; adding a kind is adding a file here and naming it
+//! in [`ALL`].
 
 pub mod configmap;
 pub mod controllerrevision;
@@ -15,6 +17,7 @@ pub mod lease;
 pub mod namespace;
 pub mod node;
 pub mod pod;
+pub mod priorityclass;
 pub mod replicaset;
 pub mod secret;
 pub mod service;
@@ -48,6 +51,7 @@ pub static ALL: &[&Resource] = &[
     &statefulset::RESOURCE,
     &controllerrevision::RESOURCE,
     &lease::RESOURCE,
+    &priorityclass::RESOURCE,
 ];
 
 /// Which names a kind accepts.
@@ -132,6 +136,11 @@ pub trait Strategy: Sync + Send {
         None
     }
 
+    /// What admission does with the kind beyond its own checks, reading other objects.
+    fn admission(&self) -> Option<&'static dyn Admission> {
+        None
+    }
+
     /// The grace period a delete gives the object (Kubernetes' `CheckGracefulDelete`), given the
     /// one the client asked for; None for kinds deleted without one.
     fn grace_period(&self, _obj: &Value, _asked: Option<i64>) -> Option<i64> {
@@ -193,6 +202,34 @@ pub trait Allocator: Sync {
     ) -> BoxFuture<'a, Result<Vec<Also>, ApiError>>;
     /// The keys a deleted object gives back.
     fn release(&self, obj: &Value) -> Vec<Also>;
+}
+
+/// Kubernetes' admission plugins for a kind: checks and defaults that read other objects from the
+/// store, which a strategy's own (synchronous, one-object) rules cannot. Subresources skip them,
+/// as Kubernetes' plugins do.
+pub trait Admission: Sync {
+    /// Fills in a new object before it is validated (a mutating plugin); `name` is the one errors
+    /// give (the `generateName` prefix when no name is given yet).
+    fn admit_create<'a>(
+        &'a self,
+        _api: &'a Api,
+        _name: &'a str,
+        _obj: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Refuses a validated create (`old` None) or update of the main resource (a validating
+    /// plugin).
+    fn validate<'a>(
+        &'a self,
+        _api: &'a Api,
+        _name: &'a str,
+        _obj: &'a Value,
+        _old: Option<&'a Value>,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// A `/status` write: everything but metadata and status as stored.

@@ -1,14 +1,18 @@
 //! Pods: the pod spec's defaults and checks (which workloads' templates share), status reset to
-//! Pending with its QoS class on create, graceful deletion, and kubectl's STATUS column.
+//! Pending with its QoS class on create, the priority resolved from its PriorityClass on create
+//! and fixed afterwards, graceful deletion, and kubectl's STATUS column.
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
 
-use super::super::errors::Cause;
-use super::super::objects::{check_ports, is_dns_label, typed, DNS_LABEL_RULE};
+use super::super::errors::{ApiError, Cause};
+use super::super::objects::{check_ports, is_dns_label, is_dns_subdomain, typed, DNS_LABEL_RULE, DNS_SUBDOMAIN_RULE};
 use super::super::resources::Resource;
 use super::super::table::{count, or_none, s, Column, AGE, NAME};
-use super::{ensure_object, set_default, SelectableField, Strategy};
+use super::super::Api;
+use super::priorityclass::{self, check_preemption_policy};
+use super::{ensure_object, set_default, Admission, SelectableField, Strategy};
 
 pub static RESOURCE: Resource = Resource {
     group: "",
@@ -126,8 +130,15 @@ pub fn default_pod_spec(obj: &mut Value, at: &str) {
 }
 
 /// The pod spec's containers (at least one) and init containers: names unique DNS labels across
-/// both, an image each, valid ports.
+/// both, an image each, valid ports; a priority class name that can name one, a known preemption
+/// policy.
 pub fn check_pod_spec(spec: &Value, field: &str, causes: &mut Vec<Cause>) {
+    if let Some(class) = spec.get("priorityClassName").and_then(Value::as_str).filter(|c| !c.is_empty()) {
+        if !is_dns_subdomain(class) {
+            causes.push(Cause::invalid(format!("{field}.priorityClassName"), class, DNS_SUBDOMAIN_RULE));
+        }
+    }
+    check_preemption_policy(spec.get("preemptionPolicy"), &format!("{field}.preemptionPolicy"), causes);
     if spec.get("containers").and_then(Value::as_array).is_none_or(Vec::is_empty) {
         causes.push(Cause::required(format!("{field}.containers")));
     }
@@ -187,12 +198,82 @@ fn check_ephemeral_containers(spec: &Value, old: Option<&Value>, causes: &mut Ve
     let now = list(Some(spec), "ephemeralContainers");
     for before in list(old, "ephemeralContainers") {
         let name = before["name"].as_str().unwrap_or_default();
-        if !now.iter().any(|c| *c == before) {
+        if !now.contains(&before) {
             causes.push(Cause::forbidden(
                 "spec.ephemeralContainers",
                 format!("existing ephemeral containers \"{name}\" may not be changed"),
             ));
         }
+    }
+}
+
+/// The fields of a pod's priority, which its PriorityClass sets at creation.
+const PRIORITY_FIELDS: &[&str] = &["priorityClassName", "priority", "preemptionPolicy"];
+
+/// Kubernetes' refusal of a pod update that changes its spec beyond what may change.
+const POD_UPDATE_FORBIDDEN: &str = "pod updates may not change fields other than `spec.containers[*].image`,\
+    `spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing \
+    tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
+
+/// Kubernetes' Priority admission plugin on pod creation: the pod's priority class — the one it
+/// names, else the global default if there is one — gives its priority and preemption policy; a
+/// class that does not exist, or a priority or policy given that differs from the class's, is
+/// refused. Without any class the priority is 0 and the policy PreemptLowerPriority.
+struct PriorityAdmission;
+
+impl Admission for PriorityAdmission {
+    fn admit_create<'a>(
+        &'a self,
+        api: &'a Api,
+        name: &'a str,
+        obj: &'a mut Value,
+    ) -> BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            let forbidden = |why: String| ApiError::forbidden(RESOURCE.plural, RESOURCE.group, name, &why);
+            let named = s(obj, "/spec/priorityClassName");
+            let class = if named.is_empty() {
+                priorityclass::global_default(api).await?
+            } else {
+                let found = priorityclass::find(api, &named).await?;
+                Some(found.ok_or_else(|| forbidden(format!("no PriorityClass with name {named} was found")))?)
+            };
+            let (class_name, priority, policy) = match &class {
+                Some(c) => (
+                    s(c, "/metadata/name"),
+                    c.get("value").and_then(Value::as_i64).unwrap_or(priorityclass::DEFAULT_PRIORITY),
+                    c.get("preemptionPolicy")
+                        .and_then(Value::as_str)
+                        .unwrap_or(priorityclass::DEFAULT_PREEMPTION_POLICY)
+                        .to_string(),
+                ),
+                None => {
+                    (String::new(), priorityclass::DEFAULT_PRIORITY, priorityclass::DEFAULT_PREEMPTION_POLICY.into())
+                }
+            };
+            if let Some(given) = obj.pointer("/spec/priority").filter(|p| !p.is_null()) {
+                if given.as_i64() != Some(priority) {
+                    return Err(forbidden(format!(
+                        "the integer value of priority ({given}) must not be provided in pod spec; priority \
+                         admission controller computed {priority} from the given PriorityClass name"
+                    )));
+                }
+            }
+            if let Some(given) = obj.pointer("/spec/preemptionPolicy").and_then(Value::as_str) {
+                if given != policy {
+                    return Err(forbidden(format!(
+                        "the string value of PreemptionPolicy ({given}) must not be provided in pod spec; priority \
+                         admission controller computed {policy} from the given PriorityClass name"
+                    )));
+                }
+            }
+            ensure_object(obj, "/spec");
+            if !class_name.is_empty() {
+                obj["spec"]["priorityClassName"] = json!(class_name);
+            }
+            obj["spec"]["priority"] = json!(priority);
+            obj["spec"]["preemptionPolicy"] = json!(policy);
+            Ok(())
+        })
     }
 }
 
@@ -395,6 +476,16 @@ impl Strategy for PodStrategy {
 
     fn prepare_for_update(&self, obj: &mut Value, old: &Value) {
         super::keep_status(obj, old);
+        // Admission set these at creation; a client that leaves them out keeps them (Kubernetes'
+        // Priority plugin on update), one that changes them is refused by validation.
+        for field in ["priority", "preemptionPolicy"] {
+            let kept = old.pointer("/spec").and_then(|s| s.get(field)).filter(|v| !v.is_null());
+            if let (Some(v), Some(spec)) = (kept, obj.get_mut("spec").and_then(Value::as_object_mut)) {
+                if spec.get(field).is_none_or(Value::is_null) {
+                    spec.insert(field.into(), v.clone());
+                }
+            }
+        }
     }
 
     fn prepare_for_status_update(&self, obj: &mut Value, old: &Value) {
@@ -435,7 +526,17 @@ impl Strategy for PodStrategy {
         let spec = obj.get("spec").unwrap_or(&Value::Null);
         check_pod_spec(spec, "spec", &mut causes);
         check_ephemeral_containers(spec, old.and_then(|o| o.get("spec")), &mut causes);
+        if let Some(old_spec) = old.and_then(|o| o.get("spec")) {
+            let field = |s: &Value, f: &str| s.get(f).filter(|v| !v.is_null()).cloned();
+            if PRIORITY_FIELDS.iter().any(|f| field(spec, f) != field(old_spec, f)) {
+                causes.push(Cause::forbidden("spec", POD_UPDATE_FORBIDDEN));
+            }
+        }
         causes
+    }
+
+    fn admission(&self) -> Option<&'static dyn Admission> {
+        Some(&PriorityAdmission)
     }
 
     fn grace_period(&self, obj: &Value, asked: Option<i64>) -> Option<i64> {
