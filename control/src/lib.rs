@@ -3,5 +3,6 @@
 //! (`src/bin/keelson/`, a file per subcommand) runs them.
 
 pub mod apiserver;
+pub mod election;
 pub mod process;
 pub mod scheduler;

@@ -152,6 +152,9 @@ impl NodeInfo {
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     pub nodes: Vec<Arc<NodeInfo>>,
+    /// Labels of each namespace by name, for pod (anti-)affinity terms' `namespaceSelector`.
+    /// A namespace missing here has no labels (as kube-scheduler assumes when its lister misses).
+    pub namespace_labels: HashMap<String, BTreeMap<String, String>>,
 }
 
 impl Snapshot {
@@ -253,4 +256,94 @@ pub trait Plugin: Send + Sync {
 
     /// Normalizes the raw scores of every feasible node in place (same order as the nodes).
     fn normalize_score(&self, _state: &CycleState, _pod: &PodInfo, _scores: &mut [i64]) {}
+}
+
+/// kube-scheduler's minFeasibleNodesToFind: below this many nodes every node is filtered/scored.
+const MIN_FEASIBLE_NODES_TO_FIND: usize = 100;
+/// kube-scheduler's minFeasibleNodesPercentageToFind: the adaptive percentage's floor.
+const MIN_FEASIBLE_NODES_PERCENTAGE_TO_FIND: usize = 5;
+
+/// How many feasible nodes the scheduler looks for before it stops filtering (kube-scheduler's
+/// `numFeasibleNodesToFind`). `percentage` is `percentageOfNodesToScore`; `None` or 0 means
+/// adaptive (50% minus 1% per 125 nodes, at least 5%), so big clusters score a sample rather than
+/// every node. Never fewer than 100 nodes (or all of them, when there are fewer).
+pub fn nodes_to_score(total_nodes: usize, percentage: Option<u32>) -> usize {
+    if total_nodes < MIN_FEASIBLE_NODES_TO_FIND {
+        return total_nodes;
+    }
+    let percentage = match percentage.unwrap_or(0) as usize {
+        0 => 50usize.saturating_sub(total_nodes / 125).max(MIN_FEASIBLE_NODES_PERCENTAGE_TO_FIND),
+        p if p >= 100 => return total_nodes,
+        p => p,
+    };
+    (total_nodes * percentage / 100).max(MIN_FEASIBLE_NODES_TO_FIND)
+}
+
+#[cfg(test)]
+mod nodes_to_score_tests {
+    use super::nodes_to_score;
+
+    #[test]
+    fn nodes_to_score_follows_kube_scheduler() {
+        let cases = [
+            // (nodes, percentageOfNodesToScore, nodes to find)
+            (0, None, 0),
+            (10, None, 10),
+            (99, Some(10), 99),
+            (100, None, 100),   // 49% of 100 is below the 100-node floor
+            (500, None, 230),   // 50 - 4 = 46%
+            (1000, None, 420),  // 50 - 8 = 42%
+            (5000, None, 500),  // 50 - 40 = 10%
+            (6000, None, 300),  // 50 - 48 = 2%, floored at 5%
+            (10000, None, 500), // adaptive would go negative: 5%
+            (5000, Some(0), 500),
+            (5000, Some(1), 100), // 50 nodes, floored at 100
+            (5000, Some(30), 1500),
+            (5000, Some(100), 5000),
+            (5000, Some(150), 5000),
+        ];
+        for (nodes, pct, want) in cases {
+            assert_eq!(nodes_to_score(nodes, pct), want, "nodes={nodes} percentage={pct:?}");
+        }
+    }
+}
+
+/// kube-scheduler's `DefaultNormalizeScore`: scales raw scores so that the highest becomes
+/// `MAX_NODE_SCORE` (integer division, as Kubernetes rounds). With `reverse` the lowest raw score
+/// wins instead, for plugins that count something bad. All-zero scores stay 0, or become
+/// `MAX_NODE_SCORE` when reversed, so that no node is preferred.
+pub fn default_normalize_score(scores: &mut [i64], reverse: bool) {
+    let max = scores.iter().copied().max().unwrap_or(0);
+    if max <= 0 {
+        if reverse {
+            scores.fill(MAX_NODE_SCORE);
+        }
+        return;
+    }
+    for score in scores.iter_mut() {
+        let scaled = MAX_NODE_SCORE * *score / max;
+        *score = if reverse { MAX_NODE_SCORE - scaled } else { scaled };
+    }
+}
+
+#[cfg(test)]
+mod default_normalize_score_tests {
+    use super::default_normalize_score;
+
+    #[test]
+    fn scales_to_the_maximum_and_reverses() {
+        let cases: &[(&[i64], bool, &[i64])] = &[
+            (&[], false, &[]),
+            (&[0, 0], false, &[0, 0]),
+            (&[0, 0], true, &[100, 100]),
+            (&[1, 2, 3], false, &[33, 66, 100]),
+            (&[1, 2, 3], true, &[67, 34, 0]),
+            (&[0, 5], true, &[100, 0]),
+        ];
+        for (raw, reverse, want) in cases {
+            let mut scores = raw.to_vec();
+            default_normalize_score(&mut scores, *reverse);
+            assert_eq!(&scores, want, "raw={raw:?} reverse={reverse}");
+        }
+    }
 }

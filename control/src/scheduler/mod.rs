@@ -1,6 +1,10 @@
 //! The scheduler: puts pods on nodes, built as kube-scheduler is. It reaches the cluster only
 //! through the Kubernetes API (kube-rs).
 
+pub mod cache;
+pub mod config;
 pub mod framework;
+pub mod labels;
 pub mod plugins;
+pub mod queue;
 pub mod resources;

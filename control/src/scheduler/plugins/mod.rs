@@ -46,3 +46,19 @@ pub fn build(name: &str, args: Option<&Value>) -> Result<Arc<dyn Plugin>, String
         other => return Err(format!("unknown plugin {other:?} (known: {})", KNOWN.join(", "))),
     })
 }
+
+/// Decodes a plugin's `pluginConfig` args (None or null: the type's defaults). A wrong type or
+/// an unknown field is refused with its path, e.g. `scoringStrategy.resources[0].weight: ...`.
+pub(crate) fn decode_args<T: serde::de::DeserializeOwned + Default>(args: Option<&Value>) -> Result<T, String> {
+    match args {
+        None | Some(Value::Null) => Ok(T::default()),
+        Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
+            let path = e.path().to_string();
+            if path == "." {
+                e.inner().to_string()
+            } else {
+                format!("{path}: {}", e.inner())
+            }
+        }),
+    }
+}

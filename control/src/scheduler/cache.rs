@@ -1,0 +1,233 @@
+//! The scheduler's view of the cluster: every node with the pods that count against it. A pod
+//! counts from the moment the scheduler chooses its node (*assumed*), before its binding is
+//! written; the watch then confirms it, or a failed binding forgets it. Pods bound to a node the
+//! cache does not know yet are kept aside until the node arrives.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Node;
+
+use super::framework::{NodeInfo, PodInfo, Snapshot};
+
+struct PodState {
+    node: String,
+    info: Arc<PodInfo>,
+    /// Counted because the scheduler chose the node; not yet seen bound in the watch.
+    assumed: bool,
+}
+
+#[derive(Default)]
+pub struct Cache {
+    nodes: Vec<Arc<NodeInfo>>,
+    index: HashMap<String, usize>,
+    pods: HashMap<String, PodState>,
+    /// Pods on nodes not (or no longer) in `nodes`, by node name.
+    homeless: HashMap<String, Vec<String>>,
+    generation: u64,
+}
+
+impl Cache {
+    pub fn new() -> Cache {
+        Cache::default()
+    }
+
+    pub fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+
+    pub fn upsert_node(&mut self, node: Arc<Node>) {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let generation = self.bump();
+        if let Some(&i) = self.index.get(&name) {
+            let info = Arc::make_mut(&mut self.nodes[i]);
+            info.set_node(node);
+            info.generation = generation;
+            return;
+        }
+        let mut info = NodeInfo::new(node);
+        info.generation = generation;
+        for uid in self.homeless.remove(&name).unwrap_or_default() {
+            if let Some(state) = self.pods.get(&uid) {
+                info.add_pod(state.info.clone());
+            }
+        }
+        self.index.insert(name, self.nodes.len());
+        self.nodes.push(Arc::new(info));
+    }
+
+    pub fn remove_node(&mut self, name: &str) {
+        let Some(i) = self.index.remove(name) else { return };
+        let info = self.nodes.swap_remove(i);
+        if let Some(moved) = self.nodes.get(i) {
+            self.index.insert(moved.name.clone(), i);
+        }
+        let uids: Vec<String> = info.pods.iter().map(|p| p.uid.clone()).collect();
+        if !uids.is_empty() {
+            self.homeless.insert(name.to_string(), uids);
+        }
+        self.bump();
+    }
+
+    fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
+        let generation = self.bump();
+        let i = *self.index.get(name)?;
+        let info = Arc::make_mut(&mut self.nodes[i]);
+        info.generation = generation;
+        Some(info)
+    }
+
+    fn place(&mut self, node: &str, info: Arc<PodInfo>) {
+        match self.node_mut(node) {
+            Some(n) => n.add_pod(info),
+            None => self.homeless.entry(node.to_string()).or_default().push(info.uid.clone()),
+        }
+    }
+
+    fn unplace(&mut self, node: &str, uid: &str) {
+        if let Some(n) = self.node_mut(node) {
+            n.remove_pod(uid);
+        } else if let Some(list) = self.homeless.get_mut(node) {
+            list.retain(|u| u != uid);
+            if list.is_empty() {
+                self.homeless.remove(node);
+            }
+        }
+    }
+
+    /// The scheduler chose `node` for the pod: it counts there from now on.
+    pub fn assume(&mut self, info: Arc<PodInfo>, node: &str) {
+        let uid = info.uid.clone();
+        if let Some(old) = self.pods.remove(&uid) {
+            self.unplace(&old.node, &uid);
+        }
+        self.place(node, info.clone());
+        self.pods.insert(uid, PodState { node: node.to_string(), info, assumed: true });
+    }
+
+    /// The binding failed: the assumed pod no longer counts.
+    pub fn forget(&mut self, uid: &str) {
+        if self.pods.get(uid).is_some_and(|s| s.assumed) {
+            if let Some(old) = self.pods.remove(uid) {
+                self.unplace(&old.node, uid);
+            }
+        }
+    }
+
+    /// A bound pod as the watch shows it (added or updated); confirms an assumed one.
+    pub fn upsert_pod(&mut self, info: Arc<PodInfo>) {
+        let Some(node) = info.node_name().map(str::to_string) else { return };
+        let uid = info.uid.clone();
+        if let Some(old) = self.pods.remove(&uid) {
+            self.unplace(&old.node, &uid);
+        }
+        self.place(&node, info.clone());
+        self.pods.insert(uid, PodState { node, info, assumed: false });
+    }
+
+    /// A pod was deleted or finished.
+    pub fn remove_pod(&mut self, uid: &str) {
+        if let Some(old) = self.pods.remove(uid) {
+            self.unplace(&old.node, uid);
+        }
+    }
+
+    pub fn is_assumed(&self, uid: &str) -> bool {
+        self.pods.get(uid).is_some_and(|s| s.assumed)
+    }
+
+    pub fn contains_pod(&self, uid: &str) -> bool {
+        self.pods.contains_key(uid)
+    }
+
+    /// The cluster as of now, for one scheduling cycle (nodes shared, copied on the next write).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot { nodes: self.nodes.clone(), ..Default::default() }
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Arc<NodeInfo>> {
+        self.index.get(name).map(|&i| &self.nodes[i])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str) -> Arc<Node> {
+        Arc::new(serde_json::from_value(json!({"metadata": {"name": name}, "status": {"allocatable": {"cpu": "4", "pods": "10"}}})).unwrap())
+    }
+
+    fn pod(uid: &str, node: Option<&str>, cpu: &str) -> Arc<PodInfo> {
+        Arc::new(PodInfo::new(Arc::new(
+            serde_json::from_value(json!({
+                "metadata": {"name": uid, "namespace": "d", "uid": uid},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"cpu": cpu}}}]}
+            }))
+            .unwrap(),
+        )))
+    }
+
+    fn cpu(c: &Cache, n: &str) -> i64 {
+        c.node(n).unwrap().requested.milli_cpu
+    }
+
+    #[test]
+    fn assumed_pods_count_until_confirmed_or_forgotten() {
+        let mut c = Cache::new();
+        c.upsert_node(node("n1"));
+        c.upsert_node(node("n2"));
+        c.assume(pod("a", None, "1"), "n1");
+        assert_eq!(cpu(&c, "n1"), 1000);
+        assert!(c.is_assumed("a"));
+        // The watch shows it bound: confirmed, counted once.
+        c.upsert_pod(pod("a", Some("n1"), "1"));
+        assert!(!c.is_assumed("a"));
+        assert_eq!(cpu(&c, "n1"), 1000);
+        assert_eq!(c.node("n1").unwrap().pods.len(), 1);
+        // A failed binding forgets; a confirmed pod is not forgotten.
+        c.assume(pod("b", None, "500m"), "n2");
+        c.forget("b");
+        c.forget("a");
+        assert_eq!((cpu(&c, "n1"), cpu(&c, "n2")), (1000, 0));
+        c.remove_pod("a");
+        assert_eq!(cpu(&c, "n1"), 0);
+    }
+
+    #[test]
+    fn snapshots_do_not_change_under_later_writes() {
+        let mut c = Cache::new();
+        c.upsert_node(node("n1"));
+        let before = c.snapshot();
+        c.assume(pod("a", None, "1"), "n1");
+        assert_eq!(before.nodes[0].requested.milli_cpu, 0);
+        assert_eq!(c.snapshot().nodes[0].requested.milli_cpu, 1000);
+        assert!(c.snapshot().nodes[0].generation > before.nodes[0].generation);
+    }
+
+    #[test]
+    fn pods_of_unknown_nodes_wait_for_their_node() {
+        let mut c = Cache::new();
+        c.upsert_pod(pod("a", Some("n9"), "2"));
+        assert_eq!(c.node_count(), 0);
+        c.upsert_node(node("n9"));
+        assert_eq!(cpu(&c, "n9"), 2000);
+        c.upsert_node(node("n8"));
+        c.remove_node("n9");
+        assert_eq!(c.snapshot().nodes.len(), 1);
+        assert_eq!(c.node("n8").unwrap().name, "n8");
+        c.upsert_node(node("n9"));
+        assert_eq!(cpu(&c, "n9"), 2000, "a node that comes back finds its pods");
+        // A pod moving between nodes (re-created with the same uid is not possible, but a
+        // confirmed binding may differ from the assumption).
+        c.assume(pod("b", None, "1"), "n8");
+        c.upsert_pod(pod("b", Some("n9"), "1"));
+        assert_eq!((cpu(&c, "n8"), cpu(&c, "n9")), (0, 3000));
+    }
+}
