@@ -275,3 +275,62 @@ impl Elector {
         }
     }
 }
+
+/// Kubernetes' leader-election flags, shared by every elected component.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ElectionFlags {
+    /// Elect a leader among the replicas before acting (`--leader-elect=false` to act at once).
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    pub leader_elect: bool,
+    /// How long a candidate waits, after the last renewal it saw, before taking the lease over.
+    #[arg(long, default_value = "4s", value_parser = crate::process::parse_duration)]
+    pub leader_elect_lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it stops acting.
+    #[arg(long, default_value = "3s", value_parser = crate::process::parse_duration)]
+    pub leader_elect_renew_deadline: Duration,
+    /// How often the leader renews and candidates try to acquire.
+    #[arg(long, default_value = "250ms", value_parser = crate::process::parse_duration)]
+    pub leader_elect_retry_period: Duration,
+    /// The Lease's name (default: the component's, e.g. kube-scheduler).
+    #[arg(long)]
+    pub leader_elect_resource_name: Option<String>,
+    /// The Lease's namespace.
+    #[arg(long, default_value = "kube-system")]
+    pub leader_elect_resource_namespace: String,
+}
+
+impl ElectionFlags {
+    pub fn config(&self, default_name: &str) -> ElectionConfig {
+        ElectionConfig {
+            namespace: self.leader_elect_resource_namespace.clone(),
+            name: self.leader_elect_resource_name.clone().unwrap_or_else(|| default_name.to_string()),
+            identity: identity(),
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+        }
+    }
+
+    /// Starts the election (or none, with `--leader-elect=false`); the task ends when `stop` does.
+    pub fn start(
+        &self,
+        client: kube::Client,
+        default_name: &str,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(Leadership, Option<tokio::task::JoinHandle<()>>, String), String> {
+        if !self.leader_elect {
+            return Ok((Leadership::always(), None, identity()));
+        }
+        let config = self.config(default_name);
+        let id = config.identity.clone();
+        let (elector, leadership) = Elector::new(client, config)?;
+        Ok((leadership, Some(tokio::spawn(elector.run(stop))), id))
+    }
+}
+
+/// client-go's identity for a replica: the host's name and a unique suffix.
+pub fn identity() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
+    let host = if host.is_empty() { "keelson".to_string() } else { host };
+    format!("{host}_{}", uuid::Uuid::new_v4())
+}

@@ -4,5 +4,6 @@
 
 pub mod apiserver;
 pub mod election;
+pub mod events;
 pub mod process;
 pub mod scheduler;

@@ -72,7 +72,9 @@ impl PodInfo {
 fn host_ports(pod: &Pod) -> Vec<HostPort> {
     let mut out = Vec::new();
     let Some(spec) = &pod.spec else { return out };
-    for c in spec.containers.iter().chain(spec.init_containers.iter().flatten()) {
+    // Init containers hold their ports only while they run, except sidecars, which keep running.
+    let sidecars = spec.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always"));
+    for c in spec.containers.iter().chain(sidecars) {
         for p in c.ports.iter().flatten() {
             if let Some(port) = p.host_port.filter(|p| *p > 0) {
                 out.push(HostPort {

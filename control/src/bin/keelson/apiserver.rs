@@ -29,6 +29,14 @@ pub struct ApiArgs {
     event_ttl: std::time::Duration,
 }
 
+impl ApiArgs {
+    /// The URL a client in this process reaches the API at (loopback for a wildcard address).
+    pub fn local_url(&self) -> String {
+        let addr = self.api_listen.replace("0.0.0.0:", "127.0.0.1:").replace("[::]:", "[::1]:");
+        format!("http://{addr}")
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct ApiserverArgs {
     /// Comma-separated client URLs of the store (Keelson's or etcd's).

@@ -2,6 +2,7 @@
 
 mod agent;
 mod apiserver;
+mod scheduler;
 mod server;
 mod store;
 
@@ -34,6 +35,8 @@ enum Command {
     Server(server::ServerArgs),
     /// Run an extra Kubernetes API server over existing store endpoints.
     Apiserver(apiserver::ApiserverArgs),
+    /// Run a scheduler replica (leader-elected).
+    Scheduler(scheduler::SchedulerArgs),
     /// Run a node agent (kubelet); `--runtime hollow` runs many in-memory nodes for scale tests.
     Agent(agent::AgentArgs),
 }
@@ -64,6 +67,7 @@ fn main() -> std::process::ExitCode {
             Command::Server(args) => server::server(args).await,
             Command::Apiserver(args) => apiserver::apiserver(args).await,
             Command::Agent(args) => agent::agent(args).await,
+            Command::Scheduler(args) => scheduler::scheduler(args).await,
         }
     });
     match result {

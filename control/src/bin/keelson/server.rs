@@ -1,11 +1,19 @@
-//! `keelson server`: a store member with a Kubernetes API replica beside it.
+//! `keelson server`: a store member with a Kubernetes API replica beside it, and a scheduler
+//! replica (unless `--disable scheduler`) that talks to that API like any other client.
+
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use control::election::ElectionFlags;
 use control::process::stop_signal;
 
 use crate::apiserver::{run_api, ApiArgs};
 use crate::store::StoreArgs;
+
+/// How long the components on top get to stop (and release their leases) before the API and the
+/// store stop under them.
+const COMPONENTS_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
@@ -13,27 +21,64 @@ pub struct ServerArgs {
     store: StoreArgs,
     #[command(flatten)]
     api: ApiArgs,
+    /// Components not to run in this process (Kubernetes' names): `scheduler`.
+    #[arg(long, value_delimiter = ',', value_parser = ["scheduler"])]
+    disable: Vec<String>,
+    /// The scheduler's KubeSchedulerConfiguration file.
+    #[arg(long)]
+    scheduler_config: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    election: ElectionFlags,
+}
+
+fn waiter(rx: &tokio::sync::watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = rx.clone();
+    async move {
+        let _ = rx.wait_for(|s| *s).await;
+    }
 }
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let config = args.store.to_config()?;
+    let scheduling = if args.disable.iter().any(|d| d == "scheduler") {
+        None
+    } else {
+        Some(crate::scheduler::load_config(args.scheduler_config.as_deref(), "--scheduler-config")?)
+    };
     let endpoints = config.listen_client_urls.clone();
     let node = raft_store::StoreNode::open(config).await.context("cannot start the store member")?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
+    let (components_tx, components_rx) = tokio::sync::watch::channel(false);
+    let store = tokio::spawn(raft_store::server::serve(node, waiter(&stop_rx)));
+    let scheduler = match scheduling {
+        Some(config) => {
+            let client = agent::client::connect(Some(&args.api.local_url()), None).await?;
+            let election = args.election.clone();
+            let stop = waiter(&components_rx);
+            Some(tokio::spawn(async move { crate::scheduler::run_scheduler(client, &election, config, stop).await }))
+        }
+        None => None,
     };
-    let store = tokio::spawn(raft_store::server::serve(node, wait(stop_rx.clone())));
-    let api = run_api(&args.api, endpoints, wait(stop_rx));
+    let api = run_api(&args.api, endpoints, waiter(&stop_rx));
     tokio::pin!(api);
     let outcome = tokio::select! {
-        r = &mut api => r,
-        _ = stop_signal() => {
-            let _ = stop_tx.send(true);
-            api.await
-        }
+        r = &mut api => Some(r),
+        _ = stop_signal() => None,
     };
+    let _ = components_tx.send(true);
+    if let Some(s) = scheduler {
+        match tokio::time::timeout(COMPONENTS_STOP_TIMEOUT, s).await {
+            Ok(Ok(Err(e))) => tracing::warn!(error = format!("{e:#}"), "the scheduler stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "the scheduler task failed"),
+            Err(_) => tracing::warn!("the scheduler did not stop in time"),
+            Ok(Ok(Ok(()))) => {}
+        }
+    }
     let _ = stop_tx.send(true);
+    let outcome = match outcome {
+        Some(r) => r,
+        None => api.await,
+    };
     store.await.context("the store task failed")?.map_err(anyhow::Error::msg)?;
     tracing::info!("stopped");
     outcome

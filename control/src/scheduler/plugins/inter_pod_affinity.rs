@@ -232,8 +232,9 @@ impl Plugin for InterPodAffinity {
             for existing in &node.pods {
                 let theirs = required_anti_affinity(&existing.pod);
                 // A pod whose terms don't parse has none, as in kube-scheduler's PodInfo.
-                if let Ok(theirs) = (!theirs.is_empty()).then(|| parse_terms(&existing.namespace, theirs)).transpose() {
-                    for t in theirs.iter().flatten().filter(|t| t.matches(pod, pod_ns_labels)) {
+                if !theirs.is_empty() {
+                    let theirs = parse_terms(&existing.namespace, theirs).unwrap_or_default();
+                    for t in theirs.iter().filter(|t| t.matches(pod, pod_ns_labels)) {
                         existing_anti_affinity_counts.add(&t.topology_key, node_labels, 1);
                     }
                 }
