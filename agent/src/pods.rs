@@ -145,19 +145,17 @@ pub async fn sync_pod<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod) -> any
                     break;
                 }
             }
-            Some(s) if s.state == ContainerState::Exited && !(s.exit_code == 0 && !sidecar) => {
+            // A sidecar that exited, or an init container that failed.
+            Some(s) if s.state == ContainerState::Exited && (sidecar || s.exit_code != 0) => {
                 let may_restart = sidecar || restart_policy != "Never";
                 if !may_restart {
                     pod_failed = true;
                     init_done = false;
                     break;
                 }
-                match restart(ctx, &uid, &sandbox.id, &sandbox_config, pod, c, s).await? {
-                    Some(wait) => {
-                        next = earlier(next, Next::After(wait));
-                        waiting.insert(c.name.clone(), ("CrashLoopBackOff", backoff_message(c, pod, wait)));
-                    }
-                    None => {}
+                if let Some(wait) = restart(ctx, &uid, &sandbox.id, &sandbox_config, pod, c, s).await? {
+                    next = earlier(next, Next::After(wait));
+                    waiting.insert(c.name.clone(), ("CrashLoopBackOff", backoff_message(c, pod, wait)));
                 }
                 if !sidecar {
                     init_done = false;
@@ -402,7 +400,7 @@ fn api_container_status(
     let mut last_state = sorted.get(1).map(|s| state_of(s)).filter(|s| s.terminated.is_some());
     if let Some((reason, message)) = waiting {
         // Backing off: the exited instance becomes the last state.
-        last_state = latest.map(|s| state_of(s)).filter(|s| s.terminated.is_some()).or(last_state);
+        last_state = latest.map(state_of).filter(|s| s.terminated.is_some()).or(last_state);
         state = ApiState { waiting: Some(ContainerStateWaiting { reason: Some(reason.to_string()), message: Some(message.clone()) }), ..Default::default() };
     }
     let running = state.running.is_some();
@@ -506,7 +504,8 @@ fn pod_status<R: RuntimeService>(
                 Some(format!("containers with unready status: [{}]", names.join(" ")))
             }
             Some("ContainersNotInitialized") => {
-                let names: Vec<&str> = init.iter().filter(|s| !s.state.as_ref().is_some_and(|st| st.terminated.as_ref().is_some_and(|t| t.exit_code == 0))).map(|s| s.name.as_str()).collect();
+                let completed = |s: &ApiStatus| s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0);
+                let names: Vec<&str> = init.iter().filter(|s| !completed(s)).map(|s| s.name.as_str()).collect();
                 Some(format!("containers with incomplete status: [{}]", names.join(" ")))
             }
             _ => None,

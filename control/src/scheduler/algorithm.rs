@@ -21,7 +21,7 @@ pub struct Diagnosis {
 }
 
 impl Diagnosis {
-    /// Kubernetes' message: "0/5 nodes are available: 2 Insufficient cpu, 3 node(s) had untolerated taint(s)."
+    /// Kubernetes' message: "0/5 nodes are available: 2 Insufficient cpu, 3 node(s) had untolerated taint(s)." (parts sorted as strings)
     pub fn message(&self) -> String {
         let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
         match &self.pre_filter {
@@ -38,7 +38,9 @@ impl Diagnosis {
                 }
             }
         }
-        let parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        // Sorted as whole "count reason" strings, as Kubernetes sorts them.
+        let mut parts: Vec<String> = counts.iter().map(|(r, n)| format!("{n} {r}")).collect();
+        parts.sort();
         if parts.is_empty() {
             return format!("0/{} nodes are available.", self.total_nodes);
         }
@@ -162,7 +164,7 @@ pub fn schedule(profile: &Profile, pod: &PodInfo, snapshot: &Snapshot, next_star
             ties = 1;
         } else if totals[i] == totals[best] {
             ties += 1;
-            if rand::random::<u32>() % ties == 0 {
+            if rand::random::<u32>().is_multiple_of(ties) {
                 best = i;
             }
         }
@@ -234,7 +236,7 @@ mod tests {
         };
         let mut start = 0;
         let Err(Failure::Unschedulable(d)) = schedule(&profile("{}"), &pod("2"), &snapshot, &mut start) else { panic!("should not fit") };
-        assert_eq!(d.message(), "0/3 nodes are available: 2 Insufficient cpu, 1 node(s) had untolerated taint(s).");
+        assert_eq!(d.message(), "0/3 nodes are available: 1 node(s) had untolerated taint(s), 2 Insufficient cpu.");
         let mut candidates = d.preemption_candidates();
         candidates.sort();
         assert_eq!(candidates, ["small-1", "small-2"], "taints cannot be preempted away");

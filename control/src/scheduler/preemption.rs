@@ -64,7 +64,12 @@ fn waits_for_victims(pod: &PodInfo, snapshot: &Snapshot) -> bool {
 /// "preemption: 0/3 nodes are available: 1 No preemption victims found for incoming pod, 2
 /// Preemption is not helpful for scheduling.". Empty when the profile has no DefaultPreemption.
 /// The caller checks `eligible` first.
-pub fn preempt(profile: &Profile, pod: &PodInfo, snapshot: &Snapshot, diagnosis: &Diagnosis) -> (Option<Candidate>, String) {
+pub fn preempt(
+    profile: &Profile,
+    pod: &PodInfo,
+    snapshot: &Snapshot,
+    diagnosis: &Diagnosis,
+) -> (Option<Candidate>, String) {
     let potential = potential_nodes(snapshot, diagnosis);
     // A random start spreads preemption over the cluster when only some nodes are examined.
     let offset = if potential.is_empty() { 0 } else { rand::thread_rng().gen_range(0..potential.len()) };
@@ -86,7 +91,13 @@ fn candidates_wanted(potential: usize) -> usize {
     (potential * MIN_CANDIDATE_NODES_PERCENTAGE / 100).max(MIN_CANDIDATE_NODES_ABSOLUTE).min(potential)
 }
 
-fn preempt_from(profile: &Profile, pod: &PodInfo, snapshot: &Snapshot, potential: &[usize], offset: usize) -> (Option<Candidate>, String) {
+fn preempt_from(
+    profile: &Profile,
+    pod: &PodInfo,
+    snapshot: &Snapshot,
+    potential: &[usize],
+    offset: usize,
+) -> (Option<Candidate>, String) {
     if !profile.preemption {
         return (None, String::new());
     }
@@ -129,9 +140,16 @@ fn preempt_from(profile: &Profile, pod: &PodInfo, snapshot: &Snapshot, potential
 /// Kubernetes' selectVictimsOnNode: remove every pod of lower priority, check that the pod fits,
 /// then add them back most important first, keeping each that still lets the pod fit. Leaves
 /// the reduced node in `what_if.nodes[i]`; the caller restores it.
-fn select_victims(profile: &Profile, pod: &PodInfo, what_if: &mut Snapshot, i: usize, now: i128) -> Result<Vec<Arc<PodInfo>>, Status> {
+fn select_victims(
+    profile: &Profile,
+    pod: &PodInfo,
+    what_if: &mut Snapshot,
+    i: usize,
+    now: i128,
+) -> Result<Vec<Arc<PodInfo>>, Status> {
     let original = what_if.nodes[i].clone();
-    let mut potential: Vec<Arc<PodInfo>> = original.pods.iter().filter(|p| p.priority < pod.priority).cloned().collect();
+    let mut potential: Vec<Arc<PodInfo>> =
+        original.pods.iter().filter(|p| p.priority < pod.priority).cloned().collect();
     if potential.is_empty() {
         return Err(Status::unresolvable(REASON_NO_VICTIMS));
     }
@@ -185,9 +203,7 @@ fn start_time(pod: &PodInfo, now: i128) -> i128 {
 }
 
 fn now_nanos() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))
 }
 
 /// Kubernetes' pickOneNodeForPreemption with no PodDisruptionBudgets: each criterion keeps the
@@ -259,6 +275,11 @@ mod tests {
     use crate::scheduler::framework::NodeInfo;
     use serde_json::{json, Value};
 
+    type Nodes = Vec<Arc<NodeInfo>>;
+    type Pods = Vec<Arc<PodInfo>>;
+    /// (case, incoming pod, nodes, chosen node, victims).
+    type VictimCase<'a> = (&'a str, Arc<PodInfo>, Nodes, &'a str, &'a [&'a str]);
+
     fn profile() -> Profile {
         SchedulerConfiguration::parse("{}").unwrap().profiles().unwrap().remove(0)
     }
@@ -326,19 +347,53 @@ mod tests {
         let same = pod("same", 10, "2", json!({}));
         let high = pod("high", 20, "1", json!({}));
         let a2 = pod("a2", 1, "1", started("2024-01-02T00:00:00Z"));
-        let cases: Vec<(&str, Arc<PodInfo>, Vec<Arc<NodeInfo>>, &str, &[&str])> = vec![
-            ("the lowest priority pod goes", pod("in", 10, "2", json!({})), vec![node("n", "4", json!({}), &[&low, &mid])], "n", &["low"]),
-            ("equal and higher priority pods stay", pod("in", 10, "1", json!({})), vec![node("n", "4", json!({}), &[&same, &high, &low])], "n", &["low"]),
+        let cases: Vec<VictimCase> = vec![
+            (
+                "the lowest priority pod goes",
+                pod("in", 10, "2", json!({})),
+                vec![node("n", "4", json!({}), &[&low, &mid])],
+                "n",
+                &["low"],
+            ),
+            (
+                "equal and higher priority pods stay",
+                pod("in", 10, "1", json!({})),
+                vec![node("n", "4", json!({}), &[&same, &high, &low])],
+                "n",
+                &["low"],
+            ),
             // Most important first: c comes back, then b no longer fits, nor a.
-            ("reprieve goes from the highest priority down", pod("in", 10, "2", json!({})), vec![node("n", "4", json!({}), &[&a, &b, &c])], "n", &["b", "a"]),
-            ("pods that need not go are reprieved", pod("in", 10, "1", json!({})), vec![node("n", "4", json!({}), &[&a, &b, &c])], "n", &["a"]),
+            (
+                "reprieve goes from the highest priority down",
+                pod("in", 10, "2", json!({})),
+                vec![node("n", "4", json!({}), &[&a, &b, &c])],
+                "n",
+                &["b", "a"],
+            ),
+            (
+                "pods that need not go are reprieved",
+                pod("in", 10, "1", json!({})),
+                vec![node("n", "4", json!({}), &[&a, &b, &c])],
+                "n",
+                &["a"],
+            ),
             // Equal priority: the longer running pod is the more important one.
-            ("the newer of equals goes", pod("in", 10, "1", json!({})), vec![node("n", "4", json!({}), &[&a2, &a, &c])], "n", &["a2"]),
+            (
+                "the newer of equals goes",
+                pod("in", 10, "1", json!({})),
+                vec![node("n", "4", json!({}), &[&a2, &a, &c])],
+                "n",
+                &["a2"],
+            ),
         ];
         for (name, incoming, nodes, want_node, want_victims) in cases {
             let (c, msg) = run(&incoming, nodes);
             let c = c.unwrap_or_else(|| panic!("{name}: no candidate: {msg}"));
-            assert_eq!(names(&c), (want_node.to_string(), want_victims.iter().map(|s| s.to_string()).collect()), "{name}");
+            assert_eq!(
+                names(&c),
+                (want_node.to_string(), want_victims.iter().map(|s| s.to_string()).collect()),
+                "{name}"
+            );
             assert_eq!(msg, "", "{name}");
         }
     }
@@ -350,13 +405,37 @@ mod tests {
         let t0 = "2024-01-01T00:00:00Z";
         let t1 = "2024-01-02T00:00:00Z";
         let cases: Vec<(&str, Vec<Candidate>, &str)> = vec![
-            ("lowest highest-victim priority", vec![c("a", vec![v("x", 5, t0)]), c("b", vec![v("y", 3, t0), v("z", 3, t0)])], "b"),
-            ("then smallest sum", vec![c("a", vec![v("x", 3, t0), v("y", 2, t0)]), c("b", vec![v("z", 3, t0), v("w", 1, t0)])], "b"),
-            ("negative priorities don't favour more victims", vec![c("a", vec![v("x", -5, t0), v("y", -5, t0)]), c("b", vec![v("z", -5, t0)])], "b"),
+            (
+                "lowest highest-victim priority",
+                vec![c("a", vec![v("x", 5, t0)]), c("b", vec![v("y", 3, t0), v("z", 3, t0)])],
+                "b",
+            ),
+            (
+                "then smallest sum",
+                vec![c("a", vec![v("x", 3, t0), v("y", 2, t0)]), c("b", vec![v("z", 3, t0), v("w", 1, t0)])],
+                "b",
+            ),
+            (
+                "negative priorities don't favour more victims",
+                vec![c("a", vec![v("x", -5, t0), v("y", -5, t0)]), c("b", vec![v("z", -5, t0)])],
+                "b",
+            ),
             // Equal sums only with i32::MIN, which the shift makes 0.
-            ("then fewest victims", vec![c("a", vec![v("x", 0, t0), v("y", i32::MIN, t0)]), c("b", vec![v("z", 0, t0)])], "b"),
-            ("then latest start of the highest-priority victims", vec![c("a", vec![v("x", 3, t0)]), c("b", vec![v("y", 3, t1)])], "b"),
-            ("earliest of them counts", vec![c("a", vec![v("x", 3, t1), v("w", 3, t0)]), c("b", vec![v("y", 3, t1), v("z", 3, t1)])], "b"),
+            (
+                "then fewest victims",
+                vec![c("a", vec![v("x", 0, t0), v("y", i32::MIN, t0)]), c("b", vec![v("z", 0, t0)])],
+                "b",
+            ),
+            (
+                "then latest start of the highest-priority victims",
+                vec![c("a", vec![v("x", 3, t0)]), c("b", vec![v("y", 3, t1)])],
+                "b",
+            ),
+            (
+                "earliest of them counts",
+                vec![c("a", vec![v("x", 3, t1), v("w", 3, t0)]), c("b", vec![v("y", 3, t1), v("z", 3, t1)])],
+                "b",
+            ),
             ("then the first", vec![c("a", vec![v("x", 3, t0)]), c("b", vec![v("y", 3, t0)])], "a"),
         ];
         for (name, candidates, want) in cases {
@@ -374,7 +453,7 @@ mod tests {
         let high = pod("high", 20, "2", json!({}));
         let low = pod("low", 1, "1", json!({}));
         let taint = json!({"spec": {"taints": [{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]}});
-        let cases: Vec<(&str, Arc<PodInfo>, Vec<Arc<NodeInfo>>, &str)> = vec![
+        let cases: Vec<(&str, Arc<PodInfo>, Nodes, &str)> = vec![
             (
                 "no lower priority pods; unresolvable nodes are not examined",
                 pod("in", 10, "2", json!({})),
@@ -401,7 +480,8 @@ mod tests {
         }
         let mut no_preemption = profile();
         no_preemption.preemption = false;
-        let (c, msg) = preempt(&no_preemption, &pod("in", 10, "1", json!({})), &Snapshot::default(), &Diagnosis::default());
+        let (c, msg) =
+            preempt(&no_preemption, &pod("in", 10, "1", json!({})), &Snapshot::default(), &Diagnosis::default());
         assert!(c.is_none() && msg.is_empty());
         let (_, msg) = preempt(&profile(), &pod("in", 10, "1", json!({})), &Snapshot::default(), &Diagnosis::default());
         assert_eq!(msg, "preemption: no nodes available");
@@ -412,9 +492,15 @@ mod tests {
         let nominated = json!({"status": {"nominatedNodeName": "n"}});
         let terminating = json!({"metadata": {"deletionTimestamp": "2024-01-01T00:00:00Z"}});
         let never = json!({"spec": {"preemptionPolicy": "Never"}});
-        let cases: Vec<(&str, Arc<PodInfo>, Vec<Arc<PodInfo>>, bool, &str)> = vec![
+        let cases: Vec<(&str, Arc<PodInfo>, Pods, bool, &str)> = vec![
             ("plain pod", pod("in", 10, "1", json!({})), vec![], true, ""),
-            ("preemptionPolicy Never", pod("in", 10, "1", never), vec![], false, "preemption: not eligible due to preemptionPolicy=Never."),
+            (
+                "preemptionPolicy Never",
+                pod("in", 10, "1", never),
+                vec![],
+                false,
+                "preemption: not eligible due to preemptionPolicy=Never.",
+            ),
             (
                 "victim still terminating on the nominated node",
                 pod("in", 10, "1", nominated.clone()),
@@ -422,8 +508,20 @@ mod tests {
                 false,
                 "preemption: not eligible due to a terminating pod on the nominated node.",
             ),
-            ("terminating pod of higher priority", pod("in", 10, "1", nominated.clone()), vec![pod("v", 20, "1", terminating.clone())], true, ""),
-            ("lower priority pod not terminating", pod("in", 10, "1", nominated.clone()), vec![pod("v", 1, "1", json!({}))], true, ""),
+            (
+                "terminating pod of higher priority",
+                pod("in", 10, "1", nominated.clone()),
+                vec![pod("v", 20, "1", terminating.clone())],
+                true,
+                "",
+            ),
+            (
+                "lower priority pod not terminating",
+                pod("in", 10, "1", nominated.clone()),
+                vec![pod("v", 1, "1", json!({}))],
+                true,
+                "",
+            ),
             ("not nominated", pod("in", 10, "1", json!({})), vec![pod("v", 1, "1", terminating.clone())], true, ""),
         ];
         for (name, incoming, pods, want, want_msg) in cases {
@@ -439,7 +537,8 @@ mod tests {
     #[test]
     fn pre_filter_state_is_recomputed_without_the_victims() {
         // Anti-affinity to a lower priority pod: gone with it. The higher priority one stays.
-        let web = |name: &str, priority: i32| pod(name, priority, "100m", json!({"metadata": {"labels": {"app": "web"}}}));
+        let web =
+            |name: &str, priority: i32| pod(name, priority, "100m", json!({"metadata": {"labels": {"app": "web"}}}));
         let (low_web, high_web) = (web("low-web", 1), web("high-web", 100));
         let anti = json!({"spec": {"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
             {"labelSelector": {"matchLabels": {"app": "web"}}, "topologyKey": "kubernetes.io/hostname"}
@@ -474,7 +573,8 @@ mod tests {
         }
         // With 150 potential nodes, 100 candidates are found from the offset on, and the best
         // of those wins: the node with the cheapest victim past them is never seen.
-        let pods: Vec<Arc<PodInfo>> = (0..150).map(|i| pod(&format!("v{i}"), if i == 120 { 1 } else { 5 }, "1", json!({}))).collect();
+        let pods: Vec<Arc<PodInfo>> =
+            (0..150).map(|i| pod(&format!("v{i}"), if i == 120 { 1 } else { 5 }, "1", json!({}))).collect();
         let nodes: Vec<Arc<NodeInfo>> = (0..150).map(|i| node(&format!("n{i}"), "1", json!({}), &[&pods[i]])).collect();
         let snapshot = Snapshot { nodes, ..Default::default() };
         let incoming = pod("in", 10, "1", json!({}));

@@ -100,7 +100,7 @@ impl SchedulingQueue {
         Some(pod)
     }
 
-    fn to_active(&mut self, mut pod: QueuedPod, now: Instant) {
+    fn make_active(&mut self, mut pod: QueuedPod, now: Instant) {
         pod.timestamp = now;
         let key = ActiveKey { neg_priority: -(pod.info.priority as i64), timestamp: now, uid: pod.info.uid.clone() };
         let place = Place::Active(ActiveKey { neg_priority: key.neg_priority, timestamp: key.timestamp, uid: key.uid.clone() });
@@ -108,7 +108,7 @@ impl SchedulingQueue {
         self.pods.insert(pod.info.uid.clone(), (pod, place));
     }
 
-    fn to_backoff(&mut self, pod: QueuedPod, now: Instant) {
+    fn make_backoff(&mut self, pod: QueuedPod, now: Instant) {
         // Counted from the failure (`timestamp`), not from now.
         let until = (pod.timestamp + backoff_for(pod.attempts)).max(now);
         let key = BackoffKey { until, uid: pod.info.uid.clone() };
@@ -124,7 +124,7 @@ impl SchedulingQueue {
             return;
         }
         let pod = QueuedPod { info, initial: now, timestamp: now, attempts: 0, cycle: 0 };
-        self.to_active(pod, now);
+        self.make_active(pod, now);
     }
 
     /// A pending pod changed. An unschedulable pod whose spec changed may fit now: it is moved
@@ -143,7 +143,7 @@ impl SchedulingQueue {
             Place::Unschedulable(_) if spec_changed => {
                 if let Some(mut pod) = self.unplace(&uid) {
                     pod.info = info;
-                    self.to_active(pod, now);
+                    self.make_active(pod, now);
                 }
             }
             Place::Active(k) => {
@@ -199,7 +199,7 @@ impl SchedulingQueue {
             }
             let uid = first.uid.clone();
             if let Some(pod) = self.unplace(&uid) {
-                self.to_active(pod, now);
+                self.make_active(pod, now);
             }
         }
         let stale: Vec<String> = self
@@ -210,7 +210,7 @@ impl SchedulingQueue {
             .collect();
         for uid in stale {
             if let Some(pod) = self.unplace(&uid) {
-                self.to_active(pod, now);
+                self.make_active(pod, now);
             }
         }
     }
@@ -232,7 +232,7 @@ impl SchedulingQueue {
         if unschedulable && self.move_request_cycle < pod.cycle {
             self.pods.insert(uid, (pod, Place::Unschedulable(now)));
         } else {
-            self.to_backoff(pod, now);
+            self.make_backoff(pod, now);
         }
     }
 
@@ -254,9 +254,9 @@ impl SchedulingQueue {
             if let Some(pod) = self.unplace(&uid) {
                 let backoff_ends = pod.timestamp + backoff_for(pod.attempts);
                 if backoff_ends > now {
-                    self.to_backoff(pod, now);
+                    self.make_backoff(pod, now);
                 } else {
-                    self.to_active(pod, now);
+                    self.make_active(pod, now);
                 }
             }
         }

@@ -86,6 +86,7 @@ pub async fn run(
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let profiles = config.profiles().map_err(anyhow::Error::msg)?;
+    tracing::info!(identity, profiles = profiles.len(), "scheduler replica started");
     let names = profiles.iter().map(|p| p.scheduler_name.clone()).collect();
     let shared = Arc::new(Shared {
         state: Mutex::new(State { cache: Cache::new(), queue: SchedulingQueue::new(), pods_synced: false, nodes_synced: false }),

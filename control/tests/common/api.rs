@@ -29,8 +29,16 @@ impl ApiProcess {
         Self::server_with(&[]).await
     }
 
-    /// `keelson server` with more flags.
+    /// `keelson server` with more flags; the API alone, without its scheduler (tests of the API
+    /// bind pods themselves).
     pub async fn server_with(args: &[&str]) -> ApiProcess {
+        let mut all = vec!["--disable", "scheduler"];
+        all.extend_from_slice(args);
+        Self::server_full(&all).await
+    }
+
+    /// `keelson server` with every component it runs by default, and more flags.
+    pub async fn server_full(args: &[&str]) -> ApiProcess {
         let dir = tempfile::tempdir().unwrap();
         let ports = free_ports(3);
         let (client, peer, api) = (ports[0], ports[1], ports[2]);
@@ -126,4 +134,70 @@ pub async fn metric(client: &Client, series: &str) -> u64 {
     let text = client.request_text(req).await.unwrap();
     let prefix = format!("{series} ");
     text.lines().find_map(|l| l.strip_prefix(&prefix)).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{text}"))
+}
+
+/// Another `keelson` process beside an API (an agent, a scheduler replica), killed on drop, with
+/// its log printed when the test fails.
+pub struct Component {
+    child: Child,
+    pub log: PathBuf,
+    name: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Component {
+    /// Runs `keelson <args>`.
+    pub fn spawn(name: &str, args: &[&str]) -> Component {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join(format!("{name}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("the keelson binary starts");
+        Component { child, log, name: name.to_string(), _dir: dir }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends a signal by name (`STOP`, `CONT`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().expect("kill runs");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    /// Waits for the process to exit on its own; its status, or None after `within_`.
+    pub fn wait_exit(&mut self, within_: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within_;
+        while std::time::Instant::now() < deadline {
+            if let Some(exit) = self.child.try_wait().expect("the child can be polled") {
+                return Some(exit);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        // A stopped process must be continued to die promptly on SIGKILL's delivery to its group.
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("===== {} log {} =====\n{}", self.name, self.log.display(), log_tail(&self.log, 40));
+        }
+    }
 }

@@ -32,7 +32,7 @@ enum Command {
     /// Run one member of the replicated store (etcd v3 API), with etcd-style flags.
     Store(store::StoreArgs),
     /// Run a store member and a Kubernetes API server beside it.
-    Server(server::ServerArgs),
+    Server(Box<server::ServerArgs>),
     /// Run an extra Kubernetes API server over existing store endpoints.
     Apiserver(apiserver::ApiserverArgs),
     /// Run a scheduler replica (leader-elected).
@@ -64,7 +64,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Store(args) => store::run(args).await,
-            Command::Server(args) => server::server(args).await,
+            Command::Server(args) => server::server(*args).await,
             Command::Apiserver(args) => apiserver::apiserver(args).await,
             Command::Agent(args) => agent::agent(args).await,
             Command::Scheduler(args) => scheduler::scheduler(args).await,
