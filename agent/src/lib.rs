@@ -98,6 +98,7 @@ pub async fn run<R: RuntimeService>(
         let (tx, rx) = mpsc::channel(POD_UPDATES_QUEUED_MAX);
         routes.insert(setup.name.clone(), tx);
         let ctx = Arc::new(NodeContext::new(setup.name.clone(), setup.internal_ip.clone(), rt, client.clone(), options.container_id_scheme));
+        node::announce(&client, &setup);
         let lease = NodeLease::new(&client, &setup.name, uid, options.lease_duration);
         // Spread the nodes' heartbeats over the renewal interval instead of sending them at once.
         let offset = options.lease_renew_interval.mul_f64((i as f64 * 0.618_033_988_7).fract());

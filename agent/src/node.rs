@@ -103,6 +103,50 @@ pub async fn register(client: &kube::Client, setup: &NodeSetup) -> anyhow::Resul
     Ok(node.metadata.uid.unwrap_or_default())
 }
 
+/// Records that the node's agent started and the node is ready (kubelet's events), without
+/// waiting: an event that cannot be written is only logged.
+pub fn announce(client: &kube::Client, setup: &NodeSetup) {
+    use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference};
+    let api: Api<Event> = Api::namespaced(client.clone(), "default");
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let event = |reason: &str, message: String| Event {
+        metadata: ObjectMeta {
+            name: Some(format!("{}.{:x}.{}", setup.name, now.as_nanosecond() as u64, reason.to_lowercase())),
+            namespace: Some("default".into()),
+            ..Default::default()
+        },
+        involved_object: ObjectReference {
+            kind: Some("Node".into()),
+            name: Some(setup.name.clone()),
+            // kubelet names its node by the node's name in the uid field, where kubectl
+            // describe looks for a kubelet's events.
+            uid: Some(setup.name.clone()),
+            ..Default::default()
+        },
+        reason: Some(reason.into()),
+        message: Some(message),
+        type_: Some("Normal".into()),
+        source: Some(EventSource { component: Some("kubelet".into()), host: Some(setup.name.clone()) }),
+        first_timestamp: Some(Time(now)),
+        last_timestamp: Some(Time(now)),
+        count: Some(1),
+        reporting_component: Some("kubelet".into()),
+        reporting_instance: Some(setup.name.clone()),
+        ..Default::default()
+    };
+    let events = [
+        event("Starting", "Starting kubelet.".into()),
+        event("NodeReady", format!("Node {} status is now: NodeReady", setup.name)),
+    ];
+    tokio::spawn(async move {
+        for e in events {
+            if let Err(err) = api.create(&PostParams::default(), &e).await {
+                tracing::debug!(error = %err, "node event not written");
+            }
+        }
+    });
+}
+
 /// Reports the node's status again (conditions with a fresh heartbeat time).
 pub async fn report_status(client: &kube::Client, setup: &NodeSetup) -> anyhow::Result<()> {
     let api: Api<Node> = Api::all(client.clone());

@@ -13,13 +13,12 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
 use benches::cluster::{Cluster, Ports, MEMBERS};
+use benches::http::{call, contains, wait_serving, Http};
 
 /// Requests under way at once; beyond it the open loop waits (and the achieved rate shows it).
 const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
@@ -55,8 +54,6 @@ struct Args {
     #[arg(long, default_value = "bench-results/api")]
     out: PathBuf,
 }
-
-type Http = Client<HttpConnector, Full<Bytes>>;
 
 #[derive(Default)]
 struct Latencies {
@@ -110,22 +107,6 @@ fn row(step_rate: u64, verb: &str, mut l: Latencies, seconds: f64) -> Row {
         max_ms: l.ok.last().map_or(0.0, |d| d.as_secs_f64() * 1e3),
         first_error: l.first_error,
     }
-}
-
-async fn call(http: &Http, method: &str, url: String, content_type: &str, body: Vec<u8>) -> Result<Bytes> {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(&url)
-        .header("content-type", content_type)
-        .header("accept", "application/json")
-        .body(Full::new(Bytes::from(body)))?;
-    let resp = http.request(req).await.with_context(|| format!("{method} {url}"))?;
-    let status = resp.status();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    if !status.is_success() {
-        bail!("{method} {url}: {status}: {}", String::from_utf8_lossy(&bytes));
-    }
-    Ok(bytes)
 }
 
 fn pod(name: &str, sent_ns: u128) -> Vec<u8> {
@@ -200,10 +181,6 @@ async fn watch(http: Http, url: String, origin: Instant, delays: Arc<std::sync::
     Ok(())
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(haystack, needle).is_some()
-}
-
 /// The `bench/sent` annotation of an event line: nanoseconds since the run's origin.
 fn sent_annotation(line: &[u8]) -> Option<u128> {
     const KEY: &[u8] = br#""bench/sent":""#;
@@ -242,21 +219,10 @@ async fn run(args: Args) -> Result<()> {
     println!("starting three keelson servers (store member + API replica each)");
     let mut cluster = Cluster::start_with("keelson", &keelson, &["server"], member_args, &ports, root.path()).await?;
     let bases: Vec<String> = api_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
-    let http: Http = Client::builder(hyper_util::rt::TokioExecutor::new())
-        .pool_max_idle_per_host(REQUESTS_IN_FLIGHT_MAX)
-        .build_http();
+    let http: Http = benches::http::client(REQUESTS_IN_FLIGHT_MAX);
 
     // Every replica serves the API (it creates the system namespaces first).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for base in &bases {
-        while call(&http, "GET", format!("{base}/api/v1/namespaces/default"), "application/json", vec![]).await.is_err()
-        {
-            if Instant::now() > deadline {
-                bail!("{base} does not serve the API");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    wait_serving(&http, &bases, Duration::from_secs(30)).await?;
     let ns = serde_json::to_vec(&json!({"metadata": {"name": NAMESPACE}}))?;
     call(&http, "POST", format!("{}/api/v1/namespaces", bases[0]), "application/json", ns).await?;
 

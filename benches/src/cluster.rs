@@ -163,6 +163,11 @@ impl Cluster {
         Ok(total)
     }
 
+    /// The members' process IDs.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|c| c.id()).collect()
+    }
+
     /// Fails if a member has exited (crashed) since the start.
     pub fn check_alive(&mut self) -> Result<()> {
         for (child, log) in self.children.iter_mut().zip(&self.logs) {

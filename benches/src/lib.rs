@@ -2,5 +2,7 @@
 //! their reports.
 
 pub mod cluster;
+pub mod http;
+pub mod procstat;
 pub mod report;
 pub mod workloads;

@@ -159,6 +159,7 @@ async fn requests_fill_nodes_and_a_pod_that_fits_nowhere_waits_for_a_new_node() 
         assert!(wide.lines().any(|l| l.starts_with("waiting ") && l.contains("Running") && l.contains(" late ")), "{wide}");
         let describe = kubectl(which, &api, &["describe", "node", "late"]);
         assert!(describe.contains("Allocated resources:"), "{describe}");
+        assert!(describe.contains("NodeReady") && describe.contains("Starting kubelet."), "node events: {describe}");
         assert!(describe.lines().any(|l| l.trim_start().starts_with("cpu") && l.contains("1 (50%)")), "{describe}");
         let nodes = kubectl(which, &api, &["get", "nodes"]);
         assert_eq!(nodes.lines().filter(|l| l.contains(" Ready ")).count(), 3, "{nodes}");
@@ -304,6 +305,20 @@ async fn taints_selectors_affinity_spread_and_anti_affinity() {
     let message = unschedulable_message(&client, "solo-extra").await;
     assert!(message.contains("3 node(s) didn't match pod anti-affinity rules"), "{message}");
     assert!(message.contains("1 node(s) had untolerated taint(s)"), "{message}");
+
+    // A cordoned node takes nothing new until it is uncordoned.
+    kubectl("KEELSON_KUBECTL", &api, &["cordon", "hollow-0"]);
+    let nodes = kubectl("KEELSON_KUBECTL", &api, &["get", "nodes"]);
+    assert!(nodes.lines().any(|l| l.starts_with("hollow-0 ") && l.contains("Ready,SchedulingDisabled")), "{nodes}");
+    let cordoned = names("cordoned", 4);
+    for n in &cordoned {
+        create_pod(&client, cpu_pod(n, "10m")).await;
+    }
+    let placed = wait_bound(&client, &cordoned, false).await;
+    assert!(placed.values().all(|n| n != "hollow-0" && n != "hollow-3"), "{placed:?}");
+    kubectl("KEELSON_KUBECTL_CURRENT", &api, &["uncordon", "hollow-0"]);
+    let nodes = kubectl("KEELSON_KUBECTL_CURRENT", &api, &["get", "nodes"]);
+    assert!(nodes.lines().any(|l| l.starts_with("hollow-0 ") && l.contains(" Ready ")), "{nodes}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,72 @@
+//! Plain HTTP/1 calls to the Kubernetes API for the API benchmarks: JSON in, bytes out, and
+//! watch streams read line by line, with as little work on the client as the measurement allows
+//! (it shares the machine's CPUs with the servers).
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+
+pub type Http = Client<HttpConnector, Full<Bytes>>;
+
+/// A client that keeps up to `idle_per_host` connections open to each server.
+pub fn client(idle_per_host: usize) -> Http {
+    Client::builder(hyper_util::rt::TokioExecutor::new()).pool_max_idle_per_host(idle_per_host).build_http()
+}
+
+pub async fn call(http: &Http, method: &str, url: String, content_type: &str, body: Vec<u8>) -> Result<Bytes> {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(&url)
+        .header("content-type", content_type)
+        .header("accept", "application/json")
+        .body(Full::new(Bytes::from(body)))?;
+    let resp = http.request(req).await.with_context(|| format!("{method} {url}"))?;
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    if !status.is_success() {
+        bail!("{method} {url}: {status}: {}", String::from_utf8_lossy(&bytes));
+    }
+    Ok(bytes)
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
+}
+
+/// Opens a watch at `url` and hands every event line to `on_line` until the stream ends.
+pub async fn watch_lines(http: &Http, url: &str, mut on_line: impl FnMut(&[u8])) -> Result<()> {
+    let req = http::Request::get(url).body(Full::new(Bytes::new()))?;
+    let resp = http.request(req).await.with_context(|| format!("GET {url}"))?;
+    if !resp.status().is_success() {
+        bail!("watch {url}: {}", resp.status());
+    }
+    let mut body = resp.into_body();
+    let mut pending: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else { continue };
+        pending.extend_from_slice(&data);
+        let mut start = 0;
+        while let Some(nl) = memchr::memchr(b'\n', &pending[start..]) {
+            on_line(&pending[start..start + nl]);
+            start += nl + 1;
+        }
+        pending.drain(..start);
+    }
+    Ok(())
+}
+
+/// Waits until every base URL serves the API's default namespace.
+pub async fn wait_serving(http: &Http, bases: &[String], within: std::time::Duration) -> Result<()> {
+    let deadline = std::time::Instant::now() + within;
+    for base in bases {
+        while call(http, "GET", format!("{base}/api/v1/namespaces/default"), "application/json", vec![]).await.is_err() {
+            if std::time::Instant::now() > deadline {
+                bail!("{base} does not serve the API");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+    Ok(())
+}
