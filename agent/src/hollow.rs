@@ -253,8 +253,8 @@ impl RuntimeService for HollowRuntime {
             c.started_at = now_nanos();
             (c.life, c.sandbox.clone())
         };
+        // The caller knows the container started; only a later exit is news.
         let event = |state| ContainerEvent { container_id: id.to_string(), pod_sandbox_id: sandbox.clone(), state };
-        let _ = self.events_tx.try_send(event(ContainerState::Running));
         if let Life::Exits { after, .. } = life {
             let tx = self.events_tx.clone();
             let exited = event(ContainerState::Exited);

@@ -131,8 +131,10 @@ pub async fn run<R: RuntimeService>(
         };
         match event {
             watcher::Event::Init => listing.clear(),
-            watcher::Event::InitApply(pod) | watcher::Event::Apply(pod) => {
+            watcher::Event::InitApply(mut pod) | watcher::Event::Apply(mut pod) => {
                 let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
+                // Never read here, and the largest part of a pod: not kept for thousands of pods.
+                pod.metadata.managed_fields = None;
                 let Some(route) = routes.get(&node) else { continue };
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 listing.insert(uid.clone());
@@ -296,7 +298,7 @@ async fn node_loop<R: RuntimeService>(
                 }
             },
             Some(event) = async { match events.as_mut() { Some(rx) => rx.recv().await, None => std::future::pending().await } } => {
-                match ctx.runtime.pod_sandbox_status(&event.pod_sandbox_id).await {
+                match Box::pin(ctx.runtime.pod_sandbox_status(&event.pod_sandbox_id)).await {
                     Ok(s) => kick(&mut workers, &s.metadata.uid),
                     Err(e) => tracing::debug!(error = %e, "container event for a sandbox that is gone"),
                 }
@@ -307,7 +309,7 @@ async fn node_loop<R: RuntimeService>(
                     kick(&mut workers, uid);
                 }
                 // Sandboxes of pods this node no longer has (the agent restarted meanwhile).
-                match ctx.runtime.list_pod_sandbox().await {
+                match Box::pin(ctx.runtime.list_pod_sandbox()).await {
                     Ok(list) => {
                         let orphans: Vec<String> = list.into_iter().map(|s| s.metadata.uid).filter(|uid| !workers.contains_key(uid)).collect();
                         for uid in orphans {
@@ -319,12 +321,14 @@ async fn node_loop<R: RuntimeService>(
                 }
             },
             _ = renew.tick() => {
-                if let Err(e) = lease.renew().await {
+                // Boxed: a request's future is large, and thousands of idle node tasks would
+                // each carry its space for nothing.
+                if let Err(e) = Box::pin(lease.renew()).await {
                     tracing::warn!(node = %ctx.node_name, error = format!("{e:#}"), "node lease not renewed");
                 }
             },
             _ = report.tick() => {
-                if let Err(e) = node::report_status(&ctx.client, &setup).await {
+                if let Err(e) = Box::pin(node::report_status(&ctx.client, &setup)).await {
                     tracing::warn!(node = %ctx.node_name, error = format!("{e:#}"), "node status not reported");
                 }
             },
@@ -334,4 +338,36 @@ async fn node_loop<R: RuntimeService>(
 
 fn pod_name(pod: Option<&Pod>) -> String {
     pod.map(|p| format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_node_task_is_small() {
+        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:9".parse().unwrap())).unwrap();
+        let nodes = hollow::HollowNodes {
+            prefix: "n".into(),
+            name: None,
+            count: 1,
+            zones: 1,
+            cpu: "1".into(),
+            memory: "1Gi".into(),
+            pods: 10,
+            ephemeral_storage: "1Gi".into(),
+            labels: Default::default(),
+            taints: vec![],
+        }
+        .build()
+        .unwrap();
+        let (setup, rt) = nodes.into_iter().next().unwrap();
+        let ctx = Arc::new(NodeContext::new(setup.name.clone(), setup.internal_ip.clone(), rt, client.clone(), "hollow"));
+        let lease = NodeLease::new(&client, &setup.name, String::new(), Duration::from_secs(40));
+        let (_tx, rx) = mpsc::channel(1);
+        let task = node_loop(ctx, setup, lease, rx, Arc::new(Semaphore::new(1)), AgentOptions::default(), Duration::ZERO);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("node task: {size} bytes");
+        assert!(size < 4096, "a node's task takes {size} bytes before it runs");
+    }
 }

@@ -31,6 +31,32 @@ pub async fn call(http: &Http, method: &str, url: String, content_type: &str, bo
     Ok(bytes)
 }
 
+/// `call`, tried again while the API answers 503 or 429 or the connection fails (a replica
+/// whose store connection broke answers 503 until it has a new one), up to `attempts` times. A
+/// create retried after its first attempt went through meets 409 AlreadyExists: that is success.
+pub async fn call_retrying(http: &Http, method: &str, url: String, content_type: &str, body: Vec<u8>, attempts: u32) -> Result<Bytes> {
+    let mut last = None;
+    for attempt in 0..attempts.max(1) {
+        match call(http, method, url.clone(), content_type, body.clone()).await {
+            Ok(b) => return Ok(b),
+            Err(e) => {
+                let text = format!("{e:#}");
+                if attempt > 0 && method == "POST" && text.contains(": 409 Conflict") && text.contains("AlreadyExists") {
+                    return Ok(Bytes::new());
+                }
+                let transient = text.contains(": 503 ") || text.contains(": 429 ") || !text.contains(": ");
+                let transient = transient || text.contains("connection") || text.contains("transport");
+                if !transient {
+                    return Err(e);
+                }
+                last = Some(e);
+                tokio::time::sleep(std::time::Duration::from_millis(200 << attempt.min(4))).await;
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("{method} {url}: no attempt made")))
+}
+
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     memchr::memmem::find(haystack, needle).is_some()
 }

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
 use benches::cluster::{Cluster, Ports, MEMBERS};
-use benches::http::{call, wait_serving, watch_lines, Http};
+use benches::http::{call, call_retrying, wait_serving, watch_lines, Http};
 use benches::procstat::{usage, Usage};
 
 const NAMESPACE: &str = "sched-bench";
@@ -27,6 +27,8 @@ const NAMESPACE: &str = "sched-bench";
 const CREATES_IN_FLIGHT_MAX: usize = 64;
 /// How long a shape may take to bind (and run) its pods before it is called failed.
 const SHAPE_DEADLINE: Duration = Duration::from_secs(600);
+/// Tries of an API call that fails for a passing reason (503, a broken connection).
+const API_ATTEMPTS: u32 = 8;
 /// How long the agent may take to register its nodes.
 const NODES_DEADLINE: Duration = Duration::from_secs(300);
 
@@ -239,6 +241,31 @@ fn track(tracker: &Tracker, line: &[u8]) {
     }
 }
 
+/// Follows the namespace's pods into `tracker`: a list, then a watch from it, and again from a
+/// fresh list whenever the watch ends, so that a dropped stream loses nothing.
+async fn follow(http: &Http, base: &str, tracker: &Tracker) {
+    loop {
+        let listed = match call(http, "GET", format!("{base}/api/v1/namespaces/{NAMESPACE}/pods"), "", vec![]).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("listing pods: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Ok(list) = serde_json::from_slice::<Value>(&listed) else { continue };
+        for item in list["items"].as_array().into_iter().flatten() {
+            let line = json!({"type": "MODIFIED", "object": item});
+            track(tracker, &serde_json::to_vec(&line).unwrap_or_default());
+        }
+        let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+        let url = format!("{base}/api/v1/namespaces/{NAMESPACE}/pods?watch=1&resourceVersion={rv}");
+        if let Err(e) = watch_lines(http, &url, |line| track(tracker, line)).await {
+            eprintln!("pod watch ended: {e:#}; listing again");
+        }
+    }
+}
+
 #[derive(Serialize, Clone)]
 struct Row {
     shape: String,
@@ -283,7 +310,7 @@ async fn create_pods(http: &Http, bases: &[String], tracker: &Tracker, names: &[
         let (http, tracker, name) = (http.clone(), tracker.clone(), name.clone());
         tasks.spawn(async move {
             tracker.lock().expect("not poisoned").entry(name).or_default().created = Some(Instant::now());
-            let r = call(&http, "POST", url, "application/json", body).await.map(|_| ());
+            let r = call_retrying(&http, "POST", url, "application/json", body, API_ATTEMPTS).await.map(|_| ());
             drop(permit);
             r
         });
@@ -388,7 +415,7 @@ async fn measure(http: &Http, bases: &[String], shape: &Shape, init_count: usize
     // Every node registered and Ready.
     let deadline = Instant::now() + NODES_DEADLINE;
     loop {
-        let list = call(http, "GET", format!("{}/api/v1/nodes?resourceVersion=0", bases[0]), "", vec![]).await?;
+        let list = call_retrying(http, "GET", format!("{}/api/v1/nodes?resourceVersion=0", bases[0]), "", vec![], API_ATTEMPTS).await?;
         let ready = memchr::memmem::find_iter(&list, br#""reason":"KubeletReady""#).count();
         if ready >= shape.nodes {
             break;
@@ -400,18 +427,16 @@ async fn measure(http: &Http, bases: &[String], shape: &Shape, init_count: usize
     }
     println!("{} nodes ready", shape.nodes);
     let ns = serde_json::to_vec(&json!({"metadata": {"name": NAMESPACE}}))?;
-    call(http, "POST", format!("{}/api/v1/namespaces", bases[0]), "application/json", ns).await?;
+    call_retrying(http, "POST", format!("{}/api/v1/namespaces", bases[0]), "application/json", ns, API_ATTEMPTS).await?;
     if matches!(shape.kind, Kind::Preemption | Kind::Unschedulable) {
         let pc = serde_json::to_vec(&json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "sched-bench-10"}, "value": 10}))?;
-        call(http, "POST", format!("{}/apis/scheduling.k8s.io/v1/priorityclasses", bases[0]), "application/json", pc).await?;
+        call_retrying(http, "POST", format!("{}/apis/scheduling.k8s.io/v1/priorityclasses", bases[0]), "application/json", pc, API_ATTEMPTS)
+            .await?;
     }
-    let listed = call(http, "GET", format!("{}/api/v1/namespaces/{NAMESPACE}/pods", bases[1 % bases.len()]), "", vec![]).await?;
-    let rv = serde_json::from_slice::<Value>(&listed)?["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
     let tracker: Tracker = Arc::default();
     let watcher = {
-        let (http, tracker) = (http.clone(), tracker.clone());
-        let url = format!("{}/api/v1/namespaces/{NAMESPACE}/pods?watch=1&resourceVersion={rv}", bases[1 % bases.len()]);
-        tokio::spawn(async move { watch_lines(&http, &url, |line| track(&tracker, line)).await })
+        let (http, tracker, base) = (http.clone(), tracker.clone(), bases[1 % bases.len()].clone());
+        tokio::spawn(async move { follow(&http, &base, &tracker).await })
     };
 
     let init: Vec<String> = (0..init_count).map(|i| format!("init-{i}")).collect();

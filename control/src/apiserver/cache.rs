@@ -424,6 +424,12 @@ impl WatchCache {
         Ok(Subscription { backlog, revision: s.revision, items })
     }
 
+    /// Whether the cache holds `key` now; None while the cache is not built.
+    pub fn contains(&self, key: &str) -> Option<bool> {
+        let s = self.state.read().expect("not poisoned");
+        s.ready.then(|| s.objects.contains_key(key))
+    }
+
     /// Every object in `scope` and the revision they are current at, if the cache is built.
     pub fn list(&self, scope: &str) -> Option<(Vec<Arc<CachedObject>>, i64)> {
         let s = self.state.read().expect("not poisoned");

@@ -947,12 +947,14 @@ pub async fn bind(api: &Api, res: &Resource, ns: Option<&str>, name: &str, body:
     if node.is_empty() {
         return Err(ApiError::invalid("Binding", "", name, vec![super::errors::Cause::required("target.name")]));
     }
-    // One linearizable read of the key alone: a node registered just before is found. A node
-    // deleted after it is the node lifecycle's to handle, as for any bound pod.
+    // The nodes' watch cache answers almost always; a node it does not hold yet (registered just
+    // before) is looked for with one linearizable read of the key alone. A node deleted after
+    // the check is the node lifecycle's to handle, as for any bound pod.
     let node_key = kinds::node::RESOURCE.key(None, &node);
+    let cached = api.cache(&kinds::node::RESOURCE).contains(&node_key) == Some(true);
     let mut node_end = node_key.clone().into_bytes();
     node_end.push(0);
-    if api.store.keys(node_key.as_bytes(), &node_end).await?.is_empty() {
+    if !cached && api.store.keys(node_key.as_bytes(), &node_end).await?.is_empty() {
         return Err(ApiError::not_found(kinds::node::RESOURCE.plural, kinds::node::RESOURCE.group, &node));
     }
     let annotations = body.pointer("/metadata/annotations").and_then(Value::as_object).cloned().unwrap_or_default();

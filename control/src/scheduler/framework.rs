@@ -30,6 +30,11 @@ pub struct PodInfo {
     pub priority: i32,
     /// Host ports the pod's containers claim: (protocol, host IP, port).
     pub host_ports: Vec<HostPort>,
+    /// Whether the pod has pod affinity or anti-affinity terms (kube-scheduler's
+    /// PodsWithAffinity), and required anti-affinity ones (PodsWithRequiredAntiAffinity): the
+    /// only existing pods InterPodAffinity has to look at for a pod without terms of its own.
+    pub has_pod_affinity: bool,
+    pub has_required_anti_affinity: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -47,7 +52,15 @@ impl PodInfo {
         let (requests, non_zero_requests) = pod_requests(&pod);
         let priority = pod.spec.as_ref().and_then(|s| s.priority).unwrap_or(0);
         let host_ports = host_ports(&pod);
+        let affinity = pod.spec.as_ref().and_then(|s| s.affinity.as_ref());
+        let has_pod_affinity = affinity.is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some());
+        let has_required_anti_affinity = affinity
+            .and_then(|a| a.pod_anti_affinity.as_ref())
+            .and_then(|a| a.required_during_scheduling_ignored_during_execution.as_ref())
+            .is_some_and(|terms| !terms.is_empty());
         PodInfo {
+            has_pod_affinity,
+            has_required_anti_affinity,
             key: format!("{namespace}/{name}"),
             uid: pod.metadata.uid.clone().unwrap_or_default(),
             namespace,
@@ -98,6 +111,9 @@ pub struct NodeInfo {
     pub requested: Resources,
     pub non_zero_requested: Resources,
     pub used_ports: Vec<HostPort>,
+    /// How many of `pods` have pod (anti-)affinity, and required anti-affinity.
+    pub pods_with_affinity: u32,
+    pub pods_with_required_anti_affinity: u32,
     /// Bumped on every change, so that snapshots copy only what changed.
     pub generation: u64,
 }
@@ -113,6 +129,8 @@ impl NodeInfo {
             requested: Resources::default(),
             non_zero_requested: Resources::default(),
             used_ports: Vec::new(),
+            pods_with_affinity: 0,
+            pods_with_required_anti_affinity: 0,
             generation: 0,
         }
     }
@@ -132,6 +150,8 @@ impl NodeInfo {
         self.requested.add(&pod.requests);
         self.non_zero_requested.add(&pod.non_zero_requests);
         self.used_ports.extend(pod.host_ports.iter().cloned());
+        self.pods_with_affinity += pod.has_pod_affinity as u32;
+        self.pods_with_required_anti_affinity += pod.has_required_anti_affinity as u32;
         self.pods.push(pod);
     }
 
@@ -141,6 +161,8 @@ impl NodeInfo {
         let pod = self.pods.swap_remove(i);
         self.requested.sub(&pod.requests);
         self.non_zero_requested.sub(&pod.non_zero_requests);
+        self.pods_with_affinity -= pod.has_pod_affinity as u32;
+        self.pods_with_required_anti_affinity -= pod.has_required_anti_affinity as u32;
         for port in &pod.host_ports {
             if let Some(j) = self.used_ports.iter().position(|p| p == port) {
                 self.used_ports.swap_remove(j);

@@ -166,7 +166,9 @@ async fn watch_pods(shared: Arc<Shared>) {
     }
 }
 
-fn pod_applied(shared: &Shared, pod: Pod) {
+fn pod_applied(shared: &Shared, mut pod: Pod) {
+    // Never read by the scheduler, and the largest part of a pod: not kept for every pod.
+    pod.metadata.managed_fields = None;
     let now = Instant::now();
     let responsible = shared.responsible(&pod);
     let terminating = pod.metadata.deletion_timestamp.is_some();

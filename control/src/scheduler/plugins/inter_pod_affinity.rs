@@ -151,14 +151,6 @@ fn preferred_anti_affinity(pod: &Pod) -> &[WeightedPodAffinityTerm] {
     a.and_then(|a| a.preferred_during_scheduling_ignored_during_execution.as_deref()).unwrap_or_default()
 }
 
-/// Whether the pod has pod affinity or anti-affinity at all (kube-scheduler's PodsWithAffinity).
-fn has_pod_affinity(pod: &Pod) -> bool {
-    pod.spec
-        .as_ref()
-        .and_then(|s| s.affinity.as_ref())
-        .is_some_and(|a| a.pod_affinity.is_some() || a.pod_anti_affinity.is_some())
-}
-
 /// A number per (topology key, value), nested so that lookups borrow the node's labels.
 #[derive(Debug, Default)]
 struct TopologyCounts(HashMap<String, HashMap<String, i64>>);
@@ -227,9 +219,17 @@ impl Plugin for InterPodAffinity {
         let mut affinity_counts = TopologyCounts::default();
         let mut anti_affinity_counts = TopologyCounts::default();
         let mut existing_anti_affinity_counts = TopologyCounts::default();
+        let has_terms = !affinity.is_empty() || !anti_affinity.is_empty();
         for node in &snapshot.nodes {
+            // Without terms of its own, only existing pods' required anti-affinity matters.
+            if !has_terms && node.pods_with_required_anti_affinity == 0 {
+                continue;
+            }
             let node_labels = node.labels();
             for existing in &node.pods {
+                if !has_terms && !existing.has_required_anti_affinity {
+                    continue;
+                }
                 let theirs = required_anti_affinity(&existing.pod);
                 // A pod whose terms don't parse has none, as in kube-scheduler's PodInfo.
                 if !theirs.is_empty() {
@@ -334,13 +334,16 @@ impl Plugin for InterPodAffinity {
 
         let mut scores = TopologyCounts::default();
         for node in &snapshot.nodes {
+            // Without preferences of its own, only pods with pod (anti-)affinity matter.
+            if !has_preferred && node.pods_with_affinity == 0 {
+                continue;
+            }
             let node_labels = node.labels();
             if node_labels.is_empty() {
                 continue;
             }
             for existing in &node.pods {
-                // Without preferences of its own, only pods with pod (anti-)affinity matter.
-                if !has_preferred && !has_pod_affinity(&existing.pod) {
+                if !has_preferred && !existing.has_pod_affinity {
                     continue;
                 }
                 for (weight, t) in &preferred {
@@ -353,7 +356,7 @@ impl Plugin for InterPodAffinity {
                         scores.add(&t.topology_key, node_labels, -*weight);
                     }
                 }
-                if !has_pod_affinity(&existing.pod) {
+                if !existing.has_pod_affinity {
                     continue;
                 }
                 // The existing pod's own terms, matched against the incoming pod (symmetry).
