@@ -33,6 +33,8 @@ const REGISTRATIONS_IN_FLIGHT_MAX: usize = 32;
 /// Relisting the runtime: how often, when it reports container events and when it does not.
 const RELIST_PERIOD_EVENTED: Duration = Duration::from_secs(60);
 const RELIST_PERIOD_POLLED: Duration = Duration::from_secs(1);
+/// Longest a pod's sync may take, beyond the pod's grace period for stopping its containers.
+const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 /// A failing sync is retried after this, doubling up to the maximum.
 const SYNC_RETRY_INITIAL: Duration = Duration::from_secs(1);
 const SYNC_RETRY_MAX: Duration = Duration::from_secs(30);
@@ -231,10 +233,17 @@ async fn node_loop<R: RuntimeService>(
         let (ctx, pod, tx, syncs, uid) = (ctx.clone(), w.pod.clone(), done_tx.clone(), syncs.clone(), uid.to_string());
         tokio::spawn(async move {
             let Ok(_permit) = syncs.acquire_owned().await else { return };
-            let result = match pod {
-                Some(pod) => pods::sync_pod(&ctx, &pod).await,
-                None => pods::kill_pod(&ctx, &uid, Duration::ZERO).await.map(|()| Next::Gone),
+            // A call that never answers must not hold the pod (and a sync slot) forever.
+            let limit = SYNC_TIMEOUT + pod.as_deref().map(grace_period).unwrap_or_default();
+            let sync = async {
+                match pod {
+                    Some(pod) => pods::sync_pod(&ctx, &pod).await,
+                    None => pods::kill_pod(&ctx, &uid, Duration::ZERO).await.map(|()| Next::Gone),
+                }
             };
+            let result = tokio::time::timeout(limit, sync)
+                .await
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the sync took longer than {limit:?}")));
             let _ = tx.send((uid, Some(result))).await;
         });
     };
@@ -323,17 +332,29 @@ async fn node_loop<R: RuntimeService>(
             _ = renew.tick() => {
                 // Boxed: a request's future is large, and thousands of idle node tasks would
                 // each carry its space for nothing.
-                if let Err(e) = Box::pin(lease.renew()).await {
+                let renewal = tokio::time::timeout(options.lease_renew_interval, Box::pin(lease.renew())).await;
+                if let Err(e) = renewal.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", options.lease_renew_interval))) {
                     tracing::warn!(node = %ctx.node_name, error = format!("{e:#}"), "node lease not renewed");
                 }
             },
             _ = report.tick() => {
-                if let Err(e) = Box::pin(node::report_status(&ctx.client, &setup)).await {
+                let report = tokio::time::timeout(options.lease_renew_interval, Box::pin(node::report_status(&ctx.client, &setup))).await;
+                if let Err(e) = report.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", options.lease_renew_interval))) {
                     tracing::warn!(node = %ctx.node_name, error = format!("{e:#}"), "node status not reported");
                 }
             },
         }
     }
+}
+
+/// The grace period a deletion of the pod gives its containers.
+fn grace_period(pod: &Pod) -> Duration {
+    let secs = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30);
+    Duration::from_secs(secs.max(0) as u64)
 }
 
 fn pod_name(pod: Option<&Pod>) -> String {

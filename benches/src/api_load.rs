@@ -10,15 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use clap::Parser;
-use http_body_util::{BodyExt, Full};
 use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
 use benches::cluster::{Cluster, Ports, MEMBERS};
-use benches::http::{call, contains, wait_serving, Http};
+use benches::http::{call, contains, wait_serving, watch_lines, Http};
 
 /// Requests under way at once; beyond it the open loop waits (and the achieved rate shows it).
 const REQUESTS_IN_FLIGHT_MAX: usize = 1024;
@@ -151,34 +149,19 @@ where
 
 /// Watches the namespace from `from`; for each ADDED pod, the delay since its `bench/sent` time.
 async fn watch(http: Http, url: String, origin: Instant, delays: Arc<std::sync::Mutex<Latencies>>) -> Result<()> {
-    let req = http::Request::get(&url).body(Full::new(Bytes::new()))?;
-    let resp = http.request(req).await.with_context(|| format!("GET {url}"))?;
-    if !resp.status().is_success() {
-        bail!("watch {url}: {}", resp.status());
-    }
-    let mut body = resp.into_body();
-    let mut pending: Vec<u8> = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else { continue };
-        pending.extend_from_slice(&data);
-        while let Some(nl) = memchr::memchr(b'\n', &pending) {
-            let line: Vec<u8> = pending.drain(..=nl).collect();
-            // Only the event type and the send time are needed: found in the bytes, without
-            // decoding the whole object, so that the measuring client takes little of the CPU it
-            // shares with the servers.
-            if !line.starts_with(br#"{"type":"ADDED""#) && !line.starts_with(br#"{"object""#) {
-                continue;
-            }
-            if !contains(&line, br#""type":"ADDED""#) {
-                continue;
-            }
-            if let Some(sent) = sent_annotation(&line) {
-                let now = origin.elapsed().as_nanos();
-                delays.lock().expect("not poisoned").ok.push(Duration::from_nanos(now.saturating_sub(sent) as u64));
-            }
+    watch_lines(&http, &url, |line| {
+        // Only the event type and the send time are needed: found in the bytes, without
+        // decoding the whole object, so that the measuring client takes little of the CPU it
+        // shares with the servers.
+        if !contains(line, br#""type":"ADDED""#) {
+            return;
         }
-    }
-    Ok(())
+        if let Some(sent) = sent_annotation(line) {
+            let now = origin.elapsed().as_nanos();
+            delays.lock().expect("not poisoned").ok.push(Duration::from_nanos(now.saturating_sub(sent) as u64));
+        }
+    })
+    .await
 }
 
 /// The `bench/sent` annotation of an event line: nanoseconds since the run's origin.

@@ -550,16 +550,27 @@ async fn run(args: Args) -> Result<()> {
         chosen.push(found.clone());
     }
     let mut rows = Vec::new();
+    let mut failed = Vec::new();
     for shape in &chosen {
-        rows.push(run_shape(&args, &keelson, shape).await.with_context(|| format!("{}/{}", shape.name, shape.nodes))?);
+        // One shape that fails (e.g. pods that never bind in time) does not lose the others.
+        match run_shape(&args, &keelson, shape).await {
+            Ok(row) => rows.push(row),
+            Err(e) => {
+                eprintln!("{}/{} failed: {e:#}", shape.name, shape.nodes);
+                failed.push(format!("{}/{}: {e:#}", shape.name, shape.nodes));
+            }
+        }
     }
     println!("\n######## summary");
     for r in &rows {
         print_row(r);
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&json!({"params": args, "rows": rows}))?)?;
+    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&json!({"params": args, "rows": rows, "failed": failed}))?)?;
     println!("wrote results.json to {}", args.out.display());
+    if !failed.is_empty() {
+        bail!("{} shape(s) failed:\n{}", failed.len(), failed.join("\n"));
+    }
     Ok(())
 }
 

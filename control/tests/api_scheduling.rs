@@ -9,30 +9,10 @@ mod common;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::Client;
 use serde_json::{json, Value};
 
-use common::api::ApiProcess;
+use common::api::{call, ApiProcess};
 
-/// A request as any client sends it: the answer's body, or the `Status` of a failure.
-async fn call(
-    client: &Client,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, Box<kube::core::Status>> {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default())
-        .unwrap();
-    match client.request::<Value>(req).await {
-        Ok(v) => Ok(v),
-        Err(kube::Error::Api(status)) => Err(status),
-        Err(other) => panic!("{method} {path}: {other:?}"),
-    }
-}
 
 /// The `Status` a failed kube-rs call got.
 fn status<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> Box<kube::core::Status> {

@@ -11,31 +11,11 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Service};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
-use kube::Client;
 use serde_json::{json, Value};
 
-use common::api::ApiProcess;
+use common::api::{call, ApiProcess};
 use common::{wait_until, within};
 
-/// A request as any client sends it; the answer's body, or the `Status` of a failure.
-async fn call(
-    client: &Client,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Value, Box<kube::core::Status>> {
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default())
-        .unwrap();
-    match client.request::<Value>(req).await {
-        Ok(v) => Ok(v),
-        Err(kube::Error::Api(status)) => Err(status),
-        Err(other) => panic!("{method} {path}: {other:?}"),
-    }
-}
 
 /// A GET over a plain connection, outside kube-rs (which retries some answers by itself): the
 /// status code and the JSON body.

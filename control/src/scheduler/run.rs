@@ -30,6 +30,9 @@ use crate::events::{pod_reference, Recorder};
 pub const BINDINGS_IN_FLIGHT_MAX: usize = 256;
 /// Status writes for pods that did not fit, at once; beyond it they wait their turn.
 const FAILURE_WRITES_IN_FLIGHT_MAX: usize = 32;
+/// A binding not answered within this is given up and the pod tried again (the API refuses a
+/// second binding if the first one went through after all).
+const BIND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Retry of a watch that failed.
 const WATCH_RETRY: Duration = Duration::from_secs(1);
 
@@ -120,50 +123,70 @@ pub async fn run(
     Ok(())
 }
 
-async fn watch_pods(shared: Arc<Shared>) {
-    // Finished pods free their node's resources, as kube-scheduler's informer filter has it.
-    let config = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
-    let stream = watcher(Api::<Pod>::all(shared.client.clone()), config);
+/// What an informer reports: an object added or changed, an object gone (by key), or that the
+/// first list (or a relist after a broken watch) is complete.
+enum Change<K> {
+    Applied(K),
+    Deleted(String),
+    Synced,
+}
+
+/// Follows every object of `api` that `config` selects, as an informer does: after a relist,
+/// the objects it no longer lists are reported deleted.
+async fn follow<K>(api: Api<K>, config: watcher::Config, what: &str, key: fn(&K) -> String, mut on: impl FnMut(Change<K>))
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let stream = watcher(api, config);
     let mut stream = std::pin::pin!(stream);
     let mut known: HashSet<String> = HashSet::new();
     let mut listing: HashSet<String> = HashSet::new();
     while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "pod watch failed; retrying");
-                tokio::time::sleep(WATCH_RETRY).await;
-                continue;
-            }
-        };
         match event {
-            watcher::Event::Init => listing.clear(),
-            watcher::Event::InitApply(pod) => {
-                let uid = pod.metadata.uid.clone().unwrap_or_default();
-                listing.insert(uid.clone());
-                known.insert(uid);
-                pod_applied(&shared, pod);
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} watch failed; retrying");
+                tokio::time::sleep(WATCH_RETRY).await;
             }
-            watcher::Event::InitDone => {
+            Ok(watcher::Event::Init) => listing.clear(),
+            Ok(watcher::Event::InitApply(obj)) => {
+                listing.insert(key(&obj));
+                known.insert(key(&obj));
+                on(Change::Applied(obj));
+            }
+            Ok(watcher::Event::Apply(obj)) => {
+                known.insert(key(&obj));
+                on(Change::Applied(obj));
+            }
+            Ok(watcher::Event::Delete(obj)) => {
+                let k = key(&obj);
+                known.remove(&k);
+                on(Change::Deleted(k));
+            }
+            Ok(watcher::Event::InitDone) => {
                 let gone: Vec<String> = known.difference(&listing).cloned().collect();
-                for uid in gone {
-                    known.remove(&uid);
-                    pod_deleted(&shared, &uid);
+                for k in gone {
+                    known.remove(&k);
+                    on(Change::Deleted(k));
                 }
-                shared.lock().pods_synced = true;
-                shared.wake.notify_one();
-            }
-            watcher::Event::Apply(pod) => {
-                known.insert(pod.metadata.uid.clone().unwrap_or_default());
-                pod_applied(&shared, pod);
-            }
-            watcher::Event::Delete(pod) => {
-                let uid = pod.metadata.uid.clone().unwrap_or_default();
-                known.remove(&uid);
-                pod_deleted(&shared, &uid);
+                on(Change::Synced);
             }
         }
     }
+}
+
+async fn watch_pods(shared: Arc<Shared>) {
+    // Finished pods free their node's resources, as kube-scheduler's informer filter has it.
+    let config = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
+    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
+    follow(Api::<Pod>::all(shared.client.clone()), config, "pod", uid, |change| match change {
+        Change::Applied(pod) => pod_applied(&shared, pod),
+        Change::Deleted(uid) => pod_deleted(&shared, &uid),
+        Change::Synced => {
+            shared.lock().pods_synced = true;
+            shared.wake.notify_one();
+        }
+    })
+    .await;
 }
 
 fn pod_applied(shared: &Shared, mut pod: Pod) {
@@ -212,52 +235,34 @@ fn node_changed_for_scheduling(old: &Node, new: &Node) -> bool {
 }
 
 async fn watch_nodes(shared: Arc<Shared>) {
-    let stream = watcher(Api::<Node>::all(shared.client.clone()), watcher::Config::default());
-    let mut stream = std::pin::pin!(stream);
-    let mut known: HashSet<String> = HashSet::new();
-    let mut listing: HashSet<String> = HashSet::new();
-    while let Some(event) = stream.next().await {
-        let event = match event {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "node watch failed; retrying");
-                tokio::time::sleep(WATCH_RETRY).await;
-                continue;
-            }
-        };
-        match event {
-            watcher::Event::Init => listing.clear(),
-            watcher::Event::InitApply(node) | watcher::Event::Apply(node) => {
+    let name = |n: &Node| n.metadata.name.clone().unwrap_or_default();
+    follow(Api::<Node>::all(shared.client.clone()), watcher::Config::default(), "node", name, |change| {
+        let mut st = shared.lock();
+        let wake = match change {
+            Change::Applied(node) => {
                 let name = node.metadata.name.clone().unwrap_or_default();
-                listing.insert(name.clone());
-                known.insert(name.clone());
-                let mut st = shared.lock();
                 let moved = st.cache.node(&name).is_none_or(|old| node_changed_for_scheduling(&old.node, &node));
                 st.cache.upsert_node(Arc::new(node));
                 if moved {
                     st.queue.move_all_unschedulable(Instant::now());
-                    drop(st);
-                    shared.wake.notify_one();
                 }
+                moved
             }
-            watcher::Event::Delete(node) => {
-                let name = node.metadata.name.clone().unwrap_or_default();
-                known.remove(&name);
-                shared.lock().cache.remove_node(&name);
+            Change::Deleted(name) => {
+                st.cache.remove_node(&name);
+                false
             }
-            watcher::Event::InitDone => {
-                let gone: Vec<String> = known.difference(&listing).cloned().collect();
-                let mut st = shared.lock();
-                for name in gone {
-                    known.remove(&name);
-                    st.cache.remove_node(&name);
-                }
+            Change::Synced => {
                 st.nodes_synced = true;
-                drop(st);
-                shared.wake.notify_one();
+                true
             }
+        };
+        drop(st);
+        if wake {
+            shared.wake.notify_one();
         }
-    }
+    })
+    .await;
 }
 
 async fn schedule_loop(shared: Arc<Shared>) {
@@ -380,7 +385,9 @@ async fn bind(shared: &Arc<Shared>, queued: QueuedPod, node: &str) {
         "target": { "apiVersion": "v1", "kind": "Node", "name": node },
     });
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), &namespace);
-    let result = api.create_subresource::<_, serde_json::Value>("binding", &name, &PostParams::default(), &body).await;
+    let result = tokio::time::timeout(BIND_TIMEOUT, api.create_subresource::<_, serde_json::Value>("binding", &name, &PostParams::default(), &body))
+        .await
+        .unwrap_or_else(|_| Err(kube::Error::Service(format!("no answer within {BIND_TIMEOUT:?}").into())));
     match result {
         Ok(_) => {
             shared.metrics.scheduled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -101,14 +101,7 @@ impl ApiProcess {
     pub fn terminate(&mut self, within_: Duration) -> Option<std::process::ExitStatus> {
         let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().expect("kill runs");
         assert!(status.success(), "kill -TERM failed");
-        let deadline = std::time::Instant::now() + within_;
-        while std::time::Instant::now() < deadline {
-            if let Some(exit) = self.child.try_wait().expect("the child can be polled") {
-                return Some(exit);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_exit(&mut self.child, within_)
     }
 
     /// SIGKILL, as a crash would.
@@ -175,14 +168,7 @@ impl Component {
 
     /// Waits for the process to exit on its own; its status, or None after `within_`.
     pub fn wait_exit(&mut self, within_: Duration) -> Option<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + within_;
-        while std::time::Instant::now() < deadline {
-            if let Some(exit) = self.child.try_wait().expect("the child can be polled") {
-                return Some(exit);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        wait_exit(&mut self.child, within_)
     }
 
     pub fn kill(&mut self) {
@@ -193,11 +179,36 @@ impl Component {
 
 impl Drop for Component {
     fn drop(&mut self) {
-        // A stopped process must be continued to die promptly on SIGKILL's delivery to its group.
-        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
         self.kill();
         if std::thread::panicking() {
             eprintln!("===== {} log {} =====\n{}", self.name, self.log.display(), log_tail(&self.log, 40));
         }
     }
+}
+
+/// A request as any client sends it: the answer's body, or the `Status` of a failure.
+pub async fn call(client: &Client, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value, Box<kube::core::Status>> {
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(body.map(|b| b.to_string().into_bytes()).unwrap_or_default())
+        .unwrap();
+    match client.request::<serde_json::Value>(req).await {
+        Ok(v) => Ok(v),
+        Err(kube::Error::Api(status)) => Err(status),
+        Err(other) => panic!("{method} {path}: {other:?}"),
+    }
+}
+
+/// The child's exit status once it exits, or None after `within_`.
+fn wait_exit(child: &mut Child, within_: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within_;
+    while std::time::Instant::now() < deadline {
+        if let Some(exit) = child.try_wait().expect("the child can be polled") {
+            return Some(exit);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
