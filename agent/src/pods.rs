@@ -555,7 +555,9 @@ async fn write_status<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod, status
     match api.patch_status(pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch)).await {
         Ok(_) => Ok(()),
         // Deleted meanwhile: the watch brings the deletion.
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        // Anything else (a conflict included) is tried again: a status never written would
+        // leave the pod Pending for good.
         Err(e) => Err(e).context("writing pod status"),
     }
 }

@@ -394,30 +394,31 @@ async fn bind(shared: &Arc<Shared>, queued: QueuedPod, node: &str) {
             shared.lock().queue.done(&uid);
             shared.recorder.record(pod_reference(&pod), false, "Binding", "Scheduled", format!("Successfully assigned {namespace}/{name} to {node}"));
         }
-        // Bound already (by another replica, or this one before it lost the lease), or the pod
-        // is gone: the watch tells the rest.
-        Err(kube::Error::Api(s)) if s.code == 409 || (s.code == 404 && !names_kind(&s, "nodes")) => {
-            let mut st = shared.lock();
-            st.cache.forget(&uid);
-            st.queue.done(&uid);
-        }
+        // Any refusal (bound already, by another replica or by this one before it lost the
+        // lease; a conflict; the pod gone; the node gone) puts the pod back in the queue, as
+        // kube-scheduler does: the watch then removes it if it is bound or deleted, and a pod
+        // dropped here on a guess would never be scheduled.
         Err(e) => {
-            shared.metrics.bind_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(pod = %queued.info.key, node, error = %e, "binding failed; retrying");
+            // Bound already is the usual 409 after a change of leader: not worth a warning.
+            let already_bound = matches!(&e, kube::Error::Api(s) if s.code == 409 && s.message.contains("already assigned"));
+            if already_bound {
+                tracing::debug!(pod = %queued.info.key, node, error = %e, "binding refused: bound already");
+            } else {
+                shared.metrics.bind_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(pod = %queued.info.key, node, error = %e, "binding failed; retrying");
+            }
             {
                 let mut st = shared.lock();
                 st.cache.forget(&uid);
                 st.queue.failed(queued, false, Instant::now());
             }
             shared.wake.notify_one();
-            let message = format!("Binding rejected: {e}");
-            shared.recorder.record(pod_reference(&pod), true, "Scheduling", "FailedScheduling", message);
+            if !already_bound {
+                let message = format!("Binding rejected: {e}");
+                shared.recorder.record(pod_reference(&pod), true, "Scheduling", "FailedScheduling", message);
+            }
         }
     }
-}
-
-fn names_kind(s: &kube::core::Status, kind: &str) -> bool {
-    s.details.as_ref().is_some_and(|d| d.kind == kind)
 }
 
 /// Sets `PodScheduled=False` with the reason and message (unless the pod already says so) and
