@@ -116,7 +116,7 @@ pub fn schedule(profile: &Profile, pod: &PodInfo, snapshot: &Snapshot, next_star
     for k in 0..total {
         let node = &snapshot.nodes[(start + k) % total];
         examined += 1;
-        let s = filter_node(profile, &state, &skip, pod, node);
+        let s = filter_node(profile, &state, &skip, pod, &node.with_nominated(pod, snapshot));
         match s.code {
             Code::Success => {
                 feasible.push(node.clone());

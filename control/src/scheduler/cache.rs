@@ -24,6 +24,9 @@ pub struct Cache {
     pods: HashMap<String, PodState>,
     /// Pods on nodes not (or no longer) in `nodes`, by node name.
     homeless: HashMap<String, Vec<String>>,
+    /// Pods nominated for a node by preemption and not yet bound: by node, and each pod's node.
+    nominated: HashMap<String, Vec<Arc<PodInfo>>>,
+    nominated_on: HashMap<String, String>,
     generation: u64,
 }
 
@@ -100,9 +103,43 @@ impl Cache {
         }
     }
 
+    /// Preemption freed room on `node` for the pod: it counts there for pods of no higher
+    /// priority until it is bound or gone.
+    pub fn nominate(&mut self, info: Arc<PodInfo>, node: &str) {
+        self.unnominate(&info.uid);
+        self.nominated_on.insert(info.uid.clone(), node.to_string());
+        self.nominated.entry(node.to_string()).or_default().push(info);
+    }
+
+    pub fn unnominate(&mut self, uid: &str) {
+        let Some(node) = self.nominated_on.remove(uid) else { return };
+        if let Some(list) = self.nominated.get_mut(&node) {
+            list.retain(|p| p.uid != uid);
+            if list.is_empty() {
+                self.nominated.remove(&node);
+            }
+        }
+    }
+
+    /// The pods nominated for `node`.
+    pub fn nominated_for(&self, node: &str) -> Vec<String> {
+        self.nominated.get(node).map(|l| l.iter().map(|p| p.uid.clone()).collect()).unwrap_or_default()
+    }
+
+    /// The node a pod counts on (bound or assumed).
+    pub fn node_of(&self, uid: &str) -> Option<&str> {
+        self.pods.get(uid).map(|s| s.node.as_str())
+    }
+
+    pub fn nominated_node(&self, uid: &str) -> Option<&str> {
+        self.nominated_on.get(uid).map(String::as_str)
+    }
+
     /// The scheduler chose `node` for the pod: it counts there from now on.
     pub fn assume(&mut self, info: Arc<PodInfo>, node: &str) {
         let uid = info.uid.clone();
+        // Placed now: it counts on its node as assumed, no longer as nominated.
+        self.unnominate(&uid);
         if let Some(old) = self.pods.remove(&uid) {
             self.unplace(&old.node, &uid);
         }
@@ -123,6 +160,7 @@ impl Cache {
     pub fn upsert_pod(&mut self, info: Arc<PodInfo>) {
         let Some(node) = info.node_name().map(str::to_string) else { return };
         let uid = info.uid.clone();
+        self.unnominate(&uid);
         if let Some(old) = self.pods.remove(&uid) {
             self.unplace(&old.node, &uid);
         }
@@ -132,6 +170,7 @@ impl Cache {
 
     /// A pod was deleted or finished.
     pub fn remove_pod(&mut self, uid: &str) {
+        self.unnominate(uid);
         if let Some(old) = self.pods.remove(uid) {
             self.unplace(&old.node, uid);
         }
@@ -147,7 +186,7 @@ impl Cache {
 
     /// The cluster as of now, for one scheduling cycle (nodes shared, copied on the next write).
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot { nodes: self.nodes.clone(), ..Default::default() }
+        Snapshot { nodes: self.nodes.clone(), nominated: self.nominated.clone(), ..Default::default() }
     }
 
     pub fn node(&self, name: &str) -> Option<&Arc<NodeInfo>> {
@@ -209,6 +248,34 @@ mod tests {
         assert_eq!(before.nodes[0].requested.milli_cpu, 0);
         assert_eq!(c.snapshot().nodes[0].requested.milli_cpu, 1000);
         assert!(c.snapshot().nodes[0].generation > before.nodes[0].generation);
+    }
+
+    #[test]
+    fn nominated_pods_count_for_pods_of_no_higher_priority_until_bound() {
+        let mut c = Cache::new();
+        c.upsert_node(node("n1"));
+        let high = |uid: &str, priority: i32| {
+            let mut p = (*pod(uid, None, "3")).clone();
+            p.priority = priority;
+            Arc::new(p)
+        };
+        c.nominate(high("h", 100), "n1");
+        assert_eq!(c.nominated_node("h"), Some("n1"));
+        let snap = c.snapshot();
+        let n1 = &snap.nodes[0];
+        // A lower-priority pod sees the nominated pod's 3 cpu; an equal one too; a higher one not.
+        assert_eq!(n1.with_nominated(&high("low", 0), &snap).requested.milli_cpu, 3000);
+        assert_eq!(n1.with_nominated(&high("peer", 100), &snap).requested.milli_cpu, 3000);
+        assert_eq!(n1.with_nominated(&high("top", 1000), &snap).requested.milli_cpu, 0);
+        // The nominated pod itself does not see itself twice.
+        assert_eq!(n1.with_nominated(&high("h", 100), &snap).requested.milli_cpu, 0);
+        // Bound: the nomination is over, and the pod counts once, as bound.
+        c.upsert_pod(pod("h", Some("n1"), "3"));
+        assert_eq!(c.nominated_node("h"), None);
+        assert!(c.snapshot().nominated.is_empty());
+        c.nominate(high("g", 5), "n1");
+        c.remove_pod("g");
+        assert!(c.snapshot().nominated.is_empty(), "a deleted pod's nomination goes with it");
     }
 
     #[test]

@@ -179,6 +179,26 @@ pub struct Snapshot {
     /// Labels of each namespace by name, for pod (anti-)affinity terms' `namespaceSelector`.
     /// A namespace missing here has no labels (as kube-scheduler assumes when its lister misses).
     pub namespace_labels: HashMap<String, BTreeMap<String, String>>,
+    /// Pods that preemption nominated for a node, by node: they count there for pods of no
+    /// higher priority, so that room freed for one pod is not taken by another.
+    pub nominated: HashMap<String, Vec<Arc<PodInfo>>>,
+}
+
+impl NodeInfo {
+    /// This node as `pod` must see it: with the pods nominated for it whose priority is at least
+    /// `pod`'s (kube-scheduler's addNominatedPods). Borrowed when there are none.
+    pub fn with_nominated<'a>(self: &'a Arc<Self>, pod: &PodInfo, snapshot: &Snapshot) -> std::borrow::Cow<'a, NodeInfo> {
+        let Some(list) = snapshot.nominated.get(&self.name) else { return std::borrow::Cow::Borrowed(&**self) };
+        let mut ahead = list.iter().filter(|p| p.uid != pod.uid && p.priority >= pod.priority).peekable();
+        if ahead.peek().is_none() {
+            return std::borrow::Cow::Borrowed(&**self);
+        }
+        let mut node = (**self).clone();
+        for p in ahead {
+            node.add_pod(p.clone());
+        }
+        std::borrow::Cow::Owned(node)
+    }
 }
 
 impl Snapshot {

@@ -262,6 +262,17 @@ impl SchedulingQueue {
         }
     }
 
+    /// Tries the pod again now, whatever its back-off: an event made room that was made for it
+    /// (a victim of its preemption is gone).
+    pub fn activate(&mut self, uid: &str, now: Instant) {
+        let waiting = matches!(self.pods.get(uid), Some((_, Place::Unschedulable(_) | Place::Backoff(_))));
+        if waiting {
+            if let Some(pod) = self.unplace(uid) {
+                self.make_active(pod, now);
+            }
+        }
+    }
+
     /// Pods waiting as unschedulable (for tests and metrics).
     pub fn unschedulable_count(&self) -> usize {
         self.pods.values().filter(|(_, p)| matches!(p, Place::Unschedulable(_))).count()
@@ -376,6 +387,22 @@ mod tests {
         changed.pod = Arc::new(p);
         q.update(Arc::new(changed), t + Duration::from_secs(20));
         assert!(q.pop(t + Duration::from_secs(20)).is_some());
+    }
+
+    #[test]
+    fn a_pod_whose_room_was_made_skips_its_back_off() {
+        let mut q = SchedulingQueue::new();
+        let t = Instant::now();
+        q.add(pod("a", 0), t);
+        for i in 0..4 {
+            let a = q.pop(t + BACKOFF_MAX * i).unwrap();
+            q.failed(a, false, t + BACKOFF_MAX * i);
+        }
+        let later = t + BACKOFF_MAX * 3 + Duration::from_millis(10);
+        assert!(q.pop(later).is_none(), "backing off");
+        q.activate("a", later);
+        assert!(q.pop(later).is_some());
+        q.activate("missing", later);
     }
 
     #[test]

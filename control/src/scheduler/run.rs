@@ -204,7 +204,15 @@ fn pod_applied(shared: &Shared, mut pod: Pod) {
     }
     if !responsible || terminating {
         st.queue.delete(&info.uid);
+        st.cache.unnominate(&info.uid);
         return;
+    }
+    // A nomination made by another replica (before a change of leader) counts here too.
+    let nominated = info.pod.status.as_ref().and_then(|s| s.nominated_node_name.clone()).filter(|n| !n.is_empty());
+    if let Some(node) = nominated {
+        if st.cache.nominated_node(&info.uid) != Some(node.as_str()) {
+            st.cache.nominate(info.clone(), &node);
+        }
     }
     // Being bound right now: the binding's outcome decides.
     if st.cache.is_assumed(&info.uid) {
@@ -218,10 +226,16 @@ fn pod_applied(shared: &Shared, mut pod: Pod) {
 fn pod_deleted(shared: &Shared, uid: &str) {
     let mut st = shared.lock();
     st.queue.delete(uid);
-    if st.cache.contains_pod(uid) {
+    st.cache.unnominate(uid);
+    if let Some(node) = st.cache.node_of(uid).map(str::to_string) {
         st.cache.remove_pod(uid);
-        // Resources were freed: pods waiting for room may fit now.
-        st.queue.move_all_unschedulable(Instant::now());
+        // Resources were freed: pods waiting for room may fit now, and those that preempted
+        // for this node are tried at once.
+        let now = Instant::now();
+        st.queue.move_all_unschedulable(now);
+        for preemptor in st.cache.nominated_for(&node) {
+            st.queue.activate(&preemptor, now);
+        }
         drop(st);
         shared.wake.notify_one();
     }
@@ -334,6 +348,7 @@ async fn schedule_one(shared: &Arc<Shared>, queued: QueuedPod, next_start: &mut 
                     let (candidate, why) = preemption::preempt(profile, &queued.info, &snapshot, &diagnosis);
                     match candidate {
                         Some(c) => {
+                            shared.lock().cache.nominate(queued.info.clone(), &c.node);
                             nominated = Some(c.node);
                             victims = c.victims;
                         }
