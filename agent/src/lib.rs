@@ -140,10 +140,10 @@ pub async fn run<R: RuntimeService>(
                 let Some(route) = routes.get(&node) else { continue };
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 listing.insert(uid.clone());
-                known.insert(uid, node);
                 if route.send(PodUpdate::Apply(Box::new(pod))).await.is_err() {
-                    anyhow::bail!("the task of node {:?} stopped", route_name(&routes, route));
+                    anyhow::bail!("the task of node {node:?} stopped");
                 }
+                known.insert(uid, node);
             }
             watcher::Event::Delete(pod) => {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -168,10 +168,6 @@ pub async fn run<R: RuntimeService>(
     drop(routes);
     tasks.abort_all();
     Ok(())
-}
-
-fn route_name(routes: &HashMap<String, mpsc::Sender<PodUpdate>>, route: &mpsc::Sender<PodUpdate>) -> String {
-    routes.iter().find(|(_, r)| r.same_channel(route)).map(|(n, _)| n.clone()).unwrap_or_default()
 }
 
 async fn register_with_retry(client: &kube::Client, setup: &NodeSetup) -> anyhow::Result<String> {

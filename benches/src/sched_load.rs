@@ -181,6 +181,16 @@ struct Line {
     object: Obj,
 }
 #[derive(Deserialize)]
+struct List {
+    metadata: ListMeta,
+    items: Vec<Obj>,
+}
+#[derive(Deserialize)]
+struct ListMeta {
+    #[serde(rename = "resourceVersion")]
+    resource_version: String,
+}
+#[derive(Deserialize)]
 struct Obj {
     metadata: Meta,
     spec: Option<Spec>,
@@ -219,19 +229,24 @@ struct Times {
 type Tracker = Arc<Mutex<HashMap<String, Times>>>;
 
 fn track(tracker: &Tracker, line: &[u8]) {
-    let Ok(l) = serde_json::from_slice::<Line>(line) else { return };
-    let Some(name) = l.object.metadata.name else { return };
+    if let Ok(l) = serde_json::from_slice::<Line>(line) {
+        track_object(tracker, l.kind == "DELETED", l.object);
+    }
+}
+
+fn track_object(tracker: &Tracker, deleted: bool, object: Obj) {
+    let Some(name) = object.metadata.name else { return };
     let now = Instant::now();
     let mut t = tracker.lock().expect("not poisoned");
     let e = t.entry(name).or_default();
-    if l.kind == "DELETED" {
+    if deleted {
         e.deleted = true;
         return;
     }
-    if e.bound.is_none() && l.object.spec.and_then(|s| s.node_name).is_some_and(|n| !n.is_empty()) {
+    if e.bound.is_none() && object.spec.and_then(|s| s.node_name).is_some_and(|n| !n.is_empty()) {
         e.bound = Some(now);
     }
-    if let Some(st) = l.object.status {
+    if let Some(st) = object.status {
         if e.running.is_none() && st.phase.as_deref() == Some("Running") {
             e.running = Some(now);
         }
@@ -253,12 +268,11 @@ async fn follow(http: &Http, base: &str, tracker: &Tracker) {
                 continue;
             }
         };
-        let Ok(list) = serde_json::from_slice::<Value>(&listed) else { continue };
-        for item in list["items"].as_array().into_iter().flatten() {
-            let line = json!({"type": "MODIFIED", "object": item});
-            track(tracker, &serde_json::to_vec(&line).unwrap_or_default());
+        let Ok(list) = serde_json::from_slice::<List>(&listed) else { continue };
+        for item in list.items {
+            track_object(tracker, false, item);
         }
-        let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_string();
+        let rv = list.metadata.resource_version;
         let url = format!("{base}/api/v1/namespaces/{NAMESPACE}/pods?watch=1&resourceVersion={rv}");
         if let Err(e) = watch_lines(http, &url, |line| track(tracker, line)).await {
             eprintln!("pod watch ended: {e:#}; listing again");

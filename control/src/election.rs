@@ -330,7 +330,6 @@ impl ElectionFlags {
 
 /// client-go's identity for a replica: the host's name and a unique suffix.
 pub fn identity() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
-    let host = if host.is_empty() { "keelson".to_string() } else { host };
+    let host = crate::process::hostname().unwrap_or_else(|| "keelson".to_string());
     format!("{host}_{}", uuid::Uuid::new_v4())
 }

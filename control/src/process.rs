@@ -27,6 +27,11 @@ pub fn worker_threads(requested: Option<usize>, serves_api: bool) -> usize {
     requested.unwrap_or(if serves_api { cpus } else { cpus / 2 }).max(1)
 }
 
+/// The machine's host name (from /etc/hostname), if it has one.
+pub fn hostname() -> Option<String> {
+    std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+}
+
 /// Parses a duration as Kubernetes' flags write them (Go's syntax): `15s`, `1m30s`, `500ms`,
 /// `2h`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {

@@ -155,10 +155,7 @@ impl SchedulerConfiguration {
 
     pub fn parse(text: &str) -> Result<SchedulerConfiguration, String> {
         let value: Value = serde_norway::from_str(text).map_err(|e| format!("not YAML or JSON: {e}"))?;
-        let config: SchedulerConfiguration = serde_path_to_error::deserialize(value).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) }
-        })?;
+        let config: SchedulerConfiguration = plugins::decode_args(Some(&value))?;
         if let Some(v) = &config.api_version {
             if v != "kubescheduler.config.k8s.io/v1" {
                 return Err(format!("apiVersion: unsupported value {v:?} (expected \"kubescheduler.config.k8s.io/v1\")"));

@@ -30,7 +30,7 @@ pub struct QueuedPod {
     pub cycle: u64,
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct ActiveKey {
     /// Higher priority first.
     neg_priority: i64,
@@ -38,7 +38,7 @@ struct ActiveKey {
     uid: String,
 }
 
-#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct BackoffKey {
     until: Instant,
     uid: String,
@@ -103,18 +103,16 @@ impl SchedulingQueue {
     fn make_active(&mut self, mut pod: QueuedPod, now: Instant) {
         pod.timestamp = now;
         let key = ActiveKey { neg_priority: -(pod.info.priority as i64), timestamp: now, uid: pod.info.uid.clone() };
-        let place = Place::Active(ActiveKey { neg_priority: key.neg_priority, timestamp: key.timestamp, uid: key.uid.clone() });
-        self.active.insert(key);
-        self.pods.insert(pod.info.uid.clone(), (pod, place));
+        self.active.insert(key.clone());
+        self.pods.insert(pod.info.uid.clone(), (pod, Place::Active(key)));
     }
 
     fn make_backoff(&mut self, pod: QueuedPod, now: Instant) {
         // Counted from the failure (`timestamp`), not from now.
         let until = (pod.timestamp + backoff_for(pod.attempts)).max(now);
         let key = BackoffKey { until, uid: pod.info.uid.clone() };
-        let place = Place::Backoff(BackoffKey { until, uid: key.uid.clone() });
-        self.backoff.insert(key);
-        self.pods.insert(pod.info.uid.clone(), (pod, place));
+        self.backoff.insert(key.clone());
+        self.pods.insert(pod.info.uid.clone(), (pod, Place::Backoff(key)));
     }
 
     /// A new pending pod.
@@ -148,11 +146,9 @@ impl SchedulingQueue {
             }
             Place::Active(k) => {
                 // Same place in line; a priority change re-sorts it.
-                let old = ActiveKey { neg_priority: k.neg_priority, timestamp: k.timestamp, uid: k.uid.clone() };
-                self.active.remove(&old);
-                let key = ActiveKey { neg_priority: -(info.priority as i64), timestamp: old.timestamp, uid: uid.clone() };
-                *k = ActiveKey { neg_priority: key.neg_priority, timestamp: key.timestamp, uid: uid.clone() };
-                self.active.insert(key);
+                self.active.remove(k);
+                k.neg_priority = -(info.priority as i64);
+                self.active.insert(k.clone());
                 pod.info = info;
             }
             _ => pod.info = info,

@@ -47,7 +47,6 @@ struct Shared {
     state: Mutex<State>,
     wake: Notify,
     profiles: Vec<Profile>,
-    names: HashSet<String>,
     client: kube::Client,
     recorder: Recorder,
     leadership: Leadership,
@@ -69,11 +68,6 @@ impl Shared {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn responsible(&self, pod: &Pod) -> bool {
-        let name = pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()).unwrap_or(DEFAULT_SCHEDULER_NAME);
-        self.names.contains(name)
-    }
-
     fn profile(&self, pod: &Pod) -> Option<&Profile> {
         let name = pod.spec.as_ref().and_then(|s| s.scheduler_name.as_deref()).unwrap_or(DEFAULT_SCHEDULER_NAME);
         self.profiles.iter().find(|p| p.scheduler_name == name)
@@ -90,12 +84,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let profiles = config.profiles().map_err(anyhow::Error::msg)?;
     tracing::info!(identity, profiles = profiles.len(), "scheduler replica started");
-    let names = profiles.iter().map(|p| p.scheduler_name.clone()).collect();
     let shared = Arc::new(Shared {
         state: Mutex::new(State { cache: Cache::new(), queue: SchedulingQueue::new(), pods_synced: false, nodes_synced: false }),
         wake: Notify::new(),
         profiles,
-        names,
         recorder: Recorder::start(client.clone(), DEFAULT_SCHEDULER_NAME, identity),
         client: client.clone(),
         leadership,
@@ -193,7 +185,7 @@ fn pod_applied(shared: &Shared, mut pod: Pod) {
     // Never read by the scheduler, and the largest part of a pod: not kept for every pod.
     pod.metadata.managed_fields = None;
     let now = Instant::now();
-    let responsible = shared.responsible(&pod);
+    let responsible = shared.profile(&pod).is_some();
     let terminating = pod.metadata.deletion_timestamp.is_some();
     let info = Arc::new(PodInfo::new(Arc::new(pod)));
     let mut st = shared.lock();

@@ -105,7 +105,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let client = agent::client::connect(args.server.as_deref(), args.kubeconfig.as_deref()).await?;
     let name = args.node_name.clone().or_else(|| {
         if args.hollow_nodes == 1 {
-            std::fs::read_to_string("/etc/hostname").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+            control::process::hostname()
         } else {
             None
         }

@@ -55,13 +55,7 @@ pub struct InterPodAffinity {
 impl InterPodAffinity {
     /// Builds the plugin from its args (None: Kubernetes' defaults, `hardPodAffinityWeight: 1`).
     pub fn new(args: Option<&Value>) -> Result<Self, String> {
-        let args: Args = match args {
-            None | Some(Value::Null) => Args::default(),
-            Some(v) => serde_path_to_error::deserialize(v).map_err(|e| match e.path().to_string().as_str() {
-                "." => e.inner().to_string(),
-                path => format!("{path}: {}", e.inner()),
-            })?,
-        };
+        let args: Args = super::decode_args(args)?;
         if let Some(kind) = args.kind.as_deref().filter(|k| *k != "InterPodAffinityArgs") {
             return Err(format!("kind: Invalid value: {kind:?}: want InterPodAffinityArgs"));
         }

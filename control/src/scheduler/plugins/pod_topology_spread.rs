@@ -72,13 +72,7 @@ impl PodTopologySpread {
     /// [`PodTopologySpread::with_owner_selector`] provides one no pod has an owner selector and
     /// defaults never apply (Kubernetes' behavior for an unowned pod).
     pub fn new(args: Option<&Value>) -> Result<Self, String> {
-        let args: Args = match args {
-            None | Some(Value::Null) => Args::default(),
-            Some(v) => serde_path_to_error::deserialize(v).map_err(|e| match e.path().to_string().as_str() {
-                "." => e.inner().to_string(),
-                path => format!("{path}: {}", e.inner()),
-            })?,
-        };
+        let args: Args = super::decode_args(args)?;
         if let Some(kind) = args.kind.as_deref().filter(|k| *k != "PodTopologySpreadArgs") {
             return Err(format!("kind: Invalid value: {kind:?}: want PodTopologySpreadArgs"));
         }
