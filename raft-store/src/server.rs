@@ -377,13 +377,24 @@ pub async fn listen_addrs(urls: &[String]) -> Result<Vec<SocketAddr>, String> {
 }
 
 /// Serves the client and peer APIs until `shutdown` completes.
+/// The member's client services (KV, Watch, Lease, Cluster, Maintenance) as one service: what
+/// the client listeners serve, and what a process holding the member calls directly instead of
+/// dialing its own client port (the same requests and answers, without sockets or HTTP/2).
+pub fn client_routes(node: Arc<StoreNode>) -> tonic::service::Routes {
+    let max_msg = node.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
+    tonic::service::Routes::new(KvServer::new(KvService { node: node.clone() }).max_decoding_message_size(max_msg))
+        .add_service(ClusterServer::new(ClusterService { node: node.clone() }))
+        .add_service(MaintenanceServer::new(MaintenanceService { node: node.clone() }))
+        .add_service(WatchServer::new(crate::watch::WatchService::new(node.clone())))
+        .add_service(LeaseServer::new(crate::lease::LeaseService::new(node)))
+}
+
 pub async fn serve(
     node: Arc<StoreNode>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), String> {
     let client_addrs = listen_addrs(&node.config().listen_client_urls).await?;
     let peer_addrs = listen_addrs(&node.config().listen_peer_urls).await?;
-    let max_msg = node.config().max_request_bytes + GRPC_OVERHEAD_BYTES;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut tasks = tokio::task::JoinSet::new();
 
@@ -397,12 +408,7 @@ pub async fn serve(
     for listener in listeners {
         let n = node.clone();
         let mut stop = stop_rx.clone();
-        let router = tonic::transport::Server::builder()
-            .add_service(KvServer::new(KvService { node: n.clone() }).max_decoding_message_size(max_msg))
-            .add_service(ClusterServer::new(ClusterService { node: n.clone() }))
-            .add_service(MaintenanceServer::new(MaintenanceService { node: n.clone() }))
-            .add_service(WatchServer::new(crate::watch::WatchService::new(n.clone())))
-            .add_service(LeaseServer::new(crate::lease::LeaseService::new(n.clone())));
+        let router = tonic::transport::Server::builder().add_routes(client_routes(n));
         let incoming = relayed_incoming(listener, stop_rx.clone());
         tasks.spawn(async move {
             router
@@ -493,5 +499,39 @@ mod tests {
         assert_eq!(resp.kvs.len(), 2_000);
         assert_eq!(resp.kvs[1].value, b"new".to_vec());
         node.shutdown().await;
+    }
+}
+
+#[cfg(test)]
+mod in_process_tests {
+    use super::*;
+    use crate::node::testing::single_leader;
+    use proto::etcdserverpb::kv_client::KvClient;
+    use proto::etcdserverpb::watch_client::WatchClient;
+    use std::time::Duration;
+
+    /// The client services called in process answer as over the network: a put is read back and
+    /// a watch opened before it sees it.
+    #[tokio::test]
+    async fn client_routes_serve_reads_writes_and_watches_in_process() {
+        let (_dir, node) = single_leader().await;
+        let routes = client_routes(node.clone());
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let create = WatchCreateRequest { key: b"k".to_vec(), ..Default::default() };
+        tx.send(WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) }).await.unwrap();
+        let mut watch = WatchClient::new(routes.clone())
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("the watch opens")
+            .into_inner();
+        let created = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("answered in time").unwrap().unwrap();
+        assert!(created.created);
+        let mut kv = KvClient::new(routes);
+        kv.put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() }).await.expect("the put is served");
+        let got = kv.range(RangeRequest { key: b"k".to_vec(), ..Default::default() }).await.unwrap().into_inner();
+        assert_eq!(got.kvs[0].value, b"v");
+        let event = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("the event comes in time").unwrap().unwrap();
+        assert_eq!(event.events.len(), 1);
+        assert_eq!(event.events[0].kv.as_ref().unwrap().value, b"v");
     }
 }

@@ -320,7 +320,7 @@ impl WatchCache {
         let mut tick = tokio::time::interval(Duration::from_millis(PROGRESS_INTERVAL_MS));
         loop {
             tokio::select! {
-                _ = tick.tick() => progress.request().await?,
+                _ = tick.tick() => progress.request()?,
                 next = watch.next() => match next? {
                     Some(resp) => self.apply(resp),
                     None => return Err(StoreError::Unavailable("the store ended the watch".into())),
@@ -387,7 +387,7 @@ impl WatchCache {
         }
         let progress = self.progress.lock().expect("not poisoned").clone();
         if let Some(p) = progress {
-            if p.request().await.is_err() {
+            if p.request().is_err() {
                 return false;
             }
         }

@@ -20,6 +20,8 @@ use tonic::transport::{Channel, Endpoint};
 
 /// How long one store call may take before the API request fails with a timeout.
 const STORE_CALL_TIMEOUT_MS: u64 = 10_000;
+/// Requests (the watch's creation, progress requests) queued on a store watch at most.
+const WATCH_REQUESTS_QUEUED_MAX: usize = 8;
 /// Largest store response accepted, in bytes (a page of a list).
 const STORE_RESPONSE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
@@ -83,13 +85,50 @@ pub struct Page {
     pub more: bool,
 }
 
+/// How the API server reaches the store: over the network, or, when the member runs in the same
+/// process, by calling its services directly (the same gRPC messages, without sockets or HTTP/2:
+/// the loopback round trip and its framing cost as much CPU as the write itself).
+#[derive(Clone)]
+pub enum StoreChannel {
+    Remote(Channel),
+    Local(tonic::service::Routes),
+}
+
+impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::BoxBody>> for StoreChannel {
+    type Response = tonic::codegen::http::Response<tonic::body::BoxBody>;
+    type Error = tonic::codegen::StdError;
+    type Future = tonic::codegen::BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        match self {
+            StoreChannel::Remote(c) => c.poll_ready(cx).map_err(Into::into),
+            StoreChannel::Local(r) => r.poll_ready(cx),
+        }
+    }
+
+    fn call(&mut self, request: tonic::codegen::http::Request<tonic::body::BoxBody>) -> Self::Future {
+        match self {
+            StoreChannel::Remote(c) => {
+                let f = c.call(request);
+                Box::pin(async move { f.await.map_err(Into::into) })
+            }
+            StoreChannel::Local(r) => Box::pin(r.call(request)),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Store {
-    kv: KvClient<Channel>,
-    channel: Channel,
+    kv: KvClient<StoreChannel>,
+    channel: StoreChannel,
 }
 
 impl Store {
+    /// The store member running in this process, called directly.
+    pub fn local(routes: tonic::service::Routes) -> Self {
+        Self::with_channel(StoreChannel::Local(routes))
+    }
+
     /// Connects lazily to every endpoint (`http://host:port`); calls go to whichever answers.
     pub fn connect(endpoints: &[String]) -> anyhow::Result<Self> {
         if endpoints.is_empty() {
@@ -106,11 +145,14 @@ impl Store {
                 .tcp_nodelay(true);
             list.push(endpoint);
         }
-        let channel = Channel::balance_list(list.into_iter());
+        Ok(Self::with_channel(StoreChannel::Remote(Channel::balance_list(list.into_iter()))))
+    }
+
+    fn with_channel(channel: StoreChannel) -> Self {
         let kv = KvClient::new(channel.clone())
             .max_decoding_message_size(STORE_RESPONSE_BYTES_MAX)
             .max_encoding_message_size(STORE_RESPONSE_BYTES_MAX);
-        Ok(Self { kv, channel })
+        Self { kv, channel }
     }
 
     async fn call<T>(
@@ -286,7 +328,7 @@ impl Store {
         progress_notify: bool,
         prev_kv: bool,
     ) -> Result<WatchStream, StoreError> {
-        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(WATCH_REQUESTS_QUEUED_MAX);
         let create = WatchCreateRequest {
             key: from.to_vec(),
             range_end: end.to_vec(),
@@ -353,12 +395,20 @@ pub struct Progress(tokio::sync::mpsc::Sender<WatchRequest>);
 
 impl Progress {
     /// Asks for a progress notification: a response with no events, whose header revision is
-    /// the one everything up to has been sent.
-    pub async fn request(&self) -> Result<(), StoreError> {
+    /// the one everything up to has been sent. Never waits: with the queue full, requests are
+    /// pending already and their answers serve this caller as well (and a caller that waited
+    /// here while also the one reading the watch would stall it: a member in this process
+    /// reads requests only as its responses are read).
+    pub fn request(&self) -> Result<(), StoreError> {
         let req = WatchRequest {
             request_union: Some(RequestUnion::ProgressRequest(proto::etcdserverpb::WatchProgressRequest {})),
         };
-        self.0.send(req).await.map_err(|_| StoreError::Unavailable("watch stream closed".into()))
+        match self.0.try_send(req) {
+            Ok(()) | Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => Ok(()),
+            Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => {
+                Err(StoreError::Unavailable("watch stream closed".into()))
+            }
+        }
     }
 }
 

@@ -336,7 +336,7 @@ impl Watch {
                 _ = expired => return self.flush().await,
                 _ = self.tx.closed() => return Err(Gone),
                 _ = bookmarks.tick(), if self.bookmarks => {
-                    if progress.request().await.is_err() {
+                    if progress.request().is_err() {
                         return Ok(());
                     }
                 }

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use super::algorithm::{self, Failure};
 use super::cache::Cache;
 use super::config::{Profile, SchedulerConfiguration, DEFAULT_SCHEDULER_NAME};
-use super::framework::PodInfo;
+use super::framework::{PodInfo, Snapshot};
 use super::preemption;
 use super::queue::{QueuedPod, SchedulingQueue};
 use crate::election::Leadership;
@@ -273,6 +273,8 @@ async fn watch_nodes(shared: Arc<Shared>) {
 
 async fn schedule_loop(shared: Arc<Shared>) {
     let mut next_start = 0usize;
+    // The loop's own copy of the cache, brought up to date before each cycle.
+    let mut snapshot = Snapshot::default();
     let mut leadership = shared.leadership.clone();
     let mut was_leading = false;
     loop {
@@ -310,17 +312,18 @@ async fn schedule_loop(shared: Arc<Shared>) {
             }
             continue;
         };
-        schedule_one(&shared, pod, &mut next_start).await;
+        schedule_one(&shared, pod, &mut snapshot, &mut next_start).await;
     }
 }
 
-async fn schedule_one(shared: &Arc<Shared>, queued: QueuedPod, next_start: &mut usize) {
+async fn schedule_one(shared: &Arc<Shared>, queued: QueuedPod, snapshot: &mut Snapshot, next_start: &mut usize) {
     let Some(profile) = shared.profile(&queued.info.pod) else {
         shared.lock().queue.done(&queued.info.uid);
         return;
     };
-    let snapshot = shared.lock().cache.snapshot();
-    match algorithm::schedule(profile, &queued.info, &snapshot, next_start) {
+    shared.lock().cache.update_snapshot(snapshot);
+    let snapshot = &*snapshot;
+    match algorithm::schedule(profile, &queued.info, snapshot, next_start) {
         Ok(placement) => {
             shared.lock().cache.assume(queued.info.clone(), &placement.node);
             let Ok(permit) = shared.bindings.clone().acquire_owned().await else { return };
@@ -336,8 +339,8 @@ async fn schedule_one(shared: &Arc<Shared>, queued: QueuedPod, next_start: &mut 
             let mut nominated = None;
             let mut victims = Vec::new();
             if profile.preemption {
-                if preemption::eligible(&queued.info, &snapshot) {
-                    let (candidate, why) = preemption::preempt(profile, &queued.info, &snapshot, &diagnosis);
+                if preemption::eligible(&queued.info, snapshot) {
+                    let (candidate, why) = preemption::preempt(profile, &queued.info, snapshot, &diagnosis);
                     match candidate {
                         Some(c) => {
                             shared.lock().cache.nominate(queued.info.clone(), &c.node);

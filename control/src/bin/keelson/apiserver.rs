@@ -56,7 +56,8 @@ const STORE_READY_TIMEOUT_MS: u64 = 60_000;
 
 pub async fn run_api(
     args: &ApiArgs,
-    endpoints: Vec<String>,
+    store: Store,
+    store_name: &str,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let ranges = api::alloc::Ranges::parse(&args.service_cluster_ip_range, &args.service_node_port_range)
@@ -65,7 +66,6 @@ pub async fn run_api(
         .await
         .with_context(|| format!("cannot listen on {}", args.api_listen))?;
     let address = listener.local_addr()?;
-    let store = Store::connect(&endpoints)?;
     let api = Api::new(store, ranges, args.event_ttl);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(STORE_READY_TIMEOUT_MS);
     loop {
@@ -79,14 +79,14 @@ pub async fn run_api(
                 tracing::info!(error = %e.message, "waiting for the store");
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
-            Err(e) => anyhow::bail!("the store at {} is not usable: {}", endpoints.join(","), e.message),
+            Err(e) => anyhow::bail!("the store at {store_name} is not usable: {}", e.message),
         }
     }
     if let Some(path) = &args.write_kubeconfig {
         std::fs::write(path, api::kubeconfig(&format!("http://{address}")))
             .with_context(|| format!("cannot write the kubeconfig to {}", path.display()))?;
     }
-    tracing::info!(%address, store = %endpoints.join(","), "serving the Kubernetes API");
+    tracing::info!(%address, store = store_name, "serving the Kubernetes API");
     // Once asked to stop, requests under way get a grace period; watches never end on their own,
     // so whatever is still open after it is closed.
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
@@ -114,7 +114,8 @@ pub async fn run_api(
 pub async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     let endpoints: Vec<String> =
         args.store_endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
-    run_api(&args.api, endpoints, stop_signal()).await?;
+    let store = Store::connect(&endpoints)?;
+    run_api(&args.api, store, &endpoints.join(","), stop_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

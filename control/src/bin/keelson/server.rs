@@ -8,6 +8,8 @@ use clap::Args;
 use control::election::ElectionFlags;
 use control::process::stop_signal;
 
+use control::apiserver::store::Store;
+
 use crate::apiserver::{run_api, ApiArgs};
 use crate::store::StoreArgs;
 
@@ -45,8 +47,9 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     } else {
         Some(crate::scheduler::load_config(args.scheduler_config.as_deref(), "--scheduler-config")?)
     };
-    let endpoints = config.listen_client_urls.clone();
     let node = raft_store::StoreNode::open(config).await.context("cannot start the store member")?;
+    // The API replica calls its member directly rather than through the member's client port.
+    let local_store = Store::local(raft_store::server::client_routes(node.clone()));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (components_tx, components_rx) = tokio::sync::watch::channel(false);
     let store = tokio::spawn(raft_store::server::serve(node, waiter(&stop_rx)));
@@ -59,7 +62,7 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let api = run_api(&args.api, endpoints, waiter(&stop_rx));
+    let api = run_api(&args.api, local_store, "the member in this process", waiter(&stop_rx));
     tokio::pin!(api);
     let outcome = tokio::select! {
         r = &mut api => Some(r),
