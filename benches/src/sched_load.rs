@@ -299,6 +299,9 @@ struct Row {
     anchor_threshold: Option<f64>,
     anchor_older: Option<f64>,
     ratio_to_anchor: Option<f64>,
+    /// CPU the servers and the agent used together from the first measured pod's creation until
+    /// every measured pod ran, per measured pod: the cost of a pod, less noisy than a rate.
+    stack_cpu_ms_per_pod: f64,
     processes: Vec<(String, Usage)>,
 }
 
@@ -387,7 +390,9 @@ async fn run_shape(args: &Args, keelson: &std::path::Path, shape: &Shape) -> Res
         .spawn()
         .context("starting the hollow agent")?;
     let agent_pid = agent.id();
-    let result = measure(&http, &bases, shape, init_count, measure_count).await;
+    let mut stack = cluster.pids();
+    stack.push(agent_pid);
+    let result = measure(&http, &bases, shape, init_count, measure_count, &stack).await;
     let mut processes: Vec<(String, Usage)> = Vec::new();
     for (i, pid) in cluster.pids().into_iter().enumerate() {
         processes.push((format!("server-{}", i + 1), usage(pid)?));
@@ -396,7 +401,7 @@ async fn run_shape(args: &Args, keelson: &std::path::Path, shape: &Shape) -> Res
     let _ = agent.kill();
     let _ = agent.wait();
     cluster.check_alive()?;
-    let (samples, mut bound, mut running, first_created, last_bound, create_per_sec) = result?;
+    let (samples, mut bound, mut running, first_created, last_bound, create_per_sec, stack_cpu_seconds) = result?;
     let mut s = samples.clone();
     let throughput_avg = if samples.is_empty() { 0.0 } else { samples.iter().sum::<f64>() / samples.len() as f64 };
     let overall = measure_count as f64 / last_bound.duration_since(first_created).as_secs_f64().max(1e-3);
@@ -416,16 +421,23 @@ async fn run_shape(args: &Args, keelson: &std::path::Path, shape: &Shape) -> Res
         anchor_threshold: shape.anchor_threshold,
         anchor_older: shape.anchor_older,
         ratio_to_anchor: shape.anchor_threshold.map(|t| throughput_avg / t),
+        stack_cpu_ms_per_pod: stack_cpu_seconds * 1e3 / measure_count.max(1) as f64,
         processes,
     };
     print_row(&row);
     Ok(row)
 }
 
-/// Per-second samples, create→bound and create→Running in ms, first creation, last binding, creations/s.
-type Measured = (Vec<f64>, Vec<f64>, Vec<f64>, Instant, Instant, f64);
+/// Per-second samples, create→bound and create→Running in ms, first creation, last binding,
+/// creations/s, and the CPU seconds the stack used over the measured pods.
+type Measured = (Vec<f64>, Vec<f64>, Vec<f64>, Instant, Instant, f64, f64);
 
-async fn measure(http: &Http, bases: &[String], shape: &Shape, init_count: usize, measure_count: usize) -> Result<Measured> {
+/// CPU seconds the processes have used so far, together.
+fn cpu_seconds(pids: &[u32]) -> Result<f64> {
+    pids.iter().map(|&p| usage(p).map(|u| u.cpu_seconds)).sum()
+}
+
+async fn measure(http: &Http, bases: &[String], shape: &Shape, init_count: usize, measure_count: usize, stack: &[u32]) -> Result<Measured> {
     // Every node registered and Ready.
     let deadline = Instant::now() + NODES_DEADLINE;
     loop {
@@ -464,6 +476,7 @@ async fn measure(http: &Http, bases: &[String], shape: &Shape, init_count: usize
 
     let names: Vec<String> = (0..measure_count).map(|i| format!("pod-{i}")).collect();
     let first_created = Instant::now();
+    let cpu_before = cpu_seconds(stack)?;
     let rate = match shape.kind {
         Kind::Arrival { per_second } => Some(per_second),
         _ => None,
@@ -495,6 +508,7 @@ async fn measure(http: &Http, bases: &[String], shape: &Shape, init_count: usize
     }
     let creating_took = creating.await??;
     wait_for(&tracker, &names, "measured pods running", |t| t.running.is_some()).await?;
+    let stack_cpu = cpu_seconds(stack)? - cpu_before;
     watcher.abort();
     let t = tracker.lock().expect("not poisoned");
     let mut bound = Vec::new();
@@ -510,7 +524,7 @@ async fn measure(http: &Http, bases: &[String], shape: &Shape, init_count: usize
             running.push(r.saturating_duration_since(c).as_secs_f64() * 1e3);
         }
     }
-    Ok((samples, bound, running, first_created, last_bound, measure_count as f64 / creating_took.as_secs_f64().max(1e-3)))
+    Ok((samples, bound, running, first_created, last_bound, measure_count as f64 / creating_took.as_secs_f64().max(1e-3), stack_cpu))
 }
 
 fn print_row(r: &Row) {
@@ -535,6 +549,7 @@ fn print_row(r: &Row) {
             _ => String::new(),
         }
     );
+    println!("    stack CPU {:.2} ms per measured pod (servers and agent, from the first creation until all ran)", r.stack_cpu_ms_per_pod);
     for (name, u) in &r.processes {
         println!("    {name:<9} peak RSS {:>7.1} MiB  CPU {:>6.1} s", u.peak_rss_mib, u.cpu_seconds);
     }

@@ -27,11 +27,10 @@ const REBUILD_PAUSE_MS: u64 = 500;
 /// Items read per store call while (re)building.
 const BUILD_PAGE_ITEMS_MAX: i64 = 1_000;
 
-/// An object as the cache keeps it: its JSON as clients get it, and a decoded view of it for
-/// selectors that leaves out `metadata.managedFields` (often half the object, and many small
-/// maps to build and free on every change).
+/// An object as the cache keeps it: its JSON as clients get it, and what label and field
+/// selectors read of it (see `decode_selectable`), which is what it dereferences to.
 pub struct CachedObject {
-    view: Value,
+    selectable: Value,
     pub json: Bytes,
     /// Where the resourceVersion's digits are in `json`, when it was put there by splicing.
     rv_span: Option<std::ops::Range<usize>>,
@@ -41,24 +40,18 @@ impl CachedObject {
     /// From a stored value: the resourceVersion is spliced into the stored bytes rather than the
     /// object decoded and encoded again.
     fn from_kv(kv: &proto::mvccpb::KeyValue) -> Result<Arc<Self>, ApiError> {
-        let mut view = decode_view(&kv.value)?;
         let revision = kv.mod_revision.to_string();
-        if let Some(meta) = view.get_mut("metadata").and_then(Value::as_object_mut) {
-            if !meta.contains_key("resourceVersion") {
-                if let Some((json, rv_span)) = splice_resource_version(&kv.value, &revision) {
-                    meta.insert("resourceVersion".into(), Value::String(revision));
-                    return Ok(Arc::new(CachedObject { view, json: Bytes::from(json), rv_span: Some(rv_span) }));
-                }
-            }
+        // One pass over the stored bytes finds what selectors read and where metadata opens.
+        let decoded = decode_selectable(&kv.value)?;
+        if let Some(open) = decoded.metadata_open.filter(|_| !decoded.has_resource_version) {
+            let (json, rv_span) = splice_resource_version(&kv.value, open, &revision);
+            return Ok(Arc::new(CachedObject { selectable: decoded.selectable, json: Bytes::from(json), rv_span: Some(rv_span) }));
         }
         // Not the shape the API server stores (a resourceVersion kept, say): the long way.
         let full = from_kv(kv)?;
-        let json = Bytes::from(serde_json::to_vec(&full).expect("a JSON value encodes"));
-        let mut view = full;
-        if let Some(meta) = view.get_mut("metadata").and_then(Value::as_object_mut) {
-            meta.remove("managedFields");
-        }
-        Ok(Arc::new(CachedObject { view, json, rv_span: None }))
+        let json = serde_json::to_vec(&full).expect("a JSON value encodes");
+        let selectable = decode_selectable(&json)?.selectable;
+        Ok(Arc::new(CachedObject { selectable, json: Bytes::from(json), rv_span: None }))
     }
 
     /// The whole object, managed fields included.
@@ -90,24 +83,13 @@ impl std::ops::Deref for CachedObject {
     type Target = Value;
 
     fn deref(&self) -> &Value {
-        &self.view
+        &self.selectable
     }
 }
 
-/// The stored bytes with `"resourceVersion":"<revision>"` put first in `metadata` (which must not
-/// have one), and where the revision's digits are; None unless `metadata` is an object.
-fn splice_resource_version(stored: &[u8], revision: &str) -> Option<(Vec<u8>, std::ops::Range<usize>)> {
-    #[derive(serde::Deserialize)]
-    struct Top<'a> {
-        #[serde(borrow)]
-        metadata: &'a serde_json::value::RawValue,
-    }
-    let top: Top = serde_json::from_slice(stored).ok()?;
-    let meta = top.metadata.get().as_bytes();
-    if meta.first() != Some(&b'{') {
-        return None;
-    }
-    let open = meta.as_ptr() as usize - stored.as_ptr() as usize + 1;
+/// The stored bytes with `"resourceVersion":"<revision>"` put first in `metadata` (whose `{` is
+/// just before `open`), and where the revision's digits are.
+fn splice_resource_version(stored: &[u8], open: usize, revision: &str) -> (Vec<u8>, std::ops::Range<usize>) {
     let empty = stored[open..].iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'}');
     let mut out = Vec::with_capacity(stored.len() + revision.len() + 24);
     out.extend_from_slice(&stored[..open]);
@@ -120,52 +102,130 @@ fn splice_resource_version(stored: &[u8], revision: &str) -> Option<(Vec<u8>, st
         out.push(b',');
     }
     out.extend_from_slice(&stored[open..]);
-    Some((out, start..end))
+    (out, start..end)
 }
 
-/// Decodes an object without `metadata.managedFields` (skipped, not built).
-fn decode_view(stored: &[u8]) -> Result<Value, ApiError> {
-    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+/// What one pass over a stored object finds.
+struct Selectable {
+    /// What selectors read (see `decode_selectable`).
+    selectable: Value,
+    /// Just past the `{` that opens `metadata`, when it is an object.
+    metadata_open: Option<usize>,
+    has_resource_version: bool,
+}
 
-    /// A map whose entry `skip` is passed over; under `descend`, the same one level down.
-    struct Skipping {
-        descend: Option<&'static str>,
-        skip: Option<&'static str>,
+/// What selectors read of an object, decoded without building the rest: `metadata`'s name,
+/// namespace and labels, and the scalars at most two levels down (where every kind's selectable
+/// fields are: `spec.nodeName`, `status.phase`, `involvedObject.kind`, `type`, …). Building the
+/// whole object for each change cost as much as the rest of a write on a replica.
+fn decode_selectable(json: &[u8]) -> Result<Selectable, ApiError> {
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+    use serde_json::value::RawValue;
+
+    /// Scalars kept; maps kept `levels` deep (their scalars only at the last level); lists and
+    /// deeper maps passed over.
+    struct Scalars {
+        levels: u8,
     }
-    impl<'de> DeserializeSeed<'de> for Skipping {
-        type Value = Value;
-        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-            d.deserialize_map(self)
+    /// The top level: as `Scalars`, with `metadata` taken whole (read next by `Meta`).
+    struct Top;
+    /// `metadata`'s selectable entries, and whether it holds a resourceVersion.
+    struct Meta;
+    impl<'de> DeserializeSeed<'de> for Scalars {
+        type Value = Option<Value>;
+        fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Option<Value>, D::Error> {
+            d.deserialize_any(self)
         }
     }
-    impl<'de> Visitor<'de> for Skipping {
-        type Value = Value;
+    impl<'de> Visitor<'de> for Scalars {
+        type Value = Option<Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<Option<Value>, E> {
+            Ok(Some(Value::Bool(v)))
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<Option<Value>, E> {
+            Ok(Some(Value::from(v)))
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<Option<Value>, E> {
+            Ok(Some(Value::from(v)))
+        }
+        fn visit_f64<E>(self, v: f64) -> Result<Option<Value>, E> {
+            Ok(Some(Value::from(v)))
+        }
+        fn visit_str<E>(self, v: &str) -> Result<Option<Value>, E> {
+            Ok(Some(Value::String(v.to_owned())))
+        }
+        fn visit_unit<E>(self) -> Result<Option<Value>, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Value>, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+            if self.levels == 0 {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                return Ok(None);
+            }
+            let mut out = serde_json::Map::new();
+            while let Some(key) = map.next_key::<String>()? {
+                if let Some(v) = map.next_value_seed(Scalars { levels: self.levels - 1 })? {
+                    out.insert(key, v);
+                }
+            }
+            Ok(Some(Value::Object(out)))
+        }
+    }
+    impl<'de> Visitor<'de> for Top {
+        type Value = (serde_json::Map<String, Value>, Option<&'de RawValue>);
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a JSON object")
         }
-        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-            let mut out = serde_json::Map::new();
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut out, mut metadata) = (serde_json::Map::new(), None);
             while let Some(key) = map.next_key::<String>()? {
-                if Some(key.as_str()) == self.skip {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
+                if key == "metadata" {
+                    metadata = Some(map.next_value::<&'de RawValue>()?);
+                } else if let Some(v) = map.next_value_seed(Scalars { levels: 1 })? {
+                    out.insert(key, v);
                 }
-                let value = if Some(key.as_str()) == self.descend {
-                    map.next_value_seed(Skipping { descend: None, skip: Some("managedFields") })?
-                } else {
-                    map.next_value::<Value>()?
-                };
-                out.insert(key, value);
             }
-            Ok(Value::Object(out))
+            Ok((out, metadata))
         }
     }
-    let mut de = serde_json::Deserializer::from_slice(stored);
-    let view = Skipping { descend: Some("metadata"), skip: None }
-        .deserialize(&mut de)
-        .and_then(|v| de.end().map(|()| v))
-        .map_err(|e| ApiError::internal(format!("a stored object is not JSON: {e}")))?;
-    Ok(view)
+    impl<'de> Visitor<'de> for Meta {
+        type Value = (Value, bool);
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("object metadata")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let (mut out, mut has_rv) = (serde_json::Map::new(), false);
+            while let Some(key) = map.next_key::<String>()? {
+                if matches!(key.as_str(), "name" | "namespace" | "labels") {
+                    let v = map.next_value::<Value>()?;
+                    out.insert(key, v);
+                } else {
+                    has_rv |= key == "resourceVersion";
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok((Value::Object(out), has_rv))
+        }
+    }
+    let not_json = |e: serde_json::Error| ApiError::internal(format!("a stored object is not JSON: {e}"));
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let (mut top, metadata) = serde::Deserializer::deserialize_map(&mut de, Top).map_err(not_json)?;
+    de.end().map_err(not_json)?;
+    let (mut metadata_open, mut has_resource_version) = (None, false);
+    if let Some(raw) = metadata.filter(|r| r.get().starts_with('{')) {
+        let (meta, has_rv) = serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_str(raw.get()), Meta).map_err(not_json)?;
+        top.insert("metadata".into(), meta);
+        metadata_open = Some(raw.get().as_ptr() as usize - json.as_ptr() as usize + 1);
+        has_resource_version = has_rv;
+    }
+    Ok(Selectable { selectable: Value::Object(top), metadata_open, has_resource_version })
 }
 
 /// One change as watches send it.
@@ -471,14 +531,39 @@ mod tests {
         let mut expected = pod.clone();
         expected["metadata"]["resourceVersion"] = json!("42");
         assert_eq!(obj.full(), expected);
-        // The view leaves out managed fields, and only them.
-        let mut view = expected.clone();
-        view["metadata"].as_object_mut().unwrap().remove("managedFields");
-        assert_eq!(obj.view, view);
+        // Selectors read the name, namespace, labels and shallow scalars, nothing else.
+        assert_eq!(
+            obj.selectable,
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "a", "namespace": "default", "labels": {"app": "x"}}, "spec": {}})
+        );
         // A deletion's line carries the deletion's version.
         let mut gone = expected;
         gone["metadata"]["resourceVersion"] = json!("1000");
         assert_eq!(serde_json::from_slice::<Value>(&obj.json_at(1000)).unwrap(), gone);
+    }
+
+    /// Every kind's selectable fields lie where `decode_selectable` keeps values, and read there
+    /// as in the whole object.
+    #[test]
+    fn selectable_fields_are_kept_by_the_shallow_decode() {
+        for res in crate::apiserver::resources::RESOURCES {
+            for f in crate::apiserver::kinds::META_FIELDS.iter().chain(res.strategy.selectable_fields()) {
+                let depth = f.pointer.matches('/').count();
+                assert!(depth <= 2, "{}'s field {} is {depth} levels deep", res.kind, f.name);
+            }
+        }
+        let event = json!({"kind": "Event", "metadata": {"name": "e", "namespace": "d", "annotations": {"a": "b"}},
+            "involvedObject": {"kind": "Pod", "name": "p", "fieldPath": "spec.containers{c}"},
+            "reason": "Started", "type": "Normal", "count": 3, "series": {"count": 2, "lastObservedTime": "t"},
+            "related": null, "source": {"component": "kubelet"}, "spec": {"list": [1, 2], "deep": {"x": {"y": 1}}}});
+        let selectable = decode_selectable(&serde_json::to_vec(&event).unwrap()).unwrap().selectable;
+        assert_eq!(
+            selectable,
+            json!({"kind": "Event", "metadata": {"name": "e", "namespace": "d"},
+                "involvedObject": {"kind": "Pod", "name": "p", "fieldPath": "spec.containers{c}"},
+                "reason": "Started", "type": "Normal", "count": 3, "series": {"count": 2, "lastObservedTime": "t"},
+                "source": {"component": "kubelet"}, "spec": {}})
+        );
     }
 
     #[test]

@@ -187,16 +187,13 @@ pub fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Ca
     causes
 }
 
-/// Everything but metadata and status: what `metadata.generation` counts changes of.
-pub fn spec_part(obj: &Value) -> Value {
-    let mut v = obj.clone();
-    if let Some(map) = v.as_object_mut() {
-        map.remove("metadata");
-        map.remove("status");
-        map.remove("apiVersion");
-        map.remove("kind");
-    }
-    v
+/// Whether anything but metadata and status differs: what `metadata.generation` counts changes
+/// of (compared in place: the objects are not copied).
+pub fn spec_changed(obj: &Value, old: &Value) -> bool {
+    const NOT_SPEC: [&str; 4] = ["metadata", "status", "apiVersion", "kind"];
+    let (Some(a), Some(b)) = (obj.as_object(), old.as_object()) else { return obj != old };
+    let spec = |m: &'_ serde_json::Map<String, Value>| m.iter().filter(|(k, _)| !NOT_SPEC.contains(&k.as_str())).count();
+    spec(a) != spec(b) || a.iter().any(|(k, v)| !NOT_SPEC.contains(&k.as_str()) && b.get(k) != Some(v))
 }
 
 #[derive(Debug, Clone, PartialEq)]

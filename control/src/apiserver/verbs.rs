@@ -662,7 +662,12 @@ async fn modify(
                 ));
             }
         }
-        let (mut obj, warnings) = admit(res, body, name, params)?;
+        // The server's own change (a binding) to an object admitted when it was written: decoding
+        // and defaulting it again would find nothing, at a cost per pod scheduled.
+        let (mut obj, warnings) = match part {
+            Part::Whole => (body, Vec::new()),
+            _ => admit(res, body, name, params)?,
+        };
         match part {
             Part::Main => res.strategy.prepare_for_update(&mut obj, &current),
             Part::Status => res.strategy.prepare_for_status_update(&mut obj, &current),

@@ -101,6 +101,10 @@ fn host_ports(pod: &Pod) -> Vec<HostPort> {
     out
 }
 
+fn cordoned(node: &Node) -> bool {
+    node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false)
+}
+
 /// A node and the pods that count against it (bound ones and assumed ones).
 #[derive(Debug, Clone)]
 pub struct NodeInfo {
@@ -114,6 +118,9 @@ pub struct NodeInfo {
     /// How many of `pods` have pod (anti-)affinity, and required anti-affinity.
     pub pods_with_affinity: u32,
     pub pods_with_required_anti_affinity: u32,
+    /// `spec.unschedulable` (cordoned), kept here because the first filter reads it on every
+    /// node examined, and reaching into the Node for it costs a cache miss per node.
+    pub unschedulable: bool,
     /// Bumped on every change, so that snapshots copy only what changed.
     pub generation: u64,
 }
@@ -122,6 +129,7 @@ impl NodeInfo {
     pub fn new(node: Arc<Node>) -> NodeInfo {
         let allocatable = Resources::allocatable(&node);
         NodeInfo {
+            unschedulable: cordoned(&node),
             name: node.metadata.name.clone().unwrap_or_default(),
             node,
             pods: Vec::new(),
@@ -142,6 +150,7 @@ impl NodeInfo {
 
     pub fn set_node(&mut self, node: Arc<Node>) {
         self.allocatable = Resources::allocatable(&node);
+        self.unschedulable = cordoned(&node);
         self.name = node.metadata.name.clone().unwrap_or_default();
         self.node = node;
     }

@@ -102,7 +102,7 @@ pub trait Strategy: Sync + Send {
     /// Whether an update changed what `metadata.generation` counts: by default everything but
     /// metadata and status.
     fn generation_changed(&self, obj: &Value, old: &Value) -> bool {
-        super::objects::spec_part(obj) != super::objects::spec_part(old)
+        super::objects::spec_changed(obj, old)
     }
 
     /// Brings a named object into its canonical form before every create and update is validated.

@@ -17,8 +17,7 @@ impl Plugin for NodeUnschedulable {
     }
 
     fn filter(&self, _state: &CycleState, pod: &PodInfo, node: &NodeInfo) -> Status {
-        let cordoned = node.node.spec.as_ref().and_then(|s| s.unschedulable).unwrap_or(false);
-        if !cordoned {
+        if !node.unschedulable {
             return Status::success();
         }
         let tolerated = pod.pod.spec.as_ref().and_then(|s| s.tolerations.as_ref()).is_some_and(|ts| {
