@@ -403,8 +403,12 @@ async fn run_shape(args: &Args, keelson: &std::path::Path, shape: &Shape) -> Res
     cluster.check_alive()?;
     let (samples, mut bound, mut running, first_created, last_bound, create_per_sec, stack_cpu_seconds) = result?;
     let mut s = samples.clone();
-    let throughput_avg = if samples.is_empty() { 0.0 } else { samples.iter().sum::<f64>() / samples.len() as f64 };
     let overall = measure_count as f64 / last_bound.duration_since(first_created).as_secs_f64().max(1e-3);
+    // Bound within the first second, no full second is sampled: the overall rate stands in.
+    let throughput_avg = if samples.is_empty() { overall } else { samples.iter().sum::<f64>() / samples.len() as f64 };
+    if samples.is_empty() {
+        s = vec![overall];
+    }
     let row = Row {
         shape: shape.name.to_string(),
         nodes: shape.nodes,

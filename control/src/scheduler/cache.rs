@@ -59,12 +59,12 @@ impl Cache {
             return;
         }
         let mut info = NodeInfo::new(node);
-        info.generation = generation;
         for uid in self.homeless.remove(&name).unwrap_or_default() {
             if let Some(state) = self.pods.get(&uid) {
                 info.add_pod(state.info.clone());
             }
         }
+        info.generation = generation;
         self.index.insert(name, self.nodes.len());
         self.nodes.push(Arc::new(info));
         self.reshaped = true;
@@ -94,26 +94,34 @@ impl Cache {
         }
     }
 
-    fn node_mut(&mut self, name: &str) -> Option<&mut NodeInfo> {
+    /// Applies `change` to the node and stamps it with a new generation; false when the node is
+    /// not known.
+    fn change_node(&mut self, name: &str, change: impl FnOnce(&mut NodeInfo)) -> bool {
+        let Some(&i) = self.index.get(name) else { return false };
         let generation = self.bump();
-        let i = *self.index.get(name)?;
         self.mark(i);
         let info = Arc::make_mut(&mut self.nodes[i]);
+        change(info);
         info.generation = generation;
-        Some(info)
+        true
     }
 
     fn place(&mut self, node: &str, info: Arc<PodInfo>) {
-        match self.node_mut(node) {
-            Some(n) => n.add_pod(info),
-            None => self.homeless.entry(node.to_string()).or_default().push(info.uid.clone()),
+        if self.index.contains_key(node) {
+            self.change_node(node, |n| n.add_pod(info));
+        } else {
+            self.homeless.entry(node.to_string()).or_default().push(info.uid.clone());
         }
     }
 
     fn unplace(&mut self, node: &str, uid: &str) {
-        if let Some(n) = self.node_mut(node) {
+        let on_node = self.change_node(node, |n| {
             n.remove_pod(uid);
-        } else if let Some(list) = self.homeless.get_mut(node) {
+        });
+        if on_node {
+            return;
+        }
+        if let Some(list) = self.homeless.get_mut(node) {
             list.retain(|u| u != uid);
             if list.is_empty() {
                 self.homeless.remove(node);

@@ -121,7 +121,9 @@ pub struct NodeInfo {
     /// `spec.unschedulable` (cordoned), kept here because the first filter reads it on every
     /// node examined, and reaching into the Node for it costs a cache miss per node.
     pub unschedulable: bool,
-    /// Bumped on every change, so that snapshots copy only what changed.
+    /// Set by the cache on every change it makes, unique across nodes and changes; 0 for a node
+    /// changed outside it (a what-if copy in preemption, nominated pods added). Snapshots copy
+    /// only what changed by it, and memos of per-node work trust only a non-zero one.
     pub generation: u64,
 }
 
@@ -156,6 +158,7 @@ impl NodeInfo {
     }
 
     pub fn add_pod(&mut self, pod: Arc<PodInfo>) {
+        self.generation = 0;
         self.requested.add(&pod.requests);
         self.non_zero_requested.add(&pod.non_zero_requests);
         self.used_ports.extend(pod.host_ports.iter().cloned());
@@ -167,6 +170,7 @@ impl NodeInfo {
     /// Removes the pod with `uid`; false when it was not here.
     pub fn remove_pod(&mut self, uid: &str) -> bool {
         let Some(i) = self.pods.iter().position(|p| p.uid == uid) else { return false };
+        self.generation = 0;
         let pod = self.pods.swap_remove(i);
         self.requested.sub(&pod.requests);
         self.non_zero_requested.sub(&pod.non_zero_requests);

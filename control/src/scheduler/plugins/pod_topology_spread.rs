@@ -50,6 +50,72 @@ pub struct PodTopologySpread {
     /// Defaults are the system ones: nodes lacking a key are still scored on the keys they have.
     system_defaulted: bool,
     owner_selector: Option<Arc<OwnerSelector>>,
+    /// Per-node counts from earlier cycles (see `CountMemo`).
+    memos: std::sync::Mutex<Vec<CountMemo>>,
+}
+
+/// Memos kept at most: one per (namespace, selector, topology key) recently spread over.
+const COUNT_MEMOS_MAX: usize = 4;
+/// A memo's marker for a node without the topology key.
+const NO_DOMAIN: u32 = u32::MAX;
+
+/// What PreFilter found on each node for one (namespace, selector, topology key): the node's
+/// domain and how many of its pods match. A node keeps its entry while its generation is the
+/// same (the cache stamps every change with a new one), so a cycle counts again only the nodes
+/// changed since the last: counting every node's pods each cycle was most of a spread pod's
+/// scheduling. Entries are by position in the snapshot, checked by generation (unique to one
+/// node's state; 0, a what-if copy's, is never trusted).
+struct CountMemo {
+    namespace: String,
+    selector: Selector,
+    topology_key: String,
+    /// By node position: (generation, domain id or NO_DOMAIN, matching pods).
+    nodes: Vec<(u64, u32, i64)>,
+    domains: Vec<String>,
+    domain_ids: HashMap<String, u32>,
+}
+
+impl CountMemo {
+    fn new(namespace: &str, c: &Constraint) -> Self {
+        CountMemo {
+            namespace: namespace.to_string(),
+            selector: c.selector.clone(),
+            topology_key: c.topology_key.clone(),
+            nodes: Vec::new(),
+            domains: Vec::new(),
+            domain_ids: HashMap::new(),
+        }
+    }
+
+    fn is_for(&self, namespace: &str, c: &Constraint) -> bool {
+        self.namespace == namespace && self.topology_key == c.topology_key && self.selector == c.selector
+    }
+
+    /// The domain and matching count of the node at `position`, counted now unless memoized.
+    fn entry(&mut self, position: usize, node: &NodeInfo) -> (u32, i64) {
+        if self.nodes.len() <= position {
+            self.nodes.resize(position + 1, (0, NO_DOMAIN, 0));
+        }
+        let (generation, domain, count) = self.nodes[position];
+        if generation != 0 && generation == node.generation {
+            return (domain, count);
+        }
+        let domain = match node.labels().get(&self.topology_key) {
+            Some(value) => match self.domain_ids.get(value) {
+                Some(&id) => id,
+                None => {
+                    let id = u32::try_from(self.domains.len()).unwrap_or(NO_DOMAIN);
+                    self.domains.push(value.clone());
+                    self.domain_ids.insert(value.clone(), id);
+                    id
+                }
+            },
+            None => NO_DOMAIN,
+        };
+        let count = count_matching(&node.pods, &self.selector, &self.namespace);
+        self.nodes[position] = (node.generation, domain, count);
+        (domain, count)
+    }
 }
 
 /// `PodTopologySpreadArgs` as a KubeSchedulerConfiguration's pluginConfig carries it.
@@ -120,7 +186,7 @@ impl PodTopologySpread {
         }
         let system_defaulted = defaulting_type == "System";
         let default_constraints = if system_defaulted { system_default_constraints() } else { constraints };
-        Ok(PodTopologySpread { default_constraints, system_defaulted, owner_selector: None })
+        Ok(PodTopologySpread { default_constraints, system_defaulted, owner_selector: None, memos: Default::default() })
     }
 
     /// Lets default constraints apply: `f` answers the selector of a pod's owners.
@@ -313,21 +379,54 @@ impl Plugin for PodTopologySpread {
             return Status::skip();
         }
         let inclusion = Inclusion::new(&pod.pod, &constraints);
-        let mut counts = vec![HashMap::new(); constraints.len()];
-        for node in &snapshot.nodes {
+        let mut memos = self.memos.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Each constraint's memo, at the front of the list (the least recent fall off the end).
+        let mut picked = Vec::with_capacity(constraints.len());
+        for c in &constraints {
+            let memo = match memos.iter().position(|m| m.is_for(&pod.namespace, c)) {
+                // Domains seen come and go with nodes; a memo holding far more than there are
+                // nodes starts over rather than grow.
+                Some(i) if memos[i].domains.len() <= 2 * snapshot.nodes.len() + 16 => memos.remove(i),
+                Some(i) => {
+                    memos.remove(i);
+                    CountMemo::new(&pod.namespace, c)
+                }
+                None => CountMemo::new(&pod.namespace, c),
+            };
+            picked.push(memo);
+        }
+        // Matching pods per domain id, per constraint; None: a domain no eligible node is in.
+        let mut by_id: Vec<Vec<Option<i64>>> = vec![Vec::new(); constraints.len()];
+        let mut entries = Vec::with_capacity(constraints.len());
+        for (position, node) in snapshot.nodes.iter().enumerate() {
+            entries.clear();
+            entries.extend(picked.iter_mut().map(|m| m.entry(position, node)));
             // Only nodes holding every constraint's key form domains.
-            if !has_all_keys(node, &constraints) {
+            if entries.iter().any(|&(domain, _)| domain == NO_DOMAIN) {
                 continue;
             }
             let included = inclusion.check(node);
-            for (c, counts) in constraints.iter().zip(&mut counts) {
+            for ((c, &(domain, n)), counts) in constraints.iter().zip(&entries).zip(&mut by_id) {
                 if !included.includes(c) {
                     continue;
                 }
-                let Some(value) = node.labels().get(&c.topology_key) else { continue };
-                add_count(counts, value, count_matching(&node.pods, &c.selector, &pod.namespace));
+                let d = domain as usize;
+                if counts.len() <= d {
+                    counts.resize(d + 1, None);
+                }
+                counts[d] = Some(counts[d].unwrap_or(0) + n);
             }
         }
+        let counts: Vec<HashMap<String, i64>> = picked
+            .iter()
+            .zip(&by_id)
+            .map(|(m, ids)| ids.iter().enumerate().filter_map(|(d, n)| n.map(|n| (m.domains[d].clone(), n))).collect())
+            .collect();
+        for memo in picked.into_iter().rev() {
+            memos.insert(0, memo);
+        }
+        memos.truncate(COUNT_MEMOS_MAX.max(constraints.len()));
+        drop(memos);
         let constraints = constraints
             .into_iter()
             .zip(counts)
@@ -529,6 +628,59 @@ mod tests {
             return Err(s.code);
         }
         Ok(snap.nodes.iter().filter(|n| pl.filter(&state, p, n).is_success()).map(|n| n.name.clone()).collect())
+    }
+
+    /// Counts remembered across cycles answer as fresh counts do while the cache changes nodes
+    /// (pods placed and removed, a node relabelled, nodes added and removed) and while what-if
+    /// copies (generation 0) pass through.
+    #[test]
+    fn remembered_counts_answer_as_fresh_ones() {
+        use crate::scheduler::cache::Cache;
+        let kube_node = |name: &str, zone: &str| -> Arc<k8s_openapi::api::core::v1::Node> {
+            Arc::new(serde_json::from_value(json!({"metadata": {"name": name, "labels": {"zone": zone}}})).unwrap())
+        };
+        let placed = |uid: &str, node: Option<&str>| -> Arc<PodInfo> {
+            Arc::new(PodInfo::new(Arc::new(
+                serde_json::from_value(json!({"metadata": {"name": uid, "uid": uid, "namespace": "default", "labels": {"foo": ""}},
+                    "spec": {"nodeName": node, "containers": []}}))
+                .unwrap(),
+            )))
+        };
+        let incoming = pod("default", json!({"foo": ""}), json!({"topologySpreadConstraints": [spread("zone", 1, DO_NOT_SCHEDULE)]}));
+        let remembering = PodTopologySpread::new(None).unwrap();
+        let mut cache = Cache::new();
+        let mut snap = Snapshot::default();
+        for (i, zone) in ["z1", "z1", "z2", "z2", "z3"].iter().enumerate() {
+            cache.upsert_node(kube_node(&format!("n{i}"), zone));
+        }
+        let check = |snap: &Snapshot, step: &str| {
+            let fresh = PodTopologySpread::new(None).unwrap();
+            assert_eq!(fits(&remembering, &incoming, snap), fits(&fresh, &incoming, snap), "{step}");
+        };
+        let mut step = |cache: &mut Cache, snap: &mut Snapshot, what: &str| {
+            cache.update_snapshot(snap);
+            check(snap, what);
+        };
+        step(&mut cache, &mut snap, "empty nodes");
+        cache.assume(placed("a", None), "n0");
+        cache.upsert_pod(placed("b", Some("n2")));
+        step(&mut cache, &mut snap, "pods placed");
+        cache.upsert_pod(placed("c", Some("n4")));
+        cache.assume(placed("d", None), "n4");
+        step(&mut cache, &mut snap, "a zone filled");
+        cache.remove_pod("a");
+        cache.upsert_node(kube_node("n1", "z3"));
+        step(&mut cache, &mut snap, "a pod gone, a node moved to another zone");
+        cache.remove_node("n0");
+        cache.upsert_node(kube_node("n5", "z1"));
+        step(&mut cache, &mut snap, "nodes removed and added");
+        // A what-if copy (preemption's) with a pod removed: counted afresh, and the memo not
+        // trusted for it afterwards.
+        let mut what_if = snap.clone();
+        let i = what_if.nodes.iter().position(|n| n.name == "n4").unwrap();
+        Arc::make_mut(&mut what_if.nodes[i]).remove_pod("c");
+        check(&what_if, "a what-if copy");
+        check(&snap, "the real snapshot after the copy");
     }
 
     fn zones(a: usize, b: usize) -> Vec<Arc<NodeInfo>> {
