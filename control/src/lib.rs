@@ -1,8 +1,10 @@
 //! Keelson's control plane as a library: the Kubernetes API server over the replicated store
-//! (`apiserver`) and what every process shares (`process`). The `keelson` binary
-//! (`src/bin/keelson/`, a file per subcommand) runs them.
+//! (`apiserver`), the scheduler, Lease-based leader election, the event recorder, and what every
+//! process shares (`process`, `decode`). The `keelson` binary (`src/bin/keelson/`, a file per
+//! subcommand) runs them.
 
 pub mod apiserver;
+pub mod decode;
 pub mod election;
 pub mod events;
 pub mod process;

@@ -16,14 +16,7 @@ pub fn typed<T: DeserializeOwned + Serialize>(body: &Value) -> Result<(Value, Ve
     // error names (the tracking costs a third of the decode on every write otherwise).
     let decoded: T = match T::deserialize(body) {
         Ok(d) => d,
-        Err(_) => serde_path_to_error::deserialize(body).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                e.inner().to_string()
-            } else {
-                format!("{path}: {}", e.inner())
-            }
-        })?,
+        Err(_) => crate::decode::with_path(body)?,
     };
     let encoded = serde_json::to_value(&decoded).map_err(|e| e.to_string())?;
     let mut unknown = Vec::new();

@@ -52,13 +52,6 @@ pub fn build(name: &str, args: Option<&Value>) -> Result<Arc<dyn Plugin>, String
 pub(crate) fn decode_args<T: serde::de::DeserializeOwned + Default>(args: Option<&Value>) -> Result<T, String> {
     match args {
         None | Some(Value::Null) => Ok(T::default()),
-        Some(v) => serde_path_to_error::deserialize(v).map_err(|e| {
-            let path = e.path().to_string();
-            if path == "." {
-                e.inner().to_string()
-            } else {
-                format!("{path}: {}", e.inner())
-            }
-        }),
+        Some(v) => crate::decode::with_path(v),
     }
 }
