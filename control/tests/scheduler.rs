@@ -562,3 +562,108 @@ async fn three_replicas_the_leader_killed_mid_run_every_pod_bound_once() {
     eprintln!("SIGKILL takeover (kill → a standby holds the lease): {takeover:?}");
     assert!(takeover < Duration::from_secs(5), "SIGKILL → standby leads took {takeover:?}");
 }
+
+/// An HTTP proxy to the API at `target` that shows its clients a node `ghost` in every list of
+/// nodes although the store has none: a scheduler behind it holds a node that is gone, as one
+/// whose watch has not yet delivered a deletion does. Everything else passes through unchanged.
+/// Returns the port it listens on; it runs as long as the test's runtime.
+async fn stale_nodes_proxy(target: kube::Client, ghost: serde_json::Value) -> u16 {
+    use axum::body::{to_bytes, Body};
+    use axum::extract::Request;
+    use axum::response::Response;
+    let forward = move |req: Request| {
+        let (target, ghost) = (target.clone(), ghost.clone());
+        async move {
+            let (parts, body) = req.into_parts();
+            let body = to_bytes(body, usize::MAX).await.unwrap_or_default();
+            let mut out = http::Request::builder().method(parts.method.clone()).uri(parts.uri.clone());
+            for (k, v) in &parts.headers {
+                if k != http::header::HOST {
+                    out = out.header(k, v);
+                }
+            }
+            let out = out.body(kube::client::Body::from(body.to_vec())).expect("a request");
+            let response = match target.send(out).await {
+                Ok(r) => r,
+                Err(e) => return Response::builder().status(502).body(Body::from(e.to_string())).expect("a response"),
+            };
+            let query = parts.uri.query().unwrap_or("");
+            let node_list = parts.method == http::Method::GET && parts.uri.path() == "/api/v1/nodes" && !query.contains("watch=");
+            let (head, body) = response.into_parts();
+            if !node_list {
+                return Response::from_parts(head, Body::new(body));
+            }
+            let bytes = read_body(body).await;
+            let mut list: serde_json::Value = serde_json::from_slice(&bytes).expect("a node list");
+            if let Some(items) = list["items"].as_array_mut() {
+                items.push(ghost);
+            }
+            let mut head = head;
+            head.headers.remove(http::header::CONTENT_LENGTH);
+            Response::from_parts(head, Body::from(serde_json::to_vec(&list).expect("JSON")))
+        }
+    };
+    let app = axum::Router::new().fallback(forward);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a proxy port");
+    let port = listener.local_addr().expect("a bound port").port();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    port
+}
+
+/// The whole body of a response from the API.
+async fn read_body(body: kube::client::Body) -> Vec<u8> {
+    axum::body::to_bytes(axum::body::Body::new(body), usize::MAX).await.expect("the body is read").to_vec()
+}
+
+/// Goal: a binding to a node that no longer exists is refused cleanly (404), the scheduler tells
+/// the pod why (a FailedScheduling event), keeps it unbound and tries again, and binds it once a
+/// node of that name exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_to_a_missing_node_is_refused_and_the_pod_retried() {
+    let api = ApiProcess::server_with(&[]).await;
+    let client = api.client();
+    let node = |with_status: bool| {
+        let mut n = json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": "ghost", "labels": {"kubernetes.io/hostname": "ghost"}}});
+        if with_status {
+            n["status"] = json!({"allocatable": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                "capacity": {"cpu": "4", "memory": "8Gi", "pods": "110"},
+                "conditions": [{"type": "Ready", "status": "True"}]});
+        }
+        n
+    };
+    let port = stale_nodes_proxy(client.clone(), node(true)).await;
+    let _scheduler = Component::spawn("scheduler", &["scheduler", "--server", &format!("http://127.0.0.1:{port}")]);
+    let mut pod = cpu_pod("p", "100m");
+    pod["spec"]["nodeSelector"] = json!({"kubernetes.io/hostname": "ghost"});
+    create_pod(&client, pod).await;
+
+    // Refused: the pod says why and stays unbound while the node does not exist.
+    let events: Api<Event> = Api::namespaced(client.clone(), "default");
+    let message = wait_until("the refused binding is reported on the pod", within(SCHEDULED_WITHIN), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
+            list.items
+                .iter()
+                .find(|e| e.reason.as_deref() == Some("FailedScheduling") && e.involved_object.name.as_deref() == Some("p"))
+                .and_then(|e| e.message.clone())
+                .ok_or_else(|| "no FailedScheduling event yet".to_string())
+        }
+    })
+    .await;
+    assert!(message.starts_with("Binding rejected:") && message.contains("ghost"), "{message}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let p = pods.get("p").await.unwrap();
+    assert_eq!(node_of(&p), None, "a refused binding leaves the pod unbound");
+
+    // Tried again: once a node of that name exists, the pod is bound to it.
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes.create(&PostParams::default(), &serde_json::from_value(node(false)).unwrap()).await.expect("the node is created");
+    nodes
+        .patch_status("ghost", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&json!({"status": node(true)["status"]})))
+        .await
+        .expect("the node's status is written");
+    let bound = wait_bound(&client, &["p".to_string()], false).await;
+    assert_eq!(bound["p"], "ghost");
+}
