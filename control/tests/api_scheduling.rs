@@ -314,9 +314,20 @@ async fn binding_needs_an_existing_node_and_happens_once() {
     assert!(after.status.unwrap().conditions.unwrap_or_default().iter().all(|c| c.type_ != "PodScheduled"));
 
     nodes.create(&pp, &serde_json::from_value(json!({"metadata": {"name": "n1"}})).unwrap()).await.unwrap();
-    let bound = call(&client, "POST", path, Some(binding("n1"))).await.unwrap();
+    // What a binding adds to the pod must be what a pod may hold: an annotation that is not a
+    // string is refused, and the pod stays as it was.
+    let mut odd = binding("n1");
+    odd["metadata"]["annotations"] = json!({"note": 1});
+    let refused = call(&client, "POST", path, Some(odd)).await.unwrap_err();
+    assert_eq!((refused.code, refused.reason.as_str()), (400, "BadRequest"), "{}", refused.message);
+    assert_eq!(pods.get("p").await.unwrap().metadata.resource_version, created.metadata.resource_version);
+    let mut annotated = binding("n1");
+    annotated["metadata"]["annotations"] = json!({"note": "placed"});
+    let bound = call(&client, "POST", path, Some(annotated)).await.unwrap();
     assert_eq!((&bound["status"], &bound["code"]), (&json!("Success"), &json!(201)));
-    assert_eq!(pods.get("p").await.unwrap().spec.unwrap().node_name.as_deref(), Some("n1"));
+    let placed = pods.get("p").await.unwrap();
+    assert_eq!(placed.spec.unwrap().node_name.as_deref(), Some("n1"));
+    assert_eq!(placed.metadata.annotations.unwrap_or_default().get("note").map(String::as_str), Some("placed"));
     let twice = call(&client, "POST", path, Some(binding("n1"))).await.unwrap_err();
     assert_eq!((twice.code, twice.reason.as_str()), (409, "Conflict"));
     assert!(twice.message.contains("is already assigned to node \"n1\""), "{}", twice.message);

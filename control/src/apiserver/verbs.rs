@@ -963,6 +963,12 @@ pub async fn bind(api: &Api, res: &Resource, ns: Option<&str>, name: &str, body:
         return Err(ApiError::not_found(kinds::node::RESOURCE.plural, kinds::node::RESOURCE.group, &node));
     }
     let annotations = body.pointer("/metadata/annotations").and_then(Value::as_object).cloned().unwrap_or_default();
+    // The pod is not decoded again on binding: what the binding adds to it is checked here.
+    if let Some((k, _)) = annotations.iter().find(|(_, v)| !v.is_string()) {
+        return Err(ApiError::bad_request(format!(
+            "error decoding Binding {name:?}: metadata.annotations.{k}: invalid type: expected a string"
+        )));
+    }
     let refuse = |why: String| {
         ApiError::conflict(res.plural, res.group, name)
             .with_message(format!("Operation cannot be fulfilled on pods/binding \"{name}\": {why}"))
