@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod hollow;
+pub mod lean;
 pub mod node;
 pub mod pods;
 pub mod runtime;
@@ -112,7 +113,7 @@ pub async fn run<R: RuntimeService>(
         Some(name) => format!("spec.nodeName={name}"),
         None => "spec.nodeName!=".to_string(),
     };
-    let pods: Api<Pod> = Api::all(client.clone());
+    let pods: Api<lean::LeanPod> = Api::all(client.clone());
     let stream = watcher(pods, watcher::Config::default().fields(&fields));
     let mut stream = std::pin::pin!(stream);
     let mut known: HashMap<String, String> = HashMap::new();
@@ -133,10 +134,8 @@ pub async fn run<R: RuntimeService>(
         };
         match event {
             watcher::Event::Init => listing.clear(),
-            watcher::Event::InitApply(mut pod) | watcher::Event::Apply(mut pod) => {
+            watcher::Event::InitApply(lean::LeanPod(pod)) | watcher::Event::Apply(lean::LeanPod(pod)) => {
                 let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else { continue };
-                // Never read here, and the largest part of a pod: not kept for thousands of pods.
-                pod.metadata.managed_fields = None;
                 let Some(route) = routes.get(&node) else { continue };
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 listing.insert(uid.clone());
@@ -145,7 +144,7 @@ pub async fn run<R: RuntimeService>(
                 }
                 known.insert(uid, node);
             }
-            watcher::Event::Delete(pod) => {
+            watcher::Event::Delete(lean::LeanPod(pod)) => {
                 let uid = pod.metadata.uid.clone().unwrap_or_default();
                 if let Some(node) = known.remove(&uid) {
                     if let Some(route) = routes.get(&node) {

@@ -17,6 +17,8 @@ use kube::runtime::watcher;
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
+use agent::lean::LeanPod;
+
 use super::algorithm::{self, Failure};
 use super::cache::Cache;
 use super::config::{Profile, SchedulerConfiguration, DEFAULT_SCHEDULER_NAME};
@@ -169,9 +171,11 @@ where
 async fn watch_pods(shared: Arc<Shared>) {
     // Finished pods free their node's resources, as kube-scheduler's informer filter has it.
     let config = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
-    let uid = |p: &Pod| p.metadata.uid.clone().unwrap_or_default();
-    follow(Api::<Pod>::all(shared.client.clone()), config, "pod", uid, |change| match change {
-        Change::Applied(pod) => pod_applied(&shared, pod),
+    // Read without managed fields, which the scheduler never reads and which are most of the
+    // cost of decoding a running pod.
+    let uid = |p: &LeanPod| p.0.metadata.uid.clone().unwrap_or_default();
+    follow(Api::<LeanPod>::all(shared.client.clone()), config, "pod", uid, |change| match change {
+        Change::Applied(LeanPod(pod)) => pod_applied(&shared, pod),
         Change::Deleted(uid) => pod_deleted(&shared, &uid),
         Change::Synced => {
             shared.lock().pods_synced = true;
@@ -181,9 +185,7 @@ async fn watch_pods(shared: Arc<Shared>) {
     .await;
 }
 
-fn pod_applied(shared: &Shared, mut pod: Pod) {
-    // Never read by the scheduler, and the largest part of a pod: not kept for every pod.
-    pod.metadata.managed_fields = None;
+fn pod_applied(shared: &Shared, pod: Pod) {
     let now = Instant::now();
     let responsible = shared.profile(&pod).is_some();
     let terminating = pod.metadata.deletion_timestamp.is_some();
