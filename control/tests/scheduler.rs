@@ -108,6 +108,20 @@ async fn events_for(client: &kube::Client, name: &str) -> Vec<Event> {
     events.list(&lp).await.expect("events list").items
 }
 
+/// The object's events once one with `reason` is among them (events are written after the change
+/// they report, by a recorder of their own).
+async fn wait_events(client: &kube::Client, name: &str, reason: &str) -> Vec<Event> {
+    wait_until(&format!("a {reason} event for {name}"), within(SCHEDULED_WITHIN), || async move {
+        let events = events_for(client, name).await;
+        if events.iter().any(|e| e.reason.as_deref() == Some(reason)) {
+            Ok(events)
+        } else {
+            Err(format!("events so far: {events:?}"))
+        }
+    })
+    .await
+}
+
 fn kubectl(which: &str, api: &ApiProcess, args: &[&str]) -> String {
     let bin = std::env::var(which).unwrap_or_else(|_| panic!("{which} must name a kubectl binary (scripts/test sets it)"));
     let out = std::process::Command::new(bin)
@@ -139,7 +153,7 @@ async fn requests_fill_nodes_and_a_pod_that_fits_nowhere_waits_for_a_new_node() 
     create_pod(&client, cpu_pod("waiting", "1")).await;
     let message = unschedulable_message(&client, "waiting").await;
     assert!(message.starts_with("0/2 nodes are available: 2 Insufficient cpu."), "{message}");
-    let events = events_for(&client, "waiting").await;
+    let events = wait_events(&client, "waiting", "FailedScheduling").await;
     assert!(
         events.iter().any(|e| e.reason.as_deref() == Some("FailedScheduling") && e.type_.as_deref() == Some("Warning")),
         "a FailedScheduling event: {events:?}"
@@ -148,7 +162,7 @@ async fn requests_fill_nodes_and_a_pod_that_fits_nowhere_waits_for_a_new_node() 
     let _more = agent(&api, "agent-2", &["--node-name", "late", "--hollow-cpu", "2"]);
     let placed = wait_bound(&client, &["waiting".to_string()], true).await;
     assert_eq!(placed["waiting"], "late");
-    let events = events_for(&client, "waiting").await;
+    let events = wait_events(&client, "waiting", "Scheduled").await;
     let scheduled: Vec<_> = events.iter().filter(|e| e.reason.as_deref() == Some("Scheduled")).collect();
     assert_eq!(scheduled.len(), 1, "{events:?}");
     assert_eq!(scheduled[0].message.as_deref(), Some("Successfully assigned default/waiting to late"));
@@ -341,7 +355,7 @@ async fn a_higher_priority_pod_preempts_a_lower_one() {
     assert_eq!(placed["high"], "only");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     assert!(pods.get_opt("low").await.unwrap().is_none(), "the lower-priority pod was preempted");
-    let events = events_for(&client, "low").await;
+    let events = wait_events(&client, "low", "Preempted").await;
     assert!(events.iter().any(|e| e.reason.as_deref() == Some("Preempted")), "{events:?}");
 }
 
