@@ -376,7 +376,6 @@ pub async fn listen_addrs(urls: &[String]) -> Result<Vec<SocketAddr>, String> {
     Ok(out)
 }
 
-/// Serves the client and peer APIs until `shutdown` completes.
 /// The member's client services (KV, Watch, Lease, Cluster, Maintenance) as one service: what
 /// the client listeners serve, and what a process holding the member calls directly instead of
 /// dialing its own client port (the same requests and answers, without sockets or HTTP/2).
@@ -389,6 +388,7 @@ pub fn client_routes(node: Arc<StoreNode>) -> tonic::service::Routes {
         .add_service(LeaseServer::new(crate::lease::LeaseService::new(node)))
 }
 
+/// Serves the client and peer APIs until `shutdown` completes.
 pub async fn serve(
     node: Arc<StoreNode>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -500,15 +500,6 @@ mod tests {
         assert_eq!(resp.kvs[1].value, b"new".to_vec());
         node.shutdown().await;
     }
-}
-
-#[cfg(test)]
-mod in_process_tests {
-    use super::*;
-    use crate::node::testing::single_leader;
-    use proto::etcdserverpb::kv_client::KvClient;
-    use proto::etcdserverpb::watch_client::WatchClient;
-    use std::time::Duration;
 
     /// The client services called in process answer as over the network: a put is read back and
     /// a watch opened before it sees it.
@@ -519,14 +510,14 @@ mod in_process_tests {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let create = WatchCreateRequest { key: b"k".to_vec(), ..Default::default() };
         tx.send(WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) }).await.unwrap();
-        let mut watch = WatchClient::new(routes.clone())
+        let mut watch = proto::etcdserverpb::watch_client::WatchClient::new(routes.clone())
             .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .expect("the watch opens")
             .into_inner();
         let created = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("answered in time").unwrap().unwrap();
         assert!(created.created);
-        let mut kv = KvClient::new(routes);
+        let mut kv = proto::etcdserverpb::kv_client::KvClient::new(routes);
         kv.put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() }).await.expect("the put is served");
         let got = kv.range(RangeRequest { key: b"k".to_vec(), ..Default::default() }).await.unwrap().into_inner();
         assert_eq!(got.kvs[0].value, b"v");

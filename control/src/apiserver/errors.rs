@@ -224,6 +224,6 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (code, [("content-type", "application/json")], self.status().to_string()).into_response()
+        super::json_response(code, &self.status())
     }
 }

@@ -206,10 +206,6 @@ impl Cache {
         self.pods.get(uid).is_some_and(|s| s.assumed)
     }
 
-    pub fn contains_pod(&self, uid: &str) -> bool {
-        self.pods.contains_key(uid)
-    }
-
     /// The cluster as of now (nodes shared, copied on the next write).
     pub fn snapshot(&self) -> Snapshot {
         Snapshot { nodes: self.nodes.clone(), nominated: self.nominated.clone(), ..Default::default() }

@@ -5,10 +5,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
+use control::apiserver::store::Store;
 use control::election::ElectionFlags;
 use control::process::stop_signal;
-
-use control::apiserver::store::Store;
 
 use crate::apiserver::{run_api, ApiArgs};
 use crate::store::StoreArgs;

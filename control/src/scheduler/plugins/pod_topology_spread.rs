@@ -657,7 +657,7 @@ mod tests {
             let fresh = PodTopologySpread::new(None).unwrap();
             assert_eq!(fits(&remembering, &incoming, snap), fits(&fresh, &incoming, snap), "{step}");
         };
-        let mut step = |cache: &mut Cache, snap: &mut Snapshot, what: &str| {
+        let step = |cache: &mut Cache, snap: &mut Snapshot, what: &str| {
             cache.update_snapshot(snap);
             check(snap, what);
         };
