@@ -374,7 +374,10 @@ async fn run_shape(args: &Args, keelson: &std::path::Path, shape: &Shape) -> Res
     let api_ports: Vec<u16> = (0..MEMBERS)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
         .collect::<std::io::Result<_>>()?;
-    let member_args = |i: usize| vec!["--api-listen".to_string(), format!("127.0.0.1:{}", api_ports[i])];
+    // As scheduler_perf runs it: the API and the scheduler, no controller manager.
+    let member_args = |i: usize| {
+        vec!["--api-listen".to_string(), format!("127.0.0.1:{}", api_ports[i]), "--disable".into(), "controller-manager".into()]
+    };
     let mut cluster = Cluster::start_with("keelson", keelson, &["server"], member_args, &ports, root.path()).await?;
     let bases: Vec<String> = api_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
     let http = benches::http::client(CREATES_IN_FLIGHT_MAX);

@@ -328,6 +328,39 @@ impl ElectionFlags {
     }
 }
 
+/// Runs an elected component: `body` gets the leadership, this replica's identity and a future
+/// that resolves when it should stop (on `stop`); the lease is released only after `body` has
+/// returned, so that a successor never acts while this replica still does.
+pub async fn run_elected<Fut>(
+    flags: &ElectionFlags,
+    client: kube::Client,
+    lease_name: &str,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+    body: impl FnOnce(Leadership, String, std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> Fut,
+) -> anyhow::Result<()>
+where
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let (leadership, elector, identity) = flags.start(client, lease_name, wait(stop_rx.clone())).map_err(anyhow::Error::msg)?;
+    let on_signal = stop_tx.clone();
+    let signal = tokio::spawn(async move {
+        stop.await;
+        let _ = on_signal.send(true);
+    });
+    let result = body(leadership, identity, Box::pin(wait(stop_rx))).await;
+    let _ = stop_tx.send(true);
+    if let Some(elector) = elector {
+        let _ = elector.await;
+    }
+    signal.abort();
+    result
+}
+
 /// client-go's identity for a replica: the host's name and a unique suffix.
 pub fn identity() -> String {
     let host = crate::process::hostname().unwrap_or_else(|| "keelson".to_string());

@@ -85,13 +85,19 @@ impl Recorder {
 
 /// A reference to a pod, as events name it.
 pub fn pod_reference(pod: &k8s_openapi::api::core::v1::Pod) -> ObjectReference {
+    reference(pod)
+}
+
+/// A reference to any object, for the event's `involvedObject`.
+pub fn reference<K: kube::Resource<DynamicType = ()>>(obj: &K) -> ObjectReference {
+    let m = obj.meta();
     ObjectReference {
-        api_version: Some("v1".into()),
-        kind: Some("Pod".into()),
-        name: pod.metadata.name.clone(),
-        namespace: pod.metadata.namespace.clone(),
-        uid: pod.metadata.uid.clone(),
-        resource_version: pod.metadata.resource_version.clone(),
+        api_version: Some(K::api_version(&()).into_owned()),
+        kind: Some(K::kind(&()).into_owned()),
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        uid: m.uid.clone(),
+        resource_version: m.resource_version.clone(),
         ..Default::default()
     }
 }

@@ -1,11 +1,13 @@
 //! Keelson's control plane as a library: the Kubernetes API server over the replicated store
-//! (`apiserver`), the scheduler, Lease-based leader election, the event recorder, and what every
+//! (`apiserver`), the scheduler, the controller manager (`controllers`), Lease-based leader election, the event recorder, and what every
 //! process shares (`process`, `decode`). The `keelson` binary (`src/bin/keelson/`, a file per
 //! subcommand) runs them.
 
 pub mod apiserver;
+pub mod controllers;
 pub mod decode;
 pub mod election;
 pub mod events;
+pub mod labels;
 pub mod process;
 pub mod scheduler;

@@ -7,11 +7,12 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::api::ApiProcess;
+use common::kubectl::{kubectl_binary, Kubectl};
 use common::{wait_until, within, Cluster, Options};
 
 const DEPLOYMENT: &str = "apiVersion: apps/v1
@@ -36,80 +37,6 @@ spec:
         ports:
         - containerPort: 80
 ";
-
-struct Kubectl {
-    binary: PathBuf,
-    kubeconfig: PathBuf,
-    cache: PathBuf,
-}
-
-/// The kubectl binary named by the environment variable `var`; a test fails without it.
-fn kubectl_binary(var: &str) -> PathBuf {
-    let binary = PathBuf::from(
-        std::env::var(var)
-            .unwrap_or_else(|_| panic!("{var} must name a kubectl (scripts/test sets it; scripts/setup installs it)")),
-    );
-    assert!(binary.is_file(), "{} missing: run scripts/setup", binary.display());
-    binary
-}
-
-impl Kubectl {
-    /// Debian's kubectl.
-    fn new(dir: &Path, server: &str) -> Kubectl {
-        Self::with_binary(kubectl_binary("KEELSON_KUBECTL"), dir, server)
-    }
-
-    fn with_binary(binary: PathBuf, dir: &Path, server: &str) -> Kubectl {
-        let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: {server}\ncontexts:\n\
-                 - name: k\n  context:\n    cluster: k\n    user: k\ncurrent-context: k\nusers:\n- name: k\n  user: {{}}\n"
-            ),
-        )
-        .unwrap();
-        Kubectl { binary, kubeconfig, cache: dir.join("cache") }
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(&self.binary);
-        cmd.env_clear()
-            .env("HOME", self.cache.parent().unwrap())
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .arg("--cache-dir")
-            .arg(&self.cache)
-            .args(args);
-        cmd
-    }
-
-    /// Runs kubectl; its stdout, or a panic with stderr when it fails.
-    fn run(&self, args: &[&str]) -> String {
-        self.run_with_input(args, None)
-    }
-
-    fn run_with_input(&self, args: &[&str], input: Option<&str>) -> String {
-        let (ok, stdout, stderr) = self.try_run(args, input);
-        assert!(ok, "kubectl {args:?} failed\nstdout: {stdout}\nstderr: {stderr}");
-        stdout
-    }
-
-    /// Runs kubectl; whether it succeeded, its stdout and its stderr.
-    fn try_run(&self, args: &[&str], input: Option<&str>) -> (bool, String, String) {
-        let mut cmd = self.command(args);
-        cmd.stdin(if input.is_some() { Stdio::piped() } else { Stdio::null() });
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("kubectl starts");
-        if let Some(text) = input {
-            use std::io::Write;
-            child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        (out.status.success(), stdout.into_owned(), stderr.into_owned())
-    }
-}
 
 /// The words of each line, so that column widths do not matter.
 fn table(output: &str) -> Vec<Vec<String>> {

@@ -5,7 +5,6 @@ pub mod algorithm;
 pub mod cache;
 pub mod config;
 pub mod framework;
-pub mod labels;
 pub mod plugins;
 pub mod preemption;
 pub mod queue;

@@ -29,10 +29,10 @@ impl ApiProcess {
         Self::server_with(&[]).await
     }
 
-    /// `keelson server` with more flags; the API alone, without its scheduler (tests of the API
-    /// bind pods themselves).
+    /// `keelson server` with more flags; the API alone, without its scheduler and controller
+    /// manager (tests of the API bind pods and make dependents themselves).
     pub async fn server_with(args: &[&str]) -> ApiProcess {
-        let mut all = vec!["--disable", "scheduler"];
+        let mut all = vec!["--disable", "scheduler,controller-manager"];
         all.extend_from_slice(args);
         Self::server_full(&all).await
     }

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod kubectl;
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};

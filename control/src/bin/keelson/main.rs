@@ -2,6 +2,7 @@
 
 mod agent;
 mod apiserver;
+mod controller_manager;
 mod scheduler;
 mod server;
 mod store;
@@ -37,6 +38,8 @@ enum Command {
     Apiserver(apiserver::ApiserverArgs),
     /// Run a scheduler replica (leader-elected).
     Scheduler(scheduler::SchedulerArgs),
+    /// Run a controller manager replica (leader-elected): Deployments, ReplicaSets, …
+    ControllerManager(controller_manager::ControllerManagerArgs),
     /// Run a node agent (kubelet); `--runtime hollow` runs many in-memory nodes for scale tests.
     Agent(agent::AgentArgs),
 }
@@ -80,6 +83,7 @@ fn main() -> std::process::ExitCode {
             Command::Apiserver(args) => apiserver::apiserver(args).await,
             Command::Agent(args) => agent::agent(args).await,
             Command::Scheduler(args) => scheduler::scheduler(args).await,
+            Command::ControllerManager(args) => controller_manager::controller_manager(args).await,
         }
     });
     match result {

@@ -37,26 +37,10 @@ pub async fn run_scheduler(
     config: SchedulerConfiguration,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_tx = std::sync::Arc::new(stop_tx);
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let (leadership, elector, identity) =
-        election.start(client.clone(), "kube-scheduler", wait(stop_rx.clone())).map_err(anyhow::Error::msg)?;
-    let on_signal = stop_tx.clone();
-    let signal = tokio::spawn(async move {
-        stop.await;
-        let _ = on_signal.send(true);
-    });
-    let result = control::scheduler::run::run(client, config, leadership, &identity, wait(stop_rx)).await;
-    let _ = stop_tx.send(true);
-    // The scheduling loop has stopped: only now may the lease go.
-    if let Some(elector) = elector {
-        let _ = elector.await;
-    }
-    signal.abort();
-    result
+    control::election::run_elected(election, client.clone(), "kube-scheduler", stop, |leadership, identity, stop| async move {
+        control::scheduler::run::run(client, config, leadership, &identity, stop).await
+    })
+    .await
 }
 
 pub async fn scheduler(args: SchedulerArgs) -> anyhow::Result<()> {

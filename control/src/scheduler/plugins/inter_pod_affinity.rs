@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::scheduler::framework::{CycleState, NodeInfo, Plugin, PodInfo, Snapshot, Status, MAX_NODE_SCORE};
-use crate::scheduler::labels::Selector;
+use crate::labels::Selector;
 
 pub const NAME: &str = "InterPodAffinity";
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::scheduler::framework::{default_normalize_score, CycleState, NodeInfo, Plugin, PodInfo, Snapshot, Status};
-use crate::scheduler::labels::{is_label_value, is_qualified_name};
+use crate::labels::{is_label_value, is_qualified_name};
 
 pub const NAME: &str = "NodeAffinity";
 

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::scheduler::framework::{CycleState, NodeInfo, Plugin, PodInfo, Snapshot, Status, MAX_NODE_SCORE};
-use crate::scheduler::labels::{is_qualified_name, Selector};
+use crate::labels::{is_qualified_name, Selector};
 use crate::scheduler::plugins::node_affinity::RequiredNodeAffinity;
 use crate::scheduler::plugins::taint_toleration::{first_untolerated, is_do_not_schedule};
 

@@ -1,0 +1,227 @@
+//! The controller manager: controllers built as Kubernetes' sample-controller is, over shared
+//! informers (one list+watch per resource type for the whole manager). Event handlers only
+//! enqueue keys; workers take a key, re-read the cached object and reconcile. Every replica keeps
+//! its informers warm; only the leader's workers act, and each checks its leadership before it
+//! takes a key. The manager reaches the cluster only through the Kubernetes API (kube-rs).
+
+pub mod deployment;
+pub mod expectations;
+pub mod informer;
+pub mod pods;
+pub mod queue;
+pub mod replicaset;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::Api;
+use kube::runtime::watcher;
+
+use agent::lean::LeanPod;
+
+use self::informer::Informer;
+use self::queue::WorkQueue;
+use crate::election::Leadership;
+
+/// The controllers this manager runs, by Kubernetes' names, each with its default number of
+/// workers (`--concurrent-<name>-syncs`).
+pub const CONTROLLERS: &[&str] = &["replicaset", "deployment"];
+
+/// A controller: a queue of keys and how one key is brought to its desired state.
+pub trait Controller: Send + Sync + 'static {
+    const NAME: &'static str;
+    fn queue(&self) -> &WorkQueue;
+    /// Reconciles the object `key` names; an error retries it after the key's back-off.
+    fn sync(&self, key: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
+}
+
+/// Kubernetes' controller-manager flags that choose and size the controllers.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerFlags {
+    /// Controllers to run: `*` for all, a name to add one, `-name` to leave one out
+    /// (e.g. `*,-deployment`).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    pub controllers: Vec<String>,
+    /// ReplicaSets synced at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_replicaset_syncs: usize,
+    /// Deployments synced at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_deployment_syncs: usize,
+}
+
+impl ControllerFlags {
+    /// The controllers `--controllers` selects, or why it is invalid.
+    pub fn enabled(&self) -> Result<Vec<&'static str>, String> {
+        let mut all = false;
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for item in self.controllers.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
+            if item == "*" {
+                all = true;
+                continue;
+            }
+            let (list, name) = match item.strip_prefix('-') {
+                Some(n) => (&mut off, n),
+                None => (&mut on, item),
+            };
+            let Some(known) = CONTROLLERS.iter().find(|c| **c == name) else {
+                return Err(format!("--controllers: unknown controller {name:?} (known: {})", CONTROLLERS.join(", ")));
+            };
+            list.push(*known);
+        }
+        Ok(CONTROLLERS.iter().copied().filter(|c| (all || on.contains(c)) && !off.contains(c)).collect())
+    }
+}
+
+/// The informers controllers share, made when a controller first asks for one.
+pub struct Informers {
+    pods: OnceLock<Arc<Informer<Pod>>>,
+    replicasets: OnceLock<Arc<Informer<ReplicaSet>>>,
+    deployments: OnceLock<Arc<Informer<Deployment>>>,
+}
+
+impl Informers {
+    pub fn pods(&self) -> Arc<Informer<Pod>> {
+        self.pods.get_or_init(|| Informer::new("pods")).clone()
+    }
+    pub fn replicasets(&self) -> Arc<Informer<ReplicaSet>> {
+        self.replicasets.get_or_init(|| Informer::new("replicasets")).clone()
+    }
+    pub fn deployments(&self) -> Arc<Informer<Deployment>> {
+        self.deployments.get_or_init(|| Informer::new("deployments")).clone()
+    }
+
+    /// Starts every informer a controller asked for; resolves once all have listed.
+    fn start(&self, client: &kube::Client, tasks: &mut tokio::task::JoinSet<()>) -> impl Future<Output = ()> + Send + 'static {
+        let config = watcher::Config::default;
+        let mut synced: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
+        if let Some(i) = self.pods.get() {
+            // Pods are read without managed fields, which no controller looks at.
+            tasks.spawn(i.clone().run(Api::<LeanPod>::all(client.clone()), config(), |p| p.0));
+            let i = i.clone();
+            synced.push(Box::pin(async move { i.synced().await }));
+        }
+        if let Some(i) = self.replicasets.get() {
+            tasks.spawn(i.clone().run(Api::<ReplicaSet>::all(client.clone()), config(), |x| x));
+            let i = i.clone();
+            synced.push(Box::pin(async move { i.synced().await }));
+        }
+        if let Some(i) = self.deployments.get() {
+            tasks.spawn(i.clone().run(Api::<Deployment>::all(client.clone()), config(), |x| x));
+            let i = i.clone();
+            synced.push(Box::pin(async move { i.synced().await }));
+        }
+        async move {
+            futures::future::join_all(synced).await;
+        }
+    }
+}
+
+/// What every controller is built from.
+pub struct Manager {
+    pub client: kube::Client,
+    pub identity: String,
+    pub informers: Informers,
+}
+
+/// Takes keys and syncs them while this replica leads.
+async fn worker<C: Controller>(c: Arc<C>, mut leadership: Leadership) {
+    while let Some(key) = c.queue().get().await {
+        if !leadership.is_leading() {
+            // Held (not dropped) until this replica leads; the leader's own queue has it too.
+            leadership.acquired().await;
+        }
+        match c.sync(&key).await {
+            Ok(()) => c.queue().forget(&key),
+            Err(e) => {
+                tracing::info!(controller = C::NAME, key, error = format!("{e:#}"), failures = c.queue().failures(&key), "sync failed; retrying");
+                c.queue().add_rate_limited(&key);
+            }
+        }
+        c.queue().done(&key);
+    }
+}
+
+/// Runs the controllers `flags` select over `client` until `stop` resolves.
+pub async fn run(
+    client: kube::Client,
+    flags: &ControllerFlags,
+    leadership: Leadership,
+    identity: &str,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let enabled = flags.enabled().map_err(anyhow::Error::msg)?;
+    tracing::info!(identity, controllers = ?enabled, "controller manager started");
+    let m = Manager {
+        client: client.clone(),
+        identity: identity.to_string(),
+        informers: Informers { pods: OnceLock::new(), replicasets: OnceLock::new(), deployments: OnceLock::new() },
+    };
+    let mut queues: Vec<Box<dyn Fn() + Send>> = Vec::new();
+    let mut starts: Vec<Box<dyn FnOnce(&mut tokio::task::JoinSet<()>) + Send>> = Vec::new();
+    fn add<C: Controller>(
+        c: Arc<C>,
+        workers: usize,
+        leadership: &Leadership,
+        queues: &mut Vec<Box<dyn Fn() + Send>>,
+        starts: &mut Vec<Box<dyn FnOnce(&mut tokio::task::JoinSet<()>) + Send>>,
+    ) {
+        let q = c.clone();
+        queues.push(Box::new(move || q.queue().shut_down()));
+        let leadership = leadership.clone();
+        starts.push(Box::new(move |tasks| {
+            for _ in 0..workers.max(1) {
+                tasks.spawn(worker(c.clone(), leadership.clone()));
+            }
+        }));
+    }
+    for name in &enabled {
+        match *name {
+            "replicaset" => add(replicaset::ReplicaSetController::new(&m), flags.concurrent_replicaset_syncs, &leadership, &mut queues, &mut starts),
+            "deployment" => add(deployment::DeploymentController::new(&m), flags.concurrent_deployment_syncs, &leadership, &mut queues, &mut starts),
+            other => anyhow::bail!("controller {other} is not built"),
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let synced = m.informers.start(&client, &mut tasks);
+    tokio::pin!(stop);
+    let started = tokio::select! {
+        _ = synced => true,
+        _ = &mut stop => false,
+    };
+    if started {
+        tracing::info!("informers synced; controllers starting");
+        for s in starts {
+            s(&mut tasks);
+        }
+        stop.await;
+    }
+    for q in &queues {
+        q();
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    tracing::info!("controller manager stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flags(list: &[&str]) -> ControllerFlags {
+        ControllerFlags { controllers: list.iter().map(|s| s.to_string()).collect(), concurrent_replicaset_syncs: 1, concurrent_deployment_syncs: 1 }
+    }
+
+    #[test]
+    fn the_controllers_flag_reads_as_kubernetes_reads_it() {
+        assert_eq!(flags(&["*"]).enabled().unwrap(), CONTROLLERS.to_vec());
+        assert_eq!(flags(&["*", "-deployment"]).enabled().unwrap(), vec!["replicaset"]);
+        assert_eq!(flags(&["deployment"]).enabled().unwrap(), vec!["deployment"]);
+        assert!(flags(&[]).enabled().unwrap().is_empty());
+        let e = flags(&["*", "-nope"]).enabled().unwrap_err();
+        assert!(e.contains("unknown controller \"nope\""), "{e}");
+    }
+}

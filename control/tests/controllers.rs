@@ -1,0 +1,205 @@
+//! The controller manager end to end: `keelson server` (API, scheduler, controller manager),
+//! hollow agents, and standalone `keelson controller-manager` replicas, as real processes,
+//! driven with Debian's kubectl, the current one, and kube-rs as a user would.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::api::{ApiProcess, Component};
+use common::kubectl::{kubectl_binary, Kubectl};
+use common::{wait_until, within};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::runtime::watcher;
+
+const SETTLED_WITHIN: Duration = Duration::from_secs(60);
+
+/// The seed's Deployment.
+const NGINX: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx-deployment
+  labels:
+    app: nginx
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: nginx
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.14.2
+        ports:
+        - containerPort: 80
+";
+
+fn hollow_agent(api: &ApiProcess, nodes: usize) -> Component {
+    let (url, n) = (api.url(), nodes.to_string());
+    Component::spawn("agent", &["agent", "--server", &url, "--runtime", "hollow", "--hollow-nodes", &n])
+}
+
+/// The names of the pods labelled `selector` that run and are not being deleted.
+async fn running_pods(client: &kube::Client, ns: &str, selector: &str) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let list = pods.list(&ListParams::default().labels(selector)).await.expect("pods are listed");
+    list.items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| p.metadata.name.clone())
+        .collect()
+}
+
+/// Waits until exactly `n` pods labelled `selector` run (and none other is left).
+async fn wait_running(client: &kube::Client, ns: &str, selector: &str, n: usize) -> Vec<String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    wait_until(&format!("{n} pods {selector} run, and no others"), within(SETTLED_WITHIN), || {
+        let (pods, client) = (pods.clone(), client.clone());
+        async move {
+            let running = running_pods(&client, ns, selector).await;
+            let all = pods.list(&ListParams::default().labels(selector)).await.map_err(|e| e.to_string())?.items.len();
+            if running.len() == n && all == n { Ok(running) } else { Err(format!("{} running of {all}", running.len())) }
+        }
+    })
+    .await
+}
+
+fn rollout_status(k: &Kubectl, name: &str) {
+    let out = k.run(&["rollout", "status", name, "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+}
+
+/// Revisions `kubectl rollout history` lists.
+fn revisions(k: &Kubectl, name: &str) -> Vec<u32> {
+    k.run(&["rollout", "history", name]).lines().filter_map(|l| l.split_whitespace().next()?.parse().ok()).collect()
+}
+
+fn image(d: &Deployment) -> String {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].image.clone().unwrap_or_default()
+}
+
+/// What a watch of ReplicaSets saw: each set's size and available pods after every event, and
+/// the moments at which the deployment's budgets were broken.
+#[derive(Default)]
+struct Budgets {
+    sets: HashMap<String, (i32, i32)>,
+    max_total: i32,
+    min_available: i32,
+    violations: Vec<String>,
+}
+
+// kubectl runs blocking the test's thread; the watch needs another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_rolls_out_scales_heals_and_rolls_back() {
+    let api = ApiProcess::server_full(&[]).await;
+    let _agent = hollow_agent(&api, 4);
+    let client = api.client();
+    let dir = tempfile::tempdir().unwrap();
+    let old = Kubectl::new(&dir.path().join("old").tap_mkdir(), &api.url());
+    let current = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), &dir.path().join("new").tap_mkdir(), &api.url());
+    let deploy = "deployment/nginx-deployment";
+
+    // Applied with Debian's kubectl: three pods run.
+    old.run_with_input(&["apply", "-f", "-"], Some(NGINX));
+    rollout_status(&old, deploy);
+    wait_running(&client, "default", "app=nginx", 3).await;
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let first = sets.list(&ListParams::default().labels("app=nginx")).await.unwrap().items;
+    assert_eq!(first.len(), 1);
+    let hash = first[0].metadata.labels.as_ref().unwrap().get("pod-template-hash").cloned().expect("the set carries its template hash");
+    assert_eq!(first[0].metadata.name.as_deref(), Some(format!("nginx-deployment-{hash}").as_str()));
+
+    // Scaled to 10 and back.
+    current.run(&["scale", deploy, "--replicas=10"]);
+    rollout_status(&current, deploy);
+    wait_running(&client, "default", "app=nginx", 10).await;
+    old.run(&["scale", deploy, "--replicas=3"]);
+    let three = wait_running(&client, "default", "app=nginx", 3).await;
+
+    // A deleted pod is replaced.
+    old.run(&["delete", "pod", &three[0], "--wait=false"]);
+    let replaced = wait_running(&client, "default", "app=nginx", 3).await;
+    assert!(!replaced.contains(&three[0]), "{replaced:?}");
+
+    // Ten replicas within 2 surge and 1 unavailable; a new image rolls out within them, as a
+    // watch of the ReplicaSets sees it at every step.
+    old.run(&["patch", deploy, "-p", r#"{"spec":{"replicas":10,"strategy":{"rollingUpdate":{"maxSurge":2,"maxUnavailable":1}}}}"#]);
+    rollout_status(&old, deploy);
+    wait_running(&client, "default", "app=nginx", 10).await;
+    let budgets = Arc::new(Mutex::new(Budgets { min_available: i32::MAX, ..Default::default() }));
+    let watch = {
+        let (b, sets) = (budgets.clone(), sets.clone());
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(watcher(sets, watcher::Config::default().labels("app=nginx")));
+            while let Some(event) = stream.next().await {
+                let (watcher::Event::Apply(rs) | watcher::Event::InitApply(rs)) = event.expect("the watch goes on") else { continue };
+                let mut b = b.lock().unwrap();
+                let size = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+                let available = rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
+                b.sets.insert(rs.metadata.name.clone().unwrap(), (size, available));
+                let total: i32 = b.sets.values().map(|s| s.0).sum();
+                let available: i32 = b.sets.values().map(|s| s.1).sum();
+                b.max_total = b.max_total.max(total);
+                b.min_available = b.min_available.min(available);
+                if total > 12 || available < 9 {
+                    let line = format!("{:?}", b.sets);
+                    b.violations.push(line);
+                }
+            }
+        })
+    };
+    wait_until("the watch has listed the sets", within(SETTLED_WITHIN), || {
+        let b = budgets.clone();
+        async move { if b.lock().unwrap().sets.is_empty() { Err("not yet".to_string()) } else { Ok(()) } }
+    })
+    .await;
+    current.run(&["set", "image", deploy, "nginx=nginx:1.16.1"]);
+    rollout_status(&current, deploy);
+    wait_running(&client, "default", "app=nginx", 10).await;
+    watch.abort();
+    {
+        let b = budgets.lock().unwrap();
+        assert!(b.violations.is_empty(), "budgets broken: {:?}", b.violations);
+        assert_eq!(b.max_total, 12, "the surge was used: {:?}", b.sets);
+        assert!(b.min_available <= 10 && b.min_available >= 9, "{}", b.min_available);
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    assert_eq!(image(&deployments.get("nginx-deployment").await.unwrap()), "nginx:1.16.1");
+    assert_eq!(revisions(&current, deploy), vec![1, 2]);
+
+    // Undone with Debian's kubectl: the first template again, as revision 3.
+    old.run(&["rollout", "undo", deploy]);
+    rollout_status(&old, deploy);
+    wait_running(&client, "default", "app=nginx", 10).await;
+    let d = deployments.get("nginx-deployment").await.unwrap();
+    assert_eq!(image(&d), "nginx:1.14.2");
+    assert_eq!(d.metadata.annotations.as_ref().unwrap().get("deployment.kubernetes.io/revision").map(String::as_str), Some("3"));
+    assert_eq!(revisions(&old, deploy), vec![2, 3]);
+    let rs = sets.get(&format!("nginx-deployment-{hash}")).await.expect("the first set is back in use");
+    assert_eq!(rs.spec.as_ref().unwrap().replicas, Some(10));
+    let status = d.status.unwrap();
+    assert_eq!((status.replicas, status.updated_replicas, status.available_replicas), (Some(10), Some(10), Some(10)));
+    let progressing = status.conditions.unwrap().into_iter().find(|c| c.type_ == "Progressing").unwrap();
+    assert_eq!(progressing.reason.as_deref(), Some("NewReplicaSetAvailable"));
+}
+
+trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for std::path::PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
