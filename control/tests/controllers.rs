@@ -13,6 +13,7 @@ use common::kubectl::{kubectl_binary, Kubectl};
 use common::{wait_until, within};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::runtime::watcher;
@@ -191,6 +192,137 @@ async fn a_deployment_rolls_out_scales_heals_and_rolls_back() {
     assert_eq!((status.replicas, status.updated_replicas, status.available_replicas), (Some(10), Some(10), Some(10)));
     let progressing = status.conditions.unwrap().into_iter().find(|c| c.type_ == "Progressing").unwrap();
     assert_eq!(progressing.reason.as_deref(), Some("NewReplicaSetAvailable"));
+}
+
+/// The identity a controller manager replica runs under, from its log.
+fn identity_of(c: &Component) -> Option<String> {
+    let log = c.log_text();
+    let line = log.lines().find(|l| l.contains("controller manager started"))?;
+    let at = line.find("identity=")? + "identity=".len();
+    Some(line[at..].split_whitespace().next()?.trim_matches('"').to_string())
+}
+
+/// Which of `managers` holds the controller manager's lease (other than `not`).
+async fn leader(client: &kube::Client, managers: &[Component], not: Option<usize>) -> usize {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    wait_until("a controller manager replica leads", within(SETTLED_WITHIN), || {
+        let leases = leases.clone();
+        let ids: Vec<Option<String>> = managers.iter().map(identity_of).collect();
+        async move {
+            let lease = leases.get_opt("kube-controller-manager").await.map_err(|e| e.to_string())?.ok_or("no lease yet")?;
+            let holder = lease.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty()).ok_or("no holder")?;
+            match ids.iter().position(|id| id.as_deref() == Some(holder.as_str())) {
+                Some(i) if Some(i) != not => Ok(i),
+                Some(_) => Err("the old leader still holds the lease".to_string()),
+                None => Err(format!("holder {holder} is none of the replicas yet")),
+            }
+        }
+    })
+    .await
+}
+
+fn big_deployment(replicas: i32) -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "big"},
+        "spec": {
+            "replicas": replicas,
+            // Each step waits a second for availability, so that the rollout is still under
+            // way when its leader is killed.
+            "minReadySeconds": 1,
+            "selector": {"matchLabels": {"app": "big"}},
+            "template": {"metadata": {"labels": {"app": "big"}}, "spec": {"containers": [{"name": "c", "image": "app:1"}]}}
+        }
+    }))
+    .unwrap()
+}
+
+/// Waits until the deployment has rolled out its current template to every replica.
+async fn wait_rolled_out(client: &kube::Client, name: &str, replicas: i32) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    wait_until(&format!("deployment {name} rolled out"), within(SETTLED_WITHIN), || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get(name).await.map_err(|e| e.to_string())?;
+            let s = d.status.clone().unwrap_or_default();
+            let counts = (s.replicas, s.updated_replicas, s.available_replicas);
+            if s.observed_generation >= d.metadata.generation && counts == (Some(replicas), Some(replicas), Some(replicas)) {
+                Ok(())
+            } else {
+                Err(format!("{counts:?} observed {:?} of {:?}", s.observed_generation, d.metadata.generation))
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_survives_its_leader_being_killed_without_extra_pods() {
+    let api = ApiProcess::server_full(&["--disable", "controller-manager"]).await;
+    let _agent = hollow_agent(&api, 10);
+    let client = api.client();
+    let url = api.url();
+    let mut managers: Vec<Component> = (0..3).map(|i| Component::spawn(&format!("controller-manager-{i}"), &["controller-manager", "--server", &url])).collect();
+    let first = leader(&client, &managers, None).await;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    deployments.create(&Default::default(), &big_deployment(100)).await.expect("the deployment is created");
+    wait_rolled_out(&client, "big", 100).await;
+    wait_running(&client, "default", "app=big", 100).await;
+
+    // Every pod the rollout makes, seen by a watch that started before it.
+    let seen: Arc<Mutex<(bool, std::collections::HashSet<String>, std::collections::HashSet<String>)>> = Arc::default();
+    let watch = {
+        let (seen, pods) = (seen.clone(), Api::<Pod>::namespaced(client.clone(), "default"));
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(watcher(pods, watcher::Config::default().labels("app=big")));
+            while let Some(event) = stream.next().await {
+                let mut s = seen.lock().unwrap();
+                match event.expect("the watch goes on") {
+                    watcher::Event::InitApply(p) => {
+                        s.1.insert(p.metadata.uid.unwrap());
+                    }
+                    watcher::Event::InitDone => s.0 = true,
+                    watcher::Event::Apply(p) => {
+                        let uid = p.metadata.uid.unwrap();
+                        if !s.1.contains(&uid) {
+                            s.2.insert(uid);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    let new_pods = |seen: &Arc<Mutex<(bool, std::collections::HashSet<String>, std::collections::HashSet<String>)>>| seen.lock().unwrap().2.len();
+    wait_until("the watch has listed the pods", within(SETTLED_WITHIN), || {
+        let ready = seen.lock().unwrap().0;
+        async move { if ready { Ok(()) } else { Err("not yet".to_string()) } }
+    })
+    .await;
+
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "app:2"}]}}}});
+    deployments.patch("big", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&patch)).await.expect("the new image is set");
+    wait_until("the rollout is under way", within(SETTLED_WITHIN), || {
+        let n = new_pods(&seen);
+        async move { if n >= 10 { Ok(()) } else { Err(format!("{n} new pods")) } }
+    })
+    .await;
+    managers[first].kill();
+    let at_kill = new_pods(&seen);
+    assert!(at_kill < 100, "the rollout was over before its leader was killed ({at_kill} new pods)");
+    let next = leader(&client, &managers, Some(first)).await;
+    assert_ne!(next, first);
+
+    wait_rolled_out(&client, "big", 100).await;
+    wait_running(&client, "default", "app=big", 100).await;
+    watch.abort();
+    assert_eq!(new_pods(&seen), 100, "pods created by the rollout ({at_kill} before the failover)");
+    eprintln!("leader killed after {at_kill} of the rollout's 100 pods");
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let sizes: Vec<i32> = sets.list(&ListParams::default().labels("app=big")).await.unwrap().items.iter().map(|rs| rs.spec.as_ref().unwrap().replicas.unwrap()).collect();
+    let mut sorted = sizes.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![0, 100], "{sizes:?}");
 }
 
 trait TapMkdir {
