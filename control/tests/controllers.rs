@@ -194,6 +194,76 @@ async fn a_deployment_rolls_out_scales_heals_and_rolls_back() {
     assert_eq!(progressing.reason.as_deref(), Some("NewReplicaSetAvailable"));
 }
 
+/// How many ReplicaSets and pods carry `selector`, and the ReplicaSets' owner references.
+async fn dependents(client: &kube::Client, selector: &str) -> (usize, usize, Vec<usize>) {
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let lp = ListParams::default().labels(selector);
+    let sets = sets.list(&lp).await.unwrap().items;
+    let owners = sets.iter().map(|rs| rs.metadata.owner_references.as_ref().map_or(0, Vec::len)).collect();
+    (sets.len(), pods.list(&lp).await.unwrap().items.len(), owners)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_owner_cascades_in_the_background_or_foreground_or_orphans() {
+    let api = ApiProcess::server_full(&[]).await;
+    let _agent = hollow_agent(&api, 3);
+    let client = api.client();
+    let dir = tempfile::tempdir().unwrap();
+    let old = Kubectl::new(&dir.path().join("old").tap_mkdir(), &api.url());
+    let current = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), &dir.path().join("new").tap_mkdir(), &api.url());
+    for name in ["background", "orphaned", "foreground"] {
+        current.run(&["create", "deployment", name, "--image=nginx", "--replicas=2"]);
+        rollout_status(&current, &format!("deployment/{name}"));
+        assert_eq!(dependents(&client, &format!("app={name}")).await, (1, 2, vec![1]));
+    }
+    let gone = |name: &'static str| {
+        let client = client.clone();
+        async move {
+            wait_until(&format!("the {name} deployment's sets and pods are collected"), within(SETTLED_WITHIN), || {
+                let client = client.clone();
+                async move {
+                    match dependents(&client, &format!("app={name}")).await {
+                        (0, 0, _) => Ok(()),
+                        left => Err(format!("{left:?} left")),
+                    }
+                }
+            })
+            .await
+        }
+    };
+
+    // Background (kubectl's default): the deployment goes at once, its dependents after.
+    old.run(&["delete", "deployment", "background"]);
+    gone("background").await;
+    // Foreground: the deployment waits for its dependents.
+    let out = current.run(&["delete", "deployment", "foreground", "--cascade=foreground"]);
+    assert!(out.contains("deleted"), "{out}");
+    gone("foreground").await;
+    // Orphan: the set and its pods stay, without their owner.
+    old.run(&["delete", "deployment", "orphaned", "--cascade=orphan"]);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    wait_until("the orphaning deployment is gone", within(SETTLED_WITHIN), || {
+        let deployments = deployments.clone();
+        async move { if deployments.get_opt("orphaned").await.unwrap().is_none() { Ok(()) } else { Err("still there".to_string()) } }
+    })
+    .await;
+    assert_eq!(dependents(&client, "app=orphaned").await, (1, 2, vec![0]), "the set stays, owned by no one");
+    assert_eq!(running_pods(&client, "default", "app=orphaned").await.len(), 2, "its pods keep running");
+
+    // An object whose owner never existed is collected too.
+    let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "default");
+    let cm = serde_json::from_value(serde_json::json!({"metadata": {"name": "dangling", "ownerReferences": [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "name": "ghost", "uid": "00000000-0000-0000-0000-000000000001"}]}}))
+    .unwrap();
+    cms.create(&Default::default(), &cm).await.unwrap();
+    wait_until("a dependent of a missing owner is collected", within(SETTLED_WITHIN), || {
+        let cms = cms.clone();
+        async move { if cms.get_opt("dangling").await.unwrap().is_none() { Ok(()) } else { Err("still there".to_string()) } }
+    })
+    .await;
+}
+
 /// The identity a controller manager replica runs under, from its log.
 fn identity_of(c: &Component) -> Option<String> {
     let log = c.log_text();

@@ -6,6 +6,7 @@
 
 pub mod deployment;
 pub mod expectations;
+pub mod garbagecollector;
 pub mod informer;
 pub mod pods;
 pub mod queue;
@@ -27,7 +28,7 @@ use crate::election::Leadership;
 
 /// The controllers this manager runs, by Kubernetes' names, each with its default number of
 /// workers (`--concurrent-<name>-syncs`).
-pub const CONTROLLERS: &[&str] = &["replicaset", "deployment"];
+pub const CONTROLLERS: &[&str] = &["replicaset", "deployment", "garbagecollector"];
 
 /// A controller: a queue of keys and how one key is brought to its desired state.
 pub trait Controller: Send + Sync + 'static {
@@ -35,7 +36,15 @@ pub trait Controller: Send + Sync + 'static {
     fn queue(&self) -> &WorkQueue;
     /// Reconciles the object `key` names; an error retries it after the key's back-off.
     fn sync(&self, key: &str) -> impl Future<Output = anyhow::Result<()>> + Send;
+    /// Starts what the controller follows beyond the shared informers; the future resolves
+    /// once that has listed.
+    fn start(self: Arc<Self>, _tasks: &mut tokio::task::JoinSet<()>) -> Option<Synced> {
+        None
+    }
 }
+
+/// Resolves once a controller's own watches have listed.
+pub type Synced = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Kubernetes' controller-manager flags that choose and size the controllers.
 #[derive(clap::Args, Debug, Clone)]
@@ -50,6 +59,9 @@ pub struct ControllerFlags {
     /// Deployments synced at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_deployment_syncs: usize,
+    /// Objects the garbage collector handles at once.
+    #[arg(long, default_value_t = 20)]
+    pub concurrent_gc_syncs: usize,
 }
 
 impl ControllerFlags {
@@ -76,6 +88,7 @@ impl ControllerFlags {
 }
 
 /// The informers controllers share, made when a controller first asks for one.
+#[derive(Default)]
 pub struct Informers {
     pods: OnceLock<Arc<Informer<Pod>>>,
     replicasets: OnceLock<Arc<Informer<ReplicaSet>>>,
@@ -157,35 +170,45 @@ pub async fn run(
     let m = Manager {
         client: client.clone(),
         identity: identity.to_string(),
-        informers: Informers { pods: OnceLock::new(), replicasets: OnceLock::new(), deployments: OnceLock::new() },
+        informers: Informers::default(),
     };
     let mut queues: Vec<Box<dyn Fn() + Send>> = Vec::new();
     let mut starts: Vec<Box<dyn FnOnce(&mut tokio::task::JoinSet<()>) + Send>> = Vec::new();
-    fn add<C: Controller>(
-        c: Arc<C>,
-        workers: usize,
-        leadership: &Leadership,
-        queues: &mut Vec<Box<dyn Fn() + Send>>,
-        starts: &mut Vec<Box<dyn FnOnce(&mut tokio::task::JoinSet<()>) + Send>>,
-    ) {
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut synced: Vec<Synced> = Vec::new();
+    struct Wiring<'a> {
+        queues: &'a mut Vec<Box<dyn Fn() + Send>>,
+        starts: &'a mut Vec<Box<dyn FnOnce(&mut tokio::task::JoinSet<()>) + Send>>,
+        tasks: &'a mut tokio::task::JoinSet<()>,
+        synced: &'a mut Vec<Synced>,
+        leadership: &'a Leadership,
+    }
+    fn add<C: Controller>(c: Arc<C>, workers: usize, w: &mut Wiring<'_>) {
         let q = c.clone();
-        queues.push(Box::new(move || q.queue().shut_down()));
-        let leadership = leadership.clone();
-        starts.push(Box::new(move |tasks| {
+        w.queues.push(Box::new(move || q.queue().shut_down()));
+        if let Some(s) = c.clone().start(w.tasks) {
+            w.synced.push(s);
+        }
+        let leadership = w.leadership.clone();
+        w.starts.push(Box::new(move |tasks| {
             for _ in 0..workers.max(1) {
                 tasks.spawn(worker(c.clone(), leadership.clone()));
             }
         }));
     }
-    for name in &enabled {
-        match *name {
-            "replicaset" => add(replicaset::ReplicaSetController::new(&m), flags.concurrent_replicaset_syncs, &leadership, &mut queues, &mut starts),
-            "deployment" => add(deployment::DeploymentController::new(&m), flags.concurrent_deployment_syncs, &leadership, &mut queues, &mut starts),
-            other => anyhow::bail!("controller {other} is not built"),
+    {
+        let mut w = Wiring { queues: &mut queues, starts: &mut starts, tasks: &mut tasks, synced: &mut synced, leadership: &leadership };
+        for name in &enabled {
+            match *name {
+                "replicaset" => add(replicaset::ReplicaSetController::new(&m), flags.concurrent_replicaset_syncs, &mut w),
+                "deployment" => add(deployment::DeploymentController::new(&m), flags.concurrent_deployment_syncs, &mut w),
+                "garbagecollector" => add(garbagecollector::GarbageCollector::new(&m), flags.concurrent_gc_syncs, &mut w),
+                other => anyhow::bail!("controller {other} is not built"),
+            }
         }
     }
-    let mut tasks = tokio::task::JoinSet::new();
-    let synced = m.informers.start(&client, &mut tasks);
+    synced.push(Box::pin(m.informers.start(&client, &mut tasks)));
+    let synced = futures::future::join_all(synced);
     tokio::pin!(stop);
     let started = tokio::select! {
         _ = synced => true,
@@ -212,13 +235,18 @@ mod tests {
     use super::*;
 
     fn flags(list: &[&str]) -> ControllerFlags {
-        ControllerFlags { controllers: list.iter().map(|s| s.to_string()).collect(), concurrent_replicaset_syncs: 1, concurrent_deployment_syncs: 1 }
+        ControllerFlags {
+            controllers: list.iter().map(|s| s.to_string()).collect(),
+            concurrent_replicaset_syncs: 1,
+            concurrent_deployment_syncs: 1,
+            concurrent_gc_syncs: 1,
+        }
     }
 
     #[test]
     fn the_controllers_flag_reads_as_kubernetes_reads_it() {
         assert_eq!(flags(&["*"]).enabled().unwrap(), CONTROLLERS.to_vec());
-        assert_eq!(flags(&["*", "-deployment"]).enabled().unwrap(), vec!["replicaset"]);
+        assert_eq!(flags(&["*", "-deployment"]).enabled().unwrap(), vec!["replicaset", "garbagecollector"]);
         assert_eq!(flags(&["deployment"]).enabled().unwrap(), vec!["deployment"]);
         assert!(flags(&[]).enabled().unwrap().is_empty());
         let e = flags(&["*", "-nope"]).enabled().unwrap_err();
