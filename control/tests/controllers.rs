@@ -264,6 +264,107 @@ async fn deleting_an_owner_cascades_in_the_background_or_foreground_or_orphans()
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_service_has_endpoints_and_slices_of_the_pods_it_selects() {
+    use k8s_openapi::api::core::v1::Endpoints;
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let api = ApiProcess::server_full(&[]).await;
+    let _agent = hollow_agent(&api, 3);
+    let client = api.client();
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &api.url());
+    k.run(&["create", "deployment", "web", "--image=nginx", "--replicas=3", "--port=80"]);
+    // The service port (8080) differs from the pods' (80), which the endpoints carry.
+    k.run_with_input(&["apply", "-f", "-"], Some("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 8080\n    targetPort: 80\n"));
+    rollout_status(&k, "deployment/web");
+    let endpoints: Api<Endpoints> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let addresses = |n: usize| {
+        let (endpoints, slices, client) = (endpoints.clone(), slices.clone(), client.clone());
+        async move {
+            wait_until(&format!("{n} addresses in the service's endpoints and slices"), within(SETTLED_WITHIN), || {
+                let (endpoints, slices, client) = (endpoints.clone(), slices.clone(), client.clone());
+                async move {
+                    let pods: std::collections::BTreeSet<String> = {
+                        let list = Api::<Pod>::namespaced(client, "default").list(&ListParams::default().labels("app=web")).await.map_err(|e| e.to_string())?;
+                        list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect()
+                    };
+                    let e = endpoints.get_opt("web").await.map_err(|e| e.to_string())?.ok_or("no endpoints yet")?;
+                    let subsets = e.subsets.unwrap_or_default();
+                    let ready: std::collections::BTreeSet<String> = subsets.iter().flat_map(|s| s.addresses.iter().flatten().map(|a| a.ip.clone())).collect();
+                    let ports: Vec<i32> = subsets.iter().flat_map(|s| s.ports.iter().flatten().map(|p| p.port)).collect();
+                    let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.map_err(|e| e.to_string())?;
+                    let in_slices: std::collections::BTreeSet<String> = list
+                        .items
+                        .iter()
+                        .flat_map(|s| s.endpoints.iter().filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true)).map(|e| e.addresses[0].clone()))
+                        .collect();
+                    if ready.len() == n && ready == pods && in_slices == pods && ports == vec![80] {
+                        Ok(list.items)
+                    } else {
+                        Err(format!("endpoints {ready:?} ports {ports:?}, slices {in_slices:?}, pods {pods:?}"))
+                    }
+                }
+            })
+            .await
+        }
+    };
+    let three = addresses(3).await;
+    assert_eq!(three.len(), 1);
+    assert_eq!(three[0].ports.as_ref().unwrap()[0].port, Some(80));
+    k.run(&["scale", "deployment/web", "--replicas=1"]);
+    addresses(1).await;
+    let printed = k.run(&["get", "endpoints", "web"]);
+    assert!(printed.contains(":80"), "{printed}");
+    // The service goes: its endpoints are deleted, its slices collected.
+    k.run(&["delete", "service", "web"]);
+    wait_until("the service's endpoints and slices are gone", within(SETTLED_WITHIN), || {
+        let (endpoints, slices) = (endpoints.clone(), slices.clone());
+        async move {
+            let e = endpoints.get_opt("web").await.map_err(|e| e.to_string())?;
+            let s = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.map_err(|e| e.to_string())?.items.len();
+            if e.is_none() && s == 0 { Ok(()) } else { Err(format!("endpoints {}, {s} slices", e.is_some())) }
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn every_namespace_has_a_default_service_account() {
+    use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+    let api = ApiProcess::server_full(&[]).await;
+    let client = api.client();
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.create(&Default::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "team"}})).unwrap()).await.unwrap();
+    let default_in = |ns: &'static str| {
+        let client = client.clone();
+        async move {
+            wait_until(&format!("{ns} has its default service account"), within(SETTLED_WITHIN), || {
+                let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
+                async move { accounts.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "not yet".to_string()) }
+            })
+            .await
+        }
+    };
+    default_in("default").await;
+    default_in("team").await;
+    // Deleted, it comes back.
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), "team");
+    let first = accounts.get("default").await.unwrap().metadata.uid;
+    accounts.delete("default", &Default::default()).await.unwrap();
+    wait_until("the default service account is made again", within(SETTLED_WITHIN), || {
+        let accounts = accounts.clone();
+        let first = first.clone();
+        async move {
+            match accounts.get_opt("default").await.map_err(|e| e.to_string())? {
+                Some(sa) if sa.metadata.uid != first => Ok(()),
+                _ => Err("not yet".to_string()),
+            }
+        }
+    })
+    .await;
+}
+
 /// The identity a controller manager replica runs under, from its log.
 fn identity_of(c: &Component) -> Option<String> {
     let log = c.log_text();

@@ -5,18 +5,21 @@
 //! takes a key. The manager reaches the cluster only through the Kubernetes API (kube-rs).
 
 pub mod deployment;
+pub mod endpoints;
 pub mod expectations;
 pub mod garbagecollector;
 pub mod informer;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
+pub mod serviceaccount;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::watcher;
 
@@ -28,7 +31,7 @@ use crate::election::Leadership;
 
 /// The controllers this manager runs, by Kubernetes' names, each with its default number of
 /// workers (`--concurrent-<name>-syncs`).
-pub const CONTROLLERS: &[&str] = &["replicaset", "deployment", "garbagecollector"];
+pub const CONTROLLERS: &[&str] = &["replicaset", "deployment", "garbagecollector", "endpoint", "endpointslice", "serviceaccount"];
 
 /// A controller: a queue of keys and how one key is brought to its desired state.
 pub trait Controller: Send + Sync + 'static {
@@ -59,6 +62,12 @@ pub struct ControllerFlags {
     /// Deployments synced at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_deployment_syncs: usize,
+    /// Services whose Endpoints are synced at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_endpoint_syncs: usize,
+    /// Services whose EndpointSlices are synced at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_service_endpoint_syncs: usize,
     /// Objects the garbage collector handles at once.
     #[arg(long, default_value_t = 20)]
     pub concurrent_gc_syncs: usize,
@@ -93,6 +102,25 @@ pub struct Informers {
     pods: OnceLock<Arc<Informer<Pod>>>,
     replicasets: OnceLock<Arc<Informer<ReplicaSet>>>,
     deployments: OnceLock<Arc<Informer<Deployment>>>,
+    services: OnceLock<Arc<Informer<Service>>>,
+    nodes: OnceLock<Arc<Informer<Node>>>,
+    endpoints: OnceLock<Arc<Informer<Endpoints>>>,
+    endpointslices: OnceLock<Arc<Informer<EndpointSlice>>>,
+    namespaces: OnceLock<Arc<Informer<Namespace>>>,
+    serviceaccounts: OnceLock<Arc<Informer<ServiceAccount>>>,
+}
+
+/// Starts `cell`'s informer (if a controller asked for it) over every object of its type.
+fn start_one<K, W>(cell: &OnceLock<Arc<Informer<K>>>, client: &kube::Client, into: fn(W) -> K, tasks: &mut tokio::task::JoinSet<()>, synced: &mut Vec<Synced>)
+where
+    K: kube::Resource + Send + Sync + 'static,
+    W: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    if let Some(i) = cell.get() {
+        tasks.spawn(i.clone().run(Api::<W>::all(client.clone()), watcher::Config::default(), into));
+        let i = i.clone();
+        synced.push(Box::pin(async move { i.synced().await }));
+    }
 }
 
 impl Informers {
@@ -105,27 +133,38 @@ impl Informers {
     pub fn deployments(&self) -> Arc<Informer<Deployment>> {
         self.deployments.get_or_init(|| Informer::new("deployments")).clone()
     }
+    pub fn services(&self) -> Arc<Informer<Service>> {
+        self.services.get_or_init(|| Informer::new("services")).clone()
+    }
+    pub fn nodes(&self) -> Arc<Informer<Node>> {
+        self.nodes.get_or_init(|| Informer::new("nodes")).clone()
+    }
+    pub fn endpoints(&self) -> Arc<Informer<Endpoints>> {
+        self.endpoints.get_or_init(|| Informer::new("endpoints")).clone()
+    }
+    pub fn endpointslices(&self) -> Arc<Informer<EndpointSlice>> {
+        self.endpointslices.get_or_init(|| Informer::new("endpointslices")).clone()
+    }
+    pub fn namespaces(&self) -> Arc<Informer<Namespace>> {
+        self.namespaces.get_or_init(|| Informer::new("namespaces")).clone()
+    }
+    pub fn serviceaccounts(&self) -> Arc<Informer<ServiceAccount>> {
+        self.serviceaccounts.get_or_init(|| Informer::new("serviceaccounts")).clone()
+    }
 
     /// Starts every informer a controller asked for; resolves once all have listed.
     fn start(&self, client: &kube::Client, tasks: &mut tokio::task::JoinSet<()>) -> impl Future<Output = ()> + Send + 'static {
-        let config = watcher::Config::default;
-        let mut synced: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>> = Vec::new();
-        if let Some(i) = self.pods.get() {
-            // Pods are read without managed fields, which no controller looks at.
-            tasks.spawn(i.clone().run(Api::<LeanPod>::all(client.clone()), config(), |p| p.0));
-            let i = i.clone();
-            synced.push(Box::pin(async move { i.synced().await }));
-        }
-        if let Some(i) = self.replicasets.get() {
-            tasks.spawn(i.clone().run(Api::<ReplicaSet>::all(client.clone()), config(), |x| x));
-            let i = i.clone();
-            synced.push(Box::pin(async move { i.synced().await }));
-        }
-        if let Some(i) = self.deployments.get() {
-            tasks.spawn(i.clone().run(Api::<Deployment>::all(client.clone()), config(), |x| x));
-            let i = i.clone();
-            synced.push(Box::pin(async move { i.synced().await }));
-        }
+        let mut synced: Vec<Synced> = Vec::new();
+        // Pods are read without managed fields, which no controller looks at.
+        start_one(&self.pods, client, |p: LeanPod| p.0, tasks, &mut synced);
+        start_one(&self.replicasets, client, |x: ReplicaSet| x, tasks, &mut synced);
+        start_one(&self.deployments, client, |x: Deployment| x, tasks, &mut synced);
+        start_one(&self.services, client, |x: Service| x, tasks, &mut synced);
+        start_one(&self.nodes, client, |x: Node| x, tasks, &mut synced);
+        start_one(&self.endpoints, client, |x: Endpoints| x, tasks, &mut synced);
+        start_one(&self.endpointslices, client, |x: EndpointSlice| x, tasks, &mut synced);
+        start_one(&self.namespaces, client, |x: Namespace| x, tasks, &mut synced);
+        start_one(&self.serviceaccounts, client, |x: ServiceAccount| x, tasks, &mut synced);
         async move {
             futures::future::join_all(synced).await;
         }
@@ -203,6 +242,9 @@ pub async fn run(
                 "replicaset" => add(replicaset::ReplicaSetController::new(&m), flags.concurrent_replicaset_syncs, &mut w),
                 "deployment" => add(deployment::DeploymentController::new(&m), flags.concurrent_deployment_syncs, &mut w),
                 "garbagecollector" => add(garbagecollector::GarbageCollector::new(&m), flags.concurrent_gc_syncs, &mut w),
+                "endpoint" => add(endpoints::EndpointsController::new(&m), flags.concurrent_endpoint_syncs, &mut w),
+                "endpointslice" => add(endpoints::EndpointSliceController::new(&m), flags.concurrent_service_endpoint_syncs, &mut w),
+                "serviceaccount" => add(serviceaccount::ServiceAccountController::new(&m), 1, &mut w),
                 other => anyhow::bail!("controller {other} is not built"),
             }
         }
@@ -240,13 +282,18 @@ mod tests {
             concurrent_replicaset_syncs: 1,
             concurrent_deployment_syncs: 1,
             concurrent_gc_syncs: 1,
+            concurrent_endpoint_syncs: 1,
+            concurrent_service_endpoint_syncs: 1,
         }
     }
 
     #[test]
     fn the_controllers_flag_reads_as_kubernetes_reads_it() {
         assert_eq!(flags(&["*"]).enabled().unwrap(), CONTROLLERS.to_vec());
-        assert_eq!(flags(&["*", "-deployment"]).enabled().unwrap(), vec!["replicaset", "garbagecollector"]);
+        assert_eq!(
+            flags(&["*", "-deployment", "-endpoint"]).enabled().unwrap(),
+            vec!["replicaset", "garbagecollector", "endpointslice", "serviceaccount"]
+        );
         assert_eq!(flags(&["deployment"]).enabled().unwrap(), vec!["deployment"]);
         assert!(flags(&[]).enabled().unwrap().is_empty());
         let e = flags(&["*", "-nope"]).enabled().unwrap_err();

@@ -12,6 +12,7 @@ pub mod controllerrevision;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
+pub mod endpointslice;
 pub mod event;
 pub mod lease;
 pub mod namespace;
@@ -41,6 +42,7 @@ pub static ALL: &[&Resource] = &[
     &pod::RESOURCE,
     &service::RESOURCE,
     &endpoints::RESOURCE,
+    &endpointslice::RESOURCE,
     &configmap::RESOURCE,
     &secret::RESOURCE,
     &event::RESOURCE,
