@@ -70,6 +70,9 @@ impl Default for AgentOptions {
 enum PodUpdate {
     Apply(Box<Pod>),
     Gone(String),
+    /// The API shows the node other than this agent reports it (the node lifecycle controller
+    /// marked it Unknown while the agent was unreachable): report it again now.
+    ReportStatus,
 }
 
 /// Runs `nodes` (each with its own runtime) until `stop` resolves.
@@ -108,6 +111,8 @@ pub async fn run<R: RuntimeService>(
         tasks.spawn(node_loop(ctx, setup, lease, rx, syncs.clone(), options.clone(), offset));
     }
 
+    // One watch of this process's nodes: one shown not Ready is reported again.
+    let nodes_watch = tokio::spawn(watch_own_nodes(client.clone(), routes.clone(), single.clone()));
     // One watch of the pods bound to this process's nodes.
     let fields = match &single {
         Some(name) => format!("spec.nodeName={name}"),
@@ -165,8 +170,38 @@ pub async fn run<R: RuntimeService>(
         }
     }
     drop(routes);
+    nodes_watch.abort();
     tasks.abort_all();
     Ok(())
+}
+
+/// Follows this process's nodes; a node the API shows other than Ready (while its agent runs,
+/// so it is) is reported again at once rather than at the next periodic report.
+async fn watch_own_nodes(client: kube::Client, routes: HashMap<String, mpsc::Sender<PodUpdate>>, single: Option<String>) {
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
+    let config = match &single {
+        Some(name) => watcher::Config::default().fields(&format!("metadata.name={name}")),
+        None => watcher::Config::default(),
+    };
+    let mut stream = std::pin::pin!(watcher(nodes, config));
+    while let Some(event) = stream.next().await {
+        let node = match event {
+            Ok(watcher::Event::Apply(n) | watcher::Event::InitApply(n)) => n,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(error = %e, "node watch failed; retrying");
+                tokio::time::sleep(SYNC_RETRY_INITIAL).await;
+                continue;
+            }
+        };
+        let ready = node.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.as_str() == "True");
+        if ready == Some(false) {
+            if let Some(route) = node.metadata.name.as_ref().and_then(|n| routes.get(n)) {
+                // A full queue already holds work for the node; the periodic report follows.
+                let _ = route.try_send(PodUpdate::ReportStatus);
+            }
+        }
+    }
 }
 
 async fn register_with_retry(client: &kube::Client, setup: &NodeSetup) -> anyhow::Result<String> {
@@ -257,6 +292,12 @@ async fn node_loop<R: RuntimeService>(
                     if let Some(w) = workers.get_mut(&uid) {
                         w.pod = None;
                         kick(&mut workers, &uid);
+                    }
+                }
+                Some(PodUpdate::ReportStatus) => {
+                    let report = tokio::time::timeout(options.lease_renew_interval, Box::pin(node::report_status(&ctx.client, &setup))).await;
+                    if let Err(e) = report.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", options.lease_renew_interval))) {
+                        tracing::warn!(node = %ctx.node_name, error = format!("{e:#}"), "node status not reported");
                     }
                 }
             },

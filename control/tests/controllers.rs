@@ -365,6 +365,123 @@ async fn every_namespace_has_a_default_service_account() {
     .await;
 }
 
+/// A hollow agent whose nodes renew their leases every second.
+fn quick_agent(api: &ApiProcess, prefix: &str, nodes: usize) -> Component {
+    let (url, n, single) = (api.url(), nodes.to_string(), format!("{prefix}0"));
+    let mut args = vec!["agent", "--server", &url, "--runtime", "hollow", "--hollow-nodes", &n, "--hollow-node-prefix", prefix];
+    args.extend(["--node-lease-renew-interval", "1s", "--node-lease-duration-seconds", "4"]);
+    // One node is named after the host unless named.
+    if nodes == 1 {
+        args.extend(["--node-name", &single]);
+    }
+    Component::spawn(&format!("agent-{prefix}"), &args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_of_a_node_that_stops_without_notice_are_evicted_and_replaced() {
+    use k8s_openapi::api::core::v1::Node;
+    let api = ApiProcess::server_full(&["--node-monitor-grace-period", "3s"]).await;
+    let client = api.client();
+    let mut doomed = quick_agent(&api, "a-", 2);
+    let _healthy = quick_agent(&api, "b-", 2);
+    let nodes: Api<Node> = Api::all(client.clone());
+    wait_until("four nodes are registered", within(SETTLED_WITHIN), || {
+        let nodes = nodes.clone();
+        async move { if nodes.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len() == 4 { Ok(()) } else { Err("not yet".to_string()) } }
+    })
+    .await;
+    // One pod per node (tainted nodes leave the spread), tolerating an unreachable node for 1 s.
+    let deployment: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "spread"},
+        "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "spread"}}, "template": {
+            "metadata": {"labels": {"app": "spread"}},
+            "spec": {
+                "containers": [{"name": "c", "image": "app:1"}],
+                "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 1}],
+                "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule",
+                    "nodeTaintsPolicy": "Honor", "labelSelector": {"matchLabels": {"app": "spread"}}}]
+            }
+        }}
+    }))
+    .unwrap();
+    Api::<Deployment>::namespaced(client.clone(), "default").create(&Default::default(), &deployment).await.unwrap();
+    wait_rolled_out(&client, "spread", 4).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let node_of = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+    let before = pods.list(&ListParams::default().labels("app=spread")).await.unwrap().items;
+    let on_doomed: Vec<String> = before.iter().filter(|p| node_of(p).starts_with("a-")).filter_map(|p| p.metadata.name.clone()).collect();
+    assert_eq!(on_doomed.len(), 2, "one pod per node: {:?}", before.iter().map(node_of).collect::<Vec<_>>());
+
+    doomed.kill();
+    // Its nodes go Unknown and unreachable; its pods are evicted and replaced on the others.
+    wait_until("the stopped agent's nodes are unreachable", within(SETTLED_WITHIN), || {
+        let nodes = nodes.clone();
+        async move {
+            for name in ["a-0", "a-1"] {
+                let n = nodes.get(name).await.map_err(|e| e.to_string())?;
+                let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone());
+                let tainted = n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute"));
+                if ready.as_deref() != Some("Unknown") || !tainted {
+                    return Err(format!("{name}: Ready {ready:?}, tainted {tainted}"));
+                }
+            }
+            Ok(())
+        }
+    })
+    .await;
+    wait_until("four pods run on the remaining nodes, and the evicted ones are terminating", within(SETTLED_WITHIN), || {
+        let (pods, on_doomed) = (pods.clone(), on_doomed.clone());
+        async move {
+            let list = pods.list(&ListParams::default().labels("app=spread")).await.map_err(|e| e.to_string())?.items;
+            let live: Vec<&Pod> = list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+            let running_on_b = live.iter().filter(|p| node_of(p).starts_with("b-") && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count();
+            let evicted = list.iter().filter(|p| on_doomed.contains(p.metadata.name.as_ref().unwrap())).all(|p| p.metadata.deletion_timestamp.is_some());
+            if running_on_b == 4 && live.len() == 4 && evicted { Ok(()) } else { Err(format!("{running_on_b} running on b-, {} live, evicted {evicted}", live.len())) }
+        }
+    })
+    .await;
+    // The node is deleted: the pods left bound to it are removed for good.
+    nodes.delete("a-0", &Default::default()).await.unwrap();
+    wait_until("pods bound to a deleted node are collected", within(SETTLED_WITHIN), || {
+        let pods = pods.clone();
+        async move {
+            let left = pods.list(&ListParams::default().labels("app=spread")).await.map_err(|e| e.to_string())?.items.iter().filter(|p| node_of(p) == "a-0").count();
+            if left == 0 { Ok(()) } else { Err(format!("{left} left on a-0")) }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_comes_back_is_ready_and_untainted_again() {
+    use k8s_openapi::api::core::v1::Node;
+    let api = ApiProcess::server_full(&["--node-monitor-grace-period", "3s"]).await;
+    let agent = quick_agent(&api, "c-", 1);
+    let nodes: Api<Node> = Api::all(api.client());
+    let state = |want_ready: &'static str, want_tainted: bool| {
+        let nodes = nodes.clone();
+        async move {
+            wait_until(&format!("c-0 is Ready={want_ready}, tainted {want_tainted}"), within(SETTLED_WITHIN), || {
+                let nodes = nodes.clone();
+                async move {
+                    let n = nodes.get_opt("c-0").await.map_err(|e| e.to_string())?.ok_or("not registered")?;
+                    let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone());
+                    let tainted = n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == "node.kubernetes.io/unreachable"));
+                    if ready.as_deref() == Some(want_ready) && tainted == want_tainted { Ok(()) } else { Err(format!("Ready {ready:?}, tainted {tainted}")) }
+                }
+            })
+            .await
+        }
+    };
+    state("True", false).await;
+    // Paused: it renews nothing, and is declared unreachable.
+    agent.signal("STOP");
+    state("Unknown", true).await;
+    // Resumed: it renews again, sees its node shown Unknown and reports it at once.
+    agent.signal("CONT");
+    state("True", false).await;
+}
+
 /// The identity a controller manager replica runs under, from its log.
 fn identity_of(c: &Component) -> Option<String> {
     let log = c.log_text();

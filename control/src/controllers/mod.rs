@@ -9,6 +9,8 @@ pub mod endpoints;
 pub mod expectations;
 pub mod garbagecollector;
 pub mod informer;
+pub mod nodelifecycle;
+pub mod podgc;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
@@ -18,6 +20,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
@@ -31,7 +34,17 @@ use crate::election::Leadership;
 
 /// The controllers this manager runs, by Kubernetes' names, each with its default number of
 /// workers (`--concurrent-<name>-syncs`).
-pub const CONTROLLERS: &[&str] = &["replicaset", "deployment", "garbagecollector", "endpoint", "endpointslice", "serviceaccount"];
+pub const CONTROLLERS: &[&str] = &[
+    "replicaset",
+    "deployment",
+    "garbagecollector",
+    "endpoint",
+    "endpointslice",
+    "serviceaccount",
+    "nodelifecycle",
+    "taint-eviction-controller",
+    "podgc",
+];
 
 /// A controller: a queue of keys and how one key is brought to its desired state.
 pub trait Controller: Send + Sync + 'static {
@@ -68,6 +81,13 @@ pub struct ControllerFlags {
     /// Services whose EndpointSlices are synced at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_service_endpoint_syncs: usize,
+    /// How long a node may go without renewing its lease or reporting its status before it is
+    /// marked Unknown and tainted unreachable (Kubernetes' default: 50s).
+    #[arg(long, default_value = "20s", value_parser = crate::process::parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
+    /// Finished pods kept at most; beyond, the oldest are deleted (0: none are).
+    #[arg(long, default_value_t = 12500)]
+    pub terminated_pod_gc_threshold: usize,
     /// Objects the garbage collector handles at once.
     #[arg(long, default_value_t = 20)]
     pub concurrent_gc_syncs: usize,
@@ -108,6 +128,7 @@ pub struct Informers {
     endpointslices: OnceLock<Arc<Informer<EndpointSlice>>>,
     namespaces: OnceLock<Arc<Informer<Namespace>>>,
     serviceaccounts: OnceLock<Arc<Informer<ServiceAccount>>>,
+    leases: OnceLock<Arc<Informer<Lease>>>,
 }
 
 /// Starts `cell`'s informer (if a controller asked for it) over every object of its type.
@@ -151,6 +172,9 @@ impl Informers {
     pub fn serviceaccounts(&self) -> Arc<Informer<ServiceAccount>> {
         self.serviceaccounts.get_or_init(|| Informer::new("serviceaccounts")).clone()
     }
+    pub fn leases(&self) -> Arc<Informer<Lease>> {
+        self.leases.get_or_init(|| Informer::new("leases")).clone()
+    }
 
     /// Starts every informer a controller asked for; resolves once all have listed.
     fn start(&self, client: &kube::Client, tasks: &mut tokio::task::JoinSet<()>) -> impl Future<Output = ()> + Send + 'static {
@@ -165,6 +189,7 @@ impl Informers {
         start_one(&self.endpointslices, client, |x: EndpointSlice| x, tasks, &mut synced);
         start_one(&self.namespaces, client, |x: Namespace| x, tasks, &mut synced);
         start_one(&self.serviceaccounts, client, |x: ServiceAccount| x, tasks, &mut synced);
+        start_one(&self.leases, client, |x: Lease| x, tasks, &mut synced);
         async move {
             futures::future::join_all(synced).await;
         }
@@ -245,6 +270,9 @@ pub async fn run(
                 "endpoint" => add(endpoints::EndpointsController::new(&m), flags.concurrent_endpoint_syncs, &mut w),
                 "endpointslice" => add(endpoints::EndpointSliceController::new(&m), flags.concurrent_service_endpoint_syncs, &mut w),
                 "serviceaccount" => add(serviceaccount::ServiceAccountController::new(&m), 1, &mut w),
+                "nodelifecycle" => add(nodelifecycle::NodeLifecycleController::new(&m, flags.node_monitor_grace_period), 1, &mut w),
+                "taint-eviction-controller" => add(nodelifecycle::TaintEvictionController::new(&m), 5, &mut w),
+                "podgc" => add(podgc::PodGcController::new(&m, flags.terminated_pod_gc_threshold), 1, &mut w),
                 other => anyhow::bail!("controller {other} is not built"),
             }
         }
@@ -284,6 +312,8 @@ mod tests {
             concurrent_gc_syncs: 1,
             concurrent_endpoint_syncs: 1,
             concurrent_service_endpoint_syncs: 1,
+            node_monitor_grace_period: std::time::Duration::from_secs(20),
+            terminated_pod_gc_threshold: 1,
         }
     }
 
@@ -292,7 +322,7 @@ mod tests {
         assert_eq!(flags(&["*"]).enabled().unwrap(), CONTROLLERS.to_vec());
         assert_eq!(
             flags(&["*", "-deployment", "-endpoint"]).enabled().unwrap(),
-            vec!["replicaset", "garbagecollector", "endpointslice", "serviceaccount"]
+            vec!["replicaset", "garbagecollector", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc"]
         );
         assert_eq!(flags(&["deployment"]).enabled().unwrap(), vec!["deployment"]);
         assert!(flags(&[]).enabled().unwrap().is_empty());

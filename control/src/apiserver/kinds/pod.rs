@@ -215,6 +215,38 @@ const POD_UPDATE_FORBIDDEN: &str = "pod updates may not change fields other than
     `spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing \
     tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)";
 
+/// The taints a pod tolerates for `DEFAULT_TOLERATION_SECONDS` unless it says otherwise.
+const DEFAULT_TOLERATED_TAINTS: &[&str] = &["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"];
+/// How long a pod stays on a node that is not ready or unreachable before it is evicted
+/// (Kubernetes' `--default-not-ready-toleration-seconds` and `--default-unreachable-toleration-seconds`).
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// Kubernetes' DefaultTolerationSeconds admission plugin: a new pod that does not tolerate the
+/// not-ready or unreachable NoExecute taint gets a toleration of it for 300 s.
+fn default_toleration_seconds(obj: &mut Value) {
+    let tolerates = |t: &Value, key: &str| {
+        let effect = t["effect"].as_str().unwrap_or("");
+        let tkey = t["key"].as_str().unwrap_or("");
+        let value_ok = match t["operator"].as_str().unwrap_or("") {
+            "Exists" => true,
+            "" | "Equal" => t["value"].as_str().unwrap_or("").is_empty(),
+            _ => false,
+        };
+        (effect.is_empty() || effect == "NoExecute") && (tkey.is_empty() || tkey == key) && value_ok
+    };
+    let existing: Vec<Value> = obj.pointer("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut added = Vec::new();
+    for key in DEFAULT_TOLERATED_TAINTS {
+        if !existing.iter().any(|t| tolerates(t, key)) {
+            added.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}));
+        }
+    }
+    if !added.is_empty() {
+        ensure_object(obj, "/spec");
+        obj["spec"]["tolerations"] = json!(existing.into_iter().chain(added).collect::<Vec<_>>());
+    }
+}
+
 /// Kubernetes' Priority admission plugin on pod creation: the pod's priority class — the one it
 /// names, else the global default if there is one — gives its priority and preemption policy; a
 /// class that does not exist, or a priority or policy given that differs from the class's, is
@@ -272,6 +304,7 @@ impl Admission for PriorityAdmission {
             }
             obj["spec"]["priority"] = json!(priority);
             obj["spec"]["preemptionPolicy"] = json!(policy);
+            default_toleration_seconds(obj);
             Ok(())
         })
     }
@@ -592,6 +625,27 @@ impl Strategy for PodStrategy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pods_tolerate_not_ready_and_unreachable_nodes_for_300_seconds_unless_they_say() {
+        let keys = |obj: &Value| -> Vec<(String, Option<i64>)> {
+            obj["spec"]["tolerations"].as_array().into_iter().flatten().map(|t| (t["key"].as_str().unwrap_or("").to_string(), t["tolerationSeconds"].as_i64())).collect()
+        };
+        let mut plain = json!({"spec": {"containers": []}});
+        default_toleration_seconds(&mut plain);
+        assert_eq!(keys(&plain), vec![("node.kubernetes.io/not-ready".into(), Some(300)), ("node.kubernetes.io/unreachable".into(), Some(300))]);
+        let mut own = json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2}]}});
+        default_toleration_seconds(&mut own);
+        assert_eq!(keys(&own), vec![("node.kubernetes.io/unreachable".into(), Some(2)), ("node.kubernetes.io/not-ready".into(), Some(300))]);
+        // Tolerating everything (an empty key with Exists) needs nothing more.
+        let mut all = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        default_toleration_seconds(&mut all);
+        assert_eq!(keys(&all).len(), 1);
+        // A NoSchedule toleration does not tolerate NoExecute.
+        let mut other = json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoSchedule"}]}});
+        default_toleration_seconds(&mut other);
+        assert_eq!(keys(&other).len(), 3);
+    }
 
     #[test]
     fn qos_classes_follow_requests_and_limits() {
