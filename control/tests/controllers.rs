@@ -482,6 +482,75 @@ async fn a_node_that_comes_back_is_ready_and_untainted_again() {
     state("True", false).await;
 }
 
+const DAEMON: &str = "apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: node-agent
+spec:
+  selector:
+    matchLabels: {app: node-agent}
+  template:
+    metadata:
+      labels: {app: node-agent}
+    spec:
+      containers:
+      - name: agent
+        image: agent:1
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_set_covers_every_node_and_a_new_one_and_rolls_out() {
+    let api = ApiProcess::server_full(&[]).await;
+    let _first = hollow_agent(&api, 3);
+    let client = api.client();
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &api.url());
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    wait_until("three nodes are registered", within(SETTLED_WITHIN), || {
+        let nodes = nodes.clone();
+        async move { if nodes.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len() == 3 { Ok(()) } else { Err("not yet".to_string()) } }
+    })
+    .await;
+    // A node tainted NoSchedule gets no daemon pod (the template does not tolerate it).
+    k.run(&["taint", "node", "hollow-2", "dedicated=db:NoSchedule"]);
+    k.run_with_input(&["apply", "-f", "-"], Some(DAEMON));
+    let per_node = |want: usize, image: &'static str| {
+        let client = client.clone();
+        async move {
+            wait_until(&format!("{want} daemon pods of {image}, one per node"), within(SETTLED_WITHIN), || {
+                let client = client.clone();
+                async move {
+                    let list = Api::<Pod>::namespaced(client, "default").list(&ListParams::default().labels("app=node-agent")).await.map_err(|e| e.to_string())?.items;
+                    let live: Vec<&Pod> = list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+                    let mut nodes: Vec<String> = live.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+                    nodes.sort();
+                    nodes.dedup();
+                    let images_ok = live.iter().all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(image));
+                    let running = live.iter().all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+                    if live.len() == want && nodes.len() == want && images_ok && running { Ok(nodes) } else { Err(format!("{} pods on {nodes:?}, images ok {images_ok}, running {running}", live.len())) }
+                }
+            })
+            .await
+        }
+    };
+    let nodes_run = per_node(2, "agent:1").await;
+    assert!(!nodes_run.contains(&"hollow-2".to_string()), "{nodes_run:?}");
+    let out = k.run(&["rollout", "status", "daemonset/node-agent", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    // A new node (another agent) gets one; so does the untainted one.
+    let _second = Component::spawn("agent-extra", &["agent", "--server", &api.url(), "--runtime", "hollow", "--hollow-nodes", "1", "--node-name", "extra-0"]);
+    k.run(&["taint", "node", "hollow-2", "dedicated=db:NoSchedule-"]);
+    per_node(4, "agent:1").await;
+    // A new image rolls out to every node, recorded as a second revision.
+    k.run(&["set", "image", "daemonset/node-agent", "agent=agent:2"]);
+    let out = k.run(&["rollout", "status", "daemonset/node-agent", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    per_node(4, "agent:2").await;
+    assert_eq!(revisions(&k, "daemonset/node-agent"), vec![1, 2]);
+    let status = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), "default").get("node-agent").await.unwrap().status.unwrap();
+    assert_eq!((status.desired_number_scheduled, status.updated_number_scheduled, status.number_available), (4, Some(4), Some(4)));
+}
+
 /// The identity a controller manager replica runs under, from its log.
 fn identity_of(c: &Component) -> Option<String> {
     let log = c.log_text();

@@ -52,6 +52,11 @@ impl Expectations {
         self.lock().insert(key.to_string(), Record { adds: 0, deletes: pods.into_iter().collect(), set_at: Instant::now() });
     }
 
+    /// Records creations and deletions under way together.
+    pub fn expect(&self, key: &str, adds: usize, deletes: impl IntoIterator<Item = String>) {
+        self.lock().insert(key.to_string(), Record { adds: adds as i64, deletes: deletes.into_iter().collect(), set_at: Instant::now() });
+    }
+
     /// A pod owned by `key` was seen created (or a creation failed, so it never will be).
     pub fn creation_observed(&self, key: &str) {
         if let Some(r) = self.lock().get_mut(key) {

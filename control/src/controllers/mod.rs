@@ -4,6 +4,7 @@
 //! its informers warm; only the leader's workers act, and each checks its leadership before it
 //! takes a key. The manager reaches the cluster only through the Kubernetes API (kube-rs).
 
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
@@ -19,7 +20,7 @@ pub mod serviceaccount;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
-use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -37,6 +38,7 @@ use crate::election::Leadership;
 pub const CONTROLLERS: &[&str] = &[
     "replicaset",
     "deployment",
+    "daemonset",
     "garbagecollector",
     "endpoint",
     "endpointslice",
@@ -75,6 +77,9 @@ pub struct ControllerFlags {
     /// Deployments synced at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_deployment_syncs: usize,
+    /// DaemonSets synced at once.
+    #[arg(long, default_value_t = 2)]
+    pub concurrent_daemonset_syncs: usize,
     /// Services whose Endpoints are synced at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_endpoint_syncs: usize,
@@ -129,6 +134,8 @@ pub struct Informers {
     namespaces: OnceLock<Arc<Informer<Namespace>>>,
     serviceaccounts: OnceLock<Arc<Informer<ServiceAccount>>>,
     leases: OnceLock<Arc<Informer<Lease>>>,
+    daemonsets: OnceLock<Arc<Informer<DaemonSet>>>,
+    controllerrevisions: OnceLock<Arc<Informer<ControllerRevision>>>,
 }
 
 /// Starts `cell`'s informer (if a controller asked for it) over every object of its type.
@@ -175,6 +182,12 @@ impl Informers {
     pub fn leases(&self) -> Arc<Informer<Lease>> {
         self.leases.get_or_init(|| Informer::new("leases")).clone()
     }
+    pub fn daemonsets(&self) -> Arc<Informer<DaemonSet>> {
+        self.daemonsets.get_or_init(|| Informer::new("daemonsets")).clone()
+    }
+    pub fn controllerrevisions(&self) -> Arc<Informer<ControllerRevision>> {
+        self.controllerrevisions.get_or_init(|| Informer::new("controllerrevisions")).clone()
+    }
 
     /// Starts every informer a controller asked for; resolves once all have listed.
     fn start(&self, client: &kube::Client, tasks: &mut tokio::task::JoinSet<()>) -> impl Future<Output = ()> + Send + 'static {
@@ -190,6 +203,8 @@ impl Informers {
         start_one(&self.namespaces, client, |x: Namespace| x, tasks, &mut synced);
         start_one(&self.serviceaccounts, client, |x: ServiceAccount| x, tasks, &mut synced);
         start_one(&self.leases, client, |x: Lease| x, tasks, &mut synced);
+        start_one(&self.daemonsets, client, |x: DaemonSet| x, tasks, &mut synced);
+        start_one(&self.controllerrevisions, client, |x: ControllerRevision| x, tasks, &mut synced);
         async move {
             futures::future::join_all(synced).await;
         }
@@ -266,6 +281,7 @@ pub async fn run(
             match *name {
                 "replicaset" => add(replicaset::ReplicaSetController::new(&m), flags.concurrent_replicaset_syncs, &mut w),
                 "deployment" => add(deployment::DeploymentController::new(&m), flags.concurrent_deployment_syncs, &mut w),
+                "daemonset" => add(daemonset::DaemonSetController::new(&m), flags.concurrent_daemonset_syncs, &mut w),
                 "garbagecollector" => add(garbagecollector::GarbageCollector::new(&m), flags.concurrent_gc_syncs, &mut w),
                 "endpoint" => add(endpoints::EndpointsController::new(&m), flags.concurrent_endpoint_syncs, &mut w),
                 "endpointslice" => add(endpoints::EndpointSliceController::new(&m), flags.concurrent_service_endpoint_syncs, &mut w),
@@ -312,6 +328,7 @@ mod tests {
             concurrent_gc_syncs: 1,
             concurrent_endpoint_syncs: 1,
             concurrent_service_endpoint_syncs: 1,
+            concurrent_daemonset_syncs: 1,
             node_monitor_grace_period: std::time::Duration::from_secs(20),
             terminated_pod_gc_threshold: 1,
         }
@@ -322,7 +339,7 @@ mod tests {
         assert_eq!(flags(&["*"]).enabled().unwrap(), CONTROLLERS.to_vec());
         assert_eq!(
             flags(&["*", "-deployment", "-endpoint"]).enabled().unwrap(),
-            vec!["replicaset", "garbagecollector", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc"]
+            vec!["replicaset", "daemonset", "garbagecollector", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc"]
         );
         assert_eq!(flags(&["deployment"]).enabled().unwrap(), vec!["deployment"]);
         assert!(flags(&[]).enabled().unwrap().is_empty());
