@@ -5,6 +5,7 @@
 
 pub mod apiserver;
 pub mod controllers;
+pub mod cron;
 pub mod decode;
 pub mod election;
 pub mod events;

@@ -551,6 +551,120 @@ async fn a_daemon_set_covers_every_node_and_a_new_one_and_rolls_out() {
     assert_eq!((status.desired_number_scheduled, status.updated_number_scheduled, status.number_available), (4, Some(4), Some(4)));
 }
 
+const JOBS: &str = "apiVersion: batch/v1
+kind: Job
+metadata: {name: sleeper}
+spec:
+  completions: 3
+  parallelism: 2
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox, command: [sleep, '1']}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: failing}
+spec:
+  backoffLimit: 1
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox, command: ['false']}]
+---
+apiVersion: batch/v1
+kind: Job
+metadata: {name: indexed}
+spec:
+  completions: 3
+  parallelism: 3
+  completionMode: Indexed
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{name: c, image: busybox, command: [sleep, '1']}]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_complete_index_their_pods_and_fail_after_their_backoff_limit() {
+    use k8s_openapi::api::batch::v1::Job;
+    let api = ApiProcess::server_full(&[]).await;
+    let _agent = hollow_agent(&api, 3);
+    let client = api.client();
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl::new(dir.path(), &api.url());
+    k.run_with_input(&["apply", "-f", "-"], Some(JOBS));
+    let out = k.run(&["wait", "--for=condition=complete", "job/sleeper", "job/indexed", "--timeout=60s"]);
+    assert_eq!(out.matches("condition met").count(), 2, "{out}");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let sleeper = jobs.get("sleeper").await.unwrap().status.unwrap();
+    assert_eq!((sleeper.succeeded, sleeper.failed.unwrap_or(0), sleeper.active.unwrap_or(0)), (Some(3), 0, 0));
+    assert!(sleeper.completion_time.is_some() && sleeper.start_time.is_some());
+    let indexed = jobs.get("indexed").await.unwrap().status.unwrap();
+    assert_eq!(indexed.completed_indexes.as_deref(), Some("0-2"));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let mut indexes: Vec<String> = pods
+        .list(&ListParams::default().labels("batch.kubernetes.io/job-name=indexed"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|p| p.metadata.annotations.as_ref()?.get("batch.kubernetes.io/job-completion-index").cloned())
+        .collect();
+    indexes.sort();
+    assert_eq!(indexes, vec!["0", "1", "2"]);
+    // Counted pods carry no tracking finalizer any more.
+    let tracked = pods.list(&ListParams::default()).await.unwrap().items.iter().filter(|p| p.metadata.finalizers.iter().flatten().any(|f| f == "batch.kubernetes.io/job-tracking")).count();
+    assert_eq!(tracked, 0);
+    // A pod that fails is replaced once (backoffLimit 1), after its back-off; then the job fails.
+    let out = k.run(&["wait", "--for=condition=failed", "job/failing", "--timeout=60s"]);
+    assert!(out.contains("condition met"), "{out}");
+    let failing = jobs.get("failing").await.unwrap().status.unwrap();
+    assert_eq!(failing.failed, Some(2));
+    let reason = failing.conditions.unwrap().into_iter().find(|c| c.type_ == "Failed").unwrap().reason;
+    assert_eq!(reason.as_deref(), Some("BackoffLimitExceeded"));
+    let printed = k.run(&["get", "jobs"]);
+    assert!(printed.contains("3/3") && printed.contains("Complete") && printed.contains("Failed"), "{printed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cron_job_runs_on_schedule() {
+    use k8s_openapi::api::batch::v1::{CronJob, Job};
+    let api = ApiProcess::server_full(&[]).await;
+    let _agent = hollow_agent(&api, 1);
+    let client = api.client();
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &api.url());
+    k.run_with_input(
+        &["apply", "-f", "-"],
+        Some("apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: tick}\nspec:\n  schedule: '* * * * *'\n  timeZone: Etc/UTC\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{name: c, image: busybox, command: [sleep, '1']}]\n"),
+    );
+    // A schedule that cannot be read is refused when written.
+    let (ok, _, err) = k.try_run(&["apply", "-f", "-"], Some("apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: bad}\nspec:\n  schedule: '61 * * * *'\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{name: c, image: busybox}]\n"));
+    assert!(!ok && err.contains("spec.schedule"), "{err}");
+    // The next minute starts a job, which completes.
+    let cronjobs: Api<CronJob> = Api::namespaced(client.clone(), "default");
+    let jobs: Api<Job> = Api::namespaced(client.clone(), "default");
+    let job = wait_until("the cron job has started a job that completed", within(Duration::from_secs(90)), || {
+        let (cronjobs, jobs) = (cronjobs.clone(), jobs.clone());
+        async move {
+            let cj = cronjobs.get("tick").await.map_err(|e| e.to_string())?;
+            let status = cj.status.unwrap_or_default();
+            let owned: Vec<Job> = jobs.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.into_iter().filter(|j| j.metadata.owner_references.iter().flatten().any(|r| Some(&r.uid) == cj.metadata.uid.as_ref())).collect();
+            let done = owned.iter().find(|j| j.status.as_ref().and_then(|s| s.succeeded) == Some(1));
+            match (done, status.last_schedule_time, status.last_successful_time) {
+                (Some(j), Some(_), Some(_)) => Ok(j.clone()),
+                (d, ls, lsu) => Err(format!("{} jobs, done {}, last schedule {ls:?}, last success {lsu:?}", owned.len(), d.is_some())),
+            }
+        }
+    })
+    .await;
+    let scheduled = job.metadata.annotations.as_ref().unwrap().get("batch.kubernetes.io/cronjob-scheduled-timestamp").unwrap();
+    let at: k8s_openapi::jiff::Timestamp = scheduled.parse().unwrap();
+    assert_eq!(at.as_second() % 60, 0, "on the minute: {scheduled}");
+    assert_eq!(job.metadata.name.unwrap(), format!("tick-{}", at.as_second() / 60));
+}
+
 /// The identity a controller manager replica runs under, from its log.
 fn identity_of(c: &Component) -> Option<String> {
     let log = c.log_text();

@@ -4,12 +4,14 @@
 //! its informers warm; only the leader's workers act, and each checks its leadership before it
 //! takes a key. The manager reaches the cluster only through the Kubernetes API (kube-rs).
 
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod expectations;
 pub mod garbagecollector;
 pub mod informer;
+pub mod job;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod pods;
@@ -21,6 +23,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -39,6 +42,8 @@ pub const CONTROLLERS: &[&str] = &[
     "replicaset",
     "deployment",
     "daemonset",
+    "job",
+    "cronjob",
     "garbagecollector",
     "endpoint",
     "endpointslice",
@@ -80,6 +85,12 @@ pub struct ControllerFlags {
     /// DaemonSets synced at once.
     #[arg(long, default_value_t = 2)]
     pub concurrent_daemonset_syncs: usize,
+    /// Jobs synced at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_job_syncs: usize,
+    /// CronJobs synced at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_cron_job_syncs: usize,
     /// Services whose Endpoints are synced at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_endpoint_syncs: usize,
@@ -136,6 +147,8 @@ pub struct Informers {
     leases: OnceLock<Arc<Informer<Lease>>>,
     daemonsets: OnceLock<Arc<Informer<DaemonSet>>>,
     controllerrevisions: OnceLock<Arc<Informer<ControllerRevision>>>,
+    jobs: OnceLock<Arc<Informer<Job>>>,
+    cronjobs: OnceLock<Arc<Informer<CronJob>>>,
 }
 
 /// Starts `cell`'s informer (if a controller asked for it) over every object of its type.
@@ -188,6 +201,12 @@ impl Informers {
     pub fn controllerrevisions(&self) -> Arc<Informer<ControllerRevision>> {
         self.controllerrevisions.get_or_init(|| Informer::new("controllerrevisions")).clone()
     }
+    pub fn jobs(&self) -> Arc<Informer<Job>> {
+        self.jobs.get_or_init(|| Informer::new("jobs")).clone()
+    }
+    pub fn cronjobs(&self) -> Arc<Informer<CronJob>> {
+        self.cronjobs.get_or_init(|| Informer::new("cronjobs")).clone()
+    }
 
     /// Starts every informer a controller asked for; resolves once all have listed.
     fn start(&self, client: &kube::Client, tasks: &mut tokio::task::JoinSet<()>) -> impl Future<Output = ()> + Send + 'static {
@@ -205,6 +224,8 @@ impl Informers {
         start_one(&self.leases, client, |x: Lease| x, tasks, &mut synced);
         start_one(&self.daemonsets, client, |x: DaemonSet| x, tasks, &mut synced);
         start_one(&self.controllerrevisions, client, |x: ControllerRevision| x, tasks, &mut synced);
+        start_one(&self.jobs, client, |x: Job| x, tasks, &mut synced);
+        start_one(&self.cronjobs, client, |x: CronJob| x, tasks, &mut synced);
         async move {
             futures::future::join_all(synced).await;
         }
@@ -282,6 +303,8 @@ pub async fn run(
                 "replicaset" => add(replicaset::ReplicaSetController::new(&m), flags.concurrent_replicaset_syncs, &mut w),
                 "deployment" => add(deployment::DeploymentController::new(&m), flags.concurrent_deployment_syncs, &mut w),
                 "daemonset" => add(daemonset::DaemonSetController::new(&m), flags.concurrent_daemonset_syncs, &mut w),
+                "job" => add(job::JobController::new(&m), flags.concurrent_job_syncs, &mut w),
+                "cronjob" => add(cronjob::CronJobController::new(&m), flags.concurrent_cron_job_syncs, &mut w),
                 "garbagecollector" => add(garbagecollector::GarbageCollector::new(&m), flags.concurrent_gc_syncs, &mut w),
                 "endpoint" => add(endpoints::EndpointsController::new(&m), flags.concurrent_endpoint_syncs, &mut w),
                 "endpointslice" => add(endpoints::EndpointSliceController::new(&m), flags.concurrent_service_endpoint_syncs, &mut w),
@@ -329,6 +352,8 @@ mod tests {
             concurrent_endpoint_syncs: 1,
             concurrent_service_endpoint_syncs: 1,
             concurrent_daemonset_syncs: 1,
+            concurrent_job_syncs: 1,
+            concurrent_cron_job_syncs: 1,
             node_monitor_grace_period: std::time::Duration::from_secs(20),
             terminated_pod_gc_threshold: 1,
         }
@@ -339,7 +364,7 @@ mod tests {
         assert_eq!(flags(&["*"]).enabled().unwrap(), CONTROLLERS.to_vec());
         assert_eq!(
             flags(&["*", "-deployment", "-endpoint"]).enabled().unwrap(),
-            vec!["replicaset", "daemonset", "garbagecollector", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc"]
+            vec!["replicaset", "daemonset", "job", "cronjob", "garbagecollector", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc"]
         );
         assert_eq!(flags(&["deployment"]).enabled().unwrap(), vec!["deployment"]);
         assert!(flags(&[]).enabled().unwrap().is_empty());

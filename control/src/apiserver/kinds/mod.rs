@@ -9,11 +9,13 @@
 
 pub mod configmap;
 pub mod controllerrevision;
+pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod endpointslice;
 pub mod event;
+pub mod job;
 pub mod lease;
 pub mod namespace;
 pub mod node;
@@ -52,6 +54,8 @@ pub static ALL: &[&Resource] = &[
     &daemonset::RESOURCE,
     &statefulset::RESOURCE,
     &controllerrevision::RESOURCE,
+    &job::RESOURCE,
+    &cronjob::RESOURCE,
     &lease::RESOURCE,
     &priorityclass::RESOURCE,
 ];
