@@ -665,6 +665,102 @@ async fn a_cron_job_runs_on_schedule() {
     assert_eq!(job.metadata.name.unwrap(), format!("tick-{}", at.as_second() / 60));
 }
 
+const WEB: &str = "apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: web}
+spec:
+  serviceName: nginx
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.25
+        volumeMounts: [{name: www, mountPath: /usr/share/nginx/html}]
+  volumeClaimTemplates:
+  - metadata: {name: www}
+    spec:
+      accessModes: [ReadWriteOnce]
+      resources:
+        requests: {storage: 1Gi}
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_set_makes_its_pods_in_order_with_their_claims_and_rolls_back_down() {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    let api = ApiProcess::server_full(&[]).await;
+    let _agent = hollow_agent(&api, 3);
+    let client = api.client();
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &api.url());
+    // The order in which pods first appear, from a watch.
+    let order = Arc::new(Mutex::new(Vec::<String>::new()));
+    let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = {
+        let (order, listed, pods) = (order.clone(), listed.clone(), Api::<Pod>::namespaced(client.clone(), "default"));
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(watcher(pods, watcher::Config::default().labels("app=web")));
+            while let Some(event) = stream.next().await {
+                if let Ok(watcher::Event::InitDone) = event {
+                    listed.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                if let Ok(watcher::Event::Apply(p) | watcher::Event::InitApply(p)) = event {
+                    let name = p.metadata.name.unwrap_or_default();
+                    let mut o = order.lock().unwrap();
+                    if !o.contains(&name) {
+                        o.push(name);
+                    }
+                }
+            }
+        })
+    };
+    wait_until("the pod watch has listed", within(SETTLED_WITHIN), || {
+        let listed = listed.clone();
+        async move { if listed.load(std::sync::atomic::Ordering::SeqCst) { Ok(()) } else { Err("not yet".to_string()) } }
+    })
+    .await;
+    k.run_with_input(&["apply", "-f", "-"], Some(WEB));
+    let out = k.run(&["rollout", "status", "statefulset/web", "--timeout=60s"]);
+    assert!(out.contains("roll out complete") || out.contains("rolling update complete") || out.contains("partitioned roll out complete"), "{out}");
+    wait_running(&client, "default", "app=web", 3).await;
+    assert_eq!(*order.lock().unwrap(), vec!["web-0", "web-1", "web-2"]);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let web1 = pods.get("web-1").await.unwrap();
+    let spec = web1.spec.unwrap();
+    assert_eq!((spec.hostname.as_deref(), spec.subdomain.as_deref()), (Some("web-1"), Some("nginx")));
+    let claim = spec.volumes.unwrap().into_iter().find(|v| v.name == "www").unwrap().persistent_volume_claim.unwrap().claim_name;
+    assert_eq!(claim, "www-web-1");
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let mut names: Vec<String> = claims.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|c| c.metadata.name).collect();
+    names.sort();
+    assert_eq!(names, vec!["www-web-0", "www-web-1", "www-web-2"]);
+
+    // A new image rolls from the highest ordinal down; two revisions are recorded.
+    k.run(&["set", "image", "statefulset/web", "nginx=nginx:1.26"]);
+    let out = k.run(&["rollout", "status", "statefulset/web", "--timeout=60s"]);
+    assert!(out.contains("complete"), "{out}");
+    wait_until("every pod runs the new image", within(SETTLED_WITHIN), || {
+        let pods = pods.clone();
+        async move {
+            let list = pods.list(&ListParams::default().labels("app=web")).await.map_err(|e| e.to_string())?.items;
+            let images: Vec<String> = list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).filter_map(|p| p.spec.as_ref()?.containers[0].image.clone()).collect();
+            if images.len() == 3 && images.iter().all(|i| i == "nginx:1.26") { Ok(()) } else { Err(format!("{images:?}")) }
+        }
+    })
+    .await;
+    assert_eq!(revisions(&k, "statefulset/web"), vec![1, 2]);
+    // Scaled down: the highest ordinals go; their claims stay (the default Retain policy).
+    k.run(&["scale", "statefulset/web", "--replicas=1"]);
+    let left = wait_running(&client, "default", "app=web", 1).await;
+    assert_eq!(left, vec!["web-0".to_string()]);
+    assert_eq!(claims.list(&ListParams::default()).await.unwrap().items.len(), 3);
+    watch.abort();
+}
+
 /// The identity a controller manager replica runs under, from its log.
 fn identity_of(c: &Component) -> Option<String> {
     let log = c.log_text();

@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodTemplateSpec, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use serde_json::{json, Value};
@@ -246,66 +244,6 @@ impl DaemonSetController {
         });
         c
     }
-
-    /// The revision of the current template (made if missing, or renumbered as the newest when an
-    /// old one is back in use), and the revisions beyond the history limit deleted.
-    async fn sync_revisions(&self, ds: &DaemonSet, hash: &str) -> anyhow::Result<i64> {
-        let ns = ds.metadata.namespace.as_deref().unwrap_or("");
-        let uid = ds.metadata.uid.as_deref().unwrap_or("");
-        let api: Api<ControllerRevision> = Api::namespaced(self.client.clone(), ns);
-        let mut owned: Vec<Arc<ControllerRevision>> =
-            self.revisions.list_namespace(ns).into_iter().filter(|r| controller_of(&r.metadata).is_some_and(|o| o.uid == uid)).collect();
-        owned.sort_by_key(|r| r.revision);
-        let max = owned.last().map(|r| r.revision).unwrap_or(0);
-        let name = format!("{}-{hash}", ds.metadata.name.as_deref().unwrap_or(""));
-        let current = match owned.iter().find(|r| r.metadata.name.as_deref() == Some(name.as_str())) {
-            Some(r) if r.revision == max => r.revision,
-            Some(r) => {
-                let patch = json!({"metadata": {"resourceVersion": r.metadata.resource_version}, "revision": max + 1});
-                api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
-                max + 1
-            }
-            None => {
-                let template = ds.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
-                let mut labels = template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
-                labels.insert(REVISION_HASH_LABEL.into(), hash.into());
-                let mut t = serde_json::to_value(&template)?;
-                t["$patch"] = json!("replace");
-                let rev = ControllerRevision {
-                    metadata: ObjectMeta {
-                        name: Some(name.clone()),
-                        namespace: Some(ns.into()),
-                        labels: Some(labels),
-                        annotations: ds.metadata.annotations.clone().map(|a| a.into_iter().filter(|(k, _)| k != "kubectl.kubernetes.io/last-applied-configuration" && k != "deprecated.daemonset.template.generation").collect()),
-                        owner_references: Some(vec![controller_ref(ds)]),
-                        ..Default::default()
-                    },
-                    data: Some(RawExtension(json!({"spec": {"template": t}}))),
-                    revision: max + 1,
-                };
-                match api.create(&PostParams::default(), &rev).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 409 => {}
-                    Err(e) => return Err(e.into()),
-                }
-                max + 1
-            }
-        };
-        let limit = ds.spec.as_ref().and_then(|s| s.revision_history_limit).unwrap_or(10).max(0) as usize;
-        let old: Vec<&Arc<ControllerRevision>> = owned.iter().filter(|r| r.metadata.name.as_deref() != Some(name.as_str())).collect();
-        let in_use: Vec<String> = self.pods.list_namespace(ns).iter().filter(|p| controller_of(&p.metadata).is_some_and(|o| o.uid == uid)).filter_map(|p| hash_of(p).map(String::from)).collect();
-        let cleanable: Vec<&&Arc<ControllerRevision>> = old.iter().filter(|r| !in_use.iter().any(|h| r.metadata.name.as_deref().is_some_and(|n| n.ends_with(&format!("-{h}"))))).collect();
-        if cleanable.len() > limit {
-            for r in &cleanable[..cleanable.len() - limit] {
-                match api.delete(r.metadata.name.as_deref().unwrap_or(""), &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        Ok(current)
-    }
 }
 
 impl Controller for DaemonSetController {
@@ -328,7 +266,8 @@ impl Controller for DaemonSetController {
         if ds.metadata.deletion_timestamp.is_some() {
             return Ok(());
         }
-        self.sync_revisions(&ds, &hash).await?;
+        let limit = spec.revision_history_limit.unwrap_or(10);
+        super::revisions::sync(&self.client, &self.revisions, &self.pods, ds.as_ref(), &spec.template, &hash, limit).await?;
         let min_ready = spec.min_ready_seconds.unwrap_or(0);
         let now = Timestamp::now();
         // Per node: should it run the daemon, may a pod stay, and the active pods there.

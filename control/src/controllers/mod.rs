@@ -17,12 +17,14 @@ pub mod podgc;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
+pub mod revisions;
 pub mod serviceaccount;
+pub mod statefulset;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
-use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet};
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
@@ -42,6 +44,7 @@ pub const CONTROLLERS: &[&str] = &[
     "replicaset",
     "deployment",
     "daemonset",
+    "statefulset",
     "job",
     "cronjob",
     "garbagecollector",
@@ -85,6 +88,9 @@ pub struct ControllerFlags {
     /// DaemonSets synced at once.
     #[arg(long, default_value_t = 2)]
     pub concurrent_daemonset_syncs: usize,
+    /// StatefulSets synced at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_statefulset_syncs: usize,
     /// Jobs synced at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_job_syncs: usize,
@@ -149,6 +155,7 @@ pub struct Informers {
     controllerrevisions: OnceLock<Arc<Informer<ControllerRevision>>>,
     jobs: OnceLock<Arc<Informer<Job>>>,
     cronjobs: OnceLock<Arc<Informer<CronJob>>>,
+    statefulsets: OnceLock<Arc<Informer<StatefulSet>>>,
 }
 
 /// Starts `cell`'s informer (if a controller asked for it) over every object of its type.
@@ -207,6 +214,9 @@ impl Informers {
     pub fn cronjobs(&self) -> Arc<Informer<CronJob>> {
         self.cronjobs.get_or_init(|| Informer::new("cronjobs")).clone()
     }
+    pub fn statefulsets(&self) -> Arc<Informer<StatefulSet>> {
+        self.statefulsets.get_or_init(|| Informer::new("statefulsets")).clone()
+    }
 
     /// Starts every informer a controller asked for; resolves once all have listed.
     fn start(&self, client: &kube::Client, tasks: &mut tokio::task::JoinSet<()>) -> impl Future<Output = ()> + Send + 'static {
@@ -226,6 +236,7 @@ impl Informers {
         start_one(&self.controllerrevisions, client, |x: ControllerRevision| x, tasks, &mut synced);
         start_one(&self.jobs, client, |x: Job| x, tasks, &mut synced);
         start_one(&self.cronjobs, client, |x: CronJob| x, tasks, &mut synced);
+        start_one(&self.statefulsets, client, |x: StatefulSet| x, tasks, &mut synced);
         async move {
             futures::future::join_all(synced).await;
         }
@@ -303,6 +314,7 @@ pub async fn run(
                 "replicaset" => add(replicaset::ReplicaSetController::new(&m), flags.concurrent_replicaset_syncs, &mut w),
                 "deployment" => add(deployment::DeploymentController::new(&m), flags.concurrent_deployment_syncs, &mut w),
                 "daemonset" => add(daemonset::DaemonSetController::new(&m), flags.concurrent_daemonset_syncs, &mut w),
+                "statefulset" => add(statefulset::StatefulSetController::new(&m), flags.concurrent_statefulset_syncs, &mut w),
                 "job" => add(job::JobController::new(&m), flags.concurrent_job_syncs, &mut w),
                 "cronjob" => add(cronjob::CronJobController::new(&m), flags.concurrent_cron_job_syncs, &mut w),
                 "garbagecollector" => add(garbagecollector::GarbageCollector::new(&m), flags.concurrent_gc_syncs, &mut w),
@@ -353,6 +365,7 @@ mod tests {
             concurrent_service_endpoint_syncs: 1,
             concurrent_daemonset_syncs: 1,
             concurrent_job_syncs: 1,
+            concurrent_statefulset_syncs: 1,
             concurrent_cron_job_syncs: 1,
             node_monitor_grace_period: std::time::Duration::from_secs(20),
             terminated_pod_gc_threshold: 1,
@@ -364,7 +377,7 @@ mod tests {
         assert_eq!(flags(&["*"]).enabled().unwrap(), CONTROLLERS.to_vec());
         assert_eq!(
             flags(&["*", "-deployment", "-endpoint"]).enabled().unwrap(),
-            vec!["replicaset", "daemonset", "job", "cronjob", "garbagecollector", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc"]
+            vec!["replicaset", "daemonset", "statefulset", "job", "cronjob", "garbagecollector", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc"]
         );
         assert_eq!(flags(&["deployment"]).enabled().unwrap(), vec!["deployment"]);
         assert!(flags(&[]).enabled().unwrap().is_empty());

@@ -26,6 +26,7 @@ pub mod secret;
 pub mod service;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod volume;
 
 use futures::future::BoxFuture;
 use serde_json::{json, Map, Value};
@@ -47,6 +48,8 @@ pub static ALL: &[&Resource] = &[
     &endpointslice::RESOURCE,
     &configmap::RESOURCE,
     &secret::RESOURCE,
+    &volume::CLAIMS,
+    &volume::VOLUMES,
     &event::RESOURCE,
     &serviceaccount::RESOURCE,
     &deployment::RESOURCE,
