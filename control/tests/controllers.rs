@@ -761,6 +761,58 @@ async fn a_stateful_set_makes_its_pods_in_order_with_their_claims_and_rolls_back
     watch.abort();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_drain_respects_a_pod_disruption_budget() {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    let api = ApiProcess::server_full(&[]).await;
+    let _agent = hollow_agent(&api, 3);
+    let client = api.client();
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &api.url());
+    // Two replicas, one per node (a cordoned node, tainted unschedulable, leaves the spread), and
+    // a budget that needs both.
+    let spread = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: db}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec:\n      containers: [{name: c, image: db}]\n      topologySpreadConstraints: [{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, nodeTaintsPolicy: Honor, labelSelector: {matchLabels: {app: db}}}]\n";
+    k.run_with_input(&["apply", "-f", "-"], Some(spread));
+    k.run(&["create", "poddisruptionbudget", "db", "--selector=app=db", "--min-available=2"]);
+    rollout_status(&k, "deployment/db");
+    let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), "default");
+    let budget_is = |allowed: i32| {
+        let pdbs = pdbs.clone();
+        async move {
+            wait_until(&format!("the budget allows {allowed} disruptions"), within(SETTLED_WITHIN), || {
+                let pdbs = pdbs.clone();
+                async move {
+                    let s = pdbs.get("db").await.map_err(|e| e.to_string())?.status.ok_or("no status")?;
+                    if s.disruptions_allowed == allowed && s.current_healthy >= 2 { Ok(()) } else { Err(format!("{s:?}")) }
+                }
+            })
+            .await
+        }
+    };
+    budget_is(0).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let list = pods.list(&ListParams::default().labels("app=db")).await.unwrap().items;
+    let node = list[0].spec.as_ref().unwrap().node_name.clone().unwrap();
+    let victim = list[0].metadata.name.clone().unwrap();
+    // The budget holds: drain gives up, and the pod stays.
+    let (ok, _, err) = k.try_run(&["drain", &node, "--ignore-daemonsets", "--timeout=3s"], None);
+    assert!(!ok, "drain went through a budget that allows nothing");
+    assert!(err.contains("disruption budget"), "{err}");
+    let still = pods.get(&victim).await.unwrap();
+    assert!(still.metadata.deletion_timestamp.is_none());
+    // A third replica makes room for one disruption: drain evicts the pod, which is replaced
+    // off the cordoned node.
+    k.run(&["scale", "deployment/db", "--replicas=3"]);
+    budget_is(1).await;
+    let out = k.run(&["drain", &node, "--ignore-daemonsets", "--timeout=30s"]);
+    assert!(out.contains("drained"), "{out}");
+    let running = wait_running(&client, "default", "app=db", 3).await;
+    assert!(!running.contains(&victim), "{running:?}");
+    for name in &running {
+        assert_ne!(pods.get(name).await.unwrap().spec.unwrap().node_name.as_deref(), Some(node.as_str()), "{name} is on the drained node");
+    }
+}
+
 /// The identity a controller manager replica runs under, from its log.
 fn identity_of(c: &Component) -> Option<String> {
     let log = c.log_text();

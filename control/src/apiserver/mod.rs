@@ -397,6 +397,11 @@ async fn serve_resource(
             let (obj, warnings) = verbs::create(api, res, ns, parse_body(headers, &body)?, params).await?;
             Ok(with_warnings(json_response(StatusCode::CREATED, &shaped(obj)), &warnings))
         }
+        ("POST", Some(name), Some("eviction")) => {
+            api.count("create");
+            let answer = verbs::evict(api, res, ns, name, parse_body(headers, &body)?).await?;
+            Ok(json_response(StatusCode::CREATED, &answer))
+        }
         ("POST", Some(name), Some("binding")) => {
             api.count("create");
             let bound = verbs::bind(api, res, ns, name, parse_body(headers, &body)?).await?;

@@ -607,6 +607,60 @@ const PRIORITY_CLASS: &[F] = &[
     F(4, "description", One, Str),
     F(5, "preemptionPolicy", One, Str),
 ];
+const JOB_SPEC: &[F] = &[
+    F(1, "parallelism", One, PInt),
+    F(2, "completions", One, PInt),
+    F(3, "activeDeadlineSeconds", One, PInt),
+    F(4, "selector", One, Msg(LABEL_SELECTOR)),
+    F(5, "manualSelector", One, PBool),
+    F(6, "template", One, Msg(POD_TEMPLATE_SPEC)),
+    F(7, "backoffLimit", One, PInt),
+    F(8, "ttlSecondsAfterFinished", One, PInt),
+    F(9, "completionMode", One, Str),
+    F(10, "suspend", One, PBool),
+    F(12, "backoffLimitPerIndex", One, PInt),
+    F(13, "maxFailedIndexes", One, PInt),
+    F(14, "podReplacementPolicy", One, Str),
+    F(15, "managedBy", One, Str),
+];
+/// A status a client creating an object sends empty (Go writes value structs always).
+const EMPTY: &[F] = &[];
+const JOB: &[F] = &[F(1, "metadata", One, Msg(OBJECT_META)), F(2, "spec", One, Msg(JOB_SPEC)), F(3, "status", One, Msg(EMPTY))];
+const CRON_JOB: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(
+        2,
+        "spec",
+        One,
+        Msg(&[
+            F(1, "schedule", One, Str),
+            F(2, "startingDeadlineSeconds", One, PInt),
+            F(3, "concurrencyPolicy", One, Str),
+            F(4, "suspend", One, PBool),
+            F(5, "jobTemplate", One, Msg(&[F(1, "metadata", One, Msg(OBJECT_META)), F(2, "spec", One, Msg(JOB_SPEC))])),
+            F(6, "successfulJobsHistoryLimit", One, PInt),
+            F(7, "failedJobsHistoryLimit", One, PInt),
+            F(8, "timeZone", One, Str),
+        ]),
+    ),
+    F(3, "status", One, Msg(EMPTY)),
+];
+const POD_DISRUPTION_BUDGET: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(
+        2,
+        "spec",
+        One,
+        Msg(&[
+            F(1, "minAvailable", One, PIOS),
+            F(2, "selector", One, Msg(LABEL_SELECTOR)),
+            F(3, "maxUnavailable", One, PIOS),
+            F(4, "unhealthyPodEvictionPolicy", One, Str),
+        ]),
+    ),
+    F(3, "status", One, Msg(EMPTY)),
+];
+const EVICTION: &[F] = &[F(1, "metadata", One, Msg(OBJECT_META)), F(2, "deleteOptions", One, Msg(DELETE_OPTIONS))];
 const DELETE_OPTIONS: &[F] = &[
     F(1, "gracePeriodSeconds", One, PInt),
     F(2, "preconditions", One, Msg(&[F(1, "uid", One, Str), F(2, "resourceVersion", One, Str)])),
@@ -633,6 +687,10 @@ fn schema_of(api_version: &str, kind: &str) -> Option<&'static [F]> {
         ("apps/v1", "ReplicaSet") => REPLICA_SET,
         ("apps/v1", "StatefulSet") => STATEFUL_SET,
         ("apps/v1", "DaemonSet") => DAEMON_SET,
+        ("batch/v1", "Job") => JOB,
+        ("batch/v1", "CronJob") => CRON_JOB,
+        ("policy/v1", "PodDisruptionBudget") => POD_DISRUPTION_BUDGET,
+        ("policy/v1", "Eviction") => EVICTION,
         // Registered in every group-version.
         (_, "DeleteOptions") => DELETE_OPTIONS,
         _ => return None,
@@ -1142,6 +1200,56 @@ mod tests {
             json!({"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 10})
         );
         assert_eq!(got["status"], json!({}));
+    }
+
+    #[test]
+    fn jobs_cron_jobs_budgets_and_evictions_read_as_kubectl_sends_them() {
+        use k8s_pb::api::batch::v1 as batch;
+        use k8s_pb::api::policy::v1 as policy;
+        let template = core::PodTemplateSpec {
+            metadata: Some(meta::ObjectMeta::default()),
+            spec: Some(core::PodSpec {
+                containers: vec![core::Container { name: Some("c".into()), image: Some("busybox".into()), ..Default::default() }],
+                restart_policy: Some("Never".into()),
+                ..Default::default()
+            }),
+        };
+        let job_spec = batch::JobSpec { template: Some(template), backoff_limit: Some(2), completions: Some(3), ..Default::default() };
+        let job = batch::Job { metadata: Some(meta("pi")), spec: Some(job_spec.clone()), status: Some(Default::default()) };
+        let got = to_json(&envelope("batch/v1", "Job", job.encode_to_vec())).unwrap();
+        assert_eq!(got["spec"]["backoffLimit"], 2);
+        assert_eq!(got["spec"]["completions"], 3);
+        assert_eq!(got["spec"]["template"]["spec"]["restartPolicy"], "Never");
+        let cron = batch::CronJob {
+            metadata: Some(meta("tick")),
+            spec: Some(batch::CronJobSpec {
+                schedule: Some("*/5 * * * *".into()),
+                time_zone: Some("Etc/UTC".into()),
+                job_template: Some(batch::JobTemplateSpec { metadata: Some(meta::ObjectMeta::default()), spec: Some(job_spec) }),
+                ..Default::default()
+            }),
+            status: Some(Default::default()),
+        };
+        let got = to_json(&envelope("batch/v1", "CronJob", cron.encode_to_vec())).unwrap();
+        assert_eq!((got["spec"]["schedule"].as_str(), got["spec"]["timeZone"].as_str()), (Some("*/5 * * * *"), Some("Etc/UTC")));
+        assert_eq!(got["spec"]["jobTemplate"]["spec"]["backoffLimit"], 2);
+        let pdb = policy::PodDisruptionBudget {
+            metadata: Some(meta("db")),
+            spec: Some(policy::PodDisruptionBudgetSpec {
+                min_available: Some(PbIntOrString { r#type: Some(1), int_val: None, str_val: Some("50%".into()) }),
+                selector: Some(meta::LabelSelector { match_labels: [("app".to_string(), "db".to_string())].into(), match_expressions: vec![] }),
+                ..Default::default()
+            }),
+            status: Some(Default::default()),
+        };
+        let got = to_json(&envelope("policy/v1", "PodDisruptionBudget", pdb.encode_to_vec())).unwrap();
+        assert_eq!(got["spec"], json!({"minAvailable": "50%", "selector": {"matchLabels": {"app": "db"}}}));
+        let eviction = policy::Eviction {
+            metadata: Some(meta("web-1")),
+            delete_options: Some(meta::DeleteOptions { grace_period_seconds: Some(5), ..Default::default() }),
+        };
+        let got = to_json(&envelope("policy/v1", "Eviction", eviction.encode_to_vec())).unwrap();
+        assert_eq!(got["deleteOptions"]["gracePeriodSeconds"], 5);
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub static RESOURCES: &[&Resource] = super::kinds::ALL;
 
 /// The groups other than the core one, in discovery order, each with its one version.
 const GROUPS: &[(&str, &str)] =
-    &[("apps", "v1"), ("batch", "v1"), ("coordination.k8s.io", "v1"), ("discovery.k8s.io", "v1"), ("scheduling.k8s.io", "v1")];
+    &[("apps", "v1"), ("batch", "v1"), ("coordination.k8s.io", "v1"), ("discovery.k8s.io", "v1"), ("policy", "v1"), ("scheduling.k8s.io", "v1")];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     RESOURCES.iter().copied().find(|r| r.group == group && r.version == version && r.plural == plural)
@@ -77,7 +77,7 @@ fn verbs(r: &Resource, sub: Option<&str>) -> Vec<&'static str> {
         }
         None => vec!["create", "delete", "get", "list", "patch", "update", "watch"],
         Some("status") | Some("scale") | Some("ephemeralcontainers") => vec!["get", "patch", "update"],
-        Some("binding") => vec!["create"],
+        Some("binding") | Some("eviction") => vec!["create"],
         Some("log") => vec!["get"],
         Some(_) => vec![],
     }
@@ -110,9 +110,11 @@ pub fn resource_list(group: &str, version: &str) -> Value {
                 "kind": kind,
                 "verbs": verbs(r, Some(sub)),
             });
-            if *sub == "scale" {
-                entry["group"] = json!("autoscaling");
-                entry["version"] = json!("v1");
+            // Subresources of another group name it (kubectl drain reads eviction's).
+            let (g, v, _) = subresource_kind(r, sub);
+            if g != r.group {
+                entry["group"] = json!(g);
+                entry["version"] = json!(v);
             }
             list.push(entry);
         }
@@ -130,6 +132,7 @@ fn subresource_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'s
     match sub {
         "scale" => ("autoscaling", "v1", "Scale"),
         "binding" => ("", "v1", "Binding"),
+        "eviction" => ("policy", "v1", "Eviction"),
         _ => (r.group, r.version, r.kind),
     }
 }

@@ -1264,3 +1264,73 @@ mod tests {
         assert_eq!(s["metadata"]["resourceVersion"], "7");
     }
 }
+
+/// The pods' `eviction` subresource (policy/v1 Eviction), as `kubectl drain` uses it: a pod
+/// covered by a PodDisruptionBudget is deleted only if the budget allows a disruption, which the
+/// eviction spends (recording the pod in `status.disruptedPods`, by a write conditioned on the
+/// budget's version, so two evictions never spend one disruption); otherwise 429. A pod that is
+/// not running (pending, finished, or already being deleted) is deleted whatever its budget,
+/// and so is a not-ready pod while its budget is met (the IfHealthyBudget policy).
+pub async fn evict(api: &Api, res: &Resource, ns: Option<&str>, name: &str, body: Value) -> Result<Value, ApiError> {
+    let options = body.get("deleteOptions").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+    let too_many = |why: String| {
+        let mut e = ApiError::new(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.");
+        e.details = Some(json!({"causes": [{"reason": "DisruptionBudget", "message": why}]}));
+        e
+    };
+    for _ in 0..UPDATE_ATTEMPTS_MAX {
+        let (pod, _) = get(api, res, ns, name).await?;
+        let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending");
+        let exempt = is_deleting(&pod) || matches!(phase, "Succeeded" | "Failed" | "Pending");
+        if !exempt {
+            let labels = pod.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
+            let listed = list(api, &kinds::pdb::RESOURCE, ns, &Params::default()).await?;
+            let budgets: Vec<Value> = listed["items"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|b| b.pointer("/spec/selector").and_then(|s| LabelSelector::from_json(s).ok()).is_some_and(|s| s.matches(&labels)))
+                .cloned()
+                .collect();
+            if budgets.len() > 1 {
+                return Err(ApiError::new(500, "InternalError", "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."));
+            }
+            if let Some(budget) = budgets.into_iter().next() {
+                let pdb_name = meta_str(&budget, "name").unwrap_or("").to_string();
+                let status = budget.get("status").cloned().unwrap_or(json!({}));
+                let n = |f: &str| status.get(f).and_then(Value::as_i64).unwrap_or(0);
+                let generation = budget.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+                if n("observedGeneration") < generation {
+                    return Err(too_many(format!("The disruption budget {pdb_name} is still being processed by the server.")));
+                }
+                let ready = pod.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
+                let always = budget.pointer("/spec/unhealthyPodEvictionPolicy").and_then(Value::as_str) == Some("AlwaysAllow");
+                let spend = ready || !(always || n("currentHealthy") >= n("desiredHealthy"));
+                if spend {
+                    if n("disruptionsAllowed") <= 0 {
+                        return Err(too_many(format!(
+                            "The disruption budget {pdb_name} needs {} healthy pods and has {} currently",
+                            n("desiredHealthy"),
+                            n("currentHealthy")
+                        )));
+                    }
+                    let mut spent = budget.clone();
+                    spent["status"]["disruptionsAllowed"] = json!(n("disruptionsAllowed") - 1);
+                    if !spent["status"]["disruptedPods"].is_object() {
+                        spent["status"]["disruptedPods"] = json!({});
+                    }
+                    spent["status"]["disruptedPods"][name] = json!(super::objects::now_rfc3339());
+                    match update(api, &kinds::pdb::RESOURCE, ns, &pdb_name, Some("status"), spent, &Params::default()).await {
+                        Ok(_) => {}
+                        // Spent by another eviction meanwhile: look again.
+                        Err(e) if e.code == 409 => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        delete(api, res, ns, name, &options, &Params::default()).await?;
+        return Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}));
+    }
+    Err(ApiError::new(409, "Conflict", format!("the disruption budget of pod {name:?} kept changing")))
+}

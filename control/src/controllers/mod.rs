@@ -7,6 +7,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod expectations;
 pub mod garbagecollector;
@@ -29,6 +30,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::watcher;
 
@@ -54,6 +56,7 @@ pub const CONTROLLERS: &[&str] = &[
     "nodelifecycle",
     "taint-eviction-controller",
     "podgc",
+    "disruption",
 ];
 
 /// A controller: a queue of keys and how one key is brought to its desired state.
@@ -156,6 +159,7 @@ pub struct Informers {
     jobs: OnceLock<Arc<Informer<Job>>>,
     cronjobs: OnceLock<Arc<Informer<CronJob>>>,
     statefulsets: OnceLock<Arc<Informer<StatefulSet>>>,
+    poddisruptionbudgets: OnceLock<Arc<Informer<PodDisruptionBudget>>>,
 }
 
 /// Starts `cell`'s informer (if a controller asked for it) over every object of its type.
@@ -217,6 +221,9 @@ impl Informers {
     pub fn statefulsets(&self) -> Arc<Informer<StatefulSet>> {
         self.statefulsets.get_or_init(|| Informer::new("statefulsets")).clone()
     }
+    pub fn poddisruptionbudgets(&self) -> Arc<Informer<PodDisruptionBudget>> {
+        self.poddisruptionbudgets.get_or_init(|| Informer::new("poddisruptionbudgets")).clone()
+    }
 
     /// Starts every informer a controller asked for; resolves once all have listed.
     fn start(&self, client: &kube::Client, tasks: &mut tokio::task::JoinSet<()>) -> impl Future<Output = ()> + Send + 'static {
@@ -237,6 +244,7 @@ impl Informers {
         start_one(&self.jobs, client, |x: Job| x, tasks, &mut synced);
         start_one(&self.cronjobs, client, |x: CronJob| x, tasks, &mut synced);
         start_one(&self.statefulsets, client, |x: StatefulSet| x, tasks, &mut synced);
+        start_one(&self.poddisruptionbudgets, client, |x: PodDisruptionBudget| x, tasks, &mut synced);
         async move {
             futures::future::join_all(synced).await;
         }
@@ -260,7 +268,13 @@ async fn worker<C: Controller>(c: Arc<C>, mut leadership: Leadership) {
         match c.sync(&key).await {
             Ok(()) => c.queue().forget(&key),
             Err(e) => {
-                tracing::info!(controller = C::NAME, key, error = format!("{e:#}"), failures = c.queue().failures(&key), "sync failed; retrying");
+                // A conflict only means the cache was behind a write: the next sync sees it.
+                let conflict = e.downcast_ref::<kube::Error>().is_some_and(|k| matches!(k, kube::Error::Api(s) if s.code == 409));
+                if conflict {
+                    tracing::debug!(controller = C::NAME, key, "sync met a newer version; retrying");
+                } else {
+                    tracing::info!(controller = C::NAME, key, error = format!("{e:#}"), failures = c.queue().failures(&key), "sync failed; retrying");
+                }
                 c.queue().add_rate_limited(&key);
             }
         }
@@ -323,6 +337,7 @@ pub async fn run(
                 "serviceaccount" => add(serviceaccount::ServiceAccountController::new(&m), 1, &mut w),
                 "nodelifecycle" => add(nodelifecycle::NodeLifecycleController::new(&m, flags.node_monitor_grace_period), 1, &mut w),
                 "taint-eviction-controller" => add(nodelifecycle::TaintEvictionController::new(&m), 5, &mut w),
+                "disruption" => add(disruption::DisruptionController::new(&m), 5, &mut w),
                 "podgc" => add(podgc::PodGcController::new(&m, flags.terminated_pod_gc_threshold), 1, &mut w),
                 other => anyhow::bail!("controller {other} is not built"),
             }
@@ -377,7 +392,7 @@ mod tests {
         assert_eq!(flags(&["*"]).enabled().unwrap(), CONTROLLERS.to_vec());
         assert_eq!(
             flags(&["*", "-deployment", "-endpoint"]).enabled().unwrap(),
-            vec!["replicaset", "daemonset", "statefulset", "job", "cronjob", "garbagecollector", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc"]
+            vec!["replicaset", "daemonset", "statefulset", "job", "cronjob", "garbagecollector", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc", "disruption"]
         );
         assert_eq!(flags(&["deployment"]).enabled().unwrap(), vec!["deployment"]);
         assert!(flags(&[]).enabled().unwrap().is_empty());

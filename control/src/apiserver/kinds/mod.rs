@@ -19,6 +19,7 @@ pub mod job;
 pub mod lease;
 pub mod namespace;
 pub mod node;
+pub mod pdb;
 pub mod pod;
 pub mod priorityclass;
 pub mod replicaset;
@@ -60,6 +61,7 @@ pub static ALL: &[&Resource] = &[
     &job::RESOURCE,
     &cronjob::RESOURCE,
     &lease::RESOURCE,
+    &pdb::RESOURCE,
     &priorityclass::RESOURCE,
 ];
 
