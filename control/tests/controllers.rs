@@ -813,6 +813,26 @@ async fn kubectl_drain_respects_a_pod_disruption_budget() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replication_controller_keeps_its_replicas_and_scales_with_kubectl() {
+    let api = ApiProcess::server_full(&[]).await;
+    let _agent = hollow_agent(&api, 2);
+    let client = api.client();
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl::new(dir.path(), &api.url());
+    // No selector: it is the template's labels, as Kubernetes defaults it.
+    let rc = "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: legacy}\nspec:\n  replicas: 2\n  template:\n    metadata: {labels: {app: legacy}}\n    spec:\n      containers: [{name: c, image: nginx}]\n";
+    k.run_with_input(&["apply", "-f", "-"], Some(rc));
+    let two = wait_running(&client, "default", "app=legacy", 2).await;
+    k.run(&["scale", "rc", "legacy", "--replicas=4"]);
+    wait_running(&client, "default", "app=legacy", 4).await;
+    k.run(&["delete", "pod", &two[0], "--wait=false"]);
+    let four = wait_running(&client, "default", "app=legacy", 4).await;
+    assert!(!four.contains(&two[0]));
+    let printed = k.run(&["get", "rc", "legacy"]);
+    assert!(printed.lines().nth(1).is_some_and(|l| l.split_whitespace().take(4).collect::<Vec<_>>() == ["legacy", "4", "4", "4"]), "{printed}");
+}
+
 /// The identity a controller manager replica runs under, from its log.
 fn identity_of(c: &Component) -> Option<String> {
     let log = c.log_text();

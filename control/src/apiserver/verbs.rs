@@ -923,8 +923,9 @@ pub async fn apply(
 
 /// The `autoscaling/v1` Scale view of a workload.
 pub fn scale_of(obj: &Value) -> Value {
-    let selector = obj
-        .pointer("/spec/selector/matchLabels")
+    // A ReplicationController's selector is the map itself.
+    let labels = obj.pointer("/spec/selector/matchLabels").or_else(|| obj.pointer("/spec/selector").filter(|s| s.get("matchLabels").is_none() && s.get("matchExpressions").is_none()));
+    let selector = labels
         .and_then(Value::as_object)
         .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
         .unwrap_or_default();

@@ -28,7 +28,7 @@ use std::sync::{Arc, OnceLock};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, ReplicationController, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
@@ -44,6 +44,7 @@ use crate::election::Leadership;
 /// workers (`--concurrent-<name>-syncs`).
 pub const CONTROLLERS: &[&str] = &[
     "replicaset",
+    "replicationcontroller",
     "deployment",
     "daemonset",
     "statefulset",
@@ -85,6 +86,9 @@ pub struct ControllerFlags {
     /// ReplicaSets synced at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_replicaset_syncs: usize,
+    /// ReplicationControllers synced at once.
+    #[arg(long, default_value_t = 5)]
+    pub concurrent_rc_syncs: usize,
     /// Deployments synced at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_deployment_syncs: usize,
@@ -160,6 +164,7 @@ pub struct Informers {
     cronjobs: OnceLock<Arc<Informer<CronJob>>>,
     statefulsets: OnceLock<Arc<Informer<StatefulSet>>>,
     poddisruptionbudgets: OnceLock<Arc<Informer<PodDisruptionBudget>>>,
+    replicationcontrollers: OnceLock<Arc<Informer<ReplicationController>>>,
 }
 
 /// Starts `cell`'s informer (if a controller asked for it) over every object of its type.
@@ -224,6 +229,9 @@ impl Informers {
     pub fn poddisruptionbudgets(&self) -> Arc<Informer<PodDisruptionBudget>> {
         self.poddisruptionbudgets.get_or_init(|| Informer::new("poddisruptionbudgets")).clone()
     }
+    pub fn replicationcontrollers(&self) -> Arc<Informer<ReplicationController>> {
+        self.replicationcontrollers.get_or_init(|| Informer::new("replicationcontrollers")).clone()
+    }
 
     /// Starts every informer a controller asked for; resolves once all have listed.
     fn start(&self, client: &kube::Client, tasks: &mut tokio::task::JoinSet<()>) -> impl Future<Output = ()> + Send + 'static {
@@ -245,6 +253,7 @@ impl Informers {
         start_one(&self.cronjobs, client, |x: CronJob| x, tasks, &mut synced);
         start_one(&self.statefulsets, client, |x: StatefulSet| x, tasks, &mut synced);
         start_one(&self.poddisruptionbudgets, client, |x: PodDisruptionBudget| x, tasks, &mut synced);
+        start_one(&self.replicationcontrollers, client, |x: ReplicationController| x, tasks, &mut synced);
         async move {
             futures::future::join_all(synced).await;
         }
@@ -326,6 +335,7 @@ pub async fn run(
         for name in &enabled {
             match *name {
                 "replicaset" => add(replicaset::ReplicaSetController::new(&m), flags.concurrent_replicaset_syncs, &mut w),
+                "replicationcontroller" => add(replicaset::ReplicationControllerController::new(&m), flags.concurrent_rc_syncs, &mut w),
                 "deployment" => add(deployment::DeploymentController::new(&m), flags.concurrent_deployment_syncs, &mut w),
                 "daemonset" => add(daemonset::DaemonSetController::new(&m), flags.concurrent_daemonset_syncs, &mut w),
                 "statefulset" => add(statefulset::StatefulSetController::new(&m), flags.concurrent_statefulset_syncs, &mut w),
@@ -374,6 +384,7 @@ mod tests {
         ControllerFlags {
             controllers: list.iter().map(|s| s.to_string()).collect(),
             concurrent_replicaset_syncs: 1,
+            concurrent_rc_syncs: 1,
             concurrent_deployment_syncs: 1,
             concurrent_gc_syncs: 1,
             concurrent_endpoint_syncs: 1,
@@ -392,7 +403,7 @@ mod tests {
         assert_eq!(flags(&["*"]).enabled().unwrap(), CONTROLLERS.to_vec());
         assert_eq!(
             flags(&["*", "-deployment", "-endpoint"]).enabled().unwrap(),
-            vec!["replicaset", "daemonset", "statefulset", "job", "cronjob", "garbagecollector", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc", "disruption"]
+            vec!["replicaset", "replicationcontroller", "daemonset", "statefulset", "job", "cronjob", "garbagecollector", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc", "disruption"]
         );
         assert_eq!(flags(&["deployment"]).enabled().unwrap(), vec!["deployment"]);
         assert!(flags(&[]).enabled().unwrap().is_empty());

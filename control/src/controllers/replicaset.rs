@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
+use k8s_openapi::api::core::v1::ReplicationController;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -28,23 +29,92 @@ use crate::labels::Selector;
 /// Pods created or deleted per sync at most (Kubernetes' BurstReplicas).
 pub const BURST_REPLICAS: usize = 500;
 
-pub struct ReplicaSetController {
+/// What the controller keeps replicas of: ReplicaSets, and ReplicationControllers (core/v1,
+/// whose selector is a plain map), read through a ReplicaSet view.
+pub trait Replicated:
+    kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// The controller's name in `--controllers`, and its events' source.
+    const CONTROLLER: &'static str;
+    const COMPONENT: &'static str;
+    fn informer(m: &Manager) -> Arc<Informer<Self>>;
+    fn selector(&self) -> Selector;
+    fn min_ready(&self) -> i32;
+    /// The object as a ReplicaSet (the same fields, a map selector as matchLabels).
+    fn view(&self) -> ReplicaSet;
+}
+
+impl Replicated for ReplicaSet {
+    const CONTROLLER: &'static str = "replicaset";
+    const COMPONENT: &'static str = "replicaset-controller";
+    fn informer(m: &Manager) -> Arc<Informer<Self>> {
+        m.informers.replicasets()
+    }
+    fn selector(&self) -> Selector {
+        selector(self)
+    }
+    fn min_ready(&self) -> i32 {
+        min_ready_seconds(self)
+    }
+    fn view(&self) -> ReplicaSet {
+        self.clone()
+    }
+}
+
+impl Replicated for ReplicationController {
+    const CONTROLLER: &'static str = "replicationcontroller";
+    const COMPONENT: &'static str = "replication-controller";
+    fn informer(m: &Manager) -> Arc<Informer<Self>> {
+        m.informers.replicationcontrollers()
+    }
+    fn selector(&self) -> Selector {
+        // An RC without a selector selects by its template's labels (defaulted so by the API).
+        match self.spec.as_ref().and_then(|s| s.selector.as_ref()).filter(|s| !s.is_empty()) {
+            Some(m) => Selector::from_set(m),
+            None => Selector::nothing(),
+        }
+    }
+    fn min_ready(&self) -> i32 {
+        self.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0)
+    }
+    fn view(&self) -> ReplicaSet {
+        let mut v = serde_json::to_value(self).unwrap_or_default();
+        let labels = v.pointer("/spec/selector").cloned().unwrap_or(json!({}));
+        if v["spec"].is_object() {
+            v["spec"]["selector"] = json!({"matchLabels": labels});
+        }
+        v["apiVersion"] = json!("apps/v1");
+        v["kind"] = json!("ReplicaSet");
+        serde_json::from_value(v).unwrap_or_default()
+    }
+}
+
+pub type ReplicaSetController = ReplicaController<ReplicaSet>;
+pub type ReplicationControllerController = ReplicaController<ReplicationController>;
+
+pub struct ReplicaController<K: Replicated> {
     client: kube::Client,
-    sets: Arc<Informer<ReplicaSet>>,
+    sets: Arc<Informer<K>>,
     pods: Arc<Informer<Pod>>,
     queue: WorkQueue,
     expectations: Expectations,
     recorder: Recorder,
 }
 
-fn owner_key(pod: &Pod, sets: &Informer<ReplicaSet>) -> Option<String> {
+fn owner_key<K: Replicated>(pod: &Pod, sets: &Informer<K>) -> Option<String> {
     let r = controller_of(&pod.metadata)?;
-    if r.kind != "ReplicaSet" {
+    if r.kind != K::kind(&()) {
         return None;
     }
     let ns = pod.metadata.namespace.as_deref().unwrap_or("");
     let rs = sets.get(ns, &r.name)?;
-    (rs.metadata.uid.as_deref() == Some(r.uid.as_str())).then(|| key_of(rs.as_ref()))
+    (rs.meta().uid.as_deref() == Some(r.uid.as_str())).then(|| key_of(rs.as_ref()))
 }
 
 fn selector(rs: &ReplicaSet) -> Selector {
@@ -55,15 +125,15 @@ fn min_ready_seconds(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0)
 }
 
-impl ReplicaSetController {
-    pub fn new(m: &Manager) -> Arc<ReplicaSetController> {
-        let c = Arc::new(ReplicaSetController {
+impl<K: Replicated> ReplicaController<K> {
+    pub fn new(m: &Manager) -> Arc<ReplicaController<K>> {
+        let c = Arc::new(ReplicaController {
             client: m.client.clone(),
-            sets: m.informers.replicasets(),
+            sets: K::informer(m),
             pods: m.informers.pods(),
             queue: WorkQueue::new(),
             expectations: Expectations::default(),
-            recorder: Recorder::start(m.client.clone(), "replicaset-controller", &m.identity),
+            recorder: Recorder::start(m.client.clone(), K::COMPONENT, &m.identity),
         });
         let weak = Arc::downgrade(&c);
         c.sets.on(move |change| {
@@ -71,7 +141,7 @@ impl ReplicaSetController {
             match change {
                 Change::Added(rs) => c.queue.add(&key_of(rs.as_ref())),
                 Change::Updated { old, new } => {
-                    if old.metadata.resource_version != new.metadata.resource_version {
+                    if old.meta().resource_version != new.meta().resource_version {
                         c.queue.add(&key_of(new.as_ref()));
                     }
                 }
@@ -97,7 +167,7 @@ impl ReplicaSetController {
         self.sets
             .list_namespace(ns)
             .iter()
-            .filter(|rs| selector(rs).matches(pods::labels(&pod.metadata)))
+            .filter(|rs| rs.selector().matches(pods::labels(&pod.metadata)))
             .map(|rs| key_of(rs.as_ref()))
             .collect()
     }
@@ -147,7 +217,7 @@ impl ReplicaSetController {
                         // Ready now: available after minReadySeconds, which no event will say.
                         if !is_ready(old) && is_ready(new) {
                             if let Some(rs) = self.sets.get_key(&key) {
-                                let min = min_ready_seconds(&rs);
+                                let min = rs.min_ready();
                                 if min > 0 {
                                     self.queue.add_after(&key, Duration::from_secs(min as u64 + 1));
                                 }
@@ -175,7 +245,7 @@ impl ReplicaSetController {
         }
     }
 
-    async fn manage(&self, rs: &ReplicaSet, key: &str, active: &[Arc<Pod>]) -> anyhow::Result<()> {
+    async fn manage(&self, owner: &K, rs: &ReplicaSet, key: &str, active: &[Arc<Pod>]) -> anyhow::Result<()> {
         let want = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
         let ns = rs.metadata.namespace.as_deref().unwrap_or("");
         let name = rs.metadata.name.as_deref().unwrap_or("");
@@ -186,7 +256,7 @@ impl ReplicaSetController {
             let Some(template) = rs.spec.as_ref().and_then(|s| s.template.clone()) else {
                 anyhow::bail!("the ReplicaSet has no pod template");
             };
-            let pod = pods::pod_from_template(&template, ns, name, controller_ref(rs));
+            let pod = pods::pod_from_template(&template, ns, name, controller_ref(owner));
             let created = slow_start(n, |_| {
                 let (api, pod) = (api.clone(), pod.clone());
                 async move { api.create(&PostParams::default(), &pod).await }
@@ -195,11 +265,11 @@ impl ReplicaSetController {
             let mut failure = None;
             for r in &created.results {
                 match r {
-                    Ok(p) => self.recorder.record(reference(rs), false, "Create", "SuccessfulCreate", format!("Created pod: {}", p.metadata.name.as_deref().unwrap_or(""))),
+                    Ok(p) => self.recorder.record(reference(owner), false, "Create", "SuccessfulCreate", format!("Created pod: {}", p.metadata.name.as_deref().unwrap_or(""))),
                     Err(e) => {
                         // A failed creation will never be observed.
                         self.expectations.creation_observed(key);
-                        self.recorder.record(reference(rs), true, "Create", "FailedCreate", format!("Error creating: {e}"));
+                        self.recorder.record(reference(owner), true, "Create", "FailedCreate", format!("Error creating: {e}"));
                         failure.get_or_insert_with(|| e.to_string());
                     }
                 }
@@ -219,11 +289,11 @@ impl ReplicaSetController {
                 let pname = pod.metadata.name.clone().unwrap_or_default();
                 let dp = DeleteParams { preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }), ..Default::default() };
                 match api.delete(&pname, &dp).await {
-                    Ok(_) => self.recorder.record(reference(rs), false, "Delete", "SuccessfulDelete", format!("Deleted pod: {pname}")),
+                    Ok(_) => self.recorder.record(reference(owner), false, "Delete", "SuccessfulDelete", format!("Deleted pod: {pname}")),
                     Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => self.expectations.deletion_observed(key, &key_of(pod.as_ref())),
                     Err(e) => {
                         self.expectations.deletion_observed(key, &key_of(pod.as_ref()));
-                        self.recorder.record(reference(rs), true, "Delete", "FailedDelete", format!("Error deleting: {e}"));
+                        self.recorder.record(reference(owner), true, "Delete", "FailedDelete", format!("Error deleting: {e}"));
                         failure.get_or_insert_with(|| e.to_string());
                     }
                 }
@@ -396,26 +466,27 @@ pub fn same_status(a: &ReplicaSetStatus, b: &ReplicaSetStatus) -> bool {
     status_patch(a) == status_patch(b)
 }
 
-impl Controller for ReplicaSetController {
-    const NAME: &'static str = "replicaset";
+impl<K: Replicated> Controller for ReplicaController<K> {
+    const NAME: &'static str = K::CONTROLLER;
 
     fn queue(&self) -> &WorkQueue {
         &self.queue
     }
 
     async fn sync(&self, key: &str) -> anyhow::Result<()> {
-        let Some(rs) = self.sets.get_key(key) else {
+        let Some(obj) = self.sets.get_key(key) else {
             self.expectations.delete(key);
             return Ok(());
         };
+        let rs = obj.view();
         let needs_sync = self.expectations.satisfied(key) && rs.metadata.deletion_timestamp.is_none();
-        let sel = selector(&rs);
+        let sel = obj.selector();
         let ns = rs.metadata.namespace.as_deref().unwrap_or("");
-        let owned = pods::claim(&self.client, rs.as_ref(), &sel, self.pods.list_namespace(ns), is_active).await?;
+        let owned = pods::claim(&self.client, obj.as_ref(), &sel, self.pods.list_namespace(ns), is_active).await?;
         let active: Vec<Arc<Pod>> = owned.iter().filter(|p| is_active(p)).cloned().collect();
         let mut manage_error = None;
         if needs_sync {
-            if let Err(e) = self.manage(&rs, key, &active).await {
+            if let Err(e) = self.manage(&obj, &rs, key, &active).await {
                 match e.downcast::<ManageError>() {
                     Ok(m) => manage_error = Some(m),
                     Err(e) => return Err(e),
@@ -425,14 +496,14 @@ impl Controller for ReplicaSetController {
         let now = Timestamp::now();
         let status = calculate_status(&rs, &owned, manage_error.as_ref(), now);
         if !same_status(&status, &rs.status.clone().unwrap_or_default()) {
-            let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), rs.metadata.namespace.as_deref().unwrap_or(""));
+            let api: Api<K> = Api::namespaced(self.client.clone(), rs.metadata.namespace.as_deref().unwrap_or(""));
             match api.patch_status(rs.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&status_patch(&status))).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e.into()),
             }
         }
-        let min = min_ready_seconds(&rs);
+        let min = obj.min_ready();
         if manage_error.is_none() && min > 0 && status.ready_replicas != status.available_replicas {
             self.queue.add_after(key, Duration::from_secs(min as u64));
         }

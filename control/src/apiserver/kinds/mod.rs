@@ -23,6 +23,7 @@ pub mod pdb;
 pub mod pod;
 pub mod priorityclass;
 pub mod replicaset;
+pub mod replicationcontroller;
 pub mod secret;
 pub mod service;
 pub mod serviceaccount;
@@ -45,6 +46,7 @@ pub static ALL: &[&Resource] = &[
     &node::RESOURCE,
     &pod::RESOURCE,
     &service::RESOURCE,
+    &replicationcontroller::RESOURCE,
     &endpoints::RESOURCE,
     &endpointslice::RESOURCE,
     &configmap::RESOURCE,
