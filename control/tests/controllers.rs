@@ -192,6 +192,34 @@ async fn a_deployment_rolls_out_scales_heals_and_rolls_back() {
     assert_eq!((status.replicas, status.updated_replicas, status.available_replicas), (Some(10), Some(10), Some(10)));
     let progressing = status.conditions.unwrap().into_iter().find(|c| c.type_ == "Progressing").unwrap();
     assert_eq!(progressing.reason.as_deref(), Some("NewReplicaSetAvailable"));
+
+    // Paused: a new template makes no new set until resumed.
+    current.run(&["rollout", "pause", deploy]);
+    current.run(&["set", "image", deploy, "nginx=nginx:1.17"]);
+    let observed = wait_until("the paused deployment's change is observed", within(SETTLED_WITHIN), || {
+        let deployments = deployments.clone();
+        async move {
+            let d = deployments.get("nginx-deployment").await.map_err(|e| e.to_string())?;
+            let s = d.status.clone().unwrap_or_default();
+            let reason = s.conditions.iter().flatten().find(|c| c.type_ == "Progressing").and_then(|c| c.reason.clone());
+            if s.observed_generation >= d.metadata.generation && reason.as_deref() == Some("DeploymentPaused") { Ok(d) } else { Err(format!("{reason:?}")) }
+        }
+    })
+    .await;
+    assert_eq!(sets.list(&ListParams::default().labels("app=nginx")).await.unwrap().items.len(), 2, "no new set while paused");
+    assert_eq!(image(&observed), "nginx:1.17");
+    current.run(&["rollout", "resume", deploy]);
+    rollout_status(&current, deploy);
+    assert_eq!(sets.list(&ListParams::default().labels("app=nginx")).await.unwrap().items.len(), 3);
+    // Restarted: every pod is replaced, the template carrying the restart time.
+    old.run(&["rollout", "restart", deploy]);
+    rollout_status(&old, deploy);
+    let restarted = wait_running(&client, "default", "app=nginx", 10).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    for name in &restarted {
+        let p = pods.get(name).await.unwrap();
+        assert!(p.metadata.annotations.unwrap_or_default().contains_key("kubectl.kubernetes.io/restartedAt"), "{name}");
+    }
 }
 
 /// How many ReplicaSets and pods carry `selector`, and the ReplicaSets' owner references.
