@@ -293,7 +293,7 @@ async fn watches_resume_from_a_version_and_report_a_compacted_one_as_410() {
 
 #[tokio::test]
 async fn deletion_waits_for_finalizers_and_namespaces_take_their_content() {
-    let server = ApiProcess::server().await;
+    let server = ApiProcess::server_with_namespaces().await;
     let client = server.client();
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team"}})).unwrap();
@@ -367,7 +367,7 @@ fn invalid_cause(e: kube::Error) -> (String, String) {
 /// its namespace took it).
 #[tokio::test]
 async fn services_get_cluster_ips_and_node_ports_that_no_two_share() {
-    let server = ApiProcess::server().await;
+    let server = ApiProcess::server_with_namespaces().await;
     let client = server.client();
     let svcs: Api<Service> = Api::namespaced(client.clone(), "default");
     let pp = PostParams::default();

@@ -172,7 +172,7 @@ async fn deletion_answers_generations_and_dry_runs() {
 /// created while a namespace is being deleted survives it.
 #[tokio::test]
 async fn namespaces_keep_their_lifecycle() {
-    let server = ApiProcess::server().await;
+    let server = ApiProcess::server_with_namespaces().await;
     let client = server.client();
     let nss: Api<Namespace> = Api::all(client.clone());
     let ns = |name: &str, finalizers: &[&str]| -> Namespace {

@@ -861,6 +861,42 @@ async fn a_replication_controller_keeps_its_replicas_and_scales_with_kubectl() {
     assert!(printed.lines().nth(1).is_some_and(|l| l.split_whitespace().take(4).collect::<Vec<_>>() == ["legacy", "4", "4", "4"]), "{printed}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_namespace_with_content_is_emptied_by_whichever_controller_manager_runs() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+    // No controller manager at first: a deleted namespace stays Terminating with its content.
+    let api = ApiProcess::server_full(&["--disable", "controller-manager"]).await;
+    let _agent = hollow_agent(&api, 2);
+    let client = api.client();
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kubectl::new(dir.path(), &api.url());
+    k.run(&["create", "namespace", "team"]);
+    k.run_with_input(&["apply", "-n", "team", "-f", "-"], Some("apiVersion: v1\nkind: Pod\nmetadata: {name: app}\nspec:\n  containers: [{name: c, image: nginx}]\n"));
+    k.run(&["create", "configmap", "settings", "-n", "team", "--from-literal=a=b"]);
+    wait_running(&client, "team", "", 1).await;
+    k.run(&["delete", "namespace", "team", "--wait=false"]);
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = namespaces.get("team").await.unwrap();
+    assert_eq!(ns.status.unwrap().phase.as_deref(), Some("Terminating"));
+    assert_eq!(ns.spec.unwrap().finalizers, Some(vec!["kubernetes".to_string()]));
+    assert!(Api::<ConfigMap>::namespaced(client.clone(), "team").get_opt("settings").await.unwrap().is_some());
+    // A controller manager comes: it empties the namespace (the pod stopping gracefully on its
+    // node) and finalizes it.
+    let _manager = Component::spawn("controller-manager", &["controller-manager", "--server", &api.url(), "--controllers", "namespace"]);
+    wait_until("the namespace and its content are gone", within(SETTLED_WITHIN), || {
+        let (namespaces, client) = (namespaces.clone(), client.clone());
+        async move {
+            let pods = Api::<Pod>::namespaced(client.clone(), "team").list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
+            let cms = Api::<ConfigMap>::namespaced(client, "team").list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
+            match namespaces.get_opt("team").await.map_err(|e| e.to_string())? {
+                None if pods == 0 && cms == 0 => Ok(()),
+                n => Err(format!("{pods} pods, {cms} configmaps, namespace {:?}", n.and_then(|n| n.status).and_then(|s| s.conditions))),
+            }
+        }
+    })
+    .await;
+}
+
 /// The identity a controller manager replica runs under, from its log.
 fn identity_of(c: &Component) -> Option<String> {
     let log = c.log_text();

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::api::ApiProcess;
+use common::api::{ApiProcess, Component};
 use common::kubectl::{kubectl_binary, Kubectl};
 use common::{wait_until, within, Cluster, Options};
 
@@ -55,6 +55,8 @@ async fn kubectl_drives_two_replicas_over_a_three_member_store() {
     let endpoints: Vec<String> = store.members.iter().map(|m| m.client_url()).collect();
     let a = ApiProcess::apiserver(&endpoints).await;
     let b = ApiProcess::apiserver(&endpoints).await;
+    // A standalone controller manager empties and finalizes deleted namespaces.
+    let _namespaces = Component::spawn("controller-manager", &["controller-manager", "--server", &b.url(), "--controllers", "namespace"]);
     let dir = tempfile::tempdir().unwrap();
     let k = Kubectl::new(dir.path(), &a.url());
     let kb = Kubectl::new(&dir.path().join("b").tap_mkdir(), &b.url());

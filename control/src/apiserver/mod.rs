@@ -407,6 +407,11 @@ async fn serve_resource(
             let bound = verbs::bind(api, res, ns, name, parse_body(headers, &body)?).await?;
             Ok(json_response(StatusCode::CREATED, &bound))
         }
+        ("PUT", Some(name), Some("finalize")) if res.strategy.owns_namespace_contents() => {
+            api.count("update");
+            let done = verbs::finalize_namespace(api, res, name, parse_body(headers, &body)?).await?;
+            Ok(json_response(StatusCode::OK, &shaped(done)))
+        }
         ("PUT", Some(name), sub) => {
             api.count("update");
             let (obj, warnings) = verbs::update(api, res, ns, name, sub, parse_body(headers, &body)?, params).await?;

@@ -78,6 +78,7 @@ fn verbs(r: &Resource, sub: Option<&str>) -> Vec<&'static str> {
         None => vec!["create", "delete", "get", "list", "patch", "update", "watch"],
         Some("status") | Some("scale") | Some("ephemeralcontainers") => vec!["get", "patch", "update"],
         Some("binding") | Some("eviction") => vec!["create"],
+        Some("finalize") => vec!["update"],
         Some("log") => vec!["get"],
         Some(_) => vec![],
     }

@@ -8,7 +8,7 @@ use super::cache::WatchCache;
 use super::errors::ApiError;
 use super::kinds;
 use super::objects::{self, FieldSelector, LabelSelector};
-use super::resources::{self, Resource};
+use super::resources::Resource;
 use super::store::{prefix_end, Also, Written};
 use super::{managed, Api, Params};
 
@@ -706,7 +706,9 @@ async fn modify(
         // An object being deleted whose last finalizer goes is deleted now, unless a graceful
         // deletion is still under way (a pod's node finishes that with a delete of its own).
         let grace = current.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0);
-        let deleting = is_deleting(&current) && finalizers(&obj).is_empty() && grace == 0;
+        // A namespace is also held by its spec's finalizers until it is finalized.
+        let held = res.strategy.owns_namespace_contents() && !spec_finalizers(&obj).is_empty();
+        let deleting = is_deleting(&current) && finalizers(&obj).is_empty() && grace == 0 && !held;
         let also =
             if deleting { releases(res, &current) } else { allocations(api, res, Some(&current), &mut obj).await? };
         let stored = to_stored(&obj);
@@ -1184,11 +1186,10 @@ pub async fn delete(
                 if !res.strategy.owns_namespace_contents() {
                     return Ok(marked);
                 }
-                // A namespace: marked first, so that nothing new is created in it, then emptied,
-                // then removed unless finalizers hold it.
-                delete_namespace_contents(api, name).await?;
-                // A namespace changed meanwhile (a conflict) is left as marked.
-                if finalizers.is_empty() {
+                // A namespace: marked Terminating, so that nothing new is created in it; the
+                // namespace controller empties it and then finalizes it. One that no finalizer
+                // of either kind holds goes now.
+                if finalizers.is_empty() && spec_finalizers(&marked).is_empty() {
                     api.store.write_if(key.as_bytes(), rev, None, Vec::new()).await?;
                 }
                 return Ok(marked);
@@ -1198,23 +1199,41 @@ pub async fn delete(
     Err(ApiError::new(409, "Conflict", format!("{} {name:?} kept changing while being deleted", res.plural)))
 }
 
-/// Removes every object in a namespace (the namespace's own deletion follows).
-async fn delete_namespace_contents(api: &Api, ns: &str) -> Result<(), ApiError> {
-    for res in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-        let prefix = res.scope_prefix(Some(ns));
-        let end = prefix_end(prefix.as_bytes());
-        if res.strategy.allocator().is_some() {
-            // Objects holding allocations go one by one, each with its allocations, so their
-            // values are free again for random picks too; one changed meanwhile is left to the
-            // range delete below (and its allocations to a later claim of their values).
-            for kv in api.store.range(prefix.as_bytes(), &end, 0, 0, false).await?.kvs {
-                let Ok(obj) = from_kv(&kv) else { continue };
-                api.store.write_if(&kv.key, kv.mod_revision, None, releases(res, &obj)).await?;
+/// A namespace's `spec.finalizers` (the `kubernetes` one the namespace controller removes).
+fn spec_finalizers(obj: &Value) -> Vec<Value> {
+    obj.pointer("/spec/finalizers").and_then(Value::as_array).cloned().unwrap_or_default()
+}
+
+/// `PUT namespaces/<name>/finalize`: replaces the namespace's `spec.finalizers` (what the
+/// namespace controller does once the namespace is empty); a namespace being deleted that no
+/// finalizer holds any more is removed.
+pub async fn finalize_namespace(api: &Api, res: &Resource, name: &str, body: Value) -> Result<Value, ApiError> {
+    let wanted = spec_finalizers(&body);
+    for _ in 0..UPDATE_ATTEMPTS_MAX {
+        let (mut current, mod_rev) = get(api, res, None, name).await?;
+        if let Some(rv) = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|rv| !rv.is_empty()) {
+            if rv != mod_rev.to_string() {
+                return Err(ApiError::conflict(res.plural, res.group, name));
             }
         }
-        api.store.delete_range(prefix.as_bytes(), &end).await?;
+        if wanted.is_empty() {
+            current.get_mut("spec").and_then(Value::as_object_mut).map(|m| m.remove("finalizers"));
+        } else {
+            current["spec"]["finalizers"] = json!(wanted);
+        }
+        let key = res.key(None, name);
+        if is_deleting(&current) && wanted.is_empty() && finalizers(&current).is_empty() {
+            match api.store.write_if(key.as_bytes(), mod_rev, None, Vec::new()).await? {
+                Written::Done(_) => return Ok(current),
+                Written::Conflict => continue,
+            }
+        }
+        match api.store.put_if(key.as_bytes(), to_stored(&current), mod_rev).await? {
+            Written::Done(rev) => return Ok(with_rv(current, rev)),
+            Written::Conflict => continue,
+        }
     }
-    Ok(())
+    Err(ApiError::new(409, "Conflict", format!("namespace {name:?} kept changing while being finalized")))
 }
 
 /// Deletes everything a list with the same parameters returns; answers that list.

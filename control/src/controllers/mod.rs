@@ -13,6 +13,7 @@ pub mod expectations;
 pub mod garbagecollector;
 pub mod informer;
 pub mod job;
+pub mod namespace;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod pods;
@@ -51,6 +52,7 @@ pub const CONTROLLERS: &[&str] = &[
     "job",
     "cronjob",
     "garbagecollector",
+    "namespace",
     "endpoint",
     "endpointslice",
     "serviceaccount",
@@ -104,6 +106,9 @@ pub struct ControllerFlags {
     /// CronJobs synced at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_cron_job_syncs: usize,
+    /// Namespaces emptied at once.
+    #[arg(long, default_value_t = 10)]
+    pub concurrent_namespace_syncs: usize,
     /// Services whose Endpoints are synced at once.
     #[arg(long, default_value_t = 5)]
     pub concurrent_endpoint_syncs: usize,
@@ -342,6 +347,7 @@ pub async fn run(
                 "job" => add(job::JobController::new(&m), flags.concurrent_job_syncs, &mut w),
                 "cronjob" => add(cronjob::CronJobController::new(&m), flags.concurrent_cron_job_syncs, &mut w),
                 "garbagecollector" => add(garbagecollector::GarbageCollector::new(&m), flags.concurrent_gc_syncs, &mut w),
+                "namespace" => add(namespace::NamespaceController::new(&m), flags.concurrent_namespace_syncs, &mut w),
                 "endpoint" => add(endpoints::EndpointsController::new(&m), flags.concurrent_endpoint_syncs, &mut w),
                 "endpointslice" => add(endpoints::EndpointSliceController::new(&m), flags.concurrent_service_endpoint_syncs, &mut w),
                 "serviceaccount" => add(serviceaccount::ServiceAccountController::new(&m), 1, &mut w),
@@ -393,6 +399,7 @@ mod tests {
             concurrent_job_syncs: 1,
             concurrent_statefulset_syncs: 1,
             concurrent_cron_job_syncs: 1,
+            concurrent_namespace_syncs: 1,
             node_monitor_grace_period: std::time::Duration::from_secs(20),
             terminated_pod_gc_threshold: 1,
         }
@@ -403,7 +410,7 @@ mod tests {
         assert_eq!(flags(&["*"]).enabled().unwrap(), CONTROLLERS.to_vec());
         assert_eq!(
             flags(&["*", "-deployment", "-endpoint"]).enabled().unwrap(),
-            vec!["replicaset", "replicationcontroller", "daemonset", "statefulset", "job", "cronjob", "garbagecollector", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc", "disruption"]
+            vec!["replicaset", "replicationcontroller", "daemonset", "statefulset", "job", "cronjob", "garbagecollector", "namespace", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc", "disruption"]
         );
         assert_eq!(flags(&["deployment"]).enabled().unwrap(), vec!["deployment"]);
         assert!(flags(&[]).enabled().unwrap().is_empty());

@@ -37,6 +37,13 @@ impl ApiProcess {
         Self::server_full(&all).await
     }
 
+    /// `keelson server` whose controller manager runs only the namespace controller (which
+    /// empties and finalizes deleted namespaces) and the garbage collector (which finishes
+    /// foreground deletions), without a scheduler.
+    pub async fn server_with_namespaces() -> ApiProcess {
+        Self::server_full(&["--disable", "scheduler", "--controllers", "namespace,garbagecollector"]).await
+    }
+
     /// `keelson server` with every component it runs by default, and more flags.
     pub async fn server_full(args: &[&str]) -> ApiProcess {
         let dir = tempfile::tempdir().unwrap();

@@ -19,7 +19,7 @@ pub static RESOURCE: Resource = Resource {
     namespaced: false,
     short_names: &["ns"],
     categories: &[],
-    subresources: &["status"],
+    subresources: &["status", "finalize"],
     strategy: &NamespaceStrategy,
 };
 
