@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::api::{ApiProcess, Component};
-use common::kubectl::{kubectl_binary, Kubectl};
+use common::kubectl::{kubectl_binary, Kubectl, SEED_DEPLOYMENT};
 use common::{wait_until, within};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -20,29 +20,6 @@ use kube::runtime::watcher;
 
 const SETTLED_WITHIN: Duration = Duration::from_secs(60);
 
-/// The seed's Deployment.
-const NGINX: &str = "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: nginx-deployment
-  labels:
-    app: nginx
-spec:
-  replicas: 3
-  selector:
-    matchLabels:
-      app: nginx
-  template:
-    metadata:
-      labels:
-        app: nginx
-    spec:
-      containers:
-      - name: nginx
-        image: nginx:1.14.2
-        ports:
-        - containerPort: 80
-";
 
 fn hollow_agent(api: &ApiProcess, nodes: usize) -> Component {
     let (url, n) = (api.url(), nodes.to_string());
@@ -111,7 +88,7 @@ async fn a_deployment_rolls_out_scales_heals_and_rolls_back() {
     let deploy = "deployment/nginx-deployment";
 
     // Applied with Debian's kubectl: three pods run.
-    old.run_with_input(&["apply", "-f", "-"], Some(NGINX));
+    old.run_with_input(&["apply", "-f", "-"], Some(SEED_DEPLOYMENT));
     rollout_status(&old, deploy);
     wait_running(&client, "default", "app=nginx", 3).await;
     let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");

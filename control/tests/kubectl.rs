@@ -12,31 +12,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::api::{ApiProcess, Component};
-use common::kubectl::{kubectl_binary, Kubectl};
+use common::kubectl::{kubectl_binary, Kubectl, SEED_DEPLOYMENT};
 use common::{wait_until, within, Cluster, Options};
 
-const DEPLOYMENT: &str = "apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: nginx-deployment
-  labels:
-    app: nginx
-spec:
-  replicas: 3
-  selector:
-    matchLabels:
-      app: nginx
-  template:
-    metadata:
-      labels:
-        app: nginx
-    spec:
-      containers:
-      - name: nginx
-        image: nginx:1.14.2
-        ports:
-        - containerPort: 80
-";
 
 /// The words of each line, so that column widths do not matter.
 fn table(output: &str) -> Vec<Vec<String>> {
@@ -68,14 +46,14 @@ async fn kubectl_drives_two_replicas_over_a_three_member_store() {
     assert_eq!(&row(&ns, "team")[..2], ["team", "Active"]);
 
     // A Deployment applied as users type it, read through the other replica.
-    let applied = k.run_with_input(&["apply", "-n", "team", "-f", "-"], Some(DEPLOYMENT));
+    let applied = k.run_with_input(&["apply", "-n", "team", "-f", "-"], Some(SEED_DEPLOYMENT));
     assert_eq!(applied.trim(), "deployment.apps/nginx-deployment created");
     let deployments = table(&kb.run(&["get", "deployments", "-n", "team"]));
     assert_eq!(deployments[0], ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]);
     assert_eq!(&row(&deployments, "nginx-deployment")[..4], ["nginx-deployment", "0/3", "0", "0"]);
-    let again = k.run_with_input(&["apply", "-n", "team", "-f", "-"], Some(DEPLOYMENT));
+    let again = k.run_with_input(&["apply", "-n", "team", "-f", "-"], Some(SEED_DEPLOYMENT));
     assert_eq!(again.trim(), "deployment.apps/nginx-deployment unchanged");
-    let newer = DEPLOYMENT.replace("nginx:1.14.2", "nginx:1.16.1");
+    let newer = SEED_DEPLOYMENT.replace("nginx:1.14.2", "nginx:1.16.1");
     let configured = k.run_with_input(&["apply", "-n", "team", "-f", "-"], Some(&newer));
     assert_eq!(configured.trim(), "deployment.apps/nginx-deployment configured");
     let image_and_generation = kb.run(&[
@@ -300,12 +278,12 @@ async fn kubectl_applies_server_side_with_conflicts_and_the_client_side_upgrade(
     let ssa = |manifest: &str, extra: &[&str]| {
         k.try_run(&[&["apply", "--server-side", "-f", "-"][..], extra].concat(), Some(manifest))
     };
-    let (ok, out, err) = ssa(DEPLOYMENT, &[]);
+    let (ok, out, err) = ssa(SEED_DEPLOYMENT, &[]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "deployment.apps/nginx-deployment serverside-applied");
     let version = || k.run(&["get", "deployment", "nginx-deployment", "-o", "jsonpath={.metadata.resourceVersion}"]);
     let before = version();
-    assert!(ssa(DEPLOYMENT, &[]).0);
+    assert!(ssa(SEED_DEPLOYMENT, &[]).0);
     assert_eq!(version(), before, "an unchanged configuration writes nothing");
     let managers = k.run(&[
         "get",
@@ -318,10 +296,10 @@ async fn kubectl_applies_server_side_with_conflicts_and_the_client_side_upgrade(
     assert_eq!(managers, "kubectl/Apply");
 
     k.run(&["scale", "deployment", "nginx-deployment", "--replicas=5"]);
-    let (ok, _, err) = ssa(DEPLOYMENT, &[]);
+    let (ok, _, err) = ssa(SEED_DEPLOYMENT, &[]);
     assert!(!ok, "a conflicting apply fails");
     assert!(err.contains("Apply failed with 1 conflict") && err.contains(".spec.replicas"), "{err}");
-    let (ok, _, err) = ssa(DEPLOYMENT, &["--force-conflicts"]);
+    let (ok, _, err) = ssa(SEED_DEPLOYMENT, &["--force-conflicts"]);
     assert!(ok, "{err}");
     let replicas = k.run(&["get", "deployment", "nginx-deployment", "-o", "jsonpath={.spec.replicas}"]);
     assert_eq!(replicas, "3");

@@ -5,6 +5,30 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// The seed's nginx Deployment (three replicas of nginx:1.14.2).
+pub const SEED_DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx-deployment
+  labels:
+    app: nginx
+spec:
+  replicas: 3
+  selector:
+    matchLabels:
+      app: nginx
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.14.2
+        ports:
+        - containerPort: 80
+";
+
 pub struct Kubectl {
     binary: PathBuf,
     kubeconfig: PathBuf,

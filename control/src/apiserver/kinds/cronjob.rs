@@ -43,17 +43,7 @@ impl Strategy for CronJobStrategy {
         super::pod::default_pod_spec(obj, "/spec/jobTemplate/spec/template/spec");
     }
 
-    fn tracks_generation(&self) -> bool {
-        true
-    }
-
-    fn prepare_for_create(&self, obj: &mut Value) {
-        super::clear_status(obj);
-    }
-
-    fn prepare_for_update(&self, obj: &mut Value, old: &Value) {
-        super::keep_status(obj, old);
-    }
+    super::controlled_rules!();
 
     fn validate(&self, obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
         let mut causes = Vec::new();

@@ -350,7 +350,9 @@ pub fn validate_workload(obj: &Value) -> Vec<Cause> {
 /// The rules every workload kind shares: generation counts spec changes, the status is its
 /// controller's (none on create, kept as stored by updates of the main resource), and
 /// [`validate_workload`] checks it.
-macro_rules! workload_rules {
+/// The rules of a kind whose spec changes count in `metadata.generation` and whose status only
+/// its controller writes (through `/status`).
+macro_rules! controlled_rules {
     () => {
         fn tracks_generation(&self) -> bool {
             true
@@ -363,6 +365,13 @@ macro_rules! workload_rules {
         fn prepare_for_update(&self, obj: &mut Value, old: &Value) {
             super::keep_status(obj, old);
         }
+    };
+}
+pub(crate) use controlled_rules;
+
+macro_rules! workload_rules {
+    () => {
+        super::controlled_rules!();
 
         fn validate(&self, obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
             super::validate_workload(obj)

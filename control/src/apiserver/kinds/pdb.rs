@@ -38,17 +38,7 @@ impl Strategy for PdbStrategy {
         typed::<PodDisruptionBudget>(body)
     }
 
-    fn tracks_generation(&self) -> bool {
-        true
-    }
-
-    fn prepare_for_create(&self, obj: &mut Value) {
-        super::clear_status(obj);
-    }
-
-    fn prepare_for_update(&self, obj: &mut Value, old: &Value) {
-        super::keep_status(obj, old);
-    }
+    super::controlled_rules!();
 
     fn validate(&self, obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
         let mut causes = Vec::new();

@@ -51,17 +51,7 @@ impl Strategy for ReplicationControllerStrategy {
         super::pod::default_pod_spec(obj, "/spec/template/spec");
     }
 
-    fn tracks_generation(&self) -> bool {
-        true
-    }
-
-    fn prepare_for_create(&self, obj: &mut Value) {
-        super::clear_status(obj);
-    }
-
-    fn prepare_for_update(&self, obj: &mut Value, old: &Value) {
-        super::keep_status(obj, old);
-    }
+    super::controlled_rules!();
 
     fn validate(&self, obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
         let mut causes = Vec::new();
