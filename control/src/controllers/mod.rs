@@ -1,8 +1,9 @@
 //! The controller manager: controllers built as Kubernetes' sample-controller is, over shared
 //! informers (one list+watch per resource type for the whole manager). Event handlers only
-//! enqueue keys; workers take a key, re-read the cached object and reconcile. Every replica keeps
-//! its informers warm; only the leader's workers act, and each checks its leadership before it
-//! takes a key. The manager reaches the cluster only through the Kubernetes API (kube-rs).
+//! enqueue keys; workers take a key, re-read the cached object and reconcile. A replica starts
+//! its informers only once it leads (as kube-controller-manager does), and a worker that takes a
+//! key while its replica no longer leads holds it until the replica leads again. The manager
+//! reaches the cluster only through the Kubernetes API (kube-rs).
 
 pub mod cronjob;
 pub mod daemonset;
@@ -315,19 +316,19 @@ pub async fn run(
     let mut starts: Vec<Box<dyn FnOnce(&mut tokio::task::JoinSet<()>) + Send>> = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     let mut synced: Vec<Synced> = Vec::new();
+    type Begin = Box<dyn FnOnce(&mut tokio::task::JoinSet<()>) -> Option<Synced> + Send>;
+    let mut begins: Vec<Begin> = Vec::new();
     struct Wiring<'a> {
         queues: &'a mut Vec<Box<dyn Fn() + Send>>,
         starts: &'a mut Vec<Box<dyn FnOnce(&mut tokio::task::JoinSet<()>) + Send>>,
-        tasks: &'a mut tokio::task::JoinSet<()>,
-        synced: &'a mut Vec<Synced>,
+        begins: &'a mut Vec<Begin>,
         leadership: &'a Leadership,
     }
     fn add<C: Controller>(c: Arc<C>, workers: usize, w: &mut Wiring<'_>) {
         let q = c.clone();
         w.queues.push(Box::new(move || q.queue().shut_down()));
-        if let Some(s) = c.clone().start(w.tasks) {
-            w.synced.push(s);
-        }
+        let own = c.clone();
+        w.begins.push(Box::new(move |tasks| own.start(tasks)));
         let leadership = w.leadership.clone();
         w.starts.push(Box::new(move |tasks| {
             for _ in 0..workers.max(1) {
@@ -336,7 +337,7 @@ pub async fn run(
         }));
     }
     {
-        let mut w = Wiring { queues: &mut queues, starts: &mut starts, tasks: &mut tasks, synced: &mut synced, leadership: &leadership };
+        let mut w = Wiring { queues: &mut queues, starts: &mut starts, begins: &mut begins, leadership: &leadership };
         for name in &enabled {
             match *name {
                 "replicaset" => add(replicaset::ReplicaSetController::new(&m), flags.concurrent_replicaset_syncs, &mut w),
@@ -359,12 +360,26 @@ pub async fn run(
             }
         }
     }
-    synced.push(Box::pin(m.informers.start(&client, &mut tasks)));
-    let synced = futures::future::join_all(synced);
+    // As kube-controller-manager does, a replica lists and watches nothing until it leads: a
+    // standby costs the API no watch streams and holds no caches; a new leader lists first.
     tokio::pin!(stop);
-    let started = tokio::select! {
-        _ = synced => true,
+    let mut waiting = leadership.clone();
+    let leads = tokio::select! {
+        _ = waiting.acquired() => true,
         _ = &mut stop => false,
+    };
+    let started = leads && {
+        for begin in begins {
+            if let Some(s) = begin(&mut tasks) {
+                synced.push(s);
+            }
+        }
+        synced.push(Box::pin(m.informers.start(&client, &mut tasks)));
+        let synced = futures::future::join_all(synced);
+        tokio::select! {
+            _ = synced => true,
+            _ = &mut stop => false,
+        }
     };
     if started {
         tracing::info!("informers synced; controllers starting");
