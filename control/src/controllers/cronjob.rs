@@ -24,36 +24,26 @@ use crate::cron::Schedule;
 use crate::events::{reference, Recorder};
 
 pub const SCHEDULED_ANNOTATION: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
-/// Missed start times counted at most before only the latest is taken (Kubernetes' limit).
-const MISSED_COUNTED_MAX: usize = 100;
 
-/// The most recent time the schedule named in (earliest, now], and the next one after now.
+/// The most recent time the schedule named in (earliest, now], and the next one after now. The
+/// latest is looked for in a window back from now that doubles until it holds one (or reaches
+/// `earliest`), so a CronJob that missed a year of minutes costs a few steps, not every minute.
 pub fn due(schedule: &Schedule, tz: &TimeZone, earliest: Timestamp, now: Timestamp) -> (Option<Timestamp>, Option<Timestamp>) {
-    let mut last = None;
-    let mut t = earliest;
-    let mut counted = 0;
-    while let Some(next) = schedule.next_after(t, tz) {
-        if next > now {
-            return (last, Some(next));
+    let next = schedule.next_after(now, tz);
+    let mut window = k8s_openapi::jiff::SignedDuration::from_secs(60);
+    loop {
+        let from = now.checked_sub(window).ok().filter(|f| *f > earliest).unwrap_or(earliest);
+        let mut last = None;
+        let mut t = from;
+        while let Some(n) = schedule.next_after(t, tz).filter(|n| *n <= now) {
+            last = Some(n);
+            t = n;
         }
-        last = Some(next);
-        t = next;
-        counted += 1;
-        if counted > MISSED_COUNTED_MAX {
-            // Too many missed: jump to the last one before now.
-            let recent = schedule.next_after(now.checked_sub(k8s_openapi::jiff::SignedDuration::from_secs(3600 * 24 * 366)).unwrap_or(now), tz);
-            let mut r = recent;
-            while let Some(x) = r {
-                let n = schedule.next_after(x, tz);
-                if n.is_none_or(|n| n > now) {
-                    return (Some(x), n);
-                }
-                r = n;
-            }
-            return (last, None);
+        if last.is_some() || from == earliest {
+            return (last, next);
         }
+        window = window.checked_mul(2).unwrap_or(window);
     }
-    (last, None)
 }
 
 fn job_finished(job: &Job) -> Option<&'static str> {

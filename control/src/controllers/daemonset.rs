@@ -14,7 +14,7 @@ use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
 use k8s_openapi::api::core::v1::{Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodTemplateSpec, Toleration};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::deployment::rules::{scaled_value, template_hash};
 use super::expectations::Expectations;
@@ -346,7 +346,7 @@ impl Controller for DaemonSetController {
         let ready = per_node.values().filter(|v| v.0 && v.2.iter().any(|p| by_name.get(&p.0).is_some_and(|x| is_ready(x)))).count() as i32;
         let available = per_node.values().filter(|v| v.0 && v.2.iter().any(|p| p.2)).count() as i32;
         let updated = per_node.values().filter(|v| v.0 && v.2.iter().any(|p| p.1)).count() as i32;
-        let count = |n: i32| if n == 0 { Value::Null } else { json!(n) };
+        let count = |n: i32| super::omit_zero(Some(n));
         let status = json!({
             "desiredNumberScheduled": desired,
             "currentNumberScheduled": current,
@@ -357,13 +357,7 @@ impl Controller for DaemonSetController {
             "numberAvailable": count(available),
             "numberUnavailable": count(desired - available),
         });
-        let old = serde_json::to_value(ds.status.clone().unwrap_or_default())?;
-        let differs = status.as_object().into_iter().flatten().any(|(k, v)| {
-            let o = old.get(k).cloned().unwrap_or(Value::Null);
-            let zero_like = |x: &Value| x.is_null() || x == &json!(0);
-            !(o == *v || (zero_like(&o) && zero_like(v)))
-        });
-        if differs {
+        if super::status_differs(&status, &serde_json::to_value(ds.status.clone().unwrap_or_default())?) {
             let api: Api<DaemonSet> = Api::namespaced(self.client.clone(), &ns);
             match api.patch_status(ds.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await {
                 Ok(_) => {}

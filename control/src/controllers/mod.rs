@@ -76,6 +76,20 @@ pub trait Controller: Send + Sync + 'static {
     }
 }
 
+/// A count as Kubernetes writes it in a status: left out (null, in a merge patch) when zero.
+pub fn omit_zero(n: Option<i32>) -> serde_json::Value {
+    n.filter(|n| *n != 0).map(serde_json::Value::from).unwrap_or(serde_json::Value::Null)
+}
+
+/// Whether the status fields in `new` say something other than `old` (zero and absent alike).
+pub fn status_differs(new: &serde_json::Value, old: &serde_json::Value) -> bool {
+    let zero_like = |x: &serde_json::Value| x.is_null() || x.as_i64() == Some(0);
+    new.as_object().into_iter().flatten().any(|(k, v)| {
+        let o = old.get(k).unwrap_or(&serde_json::Value::Null);
+        !(o == v || (zero_like(o) && zero_like(v)))
+    })
+}
+
 /// Resolves once a controller's own watches have listed.
 pub type Synced = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 

@@ -450,7 +450,7 @@ pub fn calculate_status(rs: &ReplicaSet, owned: &[Arc<Pod>], manage_error: Optio
 /// The status as a merge patch: zero counts and absent conditions removed, as Kubernetes leaves
 /// them out.
 pub fn status_patch(s: &ReplicaSetStatus) -> Value {
-    let count = |n: Option<i32>| n.filter(|n| *n != 0).map(Value::from).unwrap_or(Value::Null);
+    let count = super::omit_zero;
     json!({"status": {
         "replicas": s.replicas,
         "fullyLabeledReplicas": count(s.fully_labeled_replicas),

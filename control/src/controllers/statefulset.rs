@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVol
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::daemonset::REVISION_HASH_LABEL;
 use super::deployment::rules::template_hash;
@@ -339,7 +339,7 @@ impl Controller for StatefulSetController {
         } else {
             (current_revision.clone(), count(&|p| rev_of(p) == current_revision))
         };
-        let zero_null = |n: i32| if n == 0 { Value::Null } else { json!(n) };
+        let zero_null = |n: i32| super::omit_zero(Some(n));
         let status = json!({
             "observedGeneration": set.metadata.generation,
             "replicas": total,
@@ -350,13 +350,7 @@ impl Controller for StatefulSetController {
             "currentRevision": current_revision,
             "updateRevision": update_revision,
         });
-        let old = serde_json::to_value(set.status.clone().unwrap_or_default())?;
-        let differs = status.as_object().into_iter().flatten().any(|(k, v)| {
-            let o = old.get(k).cloned().unwrap_or(Value::Null);
-            let zero_like = |x: &Value| x.is_null() || x == &json!(0);
-            !(o == *v || (zero_like(&o) && zero_like(v)))
-        });
-        if differs {
+        if super::status_differs(&status, &serde_json::to_value(set.status.clone().unwrap_or_default())?) {
             let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), &ns);
             match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": status}))).await {
                 Ok(_) => {}

@@ -420,7 +420,7 @@ impl DeploymentController {
 /// A deployment's status as a merge patch: zero counts and absent fields removed, as Kubernetes
 /// leaves them out.
 pub fn status_patch(s: &DeploymentStatus) -> Value {
-    let count = |n: Option<i32>| n.filter(|n| *n != 0).map(Value::from).unwrap_or(Value::Null);
+    let count = super::omit_zero;
     json!({
         "observedGeneration": s.observed_generation.filter(|g| *g != 0),
         "replicas": count(s.replicas),
