@@ -375,6 +375,7 @@ impl Controller for DaemonSetController {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn node(name: &str, labels: Value, taints: Value) -> Node {
         serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "spec": {"taints": taints}})).unwrap()
