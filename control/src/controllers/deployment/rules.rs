@@ -132,7 +132,8 @@ pub fn cleanup_unhealthy(old: &[&ReplicaSet], budget: i32) -> Vec<(usize, i32)> 
 /// available pods across every set (Kubernetes' scaleDownOldReplicaSetsForRollingUpdate).
 pub fn scale_down_old_for_rolling(d: &Deployment, all: &[&ReplicaSet], old: &[&ReplicaSet]) -> Vec<(usize, i32)> {
     let min_available = replicas(d) - max_unavailable(d);
-    let available: i32 = all.iter().map(|rs| rs_available(rs)).sum();
+    // A set just shrunk still reports the pods it is about to delete; they count for nothing.
+    let available: i32 = all.iter().map(|rs| rs_available(rs).min(rs_replicas(rs))).sum();
     if available <= min_available {
         return Vec::new();
     }
@@ -579,6 +580,9 @@ mod tests {
         let new = rs("new", 3, 3, 3, 3);
         // 10 available, 8 must stay: two go, from the oldest.
         assert_eq!(scale_down_old_for_rolling(&d, &[&a, &b, &new], &[&a, &b]), vec![(0, 2)]);
+        // b was shrunk from 6 to 4 and its status still counts 6: 1 + 4 + 3 = 8 available, none go.
+        let b = rs("b", 2, 4, 6, 6);
+        assert!(scale_down_old_for_rolling(&d, &[&a, &b, &new], &[&a, &b]).is_empty());
     }
 
     #[test]
