@@ -1,6 +1,7 @@
 //! The garbage collector (Kubernetes' `garbagecollector` controller): a graph of every object of
 //! every served type that can be listed, watched and deleted (found through discovery, read as
-//! metadata only), linked by ownerReferences. An object whose owners are all gone is deleted;
+//! metadata only, or from the manager's shared informers for the busiest types), linked by
+//! ownerReferences. An object whose owners are all gone is deleted;
 //! one with some owners gone loses those references. An owner deleted with
 //! `propagationPolicy: Foreground` (the `foregroundDeletion` finalizer) has its dependents
 //! deleted first and goes once none that blocks it (`blockOwnerDeletion`) is left; one deleted
@@ -20,6 +21,7 @@ use kube::discovery::{Discovery, Scope};
 use kube::runtime::watcher::{self, watcher};
 use serde_json::json;
 
+use super::informer::{Change, Informer};
 use super::queue::WorkQueue;
 use super::{Controller, Manager};
 
@@ -27,6 +29,8 @@ use super::{Controller, Manager};
 const RETRY: Duration = Duration::from_secs(1);
 /// Types never collected (as Kubernetes ignores them): events come and go on their own.
 const IGNORED: &[(&str, &str)] = &[("", "events"), ("events.k8s.io", "events")];
+/// Types the graph learns from the manager's shared informers (see `new`), not its own watches.
+const SHARED: &[(&str, &str)] = &[("", "pods"), ("apps", "replicasets"), ("apps", "deployments")];
 
 pub const FOREGROUND: &str = "foregroundDeletion";
 pub const ORPHAN: &str = "orphan";
@@ -75,7 +79,30 @@ enum Owner {
 
 impl GarbageCollector {
     pub fn new(m: &Manager) -> Arc<GarbageCollector> {
-        Arc::new(GarbageCollector { client: m.client.clone(), queue: WorkQueue::new(), graph: Mutex::default(), kinds: RwLock::default() })
+        let gc = Arc::new(GarbageCollector { client: m.client.clone(), queue: WorkQueue::new(), graph: Mutex::default(), kinds: RwLock::default() });
+        // The busiest types come from the manager's informers rather than watches of their own,
+        // so each of their changes crosses the API once for the whole manager.
+        gc.share(&m.informers.pods());
+        gc.share(&m.informers.replicasets());
+        gc.share(&m.informers.deployments());
+        gc
+    }
+
+    /// Feeds the graph from a shared informer of `K`.
+    fn share<K: kube::Resource<DynamicType = ()> + Send + Sync + 'static>(self: &Arc<Self>, informer: &Informer<K>) {
+        let ar = ApiResource::erase::<K>(&());
+        let weak = Arc::downgrade(self);
+        informer.on(move |change| {
+            let Some(gc) = weak.upgrade() else { return };
+            match change {
+                Change::Added(o) | Change::Updated { new: o, .. } => gc.observe(&ar, o.meta()),
+                Change::Deleted(o) => {
+                    if let Some(uid) = o.meta().uid.as_deref() {
+                        gc.forget(uid);
+                    }
+                }
+            }
+        });
     }
 
     fn graph(&self) -> std::sync::MutexGuard<'_, Graph> {
@@ -236,7 +263,8 @@ impl GarbageCollector {
                             let namespaced = matches!(caps.scope, Scope::Namespaced);
                             kinds.insert((ar.api_version.clone(), ar.kind.clone()), (ar.clone(), namespaced));
                             let ops = ["list", "watch", "delete"].iter().all(|v| caps.supports_operation(v));
-                            if ops && !IGNORED.contains(&(ar.group.as_str(), ar.plural.as_str())) {
+                            let gp = (ar.group.as_str(), ar.plural.as_str());
+                            if ops && !IGNORED.contains(&gp) && !SHARED.contains(&gp) {
                                 out.push(ar);
                             }
                         }
