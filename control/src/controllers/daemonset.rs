@@ -260,7 +260,7 @@ impl Controller for DaemonSetController {
         };
         let ns = ds.metadata.namespace.clone().unwrap_or_default();
         let sel = selector(&ds);
-        let owned = pods::claim(&self.client, ds.as_ref(), &sel, self.pods.list_namespace(&ns), pods::is_active).await?;
+        let owned = pods::claim(&self.client, ds.as_ref(), &sel, &self.pods, pods::is_active).await?;
         let spec = ds.spec.clone().unwrap_or_default();
         let hash = template_hash(&spec.template, ds.status.as_ref().and_then(|s| s.collision_count));
         if ds.metadata.deletion_timestamp.is_some() {

@@ -256,7 +256,7 @@ impl Controller for JobController {
         let spec = job.spec.clone().unwrap_or_default();
         let ns = job.metadata.namespace.clone().unwrap_or_default();
         let sel = spec.selector.as_ref().map(|s| Selector::parse(s).unwrap_or_else(|_| Selector::nothing())).unwrap_or_else(Selector::nothing);
-        let owned = pods::claim(&self.client, job.as_ref(), &sel, self.pods.list_namespace(&ns), pods::is_active).await?;
+        let owned = pods::claim(&self.client, job.as_ref(), &sel, &self.pods, pods::is_active).await?;
         let status = job.status.clone().unwrap_or_default();
 
         // Counting finished pods through the tracking finalizer, in three steps that each

@@ -81,8 +81,8 @@ pub fn pod_from_template(template: &PodTemplateSpec, namespace: &str, prefix: &s
     }
 }
 
-/// Kubernetes' ClaimObjects: of `candidates` (one namespace's objects of a kind), those `owner`
-/// controls afterwards. Orphans its selector matches are adopted (when `adoptable` says they may
+/// Kubernetes' ClaimObjects: of the objects `informer` holds in the owner's namespace, those
+/// `owner` controls afterwards. Orphans its selector matches are adopted (when `adoptable` says they may
 /// be, and after a live read shows the owner still exists and is not being deleted); objects it
 /// controls that its selector no longer matches are released. An owner being deleted adopts
 /// nothing and keeps what it has.
@@ -90,15 +90,16 @@ pub async fn claim<O, D>(
     client: &kube::Client,
     owner: &O,
     sel: &crate::labels::Selector,
-    candidates: Vec<std::sync::Arc<D>>,
+    informer: &super::informer::Informer<D>,
     adoptable: impl Fn(&D) -> bool,
 ) -> anyhow::Result<Vec<std::sync::Arc<D>>>
 where
     O: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    D: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    D: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
 {
     let ns = owner.meta().namespace.as_deref().unwrap_or("");
     let uid = owner.meta().uid.as_deref().unwrap_or("");
+    let candidates = informer.claimable(ns, uid);
     let api: Api<D> = Api::namespaced(client.clone(), ns);
     let deleting = owner.meta().deletion_timestamp.is_some();
     let mut owned = Vec::new();

@@ -481,8 +481,7 @@ impl<K: Replicated> Controller for ReplicaController<K> {
         let rs = obj.view();
         let needs_sync = self.expectations.satisfied(key) && rs.metadata.deletion_timestamp.is_none();
         let sel = obj.selector();
-        let ns = rs.metadata.namespace.as_deref().unwrap_or("");
-        let owned = pods::claim(&self.client, obj.as_ref(), &sel, self.pods.list_namespace(ns), is_active).await?;
+        let owned = pods::claim(&self.client, obj.as_ref(), &sel, &self.pods, is_active).await?;
         let active: Vec<Arc<Pod>> = owned.iter().filter(|p| is_active(p)).cloned().collect();
         let mut manage_error = None;
         if needs_sync {

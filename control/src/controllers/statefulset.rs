@@ -251,7 +251,7 @@ impl Controller for StatefulSetController {
         let name = set.metadata.name.clone().unwrap_or_default();
         let spec = set.spec.clone().unwrap_or_default();
         let sel = Selector::parse(&spec.selector).unwrap_or_else(|_| Selector::nothing());
-        let owned = pods::claim(&self.client, set.as_ref(), &sel, self.pods.list_namespace(&ns), |p| ordinal_of(&name, p.metadata.name.as_deref().unwrap_or("")).is_some()).await?;
+        let owned = pods::claim(&self.client, set.as_ref(), &sel, &self.pods, |p| ordinal_of(&name, p.metadata.name.as_deref().unwrap_or("")).is_some()).await?;
         let hash = template_hash(&spec.template, set.status.as_ref().and_then(|s| s.collision_count));
         let limit = spec.revision_history_limit.unwrap_or(10);
         revisions::sync(&self.client, &self.revisions, &self.pods, set.as_ref(), &spec.template, &hash, limit).await?;

@@ -454,8 +454,7 @@ impl Controller for DeploymentController {
             }
             return Ok(());
         }
-        let ns = w.d.metadata.namespace.clone().unwrap_or_default();
-        let sets = pods::claim(&self.client, &w.d, &sel, self.sets.list_namespace(&ns), |_| true).await?;
+        let sets = pods::claim(&self.client, &w.d, &sel, &self.sets, |_| true).await?;
         w.sets = sets.iter().map(|s| (**s).clone()).collect();
         if w.d.metadata.deletion_timestamp.is_some() {
             let new = self.new_set(&mut w, false).await?;
