@@ -301,10 +301,11 @@ async fn worker<C: Controller>(c: Arc<C>, mut leadership: Leadership) {
                 let conflict = e.downcast_ref::<kube::Error>().is_some_and(|k| matches!(k, kube::Error::Api(s) if s.code == 409));
                 if conflict {
                     tracing::debug!(controller = C::NAME, key, "sync met a newer version; retrying");
+                    c.queue().add_backoff(&key);
                 } else {
                     tracing::info!(controller = C::NAME, key, error = format!("{e:#}"), failures = c.queue().failures(&key), "sync failed; retrying");
+                    c.queue().add_rate_limited(&key);
                 }
-                c.queue().add_rate_limited(&key);
             }
         }
         c.queue().done(&key);

@@ -104,12 +104,24 @@ impl WorkQueue {
 
     /// Queues a key whose processing failed, after its back-off (and the overall rate).
     pub fn add_rate_limited(&self, key: &str) {
+        self.retry(key, true);
+    }
+
+    /// Queues a key after its back-off alone, outside the overall rate: for a sync that only
+    /// met a write newer than its cache (a conflict), which the cache catches up with at once.
+    /// Under load such conflicts come by the hundred, and the overall rate (meant for a failing
+    /// API) would hold them back for seconds.
+    pub fn add_backoff(&self, key: &str) {
+        self.retry(key, false);
+    }
+
+    fn retry(&self, key: &str, bucket: bool) {
         let delay = {
             let mut st = self.lock();
             let n = st.failures.entry(key.to_string()).or_insert(0);
             let per_key = backoff(*n);
             *n = n.saturating_add(1);
-            per_key.max(Self::bucket_delay(&mut st))
+            if bucket { per_key.max(Self::bucket_delay(&mut st)) } else { per_key }
         };
         self.add_after(key, delay);
     }
@@ -290,6 +302,32 @@ mod tests {
         // 20 beyond the burst at 10/s: two seconds.
         let took = Instant::now() - start;
         assert!(took >= Duration::from_millis(1990) && took <= Duration::from_millis(2100), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn conflicts_wait_for_their_own_back_off_only() {
+        let q = WorkQueue::new();
+        for i in 0..(RETRY_BURST as usize + 20) {
+            q.add_rate_limited(&format!("k{i}"));
+        }
+        // The bucket is empty now; a conflict still comes back after its own back-off: 5 ms (the
+        // second add, due at 10 ms, yields to the earlier one), then 20 ms more.
+        q.add_backoff("c");
+        q.add_backoff("c");
+        let start = Instant::now();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            let k = q.get().await.unwrap();
+            q.done(&k);
+            if k == "c" {
+                got.push(Instant::now() - start);
+                if got.len() == 1 {
+                    q.add_backoff("c");
+                }
+            }
+        }
+        assert_eq!(got, vec![BACKOFF_BASE, BACKOFF_BASE * 5], "{got:?}");
+        assert_eq!(q.failures("c"), 3);
     }
 
     #[tokio::test]
