@@ -4,7 +4,10 @@
 //! one watch of pods feeds them all, and each node has a task of its own that owns its pods.
 
 pub mod client;
+pub mod containerd;
+pub mod cri;
 pub mod hollow;
+pub mod image;
 pub mod lean;
 pub mod node;
 pub mod pods;

@@ -20,6 +20,9 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
 /// What code that talks to the cluster as a client must not name.
 const FORBIDDEN: &[&str] =
     &["apiserver", "raft_store", "raft-store", "proto::", "StoreNode", "KvClient", "etcd_client", "tonic::", "rocksdb"];
+/// Where a forbidden word is no reach past the API: the CRI client speaks gRPC to the node's
+/// container runtime, not to the cluster.
+const ALLOWED: &[(&str, &str)] = &[("agent/src/cri.rs", "tonic::")];
 
 #[test]
 fn cluster_clients_use_only_the_kubernetes_api() {
@@ -37,8 +40,9 @@ fn cluster_clients_use_only_the_kubernetes_api() {
         let text = std::fs::read_to_string(f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         for (n, line) in text.lines().enumerate() {
             let code = line.split("//").next().unwrap_or("");
+            let rel = f.strip_prefix(&root).unwrap().display().to_string();
             for word in FORBIDDEN {
-                if code.contains(word) {
+                if code.contains(word) && !ALLOWED.contains(&(rel.as_str(), *word)) {
                     offences.push(format!("{}:{}: {}", f.strip_prefix(&root).unwrap().display(), n + 1, line.trim()));
                 }
             }

@@ -1,0 +1,263 @@
+//! The runtime that speaks CRI (`runtime.v1`) to containerd over its unix socket: the same
+//! `RuntimeService` the hollow runtime implements, so the pod lifecycle above it is one code path.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1 as cri;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use crate::runtime::{
+    ContainerConfig, ContainerEvent, ContainerMetadata, ContainerState, ContainerStatus, PodSandboxConfig,
+    PodSandboxStatus, Result, RuntimeError, RuntimeService, SandboxMetadata, SandboxState, VersionInfo,
+};
+
+/// The longest one CRI call may take (image pulls aside).
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// The longest an image pull may take.
+const PULL_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Clone)]
+pub struct CriRuntime {
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+}
+
+fn failed(what: &str, s: tonic::Status) -> RuntimeError {
+    if s.code() == tonic::Code::NotFound {
+        return RuntimeError::NotFound { kind: "object", id: format!("{what}: {}", s.message()) };
+    }
+    RuntimeError::Failed(format!("{what}: {:?}: {}", s.code(), s.message()))
+}
+
+fn map(m: &BTreeMap<String, String>) -> std::collections::HashMap<String, String> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+fn sandbox_metadata(m: Option<cri::PodSandboxMetadata>) -> SandboxMetadata {
+    let m = m.unwrap_or_default();
+    SandboxMetadata { name: m.name, uid: m.uid, namespace: m.namespace, attempt: m.attempt }
+}
+
+fn sandbox_state(s: i32) -> SandboxState {
+    if s == cri::PodSandboxState::SandboxReady as i32 { SandboxState::Ready } else { SandboxState::NotReady }
+}
+
+fn container_state(s: i32) -> ContainerState {
+    match cri::ContainerState::try_from(s) {
+        Ok(cri::ContainerState::ContainerCreated) => ContainerState::Created,
+        Ok(cri::ContainerState::ContainerRunning) => ContainerState::Running,
+        Ok(cri::ContainerState::ContainerExited) => ContainerState::Exited,
+        _ => ContainerState::Unknown,
+    }
+}
+
+fn sandbox_config(c: &PodSandboxConfig) -> cri::PodSandboxConfig {
+    cri::PodSandboxConfig {
+        metadata: Some(cri::PodSandboxMetadata {
+            name: c.metadata.name.clone(),
+            uid: c.metadata.uid.clone(),
+            namespace: c.metadata.namespace.clone(),
+            attempt: c.metadata.attempt,
+        }),
+        hostname: c.hostname.clone(),
+        log_directory: c.log_directory.clone(),
+        labels: map(&c.labels),
+        annotations: map(&c.annotations),
+        ..Default::default()
+    }
+}
+
+impl CriRuntime {
+    /// A client of the CRI server at `socket` (connects lazily; see `ready`).
+    pub async fn connect(socket: &Path) -> anyhow::Result<CriRuntime> {
+        let path = socket.to_path_buf();
+        let channel = Endpoint::try_from("http://[::]")?
+            .timeout(CALL_TIMEOUT)
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
+            }))
+            .await?;
+        Ok(CriRuntime { runtime: RuntimeServiceClient::new(channel.clone()), images: ImageServiceClient::new(channel) })
+    }
+
+    /// Resolves once the runtime reports itself and its network ready (CRI's Status).
+    pub async fn ready(&self) -> anyhow::Result<()> {
+        let status = self.runtime.clone().status(cri::StatusRequest { verbose: false }).await?.into_inner();
+        let conditions = status.status.map(|s| s.conditions).unwrap_or_default();
+        let not_ready: Vec<String> = conditions.iter().filter(|c| !c.status).map(|c| format!("{} ({}: {})", c.r#type, c.reason, c.message)).collect();
+        if conditions.is_empty() || !not_ready.is_empty() {
+            anyhow::bail!("runtime not ready: {}", not_ready.join(", "));
+        }
+        Ok(())
+    }
+
+    /// The image's id if the runtime has it.
+    pub async fn image_status(&self, image: &str) -> Result<Option<String>> {
+        let req = cri::ImageStatusRequest { image: Some(cri::ImageSpec { image: image.to_string(), ..Default::default() }), verbose: false };
+        let r = self.images.clone().image_status(req).await.map_err(|s| failed("ImageStatus", s))?.into_inner();
+        Ok(r.image.map(|i| i.id))
+    }
+
+    /// Pulls `image`; returns its reference.
+    pub async fn pull_image(&self, image: &str) -> Result<String> {
+        let mut req = tonic::Request::new(cri::PullImageRequest { image: Some(cri::ImageSpec { image: image.to_string(), ..Default::default() }), ..Default::default() });
+        req.set_timeout(PULL_TIMEOUT);
+        let r = self.images.clone().pull_image(req).await.map_err(|s| failed("PullImage", s))?.into_inner();
+        Ok(r.image_ref)
+    }
+
+    /// Pulls `image` unless the runtime has it (imagePullPolicy IfNotPresent).
+    pub async fn ensure_image(&self, image: &str) -> Result<()> {
+        if self.image_status(image).await?.is_none() {
+            self.pull_image(image).await?;
+        }
+        Ok(())
+    }
+
+    async fn sandbox_of(&self, id: &str) -> Result<String> {
+        let filter = cri::ContainerFilter { id: id.to_string(), ..Default::default() };
+        let r = self.runtime.clone().list_containers(cri::ListContainersRequest { filter: Some(filter) }).await.map_err(|s| failed("ListContainers", s))?;
+        r.into_inner().containers.into_iter().next().map(|c| c.pod_sandbox_id).ok_or_else(|| RuntimeError::NotFound { kind: "container", id: id.to_string() })
+    }
+}
+
+impl RuntimeService for CriRuntime {
+    async fn version(&self) -> Result<VersionInfo> {
+        let r = self.runtime.clone().version(cri::VersionRequest { version: "v1".into() }).await.map_err(|s| failed("Version", s))?.into_inner();
+        Ok(VersionInfo { runtime_name: r.runtime_name, runtime_version: r.runtime_version, runtime_api_version: r.runtime_api_version })
+    }
+
+    async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<String> {
+        let req = cri::RunPodSandboxRequest { config: Some(sandbox_config(config)), runtime_handler: String::new() };
+        Ok(self.runtime.clone().run_pod_sandbox(req).await.map_err(|s| failed("RunPodSandbox", s))?.into_inner().pod_sandbox_id)
+    }
+
+    async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
+        self.runtime.clone().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await.map_err(|s| failed("StopPodSandbox", s))?;
+        Ok(())
+    }
+
+    async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
+        self.runtime.clone().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() }).await.map_err(|s| failed("RemovePodSandbox", s))?;
+        Ok(())
+    }
+
+    async fn pod_sandbox_status(&self, id: &str) -> Result<PodSandboxStatus> {
+        let req = cri::PodSandboxStatusRequest { pod_sandbox_id: id.to_string(), verbose: false };
+        let r = self.runtime.clone().pod_sandbox_status(req).await.map_err(|s| failed("PodSandboxStatus", s))?.into_inner();
+        let s = r.status.ok_or_else(|| RuntimeError::NotFound { kind: "sandbox", id: id.to_string() })?;
+        let ip = s.network.map(|n| n.ip).filter(|ip| !ip.is_empty());
+        Ok(PodSandboxStatus { id: s.id, metadata: sandbox_metadata(s.metadata), state: sandbox_state(s.state), created_at: s.created_at, ip })
+    }
+
+    async fn list_pod_sandbox(&self) -> Result<Vec<PodSandboxStatus>> {
+        let r = self.runtime.clone().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.map_err(|s| failed("ListPodSandbox", s))?;
+        Ok(r.into_inner()
+            .items
+            .into_iter()
+            .map(|s| PodSandboxStatus { id: s.id, metadata: sandbox_metadata(s.metadata), state: sandbox_state(s.state), created_at: s.created_at, ip: None })
+            .collect())
+    }
+
+    async fn create_container(&self, pod_sandbox_id: &str, config: &ContainerConfig, sandbox: &PodSandboxConfig) -> Result<String> {
+        self.ensure_image(&config.image).await?;
+        let c = cri::ContainerConfig {
+            metadata: Some(cri::ContainerMetadata { name: config.metadata.name.clone(), attempt: config.metadata.attempt }),
+            image: Some(cri::ImageSpec { image: config.image.clone(), ..Default::default() }),
+            command: config.command.clone(),
+            args: config.args.clone(),
+            working_dir: config.working_dir.clone(),
+            envs: config.envs.iter().map(|(k, v)| cri::KeyValue { key: k.clone(), value: v.clone() }).collect(),
+            labels: map(&config.labels),
+            annotations: map(&config.annotations),
+            log_path: config.log_path.clone(),
+            ..Default::default()
+        };
+        let req = cri::CreateContainerRequest { pod_sandbox_id: pod_sandbox_id.to_string(), config: Some(c), sandbox_config: Some(sandbox_config(sandbox)) };
+        Ok(self.runtime.clone().create_container(req).await.map_err(|s| failed("CreateContainer", s))?.into_inner().container_id)
+    }
+
+    async fn start_container(&self, id: &str) -> Result<()> {
+        self.runtime.clone().start_container(cri::StartContainerRequest { container_id: id.to_string() }).await.map_err(|s| failed("StartContainer", s))?;
+        Ok(())
+    }
+
+    async fn stop_container(&self, id: &str, timeout: Duration) -> Result<()> {
+        let mut req = tonic::Request::new(cri::StopContainerRequest { container_id: id.to_string(), timeout: timeout.as_secs() as i64 });
+        // The call lasts as long as the grace period, and then some.
+        req.set_timeout(timeout + CALL_TIMEOUT);
+        self.runtime.clone().stop_container(req).await.map_err(|s| failed("StopContainer", s))?;
+        Ok(())
+    }
+
+    async fn remove_container(&self, id: &str) -> Result<()> {
+        self.runtime.clone().remove_container(cri::RemoveContainerRequest { container_id: id.to_string() }).await.map_err(|s| failed("RemoveContainer", s))?;
+        Ok(())
+    }
+
+    async fn container_status(&self, id: &str) -> Result<ContainerStatus> {
+        let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: false };
+        let r = self.runtime.clone().container_status(req).await.map_err(|s| failed("ContainerStatus", s))?.into_inner();
+        let s = r.status.ok_or_else(|| RuntimeError::NotFound { kind: "container", id: id.to_string() })?;
+        let pod_sandbox_id = self.sandbox_of(id).await?;
+        let m = s.metadata.unwrap_or_default();
+        Ok(ContainerStatus {
+            id: s.id,
+            pod_sandbox_id,
+            metadata: ContainerMetadata { name: m.name, attempt: m.attempt },
+            state: container_state(s.state),
+            created_at: s.created_at,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            exit_code: s.exit_code,
+            image: s.image.map(|i| i.image).unwrap_or_default(),
+            image_ref: s.image_ref,
+            reason: s.reason,
+            message: s.message,
+        })
+    }
+
+    async fn list_containers(&self, pod_sandbox_id: Option<&str>) -> Result<Vec<ContainerStatus>> {
+        let filter = pod_sandbox_id.map(|id| cri::ContainerFilter { pod_sandbox_id: id.to_string(), ..Default::default() });
+        let r = self.runtime.clone().list_containers(cri::ListContainersRequest { filter }).await.map_err(|s| failed("ListContainers", s))?;
+        let mut out = Vec::new();
+        for c in r.into_inner().containers {
+            // The list carries no exit details; a stopped container's are in its status.
+            if c.state == cri::ContainerState::ContainerExited as i32 {
+                match self.container_status(&c.id).await {
+                    Ok(s) => out.push(s),
+                    Err(RuntimeError::NotFound { .. }) => {}
+                    Err(e) => return Err(e),
+                }
+                continue;
+            }
+            let m = c.metadata.unwrap_or_default();
+            out.push(ContainerStatus {
+                id: c.id,
+                pod_sandbox_id: c.pod_sandbox_id,
+                metadata: ContainerMetadata { name: m.name, attempt: m.attempt },
+                state: container_state(c.state),
+                created_at: c.created_at,
+                started_at: 0,
+                finished_at: 0,
+                exit_code: 0,
+                image: c.image.map(|i| i.image).unwrap_or_default(),
+                image_ref: c.image_ref,
+                reason: String::new(),
+                message: String::new(),
+            });
+        }
+        Ok(out)
+    }
+
+    fn container_events(&self) -> Option<tokio::sync::mpsc::Receiver<ContainerEvent>> {
+        // containerd 1.6 has no GetContainerEvents: the agent relists.
+        None
+    }
+}
