@@ -120,6 +120,28 @@ impl CriRuntime {
         Ok(())
     }
 
+    /// The status of container `id`, which belongs to sandbox `pod_sandbox_id`.
+    async fn status_in(&self, id: &str, pod_sandbox_id: String) -> Result<ContainerStatus> {
+        let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: false };
+        let r = self.runtime.clone().container_status(req).await.map_err(|s| failed("ContainerStatus", s))?.into_inner();
+        let s = r.status.ok_or_else(|| RuntimeError::NotFound { kind: "container", id: id.to_string() })?;
+        let m = s.metadata.unwrap_or_default();
+        Ok(ContainerStatus {
+            id: s.id,
+            pod_sandbox_id,
+            metadata: ContainerMetadata { name: m.name, attempt: m.attempt },
+            state: container_state(s.state),
+            created_at: s.created_at,
+            started_at: s.started_at,
+            finished_at: s.finished_at,
+            exit_code: s.exit_code,
+            image: s.image.map(|i| i.image).unwrap_or_default(),
+            image_ref: s.image_ref,
+            reason: s.reason,
+            message: s.message,
+        })
+    }
+
     async fn sandbox_of(&self, id: &str) -> Result<String> {
         let filter = cri::ContainerFilter { id: id.to_string(), ..Default::default() };
         let r = self.runtime.clone().list_containers(cri::ListContainersRequest { filter: Some(filter) }).await.map_err(|s| failed("ListContainers", s))?;
@@ -202,25 +224,9 @@ impl RuntimeService for CriRuntime {
     }
 
     async fn container_status(&self, id: &str) -> Result<ContainerStatus> {
-        let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: false };
-        let r = self.runtime.clone().container_status(req).await.map_err(|s| failed("ContainerStatus", s))?.into_inner();
-        let s = r.status.ok_or_else(|| RuntimeError::NotFound { kind: "container", id: id.to_string() })?;
+        // CRI's status does not name the sandbox; the list does.
         let pod_sandbox_id = self.sandbox_of(id).await?;
-        let m = s.metadata.unwrap_or_default();
-        Ok(ContainerStatus {
-            id: s.id,
-            pod_sandbox_id,
-            metadata: ContainerMetadata { name: m.name, attempt: m.attempt },
-            state: container_state(s.state),
-            created_at: s.created_at,
-            started_at: s.started_at,
-            finished_at: s.finished_at,
-            exit_code: s.exit_code,
-            image: s.image.map(|i| i.image).unwrap_or_default(),
-            image_ref: s.image_ref,
-            reason: s.reason,
-            message: s.message,
-        })
+        self.status_in(id, pod_sandbox_id).await
     }
 
     async fn list_containers(&self, pod_sandbox_id: Option<&str>) -> Result<Vec<ContainerStatus>> {
@@ -230,7 +236,7 @@ impl RuntimeService for CriRuntime {
         for c in r.into_inner().containers {
             // The list carries no exit details; a stopped container's are in its status.
             if c.state == cri::ContainerState::ContainerExited as i32 {
-                match self.container_status(&c.id).await {
+                match self.status_in(&c.id, c.pod_sandbox_id).await {
                     Ok(s) => out.push(s),
                     Err(RuntimeError::NotFound { .. }) => {}
                     Err(e) => return Err(e),

@@ -59,7 +59,8 @@ fn bridge_of(pid: u32) -> String {
 
 fn busybox_image() -> Vec<u8> {
     let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static; scripts/setup installs it)");
-    let links: Vec<(&str, &str)> = ["sh", "echo", "sleep", "cat"].iter().map(|t| (Box::leak(format!("/bin/{t}").into_boxed_str()) as &str, "busybox")).collect();
+    let paths: Vec<String> = ["sh", "echo", "sleep", "cat"].iter().map(|t| format!("/bin/{t}")).collect();
+    let links: Vec<(&str, &str)> = paths.iter().map(|p| (p.as_str(), "busybox")).collect();
     archive(&ImageSpec { name: BUSYBOX, files: vec![File { path: "/bin/busybox", mode: 0o755, contents: &busybox }], links, entrypoint: vec![], cmd: vec!["sh"] }).unwrap()
 }
 
