@@ -54,6 +54,32 @@ impl Options {
     fn config_path(&self) -> PathBuf {
         self.dir.join("config.toml")
     }
+
+    fn pid_path(&self) -> PathBuf {
+        self.dir.join("containerd.pid")
+    }
+}
+
+/// Stops a containerd that an earlier run of the agent started over the same directory and left
+/// behind (the agent was killed): two cannot share a root. Its containers' shims go on.
+fn stop_leftover(o: &Options) -> anyhow::Result<()> {
+    let Ok(pid) = std::fs::read_to_string(o.pid_path()) else { return Ok(()) };
+    let Ok(pid) = pid.trim().parse::<u32>() else { return Ok(()) };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains(&o.config_path().display().to_string()) {
+        return Ok(());
+    }
+    tracing::info!(pid, "stopping the containerd an earlier run left");
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+    let deadline = Instant::now() + STOP_WITHIN;
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if Instant::now() >= deadline {
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+            break;
+        }
+        std::thread::sleep(START_POLL);
+    }
+    Ok(())
 }
 
 /// Whether this process may lower its OOM score adjustment (CAP_SYS_RESOURCE). Where it may
@@ -111,7 +137,8 @@ state = {state:?}
 }
 
 /// The pod network of one node: each sandbox gets a veth on `bridge` and an address from
-/// `subnet` (host-local IPAM, its state under `ipam_dir`), the bridge being the pods' gateway.
+/// `subnet` (host-local IPAM, its state under `ipam_dir`), the bridge being the pods' gateway;
+/// `hostPort`s are forwarded by the portmap plugin.
 pub fn bridge_network(bridge: &str, subnet: &str, ipam_dir: &Path) -> String {
     serde_json::json!({
         "cniVersion": "0.4.0",
@@ -125,6 +152,7 @@ pub fn bridge_network(bridge: &str, subnet: &str, ipam_dir: &Path) -> String {
                 "hairpinMode": true,
                 "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": ipam_dir.display().to_string()}
             },
+            {"type": "portmap", "capabilities": {"portMappings": true}},
             {"type": "loopback"}
         ]
     })
@@ -148,6 +176,7 @@ impl Containerd {
             tracing::info!("this host refuses lower OOM scores; containerd will not ask for them");
         }
         std::fs::write(options.config_path(), config(&options, restrict)).context("writing containerd's config")?;
+        stop_leftover(&options)?;
         let _ = std::fs::remove_file(options.socket());
         let log = std::fs::File::create(options.dir.join("containerd.log")).context("creating containerd's log")?;
         let child = tokio::process::Command::new(&options.binary)
@@ -157,8 +186,14 @@ impl Containerd {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
+            // Its own process group: a terminal's Ctrl-C reaches the agent, which stops the pods
+            // first and containerd after them.
+            .process_group(0)
             .spawn()
             .with_context(|| format!("starting {} (is containerd installed? scripts/setup installs it)", options.binary.display()))?;
+        if let Some(pid) = child.id() {
+            std::fs::write(options.pid_path(), pid.to_string()).context("writing containerd's pid file")?;
+        }
         let mut c = Containerd { child: Some(child), options };
         let runtime = c.wait_ready().await?;
         c.import(&image::pause_archive()?).await.context("importing the sandbox image")?;
@@ -188,23 +223,45 @@ impl Containerd {
         bail!("containerd did not become ready within {START_WITHIN:?}: {last}")
     }
 
-    /// Imports an OCI archive into CRI's namespace (with containerd's own client, `ctr`).
+    /// Imports an OCI archive into CRI's namespace.
     pub async fn import(&self, archive: &[u8]) -> anyhow::Result<()> {
         let path = self.options.dir.join("import.tar");
         std::fs::write(&path, archive)?;
+        let result = self.import_file(&path).await;
+        let _ = std::fs::remove_file(&path);
+        result
+    }
+
+    /// Imports the OCI archive at `path` (with containerd's own client, `ctr`).
+    pub async fn import_file(&self, path: &Path) -> anyhow::Result<()> {
         let out = tokio::process::Command::new("ctr")
             .arg("--address")
             .arg(self.options.socket())
             .args(["--namespace", CRI_NAMESPACE, "images", "import"])
-            .arg(&path)
+            .arg(path)
             .output()
             .await
             .context("running ctr (it comes with containerd)")?;
-        let _ = std::fs::remove_file(&path);
         if !out.status.success() {
-            bail!("ctr images import failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!("importing {}: {}", path.display(), String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(())
+    }
+
+    /// Imports every OCI archive (`*.tar`) in `dir`, for clusters without a registry.
+    pub async fn import_dir(&self, dir: &Path) -> anyhow::Result<usize> {
+        let mut archives: Vec<PathBuf> = std::fs::read_dir(dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+            .collect();
+        archives.sort();
+        for a in &archives {
+            self.import_file(a).await?;
+            tracing::info!(archive = %a.display(), "image imported");
+        }
+        Ok(archives.len())
     }
 
     pub fn options(&self) -> &Options {

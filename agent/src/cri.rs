@@ -12,7 +12,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::runtime::{
-    ContainerConfig, ContainerEvent, ContainerMetadata, ContainerState, ContainerStatus, PodSandboxConfig,
+    AuthConfig, ContainerConfig, Image, ImageService, ContainerEvent, ContainerMetadata, ContainerState, ContainerStatus, PodSandboxConfig,
     PodSandboxStatus, Result, RuntimeError, RuntimeService, SandboxMetadata, SandboxState, VersionInfo,
 };
 
@@ -68,6 +68,20 @@ fn sandbox_config(c: &PodSandboxConfig) -> cri::PodSandboxConfig {
         log_directory: c.log_directory.clone(),
         labels: map(&c.labels),
         annotations: map(&c.annotations),
+        port_mappings: c
+            .port_mappings
+            .iter()
+            .map(|p| cri::PortMapping {
+                protocol: match p.protocol.as_str() {
+                    "UDP" => cri::Protocol::Udp as i32,
+                    "SCTP" => cri::Protocol::Sctp as i32,
+                    _ => cri::Protocol::Tcp as i32,
+                },
+                container_port: p.container_port,
+                host_port: p.host_port,
+                host_ip: p.host_ip.clone(),
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -93,29 +107,6 @@ impl CriRuntime {
         let not_ready: Vec<String> = conditions.iter().filter(|c| !c.status).map(|c| format!("{} ({}: {})", c.r#type, c.reason, c.message)).collect();
         if conditions.is_empty() || !not_ready.is_empty() {
             anyhow::bail!("runtime not ready: {}", not_ready.join(", "));
-        }
-        Ok(())
-    }
-
-    /// The image's id if the runtime has it.
-    pub async fn image_status(&self, image: &str) -> Result<Option<String>> {
-        let req = cri::ImageStatusRequest { image: Some(cri::ImageSpec { image: image.to_string(), ..Default::default() }), verbose: false };
-        let r = self.images.clone().image_status(req).await.map_err(|s| failed("ImageStatus", s))?.into_inner();
-        Ok(r.image.map(|i| i.id))
-    }
-
-    /// Pulls `image`; returns its reference.
-    pub async fn pull_image(&self, image: &str) -> Result<String> {
-        let mut req = tonic::Request::new(cri::PullImageRequest { image: Some(cri::ImageSpec { image: image.to_string(), ..Default::default() }), ..Default::default() });
-        req.set_timeout(PULL_TIMEOUT);
-        let r = self.images.clone().pull_image(req).await.map_err(|s| failed("PullImage", s))?.into_inner();
-        Ok(r.image_ref)
-    }
-
-    /// Pulls `image` unless the runtime has it (imagePullPolicy IfNotPresent).
-    pub async fn ensure_image(&self, image: &str) -> Result<()> {
-        if self.image_status(image).await?.is_none() {
-            self.pull_image(image).await?;
         }
         Ok(())
     }
@@ -188,7 +179,6 @@ impl RuntimeService for CriRuntime {
     }
 
     async fn create_container(&self, pod_sandbox_id: &str, config: &ContainerConfig, sandbox: &PodSandboxConfig) -> Result<String> {
-        self.ensure_image(&config.image).await?;
         let c = cri::ContainerConfig {
             metadata: Some(cri::ContainerMetadata { name: config.metadata.name.clone(), attempt: config.metadata.attempt }),
             image: Some(cri::ImageSpec { image: config.image.clone(), ..Default::default() }),
@@ -234,30 +224,12 @@ impl RuntimeService for CriRuntime {
         let r = self.runtime.clone().list_containers(cri::ListContainersRequest { filter }).await.map_err(|s| failed("ListContainers", s))?;
         let mut out = Vec::new();
         for c in r.into_inner().containers {
-            // The list carries no exit details; a stopped container's are in its status.
-            if c.state == cri::ContainerState::ContainerExited as i32 {
-                match self.status_in(&c.id, c.pod_sandbox_id).await {
-                    Ok(s) => out.push(s),
-                    Err(RuntimeError::NotFound { .. }) => {}
-                    Err(e) => return Err(e),
-                }
-                continue;
+            // The list carries no start or exit details; the container's status does.
+            match self.status_in(&c.id, c.pod_sandbox_id).await {
+                Ok(s) => out.push(s),
+                Err(RuntimeError::NotFound { .. }) => {}
+                Err(e) => return Err(e),
             }
-            let m = c.metadata.unwrap_or_default();
-            out.push(ContainerStatus {
-                id: c.id,
-                pod_sandbox_id: c.pod_sandbox_id,
-                metadata: ContainerMetadata { name: m.name, attempt: m.attempt },
-                state: container_state(c.state),
-                created_at: c.created_at,
-                started_at: 0,
-                finished_at: 0,
-                exit_code: 0,
-                image: c.image.map(|i| i.image).unwrap_or_default(),
-                image_ref: c.image_ref,
-                reason: String::new(),
-                message: String::new(),
-            });
         }
         Ok(out)
     }
@@ -265,5 +237,37 @@ impl RuntimeService for CriRuntime {
     fn container_events(&self) -> Option<tokio::sync::mpsc::Receiver<ContainerEvent>> {
         // containerd 1.6 has no GetContainerEvents: the agent relists.
         None
+    }
+}
+
+impl ImageService for CriRuntime {
+    async fn image_status(&self, image: &str) -> Result<Option<String>> {
+        let req = cri::ImageStatusRequest { image: Some(cri::ImageSpec { image: image.to_string(), ..Default::default() }), verbose: false };
+        let r = self.images.clone().image_status(req).await.map_err(|s| failed("ImageStatus", s))?.into_inner();
+        Ok(r.image.map(|i| i.id))
+    }
+
+    async fn pull_image(&self, image: &str, auth: Option<&AuthConfig>) -> Result<String> {
+        let auth = auth.map(|a| cri::AuthConfig {
+            username: a.username.clone(),
+            password: a.password.clone(),
+            auth: a.auth.clone(),
+            server_address: a.server_address.clone(),
+            ..Default::default()
+        });
+        let image = Some(cri::ImageSpec { image: image.to_string(), ..Default::default() });
+        let mut req = tonic::Request::new(cri::PullImageRequest { image, auth, sandbox_config: None });
+        req.set_timeout(PULL_TIMEOUT);
+        let r = self.images.clone().pull_image(req).await.map_err(|s| failed("PullImage", s))?.into_inner();
+        Ok(r.image_ref)
+    }
+
+    async fn list_images(&self) -> Result<Vec<Image>> {
+        let r = self.images.clone().list_images(cri::ListImagesRequest { filter: None }).await.map_err(|s| failed("ListImages", s))?;
+        Ok(r.into_inner()
+            .images
+            .into_iter()
+            .map(|i| Image { id: i.id, repo_tags: i.repo_tags, repo_digests: i.repo_digests, size_bytes: i.size })
+            .collect())
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use crate::runtime::{
-    ContainerConfig, ContainerEvent, ContainerMetadata, ContainerState, ContainerStatus, PodSandboxConfig,
+    AuthConfig, ContainerConfig, Image, ImageService, ContainerEvent, ContainerMetadata, ContainerState, ContainerStatus, PodSandboxConfig,
     PodSandboxStatus, Result, RuntimeError, RuntimeService, SandboxMetadata, SandboxState, VersionInfo,
 };
 
@@ -160,6 +160,21 @@ impl HollowRuntime {
             created_at: s.created_at,
             ip: Some(self.pod_range.address(s.host)),
         }
+    }
+}
+
+/// Every image is present on a hollow node: nothing is pulled.
+impl ImageService for HollowRuntime {
+    async fn image_status(&self, image: &str) -> Result<Option<String>> {
+        Ok(Some(format!("hollow:{image}")))
+    }
+
+    async fn pull_image(&self, image: &str, _auth: Option<&AuthConfig>) -> Result<String> {
+        Ok(format!("hollow:{image}"))
+    }
+
+    async fn list_images(&self) -> Result<Vec<Image>> {
+        Ok(Vec::new())
     }
 }
 
@@ -349,6 +364,7 @@ mod tests {
             labels: Default::default(),
             annotations: Default::default(),
             log_directory: String::new(),
+            port_mappings: vec![],
         }
     }
 
@@ -493,6 +509,7 @@ impl HollowNodes {
                     system_uuid: String::new(),
                     swap: None,
                 },
+                not_ready: None,
             };
             out.push((setup, std::sync::Arc::new(HollowRuntime::new(range))));
         }

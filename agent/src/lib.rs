@@ -9,8 +9,11 @@ pub mod cri;
 pub mod hollow;
 pub mod image;
 pub mod lean;
+pub mod machine;
 pub mod node;
 pub mod pods;
+pub mod podspec;
+pub mod real;
 pub mod runtime;
 
 use std::collections::{HashMap, HashSet};
@@ -26,7 +29,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use node::{NodeLease, NodeSetup};
 use pods::{NodeContext, Next};
-use runtime::RuntimeService;
+use runtime::{ImageService, RuntimeService};
 
 /// Pod updates waiting for one node's task; the pod watch waits when a node falls behind.
 pub const POD_UPDATES_QUEUED_MAX: usize = 128;
@@ -56,6 +59,9 @@ pub struct AgentOptions {
     pub syncs_in_flight_max: usize,
     /// The scheme of container IDs in pod status, e.g. `containerd`.
     pub container_id_scheme: &'static str,
+    /// Where pods' log directories go (kubelet: `/var/log/pods`); none for runtimes that log
+    /// nothing.
+    pub pod_log_root: Option<std::path::PathBuf>,
 }
 
 impl Default for AgentOptions {
@@ -66,6 +72,7 @@ impl Default for AgentOptions {
             status_report_frequency: Duration::from_secs(300),
             syncs_in_flight_max: 64,
             container_id_scheme: "hollow",
+            pod_log_root: None,
         }
     }
 }
@@ -79,7 +86,7 @@ enum PodUpdate {
 }
 
 /// Runs `nodes` (each with its own runtime) until `stop` resolves.
-pub async fn run<R: RuntimeService>(
+pub async fn run<R: RuntimeService + ImageService>(
     client: kube::Client,
     nodes: Vec<(NodeSetup, Arc<R>)>,
     options: AgentOptions,
@@ -106,7 +113,7 @@ pub async fn run<R: RuntimeService>(
     for (i, (setup, rt, uid)) in registered.into_iter().enumerate() {
         let (tx, rx) = mpsc::channel(POD_UPDATES_QUEUED_MAX);
         routes.insert(setup.name.clone(), tx);
-        let ctx = Arc::new(NodeContext::new(setup.name.clone(), setup.internal_ip.clone(), rt, client.clone(), options.container_id_scheme));
+        let ctx = Arc::new(NodeContext::new(&setup, rt, client.clone(), &options));
         node::announce(&client, &setup);
         let lease = NodeLease::new(&client, &setup.name, uid, options.lease_duration);
         // Spread the nodes' heartbeats over the renewal interval instead of sending them at once.
@@ -207,7 +214,7 @@ async fn watch_own_nodes(client: kube::Client, routes: HashMap<String, mpsc::Sen
     }
 }
 
-async fn register_with_retry(client: &kube::Client, setup: &NodeSetup) -> anyhow::Result<String> {
+pub(crate) async fn register_with_retry(client: &kube::Client, setup: &NodeSetup) -> anyhow::Result<String> {
     let mut delay = SYNC_RETRY_INITIAL;
     loop {
         match node::register(client, setup).await {
@@ -233,7 +240,7 @@ struct Worker {
 /// A finished sync (`Some`) or a retry timer that fired (`None`).
 type SyncResult = (String, Option<anyhow::Result<Next>>);
 
-async fn node_loop<R: RuntimeService>(
+async fn node_loop<R: RuntimeService + ImageService>(
     ctx: Arc<NodeContext<R>>,
     setup: NodeSetup,
     mut lease: NodeLease,
@@ -422,7 +429,7 @@ mod tests {
         .build()
         .unwrap();
         let (setup, rt) = nodes.into_iter().next().unwrap();
-        let ctx = Arc::new(NodeContext::new(setup.name.clone(), setup.internal_ip.clone(), rt, client.clone(), "hollow"));
+        let ctx = Arc::new(NodeContext::new(&setup, rt, client.clone(), &AgentOptions::default()));
         let lease = NodeLease::new(&client, &setup.name, String::new(), Duration::from_secs(40));
         let (_tx, rx) = mpsc::channel(1);
         let task = node_loop(ctx, setup, lease, rx, Arc::new(Semaphore::new(1)), AgentOptions::default(), Duration::ZERO);

@@ -31,6 +31,8 @@ pub struct NodeSetup {
     pub internal_ip: String,
     pub hostname: String,
     pub system: NodeSystemInfo,
+    /// Why the node is not ready yet (its runtime is starting), reported as Ready=False.
+    pub not_ready: Option<String>,
 }
 
 fn now_time() -> Time {
@@ -59,7 +61,10 @@ impl NodeSetup {
                 condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available", &at),
                 condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", &at),
                 condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", &at),
-                condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &at),
+                match &self.not_ready {
+                    None => condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &at),
+                    Some(why) => condition("Ready", "False", "KubeletNotReady", why, &at),
+                },
             ]),
             addresses: Some(vec![
                 NodeAddress { type_: "InternalIP".into(), address: self.internal_ip.clone() },

@@ -6,6 +6,7 @@
 //! its uid as precondition.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,18 +15,26 @@ use k8s_openapi::api::core::v1::{
     Container, ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
     ContainerStatus as ApiStatus, Pod, PodCondition, PodIP, PodStatus,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 
+use crate::node::NodeSetup;
+use crate::podspec::{self, ConfigError, EnvSources};
 use crate::runtime::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, PodSandboxConfig, RuntimeService,
-    SandboxMetadata, SandboxState,
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ImageService, PodSandboxConfig,
+    PodSandboxStatus, PortMapping, RuntimeService, SandboxMetadata, SandboxState,
 };
+use crate::AgentOptions;
 
 /// Kubelet's crash-loop back-off: 10 s doubling to 5 min, reset after 10 min of running.
 pub const RESTART_BACKOFF_INITIAL: Duration = Duration::from_secs(10);
 pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(300);
 const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(600);
+
+/// How soon a container that could not be configured or created is tried again (kubelet's pod
+/// worker back-off).
+const CONFIG_RETRY: Duration = Duration::from_secs(10);
 
 /// Grace period when the pod gives none (Kubernetes' default).
 const DEFAULT_GRACE_PERIOD_SECONDS: i64 = 30;
@@ -44,6 +53,10 @@ pub struct NodeContext<R> {
     pub client: kube::Client,
     /// Scheme of container IDs in pod status (`containerd://…` for containerd).
     pub container_id_scheme: &'static str,
+    /// The node's allocatable resources: what a container without a limit may use.
+    pub allocatable: BTreeMap<String, Quantity>,
+    /// Where pods' log directories go (`<root>/<namespace>_<name>_<uid>`), when containers log.
+    pub pod_log_root: Option<PathBuf>,
     backoff: Mutex<HashMap<(String, String), Backoff>>,
 }
 
@@ -54,18 +67,54 @@ struct Backoff {
     until: Instant,
 }
 
-impl<R: RuntimeService> NodeContext<R> {
-    pub fn new(node_name: String, host_ip: String, runtime: Arc<R>, client: kube::Client, container_id_scheme: &'static str) -> Self {
-        NodeContext { node_name, host_ip, runtime, client, container_id_scheme, backoff: Mutex::new(HashMap::new()) }
+/// Why a container waits, as its status says it: a reason in Kubernetes' words and a message.
+pub type Waiting = (&'static str, String);
+
+impl<R: RuntimeService + ImageService> NodeContext<R> {
+    pub fn new(setup: &NodeSetup, runtime: Arc<R>, client: kube::Client, options: &AgentOptions) -> Self {
+        NodeContext {
+            node_name: setup.name.clone(),
+            host_ip: setup.internal_ip.clone(),
+            runtime,
+            client,
+            container_id_scheme: options.container_id_scheme,
+            allocatable: setup.allocatable.clone(),
+            pod_log_root: options.pod_log_root.clone(),
+            backoff: Mutex::new(HashMap::new()),
+        }
     }
 
     fn backoffs(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Backoff>> {
         self.backoff.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// How long `key` still backs off, if it does.
+    fn backing_off(&self, key: &(String, String)) -> Option<Duration> {
+        let now = Instant::now();
+        self.backoffs().get(key).filter(|b| b.until > now).map(|b| b.until - now)
+    }
+
+    /// Records a failure of `key`: its back-off starts, or doubles. Returns the wait.
+    fn failed(&self, key: (String, String)) -> Duration {
+        let mut backoffs = self.backoffs();
+        let delay = backoffs.get(&key).map(|b| (b.delay * 2).min(RESTART_BACKOFF_MAX)).unwrap_or(RESTART_BACKOFF_INITIAL);
+        backoffs.insert(key, Backoff { delay, until: Instant::now() + delay });
+        delay
+    }
+
+    fn succeeded(&self, key: &(String, String)) {
+        self.backoffs().remove(key);
+    }
+
     /// Forgets the back-off of a pod that is gone.
     pub fn forget(&self, uid: &str) {
         self.backoffs().retain(|(u, _), _| u != uid);
+    }
+
+    fn log_directory(&self, pod: &Pod) -> Option<PathBuf> {
+        let m = &pod.metadata;
+        let name = format!("{}_{}_{}", m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""), pod_uid(pod));
+        self.pod_log_root.as_ref().map(|r| r.join(name))
     }
 }
 
@@ -85,7 +134,7 @@ fn pod_uid(pod: &Pod) -> &str {
 }
 
 /// Brings `pod` one step closer to its spec on this node and reports its status.
-pub async fn sync_pod<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod) -> anyhow::Result<Next> {
+pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &Pod) -> anyhow::Result<Next> {
     let uid = pod_uid(pod).to_string();
     let spec = pod.spec.as_ref().context("pod has no spec")?;
     if pod.metadata.deletion_timestamp.is_some() {
@@ -101,18 +150,21 @@ pub async fn sync_pod<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod) -> any
     }
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("Pending");
     if phase == "Succeeded" || phase == "Failed" {
-        // Terminal: nothing runs again; what is left is removed.
-        kill_pod(ctx, &uid, Duration::ZERO).await?;
+        // Terminal: nothing runs again. The stopped containers stay (their logs with them)
+        // until the pod is deleted.
+        stop_pod(ctx, &uid).await?;
         return Ok(Next::Idle);
     }
 
-    let sandbox_config = sandbox_config(pod);
+    let sandbox_config = sandbox_config(ctx, pod);
     let rt = &ctx.runtime;
     let sandboxes = rt.list_pod_sandbox().await?;
     let mut ours: Vec<_> = sandboxes.into_iter().filter(|s| s.metadata.uid == uid).collect();
     ours.sort_by_key(|s| s.created_at);
     let sandbox = match ours.last() {
-        Some(s) if s.state == SandboxState::Ready => s.clone(),
+        // A list does not carry the sandbox's address; its status does.
+        Some(s) if s.state == SandboxState::Ready && s.ip.is_some() => s.clone(),
+        Some(s) if s.state == SandboxState::Ready => rt.pod_sandbox_status(&s.id).await?,
         last => {
             // No sandbox, or a dead one: everything starts over in a new one, as kubelet does.
             let attempt = last.map(|s| s.metadata.attempt + 1).unwrap_or(0);
@@ -121,6 +173,9 @@ pub async fn sync_pod<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod) -> any
             }
             let mut config = sandbox_config.clone();
             config.metadata.attempt = attempt;
+            if let Some(dir) = ctx.log_directory(pod) {
+                std::fs::create_dir_all(&dir).with_context(|| format!("creating the pod's log directory {}", dir.display()))?;
+            }
             let id = rt.run_pod_sandbox(&config).await.context("RunPodSandbox")?;
             rt.pod_sandbox_status(&id).await?
         }
@@ -130,7 +185,7 @@ pub async fn sync_pod<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod) -> any
     let latest = latest_by_name(&containers);
     let restart_policy = spec.restart_policy.as_deref().unwrap_or("Always");
     let mut next = Next::Idle;
-    let mut waiting: HashMap<String, (&'static str, String)> = HashMap::new();
+    let mut waiting: HashMap<String, Waiting> = HashMap::new();
     let mut init_done = true;
     let mut pod_failed = false;
 
@@ -139,7 +194,10 @@ pub async fn sync_pod<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod) -> any
         let sidecar = c.restart_policy.as_deref() == Some("Always");
         match latest.get(c.name.as_str()) {
             None => {
-                start(ctx, &sandbox.id, &sandbox_config, pod, c, 0).await?;
+                if let Some((w, wait)) = start(ctx, &sandbox, &sandbox_config, pod, c, 0).await? {
+                    next = earlier(next, Next::After(wait));
+                    waiting.insert(c.name.clone(), w);
+                }
                 if !sidecar {
                     init_done = false;
                     break;
@@ -153,9 +211,9 @@ pub async fn sync_pod<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod) -> any
                     init_done = false;
                     break;
                 }
-                if let Some(wait) = restart(ctx, &uid, &sandbox.id, &sandbox_config, pod, c, s).await? {
+                if let Some((w, wait)) = restart(ctx, &uid, &sandbox, &sandbox_config, pod, c, s).await? {
                     next = earlier(next, Next::After(wait));
-                    waiting.insert(c.name.clone(), ("CrashLoopBackOff", backoff_message(c, pod, wait)));
+                    waiting.insert(c.name.clone(), w);
                 }
                 if !sidecar {
                     init_done = false;
@@ -173,7 +231,12 @@ pub async fn sync_pod<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod) -> any
     if init_done {
         for c in &spec.containers {
             match latest.get(c.name.as_str()) {
-                None => start(ctx, &sandbox.id, &sandbox_config, pod, c, 0).await?,
+                None => {
+                    if let Some((w, wait)) = start(ctx, &sandbox, &sandbox_config, pod, c, 0).await? {
+                        next = earlier(next, Next::After(wait));
+                        waiting.insert(c.name.clone(), w);
+                    }
+                }
                 Some(s) if s.state == ContainerState::Exited => {
                     let again = match restart_policy {
                         "Always" => true,
@@ -181,9 +244,9 @@ pub async fn sync_pod<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod) -> any
                         _ => false,
                     };
                     if again {
-                        if let Some(wait) = restart(ctx, &uid, &sandbox.id, &sandbox_config, pod, c, s).await? {
+                        if let Some((w, wait)) = restart(ctx, &uid, &sandbox, &sandbox_config, pod, c, s).await? {
                             next = earlier(next, Next::After(wait));
-                            waiting.insert(c.name.clone(), ("CrashLoopBackOff", backoff_message(c, pod, wait)));
+                            waiting.insert(c.name.clone(), w);
                         }
                     }
                 }
@@ -230,58 +293,110 @@ fn latest_by_name(containers: &[ContainerStatus]) -> HashMap<&str, &ContainerSta
     latest
 }
 
-async fn start<R: RuntimeService>(
+/// Creates and starts a container. When it cannot (its image, its configuration, the runtime
+/// refusing), says why in kubelet's words and when to try again.
+async fn start<R: RuntimeService + ImageService>(
     ctx: &NodeContext<R>,
-    sandbox_id: &str,
-    sandbox: &PodSandboxConfig,
+    sandbox: &PodSandboxStatus,
+    sandbox_config: &PodSandboxConfig,
     pod: &Pod,
     c: &Container,
     attempt: u32,
-) -> anyhow::Result<()> {
-    let config = container_config(pod, c, attempt);
-    let id = ctx.runtime.create_container(sandbox_id, &config, sandbox).await.with_context(|| format!("CreateContainer {}", c.name))?;
-    ctx.runtime.start_container(&id).await.with_context(|| format!("StartContainer {}", c.name))?;
-    Ok(())
+) -> anyhow::Result<Option<(Waiting, Duration)>> {
+    if let Some(w) = pull(ctx, pod, c).await? {
+        return Ok(Some(w));
+    }
+    let src = EnvSources { client: &ctx.client, host_ip: &ctx.host_ip, pod_ip: sandbox.ip.as_deref(), allocatable: &ctx.allocatable };
+    let env = match podspec::container_env(&src, pod, c).await {
+        Ok(env) => env,
+        Err(e) => match e.downcast::<ConfigError>() {
+            Ok(ConfigError(message)) => return Ok(Some((("CreateContainerConfigError", message), CONFIG_RETRY))),
+            Err(e) => return Err(e.context("reading the container's environment")),
+        },
+    };
+    let config = container_config(pod, c, attempt, env);
+    let id = match ctx.runtime.create_container(&sandbox.id, &config, sandbox_config).await {
+        Ok(id) => id,
+        Err(e) => return Ok(Some((("CreateContainerError", e.to_string()), CONFIG_RETRY))),
+    };
+    if let Err(e) = ctx.runtime.start_container(&id).await {
+        // The runtime keeps the container as exited (128, StartError); the next sync restarts
+        // it under the crash-loop back-off.
+        return Ok(Some((("RunContainerError", e.to_string()), CONFIG_RETRY)));
+    }
+    Ok(None)
 }
 
-/// Restarts an exited container unless it is backing off; returns how long it still must wait.
-/// The dead instance before the one that just exited is removed, as kubelet keeps one.
-async fn restart<R: RuntimeService>(
+/// Makes the container's image present as its pull policy says, with the pod's pull secrets.
+/// A failed pull backs off per image (kubelet's: 10 s doubling to 5 min).
+async fn pull<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &Pod, c: &Container) -> anyhow::Result<Option<(Waiting, Duration)>> {
+    let image = c.image.as_deref().unwrap_or("");
+    if image.is_empty() {
+        return Ok(Some((("InvalidImageName", format!("container {} names no image", c.name)), CONFIG_RETRY)));
+    }
+    let present = ctx.runtime.image_status(image).await.context("ImageStatus")?.is_some();
+    match (podspec::pull_policy(c), present) {
+        ("Never", false) => {
+            let message = format!("Container image \"{image}\" is not present with pull policy of Never");
+            return Ok(Some((("ErrImageNeverPull", message), CONFIG_RETRY)));
+        }
+        ("Always", _) | (_, false) => {}
+        _ => return Ok(None),
+    }
+    let key = (pod_uid(pod).to_string(), format!("pull/{image}"));
+    if let Some(wait) = ctx.backing_off(&key) {
+        return Ok(Some((("ImagePullBackOff", format!("Back-off pulling image \"{image}\"")), wait)));
+    }
+    let credentials = podspec::pull_credentials(&ctx.client, pod, image).await.context("reading the pod's imagePullSecrets")?;
+    let mut tries: Vec<Option<&crate::runtime::AuthConfig>> = credentials.iter().map(Some).collect();
+    if tries.is_empty() {
+        tries.push(None);
+    }
+    let mut last = String::new();
+    for auth in tries {
+        match ctx.runtime.pull_image(image, auth).await {
+            Ok(_) => {
+                ctx.succeeded(&key);
+                return Ok(None);
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    let wait = ctx.failed(key);
+    Ok(Some((("ErrImagePull", format!("failed to pull image \"{image}\": {last}")), wait)))
+}
+
+/// Restarts an exited container unless it is backing off; otherwise says why it waits and for
+/// how long. The dead instance before the one that just exited is removed, as kubelet keeps one.
+async fn restart<R: RuntimeService + ImageService>(
     ctx: &NodeContext<R>,
     uid: &str,
-    sandbox_id: &str,
-    sandbox: &PodSandboxConfig,
+    sandbox: &PodSandboxStatus,
+    sandbox_config: &PodSandboxConfig,
     pod: &Pod,
     c: &Container,
     exited: &ContainerStatus,
-) -> anyhow::Result<Option<Duration>> {
+) -> anyhow::Result<Option<(Waiting, Duration)>> {
     let key = (uid.to_string(), c.name.clone());
-    let now = Instant::now();
-    let ran_for = Duration::from_nanos((exited.finished_at - exited.started_at).max(0) as u64);
-    {
-        let mut backoffs = ctx.backoffs();
-        match backoffs.get(&key).copied() {
-            Some(b) if b.until > now => return Ok(Some(b.until - now)),
-            Some(b) if ran_for < RESTART_BACKOFF_RESET => {
-                let delay = (b.delay * 2).min(RESTART_BACKOFF_MAX);
-                backoffs.insert(key, Backoff { delay, until: now + delay });
-            }
-            _ => {
-                backoffs.insert(key, Backoff { delay: RESTART_BACKOFF_INITIAL, until: now + RESTART_BACKOFF_INITIAL });
-            }
-        }
+    // A container that never started (StartError) ran for no time.
+    let ran_for = if exited.started_at > 0 { Duration::from_nanos((exited.finished_at - exited.started_at).max(0) as u64) } else { Duration::ZERO };
+    if let Some(wait) = ctx.backing_off(&key) {
+        return Ok(Some((("CrashLoopBackOff", backoff_message(c, pod, wait)), wait)));
     }
-    for old in ctx.runtime.list_containers(Some(sandbox_id)).await? {
+    if ran_for >= RESTART_BACKOFF_RESET {
+        ctx.succeeded(&key);
+    }
+    ctx.failed(key);
+    for old in ctx.runtime.list_containers(Some(&sandbox.id)).await? {
         if old.metadata.name == c.name && old.metadata.attempt < exited.metadata.attempt {
             ctx.runtime.remove_container(&old.id).await?;
         }
     }
-    start(ctx, sandbox_id, sandbox, pod, c, exited.metadata.attempt + 1).await?;
-    Ok(None)
+    start(ctx, sandbox, sandbox_config, pod, c, exited.metadata.attempt + 1).await
 }
 
-/// Stops every container of the pod (within `grace`) and removes its sandboxes.
-pub async fn kill_pod<R: RuntimeService>(ctx: &NodeContext<R>, uid: &str, grace: Duration) -> anyhow::Result<()> {
+/// Stops every container of the pod (within `grace`) and removes its sandboxes and logs.
+pub async fn kill_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, uid: &str, grace: Duration) -> anyhow::Result<()> {
     for s in ctx.runtime.list_pod_sandbox().await?.into_iter().filter(|s| s.metadata.uid == uid) {
         for c in ctx.runtime.list_containers(Some(&s.id)).await? {
             if c.state == ContainerState::Running {
@@ -290,10 +405,33 @@ pub async fn kill_pod<R: RuntimeService>(ctx: &NodeContext<R>, uid: &str, grace:
         }
         remove_sandbox(ctx, &s.id).await?;
     }
+    if let Some(root) = &ctx.pod_log_root {
+        let suffix = format!("_{uid}");
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            if e.file_name().to_string_lossy().ends_with(&suffix) {
+                std::fs::remove_dir_all(e.path()).with_context(|| format!("removing {}", e.path().display()))?;
+            }
+        }
+    }
     Ok(())
 }
 
-async fn remove_sandbox<R: RuntimeService>(ctx: &NodeContext<R>, id: &str) -> anyhow::Result<()> {
+/// Stops what still runs of a finished pod, keeping its containers (and logs).
+async fn stop_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, uid: &str) -> anyhow::Result<()> {
+    for s in ctx.runtime.list_pod_sandbox().await?.into_iter().filter(|s| s.metadata.uid == uid) {
+        for c in ctx.runtime.list_containers(Some(&s.id)).await? {
+            if c.state == ContainerState::Running {
+                ctx.runtime.stop_container(&c.id, Duration::ZERO).await.with_context(|| format!("StopContainer {}", c.metadata.name))?;
+            }
+        }
+        if s.state == SandboxState::Ready {
+            ctx.runtime.stop_pod_sandbox(&s.id).await.context("StopPodSandbox")?;
+        }
+    }
+    Ok(())
+}
+
+async fn remove_sandbox<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, id: &str) -> anyhow::Result<()> {
     ctx.runtime.stop_pod_sandbox(id).await.context("StopPodSandbox")?;
     ctx.runtime.remove_pod_sandbox(id).await.context("RemovePodSandbox")?;
     Ok(())
@@ -301,7 +439,7 @@ async fn remove_sandbox<R: RuntimeService>(ctx: &NodeContext<R>, id: &str) -> an
 
 /// The final delete: grace period 0 and the uid as precondition, so that a new pod of the same
 /// name is never deleted by mistake. A pod already gone is fine.
-async fn delete_for_good<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod) -> anyhow::Result<()> {
+async fn delete_for_good<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &Pod) -> anyhow::Result<()> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
     let params = DeleteParams {
         grace_period_seconds: Some(0),
@@ -315,7 +453,7 @@ async fn delete_for_good<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod) -> 
     }
 }
 
-fn sandbox_config(pod: &Pod) -> PodSandboxConfig {
+fn sandbox_config<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &Pod) -> PodSandboxConfig {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let uid = pod_uid(pod).to_string();
@@ -326,24 +464,40 @@ fn sandbox_config(pod: &Pod) -> PodSandboxConfig {
     labels.insert(LABEL_POD_NAMESPACE.into(), namespace.clone());
     PodSandboxConfig {
         hostname: spec.and_then(|s| s.hostname.clone()).unwrap_or_else(|| name.clone()),
-        log_directory: format!("/var/log/pods/{namespace}_{name}_{uid}"),
+        log_directory: ctx.log_directory(pod).map(|d| d.display().to_string()).unwrap_or_default(),
+        port_mappings: spec
+            .into_iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()))
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter(|p| p.host_port.is_some_and(|h| h > 0))
+            .map(|p| PortMapping {
+                protocol: p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                container_port: p.container_port,
+                host_port: p.host_port.unwrap_or_default(),
+                host_ip: p.host_ip.clone().unwrap_or_default(),
+            })
+            .collect(),
         metadata: SandboxMetadata { name, uid, namespace, attempt: 0 },
         labels,
         annotations: pod.metadata.annotations.clone().unwrap_or_default(),
     }
 }
 
-fn container_config(pod: &Pod, c: &Container, attempt: u32) -> ContainerConfig {
+fn container_config(pod: &Pod, c: &Container, attempt: u32, envs: Vec<(String, String)>) -> ContainerConfig {
+    // Command and arguments may refer to the environment: `$(VAR)`.
+    let lookup = |n: &str| envs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let expanded = |list: &Option<Vec<String>>| -> Vec<String> { list.iter().flatten().map(|s| podspec::expand(s, &lookup)).collect() };
+    let (command, args) = (expanded(&c.command), expanded(&c.args));
     let mut labels = BTreeMap::new();
     labels.insert(LABEL_POD_UID.to_string(), pod_uid(pod).to_string());
     labels.insert(LABEL_CONTAINER_NAME.to_string(), c.name.clone());
     ContainerConfig {
         metadata: ContainerMetadata { name: c.name.clone(), attempt },
         image: c.image.clone().unwrap_or_default(),
-        command: c.command.clone().unwrap_or_default(),
-        args: c.args.clone().unwrap_or_default(),
+        command,
+        args,
         working_dir: c.working_dir.clone().unwrap_or_default(),
-        envs: c.env.iter().flatten().map(|e| (e.name.clone(), e.value.clone().unwrap_or_default())).collect(),
+        envs,
         labels,
         annotations: BTreeMap::new(),
         log_path: format!("{}/{attempt}.log", c.name),
@@ -367,7 +521,7 @@ fn api_container_status(
     scheme: &str,
     c: &Container,
     instances: &[&ContainerStatus],
-    waiting: Option<&(&'static str, String)>,
+    waiting: Option<&Waiting>,
 ) -> ApiStatus {
     let mut sorted: Vec<&ContainerStatus> = instances.to_vec();
     sorted.sort_by_key(|s| std::cmp::Reverse(s.metadata.attempt));
@@ -461,11 +615,11 @@ fn phase(restart_policy: &str, statuses: &[ApiStatus], init_done: bool, init_fai
     "Pending"
 }
 
-fn pod_status<R: RuntimeService>(
+fn pod_status<R: RuntimeService + ImageService>(
     ctx: &NodeContext<R>,
     pod: &Pod,
     containers: &[ContainerStatus],
-    waiting: &HashMap<String, (&'static str, String)>,
+    waiting: &HashMap<String, Waiting>,
     init_done: bool,
     init_failed: bool,
     ip: Option<&str>,
@@ -546,7 +700,7 @@ fn pod_status<R: RuntimeService>(
 }
 
 /// Writes the pod's status when it differs from what the API has (one merge patch).
-async fn write_status<R: RuntimeService>(ctx: &NodeContext<R>, pod: &Pod, status: PodStatus) -> anyhow::Result<()> {
+async fn write_status<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &Pod, status: PodStatus) -> anyhow::Result<()> {
     if pod.status.as_ref() == Some(&status) {
         return Ok(());
     }

@@ -43,6 +43,18 @@ pub struct PodSandboxConfig {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub log_directory: String,
+    /// Ports the node forwards to the pod (`hostPort`).
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// CRI's `PortMapping`: a node port forwarded to a pod's port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortMapping {
+    /// `TCP`, `UDP` or `SCTP`.
+    pub protocol: String,
+    pub container_port: i32,
+    pub host_port: i32,
+    pub host_ip: String,
 }
 
 /// CRI's `PodSandboxState`.
@@ -143,4 +155,32 @@ pub trait RuntimeService: Send + Sync + 'static {
     fn list_containers(&self, pod_sandbox_id: Option<&str>) -> impl Future<Output = Result<Vec<ContainerStatus>>> + Send;
     /// CRI's `GetContainerEvents` stream, when the runtime has one (taken once).
     fn container_events(&self) -> Option<tokio::sync::mpsc::Receiver<ContainerEvent>>;
+}
+
+/// CRI's `AuthConfig`: credentials for one registry.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub username: String,
+    pub password: String,
+    /// base64 of `username:password`, as docker's config files keep it.
+    pub auth: String,
+    pub server_address: String,
+}
+
+/// CRI's `Image` (list item).
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub id: String,
+    pub repo_tags: Vec<String>,
+    pub repo_digests: Vec<String>,
+    pub size_bytes: u64,
+}
+
+/// CRI's ImageService, as the agent calls it.
+pub trait ImageService: Send + Sync + 'static {
+    /// The image's id, if the runtime has it.
+    fn image_status(&self, image: &str) -> impl Future<Output = Result<Option<String>>> + Send;
+    /// Pulls `image` (with `auth` when the registry needs it); returns its reference.
+    fn pull_image(&self, image: &str, auth: Option<&AuthConfig>) -> impl Future<Output = Result<String>> + Send;
+    fn list_images(&self) -> impl Future<Output = Result<Vec<Image>>> + Send;
 }

@@ -111,6 +111,7 @@ async fn a_pod_runs_logs_and_exits_through_the_agents_own_containerd() {
         labels: Default::default(),
         annotations: Default::default(),
         log_directory: logs.display().to_string(),
+        port_mappings: vec![],
     };
     let sid = cri.run_pod_sandbox(&sandbox).await.expect("the sandbox runs on Keelson's pause image");
     let status = cri.pod_sandbox_status(&sid).await.unwrap();

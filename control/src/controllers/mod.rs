@@ -15,6 +15,7 @@ pub mod garbagecollector;
 pub mod informer;
 pub mod job;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod pods;
@@ -24,6 +25,7 @@ pub mod revisions;
 pub mod serviceaccount;
 pub mod statefulset;
 
+use anyhow::Context;
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
@@ -58,6 +60,7 @@ pub const CONTROLLERS: &[&str] = &[
     "endpointslice",
     "serviceaccount",
     "nodelifecycle",
+    "nodeipam",
     "taint-eviction-controller",
     "podgc",
     "disruption",
@@ -140,6 +143,15 @@ pub struct ControllerFlags {
     /// Objects the garbage collector handles at once.
     #[arg(long, default_value_t = 20)]
     pub concurrent_gc_syncs: usize,
+    /// Give every node a pod range from --cluster-cidr (the node IPAM controller).
+    #[arg(long)]
+    pub allocate_node_cidrs: bool,
+    /// The range pods' addresses come from, cut into one block per node.
+    #[arg(long)]
+    pub cluster_cidr: Option<String>,
+    /// The prefix length of each node's block of --cluster-cidr.
+    #[arg(long, default_value_t = 24)]
+    pub node_cidr_mask_size: u8,
 }
 
 impl ControllerFlags {
@@ -367,6 +379,13 @@ pub async fn run(
                 "endpoint" => add(endpoints::EndpointsController::new(&m), flags.concurrent_endpoint_syncs, &mut w),
                 "endpointslice" => add(endpoints::EndpointSliceController::new(&m), flags.concurrent_service_endpoint_syncs, &mut w),
                 "serviceaccount" => add(serviceaccount::ServiceAccountController::new(&m), 1, &mut w),
+                "nodeipam" if flags.allocate_node_cidrs => {
+                    let cidr = flags.cluster_cidr.as_deref().context("--allocate-node-cidrs needs --cluster-cidr")?;
+                    let ranges = nodeipam::RangeAllocator::new(cidr, flags.node_cidr_mask_size).map_err(anyhow::Error::msg)?;
+                    add(nodeipam::NodeIpamController::new(&m, ranges), 1, &mut w)
+                }
+                // Kubernetes' controller too does nothing without --allocate-node-cidrs.
+                "nodeipam" => {}
                 "nodelifecycle" => add(nodelifecycle::NodeLifecycleController::new(&m, flags.node_monitor_grace_period), 1, &mut w),
                 "taint-eviction-controller" => add(nodelifecycle::TaintEvictionController::new(&m), 5, &mut w),
                 "disruption" => add(disruption::DisruptionController::new(&m), 5, &mut w),
@@ -432,6 +451,9 @@ mod tests {
             concurrent_namespace_syncs: 1,
             node_monitor_grace_period: std::time::Duration::from_secs(20),
             terminated_pod_gc_threshold: 1,
+            allocate_node_cidrs: false,
+            cluster_cidr: None,
+            node_cidr_mask_size: 24,
         }
     }
 
@@ -440,7 +462,7 @@ mod tests {
         assert_eq!(flags(&["*"]).enabled().unwrap(), CONTROLLERS.to_vec());
         assert_eq!(
             flags(&["*", "-deployment", "-endpoint"]).enabled().unwrap(),
-            vec!["replicaset", "replicationcontroller", "daemonset", "statefulset", "job", "cronjob", "garbagecollector", "namespace", "endpointslice", "serviceaccount", "nodelifecycle", "taint-eviction-controller", "podgc", "disruption"]
+            vec!["replicaset", "replicationcontroller", "daemonset", "statefulset", "job", "cronjob", "garbagecollector", "namespace", "endpointslice", "serviceaccount", "nodelifecycle", "nodeipam", "taint-eviction-controller", "podgc", "disruption"]
         );
         assert_eq!(flags(&["deployment"]).enabled().unwrap(), vec!["deployment"]);
         assert!(flags(&[]).enabled().unwrap().is_empty());

@@ -1,5 +1,6 @@
-//! `keelson agent`: a node agent (kubelet). With `--runtime hollow` it runs any number of hollow
-//! nodes in one process, for scale tests.
+//! `keelson agent`: a node agent (kubelet). It runs containers through CRI — its own containerd,
+//! or the runtime at `--container-runtime-endpoint`. With `--runtime hollow` it runs any number
+//! of hollow nodes in one process instead, for scale tests.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -13,6 +14,8 @@ use k8s_openapi::api::core::v1::Taint;
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum Runtime {
+    /// Real containers through CRI (containerd).
+    Cri,
     /// Pods run in memory, without containers (thousands of nodes per process).
     Hollow,
 }
@@ -29,8 +32,16 @@ pub struct AgentArgs {
     #[arg(long)]
     node_name: Option<String>,
     /// What runs the pods.
-    #[arg(long, value_enum, default_value = "hollow")]
+    #[arg(long, value_enum, default_value = "cri")]
     runtime: Runtime,
+    #[command(flatten)]
+    real: RealArgs,
+    /// Where a real node keeps its containerd, pod logs and network state.
+    #[arg(long, default_value = "/var/lib/keelson/agent")]
+    data_dir: PathBuf,
+    /// OCI image archives (`*.tar`) imported at start, for clusters without a registry.
+    #[arg(long)]
+    image_dir: Option<PathBuf>,
     /// Hollow nodes this process runs.
     #[arg(long, default_value_t = 1)]
     hollow_nodes: usize,
@@ -67,6 +78,68 @@ pub struct AgentArgs {
     /// How often an unchanged node status is reported anyway (kubelet's flag).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     node_status_report_frequency: std::time::Duration,
+}
+
+/// The flags of a real node (kubelet's names where kubelet has them).
+#[derive(Args, Debug, Clone)]
+pub struct RealArgs {
+    /// The CRI server to run containers with, e.g. unix:///run/containerd/containerd.sock;
+    /// without it the agent runs its own containerd under --data-dir.
+    #[arg(long)]
+    container_runtime_endpoint: Option<String>,
+    /// The node's address (InternalIP); by default the address of the default route.
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// The node's pod range; by default the controller manager's node IPAM gives one.
+    #[arg(long)]
+    pod_cidr: Option<String>,
+    /// The containerd binary the agent runs.
+    #[arg(long, default_value = "containerd")]
+    containerd: PathBuf,
+    /// Where the CNI plugins are.
+    #[arg(long, default_value = "/usr/lib/cni")]
+    cni_bin_dir: PathBuf,
+    /// The bridge the node's pods are attached to.
+    #[arg(long, default_value = "keelson0")]
+    cni_bridge: String,
+    /// Registry host configs for containerd: a directory of `<host>/hosts.toml` (plain-HTTP
+    /// registries and mirrors are declared there).
+    #[arg(long)]
+    pub registry_config: Option<PathBuf>,
+    /// Resources held back for Kubernetes' own daemons: cpu=…,memory=…,ephemeral-storage=…
+    #[arg(long, value_delimiter = ',')]
+    kube_reserved: Vec<String>,
+    /// Resources held back for the operating system: cpu=…,memory=…,ephemeral-storage=…
+    #[arg(long, value_delimiter = ',')]
+    system_reserved: Vec<String>,
+}
+
+impl RealArgs {
+    pub fn node(&self, name: String, data_dir: PathBuf, image_dir: Option<PathBuf>) -> anyhow::Result<agent::real::RealNode> {
+        let kube = agent::machine::parse_reserved("--kube-reserved", &self.kube_reserved)?;
+        let system = agent::machine::parse_reserved("--system-reserved", &self.system_reserved)?;
+        let reserved = agent::machine::Resources {
+            cpu_millis: kube.cpu_millis + system.cpu_millis,
+            memory_bytes: kube.memory_bytes + system.memory_bytes,
+            ephemeral_storage_bytes: kube.ephemeral_storage_bytes + system.ephemeral_storage_bytes,
+        };
+        Ok(agent::real::RealNode {
+            name,
+            node_ip: self.node_ip.clone(),
+            data_dir,
+            endpoint: self.container_runtime_endpoint.as_deref().map(agent::real::endpoint_path).transpose()?,
+            containerd_binary: self.containerd.clone(),
+            cni_bin_dir: self.cni_bin_dir.clone(),
+            registry_config: self.registry_config.clone(),
+            image_dir,
+            pod_cidr: self.pod_cidr.clone(),
+            bridge: self.cni_bridge.clone(),
+            reserved,
+            labels: BTreeMap::new(),
+            taints: Vec::new(),
+            stop_pods_on_exit: false,
+        })
+    }
 }
 
 fn parse_labels(items: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
@@ -117,6 +190,13 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         ..AgentOptions::default()
     };
     match args.runtime {
+        Runtime::Cri => {
+            let name = name.context("the host has no name in /etc/hostname; give --node-name")?;
+            let mut node = args.real.node(name, args.data_dir, args.image_dir)?;
+            node.labels = parse_labels(&args.node_labels)?;
+            node.taints = parse_taints(&args.register_with_taints)?;
+            agent::real::run(client, node, options, stop_signal()).await
+        }
         Runtime::Hollow => {
             let nodes = HollowNodes {
                 prefix: args.hollow_node_prefix,

@@ -6,6 +6,7 @@ mod controller_manager;
 mod scheduler;
 mod server;
 mod store;
+mod up;
 
 // Every request and log entry allocates; mimalloc spends fewer cycles on it than the system
 // allocator (measured with the `load` benchmark).
@@ -42,6 +43,9 @@ enum Command {
     ControllerManager(controller_manager::ControllerManagerArgs),
     /// Run a node agent (kubelet); `--runtime hollow` runs many in-memory nodes for scale tests.
     Agent(agent::AgentArgs),
+    /// Run a whole single-node cluster (store, API, scheduler, controllers, agent with its own
+    /// containerd) under one data directory.
+    Up(Box<up::UpArgs>),
 }
 
 /// Transparent huge pages off for the process: with them, each fresh or purged-and-reused
@@ -82,6 +86,7 @@ fn main() -> std::process::ExitCode {
             Command::Server(args) => server::server(*args).await,
             Command::Apiserver(args) => apiserver::apiserver(args).await,
             Command::Agent(args) => agent::agent(args).await,
+            Command::Up(args) => up::up(*args).await,
             Command::Scheduler(args) => scheduler::scheduler(args).await,
             Command::ControllerManager(args) => controller_manager::controller_manager(args).await,
         }

@@ -37,6 +37,18 @@ pub struct ServerArgs {
     election: ElectionFlags,
 }
 
+/// A component run beside the API server in this process (`keelson up` adds the agent): given a
+/// client of the local API and a future that resolves when it is to stop.
+pub struct Extra {
+    pub name: &'static str,
+    /// How long it gets to stop.
+    pub stop_within: Duration,
+    pub run: Box<dyn FnOnce(kube::Client, Stop) -> BoxFuture<anyhow::Result<()>> + Send>,
+}
+
+pub type Stop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
 fn waiter(rx: &tokio::sync::watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + Send + 'static {
     let mut rx = rx.clone();
     async move {
@@ -45,6 +57,12 @@ fn waiter(rx: &tokio::sync::watch::Receiver<bool>) -> impl std::future::Future<O
 }
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
+    server_with(args, Vec::new()).await
+}
+
+/// Runs the server and `extras` beside it; on SIGTERM or SIGINT, the components stop first (each
+/// within its time), then the API, then the store.
+pub async fn server_with(args: ServerArgs, extras: Vec<Extra>) -> anyhow::Result<()> {
     let config = args.store.to_config()?;
     let scheduling = if args.disable.iter().any(|d| d == "scheduler") {
         None
@@ -61,12 +79,17 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (components_tx, components_rx) = tokio::sync::watch::channel(false);
     let store = tokio::spawn(raft_store::server::serve(node, waiter(&stop_rx)));
-    let mut components = Vec::new();
+    let mut components: Vec<(&str, Duration, tokio::task::JoinHandle<anyhow::Result<()>>)> = Vec::new();
+    for extra in extras {
+        let client = agent::client::connect(Some(&args.api.local_url()), None).await?;
+        let task = tokio::spawn((extra.run)(client, Box::pin(waiter(&components_rx))));
+        components.push((extra.name, extra.stop_within, task));
+    }
     if let Some(config) = scheduling {
         let client = agent::client::connect(Some(&args.api.local_url()), None).await?;
         let election = args.election.clone();
         let stop = waiter(&components_rx);
-        components.push(("scheduler", tokio::spawn(async move { crate::scheduler::run_scheduler(client, &election, config, stop).await })));
+        components.push(("scheduler", COMPONENTS_STOP_TIMEOUT, tokio::spawn(async move { crate::scheduler::run_scheduler(client, &election, config, stop).await })));
     }
     if managing {
         let client = agent::client::connect(Some(&args.api.local_url()), None).await?;
@@ -74,18 +97,41 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
         let stop = waiter(&components_rx);
         components.push((
             "controller manager",
+            COMPONENTS_STOP_TIMEOUT,
             tokio::spawn(async move { crate::controller_manager::run_controller_manager(client, &election, flags, stop).await }),
         ));
     }
     let api = run_api(&args.api, local_store, "the member in this process", waiter(&stop_rx));
     tokio::pin!(api);
-    let outcome = tokio::select! {
-        r = &mut api => Some(r),
-        _ = stop_signal() => None,
+    // A component that ends on its own (it could not start, e.g. the agent without containerd)
+    // brings the whole server down with its error rather than leaving a cluster without it.
+    let ended = async {
+        if components.is_empty() {
+            return std::future::pending().await;
+        }
+        let (result, i, _) = futures::future::select_all(components.iter_mut().map(|(_, _, task)| task)).await;
+        (i, result)
+    };
+    let (outcome, ended) = tokio::select! {
+        r = &mut api => (Some(r), None),
+        _ = stop_signal() => (None, None),
+        (i, result) = ended => {
+            let name = components[i].0;
+            let error = match result {
+                Ok(Ok(())) => anyhow::anyhow!("the {name} stopped"),
+                Ok(Err(e)) => e.context(format!("the {name} stopped")),
+                Err(e) => anyhow::anyhow!("the {name} task failed: {e}"),
+            };
+            tracing::error!(error = format!("{error:#}"), "shutting down");
+            (Some(Err(error)), Some(i))
+        },
     };
     let _ = components_tx.send(true);
-    for (name, task) in components {
-        match tokio::time::timeout(COMPONENTS_STOP_TIMEOUT, task).await {
+    for (i, (name, within, task)) in components.into_iter().enumerate() {
+        if ended == Some(i) {
+            continue;
+        }
+        match tokio::time::timeout(within, task).await {
             Ok(Ok(Err(e))) => tracing::warn!(error = format!("{e:#}"), "the {name} stopped with an error"),
             Ok(Err(e)) => tracing::warn!(error = %e, "the {name} task failed"),
             Err(_) => tracing::warn!("the {name} did not stop in time"),
@@ -94,6 +140,10 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
     }
     let _ = stop_tx.send(true);
     let outcome = match outcome {
+        Some(Err(e)) if ended.is_some() => {
+            let _ = api.await;
+            Err(e)
+        }
         Some(r) => r,
         None => api.await,
     };

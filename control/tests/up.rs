@@ -1,0 +1,544 @@
+//! `keelson up` end to end, with real containers: the whole cluster in one process over its own
+//! containerd, the README's example applied with kubectl, pods answering HTTP from the host, pod
+//! specs' environment and Kubernetes' reasons for bad input, pods' containers cleaned up when they
+//! are deleted, and Ctrl-C followed by a second `keelson up` that runs the same pods again.
+//! Needs root, containerd, runc, the CNI plugins, iptables and busybox-static (scripts/setup
+//! installs them); fails without them.
+//!
+//! Each cluster works in `/tmp/keelson-up-<pid>-…` with a network it claims (`kupN`, 10.N.0.0/16); what a crashed run
+//! left (processes, containers, mounts, bridges) is removed by the next run.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::kubectl::{kubectl_binary, Kubectl};
+use common::{free_ports, log_tail, wait_until, within};
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+
+const PREFIX: &str = "keelson-up-";
+/// A cold `keelson up` (debug build) until its node is Ready.
+const READY_WITHIN: Duration = Duration::from_secs(90);
+const SETTLED_WITHIN: Duration = Duration::from_secs(60);
+/// How long Ctrl-C may take: pods stop (10 s grace at most), then containerd and the store.
+const STOP_WITHIN: Duration = Duration::from_secs(60);
+
+fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Kills every process started from `dir` or running in a container whose root is under it.
+fn kill_processes_under(dir: &Path) {
+    let dir_s = dir.display().to_string();
+    for p in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = p.file_name().to_string_lossy().parse::<u32>() else { continue };
+        if pid == std::process::id() {
+            continue;
+        }
+        let cmdline = std::fs::read(p.path().join("cmdline")).unwrap_or_default();
+        let root = std::fs::read_link(p.path().join("root")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&dir_s) || root.starts_with(dir) {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir_s = dir.display().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir_s)).map(String::from).collect()
+}
+
+fn unmount_under(dir: &Path) {
+    let mut points = mounts_under(dir);
+    points.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in points {
+        let _ = Command::new("umount").args(["-l", &m]).status();
+    }
+}
+
+/// Clusters of this machine's test runs take pod ranges 10.N.0.0/16 and bridges `kupN` for N
+/// in this range, one each, claimed with a marker file naming the claiming process.
+const NETWORKS: std::ops::Range<u32> = 150..200;
+
+fn network_marker(n: u32) -> PathBuf {
+    PathBuf::from(format!("/tmp/{PREFIX}net-{n}"))
+}
+
+fn bridge_of(n: u32) -> String {
+    format!("kup{n}")
+}
+
+/// Claims a free network: its marker is created exclusively, so two runs never share one.
+fn claim_network() -> u32 {
+    for n in NETWORKS {
+        let created = std::fs::OpenOptions::new().write(true).create_new(true).open(network_marker(n));
+        if let Ok(mut f) = created {
+            write!(f, "{}", std::process::id()).unwrap();
+            return n;
+        }
+    }
+    panic!("every test network {NETWORKS:?} is claimed: see /tmp/{PREFIX}net-*");
+}
+
+fn release_network(n: u32) {
+    let _ = Command::new("ip").args(["link", "del", &bridge_of(n)]).status();
+    let _ = std::fs::remove_file(network_marker(n));
+}
+
+/// Removes what crashed runs left.
+fn cleanup_stale() {
+    let Ok(entries) = std::fs::read_dir("/tmp") else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix(PREFIX) else { continue };
+        if let Some(n) = rest.strip_prefix("net-").and_then(|n| n.parse::<u32>().ok()) {
+            let owner = std::fs::read_to_string(e.path()).ok().and_then(|p| p.trim().parse::<u32>().ok());
+            if owner.is_some_and(|pid| !pid_alive(pid)) {
+                release_network(n);
+            }
+            continue;
+        }
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid_alive(pid) {
+            continue;
+        }
+        let dir = e.path();
+        kill_processes_under(&dir);
+        unmount_under(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// One `keelson up` cluster, stopped and removed on drop.
+struct Up {
+    child: Option<Child>,
+    dir: PathBuf,
+    log: PathBuf,
+    args: Vec<String>,
+    api: String,
+    network: u32,
+    cidr_prefix: String,
+}
+
+impl Up {
+    fn start() -> Up {
+        cleanup_stale();
+        let pid = std::process::id();
+        let network = claim_network();
+        let dir = tempfile::Builder::new().prefix(&format!("{PREFIX}{pid}-")).tempdir_in("/tmp").unwrap().keep();
+        let images = dir.join("images");
+        let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+        let built = Command::new(scripts.join("example-images")).arg(&images).status().expect("scripts/example-images runs");
+        assert!(built.success(), "scripts/example-images failed");
+        let ports = free_ports(3);
+        let cidr_prefix = format!("10.{network}.");
+        let bridge = bridge_of(network);
+        let args: Vec<String> = [
+            "up",
+            "--data-dir",
+            &dir.display().to_string(),
+            "--api-listen",
+            &format!("127.0.0.1:{}", ports[0]),
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{}", ports[1]),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{}", ports[2]),
+            "--cluster-cidr",
+            &format!("10.{network}.0.0/16"),
+            "--cni-bridge",
+            &bridge,
+            "--node-ip",
+            "127.0.0.1",
+            "--node-name",
+            "node-1",
+            "--image-dir",
+            &images.display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut up = Up { child: None, log: dir.join("up.log"), dir, args, api: format!("http://127.0.0.1:{}", ports[0]), network, cidr_prefix };
+        up.spawn();
+        up
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_keelson"))
+            .args(&self.args)
+            .env("KEELSON_LOG", "info,openraft=off")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("keelson up starts");
+        self.child = Some(child);
+    }
+
+    fn client(&self) -> kube::Client {
+        kube::Client::try_from(kube::Config::new(self.api.parse().unwrap())).unwrap()
+    }
+
+    fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("kubeconfig.yaml")
+    }
+
+    /// Ctrl-C: SIGINT, and the exit within `STOP_WITHIN`.
+    fn interrupt(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("keelson up runs");
+        let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+        let deadline = std::time::Instant::now() + STOP_WITHIN;
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if std::time::Instant::now() >= deadline {
+                let _ = child.kill();
+                panic!("keelson up did not stop within {STOP_WITHIN:?} of SIGINT\n{}", log_tail(&self.log, 60));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    async fn wait_node_ready(&self) {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client());
+        wait_until("the node is Ready", within(READY_WITHIN), || {
+            let nodes = nodes.clone();
+            async move {
+                let n = match nodes.get_opt("node-1").await.map_err(|e| e.to_string())? {
+                    Some(n) => n,
+                    None => {
+                        let all: Vec<String> = nodes.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.into_iter().filter_map(|n| n.metadata.name).collect();
+                        return Err(format!("no node-1 at {}; nodes: {all:?}", self.api));
+                    }
+                };
+                let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone());
+                if ready.as_deref() == Some("True") { Ok(()) } else { Err(format!("Ready={ready:?}")) }
+            }
+        })
+        .await;
+    }
+
+    /// The log of a pod's container, as containerd wrote it in CRI's format.
+    fn container_log(&self, pod: &Pod, container: &str) -> String {
+        let m = &pod.metadata;
+        let dir = self.dir.join("agent/pod-logs").join(format!("{}_{}_{}", m.namespace.as_deref().unwrap(), m.name.as_deref().unwrap(), m.uid.as_deref().unwrap()));
+        std::fs::read_to_string(dir.join(container).join("0.log")).unwrap_or_default()
+    }
+
+    /// Containers containerd still has (any state).
+    fn runtime_containers(&self) -> Vec<String> {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.join("agent/containerd/containerd.sock"))
+            .args(["--namespace", "k8s.io", "containers", "list", "--quiet"])
+            .output()
+            .expect("ctr runs");
+        assert!(out.status.success(), "ctr: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("===== keelson up log {} =====\n{}", self.log.display(), log_tail(&self.log, 80));
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let deadline = std::time::Instant::now() + STOP_WITHIN;
+            while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        kill_processes_under(&self.dir);
+        unmount_under(&self.dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
+        release_network(self.network);
+    }
+}
+
+/// `GET /` from the host to `ip:80`: the body.
+fn http_get(ip: &str) -> Result<String, String> {
+    let addr: SocketAddr = format!("{ip}:80").parse().map_err(|e| format!("{e}"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+    Ok(body)
+}
+
+/// The web pods that run, with their addresses.
+async fn running_web_pods(client: &kube::Client) -> Result<Vec<(String, String)>, String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let list = pods.list(&ListParams::default().labels("app=web")).await.map_err(|e| e.to_string())?;
+    let running: Vec<(String, String)> = list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .filter_map(|p| Some((p.metadata.name.clone()?, p.status.as_ref()?.pod_ip.clone()?)))
+        .collect();
+    if running.len() == 2 { Ok(running) } else { Err(format!("{} running: {running:?}", running.len())) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keelson_up_runs_the_example_web_site_and_resumes_it_after_ctrl_c() {
+    let mut up = Up::start();
+    up.wait_node_ready().await;
+    let client = up.client();
+    let node: k8s_openapi::api::core::v1::Node = Api::all(client.clone()).get("node-1").await.unwrap();
+    let status = node.status.clone().unwrap();
+    let info = status.node_info.unwrap();
+    assert!(info.container_runtime_version.starts_with("containerd://"), "{info:?}");
+    assert!(!info.kernel_version.is_empty() && !info.os_image.is_empty(), "{info:?}");
+    let capacity = status.capacity.unwrap();
+    assert_eq!(capacity["pods"].0, "110");
+    assert!(capacity.contains_key("cpu") && capacity.contains_key("memory") && capacity.contains_key("ephemeral-storage"));
+    let pod_cidr = node.spec.unwrap().pod_cidr.expect("the node IPAM gave the node a pod range");
+    assert!(pod_cidr.starts_with(&up.cidr_prefix) && pod_cidr.ends_with("/24"), "{pod_cidr}");
+
+    // The README's example, applied with the current kubectl through the written kubeconfig.
+    let work = tempfile::tempdir().unwrap();
+    let kubeconfig = std::fs::read_to_string(up.kubeconfig()).expect("keelson up wrote a kubeconfig");
+    assert!(kubeconfig.contains(&up.api), "{kubeconfig}");
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/web.yaml");
+    let current = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    current.run(&["apply", "-f", &example.display().to_string()]);
+    let pods = wait_until("both web pods run", within(SETTLED_WITHIN), || running_web_pods(&client)).await;
+    for (name, ip) in &pods {
+        assert!(ip.starts_with(&up.cidr_prefix), "{name} has {ip}, outside the node's range {pod_cidr}");
+        let body = wait_until(&format!("{name} answers HTTP at {ip}"), within(SETTLED_WITHIN), || async move { http_get(ip) }).await;
+        assert!(body.starts_with("HTTP/1.1 200 OK") && body.contains("Hello from a pod on Keelson"), "{body}");
+    }
+    // Debian's kubectl 1.20 sees them too, and the Service's endpoints are the pods.
+    let debian = Kubectl::new(work.path(), &up.api);
+    let listed = debian.run(&["get", "pods", "-l", "app=web", "-o", "wide"]);
+    assert_eq!(listed.matches("Running").count(), 2, "{listed}");
+    let endpoints = wait_until("the Service has both pods as endpoints", within(SETTLED_WITHIN), || {
+        let debian = &debian;
+        async move {
+            let e = debian.run(&["get", "endpoints", "web", "-o", "jsonpath={.subsets[*].addresses[*].ip}"]);
+            if e.split_whitespace().count() == 2 { Ok(e) } else { Err(e) }
+        }
+    })
+    .await;
+    for (_, ip) in &pods {
+        assert!(endpoints.contains(ip.as_str()), "{endpoints}");
+    }
+
+    // Ctrl-C stops everything: no container process and no mount is left.
+    let status = up.interrupt();
+    assert!(status.success(), "keelson up exited with {status}\n{}", log_tail(&up.log, 40));
+    assert!(mounts_under(&up.dir).is_empty(), "mounts left: {:?}", mounts_under(&up.dir));
+    for (_, ip) in &pods {
+        assert!(http_get(ip).is_err(), "{ip} still answers after Ctrl-C");
+    }
+
+    // A second `keelson up` over the same directory resumes the cluster and runs the pods again.
+    up.spawn();
+    up.wait_node_ready().await;
+    // Their new sandboxes have new addresses: each pod answers at the one its status shows.
+    let again = wait_until("both web pods answer again at their addresses", within(SETTLED_WITHIN), || {
+        let client = client.clone();
+        async move {
+            let pods = running_web_pods(&client).await?;
+            for (name, ip) in &pods {
+                let body = http_get(ip).map_err(|e| format!("{name}: {e}"))?;
+                if !body.contains("Hello from a pod on Keelson") {
+                    return Err(body);
+                }
+            }
+            Ok(pods)
+        }
+    })
+    .await;
+    let names = |p: &[(String, String)]| -> Vec<String> {
+        let mut n: Vec<String> = p.iter().map(|(n, _)| n.clone()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names(&again), names(&pods), "the same pods");
+
+    // Deleting the Deployment removes its pods' containers from the node.
+    current.run(&["delete", "-f", &example.display().to_string(), "--wait=true", "--grace-period=2"]);
+    wait_until("the pods are gone from the API and the node", within(SETTLED_WITHIN), || {
+        let client = client.clone();
+        let up = &up;
+        async move {
+            let pods: Api<Pod> = Api::namespaced(client, "default");
+            let left = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
+            let containers = up.runtime_containers();
+            let mounts = mounts_under(&up.dir);
+            if left == 0 && containers.is_empty() && mounts.is_empty() { Ok(()) } else { Err(format!("{left} pods, containers {containers:?}, mounts {mounts:?}")) }
+        }
+    })
+    .await;
+    let status = up.interrupt();
+    assert!(status.success(), "keelson up exited with {status}");
+}
+
+fn pod(name: &str, spec: serde_json::Value) -> Pod {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "labels": {"test": "spec"}},
+        "spec": spec,
+    }))
+    .unwrap()
+}
+
+/// The waiting reason of a pod's only container, once it is one of `reasons`.
+async fn waiting_reason(pods: &Api<Pod>, name: &str, reasons: &[&str]) -> (String, String) {
+    wait_until(&format!("{name} waits with one of {reasons:?}"), within(SETTLED_WITHIN), || {
+        let pods = pods.clone();
+        async move {
+            let p = pods.get(name).await.map_err(|e| e.to_string())?;
+            let s = p.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next()).ok_or("no container status")?;
+            let w = s.state.and_then(|st| st.waiting).ok_or_else(|| format!("not waiting: {:?}", s.last_state))?;
+            let reason = w.reason.unwrap_or_default();
+            if reasons.contains(&reason.as_str()) { Ok((reason, w.message.unwrap_or_default())) } else { Err(reason) }
+        }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_get_their_environment_and_bad_input_gets_kubernetes_reasons() {
+    let up = Up::start();
+    up.wait_node_ready().await;
+    let client = up.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let post = PostParams::default();
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "default");
+    config_maps
+        .create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "settings"}, "data": {"color": "teal", "size": "9"}})).unwrap())
+        .await
+        .unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "default");
+    secrets
+        .create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}})).unwrap())
+        .await
+        .unwrap();
+
+    // Every source of the environment, and a command that refers to it.
+    let script = "echo \"color=$COLOR token=$TOKEN name=$POD_NAME ip=$POD_IP cpu=$CPU_MILLIS size=$CFG_size greeting=$GREETING\"; exec sleep 3600";
+    let env_pod = pod(
+        "env",
+        serde_json::json!({"containers": [{
+            "name": "c",
+            "image": "registry.keelson.local/web:1",
+            "command": ["/bin/sh", "-c", script],
+            "resources": {"limits": {"cpu": "250m", "memory": "64Mi"}},
+            "envFrom": [{"configMapRef": {"name": "settings"}, "prefix": "CFG_"}],
+            "env": [
+                {"name": "COLOR", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "color"}}},
+                {"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "creds", "key": "token"}}},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "CPU_MILLIS", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu", "divisor": "1m"}}},
+                {"name": "GREETING", "value": "hello $(POD_NAME)"},
+            ],
+        }]}),
+    );
+    pods.create(&post, &env_pod).await.unwrap();
+    let line = wait_until("the env pod logs its environment", within(SETTLED_WITHIN), || {
+        let (pods, up) = (pods.clone(), &up);
+        async move {
+            let p = pods.get("env").await.map_err(|e| e.to_string())?;
+            let log = up.container_log(&p, "c");
+            let ip = p.status.and_then(|s| s.pod_ip).ok_or("no pod IP yet")?;
+            log.lines().find(|l| l.contains("color=")).map(|l| (l.to_string(), ip)).ok_or(log)
+        }
+    })
+    .await;
+    let (line, ip) = line;
+    let want = format!("color=teal token=s3cr3t name=env ip={ip} cpu=250 size=9 greeting=hello env");
+    assert!(line.ends_with(&want), "{line:?} does not end with {want:?}");
+
+    // Kubernetes' reasons for what cannot run.
+    let bad = |name: &str, container: serde_json::Value| pod(name, serde_json::json!({"containers": [container]}));
+    let cases = [
+        // An image no registry has: the pull fails, then backs off.
+        (bad("no-image", serde_json::json!({"name": "c", "image": "127.0.0.1:9/missing:1"})), vec!["ErrImagePull", "ImagePullBackOff"]),
+        // A command that does not exist: the start fails, then the container crash-loops.
+        (bad("no-command", serde_json::json!({"name": "c", "image": "registry.keelson.local/web:1", "command": ["/no/such/command"]})), vec!["RunContainerError", "CrashLoopBackOff"]),
+        // A ConfigMap that does not exist.
+        (
+            bad("no-config", serde_json::json!({"name": "c", "image": "registry.keelson.local/web:1", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}]})),
+            vec!["CreateContainerConfigError"],
+        ),
+        // An image that is not present, with pull policy Never.
+        (bad("never-pull", serde_json::json!({"name": "c", "image": "registry.keelson.local/absent:1", "imagePullPolicy": "Never"})), vec!["ErrImageNeverPull"]),
+    ];
+    for (p, _) in &cases {
+        pods.create(&post, p).await.unwrap();
+    }
+    for (p, reasons) in &cases {
+        let name = p.metadata.name.as_deref().unwrap();
+        let (reason, message) = waiting_reason(&pods, name, reasons).await;
+        assert!(!message.is_empty(), "{name}: {reason} without a message");
+        if name != "no-command" {
+            let phase = pods.get(name).await.unwrap().status.and_then(|s| s.phase);
+            assert_eq!(phase.as_deref(), Some("Pending"), "{name}");
+        }
+    }
+    // The crash loop: the failed start is the container's last state, and restarts are counted.
+    let (_, message) = waiting_reason(&pods, "no-command", &["CrashLoopBackOff"]).await;
+    assert!(message.contains("back-off"), "{message}");
+    let s = pods.get("no-command").await.unwrap().status.unwrap().container_statuses.unwrap().remove(0);
+    let last = s.last_state.and_then(|l| l.terminated).expect("the failed start is the last state");
+    assert_eq!((last.exit_code, last.reason.as_deref()), (128, Some("StartError")), "{last:?}");
+    assert!(s.restart_count >= 1, "{}", s.restart_count);
+    // The ConfigMap, once made, lets the container start.
+    config_maps
+        .create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "absent"}, "data": {"k": "v"}})).unwrap())
+        .await
+        .unwrap();
+    wait_until("no-config runs once its ConfigMap exists", within(SETTLED_WITHIN), || {
+        let pods = pods.clone();
+        async move {
+            let phase = pods.get("no-config").await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
+            if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
+        }
+    })
+    .await;
+
+    // Deleting the pods removes every container and mount they had.
+    // (A shell or sleep as a container's first process ignores SIGTERM: a short grace period.)
+    pods.delete_collection(&DeleteParams { grace_period_seconds: Some(1), ..Default::default() }, &ListParams::default().labels("test=spec")).await.unwrap();
+    wait_until("the pods are gone from the API and the node", within(SETTLED_WITHIN), || {
+        let (pods, up) = (pods.clone(), &up);
+        async move {
+            let left = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
+            let containers = up.runtime_containers();
+            let mounts = mounts_under(&up.dir);
+            if left == 0 && containers.is_empty() && mounts.is_empty() { Ok(()) } else { Err(format!("{left} pods, containers {containers:?}, mounts {mounts:?}")) }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keelson_up_stops_with_the_agents_error_when_containerd_cannot_start() {
+    let dir = tempfile::Builder::new().prefix(&format!("{PREFIX}{}-", std::process::id())).tempdir_in("/tmp").unwrap();
+    let ports = free_ports(3);
+    let out = Command::new(env!("CARGO_BIN_EXE_keelson"))
+        .args(["up", "--data-dir", &dir.path().display().to_string(), "--containerd", "/nonexistent/containerd", "--node-ip", "127.0.0.1", "--node-name", "node-1"])
+        .args(["--api-listen", &format!("127.0.0.1:{}", ports[0])])
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", ports[1]), "--listen-peer-urls", &format!("http://127.0.0.1:{}", ports[2])])
+        .stdin(Stdio::null())
+        .output()
+        .expect("keelson up runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "keelson up went on without its agent\n{stderr}");
+    assert!(stderr.contains("the agent stopped") && stderr.contains("/nonexistent/containerd"), "{stderr}");
+}
