@@ -13,7 +13,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::runtime::{
     AuthConfig, ContainerConfig, Image, ImageService, ContainerEvent, ContainerMetadata, ContainerState, ContainerStatus, PodSandboxConfig,
-    PodSandboxStatus, Result, RuntimeError, RuntimeService, SandboxMetadata, SandboxState, VersionInfo,
+    PodSandboxStatus, Result, RuntimeError, RuntimeService, SandboxMetadata, SandboxState, Streams, VersionInfo,
 };
 
 /// The longest one CRI call may take (image pulls aside).
@@ -237,6 +237,21 @@ impl RuntimeService for CriRuntime {
     fn container_events(&self) -> Option<tokio::sync::mpsc::Receiver<ContainerEvent>> {
         // containerd 1.6 has no GetContainerEvents: the agent relists.
         None
+    }
+
+    async fn exec(&self, container_id: &str, cmd: &[String], s: Streams) -> Result<String> {
+        let req = cri::ExecRequest { container_id: container_id.to_string(), cmd: cmd.to_vec(), tty: s.tty, stdin: s.stdin, stdout: s.stdout, stderr: s.stderr };
+        Ok(self.runtime.clone().exec(req).await.map_err(|e| failed("Exec", e))?.into_inner().url)
+    }
+
+    async fn attach(&self, container_id: &str, s: Streams) -> Result<String> {
+        let req = cri::AttachRequest { container_id: container_id.to_string(), stdin: s.stdin, tty: s.tty, stdout: s.stdout, stderr: s.stderr };
+        Ok(self.runtime.clone().attach(req).await.map_err(|e| failed("Attach", e))?.into_inner().url)
+    }
+
+    async fn port_forward(&self, pod_sandbox_id: &str, ports: &[i32]) -> Result<String> {
+        let req = cri::PortForwardRequest { pod_sandbox_id: pod_sandbox_id.to_string(), port: ports.to_vec() };
+        Ok(self.runtime.clone().port_forward(req).await.map_err(|e| failed("PortForward", e))?.into_inner().url)
     }
 }
 

@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::runtime::{
     AuthConfig, ContainerConfig, Image, ImageService, ContainerEvent, ContainerMetadata, ContainerState, ContainerStatus, PodSandboxConfig,
-    PodSandboxStatus, Result, RuntimeError, RuntimeService, SandboxMetadata, SandboxState, VersionInfo,
+    PodSandboxStatus, Result, RuntimeError, RuntimeService, SandboxMetadata, SandboxState, Streams, VersionInfo,
 };
 
 /// Container events waiting for the agent; beyond this the agent's periodic relist notices.
@@ -178,7 +178,24 @@ impl ImageService for HollowRuntime {
     }
 }
 
+/// What a hollow node cannot do: it runs no processes.
+fn no_processes() -> RuntimeError {
+    RuntimeError::Failed("a hollow node runs no processes to stream".into())
+}
+
 impl RuntimeService for HollowRuntime {
+    async fn exec(&self, _container_id: &str, _cmd: &[String], _streams: Streams) -> Result<String> {
+        Err(no_processes())
+    }
+
+    async fn attach(&self, _container_id: &str, _streams: Streams) -> Result<String> {
+        Err(no_processes())
+    }
+
+    async fn port_forward(&self, _pod_sandbox_id: &str, _ports: &[i32]) -> Result<String> {
+        Err(no_processes())
+    }
+
     async fn version(&self) -> Result<VersionInfo> {
         Ok(VersionInfo {
             runtime_name: "hollow".into(),
@@ -510,6 +527,8 @@ impl HollowNodes {
                     swap: None,
                 },
                 not_ready: None,
+                // Nothing listens: a hollow node has no processes to stream.
+                kubelet_port: 10250,
             };
             out.push((setup, std::sync::Arc::new(HollowRuntime::new(range))));
         }

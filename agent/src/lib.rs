@@ -9,12 +9,15 @@ pub mod cri;
 pub mod hollow;
 pub mod image;
 pub mod lean;
+pub mod logs;
 pub mod machine;
 pub mod node;
 pub mod pods;
 pub mod podspec;
 pub mod real;
 pub mod runtime;
+pub mod server;
+pub mod upgrade;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

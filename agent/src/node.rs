@@ -33,6 +33,8 @@ pub struct NodeSetup {
     pub system: NodeSystemInfo,
     /// Why the node is not ready yet (its runtime is starting), reported as Ready=False.
     pub not_ready: Option<String>,
+    /// The port of the agent's endpoint (logs, exec, attach, port-forward).
+    pub kubelet_port: u16,
 }
 
 fn now_time() -> Time {
@@ -70,7 +72,7 @@ impl NodeSetup {
                 NodeAddress { type_: "InternalIP".into(), address: self.internal_ip.clone() },
                 NodeAddress { type_: "Hostname".into(), address: self.hostname.clone() },
             ]),
-            daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }) }),
+            daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: self.kubelet_port.into() }) }),
             node_info: Some(self.system.clone()),
             ..Default::default()
         }

@@ -50,6 +50,8 @@ pub struct RealNode {
     pub reserved: Resources,
     pub labels: BTreeMap<String, String>,
     pub taints: Vec<Taint>,
+    /// Where the agent's endpoint listens (kubelet's `--address` and `--port`; port 0 takes any).
+    pub listen: std::net::SocketAddr,
     /// Whether stopping the agent stops its pods too (`keelson up`); a plain agent leaves them
     /// running for the next start to adopt, as kubelet does.
     pub stop_pods_on_exit: bool,
@@ -82,6 +84,7 @@ impl RealNode {
             hostname: self.name.clone(),
             system: machine::system_info(node::KUBELET_VERSION),
             not_ready: Some("container runtime is starting".into()),
+            kubelet_port: self.listen.port(),
         })
     }
 }
@@ -125,6 +128,8 @@ pub async fn run(client: kube::Client, node: RealNode, mut options: AgentOptions
     tokio::pin!(stop);
     std::fs::create_dir_all(&node.data_dir).with_context(|| format!("creating {}", node.data_dir.display()))?;
     let mut setup = node.setup()?;
+    let listener = tokio::net::TcpListener::bind(node.listen).await.with_context(|| format!("the agent's endpoint cannot listen on {}", node.listen))?;
+    setup.kubelet_port = listener.local_addr()?.port();
     let prepare = async {
         let (runtime, containerd) = match &node.endpoint {
             Some(socket) => {
@@ -172,7 +177,11 @@ pub async fn run(client: kube::Client, node: RealNode, mut options: AgentOptions
     options.pod_log_root = Some(node.data_dir.join("pod-logs"));
     tracing::info!(node = %setup.name, runtime = %setup.system.container_runtime_version, "container runtime ready");
     let runtime = Arc::new(runtime);
+    let endpoint = crate::server::NodeServer { runtime: runtime.clone(), pod_log_root: node.data_dir.join("pod-logs") };
+    let serving = tokio::spawn(crate::server::serve(listener, Arc::new(endpoint)));
+    tracing::info!(port = setup.kubelet_port, "the agent's endpoint serves logs, exec, attach and port-forward");
     let result = crate::run(client, vec![(setup, runtime.clone())], options, stop).await;
+    serving.abort();
     if node.stop_pods_on_exit {
         if let Err(e) = stop_all(&runtime).await {
             tracing::warn!(error = format!("{e:#}"), "not every pod stopped");

@@ -155,6 +155,21 @@ pub trait RuntimeService: Send + Sync + 'static {
     fn list_containers(&self, pod_sandbox_id: Option<&str>) -> impl Future<Output = Result<Vec<ContainerStatus>>> + Send;
     /// CRI's `GetContainerEvents` stream, when the runtime has one (taken once).
     fn container_events(&self) -> Option<tokio::sync::mpsc::Receiver<ContainerEvent>>;
+    /// CRI's Exec: the URL of the runtime's streaming server that runs `cmd` in the container.
+    fn exec(&self, container_id: &str, cmd: &[String], streams: Streams) -> impl Future<Output = Result<String>> + Send;
+    /// CRI's Attach: the URL that attaches to the container's first process.
+    fn attach(&self, container_id: &str, streams: Streams) -> impl Future<Output = Result<String>> + Send;
+    /// CRI's PortForward: the URL that forwards connections to the sandbox's ports.
+    fn port_forward(&self, pod_sandbox_id: &str, ports: &[i32]) -> impl Future<Output = Result<String>> + Send;
+}
+
+/// Which of a process's streams an exec or attach connects.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Streams {
+    pub stdin: bool,
+    pub stdout: bool,
+    pub stderr: bool,
+    pub tty: bool,
 }
 
 /// CRI's `AuthConfig`: credentials for one registry.

@@ -157,6 +157,8 @@ impl Up {
             "127.0.0.1",
             "--node-name",
             "node-1",
+            "--port",
+            "0",
             "--image-dir",
             &images.display().to_string(),
         ]
@@ -532,7 +534,7 @@ async fn keelson_up_stops_with_the_agents_error_when_containerd_cannot_start() {
     let dir = tempfile::Builder::new().prefix(&format!("{PREFIX}{}-", std::process::id())).tempdir_in("/tmp").unwrap();
     let ports = free_ports(3);
     let out = Command::new(env!("CARGO_BIN_EXE_keelson"))
-        .args(["up", "--data-dir", &dir.path().display().to_string(), "--containerd", "/nonexistent/containerd", "--node-ip", "127.0.0.1", "--node-name", "node-1"])
+        .args(["up", "--data-dir", &dir.path().display().to_string(), "--containerd", "/nonexistent/containerd", "--node-ip", "127.0.0.1", "--node-name", "node-1", "--port", "0"])
         .args(["--api-listen", &format!("127.0.0.1:{}", ports[0])])
         .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", ports[1]), "--listen-peer-urls", &format!("http://127.0.0.1:{}", ports[2])])
         .stdin(Stdio::null())
@@ -541,4 +543,133 @@ async fn keelson_up_stops_with_the_agents_error_when_containerd_cannot_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "keelson up went on without its agent\n{stderr}");
     assert!(stderr.contains("the agent stopped") && stderr.contains("/nonexistent/containerd"), "{stderr}");
+}
+
+/// The lines a child writes to stdout, as they come.
+fn lines_of(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+    let stdout = child.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+fn next_line(rx: &std::sync::mpsc::Receiver<String>, what: &str) -> String {
+    rx.recv_timeout(SETTLED_WITHIN).unwrap_or_else(|e| panic!("no line {what}: {e}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
+    let up = Up::start();
+    up.wait_node_ready().await;
+    let client = up.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let post = PostParams::default();
+    let ticker = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done";
+    pods.create(&post, &pod("ticker", serde_json::json!({"containers": [{"name": "c", "image": "registry.keelson.local/web:1", "command": ["/bin/sh", "-c", ticker]}]})))
+        .await
+        .unwrap();
+    // Two containers: the web server, and one that fails at once and is restarted.
+    pods.create(
+        &post,
+        &pod(
+            "two",
+            serde_json::json!({"containers": [
+                {"name": "web", "image": "registry.keelson.local/web:1"},
+                {"name": "fails", "image": "registry.keelson.local/web:1", "command": ["/bin/sh", "-c", "echo attempt; exit 1"]},
+            ]}),
+        ),
+    )
+    .await
+    .unwrap();
+    for name in ["ticker", "two"] {
+        wait_until(&format!("{name} runs"), within(SETTLED_WITHIN), || {
+            let pods = pods.clone();
+            async move {
+                let phase = pods.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
+                if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
+            }
+        })
+        .await;
+    }
+    let work = tempfile::tempdir().unwrap();
+    let current = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    let debian = Kubectl::new(work.path(), &up.api);
+
+    for (kubectl, version) in [(&current, "1.33"), (&debian, "1.20")] {
+        // Logs: whole, the last lines, with times; and followed as they are written.
+        let all = wait_until("the ticker has logged three lines", within(SETTLED_WITHIN), || async move {
+            let (ok, out, err) = kubectl.try_run(&["logs", "ticker"], None);
+            if ok && out.lines().count() >= 3 { Ok(out) } else { Err(format!("{out}{err}")) }
+        })
+        .await;
+        assert!(all.starts_with("tick 0\ntick 1\n"), "kubectl {version}: {all}");
+        let tail = kubectl.run(&["logs", "ticker", "--tail=1", "--timestamps"]);
+        let (time, rest) = tail.trim_end().split_once(' ').unwrap_or_else(|| panic!("{tail}"));
+        assert!(time.contains('T') && rest.starts_with("tick "), "kubectl {version}: {tail}");
+        let mut follow = kubectl.command(&["logs", "-f", "ticker", "--tail=1"]);
+        let mut child = follow.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let rx = lines_of(&mut child);
+        let first: u64 = next_line(&rx, "from logs -f").trim_start_matches("tick ").parse().unwrap();
+        let later: u64 = next_line(&rx, "from logs -f").trim_start_matches("tick ").parse().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(later, first + 1, "kubectl {version}: logs -f follows the lines as they come");
+        // A restarted container has its previous log.
+        let previous = wait_until("the failing container has a previous log", within(SETTLED_WITHIN), || async move {
+            let (ok, out, err) = kubectl.try_run(&["logs", "two", "-c", "fails", "--previous"], None);
+            if ok { Ok(out) } else { Err(err) }
+        })
+        .await;
+        assert_eq!(previous, "attempt\n", "kubectl {version}");
+
+        // Exec: output, the exit code, and stdin.
+        let (ok, out, err) = kubectl.try_run(&["exec", "two", "-c", "web", "--", "/bin/sh", "-c", "echo out; echo err >&2; exit 7"], None);
+        assert!(!ok, "kubectl {version}: exit 7 is a failure");
+        assert_eq!(out, "out\n", "kubectl {version}: {err}");
+        assert!(err.contains("err") && err.contains("command terminated with exit code 7"), "kubectl {version}: {err}");
+        let status = kubectl.command(&["exec", "two", "-c", "web", "--", "/bin/sh", "-c", "exit 7"]).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+        assert_eq!(status.code(), Some(7), "kubectl {version} exits with the command's code");
+        let echoed = kubectl.run_with_input(&["exec", "-i", "two", "-c", "web", "--", "/bin/cat"], Some("hello through stdin\n"));
+        assert_eq!(echoed, "hello through stdin\n", "kubectl {version}");
+
+        // Port-forward: a local port that reaches the pod's port 80.
+        let mut forward = kubectl.command(&["port-forward", "pod/two", ":80"]);
+        let mut child = forward.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+        let rx = lines_of(&mut child);
+        let line = next_line(&rx, "from port-forward");
+        let port: u16 = line
+            .strip_prefix("Forwarding from 127.0.0.1:")
+            .and_then(|r| r.split(' ').next())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("kubectl {version}: {line}"));
+        let body = wait_until("the forwarded port answers", within(SETTLED_WITHIN), || async move {
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+            if body.contains("Hello from a pod on Keelson") { Ok(body) } else { Err(body) }
+        })
+        .await;
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(body.starts_with("HTTP/1.1 200"), "kubectl {version}: {body}");
+    }
+
+    // Bad input: no container named in a pod of two (kubectl picks one itself; the API does not),
+    // a container the pod does not have.
+    let e = pods.logs("two", &Default::default()).await.unwrap_err();
+    assert!(matches!(&e, kube::Error::Api(s) if s.code == 400 && s.message == "a container name must be specified for pod two, choose one of: [web fails]"), "{e}");
+    let (ok, _, err) = current.try_run(&["logs", "ticker", "-c", "nope"], None);
+    assert!(!ok && err.contains("container nope is not valid for pod ticker"), "{err}");
+    let (ok, _, err) = current.try_run(&["exec", "ticker", "-c", "nope", "--", "true"], None);
+    assert!(!ok && err.contains("nope"), "{err}");
 }

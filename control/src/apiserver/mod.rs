@@ -12,6 +12,7 @@ pub mod objects;
 pub mod openapi;
 mod patch;
 mod protobuf;
+mod proxy;
 pub mod resources;
 pub mod schema;
 pub mod store;
@@ -25,7 +26,7 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
@@ -208,11 +209,38 @@ fn resolve(group: &str, version: &str, rest: &[&str]) -> Option<Target> {
     Some(Target { resource, namespace, name, subresource })
 }
 
+/// `/api/v1/namespaces/<ns>/pods/<name>/<sub>` for a subresource a node serves.
+fn node_subresource(method: &Method, path: &str) -> Option<(String, String, String)> {
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    match segments.as_slice() {
+        ["api", "v1", "namespaces", ns, "pods", name, sub] if proxy::is_node_subresource(sub) => {
+            let allowed = *method == Method::GET || (*method == Method::POST && *sub != "log");
+            allowed.then(|| (ns.to_string(), name.to_string(), sub.to_string()))
+        }
+        _ => None,
+    }
+}
+
 pub fn router(api: Arc<Api>) -> axum::Router {
     axum::Router::new().fallback(dispatch).with_state(api)
 }
 
-async fn dispatch(State(api): State<Arc<Api>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> Response {
+    // A pod's log, exec, attach and port-forward go to its node's agent, the request whole
+    // (an upgrade needs the connection, not just the body).
+    if let Some((ns, name, sub)) = node_subresource(req.method(), req.uri().path()) {
+        api.count(if req.method() == Method::GET { "get" } else { "create" });
+        return match proxy::serve(&api, req, &ns, &name, &sub).await {
+            Ok(r) => r,
+            Err(e) => e.into_response(),
+        };
+    }
+    let (parts, body) = req.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
+    let body = match axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX + 1).await {
+        Ok(b) => b,
+        Err(_) => return ApiError::new(413, "RequestEntityTooLarge", "the request body is larger than 3 MiB").into_response(),
+    };
     let path = uri.path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let params = Params {
@@ -386,11 +414,6 @@ async fn serve_resource(
         ("GET", Some(name), Some("scale")) => {
             api.count("get");
             ok(verbs::scale_of(&verbs::get(api, res, ns, name).await?.0))
-        }
-        ("GET", Some(name), Some("log")) => {
-            api.count("get");
-            verbs::get(api, res, ns, name).await?;
-            Err(ApiError::bad_request(format!("pod \"{name}\" has no logs to show: no node agent is running it")))
         }
         ("POST", None, None) => {
             api.count("create");

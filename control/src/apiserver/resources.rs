@@ -15,7 +15,7 @@ pub struct Resource {
     pub namespaced: bool,
     pub short_names: &'static [&'static str],
     pub categories: &'static [&'static str],
-    /// Subresources served: "status", "scale", "binding", "log".
+    /// Subresources served: "status", "scale", "binding", "log", "exec", …
     pub subresources: &'static [&'static str],
     /// The kind's own rules (see `kinds/`).
     pub strategy: &'static dyn Strategy,
@@ -80,6 +80,7 @@ fn verbs(r: &Resource, sub: Option<&str>) -> Vec<&'static str> {
         Some("binding") | Some("eviction") => vec!["create"],
         Some("finalize") => vec!["update"],
         Some("log") => vec!["get"],
+        Some("exec") | Some("attach") | Some("portforward") => vec!["create", "get"],
         Some(_) => vec![],
     }
 }
@@ -134,6 +135,9 @@ fn subresource_kind(r: &Resource, sub: &str) -> (&'static str, &'static str, &'s
         "scale" => ("autoscaling", "v1", "Scale"),
         "binding" => ("", "v1", "Binding"),
         "eviction" => ("policy", "v1", "Eviction"),
+        "exec" => ("", "v1", "PodExecOptions"),
+        "attach" => ("", "v1", "PodAttachOptions"),
+        "portforward" => ("", "v1", "PodPortForwardOptions"),
         _ => (r.group, r.version, r.kind),
     }
 }

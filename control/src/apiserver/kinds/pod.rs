@@ -23,7 +23,7 @@ pub static RESOURCE: Resource = Resource {
     namespaced: true,
     short_names: &["po"],
     categories: &["all"],
-    subresources: &["status", "binding", "eviction", "log", "ephemeralcontainers"],
+    subresources: &["status", "binding", "eviction", "log", "exec", "attach", "portforward", "ephemeralcontainers"],
     strategy: &PodStrategy,
 };
 

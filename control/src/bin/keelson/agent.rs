@@ -90,6 +90,12 @@ pub struct RealArgs {
     /// The node's address (InternalIP); by default the address of the default route.
     #[arg(long)]
     node_ip: Option<String>,
+    /// The address the agent's endpoint (logs, exec, port-forward) listens on.
+    #[arg(long, default_value = "0.0.0.0")]
+    address: std::net::IpAddr,
+    /// The port of the agent's endpoint (0: any free port, reported in the node's status).
+    #[arg(long, default_value_t = 10250)]
+    port: u16,
     /// The node's pod range; by default the controller manager's node IPAM gives one.
     #[arg(long)]
     pod_cidr: Option<String>,
@@ -138,6 +144,7 @@ impl RealArgs {
             labels: BTreeMap::new(),
             taints: Vec::new(),
             stop_pods_on_exit: false,
+            listen: std::net::SocketAddr::new(self.address, self.port),
         })
     }
 }

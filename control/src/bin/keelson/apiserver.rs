@@ -68,7 +68,12 @@ pub async fn run_api(
     let address = listener.local_addr()?;
     let api = Api::new(store, ranges, args.event_ttl);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(STORE_READY_TIMEOUT_MS);
+    // Asked to stop while still waiting for the store: nothing to serve.
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
     loop {
+        if futures::FutureExt::now_or_never(shutdown.clone()).is_some() {
+            return Ok(());
+        }
         let ready = async {
             api.ensure_system_objects().await?;
             api.detect_store().await
@@ -77,7 +82,10 @@ pub async fn run_api(
             Ok(()) => break,
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::info!(error = %e.message, "waiting for the store");
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    _ = shutdown.clone() => return Ok(()),
+                }
             }
             Err(e) => anyhow::bail!("the store at {store_name} is not usable: {}", e.message),
         }
