@@ -249,6 +249,15 @@ impl RuntimeService for CriRuntime {
         Ok(self.runtime.clone().attach(req).await.map_err(|e| failed("Attach", e))?.into_inner().url)
     }
 
+    async fn exec_sync(&self, container_id: &str, cmd: &[String], timeout: Duration) -> Result<(i32, Vec<u8>)> {
+        let mut req = tonic::Request::new(cri::ExecSyncRequest { container_id: container_id.to_string(), cmd: cmd.to_vec(), timeout: timeout.as_secs().max(1) as i64 });
+        req.set_timeout(timeout + CALL_TIMEOUT);
+        let r = self.runtime.clone().exec_sync(req).await.map_err(|e| failed("ExecSync", e))?.into_inner();
+        let mut out = r.stdout;
+        out.extend_from_slice(&r.stderr);
+        Ok((r.exit_code, out))
+    }
+
     async fn port_forward(&self, pod_sandbox_id: &str, ports: &[i32]) -> Result<String> {
         let req = cri::PortForwardRequest { pod_sandbox_id: pod_sandbox_id.to_string(), port: ports.to_vec() };
         Ok(self.runtime.clone().port_forward(req).await.map_err(|e| failed("PortForward", e))?.into_inner().url)

@@ -196,6 +196,18 @@ impl RuntimeService for HollowRuntime {
         Err(no_processes())
     }
 
+    /// A hollow container's commands succeed without output.
+    async fn exec_sync(&self, container_id: &str, _cmd: &[String], _timeout: Duration) -> Result<(i32, Vec<u8>)> {
+        if !self.lock().containers.contains_key(container_id) {
+            return Err(RuntimeError::NotFound { kind: "container", id: container_id.into() });
+        }
+        Ok((0, Vec::new()))
+    }
+
+    fn runs_processes(&self) -> bool {
+        false
+    }
+
     async fn version(&self) -> Result<VersionInfo> {
         Ok(VersionInfo {
             runtime_name: "hollow".into(),

@@ -14,6 +14,7 @@ pub mod machine;
 pub mod node;
 pub mod pods;
 pub mod podspec;
+pub mod prober;
 pub mod real;
 pub mod runtime;
 pub mod server;
@@ -254,6 +255,12 @@ async fn node_loop<R: RuntimeService + ImageService>(
 ) {
     let mut workers: HashMap<String, Worker> = HashMap::new();
     let (done_tx, mut done_rx) = mpsc::channel::<SyncResult>(SYNC_RESULTS_QUEUED_MAX);
+    // A probe whose verdict changed has its pod synced (as a retry timer would); when the queue
+    // is full, the periodic relist brings it.
+    let kick_tx = done_tx.clone();
+    ctx.prober.set_kick(Arc::new(move |uid: &str| {
+        let _ = kick_tx.try_send((uid.to_string(), None));
+    }));
     let mut events = ctx.runtime.container_events();
     let relist_period = if events.is_some() { RELIST_PERIOD_EVENTED } else { RELIST_PERIOD_POLLED };
     let start = tokio::time::Instant::now();
@@ -277,11 +284,11 @@ async fn node_loop<R: RuntimeService + ImageService>(
         tokio::spawn(async move {
             let Ok(_permit) = syncs.acquire_owned().await else { return };
             // A call that never answers must not hold the pod (and a sync slot) forever.
-            let limit = SYNC_TIMEOUT + pod.as_deref().map(grace_period).unwrap_or_default();
+            let limit = SYNC_TIMEOUT + pod.as_deref().map(pods::grace_of).unwrap_or_default();
             let sync = async {
                 match pod {
                     Some(pod) => pods::sync_pod(&ctx, &pod).await,
-                    None => pods::kill_pod(&ctx, &uid, Duration::ZERO).await.map(|()| Next::Gone),
+                    None => pods::kill_pod(&ctx, &uid, None, Duration::ZERO).await.map(|()| Next::Gone),
                 }
             };
             let result = tokio::time::timeout(limit, sync)
@@ -394,16 +401,6 @@ async fn node_loop<R: RuntimeService + ImageService>(
             },
         }
     }
-}
-
-/// The grace period a deletion of the pod gives its containers.
-fn grace_period(pod: &Pod) -> Duration {
-    let secs = pod
-        .metadata
-        .deletion_grace_period_seconds
-        .or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
-        .unwrap_or(30);
-    Duration::from_secs(secs.max(0) as u64)
 }
 
 fn pod_name(pod: Option<&Pod>) -> String {

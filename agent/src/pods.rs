@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    Container, ContainerState as ApiState, LifecycleHandler, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
     ContainerStatus as ApiStatus, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -21,6 +21,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 
 use crate::node::NodeSetup;
 use crate::podspec::{self, ConfigError, EnvSources};
+use crate::prober::{Prober, Target};
 use crate::runtime::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ImageService, PodSandboxConfig,
     PodSandboxStatus, PortMapping, RuntimeService, SandboxMetadata, SandboxState,
@@ -57,6 +58,8 @@ pub struct NodeContext<R> {
     pub allocatable: BTreeMap<String, Quantity>,
     /// Where pods' log directories go (`<root>/<namespace>_<name>_<uid>`), when containers log.
     pub pod_log_root: Option<PathBuf>,
+    /// The probes of the node's running containers.
+    pub prober: Prober,
     backoff: Mutex<HashMap<(String, String), Backoff>>,
 }
 
@@ -80,6 +83,7 @@ impl<R: RuntimeService + ImageService> NodeContext<R> {
             container_id_scheme: options.container_id_scheme,
             allocatable: setup.allocatable.clone(),
             pod_log_root: options.pod_log_root.clone(),
+            prober: Prober::default(),
             backoff: Mutex::new(HashMap::new()),
         }
     }
@@ -138,12 +142,7 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
     let uid = pod_uid(pod).to_string();
     let spec = pod.spec.as_ref().context("pod has no spec")?;
     if pod.metadata.deletion_timestamp.is_some() {
-        let grace = pod
-            .metadata
-            .deletion_grace_period_seconds
-            .or(spec.termination_grace_period_seconds)
-            .unwrap_or(DEFAULT_GRACE_PERIOD_SECONDS);
-        kill_pod(ctx, &uid, Duration::from_secs(grace.max(0) as u64)).await?;
+        kill_pod(ctx, &uid, Some(pod), grace_of(pod)).await?;
         delete_for_good(ctx, pod).await?;
         ctx.forget(&uid);
         return Ok(Next::Gone);
@@ -188,6 +187,17 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
     let mut waiting: HashMap<String, Waiting> = HashMap::new();
     let mut init_done = true;
     let mut pod_failed = false;
+
+    // A container whose liveness (or startup) probe failed is stopped; the restart policy and its
+    // back-off decide the rest at the next sync, which follows at once.
+    for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
+        let Some(s) = latest.get(c.name.as_str()).filter(|s| s.state == ContainerState::Running) else { continue };
+        if let Some(why) = ctx.prober.unhealthy(&s.id, c) {
+            tracing::info!(node = %ctx.node_name, pod = %pod.metadata.name.as_deref().unwrap_or(""), container = %c.name, reason = %why, "container failed its probe; restarting it");
+            stop_container(ctx, pod, c, &s.id, grace_of(pod)).await?;
+            next = earlier(next, Next::After(Duration::ZERO));
+        }
+    }
 
     // Init containers one at a time, in order; sidecars (restartPolicy Always) keep running.
     for c in spec.init_containers.iter().flatten() {
@@ -255,8 +265,17 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
         }
     }
 
-    // The status as the runtime now has it.
+    // The status as the runtime now has it; probes for what runs, none for what stopped.
     let containers = rt.list_containers(Some(&sandbox.id)).await?;
+    let stopped: Vec<String> = containers.iter().filter(|c| c.state != ContainerState::Running).map(|c| c.id.clone()).collect();
+    ctx.prober.forget(&stopped);
+    for s in containers.iter().filter(|c| c.state == ContainerState::Running) {
+        let spec_of = spec.init_containers.iter().flatten().chain(spec.containers.iter()).find(|c| c.name == s.metadata.name);
+        if let Some(c) = spec_of {
+            let target = Target { pod_uid: uid.clone(), container_id: s.id.clone(), pod_ip: sandbox.ip.clone(), container: c.clone() };
+            ctx.prober.ensure(&ctx.runtime, &target);
+        }
+    }
     let status = pod_status(ctx, pod, &containers, &waiting, init_done, pod_failed, sandbox.ip.as_deref());
     write_status(ctx, pod, status).await?;
     Ok(next)
@@ -324,7 +343,57 @@ async fn start<R: RuntimeService + ImageService>(
         // it under the crash-loop back-off.
         return Ok(Some((("RunContainerError", e.to_string()), CONFIG_RETRY)));
     }
+    if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+        let target = Target { pod_uid: pod_uid(pod).to_string(), container_id: id.clone(), pod_ip: sandbox.ip.clone(), container: c.clone() };
+        if let Err(why) = run_hook(ctx, &target, hook, grace_of(pod)).await {
+            // As kubelet does: the container is killed, and restarted under its policy.
+            tracing::info!(container = %c.name, reason = %why, "postStart hook failed; stopping the container");
+            ctx.runtime.stop_container(&id, Duration::ZERO).await.context("StopContainer")?;
+            return Ok(Some((("PostStartHookError", why), CONFIG_RETRY)));
+        }
+    }
     Ok(None)
+}
+
+/// Runs a lifecycle hook (postStart, preStop) within `limit`: a command, an HTTP GET, a TCP
+/// connection or a sleep.
+async fn run_hook<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, target: &Target, hook: &LifecycleHandler, limit: Duration) -> Result<(), String> {
+    if let Some(sleep) = &hook.sleep {
+        tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64).min(limit)).await;
+        return Ok(());
+    }
+    let action = k8s_openapi::api::core::v1::Probe { exec: hook.exec.clone(), http_get: hook.http_get.clone(), tcp_socket: hook.tcp_socket.clone(), ..Default::default() };
+    match tokio::time::timeout(limit, crate::prober::probe_once(&*ctx.runtime, target, &action, limit)).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("did not finish within {limit:?}")),
+    }
+}
+
+/// The grace period a deletion of the pod gives its containers.
+pub fn grace_of(pod: &Pod) -> Duration {
+    let secs = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(DEFAULT_GRACE_PERIOD_SECONDS);
+    Duration::from_secs(secs.max(0) as u64)
+}
+
+/// Stops a container within `grace`: its preStop hook first (its time counts against the
+/// grace period), then SIGTERM, then SIGKILL when the rest of the grace period is over.
+async fn stop_container<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &Pod, c: &Container, id: &str, grace: Duration) -> anyhow::Result<()> {
+    let began = Instant::now();
+    if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
+        let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let target = Target { pod_uid: pod_uid(pod).to_string(), container_id: id.to_string(), pod_ip, container: c.clone() };
+        if let Err(why) = run_hook(ctx, &target, hook, grace).await {
+            tracing::info!(container = %c.name, reason = %why, "preStop hook failed");
+        }
+    }
+    ctx.prober.forget(&[id.to_string()]);
+    let left = grace.saturating_sub(began.elapsed());
+    ctx.runtime.stop_container(id, left).await.with_context(|| format!("StopContainer {}", c.name))?;
+    Ok(())
 }
 
 /// Makes the container's image present as its pull policy says, with the pod's pull secrets.
@@ -395,13 +464,21 @@ async fn restart<R: RuntimeService + ImageService>(
     start(ctx, sandbox, sandbox_config, pod, c, exited.metadata.attempt + 1).await
 }
 
-/// Stops every container of the pod (within `grace`) and removes its sandboxes and logs.
-pub async fn kill_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, uid: &str, grace: Duration) -> anyhow::Result<()> {
+/// Stops every container of the pod at once (each within `grace`, after its preStop hook when
+/// the pod is known) and removes its sandboxes and logs.
+pub async fn kill_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, uid: &str, pod: Option<&Pod>, grace: Duration) -> anyhow::Result<()> {
     for s in ctx.runtime.list_pod_sandbox().await?.into_iter().filter(|s| s.metadata.uid == uid) {
-        for c in ctx.runtime.list_containers(Some(&s.id)).await? {
-            if c.state == ContainerState::Running {
-                ctx.runtime.stop_container(&c.id, grace).await.with_context(|| format!("StopContainer {}", c.metadata.name))?;
+        let containers = ctx.runtime.list_containers(Some(&s.id)).await?;
+        ctx.prober.forget(&containers.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
+        let stops = containers.iter().filter(|c| c.state == ContainerState::Running).map(|c| async move {
+            let spec = pod.and_then(|p| p.spec.as_ref()).and_then(|s| s.init_containers.iter().flatten().chain(s.containers.iter()).find(|x| x.name == c.metadata.name));
+            match (pod, spec) {
+                (Some(pod), Some(spec)) => stop_container(ctx, pod, spec, &c.id, grace).await,
+                _ => ctx.runtime.stop_container(&c.id, grace).await.with_context(|| format!("StopContainer {}", c.metadata.name)),
             }
+        });
+        for r in futures::future::join_all(stops).await {
+            r?;
         }
         remove_sandbox(ctx, &s.id).await?;
     }
@@ -519,6 +596,7 @@ fn now() -> Time {
 
 fn api_container_status(
     scheme: &str,
+    prober: &Prober,
     c: &Container,
     instances: &[&ContainerStatus],
     waiting: Option<&Waiting>,
@@ -563,8 +641,8 @@ fn api_container_status(
         image: c.image.clone().unwrap_or_default(),
         image_id: latest.map(|s| s.image_ref.clone()).unwrap_or_default(),
         container_id: latest.map(|s| format!("{scheme}://{}", s.id)),
-        ready: running,
-        started: Some(running),
+        ready: running && latest.is_some_and(|s| prober.ready(&s.id, c)),
+        started: Some(running && latest.is_some_and(|s| prober.started(&s.id, c))),
         restart_count: latest.map(|s| s.metadata.attempt as i32).unwrap_or(0),
         state: Some(state),
         last_state: Some(last_state.unwrap_or_default()),
@@ -629,7 +707,7 @@ fn pod_status<R: RuntimeService + ImageService>(
     let instances = |name: &str| -> Vec<&ContainerStatus> { containers.iter().filter(|c| c.metadata.name == name).collect() };
     let statuses = |list: &[Container]| -> Vec<ApiStatus> {
         list.iter()
-            .map(|c| api_container_status(ctx.container_id_scheme, c, &instances(&c.name), waiting.get(&c.name)))
+            .map(|c| api_container_status(ctx.container_id_scheme, &ctx.prober, c, &instances(&c.name), waiting.get(&c.name)))
             .collect()
     };
     let app = statuses(spec.map(|s| s.containers.as_slice()).unwrap_or(&[]));

@@ -161,6 +161,13 @@ pub trait RuntimeService: Send + Sync + 'static {
     fn attach(&self, container_id: &str, streams: Streams) -> impl Future<Output = Result<String>> + Send;
     /// CRI's PortForward: the URL that forwards connections to the sandbox's ports.
     fn port_forward(&self, pod_sandbox_id: &str, ports: &[i32]) -> impl Future<Output = Result<String>> + Send;
+    /// CRI's ExecSync: runs `cmd` in the container within `timeout`; its exit code and output.
+    fn exec_sync(&self, container_id: &str, cmd: &[String], timeout: Duration) -> impl Future<Output = Result<(i32, Vec<u8>)>> + Send;
+    /// Whether containers are real processes with addresses to reach (the hollow runtime's are
+    /// not: network probes of its pods pass without a try).
+    fn runs_processes(&self) -> bool {
+        true
+    }
 }
 
 /// Which of a process's streams an exec or attach connects.

@@ -14,7 +14,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::kubectl::{kubectl_binary, Kubectl};
 use common::{free_ports, log_tail, wait_until, within};
@@ -672,4 +672,167 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
     assert!(!ok && err.contains("container nope is not valid for pod ticker"), "{err}");
     let (ok, _, err) = current.try_run(&["exec", "ticker", "-c", "nope", "--", "true"], None);
     assert!(!ok && err.contains("nope"), "{err}");
+}
+
+/// The Ready condition of a pod and its container's restart count.
+async fn ready_and_restarts(pods: &Api<Pod>, name: &str) -> Result<(bool, i32), String> {
+    let p = pods.get(name).await.map_err(|e| e.to_string())?;
+    let status = p.status.ok_or("no status")?;
+    let ready = status.conditions.iter().flatten().any(|c| c.type_ == "Ready" && c.status == "True");
+    let restarts = status.container_statuses.iter().flatten().map(|c| c.restart_count).sum();
+    Ok((ready, restarts))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_gate_readiness_restart_the_unhealthy_and_hooks_run() {
+    let up = Up::start();
+    up.wait_node_ready().await;
+    let client = up.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let post = PostParams::default();
+    let work = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    let fast = |action: serde_json::Value| {
+        let mut p = serde_json::json!({"periodSeconds": 1, "failureThreshold": 2});
+        p.as_object_mut().unwrap().extend(action.as_object().unwrap().clone());
+        p
+    };
+    // Readiness by a file (exec) and by HTTP; liveness by a file the container makes at start.
+    let script = "touch /tmp/alive; exec /bin/httpd -f -p 80 -h /www";
+    pods.create(
+        &post,
+        &pod(
+            "probed",
+            serde_json::json!({"containers": [{
+                "name": "c",
+                "image": "registry.keelson.local/web:1",
+                "command": ["/bin/sh", "-c", script],
+                "ports": [{"name": "http", "containerPort": 80}],
+                "readinessProbe": fast(serde_json::json!({"exec": {"command": ["/bin/test", "-f", "/tmp/ready"]}})),
+                "livenessProbe": fast(serde_json::json!({"exec": {"command": ["/bin/test", "-f", "/tmp/alive"]}})),
+                "startupProbe": fast(serde_json::json!({"httpGet": {"path": "/", "port": "http"}})),
+            }]}),
+        ),
+    )
+    .await
+    .unwrap();
+    let settle = |want: (bool, i32), what: &'static str| {
+        let pods = pods.clone();
+        async move {
+            wait_until(what, within(SETTLED_WITHIN), || {
+                let pods = pods.clone();
+                async move {
+                    let got = ready_and_restarts(&pods, "probed").await?;
+                    if got.0 == want.0 && got.1 >= want.1 { Ok(got) } else { Err(format!("{got:?}")) }
+                }
+            })
+            .await
+        }
+    };
+    wait_until("the probed pod runs", within(SETTLED_WITHIN), || {
+        let pods = pods.clone();
+        async move {
+            let phase = pods.get("probed").await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
+            if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
+        }
+    })
+    .await;
+    let (ready, _) = ready_and_restarts(&pods, "probed").await.unwrap();
+    assert!(!ready, "not ready before its readiness file exists");
+    kubectl.run(&["exec", "probed", "--", "/bin/touch", "/tmp/ready"]);
+    settle((true, 0), "the readiness probe passes").await;
+    let started = pods.get("probed").await.unwrap().status.unwrap().container_statuses.unwrap()[0].started;
+    assert_eq!(started, Some(true), "the startup probe passed");
+    kubectl.run(&["exec", "probed", "--", "/bin/rm", "/tmp/ready"]);
+    settle((false, 0), "the readiness probe fails again").await;
+    // Liveness: the file goes, the container is restarted (and makes it again).
+    kubectl.run(&["exec", "probed", "--", "/bin/rm", "/tmp/alive"]);
+    let (_, restarts) = settle((false, 1), "the unhealthy container is restarted").await;
+    assert!(restarts >= 1);
+    let s = pods.get("probed").await.unwrap().status.unwrap().container_statuses.unwrap().remove(0);
+    assert!(s.last_state.and_then(|l| l.terminated).is_some(), "the killed instance is the last state");
+    wait_until("the restarted container runs and stays", within(SETTLED_WITHIN), || {
+        let pods = pods.clone();
+        async move {
+            let s = pods.get("probed").await.map_err(|e| e.to_string())?.status.and_then(|s| s.container_statuses).ok_or("no statuses")?.remove(0);
+            if s.state.and_then(|st| st.running).is_some() { Ok(()) } else { Err("not running".to_string()) }
+        }
+    })
+    .await;
+
+    // preStop: an HTTP GET to the node (the pods' gateway) before the container is stopped.
+    let gateway = {
+        let node: k8s_openapi::api::core::v1::Node = Api::all(client.clone()).get("node-1").await.unwrap();
+        let cidr = node.spec.unwrap().pod_cidr.unwrap();
+        let base: std::net::Ipv4Addr = cidr.split('/').next().unwrap().parse().unwrap();
+        std::net::Ipv4Addr::from(u32::from(base) + 1)
+    };
+    let listener = std::net::TcpListener::bind((gateway, 0)).expect("a listener on the pods' gateway");
+    let port = listener.local_addr().unwrap().port();
+    pods.create(
+        &post,
+        &pod(
+            "hooked",
+            serde_json::json!({"terminationGracePeriodSeconds": 5, "containers": [{
+                "name": "c",
+                "image": "registry.keelson.local/web:1",
+                "lifecycle": {
+                    "postStart": {"exec": {"command": ["/bin/sh", "-c", "echo started > /www/hook.html"]}},
+                    "preStop": {"httpGet": {"host": gateway.to_string(), "port": port, "path": "/prestop"}},
+                },
+            }]}),
+        ),
+    )
+    .await
+    .unwrap();
+    let ip = wait_until("hooked runs with an address", within(SETTLED_WITHIN), || {
+        let pods = pods.clone();
+        async move {
+            let s = pods.get("hooked").await.map_err(|e| e.to_string())?.status.ok_or("no status")?;
+            match (s.phase.as_deref(), s.pod_ip) {
+                (Some("Running"), Some(ip)) => Ok(ip),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    // The postStart hook ran in the container: httpd serves the file it wrote.
+    let body = wait_until("the postStart hook's file is served", within(SETTLED_WITHIN), || {
+        let ip = ip.clone();
+        async move {
+            let addr: SocketAddr = format!("{ip}:80").parse().unwrap();
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+            s.write_all(b"GET /hook.html HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
+            let mut body = String::new();
+            s.read_to_string(&mut body).map_err(|e| e.to_string())?;
+            if body.contains("started") { Ok(body) } else { Err(body) }
+        }
+    })
+    .await;
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    // The hook's request is answered only after the test has seen the container still serve:
+    // the container is stopped after its preStop hook, not before.
+    let (tx, rx) = std::sync::mpsc::channel::<(String, Result<String, String>, Instant)>();
+    let pod_ip = ip.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            let mut buf = [0u8; 1024];
+            let n = conn.read(&mut buf).unwrap_or(0);
+            let serving = http_get(&pod_ip);
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            let _ = tx.send((String::from_utf8_lossy(&buf[..n]).into_owned(), serving, Instant::now()));
+        }
+    });
+    let asked = Instant::now();
+    pods.delete("hooked", &DeleteParams::default()).await.unwrap();
+    let (request, serving, at) = rx.recv_timeout(SETTLED_WITHIN).expect("the preStop hook called the node");
+    assert!(request.starts_with("GET /prestop HTTP/1.1"), "{request}");
+    assert!(at >= asked);
+    assert!(serving.is_ok(), "the container no longer served when its preStop hook ran: {serving:?}");
+    wait_until("hooked is deleted", within(SETTLED_WITHIN), || {
+        let pods = pods.clone();
+        async move { if pods.get_opt("hooked").await.map_err(|e| e.to_string())?.is_none() { Ok(()) } else { Err("still there".to_string()) } }
+    })
+    .await;
 }

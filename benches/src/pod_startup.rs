@@ -1,0 +1,346 @@
+//! `pod-startup`: pod startup latency with real containers on one node. `keelson up` (store, API,
+//! scheduler, controller manager and an agent with its own containerd, in one process) runs on a
+//! data directory of its own; `--pods` pods of the example web image (already imported, as
+//! Kubernetes' SLO assumes) are created at `--rate` pods/s, then deleted, then created again as a
+//! burst. For each pod: create (the client's POST) → Running and → Ready, as a watch shows them;
+//! p50 and p99 per phase. Then the CPU seconds and peak RSS of the `keelson up` process (all
+//! components, the agent among them) and of its containerd. Needs root.
+//!
+//! There is no anchor run here: Kubernetes' figure is its published SLO (p99 ≤ 5 s, image
+//! present), quoted; Keelson's target is p99 ≤ 1 s at 10 pods/s.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::Serialize;
+use serde_json::json;
+
+use benches::http::{call, call_retrying, wait_serving, watch_lines, Http};
+use benches::procstat::usage;
+
+const NAMESPACE: &str = "default";
+/// Creations under way at once in the burst.
+const WRITES_IN_FLIGHT_MAX: usize = 32;
+const API_ATTEMPTS: u32 = 8;
+/// How long one phase may take before it is called failed.
+const PHASE_DEADLINE: Duration = Duration::from_secs(300);
+/// How long `keelson up` may take until its node is Ready.
+const READY_DEADLINE: Duration = Duration::from_secs(120);
+/// How long `keelson up` has to stop after SIGINT.
+const STOP_DEADLINE: Duration = Duration::from_secs(90);
+/// Kubernetes' pod startup SLO (quoted) and Keelson's target at 10 pods/s.
+const SLO_P99: Duration = Duration::from_secs(5);
+const TARGET_P99: Duration = Duration::from_secs(1);
+
+#[derive(Parser, Debug, Serialize)]
+#[command(name = "pod-startup", about = "Pod startup latency with real containers on one node (keelson up)")]
+struct Args {
+    /// The keelson binary (default: $KEELSON_BIN, else `keelson` next to this binary).
+    #[arg(long, env = "KEELSON_BIN")]
+    keelson: Option<PathBuf>,
+    #[arg(long, default_value_t = 100)]
+    pods: usize,
+    /// Pods per second of the steady phase.
+    #[arg(long, default_value_t = 10.0)]
+    rate: f64,
+    /// The cluster's pod range (a /16 of its own; the node takes a /24 of it).
+    #[arg(long, default_value = "10.209.0.0/16")]
+    cluster_cidr: String,
+    #[arg(long, default_value = "kbench0")]
+    bridge: String,
+    #[arg(long, default_value = "/tmp")]
+    data_root: PathBuf,
+    #[arg(long, default_value = "bench-results/pod-startup")]
+    out: PathBuf,
+}
+
+#[derive(Default, Clone, Copy)]
+struct Times {
+    created: Option<Instant>,
+    running: Option<Instant>,
+    ready: Option<Instant>,
+}
+
+type Shared = Arc<Mutex<HashMap<String, Times>>>;
+
+fn track(t: &Shared, obj: &serde_json::Value) {
+    let Some(name) = obj.pointer("/metadata/name").and_then(|v| v.as_str()) else { return };
+    let now = Instant::now();
+    let running = obj.pointer("/status/phase").and_then(|v| v.as_str()) == Some("Running");
+    let ready = obj
+        .pointer("/status/conditions")
+        .and_then(|c| c.as_array())
+        .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"));
+    let mut t = t.lock().expect("not poisoned");
+    let e = t.entry(name.to_string()).or_default();
+    if running {
+        e.running.get_or_insert(now);
+    }
+    if ready {
+        e.ready.get_or_insert(now);
+    }
+}
+
+async fn follow(http: Http, base: String, t: Shared) {
+    let path = format!("/api/v1/namespaces/{NAMESPACE}/pods");
+    loop {
+        let listed = match call(&http, "GET", format!("{base}{path}"), "", vec![]).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("listing pods: {e:#}");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Ok(list) = serde_json::from_slice::<serde_json::Value>(&listed) else { continue };
+        for item in list["items"].as_array().into_iter().flatten() {
+            track(&t, item);
+        }
+        let rv = list.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).unwrap_or("0").to_string();
+        let r = watch_lines(&http, &format!("{base}{path}?watch=1&resourceVersion={rv}"), |line| {
+            if let Ok(l) = serde_json::from_slice::<serde_json::Value>(line) {
+                if l["type"] != "DELETED" {
+                    track(&t, &l["object"]);
+                }
+            }
+        })
+        .await;
+        if let Err(e) = r {
+            eprintln!("pod watch ended: {e:#}; listing again");
+        }
+    }
+}
+
+fn pod(name: &str) -> serde_json::Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": {"bench": "pod-startup"}},
+        "spec": {
+            "terminationGracePeriodSeconds": 0,
+            "containers": [{"name": "web", "image": "registry.keelson.local/web:1", "imagePullPolicy": "IfNotPresent",
+                            "resources": {"requests": {"cpu": "1m", "memory": "4Mi"}}}],
+        },
+    })
+}
+
+/// Creates `names` at `rate` pods/s (all at once when None), recording each POST's start.
+async fn create(http: &Http, base: &str, names: &[String], rate: Option<f64>, t: &Shared) -> Result<()> {
+    let gate = Arc::new(tokio::sync::Semaphore::new(WRITES_IN_FLIGHT_MAX));
+    let mut tasks = tokio::task::JoinSet::new();
+    let start = tokio::time::Instant::now();
+    for (i, name) in names.iter().enumerate() {
+        if let Some(rate) = rate {
+            tokio::time::sleep_until(start + Duration::from_secs_f64(i as f64 / rate)).await;
+        }
+        let permit = gate.clone().acquire_owned().await?;
+        t.lock().expect("not poisoned").entry(name.clone()).or_default().created = Some(Instant::now());
+        let (http, url, body) = (http.clone(), format!("{base}/api/v1/namespaces/{NAMESPACE}/pods"), serde_json::to_vec(&pod(name))?);
+        tasks.spawn(async move {
+            let r = call_retrying(&http, "POST", url, "application/json", body, API_ATTEMPTS).await.map(|_| ());
+            drop(permit);
+            r
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[derive(Serialize, Default)]
+struct Phase {
+    name: String,
+    pods: usize,
+    seconds: f64,
+    running_p50_ms: f64,
+    running_p99_ms: f64,
+    ready_p50_ms: f64,
+    ready_p99_ms: f64,
+}
+
+async fn phase(http: &Http, base: &str, t: &Shared, label: &str, prefix: &str, count: usize, rate: Option<f64>) -> Result<Phase> {
+    let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
+    let began = Instant::now();
+    create(http, base, &names, rate, t).await?;
+    let deadline = Instant::now() + PHASE_DEADLINE;
+    loop {
+        let ready = {
+            let t = t.lock().expect("not poisoned");
+            names.iter().filter(|n| t.get(*n).is_some_and(|p| p.ready.is_some())).count()
+        };
+        if ready == count {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{label}: {ready} of {count} pods Ready after {PHASE_DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let t = t.lock().expect("not poisoned");
+    let since = |f: fn(&Times) -> Option<Instant>| -> Vec<f64> {
+        names
+            .iter()
+            .filter_map(|n| t.get(n))
+            .filter_map(|p| Some(f(p)?.saturating_duration_since(p.created?).as_secs_f64() * 1e3))
+            .collect()
+    };
+    let (mut running, mut ready) = (since(|p| p.running), since(|p| p.ready));
+    Ok(Phase {
+        name: label.to_string(),
+        pods: count,
+        seconds: began.elapsed().as_secs_f64(),
+        running_p50_ms: percentile(&mut running, 0.5),
+        running_p99_ms: percentile(&mut running, 0.99),
+        ready_p50_ms: percentile(&mut ready, 0.5),
+        ready_p99_ms: percentile(&mut ready, 0.99),
+    })
+}
+
+async fn delete_all(http: &Http, base: &str) -> Result<()> {
+    call(http, "DELETE", format!("{base}/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=bench%3Dpod-startup&gracePeriodSeconds=0"), "application/json", vec![]).await?;
+    let deadline = Instant::now() + PHASE_DEADLINE;
+    loop {
+        let list: serde_json::Value = serde_json::from_slice(&call(http, "GET", format!("{base}/api/v1/namespaces/{NAMESPACE}/pods"), "", vec![]).await?)?;
+        let left = list["items"].as_array().map(|a| a.len()).unwrap_or(0);
+        if left == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{left} pods still there after deleting them");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    params: &'a Args,
+    phases: Vec<Phase>,
+    keelson_up_cpu_seconds: f64,
+    keelson_up_peak_rss_mib: f64,
+    containerd_cpu_seconds: f64,
+    containerd_peak_rss_mib: f64,
+}
+
+async fn run(args: &Args, data: &Path, child: &mut std::process::Child, api: &str) -> Result<()> {
+    let http = benches::http::client(WRITES_IN_FLIGHT_MAX);
+    wait_serving(&http, &[api.to_string()], READY_DEADLINE).await?;
+    let deadline = Instant::now() + READY_DEADLINE;
+    loop {
+        let nodes: serde_json::Value = serde_json::from_slice(&call(&http, "GET", format!("{api}/api/v1/nodes"), "", vec![]).await?)?;
+        let ready = nodes["items"].as_array().into_iter().flatten().any(|n| {
+            n.pointer("/status/conditions").and_then(|c| c.as_array()).is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+        });
+        if ready {
+            break;
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("keelson up exited ({status}); see {}", data.join("up.log").display());
+        }
+        if Instant::now() > deadline {
+            bail!("the node is not Ready after {READY_DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let t: Shared = Arc::default();
+    let watcher = tokio::spawn(follow(http.clone(), api.to_string(), t.clone()));
+    let mut phases = Vec::new();
+    phases.push(phase(&http, api, &t, &format!("{} pods at {} pods/s", args.pods, args.rate), "steady", args.pods, Some(args.rate)).await?);
+    delete_all(&http, api).await?;
+    phases.push(phase(&http, api, &t, &format!("{} pods at once", args.pods), "burst", args.pods, None).await?);
+    delete_all(&http, api).await?;
+    watcher.abort();
+
+    let up = usage(child.id())?;
+    let containerd_pid: u32 = std::fs::read_to_string(data.join("agent/containerd/containerd.pid"))?.trim().parse()?;
+    let containerd = usage(containerd_pid)?;
+    println!("pod startup with real containers (image present), one node, keelson up");
+    println!("{:<24} {:>8} {:>22} {:>22}", "phase", "seconds", "create→Running p50/p99", "create→Ready p50/p99");
+    for p in &phases {
+        println!(
+            "{:<24} {:>8.1} {:>13.0} / {:>4.0} ms {:>13.0} / {:>4.0} ms",
+            p.name, p.seconds, p.running_p50_ms, p.running_p99_ms, p.ready_p50_ms, p.ready_p99_ms
+        );
+    }
+    println!(
+        "steady p99 Ready: {:.0} ms; target ≤ {} ms ({}); Kubernetes' SLO (published, not measured here): p99 ≤ {} s",
+        phases[0].ready_p99_ms,
+        TARGET_P99.as_millis(),
+        if phases[0].ready_p99_ms <= TARGET_P99.as_millis() as f64 { "met" } else { "missed" },
+        SLO_P99.as_secs()
+    );
+    println!(
+        "keelson up (store, API, scheduler, controllers, agent): {:.1} CPU s, peak RSS {:.0} MiB; its containerd: {:.1} CPU s, peak RSS {:.0} MiB",
+        up.cpu_seconds, up.peak_rss_mib, containerd.cpu_seconds, containerd.peak_rss_mib
+    );
+    let report = Report {
+        params: args,
+        phases,
+        keelson_up_cpu_seconds: up.cpu_seconds,
+        keelson_up_peak_rss_mib: up.peak_rss_mib,
+        containerd_cpu_seconds: containerd.cpu_seconds,
+        containerd_peak_rss_mib: containerd.peak_rss_mib,
+    };
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let keelson = match &args.keelson {
+        Some(p) => p.clone(),
+        None => std::env::current_exe()?.with_file_name("keelson"),
+    };
+    let root = tempfile::Builder::new().prefix("keelson-pod-startup-").tempdir_in(&args.data_root)?;
+    let data = root.path().to_path_buf();
+    let images = data.join("images");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/example-images");
+    let built = std::process::Command::new(&script).arg(&images).stdout(std::process::Stdio::null()).status().with_context(|| format!("running {}", script.display()))?;
+    if !built.success() {
+        bail!("{} failed", script.display());
+    }
+    let (api_port, client_port, peer_port) = (free_port()?, free_port()?, free_port()?);
+    let api = format!("http://127.0.0.1:{api_port}");
+    let log = std::fs::File::create(data.join("up.log"))?;
+    let mut child = std::process::Command::new(&keelson)
+        .args(["up", "--data-dir", &data.display().to_string(), "--api-listen", &format!("127.0.0.1:{api_port}")])
+        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client_port}"), "--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
+        .args(["--cluster-cidr", &args.cluster_cidr, "--cni-bridge", &args.bridge, "--node-ip", "127.0.0.1", "--port", "0"])
+        .args(["--image-dir", &images.display().to_string()])
+        .env("KEELSON_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {} up", keelson.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let result = runtime.block_on(run(&args, &data, &mut child, &api));
+    // Ctrl-C, as a user stops it: pods and containerd stop with it.
+    let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let deadline = Instant::now() + STOP_DEADLINE;
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::process::Command::new("ip").args(["link", "del", &args.bridge]).status();
+    result
+}
