@@ -25,6 +25,10 @@ const PULL_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct CriRuntime {
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
+    /// What a container's status told that its list entry does not, kept while it cannot change
+    /// (the start time of a running container; everything of an exited one), so that a list
+    /// costs one call rather than one per container.
+    known: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, ContainerStatus>>>,
 }
 
 fn failed(what: &str, s: tonic::Status) -> RuntimeError {
@@ -97,7 +101,7 @@ impl CriRuntime {
                 async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
             }))
             .await?;
-        Ok(CriRuntime { runtime: RuntimeServiceClient::new(channel.clone()), images: ImageServiceClient::new(channel) })
+        Ok(CriRuntime { runtime: RuntimeServiceClient::new(channel.clone()), images: ImageServiceClient::new(channel), known: Default::default() })
     }
 
     /// Resolves once the runtime reports itself and its network ready (CRI's Status).
@@ -131,6 +135,19 @@ impl CriRuntime {
             reason: s.reason,
             message: s.message,
         })
+    }
+
+    async fn sandboxes(&self, filter: Option<cri::PodSandboxFilter>) -> Result<Vec<PodSandboxStatus>> {
+        let r = self.runtime.clone().list_pod_sandbox(cri::ListPodSandboxRequest { filter }).await.map_err(|s| failed("ListPodSandbox", s))?;
+        Ok(r.into_inner()
+            .items
+            .into_iter()
+            .map(|s| PodSandboxStatus { id: s.id, metadata: sandbox_metadata(s.metadata), state: sandbox_state(s.state), created_at: s.created_at, ip: None })
+            .collect())
+    }
+
+    fn known(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, ContainerStatus>> {
+        self.known.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     async fn sandbox_of(&self, id: &str) -> Result<String> {
@@ -170,12 +187,14 @@ impl RuntimeService for CriRuntime {
     }
 
     async fn list_pod_sandbox(&self) -> Result<Vec<PodSandboxStatus>> {
-        let r = self.runtime.clone().list_pod_sandbox(cri::ListPodSandboxRequest { filter: None }).await.map_err(|s| failed("ListPodSandbox", s))?;
-        Ok(r.into_inner()
-            .items
-            .into_iter()
-            .map(|s| PodSandboxStatus { id: s.id, metadata: sandbox_metadata(s.metadata), state: sandbox_state(s.state), created_at: s.created_at, ip: None })
-            .collect())
+        self.sandboxes(None).await
+    }
+
+    async fn pod_sandboxes(&self, uid: &str) -> Result<Vec<PodSandboxStatus>> {
+        let mut labels = std::collections::HashMap::new();
+        labels.insert(crate::pods::LABEL_POD_UID.to_string(), uid.to_string());
+        let filter = cri::PodSandboxFilter { label_selector: labels, ..Default::default() };
+        Ok(self.sandboxes(Some(filter)).await?.into_iter().filter(|s| s.metadata.uid == uid).collect())
     }
 
     async fn create_container(&self, pod_sandbox_id: &str, config: &ContainerConfig, sandbox: &PodSandboxConfig) -> Result<String> {
@@ -210,6 +229,7 @@ impl RuntimeService for CriRuntime {
 
     async fn remove_container(&self, id: &str) -> Result<()> {
         self.runtime.clone().remove_container(cri::RemoveContainerRequest { container_id: id.to_string() }).await.map_err(|s| failed("RemoveContainer", s))?;
+        self.known().remove(id);
         Ok(())
     }
 
@@ -222,14 +242,31 @@ impl RuntimeService for CriRuntime {
     async fn list_containers(&self, pod_sandbox_id: Option<&str>) -> Result<Vec<ContainerStatus>> {
         let filter = pod_sandbox_id.map(|id| cri::ContainerFilter { pod_sandbox_id: id.to_string(), ..Default::default() });
         let r = self.runtime.clone().list_containers(cri::ListContainersRequest { filter }).await.map_err(|s| failed("ListContainers", s))?;
-        let mut out = Vec::new();
-        for c in r.into_inner().containers {
+        let listed = r.into_inner().containers;
+        let mut out = Vec::with_capacity(listed.len());
+        for c in listed {
+            let state = container_state(c.state);
+            let cached = self.known().get(&c.id).filter(|k| k.state == state).cloned();
+            if let Some(s) = cached {
+                out.push(s);
+                continue;
+            }
             // The list carries no start or exit details; the container's status does.
             match self.status_in(&c.id, c.pod_sandbox_id).await {
-                Ok(s) => out.push(s),
+                Ok(s) => {
+                    if matches!(s.state, ContainerState::Running | ContainerState::Exited) && s.state == state {
+                        self.known().insert(s.id.clone(), s.clone());
+                    }
+                    out.push(s)
+                }
                 Err(RuntimeError::NotFound { .. }) => {}
                 Err(e) => return Err(e),
             }
+        }
+        if pod_sandbox_id.is_none() {
+            // A whole list: what is not in it is gone.
+            let ids: std::collections::HashSet<&str> = out.iter().map(|c| c.id.as_str()).collect();
+            self.known().retain(|id, _| ids.contains(id.as_str()));
         }
         Ok(out)
     }

@@ -41,9 +41,12 @@ pub const POD_UPDATES_QUEUED_MAX: usize = 128;
 const SYNC_RESULTS_QUEUED_MAX: usize = 256;
 /// Nodes registering at once when a process starts many.
 const REGISTRATIONS_IN_FLIGHT_MAX: usize = 32;
-/// Relisting the runtime: how often, when it reports container events and when it does not.
+/// Relisting the runtime (kubelet's PLEG): how often, when it reports container events and when
+/// it does not. A relist syncs the pods whose sandboxes or containers changed state.
 const RELIST_PERIOD_EVENTED: Duration = Duration::from_secs(60);
 const RELIST_PERIOD_POLLED: Duration = Duration::from_secs(1);
+/// Every pod is synced at least this often, changed or not (kubelet's sync frequency).
+const RESYNC_PERIOD: Duration = Duration::from_secs(60);
 /// Longest a pod's sync may take, beyond the pod's grace period for stopping its containers.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(60);
 /// A failing sync is retried after this, doubling up to the maximum.
@@ -61,6 +64,9 @@ pub struct AgentOptions {
     pub status_report_frequency: Duration,
     /// Pod syncs running at once across all of the process's nodes.
     pub syncs_in_flight_max: usize,
+    /// Syncs of one node that create sandboxes or start containers at once: a real runtime
+    /// starts more pods per second a few at a time than all at once (they share its CPUs).
+    pub starts_in_flight_max: usize,
     /// The scheme of container IDs in pod status, e.g. `containerd`.
     pub container_id_scheme: &'static str,
     /// Where pods' log directories go (kubelet: `/var/log/pods`); none for runtimes that log
@@ -75,6 +81,7 @@ impl Default for AgentOptions {
             lease_renew_interval: Duration::from_secs(10),
             status_report_frequency: Duration::from_secs(300),
             syncs_in_flight_max: 64,
+            starts_in_flight_max: 64,
             container_id_scheme: "hollow",
             pod_log_root: None,
         }
@@ -272,6 +279,10 @@ async fn node_loop<R: RuntimeService + ImageService>(
     let mut renew = every(offset, options.lease_renew_interval);
     let mut report = every(offset + options.status_report_frequency, options.status_report_frequency);
     let mut relist = every(offset + relist_period, relist_period);
+    let mut resync = every(offset + RESYNC_PERIOD, RESYNC_PERIOD);
+    // What the last relist saw: each sandbox's pod and state, each container's sandbox and state.
+    let mut seen_sandboxes: HashMap<String, (String, runtime::SandboxState)> = HashMap::new();
+    let mut seen_containers: HashMap<String, (String, runtime::ContainerState)> = HashMap::new();
 
     let kick = |workers: &mut HashMap<String, Worker>, uid: &str| {
         let Some(w) = workers.get_mut(uid) else { return };
@@ -368,22 +379,33 @@ async fn node_loop<R: RuntimeService + ImageService>(
                     Err(e) => tracing::debug!(error = %e, "container event for a sandbox that is gone"),
                 }
             },
-            _ = relist.tick() => {
+            _ = resync.tick() => {
                 let uids: Vec<String> = workers.keys().cloned().collect();
                 for uid in &uids {
                     kick(&mut workers, uid);
                 }
-                // Sandboxes of pods this node no longer has (the agent restarted meanwhile).
-                match Box::pin(ctx.runtime.list_pod_sandbox()).await {
-                    Ok(list) => {
-                        let orphans: Vec<String> = list.into_iter().map(|s| s.metadata.uid).filter(|uid| !workers.contains_key(uid)).collect();
-                        for uid in orphans {
-                            workers.insert(uid.clone(), Worker { pod: None, busy: false, dirty: false, retry: SYNC_RETRY_INITIAL });
-                            kick(&mut workers, &uid);
-                        }
+            },
+            _ = relist.tick() => {
+                let listed = Box::pin(async { anyhow::Ok((ctx.runtime.list_pod_sandbox().await?, ctx.runtime.list_containers(None).await?)) }).await;
+                let (sandboxes, containers) = match listed {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(node = %ctx.node_name, error = format!("{e:#}"), "cannot relist the runtime");
+                        continue;
                     }
-                    Err(e) => tracing::warn!(node = %ctx.node_name, error = %e, "cannot list sandboxes"),
+                };
+                let sandboxes: HashMap<String, (String, runtime::SandboxState)> = sandboxes.into_iter().map(|s| (s.id, (s.metadata.uid, s.state))).collect();
+                let containers: HashMap<String, (String, runtime::ContainerState)> = containers.into_iter().map(|c| (c.id, (c.pod_sandbox_id, c.state))).collect();
+                let changed = relist_changes(&seen_sandboxes, &sandboxes, &seen_containers, &containers);
+                for uid in changed {
+                    if !workers.contains_key(&uid) {
+                        // A sandbox of a pod this node no longer has (the agent restarted meanwhile).
+                        workers.insert(uid.clone(), Worker { pod: None, busy: false, dirty: false, retry: SYNC_RETRY_INITIAL });
+                    }
+                    kick(&mut workers, &uid);
                 }
+                seen_sandboxes = sandboxes;
+                seen_containers = containers;
             },
             _ = renew.tick() => {
                 // Boxed: a request's future is large, and thousands of idle node tasks would
@@ -403,6 +425,38 @@ async fn node_loop<R: RuntimeService + ImageService>(
     }
 }
 
+/// The pods whose sandboxes or containers appeared, went or changed state between two relists.
+fn relist_changes(
+    old_sandboxes: &HashMap<String, (String, runtime::SandboxState)>,
+    sandboxes: &HashMap<String, (String, runtime::SandboxState)>,
+    old_containers: &HashMap<String, (String, runtime::ContainerState)>,
+    containers: &HashMap<String, (String, runtime::ContainerState)>,
+) -> HashSet<String> {
+    let mut uids = HashSet::new();
+    for (id, s) in sandboxes {
+        if old_sandboxes.get(id) != Some(s) {
+            uids.insert(s.0.clone());
+        }
+    }
+    for (id, s) in old_sandboxes {
+        if !sandboxes.contains_key(id) {
+            uids.insert(s.0.clone());
+        }
+    }
+    let uid_of = |sandbox: &str| sandboxes.get(sandbox).or_else(|| old_sandboxes.get(sandbox)).map(|s| s.0.clone());
+    for (id, c) in containers {
+        if old_containers.get(id) != Some(c) {
+            uids.extend(uid_of(&c.0));
+        }
+    }
+    for (id, c) in old_containers {
+        if !containers.contains_key(id) {
+            uids.extend(uid_of(&c.0));
+        }
+    }
+    uids
+}
+
 fn pod_name(pod: Option<&Pod>) -> String {
     pod.map(|p| format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))).unwrap_or_default()
 }
@@ -410,6 +464,22 @@ fn pod_name(pod: Option<&Pod>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relist_syncs_the_pods_whose_sandboxes_or_containers_changed() {
+        use runtime::{ContainerState as C, SandboxState as S};
+        let m = |items: &[(&str, &str, S)]| items.iter().map(|(id, uid, st)| (id.to_string(), (uid.to_string(), *st))).collect::<HashMap<_, _>>();
+        let c = |items: &[(&str, &str, C)]| items.iter().map(|(id, sb, st)| (id.to_string(), (sb.to_string(), *st))).collect::<HashMap<_, _>>();
+        let old_s = m(&[("s1", "a", S::Ready), ("s2", "b", S::Ready), ("s3", "c", S::Ready)]);
+        let new_s = m(&[("s1", "a", S::Ready), ("s2", "b", S::Ready), ("s4", "d", S::Ready)]);
+        let old_c = c(&[("c1", "s1", C::Running), ("c2", "s2", C::Running), ("c3", "s3", C::Running)]);
+        let new_c = c(&[("c1", "s1", C::Running), ("c2", "s2", C::Exited), ("c4", "s4", C::Running)]);
+        let mut changed: Vec<String> = relist_changes(&old_s, &new_s, &old_c, &new_c).into_iter().collect();
+        changed.sort();
+        // a is unchanged; b's container exited; c's sandbox went; d's appeared.
+        assert_eq!(changed, vec!["b", "c", "d"]);
+        assert!(relist_changes(&new_s, &new_s, &new_c, &new_c).is_empty());
+    }
 
     #[tokio::test]
     async fn a_node_task_is_small() {

@@ -60,6 +60,8 @@ pub struct NodeContext<R> {
     pub pod_log_root: Option<PathBuf>,
     /// The probes of the node's running containers.
     pub prober: Prober,
+    /// Syncs that create sandboxes or start containers, at most `starts_in_flight_max` at once.
+    starts: tokio::sync::Semaphore,
     backoff: Mutex<HashMap<(String, String), Backoff>>,
 }
 
@@ -84,6 +86,7 @@ impl<R: RuntimeService + ImageService> NodeContext<R> {
             allocatable: setup.allocatable.clone(),
             pod_log_root: options.pod_log_root.clone(),
             prober: Prober::default(),
+            starts: tokio::sync::Semaphore::new(options.starts_in_flight_max.max(1)),
             backoff: Mutex::new(HashMap::new()),
         }
     }
@@ -157,8 +160,9 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
 
     let sandbox_config = sandbox_config(ctx, pod);
     let rt = &ctx.runtime;
-    let sandboxes = rt.list_pod_sandbox().await?;
-    let mut ours: Vec<_> = sandboxes.into_iter().filter(|s| s.metadata.uid == uid).collect();
+    let mut ours = rt.pod_sandboxes(&uid).await?;
+    // Taken (in order of arrival) by a sync that will start something, and held to its end.
+    let mut starting: Option<tokio::sync::SemaphorePermit<'_>> = None;
     ours.sort_by_key(|s| s.created_at);
     let sandbox = match ours.last() {
         // A list does not carry the sandbox's address; its status does.
@@ -167,6 +171,7 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
         last => {
             // No sandbox, or a dead one: everything starts over in a new one, as kubelet does.
             let attempt = last.map(|s| s.metadata.attempt + 1).unwrap_or(0);
+            starting = Some(ctx.starts.acquire().await.context("the agent is stopping")?);
             for s in &ours {
                 remove_sandbox(ctx, &s.id).await?;
             }
@@ -197,6 +202,11 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
             stop_container(ctx, pod, c, &s.id, grace_of(pod)).await?;
             next = earlier(next, Next::After(Duration::ZERO));
         }
+    }
+
+    let to_start = spec.init_containers.iter().flatten().chain(spec.containers.iter()).any(|c| latest.get(c.name.as_str()).is_none_or(|s| s.state == ContainerState::Exited));
+    if to_start && starting.is_none() {
+        starting = Some(ctx.starts.acquire().await.context("the agent is stopping")?);
     }
 
     // Init containers one at a time, in order; sidecars (restartPolicy Always) keep running.
@@ -277,7 +287,9 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
         }
     }
     let status = pod_status(ctx, pod, &containers, &waiting, init_done, pod_failed, sandbox.ip.as_deref());
+    // The start slot is given back once the status says what was started.
     write_status(ctx, pod, status).await?;
+    drop(starting);
     Ok(next)
 }
 
@@ -467,7 +479,7 @@ async fn restart<R: RuntimeService + ImageService>(
 /// Stops every container of the pod at once (each within `grace`, after its preStop hook when
 /// the pod is known) and removes its sandboxes and logs.
 pub async fn kill_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, uid: &str, pod: Option<&Pod>, grace: Duration) -> anyhow::Result<()> {
-    for s in ctx.runtime.list_pod_sandbox().await?.into_iter().filter(|s| s.metadata.uid == uid) {
+    for s in ctx.runtime.pod_sandboxes(uid).await? {
         let containers = ctx.runtime.list_containers(Some(&s.id)).await?;
         ctx.prober.forget(&containers.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
         let stops = containers.iter().filter(|c| c.state == ContainerState::Running).map(|c| async move {
@@ -495,7 +507,7 @@ pub async fn kill_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, ui
 
 /// Stops what still runs of a finished pod, keeping its containers (and logs).
 async fn stop_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, uid: &str) -> anyhow::Result<()> {
-    for s in ctx.runtime.list_pod_sandbox().await?.into_iter().filter(|s| s.metadata.uid == uid) {
+    for s in ctx.runtime.pod_sandboxes(uid).await? {
         for c in ctx.runtime.list_containers(Some(&s.id)).await? {
             if c.state == ContainerState::Running {
                 ctx.runtime.stop_container(&c.id, Duration::ZERO).await.with_context(|| format!("StopContainer {}", c.metadata.name))?;

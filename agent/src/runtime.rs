@@ -140,6 +140,10 @@ pub trait RuntimeService: Send + Sync + 'static {
     fn remove_pod_sandbox(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
     fn pod_sandbox_status(&self, id: &str) -> impl Future<Output = Result<PodSandboxStatus>> + Send;
     fn list_pod_sandbox(&self) -> impl Future<Output = Result<Vec<PodSandboxStatus>>> + Send;
+    /// The sandboxes of the pod with `uid` (a runtime may filter by the sandbox's labels).
+    fn pod_sandboxes(&self, uid: &str) -> impl Future<Output = Result<Vec<PodSandboxStatus>>> + Send {
+        async move { Ok(self.list_pod_sandbox().await?.into_iter().filter(|s| s.metadata.uid == uid).collect()) }
+    }
     fn create_container(
         &self,
         pod_sandbox_id: &str,
