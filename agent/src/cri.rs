@@ -208,6 +208,11 @@ impl RuntimeService for CriRuntime {
             labels: map(&config.labels),
             annotations: map(&config.annotations),
             log_path: config.log_path.clone(),
+            mounts: config
+                .mounts
+                .iter()
+                .map(|m| cri::Mount { container_path: m.container_path.clone(), host_path: m.host_path.clone(), readonly: m.readonly, ..Default::default() })
+                .collect(),
             ..Default::default()
         };
         let req = cri::CreateContainerRequest { pod_sandbox_id: pod_sandbox_id.to_string(), config: Some(c), sandbox_config: Some(sandbox_config(sandbox)) };

@@ -408,6 +408,7 @@ mod tests {
             labels: Default::default(),
             annotations: Default::default(),
             log_path: String::new(),
+            mounts: vec![],
         }
     }
 

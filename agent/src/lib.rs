@@ -6,6 +6,7 @@
 pub mod client;
 pub mod containerd;
 pub mod cri;
+pub mod events;
 pub mod hollow;
 pub mod image;
 pub mod lean;
@@ -19,6 +20,7 @@ pub mod real;
 pub mod runtime;
 pub mod server;
 pub mod upgrade;
+pub mod volumes;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -72,6 +74,8 @@ pub struct AgentOptions {
     /// Where pods' log directories go (kubelet: `/var/log/pods`); none for runtimes that log
     /// nothing.
     pub pod_log_root: Option<std::path::PathBuf>,
+    /// Where pods' volumes go (`<dir>/<uid>/volumes/…`); none for runtimes without mounts.
+    pub pods_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for AgentOptions {
@@ -84,6 +88,7 @@ impl Default for AgentOptions {
             starts_in_flight_max: 64,
             container_id_scheme: "hollow",
             pod_log_root: None,
+            pods_dir: None,
         }
     }
 }

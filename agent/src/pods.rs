@@ -22,6 +22,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use crate::node::NodeSetup;
 use crate::podspec::{self, ConfigError, EnvSources};
 use crate::prober::{Prober, Target};
+use crate::volumes::{self, MountError};
 use crate::runtime::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ImageService, PodSandboxConfig,
     PodSandboxStatus, PortMapping, RuntimeService, SandboxMetadata, SandboxState,
@@ -36,6 +37,9 @@ const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How soon a container that could not be configured or created is tried again (kubelet's pod
 /// worker back-off).
 const CONFIG_RETRY: Duration = Duration::from_secs(10);
+
+/// How often volumes made from ConfigMaps, Secrets or the pod's fields are written again.
+const VOLUME_REFRESH: Duration = Duration::from_secs(5);
 
 /// Grace period when the pod gives none (Kubernetes' default).
 const DEFAULT_GRACE_PERIOD_SECONDS: i64 = 30;
@@ -58,6 +62,8 @@ pub struct NodeContext<R> {
     pub allocatable: BTreeMap<String, Quantity>,
     /// Where pods' log directories go (`<root>/<namespace>_<name>_<uid>`), when containers log.
     pub pod_log_root: Option<PathBuf>,
+    /// Where pods' volumes go, on nodes whose runtime mounts them.
+    pub pods_dir: Option<PathBuf>,
     /// The probes of the node's running containers.
     pub prober: Prober,
     /// Syncs that create sandboxes or start containers, at most `starts_in_flight_max` at once.
@@ -85,6 +91,7 @@ impl<R: RuntimeService + ImageService> NodeContext<R> {
             container_id_scheme: options.container_id_scheme,
             allocatable: setup.allocatable.clone(),
             pod_log_root: options.pod_log_root.clone(),
+            pods_dir: options.pods_dir.clone(),
             prober: Prober::default(),
             starts: tokio::sync::Semaphore::new(options.starts_in_flight_max.max(1)),
             backoff: Mutex::new(HashMap::new()),
@@ -158,6 +165,23 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
         return Ok(Next::Idle);
     }
 
+    // Volumes first, as kubelet mounts them before the sandbox; refreshed at every sync (a
+    // changed ConfigMap or Secret reaches its files).
+    let volumes = match set_up_volumes(ctx, pod).await? {
+        Ok(v) => v,
+        Err(why) => {
+            // The pod waits in ContainerCreating, with the event Kubernetes writes.
+            let failed = why.to_string();
+            let seen = ctx.backoffs().contains_key(&(uid.clone(), format!("mount/{failed}")));
+            if !seen {
+                ctx.failed((uid.clone(), format!("mount/{failed}")));
+                crate::events::pod_event(&ctx.client, &ctx.node_name, pod, "Warning", "FailedMount", failed);
+            }
+            let status = pod_status(ctx, pod, &[], &HashMap::new(), true, false, None);
+            write_status(ctx, pod, status).await?;
+            return Ok(Next::After(CONFIG_RETRY));
+        }
+    };
     let sandbox_config = sandbox_config(ctx, pod);
     let rt = &ctx.runtime;
     let mut ours = rt.pod_sandboxes(&uid).await?;
@@ -193,6 +217,9 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
     let mut init_done = true;
     let mut pod_failed = false;
 
+    if volumes.refresh {
+        next = earlier(next, Next::After(VOLUME_REFRESH));
+    }
     // A container whose liveness (or startup) probe failed is stopped; the restart policy and its
     // back-off decide the rest at the next sync, which follows at once.
     for c in spec.init_containers.iter().flatten().chain(spec.containers.iter()) {
@@ -214,7 +241,7 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
         let sidecar = c.restart_policy.as_deref() == Some("Always");
         match latest.get(c.name.as_str()) {
             None => {
-                if let Some((w, wait)) = start(ctx, &sandbox, &sandbox_config, pod, c, 0).await? {
+                if let Some((w, wait)) = start(ctx, &sandbox, &sandbox_config, &volumes, pod, c, 0).await? {
                     next = earlier(next, Next::After(wait));
                     waiting.insert(c.name.clone(), w);
                 }
@@ -231,7 +258,7 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
                     init_done = false;
                     break;
                 }
-                if let Some((w, wait)) = restart(ctx, &uid, &sandbox, &sandbox_config, pod, c, s).await? {
+                if let Some((w, wait)) = restart(ctx, &uid, &sandbox, &sandbox_config, &volumes, pod, c, s).await? {
                     next = earlier(next, Next::After(wait));
                     waiting.insert(c.name.clone(), w);
                 }
@@ -252,7 +279,7 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
         for c in &spec.containers {
             match latest.get(c.name.as_str()) {
                 None => {
-                    if let Some((w, wait)) = start(ctx, &sandbox, &sandbox_config, pod, c, 0).await? {
+                    if let Some((w, wait)) = start(ctx, &sandbox, &sandbox_config, &volumes, pod, c, 0).await? {
                         next = earlier(next, Next::After(wait));
                         waiting.insert(c.name.clone(), w);
                     }
@@ -264,7 +291,7 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
                         _ => false,
                     };
                     if again {
-                        if let Some((w, wait)) = restart(ctx, &uid, &sandbox, &sandbox_config, pod, c, s).await? {
+                        if let Some((w, wait)) = restart(ctx, &uid, &sandbox, &sandbox_config, &volumes, pod, c, s).await? {
                             next = earlier(next, Next::After(wait));
                             waiting.insert(c.name.clone(), w);
                         }
@@ -291,6 +318,31 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
     write_status(ctx, pod, status).await?;
     drop(starting);
     Ok(next)
+}
+
+/// A pod's volumes on the node, by name, and whether their contents come from elsewhere (and
+/// are written again now and then).
+#[derive(Default)]
+struct PodVolumes {
+    paths: BTreeMap<String, PathBuf>,
+    refresh: bool,
+}
+
+/// Sets up the pod's volumes; a volume that cannot be set up is the inner error.
+async fn set_up_volumes<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &Pod) -> anyhow::Result<Result<PodVolumes, MountError>> {
+    let Some(root) = &ctx.pods_dir else { return Ok(Ok(PodVolumes::default())) };
+    let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
+    let src = volumes::Sources { client: &ctx.client, host_ip: &ctx.host_ip, pod_ip, allocatable: &ctx.allocatable };
+    match volumes::set_up(root, &src, pod).await {
+        Ok(paths) => {
+            let refresh = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.config_map.is_some() || v.secret.is_some() || v.projected.is_some() || v.downward_api.is_some());
+            Ok(Ok(PodVolumes { paths, refresh }))
+        }
+        Err(e) => match e.downcast::<MountError>() {
+            Ok(m) => Ok(Err(m)),
+            Err(e) => Err(e.context("setting up the pod's volumes")),
+        },
+    }
 }
 
 fn earlier(a: Next, b: Next) -> Next {
@@ -330,6 +382,7 @@ async fn start<R: RuntimeService + ImageService>(
     ctx: &NodeContext<R>,
     sandbox: &PodSandboxStatus,
     sandbox_config: &PodSandboxConfig,
+    volumes: &PodVolumes,
     pod: &Pod,
     c: &Container,
     attempt: u32,
@@ -345,7 +398,15 @@ async fn start<R: RuntimeService + ImageService>(
             Err(e) => return Err(e.context("reading the container's environment")),
         },
     };
-    let config = container_config(pod, c, attempt, env);
+    let mounts = if ctx.pods_dir.is_some() {
+        match volumes::mounts(c, &volumes.paths) {
+            Ok(m) => m,
+            Err(message) => return Ok(Some((("CreateContainerConfigError", message), CONFIG_RETRY))),
+        }
+    } else {
+        Vec::new()
+    };
+    let config = container_config(pod, c, attempt, env, mounts);
     let id = match ctx.runtime.create_container(&sandbox.id, &config, sandbox_config).await {
         Ok(id) => id,
         Err(e) => return Ok(Some((("CreateContainerError", e.to_string()), CONFIG_RETRY))),
@@ -454,6 +515,7 @@ async fn restart<R: RuntimeService + ImageService>(
     uid: &str,
     sandbox: &PodSandboxStatus,
     sandbox_config: &PodSandboxConfig,
+    volumes: &PodVolumes,
     pod: &Pod,
     c: &Container,
     exited: &ContainerStatus,
@@ -473,7 +535,7 @@ async fn restart<R: RuntimeService + ImageService>(
             ctx.runtime.remove_container(&old.id).await?;
         }
     }
-    start(ctx, sandbox, sandbox_config, pod, c, exited.metadata.attempt + 1).await
+    start(ctx, sandbox, sandbox_config, volumes, pod, c, exited.metadata.attempt + 1).await
 }
 
 /// Stops every container of the pod at once (each within `grace`, after its preStop hook when
@@ -493,6 +555,9 @@ pub async fn kill_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, ui
             r?;
         }
         remove_sandbox(ctx, &s.id).await?;
+    }
+    if let Some(root) = &ctx.pods_dir {
+        volumes::tear_down(root, uid).with_context(|| format!("removing the volumes of pod {uid}"))?;
     }
     if let Some(root) = &ctx.pod_log_root {
         let suffix = format!("_{uid}");
@@ -572,7 +637,7 @@ fn sandbox_config<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &
     }
 }
 
-fn container_config(pod: &Pod, c: &Container, attempt: u32, envs: Vec<(String, String)>) -> ContainerConfig {
+fn container_config(pod: &Pod, c: &Container, attempt: u32, envs: Vec<(String, String)>, mounts: Vec<crate::runtime::Mount>) -> ContainerConfig {
     // Command and arguments may refer to the environment: `$(VAR)`.
     let lookup = |n: &str| envs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
     let expanded = |list: &Option<Vec<String>>| -> Vec<String> { list.iter().flatten().map(|s| podspec::expand(s, &lookup)).collect() };
@@ -590,6 +655,7 @@ fn container_config(pod: &Pod, c: &Container, attempt: u32, envs: Vec<(String, S
         labels,
         annotations: BTreeMap::new(),
         log_path: format!("{}/{attempt}.log", c.name),
+        mounts,
     }
 }
 

@@ -179,6 +179,7 @@ pub async fn run(client: kube::Client, node: RealNode, mut options: AgentOptions
     options.container_id_scheme = if version.runtime_name == "containerd" { "containerd" } else { "cri" };
     options.pod_log_root = Some(node.data_dir.join("pod-logs"));
     options.starts_in_flight_max = STARTS_IN_FLIGHT_MAX;
+    options.pods_dir = Some(node.data_dir.join("pods"));
     tracing::info!(node = %setup.name, runtime = %setup.system.container_runtime_version, "container runtime ready");
     let runtime = Arc::new(runtime);
     let endpoint = crate::server::NodeServer { runtime: runtime.clone(), pod_log_root: node.data_dir.join("pod-logs") };

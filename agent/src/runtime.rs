@@ -94,6 +94,16 @@ pub struct ContainerConfig {
     pub labels: BTreeMap<String, String>,
     pub annotations: BTreeMap<String, String>,
     pub log_path: String,
+    /// Volumes (and their sub-paths) mounted into the container.
+    pub mounts: Vec<Mount>,
+}
+
+/// CRI's `Mount`: a host path bound into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub container_path: String,
+    pub host_path: String,
+    pub readonly: bool,
 }
 
 /// CRI's `ContainerState`.

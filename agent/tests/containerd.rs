@@ -90,6 +90,7 @@ fn container(name: &str, script: &str) -> ContainerConfig {
         labels: Default::default(),
         annotations: Default::default(),
         log_path: format!("{name}/0.log"),
+        mounts: vec![],
     }
 }
 

@@ -836,3 +836,115 @@ async fn probes_gate_readiness_restart_the_unhealthy_and_hooks_run() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_carry_config_secrets_and_fields_and_follow_changes() {
+    let up = Up::start();
+    up.wait_node_ready().await;
+    let client = up.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let post = PostParams::default();
+    let work = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "default");
+    config_maps.create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "files"}, "data": {"greeting": "hello"}})).unwrap()).await.unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "default");
+    secrets.create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "sealed"}, "stringData": {"password": "pw"}})).unwrap()).await.unwrap();
+    let host_dir = up.dir.join("host-volume");
+    pods.create(
+        &post,
+        &pod(
+            "mounted",
+            serde_json::json!({
+                "volumes": [
+                    {"name": "cm", "configMap": {"name": "files"}},
+                    {"name": "sec", "secret": {"secretName": "sealed", "defaultMode": 0o400}},
+                    {"name": "scratch", "emptyDir": {"medium": "Memory", "sizeLimit": "16Mi"}},
+                    {"name": "host", "hostPath": {"path": host_dir.display().to_string(), "type": "DirectoryOrCreate"}},
+                    {"name": "down", "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}, {"path": "labels/test", "fieldRef": {"fieldPath": "metadata.labels['test']"}}]}},
+                    {"name": "proj", "projected": {"sources": [{"configMap": {"name": "files", "items": [{"key": "greeting", "path": "g"}]}}, {"secret": {"name": "sealed"}}]}},
+                ],
+                "containers": [{
+                    "name": "c",
+                    "image": "registry.keelson.local/web:1",
+                    "command": ["/bin/sh", "-c", "echo from-the-pod > /host/written; exec /bin/sleep 3600"],
+                    "volumeMounts": [
+                        {"name": "cm", "mountPath": "/etc/cm"},
+                        {"name": "sec", "mountPath": "/etc/sec", "readOnly": true},
+                        {"name": "scratch", "mountPath": "/scratch"},
+                        {"name": "host", "mountPath": "/host"},
+                        {"name": "down", "mountPath": "/etc/pod"},
+                        {"name": "proj", "mountPath": "/etc/proj"},
+                    ],
+                }],
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_until("the pod with volumes runs", within(SETTLED_WITHIN), || {
+        let pods = pods.clone();
+        async move {
+            let phase = pods.get("mounted").await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
+            if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
+        }
+    })
+    .await;
+    let exec = |script: &str| kubectl.run(&["exec", "mounted", "--", "/bin/sh", "-c", script]);
+    assert_eq!(exec("cat /etc/cm/greeting"), "hello");
+    assert_eq!(exec("cat /etc/sec/password; echo; stat -L -c %a /etc/sec/password"), "pw\n400\n");
+    assert_eq!(exec("cat /etc/pod/name; echo; cat /etc/pod/labels/test"), "mounted\nspec");
+    assert_eq!(exec("cat /etc/proj/g; echo; cat /etc/proj/password"), "hello\npw");
+    assert!(exec("cat /proc/mounts").lines().any(|l| l.contains(" /scratch tmpfs ")), "/scratch is a tmpfs");
+    let (ok, _, err) = kubectl.try_run(&["exec", "mounted", "--", "/bin/sh", "-c", "echo x > /etc/sec/new"], None);
+    assert!(!ok && err.contains("Read-only file system"), "a readOnly mount refuses writes: {err}");
+    assert_eq!(std::fs::read_to_string(host_dir.join("written")).unwrap(), "from-the-pod\n", "the hostPath is the host's directory");
+
+    // A changed ConfigMap reaches the mounted file.
+    config_maps
+        .patch("files", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(serde_json::json!({"data": {"greeting": "changed"}})))
+        .await
+        .unwrap();
+    wait_until("the mounted file has the ConfigMap's new value", within(SETTLED_WITHIN), || {
+        let kubectl = &kubectl;
+        async move {
+            let (ok, out, err) = kubectl.try_run(&["exec", "mounted", "--", "/bin/cat", "/etc/cm/greeting"], None);
+            if ok && out == "changed" { Ok(()) } else { Err(format!("{out}{err}")) }
+        }
+    })
+    .await;
+
+    // A volume of a ConfigMap that does not exist: ContainerCreating, and FailedMount.
+    pods.create(
+        &post,
+        &pod("unmountable", serde_json::json!({"volumes": [{"name": "v", "configMap": {"name": "absent"}}], "containers": [{"name": "c", "image": "registry.keelson.local/web:1", "volumeMounts": [{"name": "v", "mountPath": "/v"}]}]})),
+    )
+    .await
+    .unwrap();
+    let (reason, _) = waiting_reason(&pods, "unmountable", &["ContainerCreating"]).await;
+    assert_eq!(reason, "ContainerCreating");
+    let events: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "default");
+    let event = wait_until("a FailedMount event names the missing ConfigMap", within(SETTLED_WITHIN), || {
+        let events = events.clone();
+        async move {
+            let list = events.list(&ListParams::default().fields("involvedObject.name=unmountable")).await.map_err(|e| e.to_string())?;
+            list.items.into_iter().find(|e| e.reason.as_deref() == Some("FailedMount")).ok_or_else(|| "no FailedMount event yet".to_string())
+        }
+    })
+    .await;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    assert_eq!(event.message.as_deref(), Some("MountVolume.SetUp failed for volume \"v\" : configmap \"absent\" not found"));
+
+    // Deleted, the pods leave no volume and no mount behind.
+    pods.delete_collection(&DeleteParams { grace_period_seconds: Some(0), ..Default::default() }, &ListParams::default()).await.unwrap();
+    wait_until("the pods' volumes are gone", within(SETTLED_WITHIN), || {
+        let (pods, up) = (pods.clone(), &up);
+        async move {
+            let left = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
+            let dirs: Vec<String> = std::fs::read_dir(up.dir.join("agent/pods")).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            let mounts = mounts_under(&up.dir.join("agent/pods"));
+            if left == 0 && dirs.is_empty() && mounts.is_empty() { Ok(()) } else { Err(format!("{left} pods, dirs {dirs:?}, mounts {mounts:?}")) }
+        }
+    })
+    .await;
+}
