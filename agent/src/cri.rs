@@ -72,6 +72,11 @@ fn sandbox_config(c: &PodSandboxConfig) -> cri::PodSandboxConfig {
         log_directory: c.log_directory.clone(),
         labels: map(&c.labels),
         annotations: map(&c.annotations),
+        linux: Some(cri::LinuxPodSandboxConfig {
+            cgroup_parent: c.cgroup_parent.clone(),
+            security_context: Some(cri::LinuxSandboxSecurityContext { privileged: c.privileged, namespace_options: Some(namespaces(c)), ..Default::default() }),
+            ..Default::default()
+        }),
         port_mappings: c
             .port_mappings
             .iter()
@@ -87,6 +92,44 @@ fn sandbox_config(c: &PodSandboxConfig) -> cri::PodSandboxConfig {
             })
             .collect(),
         ..Default::default()
+    }
+}
+
+/// The namespaces of a pod's sandbox and containers: the pod's own network and IPC, a process
+/// namespace per container (Kubernetes' default) — or the node's, as the pod asks.
+fn namespaces(s: &PodSandboxConfig) -> cri::NamespaceOption {
+    let mode = |host: bool, own: cri::NamespaceMode| if host { cri::NamespaceMode::Node as i32 } else { own as i32 };
+    cri::NamespaceOption {
+        network: mode(s.host_network, cri::NamespaceMode::Pod),
+        pid: mode(s.host_pid, if s.share_process_namespace { cri::NamespaceMode::Pod } else { cri::NamespaceMode::Container }),
+        ipc: mode(s.host_ipc, cri::NamespaceMode::Pod),
+        ..Default::default()
+    }
+}
+
+fn linux_config(c: &ContainerConfig, sandbox: &PodSandboxConfig) -> cri::LinuxContainerConfig {
+    let r = &c.resources;
+    let s = &c.security;
+    cri::LinuxContainerConfig {
+        resources: Some(cri::LinuxContainerResources {
+            cpu_shares: r.cpu_shares,
+            cpu_period: r.cpu_period,
+            cpu_quota: r.cpu_quota,
+            memory_limit_in_bytes: r.memory_limit_in_bytes,
+            oom_score_adj: r.oom_score_adj,
+            ..Default::default()
+        }),
+        security_context: Some(cri::LinuxContainerSecurityContext {
+            capabilities: Some(cri::Capability { add_capabilities: s.add_capabilities.clone(), drop_capabilities: s.drop_capabilities.clone(), ..Default::default() }),
+            privileged: s.privileged,
+            run_as_user: s.run_as_user.map(|value| cri::Int64Value { value }),
+            run_as_group: s.run_as_group.map(|value| cri::Int64Value { value }),
+            readonly_rootfs: s.readonly_rootfs,
+            supplemental_groups: s.supplemental_groups.clone(),
+            no_new_privs: s.no_new_privs,
+            namespace_options: Some(namespaces(sandbox)),
+            ..Default::default()
+        }),
     }
 }
 
@@ -213,6 +256,7 @@ impl RuntimeService for CriRuntime {
                 .iter()
                 .map(|m| cri::Mount { container_path: m.container_path.clone(), host_path: m.host_path.clone(), readonly: m.readonly, ..Default::default() })
                 .collect(),
+            linux: Some(linux_config(config, sandbox)),
             ..Default::default()
         };
         let req = cri::CreateContainerRequest { pod_sandbox_id: pod_sandbox_id.to_string(), config: Some(c), sandbox_config: Some(sandbox_config(sandbox)) };

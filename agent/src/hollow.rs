@@ -394,6 +394,12 @@ mod tests {
             annotations: Default::default(),
             log_directory: String::new(),
             port_mappings: vec![],
+            cgroup_parent: String::new(),
+            privileged: false,
+            host_network: false,
+            host_pid: false,
+            host_ipc: false,
+            share_process_namespace: false,
         }
     }
 
@@ -409,6 +415,8 @@ mod tests {
             annotations: Default::default(),
             log_path: String::new(),
             mounts: vec![],
+            resources: Default::default(),
+            security: Default::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod containerd;
+pub mod cgroups;
 pub mod cri;
 pub mod events;
 pub mod hollow;

@@ -25,7 +25,7 @@ use crate::prober::{Prober, Target};
 use crate::volumes::{self, MountError};
 use crate::runtime::{
     ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ImageService, PodSandboxConfig,
-    PodSandboxStatus, PortMapping, RuntimeService, SandboxMetadata, SandboxState,
+    LinuxResources, PodSandboxStatus, PortMapping, RuntimeService, SandboxMetadata, SandboxState, SecurityContext,
 };
 use crate::AgentOptions;
 
@@ -37,6 +37,9 @@ const RESTART_BACKOFF_RESET: Duration = Duration::from_secs(600);
 /// How soon a container that could not be configured or created is tried again (kubelet's pod
 /// worker back-off).
 const CONFIG_RETRY: Duration = Duration::from_secs(10);
+
+/// The CFS period a CPU limit is a quota of (kubelet's 100 ms).
+const CFS_PERIOD_US: i64 = 100_000;
 
 /// How often volumes made from ConfigMaps, Secrets or the pod's fields are written again.
 const VOLUME_REFRESH: Duration = Duration::from_secs(5);
@@ -313,7 +316,9 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
             ctx.prober.ensure(&ctx.runtime, &target);
         }
     }
-    let status = pod_status(ctx, pod, &containers, &waiting, init_done, pod_failed, sandbox.ip.as_deref());
+    // A pod on the node's network has the node's address.
+    let ip = sandbox.ip.as_deref().or_else(|| (spec.host_network == Some(true)).then_some(ctx.host_ip.as_str()));
+    let status = pod_status(ctx, pod, &containers, &waiting, init_done, pod_failed, ip);
     // The start slot is given back once the status says what was started.
     write_status(ctx, pod, status).await?;
     drop(starting);
@@ -406,7 +411,13 @@ async fn start<R: RuntimeService + ImageService>(
     } else {
         Vec::new()
     };
-    let config = container_config(pod, c, attempt, env, mounts);
+    let security = match security_context(pod, c) {
+        Ok(s) => s,
+        Err(message) => return Ok(Some((("CreateContainerConfigError", message), CONFIG_RETRY))),
+    };
+    let mut config = container_config(pod, c, attempt, env, mounts);
+    config.resources = linux_resources(pod, c, &ctx.allocatable);
+    config.security = security;
     let id = match ctx.runtime.create_container(&sandbox.id, &config, sandbox_config).await {
         Ok(id) => id,
         Err(e) => return Ok(Some((("CreateContainerError", e.to_string()), CONFIG_RETRY))),
@@ -558,6 +569,7 @@ pub async fn kill_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, ui
     }
     if let Some(root) = &ctx.pods_dir {
         volumes::tear_down(root, uid).with_context(|| format!("removing the volumes of pod {uid}"))?;
+        crate::cgroups::remove_pod(uid)?;
     }
     if let Some(root) = &ctx.pod_log_root {
         let suffix = format!("_{uid}");
@@ -619,6 +631,15 @@ fn sandbox_config<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &
     PodSandboxConfig {
         hostname: spec.and_then(|s| s.hostname.clone()).unwrap_or_else(|| name.clone()),
         log_directory: ctx.log_directory(pod).map(|d| d.display().to_string()).unwrap_or_default(),
+        cgroup_parent: if ctx.pods_dir.is_some() { crate::cgroups::pod_parent(&uid) } else { String::new() },
+        host_network: spec.and_then(|s| s.host_network) == Some(true),
+        host_pid: spec.and_then(|s| s.host_pid) == Some(true),
+        host_ipc: spec.and_then(|s| s.host_ipc) == Some(true),
+        share_process_namespace: spec.and_then(|s| s.share_process_namespace) == Some(true),
+        privileged: spec
+            .into_iter()
+            .flat_map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()))
+            .any(|c| c.security_context.as_ref().and_then(|sc| sc.privileged) == Some(true)),
         port_mappings: spec
             .into_iter()
             .flat_map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()))
@@ -656,7 +677,65 @@ fn container_config(pod: &Pod, c: &Container, attempt: u32, envs: Vec<(String, S
         annotations: BTreeMap::new(),
         log_path: format!("{}/{attempt}.log", c.name),
         mounts,
+        resources: Default::default(),
+        security: Default::default(),
     }
+}
+
+/// The container's cgroup settings from its requests and limits, as kubelet computes them: CPU
+/// shares from the request (at least 2), a CFS quota from the limit, the memory limit, and an
+/// OOM score by the pod's QoS class.
+fn linux_resources(pod: &Pod, c: &Container, allocatable: &BTreeMap<String, Quantity>) -> LinuxResources {
+    let res = c.resources.as_ref();
+    let get = |which: Option<&BTreeMap<String, Quantity>>, name: &str, unit: u64| which.and_then(|m| m.get(name)).and_then(|q| crate::machine::parse_quantity(&q.0, unit).ok());
+    let limits = res.and_then(|r| r.limits.as_ref());
+    let requests = res.and_then(|r| r.requests.as_ref());
+    let cpu_limit = get(limits, "cpu", 1000);
+    let cpu_request = get(requests, "cpu", 1000).or(cpu_limit).unwrap_or(0);
+    let memory_limit = get(limits, "memory", 1);
+    let memory_request = get(requests, "memory", 1).or(memory_limit).unwrap_or(0);
+    let capacity = get(Some(allocatable), "memory", 1).unwrap_or(1).max(1);
+    let oom_score_adj = match pod.status.as_ref().and_then(|s| s.qos_class.as_deref()) {
+        Some("Guaranteed") => -997,
+        Some("BestEffort") | None => 1000,
+        _ => (1000 - (1000 * memory_request / capacity) as i64).clamp(2, 999),
+    };
+    LinuxResources {
+        cpu_shares: ((cpu_request * 1024 / 1000) as i64).max(2),
+        cpu_period: if cpu_limit.is_some() { CFS_PERIOD_US } else { 0 },
+        cpu_quota: cpu_limit.map(|m| ((m as i64) * CFS_PERIOD_US / 1000).max(1000)).unwrap_or(0),
+        memory_limit_in_bytes: memory_limit.unwrap_or(0) as i64,
+        oom_score_adj,
+    }
+}
+
+/// How the container's process runs, from the pod's and the container's securityContext (the
+/// container's wins).
+fn security_context(pod: &Pod, c: &Container) -> Result<SecurityContext, String> {
+    let pod_sc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let sc = c.security_context.as_ref();
+    let run_as_user = sc.and_then(|s| s.run_as_user).or(pod_sc.and_then(|s| s.run_as_user));
+    let non_root = sc.and_then(|s| s.run_as_non_root).or(pod_sc.and_then(|s| s.run_as_non_root)) == Some(true);
+    // Keelson's images name no user: without runAsUser, a container runs as root.
+    if non_root && run_as_user.unwrap_or(0) == 0 {
+        let pod_name = format!("{}_{}({})", pod.metadata.name.as_deref().unwrap_or(""), pod.metadata.namespace.as_deref().unwrap_or(""), pod_uid(pod));
+        return Err(format!("container has runAsNonRoot and image will run as root (pod: \"{pod_name}\", container: {})", c.name));
+    }
+    let mut groups: Vec<i64> = pod_sc.and_then(|s| s.supplemental_groups.clone()).unwrap_or_default();
+    if let Some(fs_group) = pod_sc.and_then(|s| s.fs_group) {
+        groups.push(fs_group);
+    }
+    let caps = sc.and_then(|s| s.capabilities.as_ref());
+    Ok(SecurityContext {
+        privileged: sc.and_then(|s| s.privileged) == Some(true),
+        run_as_user,
+        run_as_group: sc.and_then(|s| s.run_as_group).or(pod_sc.and_then(|s| s.run_as_group)),
+        supplemental_groups: groups,
+        readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem) == Some(true),
+        no_new_privs: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
+        add_capabilities: caps.and_then(|c| c.add.clone()).unwrap_or_default(),
+        drop_capabilities: caps.and_then(|c| c.drop.clone()).unwrap_or_default(),
+    })
 }
 
 /// A CRI time (nanoseconds) as the API shows it: whole seconds.

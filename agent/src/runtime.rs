@@ -45,6 +45,16 @@ pub struct PodSandboxConfig {
     pub log_directory: String,
     /// Ports the node forwards to the pod (`hostPort`).
     pub port_mappings: Vec<PortMapping>,
+    /// The cgroup the pod's containers go under (kubelet's pod-level cgroup).
+    pub cgroup_parent: String,
+    /// Whether any of its containers is privileged (CRI then needs a privileged sandbox).
+    pub privileged: bool,
+    /// The node's namespaces instead of the pod's own (`hostNetwork`, `hostPID`, `hostIPC`).
+    pub host_network: bool,
+    pub host_pid: bool,
+    pub host_ipc: bool,
+    /// One process namespace for all of the pod's containers (`shareProcessNamespace`).
+    pub share_process_namespace: bool,
 }
 
 /// CRI's `PortMapping`: a node port forwarded to a pod's port.
@@ -96,6 +106,33 @@ pub struct ContainerConfig {
     pub log_path: String,
     /// Volumes (and their sub-paths) mounted into the container.
     pub mounts: Vec<Mount>,
+    /// CRI's `LinuxContainerResources`, as kubelet computes them from requests and limits.
+    pub resources: LinuxResources,
+    /// CRI's `LinuxContainerSecurityContext`.
+    pub security: SecurityContext,
+}
+
+/// The cgroup settings of a container (0: unset).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinuxResources {
+    pub cpu_shares: i64,
+    pub cpu_period: i64,
+    pub cpu_quota: i64,
+    pub memory_limit_in_bytes: i64,
+    pub oom_score_adj: i64,
+}
+
+/// How a container's process runs: its user and group, privileges and capabilities.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecurityContext {
+    pub privileged: bool,
+    pub run_as_user: Option<i64>,
+    pub run_as_group: Option<i64>,
+    pub supplemental_groups: Vec<i64>,
+    pub readonly_rootfs: bool,
+    pub no_new_privs: bool,
+    pub add_capabilities: Vec<String>,
+    pub drop_capabilities: Vec<String>,
 }
 
 /// CRI's `Mount`: a host path bound into a container.

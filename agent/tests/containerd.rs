@@ -91,6 +91,8 @@ fn container(name: &str, script: &str) -> ContainerConfig {
         annotations: Default::default(),
         log_path: format!("{name}/0.log"),
         mounts: vec![],
+        resources: Default::default(),
+        security: Default::default(),
     }
 }
 
@@ -113,6 +115,12 @@ async fn a_pod_runs_logs_and_exits_through_the_agents_own_containerd() {
         annotations: Default::default(),
         log_directory: logs.display().to_string(),
         port_mappings: vec![],
+        cgroup_parent: String::new(),
+        privileged: false,
+        host_network: false,
+        host_pid: false,
+        host_ipc: false,
+        share_process_namespace: false,
     };
     let sid = cri.run_pod_sandbox(&sandbox).await.expect("the sandbox runs on Keelson's pause image");
     let status = cri.pod_sandbox_status(&sid).await.unwrap();

@@ -91,8 +91,24 @@ fn release_network(n: u32) {
     let _ = std::fs::remove_file(network_marker(n));
 }
 
+/// Removes pods' cgroups that nothing runs in (a crashed run's); a live pod's cgroup holds its
+/// sandbox's process, and removing a cgroup that holds one fails.
+fn remove_idle_pod_cgroups() {
+    for hierarchy in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for pod in std::fs::read_dir(hierarchy.path().join("keelson")).into_iter().flatten().flatten() {
+            for container in std::fs::read_dir(pod.path()).into_iter().flatten().flatten() {
+                if container.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(container.path());
+                }
+            }
+            let _ = std::fs::remove_dir(pod.path());
+        }
+    }
+}
+
 /// Removes what crashed runs left.
 fn cleanup_stale() {
+    remove_idle_pod_cgroups();
     let Ok(entries) = std::fs::read_dir("/tmp") else { return };
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
@@ -944,6 +960,105 @@ async fn volumes_carry_config_secrets_and_fields_and_follow_changes() {
             let dirs: Vec<String> = std::fs::read_dir(up.dir.join("agent/pods")).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
             let mounts = mounts_under(&up.dir.join("agent/pods"));
             if left == 0 && dirs.is_empty() && mounts.is_empty() { Ok(()) } else { Err(format!("{left} pods, dirs {dirs:?}, mounts {mounts:?}")) }
+        }
+    })
+    .await;
+}
+
+/// The cgroup v1 directory of `controller` for a path as /proc/<pid>/cgroup names it, or v2's.
+fn cgroup_dir(controller: &str, proc_cgroup: &str) -> PathBuf {
+    let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let line = proc_cgroup
+        .lines()
+        .find(|l| if unified { l.starts_with("0::") } else { l.split(':').nth(1).is_some_and(|c| c.split(',').any(|x| x == controller)) })
+        .unwrap_or_else(|| panic!("no {controller} cgroup in {proc_cgroup}"));
+    let path = line.splitn(3, ':').nth(2).unwrap().trim_start_matches('/');
+    if unified { Path::new("/sys/fs/cgroup").join(path) } else { Path::new("/sys/fs/cgroup").join(controller).join(path) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resources_become_cgroup_limits_and_security_contexts_apply() {
+    let up = Up::start();
+    up.wait_node_ready().await;
+    let client = up.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let post = PostParams::default();
+    let work = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    let sleeper = |name: &str, extra: serde_json::Value| {
+        let mut c = serde_json::json!({"name": "c", "image": "registry.keelson.local/web:1", "command": ["/bin/sleep", "3600"]});
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        pod(name, serde_json::json!({"terminationGracePeriodSeconds": 0, "containers": [c]}))
+    };
+    pods.create(&post, &sleeper("limited", serde_json::json!({"resources": {"requests": {"cpu": "250m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "64Mi"}}}))).await.unwrap();
+    pods.create(&post, &sleeper("user", serde_json::json!({"securityContext": {"runAsUser": 1000, "runAsGroup": 3000, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}}))).await.unwrap();
+    pods.create(&post, &sleeper("privileged", serde_json::json!({"securityContext": {"privileged": true}}))).await.unwrap();
+    pods.create(&post, &pod("oom", serde_json::json!({"restartPolicy": "Never", "containers": [{
+        "name": "c", "image": "registry.keelson.local/web:1",
+        "command": ["/bin/sh", "-c", "s=xxxxxxxxxxxxxxxx; while true; do s=\"$s$s\"; done"],
+        "resources": {"limits": {"memory": "16Mi"}},
+    }]}))).await.unwrap();
+    pods.create(&post, &sleeper("nonroot", serde_json::json!({"securityContext": {"runAsNonRoot": true}}))).await.unwrap();
+    for name in ["limited", "user", "privileged"] {
+        wait_until(&format!("{name} runs"), within(SETTLED_WITHIN), || {
+            let pods = pods.clone();
+            async move {
+                let phase = pods.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
+                if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
+            }
+        })
+        .await;
+    }
+    let exec = |pod: &str, script: &str| kubectl.try_run(&["exec", pod, "--", "/bin/sh", "-c", script], None);
+
+    // Requests and limits are the container's cgroup settings.
+    let (_, cgroups, err) = exec("limited", "cat /proc/1/cgroup");
+    assert!(!cgroups.is_empty(), "{err}");
+    let read = |controller: &str, file: &str| std::fs::read_to_string(cgroup_dir(controller, &cgroups).join(file)).map(|s| s.trim().to_string()).unwrap_or_else(|e| panic!("{controller}/{file}: {e}"));
+    if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+        assert_eq!(read("", "memory.max"), "67108864");
+        assert_eq!(read("", "cpu.max"), "50000 100000");
+    } else {
+        assert_eq!(read("memory", "memory.limit_in_bytes"), "67108864");
+        assert_eq!(read("cpu", "cpu.cfs_quota_us"), "50000");
+        assert_eq!(read("cpu", "cpu.cfs_period_us"), "100000");
+        assert_eq!(read("cpu", "cpu.shares"), "256");
+    }
+    let uid = pods.get("limited").await.unwrap().metadata.uid.unwrap();
+    assert!(cgroups.contains(&format!("/keelson/pod{uid}/")), "the container is under its pod's cgroup: {cgroups}");
+
+    // The user, the group, a read-only root and no capabilities; and a privileged container.
+    let (_, ids, err) = exec("user", "id -u; id -g");
+    assert_eq!(ids, "1000\n3000\n", "{err}");
+    let (ok, _, err) = exec("user", "touch /written");
+    assert!(!ok && err.contains("Read-only file system"), "{err}");
+    let (_, caps, _) = exec("user", "grep CapEff /proc/self/status");
+    assert!(caps.trim().ends_with("0000000000000000"), "{caps}");
+    let (_, caps, _) = exec("privileged", "grep CapEff /proc/self/status");
+    assert!(!caps.trim().ends_with("0000000000000000"), "{caps}");
+
+    // Over its memory limit, a container is OOM-killed, and its status says so.
+    let terminated = wait_until("the oom pod's container is OOM-killed", within(SETTLED_WITHIN), || {
+        let pods = pods.clone();
+        async move {
+            let s = pods.get("oom").await.map_err(|e| e.to_string())?.status.and_then(|s| s.container_statuses).ok_or("no status")?.remove(0);
+            s.state.and_then(|st| st.terminated).ok_or_else(|| "not terminated yet".to_string())
+        }
+    })
+    .await;
+    assert_eq!((terminated.reason.as_deref(), terminated.exit_code), (Some("OOMKilled"), 137), "{terminated:?}");
+    // runAsNonRoot with an image that runs as root is refused.
+    let (reason, message) = waiting_reason(&pods, "nonroot", &["CreateContainerConfigError"]).await;
+    assert!(message.contains("runAsNonRoot"), "{reason}: {message}");
+
+    // Deleted, the pods leave no cgroup.
+    pods.delete_collection(&DeleteParams { grace_period_seconds: Some(0), ..Default::default() }, &ListParams::default()).await.unwrap();
+    wait_until("the pods and their cgroups are gone", within(SETTLED_WITHIN), || {
+        let (pods, uid) = (pods.clone(), uid.clone());
+        async move {
+            let left = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
+            let cgroup = agent::cgroups::pod_exists(&uid);
+            if left == 0 && !cgroup { Ok(()) } else { Err(format!("{left} pods, cgroup left: {cgroup}")) }
         }
     })
     .await;
