@@ -257,6 +257,9 @@ impl RuntimeService for CriRuntime {
                 .map(|m| cri::Mount { container_path: m.container_path.clone(), host_path: m.host_path.clone(), readonly: m.readonly, ..Default::default() })
                 .collect(),
             linux: Some(linux_config(config, sandbox)),
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
+            tty: config.tty,
             ..Default::default()
         };
         let req = cri::CreateContainerRequest { pod_sandbox_id: pod_sandbox_id.to_string(), config: Some(c), sandbox_config: Some(sandbox_config(sandbox)) };

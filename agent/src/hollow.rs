@@ -417,6 +417,9 @@ mod tests {
             mounts: vec![],
             resources: Default::default(),
             security: Default::default(),
+            stdin: false,
+            stdin_once: false,
+            tty: false,
         }
     }
 

@@ -679,6 +679,9 @@ fn container_config(pod: &Pod, c: &Container, attempt: u32, envs: Vec<(String, S
         mounts,
         resources: Default::default(),
         security: Default::default(),
+        stdin: c.stdin == Some(true),
+        stdin_once: c.stdin_once == Some(true),
+        tty: c.tty == Some(true),
     }
 }
 

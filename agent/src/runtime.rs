@@ -110,6 +110,11 @@ pub struct ContainerConfig {
     pub resources: LinuxResources,
     /// CRI's `LinuxContainerSecurityContext`.
     pub security: SecurityContext,
+    /// The container's stdin stays open for `kubectl attach` (closed after the first attach
+    /// ends when `stdin_once`), and its output is a terminal when `tty`.
+    pub stdin: bool,
+    pub stdin_once: bool,
+    pub tty: bool,
 }
 
 /// The cgroup settings of a container (0: unset).

@@ -93,6 +93,9 @@ fn container(name: &str, script: &str) -> ContainerConfig {
         mounts: vec![],
         resources: Default::default(),
         security: Default::default(),
+        stdin: false,
+        stdin_once: false,
+        tty: false,
     }
 }
 

@@ -680,6 +680,39 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
         assert!(body.starts_with("HTTP/1.1 200"), "kubectl {version}: {body}");
     }
 
+    // Attach: the container's stdin (kept open until the first attach ends) and its output.
+    for (kubectl, version, name) in [(&current, "1.33", "attach-a"), (&debian, "1.20", "attach-b")] {
+        pods.create(
+            &post,
+            &pod(name, serde_json::json!({"restartPolicy": "Never", "containers": [{"name": "c", "image": "registry.keelson.local/web:1", "command": ["/bin/cat"], "stdin": true, "stdinOnce": true}]})),
+        )
+        .await
+        .unwrap();
+        wait_until(&format!("{name} runs"), within(SETTLED_WITHIN), || {
+            let pods = pods.clone();
+            async move {
+                let phase = pods.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
+                if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
+            }
+        })
+        .await;
+        let out = kubectl.run_with_input(&["attach", "-i", name], Some("through attach\n"));
+        assert!(out.contains("through attach"), "kubectl {version}: {out}");
+    }
+
+    // kube-rs: exec over WebSocket, with the command's output and exit status.
+    let mut run = pods
+        .exec("two", ["/bin/sh", "-c", "echo from kube-rs; exit 3"], &kube::api::AttachParams::default().container("web").stderr(false))
+        .await
+        .expect("kube-rs execs");
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(run.stdout().as_mut().unwrap(), &mut stdout).await.unwrap();
+    let status = run.take_status().unwrap().await.expect("the exec's status");
+    assert_eq!(stdout, "from kube-rs\n");
+    assert_eq!(status.status.as_deref(), Some("Failure"), "{status:?}");
+    let code = status.details.and_then(|d| d.causes).and_then(|c| c.into_iter().find(|c| c.reason.as_deref() == Some("ExitCode"))).and_then(|c| c.message);
+    assert_eq!(code.as_deref(), Some("3"));
+
     // Bad input: no container named in a pod of two (kubectl picks one itself; the API does not),
     // a container the pod does not have.
     let e = pods.logs("two", &Default::default()).await.unwrap_err();
@@ -1062,4 +1095,57 @@ async fn resources_become_cgroup_limits_and_security_contexts_apply() {
         }
     })
     .await;
+}
+
+/// Each web pod's name, address, container id and restart count.
+async fn web_containers(client: &kube::Client) -> Result<Vec<(String, String, String, i32)>, String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let list = pods.list(&ListParams::default().labels("app=web")).await.map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    for p in list.items {
+        let status = p.status.ok_or("no status")?;
+        let c = status.container_statuses.and_then(|c| c.into_iter().next()).ok_or("no container status")?;
+        if c.state.as_ref().and_then(|s| s.running.as_ref()).is_none() {
+            return Err(format!("{:?} is not running", p.metadata.name));
+        }
+        out.push((p.metadata.name.unwrap_or_default(), status.pod_ip.ok_or("no address")?, c.container_id.ok_or("no container id")?, c.restart_count));
+    }
+    out.sort();
+    if out.len() == 2 { Ok(out) } else { Err(format!("{out:?}")) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_adopts_its_running_pods_without_restarting_them() {
+    let mut up = Up::start();
+    up.wait_node_ready().await;
+    let client = up.client();
+    let work = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/web.yaml");
+    kubectl.run(&["apply", "-f", &example.display().to_string()]);
+    let before = wait_until("both web pods run", within(SETTLED_WITHIN), || web_containers(&client)).await;
+
+    // SIGKILL: the agent (with the whole control plane of `keelson up`) dies at once; its
+    // containerd and the containers' shims go on, and so do the pods.
+    let mut child = up.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for (name, ip, _, _) in &before {
+        let body = http_get(ip).unwrap_or_else(|e| panic!("{name} stopped serving when its agent was killed: {e}"));
+        assert!(body.contains("Hello from a pod on Keelson"), "{body}");
+    }
+
+    // Started again, the node adopts what runs: the same containers, not restarted.
+    up.spawn();
+    up.wait_node_ready().await;
+    let after = wait_until("the node reports its pods again", within(SETTLED_WITHIN), || web_containers(&client)).await;
+    assert_eq!(after, before, "the pods' addresses, container ids and restart counts are unchanged");
+    for (_, ip, _, _) in &after {
+        assert!(http_get(ip).is_ok_and(|b| b.contains("Hello from a pod on Keelson")));
+    }
+    // One sandbox and one container per pod: nothing was started twice.
+    let containers = up.runtime_containers();
+    assert_eq!(containers.len(), 4, "two sandboxes and two containers: {containers:?}");
+    let status = up.interrupt();
+    assert!(status.success(), "keelson up exited with {status}");
 }
