@@ -365,7 +365,9 @@ impl ImageService for CriRuntime {
             username: a.username.clone(),
             password: a.password.clone(),
             auth: a.auth.clone(),
-            server_address: a.server_address.clone(),
+            // containerd parses a server address as a URL and checks it against the image's
+            // host; `host:port` is no URL, and the credentials were already matched by host.
+            server_address: if a.server_address.contains("://") { a.server_address.clone() } else { String::new() },
             ..Default::default()
         });
         let image = Some(cri::ImageSpec { image: image.to_string(), ..Default::default() });

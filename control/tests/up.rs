@@ -144,6 +144,11 @@ struct Up {
 
 impl Up {
     fn start() -> Up {
+        Self::start_with(&[])
+    }
+
+    /// A cluster whose `keelson up` gets `extra` arguments too.
+    fn start_with(extra: &[&str]) -> Up {
         cleanup_stale();
         let pid = std::process::id();
         let network = claim_network();
@@ -179,6 +184,7 @@ impl Up {
             &images.display().to_string(),
         ]
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
         let mut up = Up { child: None, log: dir.join("up.log"), dir, args, api: format!("http://127.0.0.1:{}", ports[0]), network, cidr_prefix };
@@ -1148,4 +1154,118 @@ async fn a_killed_node_adopts_its_running_pods_without_restarting_them() {
     assert_eq!(containers.len(), 4, "two sandboxes and two containers: {containers:?}");
     let status = up.interrupt();
     assert!(status.success(), "keelson up exited with {status}");
+}
+
+/// A private registry (Debian's docker-registry, distribution 2.8) on loopback that wants a user
+/// and password, killed on drop.
+struct Registry {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const REGISTRY_USER: &str = "puller";
+const REGISTRY_PASSWORD: &str = "s3cret-pass";
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_ports(1)[0];
+        let addr = format!("127.0.0.1:{port}");
+        let htpasswd = Command::new("htpasswd").args(["-Bbn", REGISTRY_USER, REGISTRY_PASSWORD]).output().expect("htpasswd (apache2-utils; scripts/setup installs it)");
+        assert!(htpasswd.status.success());
+        std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).unwrap();
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: keelson\n    path: {}\n",
+            dir.path().join("data").display(),
+            dir.path().join("htpasswd").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("registry.log")).unwrap())
+            .spawn()
+            .expect("docker-registry (scripts/setup installs it)");
+        let deadline = Instant::now() + SETTLED_WITHIN;
+        while TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "the registry does not listen on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Registry { child, addr, _dir: dir }
+    }
+
+    /// Pushes an OCI archive as `<addr>/<name>` with the registry's credentials.
+    fn push(&self, archive: &Path, name: &str) {
+        let out = Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false", "--dest-creds", &format!("{REGISTRY_USER}:{REGISTRY_PASSWORD}")])
+            .arg(format!("oci-archive:{}", archive.display()))
+            .arg(format!("docker://{}/{name}", self.addr))
+            .output()
+            .expect("skopeo (scripts/setup installs it)");
+        assert!(out.status.success(), "skopeo copy: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// containerd's host config for this registry: plain HTTP.
+    fn hosts_dir(&self, under: &Path) -> PathBuf {
+        let dir = under.join("registries");
+        std::fs::create_dir_all(dir.join(&self.addr)).unwrap();
+        let toml = format!("server = \"http://{0}\"\n\n[host.\"http://{0}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", self.addr);
+        std::fs::write(dir.join(&self.addr).join("hosts.toml"), toml).unwrap();
+        dir
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_registry_serves_pods_with_an_image_pull_secret_and_refuses_others() {
+    let registry = Registry::start();
+    let staging = tempfile::tempdir().unwrap();
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
+    assert!(Command::new(scripts.join("example-images")).arg(staging.path()).stdout(Stdio::null()).status().unwrap().success());
+    registry.push(&staging.path().join("web.tar"), "private/web:1");
+    let hosts = registry.hosts_dir(staging.path());
+    let up = Up::start_with(&["--registry-config", &hosts.display().to_string()]);
+    up.wait_node_ready().await;
+    let client = up.client();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let post = PostParams::default();
+    let image = format!("{}/private/web:1", registry.addr);
+
+    // Without credentials: the pull is refused, as Kubernetes reports it.
+    pods.create(&post, &pod("anonymous", serde_json::json!({"containers": [{"name": "c", "image": image, "imagePullPolicy": "Always"}]}))).await.unwrap();
+    let (_, message) = waiting_reason(&pods, "anonymous", &["ErrImagePull", "ImagePullBackOff"]).await;
+    assert!(message.contains(&image), "{message}");
+
+    // With an imagePullSecret made by kubectl: pulled, and running.
+    let work = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    kubectl.run(&["create", "secret", "docker-registry", "regcred", "--docker-server", &registry.addr, "--docker-username", REGISTRY_USER, "--docker-password", REGISTRY_PASSWORD]);
+    pods.create(
+        &post,
+        &pod("authorized", serde_json::json!({"imagePullSecrets": [{"name": "regcred"}], "containers": [{"name": "c", "image": image, "imagePullPolicy": "Always"}]})),
+    )
+    .await
+    .unwrap();
+    let s = wait_until("the pod with the secret runs", within(SETTLED_WITHIN), || {
+        let pods = pods.clone();
+        async move {
+            let s = pods.get("authorized").await.map_err(|e| e.to_string())?.status.ok_or("no status")?;
+            if s.phase.as_deref() == Some("Running") { Ok(s) } else { Err(format!("{:?}", s.container_statuses)) }
+        }
+    })
+    .await;
+    let c = &s.container_statuses.unwrap()[0];
+    assert_eq!(c.image, image);
+    assert!(c.image_id.contains("sha256:"), "{}", c.image_id);
+    // The anonymous pod, pulling again (policy Always), is still refused.
+    let (reason, _) = waiting_reason(&pods, "anonymous", &["ErrImagePull", "ImagePullBackOff"]).await;
+    assert!(reason == "ErrImagePull" || reason == "ImagePullBackOff");
 }
