@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use benches::cluster::{Cluster, Ports, MEMBERS};
 use benches::http::{call, call_retrying, wait_serving, watch_lines, Http};
 use benches::procstat::usage;
+use benches::report::percentile;
 
 const NAMESPACE: &str = "density";
 /// Creations (and patches) under way at once.
@@ -196,14 +197,6 @@ async fn wait_until(what: &str, t: &Shared, done: impl Fn(&Tracker) -> (usize, u
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 /// Startup latencies (ms) of the pods whose names start with any of `prefixes`.

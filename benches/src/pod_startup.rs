@@ -21,6 +21,7 @@ use serde_json::json;
 
 use benches::http::{call, call_retrying, wait_serving, watch_lines, Http};
 use benches::procstat::usage;
+use benches::report::percentile;
 
 const NAMESPACE: &str = "default";
 /// Creations under way at once in the burst.
@@ -149,14 +150,6 @@ async fn create(http: &Http, base: &str, names: &[String], rate: Option<f64>, t:
         r??;
     }
     Ok(())
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
 #[derive(Serialize, Default)]

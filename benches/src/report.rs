@@ -236,3 +236,12 @@ fn short(v: f64) -> String {
         v => format!("{v:.2}"),
     }
 }
+
+/// The `p` quantile of `v` (sorted in place) by nearest rank over its `n - 1` gaps; 0 for none.
+pub fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}

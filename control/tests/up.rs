@@ -420,6 +420,18 @@ fn pod(name: &str, spec: serde_json::Value) -> Pod {
     .unwrap()
 }
 
+/// Waits until the pod's phase is Running.
+async fn wait_running(pods: &Api<Pod>, name: &str, what: &str) {
+    wait_until(what, within(SETTLED_WITHIN), || {
+        let pods = pods.clone();
+        async move {
+            let phase = pods.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
+            if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
+        }
+    })
+    .await;
+}
+
 /// The waiting reason of a pod's only container, once it is one of `reasons`.
 async fn waiting_reason(pods: &Api<Pod>, name: &str, reasons: &[&str]) -> (String, String) {
     wait_until(&format!("{name} waits with one of {reasons:?}"), within(SETTLED_WITHIN), || {
@@ -527,14 +539,7 @@ async fn containers_get_their_environment_and_bad_input_gets_kubernetes_reasons(
         .create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "absent"}, "data": {"k": "v"}})).unwrap())
         .await
         .unwrap();
-    wait_until("no-config runs once its ConfigMap exists", within(SETTLED_WITHIN), || {
-        let pods = pods.clone();
-        async move {
-            let phase = pods.get("no-config").await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
-            if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
-        }
-    })
-    .await;
+    wait_running(&pods, "no-config", "no-config runs once its ConfigMap exists").await;
 
     // Deleting the pods removes every container and mount they had.
     // (A shell or sleep as a container's first process ignores SIGTERM: a short grace period.)
@@ -611,14 +616,7 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
     .await
     .unwrap();
     for name in ["ticker", "two"] {
-        wait_until(&format!("{name} runs"), within(SETTLED_WITHIN), || {
-            let pods = pods.clone();
-            async move {
-                let phase = pods.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
-                if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
-            }
-        })
-        .await;
+        wait_running(&pods, name, &format!("{name} runs")).await;
     }
     let work = tempfile::tempdir().unwrap();
     let current = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
@@ -694,14 +692,7 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
         )
         .await
         .unwrap();
-        wait_until(&format!("{name} runs"), within(SETTLED_WITHIN), || {
-            let pods = pods.clone();
-            async move {
-                let phase = pods.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
-                if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
-            }
-        })
-        .await;
+        wait_running(&pods, name, &format!("{name} runs")).await;
         let out = kubectl.run_with_input(&["attach", "-i", name], Some("through attach\n"));
         assert!(out.contains("through attach"), "kubectl {version}: {out}");
     }
@@ -784,14 +775,7 @@ async fn probes_gate_readiness_restart_the_unhealthy_and_hooks_run() {
             .await
         }
     };
-    wait_until("the probed pod runs", within(SETTLED_WITHIN), || {
-        let pods = pods.clone();
-        async move {
-            let phase = pods.get("probed").await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
-            if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
-        }
-    })
-    .await;
+    wait_running(&pods, "probed", "the probed pod runs").await;
     let (ready, _) = ready_and_restarts(&pods, "probed").await.unwrap();
     assert!(!ready, "not ready before its readiness file exists");
     kubectl.run(&["exec", "probed", "--", "/bin/touch", "/tmp/ready"]);
@@ -937,14 +921,7 @@ async fn volumes_carry_config_secrets_and_fields_and_follow_changes() {
     )
     .await
     .unwrap();
-    wait_until("the pod with volumes runs", within(SETTLED_WITHIN), || {
-        let pods = pods.clone();
-        async move {
-            let phase = pods.get("mounted").await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
-            if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
-        }
-    })
-    .await;
+    wait_running(&pods, "mounted", "the pod with volumes runs").await;
     let exec = |script: &str| kubectl.run(&["exec", "mounted", "--", "/bin/sh", "-c", script]);
     assert_eq!(exec("cat /etc/cm/greeting"), "hello");
     assert_eq!(exec("cat /etc/sec/password; echo; stat -L -c %a /etc/sec/password"), "pw\n400\n");
@@ -1039,14 +1016,7 @@ async fn resources_become_cgroup_limits_and_security_contexts_apply() {
     }]}))).await.unwrap();
     pods.create(&post, &sleeper("nonroot", serde_json::json!({"securityContext": {"runAsNonRoot": true}}))).await.unwrap();
     for name in ["limited", "user", "privileged"] {
-        wait_until(&format!("{name} runs"), within(SETTLED_WITHIN), || {
-            let pods = pods.clone();
-            async move {
-                let phase = pods.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
-                if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
-            }
-        })
-        .await;
+        wait_running(&pods, name, &format!("{name} runs")).await;
     }
     let exec = |pod: &str, script: &str| kubectl.try_run(&["exec", pod, "--", "/bin/sh", "-c", script], None);
 
