@@ -710,6 +710,37 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
     let code = status.details.and_then(|d| d.causes).and_then(|c| c.into_iter().find(|c| c.reason.as_deref() == Some("ExitCode"))).and_then(|c| c.message);
     assert_eq!(code.as_deref(), Some("3"));
 
+    // Init containers run one at a time, in order, before the app container.
+    let init = |n: &str| serde_json::json!({"name": n, "image": "registry.keelson.local/web:1", "command": ["/bin/sh", "-c", format!("echo {n} >> /work/order")], "volumeMounts": [{"name": "work", "mountPath": "/work"}]});
+    pods.create(
+        &post,
+        &pod(
+            "initialized",
+            serde_json::json!({
+                "volumes": [{"name": "work", "emptyDir": {}}],
+                "initContainers": [init("first"), init("second")],
+                "containers": [{"name": "c", "image": "registry.keelson.local/web:1", "command": ["/bin/sh", "-c", "cat /work/order; exec /bin/sleep 3600"], "volumeMounts": [{"name": "work", "mountPath": "/work"}]}],
+            }),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_running(&pods, "initialized", "the pod with init containers runs").await;
+    let order = wait_until("the app container logged what the init containers wrote", within(SETTLED_WITHIN), || {
+        let current = &current;
+        async move {
+            let (ok, out, err) = current.try_run(&["logs", "initialized", "-c", "c"], None);
+            if ok && out.lines().count() >= 2 { Ok(out) } else { Err(format!("{out}{err}")) }
+        }
+    })
+    .await;
+    assert_eq!(order, "first\nsecond\n");
+    let statuses = pods.get("initialized").await.unwrap().status.unwrap().init_container_statuses.unwrap();
+    for s in &statuses {
+        let t = s.state.as_ref().and_then(|st| st.terminated.as_ref()).unwrap_or_else(|| panic!("{s:?}"));
+        assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")), "{}", s.name);
+    }
+
     // Bad input: no container named in a pod of two (kubectl picks one itself; the API does not),
     // a container the pod does not have.
     let e = pods.logs("two", &Default::default()).await.unwrap_err();
