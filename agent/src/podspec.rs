@@ -226,6 +226,20 @@ async fn secret(src: &EnvSources<'_>, ns: &str, name: &str, f: &mut Fetched) -> 
     Ok(data)
 }
 
+/// A key of a ConfigMap's or Secret's data (`kind` in the two spellings Kubernetes' messages
+/// use); None when it or its object is missing and the reference is optional.
+fn key_of(data: Option<BTreeMap<String, String>>, key: &str, name: &str, optional: bool, kind: (&str, &str), ns: &str) -> Result<Option<String>, ConfigError> {
+    match data {
+        Some(d) => match d.get(key) {
+            Some(v) => Ok(Some(v.clone())),
+            None if optional => Ok(None),
+            None => Err(ConfigError(format!("couldn't find key {key} in {} {ns}/{name}", kind.1))),
+        },
+        None if optional => Ok(None),
+        None => Err(ConfigError(format!("{} {name:?} not found", kind.0))),
+    }
+}
+
 /// The container's environment in order: `envFrom` sources, then `env` (later names replace
 /// earlier ones, as in Kubernetes), with `$(VAR)` references to earlier variables expanded. A
 /// missing ConfigMap, Secret or key that is not optional is a `ConfigError`.
@@ -270,25 +284,15 @@ pub async fn container_env(src: &EnvSources<'_>, pod: &Pod, c: &Container) -> an
                     resource_field(c, &r.resource, r.divisor.as_ref(), src.allocatable)?
                 } else if let Some(r) = &from.config_map_key_ref {
                     let data = config_map(src, ns, &r.name, &mut fetched).await?;
-                    match (data, r.optional == Some(true)) {
-                        (Some(d), optional) => match d.get(&r.key) {
-                            Some(v) => v.clone(),
-                            None if optional => continue,
-                            None => return Err(ConfigError(format!("couldn't find key {} in ConfigMap {ns}/{}", r.key, r.name)).into()),
-                        },
-                        (None, true) => continue,
-                        (None, false) => return Err(ConfigError(format!("configmap {:?} not found", r.name)).into()),
+                    match key_of(data, &r.key, &r.name, r.optional == Some(true), ("configmap", "ConfigMap"), ns)? {
+                        Some(v) => v,
+                        None => continue,
                     }
                 } else if let Some(r) = &from.secret_key_ref {
                     let data = secret(src, ns, &r.name, &mut fetched).await?;
-                    match (data, r.optional == Some(true)) {
-                        (Some(d), optional) => match d.get(&r.key) {
-                            Some(v) => v.clone(),
-                            None if optional => continue,
-                            None => return Err(ConfigError(format!("couldn't find key {} in Secret {ns}/{}", r.key, r.name)).into()),
-                        },
-                        (None, true) => continue,
-                        (None, false) => return Err(ConfigError(format!("secret {:?} not found", r.name)).into()),
+                    match key_of(data, &r.key, &r.name, r.optional == Some(true), ("secret", "Secret"), ns)? {
+                        Some(v) => v,
+                        None => continue,
                     }
                 } else {
                     continue;

@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
 use benches::cluster::{Cluster, Ports, MEMBERS};
-use benches::http::{call, call_retrying, wait_serving, watch_lines, Http};
+use benches::http::{call_retrying, wait_serving, Http};
 use benches::procstat::usage;
 use benches::report::percentile;
 
@@ -81,13 +81,6 @@ struct Tracker {
 
 type Shared = Arc<Mutex<Tracker>>;
 
-#[derive(Deserialize)]
-struct Line {
-    #[serde(rename = "type")]
-    kind: String,
-    object: serde_json::Value,
-}
-
 fn track_pod(t: &Shared, obj: &serde_json::Value) {
     let Some(name) = obj.pointer("/metadata/name").and_then(|v| v.as_str()) else { return };
     let now = Instant::now();
@@ -121,34 +114,7 @@ fn track_deployment(t: &Shared, obj: &serde_json::Value) {
 /// Follows `resource` in the namespace into the tracker: a list, then a watch, again on a break.
 async fn follow(http: Http, base: String, resource: &'static str, t: Shared) {
     let path = if resource == "pods" { format!("/api/v1/namespaces/{NAMESPACE}/pods") } else { format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments") };
-    let on = |obj: &serde_json::Value| if resource == "pods" { track_pod(&t, obj) } else { track_deployment(&t, obj) };
-    loop {
-        let listed = match call(&http, "GET", format!("{base}{path}"), "", vec![]).await {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("listing {resource}: {e:#}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let Ok(list) = serde_json::from_slice::<serde_json::Value>(&listed) else { continue };
-        for item in list["items"].as_array().into_iter().flatten() {
-            on(item);
-        }
-        let rv = list.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).unwrap_or("0").to_string();
-        let url = format!("{base}{path}?watch=1&resourceVersion={rv}");
-        let r = watch_lines(&http, &url, |line| {
-            if let Ok(l) = serde_json::from_slice::<Line>(line) {
-                if l.kind != "DELETED" {
-                    on(&l.object);
-                }
-            }
-        })
-        .await;
-        if let Err(e) = r {
-            eprintln!("{resource} watch ended: {e:#}; listing again");
-        }
-    }
+    benches::http::follow(&http, &format!("{base}{path}"), |obj| if resource == "pods" { track_pod(&t, obj) } else { track_deployment(&t, obj) }).await
 }
 
 fn deployment(name: &str, replicas: usize, image: &str) -> serde_json::Value {

@@ -96,3 +96,34 @@ pub async fn wait_serving(http: &Http, bases: &[String], within: std::time::Dura
     }
     Ok(())
 }
+
+/// Follows the collection at `url` forever: each listed object, then each watched one that is
+/// not a deletion, is given to `on`; a broken watch lists again.
+pub async fn follow(http: &Http, url: &str, mut on: impl FnMut(&serde_json::Value)) {
+    loop {
+        let listed = match call(http, "GET", url.to_string(), "", vec![]).await {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("listing {url}: {e:#}");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let Ok(list) = serde_json::from_slice::<serde_json::Value>(&listed) else { continue };
+        for item in list["items"].as_array().into_iter().flatten() {
+            on(item);
+        }
+        let rv = list.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).unwrap_or("0").to_string();
+        let r = watch_lines(http, &format!("{url}?watch=1&resourceVersion={rv}"), |line| {
+            if let Ok(l) = serde_json::from_slice::<serde_json::Value>(line) {
+                if l["type"] != "DELETED" {
+                    on(&l["object"]);
+                }
+            }
+        })
+        .await;
+        if let Err(e) = r {
+            eprintln!("watch of {url} ended: {e:#}; listing again");
+        }
+    }
+}

@@ -19,7 +19,7 @@ use clap::Parser;
 use serde::Serialize;
 use serde_json::json;
 
-use benches::http::{call, call_retrying, wait_serving, watch_lines, Http};
+use benches::http::{call, call_retrying, wait_serving, Http};
 use benches::procstat::usage;
 use benches::report::percentile;
 
@@ -87,33 +87,7 @@ fn track(t: &Shared, obj: &serde_json::Value) {
 }
 
 async fn follow(http: Http, base: String, t: Shared) {
-    let path = format!("/api/v1/namespaces/{NAMESPACE}/pods");
-    loop {
-        let listed = match call(&http, "GET", format!("{base}{path}"), "", vec![]).await {
-            Ok(b) => b,
-            Err(e) => {
-                eprintln!("listing pods: {e:#}");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        let Ok(list) = serde_json::from_slice::<serde_json::Value>(&listed) else { continue };
-        for item in list["items"].as_array().into_iter().flatten() {
-            track(&t, item);
-        }
-        let rv = list.pointer("/metadata/resourceVersion").and_then(|v| v.as_str()).unwrap_or("0").to_string();
-        let r = watch_lines(&http, &format!("{base}{path}?watch=1&resourceVersion={rv}"), |line| {
-            if let Ok(l) = serde_json::from_slice::<serde_json::Value>(line) {
-                if l["type"] != "DELETED" {
-                    track(&t, &l["object"]);
-                }
-            }
-        })
-        .await;
-        if let Err(e) = r {
-            eprintln!("pod watch ended: {e:#}; listing again");
-        }
-    }
+    benches::http::follow(&http, &format!("{base}/api/v1/namespaces/{NAMESPACE}/pods"), |obj| track(&t, obj)).await
 }
 
 fn pod(name: &str) -> serde_json::Value {
