@@ -521,9 +521,13 @@ async fn three_replicas_the_leader_killed_mid_run_every_pod_bound_once() {
         let (pods, seen) = (pods.clone(), seen.clone());
         tokio::spawn(async move {
             use futures::StreamExt;
-            let stream = kube::runtime::watcher(pods, Default::default());
+            use kube::runtime::WatchStreamExt;
+            // A watch error (a busy machine can time one out) is retried: ending the recorder
+            // there would miss every later binding.
+            let stream = kube::runtime::watcher(pods, Default::default()).default_backoff();
             let mut stream = std::pin::pin!(stream);
-            while let Some(Ok(event)) = stream.next().await {
+            while let Some(event) = stream.next().await {
+                let Ok(event) = event else { continue };
                 if let kube::runtime::watcher::Event::Apply(p) | kube::runtime::watcher::Event::InitApply(p) = event {
                     if let Some(node) = node_of(&p) {
                         let mut seen = seen.lock().unwrap();
