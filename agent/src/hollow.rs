@@ -553,6 +553,9 @@ impl HollowNodes {
                 not_ready: None,
                 // Nothing listens: a hollow node has no processes to stream.
                 kubelet_port: 10250,
+                measure_dir: None,
+                observed: Default::default(),
+                since: Default::default(),
             };
             out.push((setup, std::sync::Arc::new(HollowRuntime::new(range))));
         }

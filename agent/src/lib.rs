@@ -259,7 +259,7 @@ type SyncResult = (String, Option<anyhow::Result<Next>>);
 
 async fn node_loop<R: RuntimeService + ImageService>(
     ctx: Arc<NodeContext<R>>,
-    setup: NodeSetup,
+    mut setup: NodeSetup,
     mut lease: NodeLease,
     mut updates: mpsc::Receiver<PodUpdate>,
     syncs: Arc<Semaphore>,
@@ -332,10 +332,7 @@ async fn node_loop<R: RuntimeService + ImageService>(
                     }
                 }
                 Some(PodUpdate::ReportStatus) => {
-                    let report = tokio::time::timeout(options.lease_renew_interval, Box::pin(node::report_status(&ctx.client, &setup))).await;
-                    if let Err(e) = report.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", options.lease_renew_interval))) {
-                        tracing::warn!(node = %ctx.node_name, error = format!("{e:#}"), "node status not reported");
-                    }
+                    report_node(&ctx.client, &mut setup, options.lease_renew_interval).await;
                 }
             },
             Some((uid, result)) = done_rx.recv() => {
@@ -420,14 +417,24 @@ async fn node_loop<R: RuntimeService + ImageService>(
                 if let Err(e) = renewal.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", options.lease_renew_interval))) {
                     tracing::warn!(node = %ctx.node_name, error = format!("{e:#}"), "node lease not renewed");
                 }
-            },
-            _ = report.tick() => {
-                let report = tokio::time::timeout(options.lease_renew_interval, Box::pin(node::report_status(&ctx.client, &setup))).await;
-                if let Err(e) = report.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {:?}", options.lease_renew_interval))) {
-                    tracing::warn!(node = %ctx.node_name, error = format!("{e:#}"), "node status not reported");
+                // As kubelet checks its node at each status update: pressure or images that
+                // changed are reported now, not at the next periodic report.
+                if Box::pin(setup.measure(&*ctx.runtime)).await {
+                    report_node(&ctx.client, &mut setup, options.lease_renew_interval).await;
                 }
             },
+            _ = report.tick() => {
+                report_node(&ctx.client, &mut setup, options.lease_renew_interval).await;
+            },
         }
+    }
+}
+
+/// Reports the node's status, giving up after `limit` (the next report tries again).
+async fn report_node(client: &kube::Client, setup: &mut NodeSetup, limit: Duration) {
+    let report = tokio::time::timeout(limit, Box::pin(node::report_status(client, setup))).await;
+    if let Err(e) = report.unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {limit:?}"))) {
+        tracing::warn!(node = %setup.name, error = format!("{e:#}"), "node status not reported");
     }
 }
 

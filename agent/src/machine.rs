@@ -74,7 +74,7 @@ pub fn capacity(data_dir: &Path) -> anyhow::Result<Resources> {
     Ok(Resources { cpu_millis: cpus * 1000, memory_bytes: memory_kib * 1024, ephemeral_storage_bytes: filesystem_size(data_dir)? })
 }
 
-fn filesystem_size(dir: &Path) -> anyhow::Result<u64> {
+fn statvfs(dir: &Path) -> anyhow::Result<libc::statvfs> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).context("a path with a NUL byte")?;
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
@@ -82,7 +82,51 @@ fn filesystem_size(dir: &Path) -> anyhow::Result<u64> {
     if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error()).with_context(|| format!("statvfs {}", dir.display()));
     }
+    Ok(st)
+}
+
+fn filesystem_size(dir: &Path) -> anyhow::Result<u64> {
+    let st = statvfs(dir)?;
     Ok(st.f_blocks as u64 * st.f_frsize as u64)
+}
+
+/// Which of kubelet's eviction signals are past their hard thresholds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pressure {
+    /// `memory.available<100Mi`.
+    pub memory: bool,
+    /// `nodefs.available<10%` or `nodefs.inodesFree<5%` on the data directory's filesystem.
+    pub disk: bool,
+    /// Fewer than 5% of `kernel.pid_max` left (kubelet sets no default threshold for
+    /// `pid.available`; this is Keelson's).
+    pub pid: bool,
+}
+
+/// What is left of the machine's memory and process ids and of `data_dir`'s filesystem, against
+/// kubelet's default hard eviction thresholds.
+pub fn pressure(data_dir: &Path) -> anyhow::Result<Pressure> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    let available_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no MemAvailable in /proc/meminfo")?;
+    let fs = statvfs(data_dir)?;
+    let below = |free: u64, total: u64, percent: u64| total > 0 && free * 100 < total * percent;
+    let pid_max: u64 = read_trimmed("/proc/sys/kernel/pid_max").parse().context("reading kernel.pid_max")?;
+    // The fourth field of loadavg is running/total scheduling entities (threads), each holding a pid.
+    let loadavg = read_trimmed("/proc/loadavg");
+    let pids_used: u64 = loadavg
+        .split_whitespace()
+        .nth(3)
+        .and_then(|f| f.split_once('/'))
+        .and_then(|(_, total)| total.parse().ok())
+        .context("reading /proc/loadavg")?;
+    Ok(Pressure {
+        memory: available_kib * 1024 < EVICTION_MEMORY_BYTES,
+        disk: below(fs.f_bavail as u64, fs.f_blocks as u64, 10) || below(fs.f_favail as u64, fs.f_files as u64, 5),
+        pid: below(pid_max.saturating_sub(pids_used), pid_max, 5),
+    })
 }
 
 fn quantities(r: Resources, pods: u32) -> BTreeMap<String, Quantity> {
@@ -193,5 +237,7 @@ mod tests {
         assert!(r.cpu_millis >= 1000 && r.memory_bytes > 0 && r.ephemeral_storage_bytes > 0, "{r:?}");
         let info = system_info("v1");
         assert!(!info.kernel_version.is_empty());
+        // The machine running the tests has room left, so nothing is under pressure.
+        assert_eq!(pressure(Path::new("/")).unwrap(), Pressure::default());
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -35,6 +35,39 @@ pub struct NodeSetup {
     pub not_ready: Option<String>,
     /// The port of the agent's endpoint (logs, exec, attach, port-forward).
     pub kubelet_port: u16,
+    /// The directory whose filesystem the node watches for disk pressure; a node without one
+    /// (hollow) measures nothing and reports no pressure and no images.
+    pub measure_dir: Option<std::path::PathBuf>,
+    /// What the last measurement found.
+    pub observed: Observed,
+    /// Each condition's status and when it last changed, so that a report keeps a condition's
+    /// lastTransitionTime until its status changes (as kubelet does).
+    pub(crate) since: BTreeMap<String, (String, Time)>,
+}
+
+/// What a node measures of itself: eviction signals and the images its runtime holds.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    pub pressure: crate::machine::Pressure,
+    pub images: Vec<ContainerImage>,
+}
+
+/// Images a node lists in its status, largest first (kubelet's `--node-status-max-images`).
+const STATUS_IMAGES_MAX: usize = 50;
+
+/// The runtime's images as a node's status lists them: every tag and digest as a name, largest
+/// first, at most [`STATUS_IMAGES_MAX`].
+pub fn status_images(mut images: Vec<crate::runtime::Image>) -> Vec<ContainerImage> {
+    images.sort_by(|a, b| b.size_bytes.cmp(&a.size_bytes).then_with(|| a.id.cmp(&b.id)));
+    images
+        .into_iter()
+        .map(|i| ContainerImage {
+            names: Some(i.repo_tags.into_iter().chain(i.repo_digests).collect::<Vec<_>>()).filter(|n| !n.is_empty()),
+            size_bytes: Some(i.size_bytes as i64),
+        })
+        .filter(|i| i.names.is_some())
+        .take(STATUS_IMAGES_MAX)
+        .collect()
 }
 
 fn now_time() -> Time {
@@ -53,21 +86,77 @@ fn condition(kind: &str, status: &str, reason: &str, message: &str, at: &Time) -
 }
 
 impl NodeSetup {
-    /// The node's status as its agent reports it: healthy, with the time of this report.
+    /// The node's conditions, each with its reason as kubelet words it.
+    fn conditions(&self, at: &Time) -> Vec<NodeCondition> {
+        let p = self.observed.pressure;
+        let mut conditions = vec![
+            if p.memory {
+                condition("MemoryPressure", "True", "KubeletHasInsufficientMemory", "kubelet has insufficient memory available", at)
+            } else {
+                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available", at)
+            },
+            if p.disk {
+                condition("DiskPressure", "True", "KubeletHasDiskPressure", "kubelet has disk pressure", at)
+            } else {
+                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", at)
+            },
+            if p.pid {
+                condition("PIDPressure", "True", "KubeletHasInsufficientPID", "kubelet has insufficient PID available", at)
+            } else {
+                condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", at)
+            },
+            match &self.not_ready {
+                None => condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", at),
+                Some(why) => condition("Ready", "False", "KubeletNotReady", why, at),
+            },
+        ];
+        for c in &mut conditions {
+            if let Some((status, since)) = self.since.get(&c.type_) {
+                if *status == c.status {
+                    c.last_transition_time = Some(since.clone());
+                }
+            }
+        }
+        conditions
+    }
+
+    /// Measures the machine and the runtime's images again; true when something changed since
+    /// the last measurement (and the node's status should be reported now).
+    pub async fn measure<R: crate::runtime::ImageService>(&mut self, runtime: &R) -> bool {
+        let Some(dir) = &self.measure_dir else { return false };
+        let pressure = crate::machine::pressure(dir).unwrap_or_else(|e| {
+            tracing::warn!(error = format!("{e:#}"), "cannot measure the node's resources");
+            self.observed.pressure
+        });
+        let images = match runtime.list_images().await {
+            Ok(images) => status_images(images),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the runtime's images");
+                self.observed.images.clone()
+            }
+        };
+        let observed = Observed { pressure, images };
+        let changed = observed != self.observed;
+        self.observed = observed;
+        changed
+    }
+
+    /// Remembers the conditions as reported, so that the next report keeps their transition times.
+    fn reported(&mut self, conditions: &[NodeCondition]) {
+        for c in conditions {
+            let at = c.last_transition_time.clone().unwrap_or_else(now_time);
+            self.since.insert(c.type_.clone(), (c.status.clone(), at));
+        }
+    }
+
+    /// The node's status as its agent reports it, with the time of this report.
     pub fn status(&self) -> NodeStatus {
         let at = now_time();
         NodeStatus {
             capacity: Some(self.capacity.clone()),
             allocatable: Some(self.allocatable.clone()),
-            conditions: Some(vec![
-                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available", &at),
-                condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", &at),
-                condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", &at),
-                match &self.not_ready {
-                    None => condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &at),
-                    Some(why) => condition("Ready", "False", "KubeletNotReady", why, &at),
-                },
-            ]),
+            conditions: Some(self.conditions(&at)),
+            images: self.measure_dir.is_some().then(|| self.observed.images.clone()),
             addresses: Some(vec![
                 NodeAddress { type_: "InternalIP".into(), address: self.internal_ip.clone() },
                 NodeAddress { type_: "Hostname".into(), address: self.hostname.clone() },
@@ -154,11 +243,18 @@ pub fn announce(client: &kube::Client, setup: &NodeSetup) {
     });
 }
 
-/// Reports the node's status again (conditions with a fresh heartbeat time).
-pub async fn report_status(client: &kube::Client, setup: &NodeSetup) -> anyhow::Result<()> {
+/// Reports the node's status again: conditions with a fresh heartbeat time and, for a node that
+/// measures itself, its images.
+pub async fn report_status(client: &kube::Client, setup: &mut NodeSetup) -> anyhow::Result<()> {
     let api: Api<Node> = Api::all(client.clone());
-    let status = serde_json::json!({ "status": { "conditions": setup.status().conditions } });
-    api.patch_status(&setup.name, &PatchParams::default(), &Patch::Merge(&status)).await.context("reporting node status")?;
+    let status = setup.status();
+    let conditions = status.conditions.unwrap_or_default();
+    let mut patch = serde_json::json!({ "status": { "conditions": conditions } });
+    if let Some(images) = status.images {
+        patch["status"]["images"] = serde_json::to_value(images)?;
+    }
+    api.patch_status(&setup.name, &PatchParams::default(), &Patch::Merge(&patch)).await.context("reporting node status")?;
+    setup.reported(&conditions);
     Ok(())
 }
 

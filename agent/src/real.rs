@@ -88,6 +88,9 @@ impl RealNode {
             system: machine::system_info(node::KUBELET_VERSION),
             not_ready: Some("container runtime is starting".into()),
             kubelet_port: self.listen.port(),
+            measure_dir: Some(self.data_dir.clone()),
+            observed: Default::default(),
+            since: Default::default(),
         })
     }
 }

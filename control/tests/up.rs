@@ -80,13 +80,33 @@ fn claim_network() -> u32 {
         let created = std::fs::OpenOptions::new().write(true).create_new(true).open(network_marker(n));
         if let Ok(mut f) = created {
             write!(f, "{}", std::process::id()).unwrap();
+            // Namespaces in this range now are a crashed run's.
+            for name in netns_of(n) {
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+            }
             return n;
         }
     }
     panic!("every test network {NETWORKS:?} is claimed: see /tmp/{PREFIX}net-*");
 }
 
+/// The network namespaces (CNI's, under /var/run/netns) holding an address of network `n`.
+fn netns_of(n: u32) -> Vec<String> {
+    let prefix = format!(" 10.{n}.");
+    let names = std::fs::read_dir("/var/run/netns").into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+    names
+        .filter(|name| {
+            let out = Command::new("ip").args(["-n", name, "-br", "-4", "addr"]).output();
+            out.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(&prefix))
+        })
+        .collect()
+}
+
 fn release_network(n: u32) {
+    // A run killed before its pods stopped leaves their namespaces (and veths) behind.
+    for name in netns_of(n) {
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+    }
     let _ = Command::new("ip").args(["link", "del", &bridge_of(n)]).status();
     let _ = std::fs::remove_file(network_marker(n));
 }
@@ -291,7 +311,12 @@ impl Drop for Up {
 
 /// `GET /` from the host to `ip:80`: the body.
 fn http_get(ip: &str) -> Result<String, String> {
-    let addr: SocketAddr = format!("{ip}:80").parse().map_err(|e| format!("{e}"))?;
+    http_get_at(&format!("{ip}:80"))
+}
+
+/// `GET /` from the host to `addr`: the body.
+fn http_get_at(addr: &str) -> Result<String, String> {
+    let addr: SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n").map_err(|e| e.to_string())?;
@@ -329,6 +354,33 @@ async fn keelson_up_runs_the_example_web_site_and_resumes_it_after_ctrl_c() {
     assert!(capacity.contains_key("cpu") && capacity.contains_key("memory") && capacity.contains_key("ephemeral-storage"));
     let pod_cidr = node.spec.unwrap().pod_cidr.expect("the node IPAM gave the node a pod range");
     assert!(pod_cidr.starts_with(&up.cidr_prefix) && pod_cidr.ends_with("/24"), "{pod_cidr}");
+    // The node has room: no eviction signal is past kubelet's thresholds.
+    let conditions = status.conditions.unwrap();
+    for (kind, reason) in [
+        ("MemoryPressure", "KubeletHasSufficientMemory"),
+        ("DiskPressure", "KubeletHasNoDiskPressure"),
+        ("PIDPressure", "KubeletHasSufficientPID"),
+        ("Ready", "KubeletReady"),
+    ] {
+        let c = conditions.iter().find(|c| c.type_ == kind).unwrap_or_else(|| panic!("no {kind} in {conditions:?}"));
+        let expected = if kind == "Ready" { "True" } else { "False" };
+        assert_eq!((c.status.as_str(), c.reason.as_deref()), (expected, Some(reason)), "{c:?}");
+    }
+    // The images imported at start are listed in the node's status, with their sizes.
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    wait_until("the node lists its images", within(SETTLED_WITHIN), || {
+        let nodes = nodes.clone();
+        async move {
+            let node = nodes.get("node-1").await.map_err(|e| e.to_string())?;
+            let images = node.status.and_then(|s| s.images).unwrap_or_default();
+            let web = images.iter().find(|i| i.names.iter().flatten().any(|n| n.ends_with("registry.keelson.local/web:1")));
+            match web {
+                Some(i) if i.size_bytes.is_some_and(|b| b > 0) => Ok(()),
+                _ => Err(format!("{images:?}")),
+            }
+        }
+    })
+    .await;
 
     // The README's example, applied with the current kubectl through the written kubeconfig.
     let work = tempfile::tempdir().unwrap();
@@ -363,6 +415,7 @@ async fn keelson_up_runs_the_example_web_site_and_resumes_it_after_ctrl_c() {
     let status = up.interrupt();
     assert!(status.success(), "keelson up exited with {status}\n{}", log_tail(&up.log, 40));
     assert!(mounts_under(&up.dir).is_empty(), "mounts left: {:?}", mounts_under(&up.dir));
+    assert!(netns_of(up.network).is_empty(), "network namespaces left: {:?}", netns_of(up.network));
     for (_, ip) in &pods {
         assert!(http_get(ip).is_err(), "{ip} still answers after Ctrl-C");
     }
@@ -402,7 +455,12 @@ async fn keelson_up_runs_the_example_web_site_and_resumes_it_after_ctrl_c() {
             let left = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
             let containers = up.runtime_containers();
             let mounts = mounts_under(&up.dir);
-            if left == 0 && containers.is_empty() && mounts.is_empty() { Ok(()) } else { Err(format!("{left} pods, containers {containers:?}, mounts {mounts:?}")) }
+            let netns = netns_of(up.network);
+            if left == 0 && containers.is_empty() && mounts.is_empty() && netns.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left} pods, containers {containers:?}, mounts {mounts:?}, network namespaces {netns:?}"))
+            }
         }
     })
     .await;
@@ -550,7 +608,12 @@ async fn containers_get_their_environment_and_bad_input_gets_kubernetes_reasons(
             let left = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
             let containers = up.runtime_containers();
             let mounts = mounts_under(&up.dir);
-            if left == 0 && containers.is_empty() && mounts.is_empty() { Ok(()) } else { Err(format!("{left} pods, containers {containers:?}, mounts {mounts:?}")) }
+            let netns = netns_of(up.network);
+            if left == 0 && containers.is_empty() && mounts.is_empty() && netns.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left} pods, containers {containers:?}, mounts {mounts:?}, network namespaces {netns:?}"))
+            }
         }
     })
     .await;
@@ -599,6 +662,8 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let post = PostParams::default();
     let ticker = "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done";
+    // Unique to this cluster: clusters of parallel tests share the host's ports.
+    let host_port = 20000 + up.network;
     pods.create(&post, &pod("ticker", serde_json::json!({"containers": [{"name": "c", "image": "registry.keelson.local/web:1", "command": ["/bin/sh", "-c", ticker]}]})))
         .await
         .unwrap();
@@ -608,7 +673,7 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
         &pod(
             "two",
             serde_json::json!({"containers": [
-                {"name": "web", "image": "registry.keelson.local/web:1"},
+                {"name": "web", "image": "registry.keelson.local/web:1", "ports": [{"containerPort": 80, "hostPort": host_port}]},
                 {"name": "fails", "image": "registry.keelson.local/web:1", "command": ["/bin/sh", "-c", "echo attempt; exit 1"]},
             ]}),
         ),
@@ -617,6 +682,17 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
     .unwrap();
     for name in ["ticker", "two"] {
         wait_running(&pods, name, &format!("{name} runs")).await;
+    }
+    // hostPort: the node's address (its InternalIP here is loopback) and its bridge's answer for
+    // the web container, through CNI's portmap.
+    let gateway = format!("{}0.1", up.cidr_prefix);
+    for addr in [format!("127.0.0.1:{host_port}"), format!("{gateway}:{host_port}")] {
+        let body = wait_until(&format!("the hostPort answers at {addr}"), within(SETTLED_WITHIN), || {
+            let addr = addr.clone();
+            async move { http_get_at(&addr) }
+        })
+        .await;
+        assert!(body.contains("Hello from a pod on Keelson"), "{addr}: {body}");
     }
     let work = tempfile::tempdir().unwrap();
     let current = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
@@ -658,6 +734,11 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
         assert_eq!(status.code(), Some(7), "kubectl {version} exits with the command's code");
         let echoed = kubectl.run_with_input(&["exec", "-i", "two", "-c", "web", "--", "/bin/cat"], Some("hello through stdin\n"));
         assert_eq!(echoed, "hello through stdin\n", "kubectl {version}");
+        // With a terminal (`-it` under script(1), which gives kubectl a pseudo-terminal): the
+        // command gets one too, and its exit code comes back.
+        let (code, out) = in_terminal(kubectl.command(&["exec", "-it", "two", "-c", "web", "--", "/bin/sh", "-c", "tty; exit 5"]));
+        assert!(out.contains("/dev/pts/"), "kubectl {version}: {out}");
+        assert_eq!(code, Some(5), "kubectl {version}: {out}");
 
         // Port-forward: a local port that reaches the pod's port 80.
         let mut forward = kubectl.command(&["port-forward", "pod/two", ":80"]);
@@ -709,6 +790,15 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
     assert_eq!(status.status.as_deref(), Some("Failure"), "{status:?}");
     let code = status.details.and_then(|d| d.causes).and_then(|c| c.into_iter().find(|c| c.reason.as_deref() == Some("ExitCode"))).and_then(|c| c.message);
     assert_eq!(code.as_deref(), Some("3"));
+    // And with a terminal.
+    let mut run = pods.exec("two", ["/bin/sh", "-c", "tty; exit 4"], &kube::api::AttachParams::interactive_tty().container("web")).await.expect("kube-rs execs with a tty");
+    drop(run.stdin());
+    let mut stdout = String::new();
+    tokio::io::AsyncReadExt::read_to_string(run.stdout().as_mut().unwrap(), &mut stdout).await.unwrap();
+    let status = run.take_status().unwrap().await.expect("the exec's status");
+    assert!(stdout.contains("/dev/pts/"), "{stdout:?} {status:?}");
+    let code = status.details.and_then(|d| d.causes).and_then(|c| c.into_iter().find(|c| c.reason.as_deref() == Some("ExitCode"))).and_then(|c| c.message);
+    assert_eq!(code.as_deref(), Some("4"));
 
     // Init containers run one at a time, in order, before the app container.
     let init = |n: &str| serde_json::json!({"name": n, "image": "registry.keelson.local/web:1", "command": ["/bin/sh", "-c", format!("echo {n} >> /work/order")], "volumeMounts": [{"name": "work", "mountPath": "/work"}]});
@@ -752,6 +842,21 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
 }
 
 /// The Ready condition of a pod and its container's restart count.
+/// Runs `cmd` under script(1), on a pseudo-terminal: its exit code and everything it printed.
+fn in_terminal(cmd: Command) -> (Option<i32>, String) {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+    let line: Vec<String> = std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(quote).collect();
+    let mut script = Command::new("script");
+    script.args(["-qec", &line.join(" "), "/dev/null"]).env_clear().stdin(Stdio::null());
+    for (k, v) in cmd.get_envs() {
+        if let Some(v) = v {
+            script.env(k, v);
+        }
+    }
+    let out = script.output().expect("script(1) runs");
+    (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 async fn ready_and_restarts(pods: &Api<Pod>, name: &str) -> Result<(bool, i32), String> {
     let p = pods.get(name).await.map_err(|e| e.to_string())?;
     let status = p.status.ok_or("no status")?;
