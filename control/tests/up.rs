@@ -706,6 +706,13 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
         })
         .await;
         assert!(all.starts_with("tick 0\ntick 1\n"), "kubectl {version}: {all}");
+        // --since: only the last second's lines, once the ticker has run longer than that.
+        let recent = wait_until("logs --since=1s leaves the first lines out", within(SETTLED_WITHIN), || async move {
+            let out = kubectl.run(&["logs", "ticker", "--since=1s"]);
+            if !out.is_empty() && !out.contains("tick 0\n") { Ok(out) } else { Err(out) }
+        })
+        .await;
+        assert!(recent.lines().all(|l| l.starts_with("tick ")) && recent.lines().count() <= 10, "kubectl {version}: {recent}");
         let tail = kubectl.run(&["logs", "ticker", "--tail=1", "--timestamps"]);
         let (time, rest) = tail.trim_end().split_once(' ').unwrap_or_else(|| panic!("{tail}"));
         assert!(time.contains('T') && rest.starts_with("tick "), "kubectl {version}: {tail}");
@@ -898,6 +905,21 @@ async fn probes_gate_readiness_restart_the_unhealthy_and_hooks_run() {
     )
     .await
     .unwrap();
+    // Readiness by a TCP connection to a port nothing listens on until told to.
+    pods.create(
+        &post,
+        &pod(
+            "tcp-probed",
+            serde_json::json!({"containers": [{
+                "name": "c",
+                "image": "registry.keelson.local/web:1",
+                "command": ["/bin/sleep", "3600"],
+                "readinessProbe": fast(serde_json::json!({"tcpSocket": {"port": 8080}})),
+            }]}),
+        ),
+    )
+    .await
+    .unwrap();
     let settle = |want: (bool, i32), what: &'static str| {
         let pods = pods.clone();
         async move {
@@ -914,6 +936,18 @@ async fn probes_gate_readiness_restart_the_unhealthy_and_hooks_run() {
     wait_running(&pods, "probed", "the probed pod runs").await;
     let (ready, _) = ready_and_restarts(&pods, "probed").await.unwrap();
     assert!(!ready, "not ready before its readiness file exists");
+    wait_running(&pods, "tcp-probed", "the pod probed over TCP runs").await;
+    assert_eq!(ready_and_restarts(&pods, "tcp-probed").await.unwrap(), (false, 0), "nothing listens on 8080 yet");
+    // busybox httpd without -f goes to the background and listens.
+    kubectl.run(&["exec", "tcp-probed", "--", "/bin/httpd", "-p", "8080", "-h", "/www"]);
+    wait_until("the TCP readiness probe passes", within(SETTLED_WITHIN), || {
+        let pods = pods.clone();
+        async move {
+            let got = ready_and_restarts(&pods, "tcp-probed").await?;
+            if got.0 { Ok(()) } else { Err(format!("{got:?}")) }
+        }
+    })
+    .await;
     kubectl.run(&["exec", "probed", "--", "/bin/touch", "/tmp/ready"]);
     settle((true, 0), "the readiness probe passes").await;
     let started = pods.get("probed").await.unwrap().status.unwrap().container_statuses.unwrap()[0].started;
@@ -1026,6 +1060,15 @@ async fn volumes_carry_config_secrets_and_fields_and_follow_changes() {
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "default");
     secrets.create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "sealed"}, "stringData": {"password": "pw"}})).unwrap()).await.unwrap();
     let host_dir = up.dir.join("host-volume");
+    // A claim bound (by name) to a hostPath PersistentVolume.
+    let pv_dir = up.dir.join("persistent");
+    std::fs::create_dir_all(&pv_dir).unwrap();
+    let pvs: Api<k8s_openapi::api::core::v1::PersistentVolume> = Api::all(client.clone());
+    let pv = serde_json::json!({"metadata": {"name": "disk"}, "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "hostPath": {"path": pv_dir.display().to_string()}}});
+    pvs.create(&post, &serde_json::from_value(pv).unwrap()).await.unwrap();
+    let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
+    let claim = serde_json::json!({"metadata": {"name": "data"}, "spec": {"volumeName": "disk", "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}});
+    claims.create(&post, &serde_json::from_value(claim).unwrap()).await.unwrap();
     pods.create(
         &post,
         &pod(
@@ -1038,11 +1081,12 @@ async fn volumes_carry_config_secrets_and_fields_and_follow_changes() {
                     {"name": "host", "hostPath": {"path": host_dir.display().to_string(), "type": "DirectoryOrCreate"}},
                     {"name": "down", "downwardAPI": {"items": [{"path": "name", "fieldRef": {"fieldPath": "metadata.name"}}, {"path": "labels/test", "fieldRef": {"fieldPath": "metadata.labels['test']"}}]}},
                     {"name": "proj", "projected": {"sources": [{"configMap": {"name": "files", "items": [{"key": "greeting", "path": "g"}]}}, {"secret": {"name": "sealed"}}]}},
+                    {"name": "claimed", "persistentVolumeClaim": {"claimName": "data"}},
                 ],
                 "containers": [{
                     "name": "c",
                     "image": "registry.keelson.local/web:1",
-                    "command": ["/bin/sh", "-c", "echo from-the-pod > /host/written; exec /bin/sleep 3600"],
+                    "command": ["/bin/sh", "-c", "echo from-the-pod > /host/written; echo kept > /data/kept; exec /bin/sleep 3600"],
                     "volumeMounts": [
                         {"name": "cm", "mountPath": "/etc/cm"},
                         {"name": "sec", "mountPath": "/etc/sec", "readOnly": true},
@@ -1050,6 +1094,7 @@ async fn volumes_carry_config_secrets_and_fields_and_follow_changes() {
                         {"name": "host", "mountPath": "/host"},
                         {"name": "down", "mountPath": "/etc/pod"},
                         {"name": "proj", "mountPath": "/etc/proj"},
+                        {"name": "claimed", "mountPath": "/data"},
                     ],
                 }],
             }),
@@ -1067,6 +1112,7 @@ async fn volumes_carry_config_secrets_and_fields_and_follow_changes() {
     let (ok, _, err) = kubectl.try_run(&["exec", "mounted", "--", "/bin/sh", "-c", "echo x > /etc/sec/new"], None);
     assert!(!ok && err.contains("Read-only file system"), "a readOnly mount refuses writes: {err}");
     assert_eq!(std::fs::read_to_string(host_dir.join("written")).unwrap(), "from-the-pod\n", "the hostPath is the host's directory");
+    assert_eq!(std::fs::read_to_string(pv_dir.join("kept")).unwrap(), "kept\n", "the claim is its volume's directory");
 
     // A changed ConfigMap reaches the mounted file.
     config_maps
