@@ -150,7 +150,9 @@ pub fn bridge_network(bridge: &str, subnet: &str, ipam_dir: &Path) -> String {
                 "isGateway": true,
                 "ipMasq": false,
                 "hairpinMode": true,
-                "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "dataDir": ipam_dir.display().to_string()}
+                // The default route through the bridge: cluster IPs and other nodes' pods are
+                // reached through the host.
+                "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}], "dataDir": ipam_dir.display().to_string()}
             },
             {"type": "portmap", "capabilities": {"portMappings": true}},
             {"type": "loopback"}

@@ -17,6 +17,7 @@ pub mod node;
 pub mod pods;
 pub mod podspec;
 pub mod prober;
+pub mod proxy;
 pub mod real;
 pub mod runtime;
 pub mod server;

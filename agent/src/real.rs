@@ -55,9 +55,12 @@ pub struct RealNode {
     pub taints: Vec<Taint>,
     /// Where the agent's endpoint listens (kubelet's `--address` and `--port`; port 0 takes any).
     pub listen: std::net::SocketAddr,
-    /// Whether stopping the agent stops its pods too (`keelson up`); a plain agent leaves them
-    /// running for the next start to adopt, as kubelet does.
+    /// Whether stopping the agent stops its pods too (`keelson up`, which also removes its
+    /// service rules); a plain agent leaves them running for the next start to adopt, as kubelet
+    /// does, and its rules in place so that traffic flows on.
     pub stop_pods_on_exit: bool,
+    /// The service proxy, unless another one serves the node.
+    pub proxy: Option<crate::proxy::ProxyOptions>,
 }
 
 /// The socket path of a `unix://` endpoint (kubelet's `--container-runtime-endpoint`).
@@ -134,6 +137,9 @@ pub async fn run(client: kube::Client, node: RealNode, mut options: AgentOptions
     tokio::pin!(stop);
     std::fs::create_dir_all(&node.data_dir).with_context(|| format!("creating {}", node.data_dir.display()))?;
     let mut setup = node.setup()?;
+    if let Some(p) = &node.proxy {
+        crate::proxy::check(&p.nft).await?;
+    }
     let listener = tokio::net::TcpListener::bind(node.listen).await.with_context(|| format!("the agent's endpoint cannot listen on {}", node.listen))?;
     setup.kubelet_port = listener.local_addr()?.port();
     let prepare = async {
@@ -184,15 +190,36 @@ pub async fn run(client: kube::Client, node: RealNode, mut options: AgentOptions
     options.starts_in_flight_max = STARTS_IN_FLIGHT_MAX;
     options.pods_dir = Some(node.data_dir.join("pods"));
     tracing::info!(node = %setup.name, runtime = %setup.system.container_runtime_version, "container runtime ready");
+    let proxy = node.proxy.clone().map(|mut p| {
+        p.config.node_name = setup.name.clone();
+        if p.config.local_cidr.is_none() {
+            p.config.local_cidr = setup.pod_cidr.as_deref().and_then(|c| c.parse().ok());
+        }
+        let (client, options) = (client.clone(), p.clone());
+        let task = tokio::spawn(async move {
+            if let Err(e) = crate::proxy::run(client, options, std::future::pending()).await {
+                tracing::error!(error = format!("{e:#}"), "the service proxy stopped");
+            }
+        });
+        (p, task)
+    });
     let runtime = Arc::new(runtime);
     let endpoint = crate::server::NodeServer { runtime: runtime.clone(), pod_log_root: node.data_dir.join("pod-logs") };
     let serving = tokio::spawn(crate::server::serve(listener, Arc::new(endpoint)));
     tracing::info!(port = setup.kubelet_port, "the agent's endpoint serves logs, exec, attach and port-forward");
     let result = crate::run(client, vec![(setup, runtime.clone())], options, stop).await;
     serving.abort();
+    if let Some((_, task)) = &proxy {
+        task.abort();
+    }
     if node.stop_pods_on_exit {
         if let Err(e) = stop_all(&runtime).await {
             tracing::warn!(error = format!("{e:#}"), "not every pod stopped");
+        }
+        if let Some((p, _)) = &proxy {
+            if let Err(e) = crate::proxy::remove(&p.nft, &p.config.table).await {
+                tracing::warn!(error = format!("{e:#}"), "the service rules were not removed");
+            }
         }
     }
     if let Some(c) = containerd {

@@ -2,11 +2,12 @@
 //! containerd, the README's example applied with kubectl, pods answering HTTP from the host, pod
 //! specs' environment and Kubernetes' reasons for bad input, pods' containers cleaned up when they
 //! are deleted, and Ctrl-C followed by a second `keelson up` that runs the same pods again.
-//! Needs root, containerd, runc, the CNI plugins, iptables and busybox-static (scripts/setup
+//! Needs root, containerd, runc, the CNI plugins, iptables, nftables and busybox-static (scripts/setup
 //! installs them); fails without them.
 //!
-//! Each cluster works in `/tmp/keelson-up-<pid>-…` with a network it claims (`kupN`, 10.N.0.0/16); what a crashed run
-//! left (processes, containers, mounts, bridges) is removed by the next run.
+//! Each cluster works in `/tmp/keelson-up-<pid>-…` with a network it claims (bridge `kupN`, pods
+//! in 10.N.0.0/17, services in 10.N.128.0/17, the service proxy's nftables table `kupN`); what a
+//! crashed run left (processes, containers, mounts, bridges, tables) is removed by the next run.
 
 mod common;
 
@@ -84,6 +85,7 @@ fn claim_network() -> u32 {
             for name in netns_of(n) {
                 let _ = Command::new("ip").args(["netns", "del", &name]).status();
             }
+            let _ = Command::new("nft").args(["delete", "table", "ip", &bridge_of(n)]).stderr(Stdio::null()).status();
             return n;
         }
     }
@@ -108,6 +110,7 @@ fn release_network(n: u32) {
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
     }
     let _ = Command::new("ip").args(["link", "del", &bridge_of(n)]).status();
+    let _ = Command::new("nft").args(["delete", "table", "ip", &bridge_of(n)]).stderr(Stdio::null()).status();
     let _ = std::fs::remove_file(network_marker(n));
 }
 
@@ -191,8 +194,12 @@ impl Up {
             "--listen-peer-urls",
             &format!("http://127.0.0.1:{}", ports[2]),
             "--cluster-cidr",
-            &format!("10.{network}.0.0/16"),
+            &format!("10.{network}.0.0/17"),
+            "--service-cluster-ip-range",
+            &format!("10.{network}.128.0/17"),
             "--cni-bridge",
+            &bridge,
+            "--proxy-table",
             &bridge,
             "--node-ip",
             "127.0.0.1",
@@ -1282,9 +1289,20 @@ async fn a_killed_node_adopts_its_running_pods_without_restarting_them() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/web.yaml");
     kubectl.run(&["apply", "-f", &example.display().to_string()]);
     let before = wait_until("both web pods run", within(SETTLED_WITHIN), || web_containers(&client)).await;
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "default");
+    let web_ip = services.get("web").await.unwrap().spec.unwrap().cluster_ip.unwrap();
+    wait_until("the web Service routes to both pods", within(SETTLED_WITHIN), || {
+        let (up, before) = (&up, &before);
+        async move {
+            let table = proxy_table(up);
+            if before.iter().all(|(_, ip, _, _)| table.contains(&format!("dnat to {ip}:80"))) { Ok(()) } else { Err(table) }
+        }
+    })
+    .await;
 
     // SIGKILL: the agent (with the whole control plane of `keelson up`) dies at once; its
-    // containerd and the containers' shims go on, and so do the pods.
+    // containerd and the containers' shims go on, and so do the pods, and the node's service
+    // rules route to them.
     let mut child = up.child.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
@@ -1292,6 +1310,8 @@ async fn a_killed_node_adopts_its_running_pods_without_restarting_them() {
         let body = http_get(ip).unwrap_or_else(|e| panic!("{name} stopped serving when its agent was killed: {e}"));
         assert!(body.contains("Hello from a pod on Keelson"), "{body}");
     }
+    let body = http_get(&web_ip).unwrap_or_else(|e| panic!("the web Service stopped answering when its agent was killed: {e}"));
+    assert!(body.contains("Hello from a pod on Keelson"), "{body}");
 
     // Started again, the node adopts what runs: the same containers, not restarted.
     up.spawn();
@@ -1301,6 +1321,7 @@ async fn a_killed_node_adopts_its_running_pods_without_restarting_them() {
     for (_, ip, _, _) in &after {
         assert!(http_get(ip).is_ok_and(|b| b.contains("Hello from a pod on Keelson")));
     }
+    assert!(http_get(&web_ip).is_ok_and(|b| b.contains("Hello from a pod on Keelson")), "the Service answers after the restart");
     // One sandbox and one container per pod: nothing was started twice.
     let containers = up.runtime_containers();
     assert_eq!(containers.len(), 4, "two sandboxes and two containers: {containers:?}");
@@ -1420,4 +1441,139 @@ async fn a_private_registry_serves_pods_with_an_image_pull_secret_and_refuses_ot
     // The anonymous pod, pulling again (policy Always), is still refused.
     let (reason, _) = waiting_reason(&pods, "anonymous", &["ErrImagePull", "ImagePullBackOff"]).await;
     assert!(reason == "ErrImagePull" || reason == "ImagePullBackOff");
+}
+
+/// The node's service rules as nft lists them.
+fn proxy_table(up: &Up) -> String {
+    let out = Command::new("nft").args(["list", "table", "ip", &bridge_of(up.network)]).output().expect("nft runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `GET /` to `addr` and the answer's body (after the headers).
+fn body_at(addr: &str) -> Result<String, String> {
+    let answer = http_get_at(addr)?;
+    answer.split_once("\r\n\r\n").map(|(_, b)| b.trim().to_string()).ok_or(answer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
+    let up = Up::start();
+    up.wait_node_ready().await;
+    let client = up.client();
+    let post = PostParams::default();
+    let work = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    // Two pods that each answer with their own name.
+    let deployment = serde_json::json!({
+        "metadata": {"name": "named"},
+        "spec": {
+            "replicas": 2,
+            "selector": {"matchLabels": {"app": "named"}},
+            "template": {
+                "metadata": {"labels": {"app": "named"}},
+                "spec": {"terminationGracePeriodSeconds": 1, "containers": [{
+                    "name": "c",
+                    "image": "registry.keelson.local/web:1",
+                    "command": ["/bin/sh", "-c", "mkdir -p /tmp/www && hostname > /tmp/www/index.html && touch /tmp/ready && exec /bin/httpd -f -p 8080 -h /tmp/www"],
+                    "ports": [{"name": "http", "containerPort": 8080}],
+                    "readinessProbe": {"exec": {"command": ["/bin/test", "-f", "/tmp/ready"]}, "periodSeconds": 1, "failureThreshold": 1},
+                }]},
+            },
+        },
+    });
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(client.clone(), "default");
+    deployments.create(&post, &serde_json::from_value(deployment).unwrap()).await.unwrap();
+    let node_port = 30000 + up.network;
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "default");
+    let service = |name: &str, extra: serde_json::Value| {
+        let mut spec = serde_json::json!({"selector": {"app": "named"}, "ports": [{"name": "web", "port": 80, "targetPort": "http"}]});
+        spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        serde_json::from_value::<k8s_openapi::api::core::v1::Service>(serde_json::json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    services.create(&post, &service("named", serde_json::json!({"type": "NodePort", "ports": [{"name": "web", "port": 80, "targetPort": "http", "nodePort": node_port}]}))).await.unwrap();
+    services.create(&post, &service("sticky", serde_json::json!({"sessionAffinity": "ClientIP"}))).await.unwrap();
+    services.create(&post, &service("nobody", serde_json::json!({"selector": {"app": "nobody"}}))).await.unwrap();
+    let ip_of = |name: &'static str| {
+        let services = services.clone();
+        async move { services.get(name).await.unwrap().spec.unwrap().cluster_ip.unwrap() }
+    };
+    let (named, sticky, nobody) = (ip_of("named").await, ip_of("sticky").await, ip_of("nobody").await);
+    assert!(named.starts_with(&format!("10.{}.", up.network)), "{named}");
+
+    // Nothing is sent to a cluster IP before the node's rules hold it (and so drop what they do
+    // not route): traffic to the service range never leaves the node.
+    let pods = wait_until("both pods are ready and the rules route to them", within(SETTLED_WITHIN), || {
+        let (client, up) = (client.clone(), &up);
+        async move {
+            let pods: Api<Pod> = Api::namespaced(client, "default");
+            let listed = pods.list(&ListParams::default().labels("app=named")).await.map_err(|e| e.to_string())?;
+            let ready: Vec<(String, String)> = listed
+                .items
+                .iter()
+                .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+                .filter_map(|p| Some((p.metadata.name.clone()?, p.status.as_ref()?.pod_ip.clone()?)))
+                .collect();
+            let table = proxy_table(up);
+            let routed = ready.iter().filter(|(_, ip)| table.matches(&format!("dnat to {ip}:8080")).count() == 2).count();
+            if ready.len() == 2 && routed == 2 { Ok(ready) } else { Err(format!("{ready:?}\n{table}")) }
+        }
+    })
+    .await;
+    let names: std::collections::BTreeSet<String> = pods.iter().map(|(n, _)| n.clone()).collect();
+
+    // The cluster IP from the host spreads over both pods.
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..60 {
+        answered.insert(body_at(&format!("{named}:80")).unwrap());
+        if answered == names {
+            break;
+        }
+    }
+    assert_eq!(answered, names, "requests to {named} reach both pods");
+    // From a pod, by cluster IP (busybox wget).
+    let from_pod = kubectl.run(&["exec", &pods[0].0, "--", "/bin/wget", "-q", "-O", "-", &format!("http://{named}/")]);
+    assert!(names.contains(from_pod.trim()), "{from_pod}");
+    // The NodePort on the node's address (the pods' gateway here).
+    let gateway = format!("{}0.1", up.cidr_prefix);
+    let via_node_port = body_at(&format!("{gateway}:{node_port}")).unwrap();
+    assert!(names.contains(&via_node_port), "{via_node_port}");
+    // ClientIP affinity: one client, one pod.
+    let stuck: std::collections::BTreeSet<String> = (0..20).map(|_| body_at(&format!("{sticky}:80")).unwrap()).collect();
+    assert_eq!(stuck.len(), 1, "{stuck:?}");
+
+    // No endpoints: refused at once (ICMP port unreachable), not left to time out.
+    let addr: SocketAddr = format!("{nobody}:80").parse().unwrap();
+    let asked = Instant::now();
+    let err = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect_err("nothing serves the service");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(asked.elapsed() < Duration::from_secs(1));
+    // Another port of a cluster IP: refused too.
+    let err = TcpStream::connect_timeout(&format!("{named}:81").parse().unwrap(), Duration::from_secs(5)).expect_err("port 81 is not the service's");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+
+    // A pod that stops being ready stops taking traffic.
+    let (gone, kept) = (&pods[0], &pods[1]);
+    kubectl.run(&["exec", &gone.0, "--", "/bin/rm", "/tmp/ready"]);
+    wait_until(&format!("the rules no longer route to {}", gone.1), within(SETTLED_WITHIN), || {
+        let (up, ip) = (&up, gone.1.clone());
+        async move {
+            let table = proxy_table(up);
+            if table.contains(&format!("dnat to {ip}:8080")) { Err(table) } else { Ok(()) }
+        }
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(body_at(&format!("{named}:80")).unwrap(), kept.0);
+    }
+
+    // A deleted service leaves nothing behind in the table.
+    services.delete("sticky", &DeleteParams::default()).await.unwrap();
+    wait_until("the deleted service's chains and sets are gone", within(SETTLED_WITHIN), || {
+        let (up, sticky) = (&up, &sticky);
+        async move {
+            let table = proxy_table(up);
+            if table.contains("default/sticky/") || table.contains(&format!("{sticky} ")) { Err(table) } else { Ok(()) }
+        }
+    })
+    .await;
 }

@@ -36,6 +36,16 @@ pub struct AgentArgs {
     runtime: Runtime,
     #[command(flatten)]
     real: RealArgs,
+    #[command(flatten)]
+    proxy: ProxyArgs,
+    /// The range services' cluster IPs come from (as the API server's flag): the proxy drops
+    /// traffic to its addresses that no service holds.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cluster_ip_range: String,
+    /// The pods' range across the cluster: traffic to a service from outside it is masqueraded
+    /// (default: the node's own pod range).
+    #[arg(long)]
+    cluster_cidr: Option<String>,
     /// Where a real node keeps its containerd, pod logs and network state.
     #[arg(long, default_value = "/var/lib/keelson/agent")]
     data_dir: PathBuf,
@@ -78,6 +88,46 @@ pub struct AgentArgs {
     /// How often an unchanged node status is reported anyway (kubelet's flag).
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     node_status_report_frequency: std::time::Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProxyMode {
+    /// kube-proxy's nftables mode: one table, replaced atomically on each change.
+    Nftables,
+    /// No service proxy (another one serves the node).
+    None,
+}
+
+/// The service proxy's flags (kube-proxy's names).
+#[derive(Args, Debug, Clone)]
+pub struct ProxyArgs {
+    /// How services are routed on the node.
+    #[arg(long, value_enum, default_value = "nftables")]
+    proxy_mode: ProxyMode,
+    /// The nftables table (family ip) the proxy owns; agents that share a network namespace
+    /// need one each.
+    #[arg(long, default_value = "keelson-proxy")]
+    proxy_table: String,
+    /// The `nft` binary.
+    #[arg(long, default_value = "nft")]
+    nft: PathBuf,
+}
+
+impl ProxyArgs {
+    /// The proxy's options: `service_cidr` is the range whose unallocated addresses are dropped,
+    /// `cluster_cidr` the pods' range (the node's own when not given).
+    pub fn options(&self, service_cidr: &str, cluster_cidr: Option<&str>) -> anyhow::Result<Option<agent::proxy::ProxyOptions>> {
+        if self.proxy_mode == ProxyMode::None {
+            return Ok(None);
+        }
+        let parse = |flag: &str, v: &str| v.parse::<agent::proxy::Cidr>().map_err(|e| anyhow::anyhow!("{flag}: {e}"));
+        let service = service_cidr.split(',').map(|c| parse("--service-cluster-ip-range", c.trim())).collect::<anyhow::Result<Vec<_>>>()?;
+        let local = cluster_cidr.map(|c| parse("--cluster-cidr", c)).transpose()?;
+        Ok(Some(agent::proxy::ProxyOptions {
+            config: agent::proxy::Config { table: self.proxy_table.clone(), node_name: String::new(), service_cidrs: service, local_cidr: local },
+            nft: self.nft.clone(),
+        }))
+    }
 }
 
 /// The flags of a real node (kubelet's names where kubelet has them).
@@ -144,6 +194,7 @@ impl RealArgs {
             labels: BTreeMap::new(),
             taints: Vec::new(),
             stop_pods_on_exit: false,
+            proxy: None,
             listen: std::net::SocketAddr::new(self.address, self.port),
         })
     }
@@ -202,6 +253,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
             let mut node = args.real.node(name, args.data_dir, args.image_dir)?;
             node.labels = parse_labels(&args.node_labels)?;
             node.taints = parse_taints(&args.register_with_taints)?;
+            node.proxy = args.proxy.options(&args.service_cluster_ip_range, args.cluster_cidr.as_deref())?;
             agent::real::run(client, node, options, stop_signal()).await
         }
         Runtime::Hollow => {

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Args, Parser};
 
-use crate::agent::RealArgs;
+use crate::agent::{ProxyArgs, RealArgs};
 use crate::server::{server_with, Extra, ServerArgs};
 
 /// How long the agent gets to stop its pods and its containerd.
@@ -47,6 +47,8 @@ pub struct UpArgs {
     image_dir: Option<PathBuf>,
     #[command(flatten)]
     real: RealArgs,
+    #[command(flatten)]
+    proxy: ProxyArgs,
 }
 
 /// `keelson server`'s flags, parsed from the arguments `up` chooses.
@@ -101,6 +103,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let image_dir = args.image_dir.clone().or_else(|| Some(data.join("images")).filter(|d| d.is_dir()));
     let mut node = args.real.node(name, data.join("agent"), image_dir)?;
     node.stop_pods_on_exit = true;
+    node.proxy = args.proxy.options(&args.service_cluster_ip_range, Some(&args.cluster_cidr))?;
     let agent = Extra {
         name: "agent",
         stop_within: AGENT_STOP_TIMEOUT,

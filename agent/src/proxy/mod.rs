@@ -1,0 +1,247 @@
+//! The service proxy: kube-proxy's nftables mode, run by the agent. Informers on Services and
+//! EndpointSlices feed one loop that, after any change, computes the node's whole rule set
+//! (`rules.rs`) and applies it with `nft -f -` as one atomic transaction. Rules stay when the
+//! agent stops, so that traffic flows on while it restarts; the next start replaces them.
+
+pub mod rules;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use tokio::io::AsyncWriteExt;
+
+pub use rules::{Cidr, Config};
+use rules::{Endpoint, Owned, Protocol, ServicePort};
+
+/// Rules are applied again this often even without changes, repairing what others changed
+/// (kube-proxy's `--nftables-sync-period`).
+const RESYNC_PERIOD: Duration = Duration::from_secs(30);
+/// A failed apply is tried again after this.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long one `nft` run may take.
+const NFT_TIMEOUT: Duration = Duration::from_secs(30);
+/// A service without its own `sessionAffinityConfig` keeps a client's endpoint this long.
+const AFFINITY_DEFAULT_SECONDS: u32 = 10800;
+/// Services with this label belong to another proxy.
+const PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// How the proxy runs.
+#[derive(Debug, Clone)]
+pub struct ProxyOptions {
+    pub config: Config,
+    /// The `nft` binary.
+    pub nft: PathBuf,
+}
+
+/// The service ports `services` define, each with its endpoints from `slices`.
+pub fn service_ports(services: &[std::sync::Arc<Service>], slices: &[std::sync::Arc<EndpointSlice>]) -> Vec<ServicePort> {
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for s in slices {
+        if s.address_type != "IPv4" {
+            continue;
+        }
+        let (Some(ns), Some(svc)) = (s.metadata.namespace.as_deref(), s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL))) else { continue };
+        by_service.entry((ns, svc.as_str())).or_default().push(s);
+    }
+    let mut out = Vec::new();
+    for svc in services {
+        let (Some(ns), Some(name), Some(spec)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref(), svc.spec.as_ref()) else { continue };
+        if spec.type_.as_deref() == Some("ExternalName") || svc.metadata.labels.as_ref().is_some_and(|l| l.contains_key(PROXY_NAME_LABEL)) {
+            continue;
+        }
+        let ips: Vec<std::net::Ipv4Addr> = spec
+            .cluster_ips
+            .clone()
+            .filter(|ips| !ips.is_empty())
+            .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        // Headless services (clusterIP None) have no address to route: DNS answers for them.
+        if ips.is_empty() {
+            continue;
+        }
+        let node_ports = matches!(spec.type_.as_deref(), Some("NodePort") | Some("LoadBalancer"));
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            let configured = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
+            configured.and_then(|t| u32::try_from(t).ok()).unwrap_or(AFFINITY_DEFAULT_SECONDS)
+        });
+        let slices = by_service.get(&(ns, name)).map(Vec::as_slice).unwrap_or_default();
+        for port in spec.ports.iter().flatten() {
+            let Some(protocol) = Protocol::parse(port.protocol.as_deref()) else { continue };
+            let Ok(number) = u16::try_from(port.port) else { continue };
+            let port_name = port.name.clone().unwrap_or_default();
+            let mut endpoints: Vec<Endpoint> = Vec::new();
+            for slice in slices {
+                let Some(target) = slice.ports.iter().flatten().find(|p| {
+                    p.name.clone().unwrap_or_default() == port_name && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
+                }) else {
+                    continue;
+                };
+                let Some(target_port) = target.port.and_then(|p| u16::try_from(p).ok()) else { continue };
+                for e in &slice.endpoints {
+                    let Some(ip) = e.addresses.first().and_then(|a| a.parse().ok()) else { continue };
+                    if endpoints.iter().any(|x| x.ip == ip && x.port == target_port) {
+                        continue;
+                    }
+                    let c = e.conditions.clone().unwrap_or_default();
+                    let ready = c.ready.unwrap_or(true);
+                    endpoints.push(Endpoint {
+                        ip,
+                        port: target_port,
+                        ready,
+                        serving: c.serving.unwrap_or(ready),
+                        terminating: c.terminating.unwrap_or(false),
+                        node: e.node_name.clone(),
+                    });
+                }
+            }
+            endpoints.sort_by_key(|e| (e.ip, e.port));
+            for ip in &ips {
+                out.push(ServicePort {
+                    namespace: ns.into(),
+                    name: name.into(),
+                    port_name: port_name.clone(),
+                    protocol,
+                    cluster_ip: *ip,
+                    port: number,
+                    node_port: port.node_port.filter(|_| node_ports).and_then(|p| u16::try_from(p).ok()),
+                    affinity_seconds: affinity,
+                    internal_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+                    external_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+                    endpoints: endpoints.clone(),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Applies `script` with `nft -f -`.
+async fn apply(nft: &std::path::Path, script: &str) -> anyhow::Result<()> {
+    let mut child = tokio::process::Command::new(nft)
+        .args(["-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("running {} (nftables)", nft.display()))?;
+    let mut stdin = child.stdin.take().context("nft's stdin")?;
+    stdin.write_all(script.as_bytes()).await.context("writing the rules to nft")?;
+    drop(stdin);
+    let out = tokio::time::timeout(NFT_TIMEOUT, child.wait_with_output()).await.context("nft took too long")??;
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        anyhow::bail!("nft failed ({}): {}", out.status, err.lines().take(8).collect::<Vec<_>>().join("; "));
+    }
+    Ok(())
+}
+
+/// Fails unless `nft` runs and the kernel takes an nftables table (checked with one that is
+/// created and deleted in the same transaction).
+pub async fn check(nft: &std::path::Path) -> anyhow::Result<()> {
+    let probe = format!("add table ip keelson-check-{0}\ndelete table ip keelson-check-{0}\n", std::process::id());
+    apply(nft, &probe).await.context("the service proxy needs nftables (Debian's nft package, and root); --proxy-mode none runs without it")
+}
+
+/// Removes the proxy's table, if it is there.
+pub async fn remove(nft: &std::path::Path, table: &str) -> anyhow::Result<()> {
+    apply(nft, &format!("add table ip {table}\ndelete table ip {table}\n")).await
+}
+
+/// What one watch said: whether the store changed and whether its first list is complete.
+fn seen<K>(event: Option<Result<Event<K>, watcher::Error>>, what: &str, synced: &mut bool) -> anyhow::Result<bool> {
+    match event {
+        None => anyhow::bail!("the {what} watch ended"),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "{what} watch failed; it resumes");
+            Ok(false)
+        }
+        Some(Ok(Event::InitDone)) => {
+            *synced = true;
+            Ok(true)
+        }
+        Some(Ok(Event::Init | Event::InitApply(_))) => Ok(false),
+        Some(Ok(_)) => Ok(true),
+    }
+}
+
+/// Keeps the node's service rules in step with the cluster until `stop` resolves.
+pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let (services, services_writer) = reflector::store::<Service>();
+    let (slices, slices_writer) = reflector::store::<EndpointSlice>();
+    let service_events = reflector::reflector(services_writer, watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).default_backoff());
+    let slice_events = reflector::reflector(slices_writer, watcher(Api::<EndpointSlice>::all(client), watcher::Config::default()).default_backoff());
+    tokio::pin!(service_events, slice_events, stop);
+    let (mut services_synced, mut slices_synced) = (false, false);
+    let mut owned: Option<Owned> = None;
+    // When the oldest change not yet applied arrived.
+    let mut pending: Option<Instant> = None;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut resync = tokio::time::interval(RESYNC_PERIOD);
+    resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let ready = services_synced && slices_synced && pending.is_some() && retry_at.is_none_or(|at| at <= tokio::time::Instant::now());
+        tokio::select! {
+            biased;
+            _ = &mut stop => return Ok(()),
+            e = service_events.next() => {
+                if seen(e, "service", &mut services_synced)? {
+                    pending.get_or_insert_with(Instant::now);
+                }
+            }
+            e = slice_events.next() => {
+                if seen(e, "endpointslice", &mut slices_synced)? {
+                    pending.get_or_insert_with(Instant::now);
+                }
+            }
+            _ = resync.tick() => {
+                pending.get_or_insert_with(Instant::now);
+            }
+            _ = async { match retry_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } }, if !ready && retry_at.is_some() => {}
+            _ = std::future::ready(()), if ready => {
+                let since = pending.take().unwrap_or_else(Instant::now);
+                match sync(&options, &services, &slices, owned.as_ref()).await {
+                    Ok((now_owned, ports)) => {
+                        let first = owned.is_none();
+                        owned = Some(now_owned);
+                        retry_at = None;
+                        let latency = since.elapsed();
+                        if first {
+                            tracing::info!(table = %options.config.table, service_ports = ports, latency_ms = latency.as_millis() as u64, "service rules applied");
+                        } else {
+                            tracing::debug!(service_ports = ports, latency_ms = latency.as_millis() as u64, "service rules applied");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "service rules not applied; retrying");
+                        // Nothing is known of the table now: the next sync replaces it whole.
+                        owned = None;
+                        pending = Some(since);
+                        retry_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sync(options: &ProxyOptions, services: &Store<Service>, slices: &Store<EndpointSlice>, owned: Option<&Owned>) -> anyhow::Result<(Owned, usize)> {
+    let ports = service_ports(&services.state(), &slices.state());
+    let (script, now_owned) = rules::render(&options.config, &ports, owned);
+    apply(&options.nft, &script).await?;
+    Ok((now_owned, ports.len()))
+}
