@@ -69,6 +69,7 @@ fn sandbox_config(c: &PodSandboxConfig) -> cri::PodSandboxConfig {
             attempt: c.metadata.attempt,
         }),
         hostname: c.hostname.clone(),
+        dns_config: c.dns.as_ref().map(|d| cri::DnsConfig { servers: d.servers.clone(), searches: d.searches.clone(), options: d.options.clone() }),
         log_directory: c.log_directory.clone(),
         labels: map(&c.labels),
         annotations: map(&c.annotations),

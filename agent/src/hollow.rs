@@ -400,6 +400,7 @@ mod tests {
             host_pid: false,
             host_ipc: false,
             share_process_namespace: false,
+            dns: None,
         }
     }
 

@@ -7,6 +7,7 @@ pub mod client;
 pub mod containerd;
 pub mod cgroups;
 pub mod cri;
+pub mod dns;
 pub mod events;
 pub mod hollow;
 pub mod image;
@@ -78,6 +79,10 @@ pub struct AgentOptions {
     pub pod_log_root: Option<std::path::PathBuf>,
     /// Where pods' volumes go (`<dir>/<uid>/volumes/…`); none for runtimes without mounts.
     pub pods_dir: Option<std::path::PathBuf>,
+    /// The cluster's DNS for ClusterFirst pods (kubelet's `--cluster-dns`, `--cluster-domain`).
+    pub cluster_dns: Option<dns::ClusterDns>,
+    /// The node's own resolv.conf, for `dnsPolicy: Default` (none: the runtime's default).
+    pub host_dns: Option<dns::DnsConfig>,
 }
 
 impl Default for AgentOptions {
@@ -91,6 +96,8 @@ impl Default for AgentOptions {
             container_id_scheme: "hollow",
             pod_log_root: None,
             pods_dir: None,
+            cluster_dns: None,
+            host_dns: None,
         }
     }
 }

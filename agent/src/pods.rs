@@ -69,6 +69,8 @@ pub struct NodeContext<R> {
     pub pods_dir: Option<PathBuf>,
     /// The probes of the node's running containers.
     pub prober: Prober,
+    pub cluster_dns: Option<crate::dns::ClusterDns>,
+    pub host_dns: Option<crate::dns::DnsConfig>,
     /// Syncs that create sandboxes or start containers, at most `starts_in_flight_max` at once.
     starts: tokio::sync::Semaphore,
     backoff: Mutex<HashMap<(String, String), Backoff>>,
@@ -95,6 +97,8 @@ impl<R: RuntimeService + ImageService> NodeContext<R> {
             allocatable: setup.allocatable.clone(),
             pod_log_root: options.pod_log_root.clone(),
             pods_dir: options.pods_dir.clone(),
+            cluster_dns: options.cluster_dns.clone(),
+            host_dns: options.host_dns.clone(),
             prober: Prober::default(),
             starts: tokio::sync::Semaphore::new(options.starts_in_flight_max.max(1)),
             backoff: Mutex::new(HashMap::new()),
@@ -652,6 +656,8 @@ fn sandbox_config<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &
                 host_ip: p.host_ip.clone().unwrap_or_default(),
             })
             .collect(),
+        // Runtimes that run no processes have no resolver to configure.
+        dns: ctx.host_dns.as_ref().map(|host| crate::dns::pod_dns(pod, ctx.cluster_dns.as_ref(), host)),
         metadata: SandboxMetadata { name, uid, namespace, attempt: 0 },
         labels,
         annotations: pod.metadata.annotations.clone().unwrap_or_default(),

@@ -189,6 +189,7 @@ pub async fn run(client: kube::Client, node: RealNode, mut options: AgentOptions
     options.pod_log_root = Some(node.data_dir.join("pod-logs"));
     options.starts_in_flight_max = STARTS_IN_FLIGHT_MAX;
     options.pods_dir = Some(node.data_dir.join("pods"));
+    options.host_dns = Some(crate::dns::DnsConfig::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()));
     tracing::info!(node = %setup.name, runtime = %setup.system.container_runtime_version, "container runtime ready");
     let proxy = node.proxy.clone().map(|mut p| {
         p.config.node_name = setup.name.clone();

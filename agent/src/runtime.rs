@@ -55,6 +55,8 @@ pub struct PodSandboxConfig {
     pub host_ipc: bool,
     /// One process namespace for all of the pod's containers (`shareProcessNamespace`).
     pub share_process_namespace: bool,
+    /// The pod's resolv.conf; none leaves it to the runtime (the node's).
+    pub dns: Option<crate::dns::DnsConfig>,
 }
 
 /// CRI's `PortMapping`: a node port forwarded to a pod's port.

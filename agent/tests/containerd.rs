@@ -124,6 +124,7 @@ async fn a_pod_runs_logs_and_exits_through_the_agents_own_containerd() {
         host_pid: false,
         host_ipc: false,
         share_process_namespace: false,
+        dns: None,
     };
     let sid = cri.run_pod_sandbox(&sandbox).await.expect("the sandbox runs on Keelson's pause image");
     let status = cri.pod_sandbox_status(&sid).await.unwrap();

@@ -7,6 +7,7 @@ pub mod apiserver;
 pub mod controllers;
 pub mod cron;
 pub mod decode;
+pub mod dns;
 pub mod election;
 pub mod events;
 pub mod labels;

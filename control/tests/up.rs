@@ -154,8 +154,56 @@ fn cleanup_stale() {
     }
 }
 
+/// What the clusters' upstream resolver answers every A query with (TEST-NET-1: never sent to).
+const UPSTREAM_ANSWER: &str = "192.0.2.123";
+
+/// A resolver on loopback standing in for the node's upstream: every A query gets
+/// [`UPSTREAM_ANSWER`]; it stops when dropped.
+struct Upstream {
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        use hickory_proto::op::{Message, MessageType};
+        use hickory_proto::rr::{rdata::A, RData, Record, RecordType};
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        let addr = socket.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+                let Ok(mut m) = Message::from_vec(&buf[..n]) else { continue };
+                m.metadata.message_type = MessageType::Response;
+                let answers: Vec<Record> = m
+                    .queries
+                    .iter()
+                    .filter(|q| q.query_type() == RecordType::A)
+                    .map(|q| Record::from_rdata(q.name().clone(), 30, RData::A(A(UPSTREAM_ANSWER.parse().unwrap()))))
+                    .collect();
+                m.answers = answers;
+                if let Ok(bytes) = m.to_vec() {
+                    let _ = socket.send_to(&bytes, from);
+                }
+            }
+        });
+        Upstream { addr, stop }
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// One `keelson up` cluster, stopped and removed on drop.
 struct Up {
+    _upstream: Upstream,
     child: Option<Child>,
     dir: PathBuf,
     log: PathBuf,
@@ -181,6 +229,7 @@ impl Up {
         let built = Command::new(scripts.join("example-images")).arg(&images).status().expect("scripts/example-images runs");
         assert!(built.success(), "scripts/example-images failed");
         let ports = free_ports(3);
+        let upstream = Upstream::start();
         let cidr_prefix = format!("10.{network}.");
         let bridge = bridge_of(network);
         let args: Vec<String> = [
@@ -201,6 +250,8 @@ impl Up {
             &bridge,
             "--proxy-table",
             &bridge,
+            "--cluster-dns-upstream",
+            &upstream.addr.to_string(),
             "--node-ip",
             "127.0.0.1",
             "--node-name",
@@ -214,7 +265,7 @@ impl Up {
         .chain(extra)
         .map(|s| s.to_string())
         .collect();
-        let mut up = Up { child: None, log: dir.join("up.log"), dir, args, api: format!("http://127.0.0.1:{}", ports[0]), network, cidr_prefix };
+        let mut up = Up { _upstream: upstream, child: None, log: dir.join("up.log"), dir, args, api: format!("http://127.0.0.1:{}", ports[0]), network, cidr_prefix };
         up.spawn();
         up
     }
@@ -1541,6 +1592,55 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
     let stuck: std::collections::BTreeSet<String> = (0..20).map(|_| body_at(&format!("{sticky}:80")).unwrap()).collect();
     assert_eq!(stuck.len(), 1, "{stuck:?}");
 
+    // Cluster DNS, from a pod: its resolv.conf, then names as Kubernetes' DNS specification
+    // defines them.
+    let dns_ip = format!("10.{}.128.10", up.network);
+    let pod0 = pods[0].0.clone();
+    let resolv = kubectl.run(&["exec", &pod0, "--", "/bin/cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains(&format!("nameserver {dns_ip}")), "{resolv}");
+    assert!(resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local") && resolv.contains("ndots:5"), "{resolv}");
+    let lookup = |args: Vec<String>| {
+        let (kubectl, pod0) = (&kubectl, &pod0);
+        async move {
+            let mut argv: Vec<&str> = vec!["exec", pod0, "--", "/bin/nslookup"];
+            argv.extend(args.iter().map(String::as_str));
+            let (_, out, err) = kubectl.try_run(&argv, None);
+            Ok::<String, String>(format!("{out}{err}"))
+        }
+    };
+    let by_name = wait_until("the service's name resolves in the pod", within(SETTLED_WITHIN), || async {
+        let out = lookup(vec!["named.default.svc.cluster.local".into()]).await?;
+        if out.contains(&format!("Address: {named}")) { Ok(out) } else { Err(out) }
+    })
+    .await;
+    assert!(by_name.contains(&dns_ip), "answered by the cluster's DNS: {by_name}");
+    // The search list: the bare name in the pod's namespace.
+    let short = lookup(vec!["named".into()]).await.unwrap();
+    assert!(short.contains(&format!("Address: {named}")), "{short}");
+    let srv = lookup(vec!["-type=srv".into(), "_web._tcp.named.default.svc.cluster.local".into()]).await.unwrap();
+    assert!(srv.contains("80 named.default.svc.cluster.local"), "{srv}");
+    let ptr = lookup(vec![named.clone()]).await.unwrap();
+    assert!(ptr.contains("named.default.svc.cluster.local"), "{ptr}");
+    let missing = lookup(vec!["nothing.default.svc.cluster.local".into()]).await.unwrap();
+    assert!(missing.contains("NXDOMAIN"), "{missing}");
+    // A headless service: its ready pods' addresses.
+    services.create(&post, &service("headless", serde_json::json!({"clusterIP": "None"}))).await.unwrap();
+    wait_until("the headless service resolves to both pods", within(SETTLED_WITHIN), || async {
+        let out = lookup(vec!["headless.default.svc.cluster.local".into()]).await?;
+        if pods.iter().all(|(_, ip)| out.contains(&format!("Address: {ip}"))) { Ok(()) } else { Err(out) }
+    })
+    .await;
+    // ExternalName: a CNAME; names outside the cluster go to the upstream resolver.
+    services.create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "elsewhere"}, "spec": {"type": "ExternalName", "externalName": "upstream.example"}})).unwrap()).await.unwrap();
+    wait_until("the ExternalName service is a CNAME", within(SETTLED_WITHIN), || async {
+        let out = lookup(vec!["-type=cname".into(), "elsewhere.default.svc.cluster.local".into()]).await?;
+        if out.contains("upstream.example") { Ok(()) } else { Err(out) }
+    })
+    .await;
+    let forwarded = lookup(vec!["upstream.example".into()]).await.unwrap();
+    assert!(forwarded.contains(&format!("Address: {UPSTREAM_ANSWER}")), "forwarded to the upstream: {forwarded}");
+    assert!(!kubectl.try_run(&["get", "endpointslices", "-n", "kube-system", "-l", "kubernetes.io/service-name=kube-dns"], None).1.is_empty());
+
     // No endpoints: refused at once (ICMP port unreachable), not left to time out.
     let addr: SocketAddr = format!("{nobody}:80").parse().unwrap();
     let asked = Instant::now();
@@ -1550,6 +1650,37 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
     // Another port of a cluster IP: refused too.
     let err = TcpStream::connect_timeout(&format!("{named}:81").parse().unwrap(), Duration::from_secs(5)).expect_err("port 81 is not the service's");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+
+    // A target port name no pod has: no endpoints, so refused (once the rules have it).
+    services.create(&post, &service("misnamed", serde_json::json!({"ports": [{"name": "web", "port": 80, "targetPort": "nope"}]}))).await.unwrap();
+    let misnamed = ip_of("misnamed").await;
+    wait_until("the misnamed service refuses connections", within(SETTLED_WITHIN), || {
+        let addr: SocketAddr = format!("{misnamed}:80").parse().unwrap();
+        async move {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    // A selectorless service with a hand-written EndpointSlice: routed to what the slice names.
+    services.create(&post, &service("manual", serde_json::json!({"selector": null}))).await.unwrap();
+    let slice = serde_json::json!({
+        "metadata": {"name": "manual-1", "labels": {"kubernetes.io/service-name": "manual"}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [pods[1].1], "conditions": {"ready": true}}],
+        "ports": [{"name": "web", "port": 8080, "protocol": "TCP"}],
+    });
+    let slices: Api<k8s_openapi::api::discovery::v1::EndpointSlice> = Api::namespaced(client.clone(), "default");
+    slices.create(&post, &serde_json::from_value(slice).unwrap()).await.unwrap();
+    let manual = ip_of("manual").await;
+    let body = wait_until("the selectorless service answers", within(SETTLED_WITHIN), || {
+        let manual = manual.clone();
+        async move { body_at(&format!("{manual}:80")) }
+    })
+    .await;
+    assert_eq!(body, pods[1].0, "the hand-written endpoint");
 
     // A pod that stops being ready stops taking traffic.
     let (gone, kept) = (&pods[0], &pods[1]);

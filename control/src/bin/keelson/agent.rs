@@ -46,6 +46,13 @@ pub struct AgentArgs {
     /// (default: the node's own pod range).
     #[arg(long)]
     cluster_cidr: Option<String>,
+    /// Cluster DNS servers for ClusterFirst pods (kubelet's flag), ip,…; without them such pods
+    /// get the node's resolv.conf.
+    #[arg(long, value_delimiter = ',')]
+    cluster_dns: Vec<std::net::Ipv4Addr>,
+    /// The cluster's DNS domain (kubelet's flag).
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
     /// Where a real node keeps its containerd, pod logs and network state.
     #[arg(long, default_value = "/var/lib/keelson/agent")]
     data_dir: PathBuf,
@@ -245,6 +252,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         lease_duration: std::time::Duration::from_secs(args.node_lease_duration_seconds.into()),
         lease_renew_interval: args.node_lease_renew_interval,
         status_report_frequency: args.node_status_report_frequency,
+        cluster_dns: (!args.cluster_dns.is_empty())
+            .then(|| agent::dns::ClusterDns { servers: args.cluster_dns.iter().map(|ip| ip.to_string()).collect(), domain: args.cluster_domain.clone() }),
         ..AgentOptions::default()
     };
     match args.runtime {

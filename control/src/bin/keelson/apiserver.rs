@@ -30,6 +30,10 @@ pub struct ApiArgs {
 }
 
 impl ApiArgs {
+    pub fn service_cluster_ip_range(&self) -> &str {
+        &self.service_cluster_ip_range
+    }
+
     /// The URL a client in this process reaches the API at (loopback for a wildcard address).
     pub fn local_url(&self) -> String {
         let addr = self.api_listen.replace("0.0.0.0:", "127.0.0.1:").replace("[::]:", "[::1]:");

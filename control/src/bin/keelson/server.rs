@@ -25,8 +25,8 @@ pub struct ServerArgs {
     #[command(flatten)]
     api: ApiArgs,
     /// Components not to run in this process (Kubernetes' names): `scheduler`,
-    /// `controller-manager`.
-    #[arg(long, value_delimiter = ',', value_parser = ["scheduler", "controller-manager"])]
+    /// `controller-manager`, `cluster-dns`.
+    #[arg(long, value_delimiter = ',', value_parser = ["scheduler", "controller-manager", "cluster-dns"])]
     disable: Vec<String>,
     /// The scheduler's KubeSchedulerConfiguration file.
     #[arg(long)]
@@ -35,6 +35,68 @@ pub struct ServerArgs {
     controllers: ControllerFlags,
     #[command(flatten)]
     election: ElectionFlags,
+    #[command(flatten)]
+    pub dns: DnsFlags,
+}
+
+/// Cluster DNS's flags.
+#[derive(Args, Debug, Clone)]
+pub struct DnsFlags {
+    /// The kube-dns Service's cluster IP (default: the tenth address of
+    /// --service-cluster-ip-range, 10.96.0.10 for the default range).
+    #[arg(long)]
+    pub cluster_dns: Option<std::net::Ipv4Addr>,
+    /// The cluster's DNS domain.
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Where cluster DNS listens, UDP and TCP (port 0, the default, takes any free port: the
+    /// kube-dns Service's endpoints name it, and several servers may share a host).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub cluster_dns_listen: std::net::SocketAddr,
+    /// The address pods reach this server's DNS at (default: the host's default-route address).
+    #[arg(long)]
+    pub cluster_dns_advertise_address: Option<std::net::Ipv4Addr>,
+    /// Resolvers for names outside the cluster, ip:port,… (default: /etc/resolv.conf's
+    /// nameservers).
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_dns_upstream: Vec<std::net::SocketAddr>,
+    /// `keelson up`: pods reach DNS at this node's address as they see it.
+    #[arg(skip)]
+    pub advertise_node: Option<String>,
+}
+
+impl DnsFlags {
+    /// The kube-dns Service's address for a service range.
+    pub fn service_ip(&self, service_cidr: &str) -> anyhow::Result<std::net::Ipv4Addr> {
+        match self.cluster_dns {
+            Some(ip) => Ok(ip),
+            None => control::dns::default_service_ip(service_cidr).context("--service-cluster-ip-range"),
+        }
+    }
+
+    fn options(&self, service_cidr: &str) -> anyhow::Result<control::dns::DnsOptions> {
+        use control::dns::Advertise;
+        let advertise = match (&self.advertise_node, self.cluster_dns_advertise_address) {
+            (_, Some(ip)) => Advertise::Address(ip),
+            (Some(node), None) => Advertise::Node(node.clone()),
+            (None, None) => match agent::machine::default_address().parse() {
+                Ok(ip) => Advertise::Address(ip),
+                Err(_) => anyhow::bail!("no IPv4 address for cluster DNS: give --cluster-dns-advertise-address"),
+            },
+        };
+        let upstreams = if self.cluster_dns_upstream.is_empty() {
+            control::dns::resolv_conf_nameservers(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
+        } else {
+            self.cluster_dns_upstream.clone()
+        };
+        Ok(control::dns::DnsOptions {
+            domain: self.cluster_domain.clone(),
+            service_ip: self.service_ip(service_cidr)?,
+            listen: self.cluster_dns_listen,
+            advertise,
+            upstreams,
+        })
+    }
 }
 
 /// A component run beside the API server in this process (`keelson up` adds the agent): given a
@@ -70,6 +132,7 @@ pub async fn server_with(args: ServerArgs, extras: Vec<Extra>) -> anyhow::Result
         Some(crate::scheduler::load_config(args.scheduler_config.as_deref(), "--scheduler-config")?)
     };
     let managing = !args.disable.iter().any(|d| d == "controller-manager");
+    let dns = if args.disable.iter().any(|d| d == "cluster-dns") { None } else { Some(args.dns.options(args.api.service_cluster_ip_range())?) };
     if managing {
         args.controllers.enabled().map_err(anyhow::Error::msg)?;
     }
@@ -84,6 +147,11 @@ pub async fn server_with(args: ServerArgs, extras: Vec<Extra>) -> anyhow::Result
         let client = agent::client::connect(Some(&args.api.local_url()), None).await?;
         let task = tokio::spawn((extra.run)(client, Box::pin(waiter(&components_rx))));
         components.push((extra.name, extra.stop_within, task));
+    }
+    if let Some(options) = dns {
+        let client = agent::client::connect(Some(&args.api.local_url()), None).await?;
+        let stop = waiter(&components_rx);
+        components.push(("cluster DNS", COMPONENTS_STOP_TIMEOUT, tokio::spawn(control::dns::run(client, options, stop))));
     }
     if let Some(config) = scheduling {
         let client = agent::client::connect(Some(&args.api.local_url()), None).await?;

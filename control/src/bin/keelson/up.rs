@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::{Args, Parser};
 
 use crate::agent::{ProxyArgs, RealArgs};
-use crate::server::{server_with, Extra, ServerArgs};
+use crate::server::{server_with, DnsFlags, Extra, ServerArgs};
 
 /// How long the agent gets to stop its pods and its containerd.
 const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -49,6 +49,8 @@ pub struct UpArgs {
     real: RealArgs,
     #[command(flatten)]
     proxy: ProxyArgs,
+    #[command(flatten)]
+    dns: DnsFlags,
 }
 
 /// `keelson server`'s flags, parsed from the arguments `up` chooses.
@@ -97,9 +99,18 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let server = ServerCli::try_parse_from(server_argv).context("keelson up's server flags")?.server;
+    let mut server = ServerCli::try_parse_from(server_argv).context("keelson up's server flags")?.server;
 
     let name = args.node_name.clone().or_else(control::process::hostname).unwrap_or_else(|| "keelson".into());
+    // Pods reach the cluster's DNS at their node's address, this host.
+    server.dns = DnsFlags { advertise_node: Some(name.clone()), ..args.dns.clone() };
+    let options = agent::AgentOptions {
+        cluster_dns: Some(agent::dns::ClusterDns {
+            servers: vec![args.dns.service_ip(&args.service_cluster_ip_range)?.to_string()],
+            domain: args.dns.cluster_domain.clone(),
+        }),
+        ..agent::AgentOptions::default()
+    };
     let image_dir = args.image_dir.clone().or_else(|| Some(data.join("images")).filter(|d| d.is_dir()));
     let mut node = args.real.node(name, data.join("agent"), image_dir)?;
     node.stop_pods_on_exit = true;
@@ -107,7 +118,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let agent = Extra {
         name: "agent",
         stop_within: AGENT_STOP_TIMEOUT,
-        run: Box::new(move |client, stop| Box::pin(agent::real::run(client, node, agent::AgentOptions::default(), stop))),
+        run: Box::new(move |client, stop| Box::pin(agent::real::run(client, node, options, stop))),
     };
     eprintln!("keelson: the cluster's data is in {}; kubectl's config: export KUBECONFIG={}", data.display(), kubeconfig.display());
     server_with(server, vec![agent]).await

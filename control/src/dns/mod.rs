@@ -1,0 +1,358 @@
+//! Cluster DNS, run by every API server process (`keelson server`, `keelson up`): answers for
+//! the cluster's names from watches of Services and EndpointSlices (never a store read per
+//! query), other names forwarded to the node's resolvers. Each server publishes itself as an
+//! endpoint of the `kube-dns` Service in `kube-system`, a selectorless service at the
+//! well-known cluster IP, so that pods reach whichever servers run through the service proxy.
+
+pub mod records;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use hickory_proto::op::{Message, Metadata, ResponseCode};
+use hickory_proto::rr::Record;
+use hickory_server::net::runtime::Time;
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::reflector;
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+
+use records::{Answer, Zone};
+
+/// The Service pods resolve through, and its namespace (Kubernetes' names).
+pub const SERVICE_NAME: &str = "kube-dns";
+pub const NAMESPACE: &str = "kube-system";
+/// Who writes the DNS servers' EndpointSlices (the endpointslice controller leaves them alone).
+const MANAGED_BY: &str = "keelson-dns";
+/// How often a server writes its endpoint again (repairing a deleted Service or slice).
+const PUBLISH_PERIOD: Duration = Duration::from_secs(30);
+/// A server's EndpointSlice not renewed for this long is a stopped server's, and any server
+/// removes it.
+const PUBLISHED_STALE_AFTER: Duration = Duration::from_secs(90);
+/// The annotation with the time a server last renewed its EndpointSlice (RFC 3339).
+const RENEWED_ANNOTATION: &str = "dns.keelson.io/renewed";
+/// How soon a publication that failed is tried again.
+const PUBLISH_RETRY: Duration = Duration::from_secs(1);
+/// How long an upstream resolver gets to answer a forwarded query.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(2);
+/// An idle TCP connection is closed after this.
+const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Responses queued per TCP connection.
+const TCP_RESPONSES_QUEUED_MAX: usize = 32;
+/// Forwarded queries awaiting an upstream at once; past this a query is answered SERVFAIL at
+/// once (the server spawns a task per UDP query, so this bounds the tasks that wait).
+const FORWARDS_IN_FLIGHT_MAX: usize = 256;
+/// The largest answer a forwarded query may get over UDP, in bytes (EDNS's usual maximum).
+const UDP_ANSWER_BYTES_MAX: usize = 4096;
+
+/// Where pods reach this server.
+#[derive(Debug, Clone)]
+pub enum Advertise {
+    Address(Ipv4Addr),
+    /// The node's InternalIP, or when that is loopback, its pod range's gateway (the first
+    /// address, the CNI bridge's): `keelson up`, where the server and the node are one host.
+    Node(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct DnsOptions {
+    /// The cluster's domain, e.g. `cluster.local`.
+    pub domain: String,
+    /// The `kube-dns` Service's cluster IP.
+    pub service_ip: Ipv4Addr,
+    pub listen: SocketAddr,
+    pub advertise: Advertise,
+    /// Resolvers for names outside the cluster's domain.
+    pub upstreams: Vec<SocketAddr>,
+}
+
+/// The nameservers of a resolv.conf (port 53), as forwarding targets.
+pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|rest| rest.trim().parse::<IpAddr>().ok())
+        .map(|ip| SocketAddr::new(ip, 53))
+        .collect()
+}
+
+/// The `kube-dns` Service's conventional address: the tenth of the service range.
+pub fn default_service_ip(service_cidr: &str) -> anyhow::Result<Ipv4Addr> {
+    let first = service_cidr.split(',').next().unwrap_or_default().trim();
+    let (base, _) = first.split_once('/').with_context(|| format!("{first:?} is not an IPv4 CIDR"))?;
+    let base: Ipv4Addr = base.parse().with_context(|| format!("{first:?} is not an IPv4 CIDR"))?;
+    Ok(Ipv4Addr::from(u32::from(base) + 10))
+}
+
+struct Handler {
+    zone: Arc<RwLock<Arc<Zone>>>,
+    upstreams: Vec<SocketAddr>,
+    forwards: tokio::sync::Semaphore,
+}
+
+/// Sends `raw` to the upstreams in turn; the first answer.
+async fn forward(upstreams: &[SocketAddr], raw: &[u8]) -> Option<Message> {
+    for up in upstreams {
+        let local: SocketAddr = if up.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let Ok(socket) = tokio::net::UdpSocket::bind(local).await else { continue };
+        if socket.send_to(raw, up).await.is_err() {
+            continue;
+        }
+        let mut buf = vec![0u8; UDP_ANSWER_BYTES_MAX];
+        match tokio::time::timeout(FORWARD_TIMEOUT, socket.recv_from(&mut buf)).await {
+            Ok(Ok((n, from))) if from == *up => match Message::from_vec(&buf[..n]) {
+                Ok(m) => return Some(m),
+                Err(e) => tracing::debug!(upstream = %up, error = %e, "an upstream's answer does not parse"),
+            },
+            _ => tracing::debug!(upstream = %up, "no answer from an upstream resolver"),
+        }
+    }
+    None
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut response: R) -> ResponseInfo {
+        let builder = MessageResponseBuilder::from_message_request(request);
+        let mut metadata = Metadata::response_from_request(&request.metadata);
+        let Some(query) = request.queries.queries().first() else {
+            metadata.response_code = ResponseCode::FormErr;
+            return send(&mut response, builder.build_no_records(metadata)).await;
+        };
+        let zone = self.zone.read().map(|z| z.clone()).unwrap_or_else(|poisoned| poisoned.into_inner().clone());
+        let qname = query.name().to_string();
+        let answer = zone.answer(&qname, query.query_type());
+        let soa: Vec<Record> = zone.soa().into_iter().collect();
+        metadata.authoritative = true;
+        match answer {
+            Answer::Records(answers, additionals) => send(&mut response, builder.build(metadata, answers.iter(), [], [], additionals.iter())).await,
+            Answer::NoData => send(&mut response, builder.build(metadata, [], soa.iter(), [], [])).await,
+            Answer::NxDomain => {
+                metadata.response_code = ResponseCode::NXDomain;
+                send(&mut response, builder.build(metadata, [], soa.iter(), [], [])).await
+            }
+            Answer::Outside => {
+                metadata.authoritative = false;
+                metadata.recursion_available = true;
+                let answer = match self.forwards.try_acquire() {
+                    Ok(_permit) => forward(&self.upstreams, request.as_slice()).await,
+                    Err(_) => None,
+                };
+                match answer {
+                    Some(m) => {
+                        metadata.response_code = m.metadata.response_code;
+                        send(&mut response, builder.build(metadata, m.answers.iter(), m.authorities.iter(), [], m.additionals.iter())).await
+                    }
+                    None => {
+                        metadata.response_code = ResponseCode::ServFail;
+                        send(&mut response, builder.build_no_records(metadata)).await
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn send<'a, R: ResponseHandler>(
+    response: &mut R,
+    message: hickory_server::zone_handler::MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+) -> ResponseInfo {
+    let metadata = *message.metadata();
+    match response.send_response(message).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!(error = %e, "a DNS answer was not sent");
+            let mut failed = metadata;
+            failed.response_code = ResponseCode::ServFail;
+            hickory_proto::op::Header { metadata: failed, counts: Default::default() }.into()
+        }
+    }
+}
+
+/// Where pods reach this server now, if it can be told yet.
+async fn advertised(client: &kube::Client, advertise: &Advertise) -> anyhow::Result<Ipv4Addr> {
+    match advertise {
+        Advertise::Address(ip) => Ok(*ip),
+        Advertise::Node(name) => {
+            let node = Api::<Node>::all(client.clone()).get(name).await.with_context(|| format!("reading node {name}"))?;
+            let internal = node
+                .status
+                .as_ref()
+                .and_then(|s| s.addresses.as_ref())
+                .and_then(|a| a.iter().find(|a| a.type_ == "InternalIP"))
+                .and_then(|a| a.address.parse::<Ipv4Addr>().ok());
+            if let Some(ip) = internal.filter(|ip| !ip.is_loopback()) {
+                return Ok(ip);
+            }
+            let cidr = node.spec.and_then(|s| s.pod_cidr).with_context(|| format!("node {name} has neither a routable InternalIP nor a pod range yet"))?;
+            let base: Ipv4Addr = cidr.split('/').next().unwrap_or_default().parse().with_context(|| format!("node {name}'s pod range {cidr:?}"))?;
+            Ok(Ipv4Addr::from(u32::from(base) + 1))
+        }
+    }
+}
+
+fn slice_name(ip: Ipv4Addr, port: u16) -> String {
+    format!("{SERVICE_NAME}-{}-{port}", ip.to_string().replace('.', "-"))
+}
+
+/// Writes the `kube-dns` Service (unless it exists) and this server's EndpointSlice.
+async fn publish(client: &kube::Client, options: &DnsOptions, ip: Ipv4Addr, port: u16) -> anyhow::Result<()> {
+    let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
+    if services.get_opt(SERVICE_NAME).await.context("reading the kube-dns Service")?.is_none() {
+        let svc = serde_json::json!({
+            "metadata": {"name": SERVICE_NAME, "namespace": NAMESPACE, "labels": {"k8s-app": "kube-dns", "kubernetes.io/name": "KeelsonDNS"}},
+            "spec": {
+                "clusterIP": options.service_ip.to_string(),
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": port},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP", "targetPort": port},
+                ],
+            },
+        });
+        let svc: Service = serde_json::from_value(svc)?;
+        match services.create(&Default::default(), &svc).await {
+            Ok(_) => tracing::info!(ip = %options.service_ip, "created the kube-dns Service"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e).context("creating the kube-dns Service"),
+        }
+    }
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
+    let slice = serde_json::json!({
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": slice_name(ip, port),
+            "namespace": NAMESPACE,
+            "annotations": {RENEWED_ANNOTATION: chrono::Utc::now().to_rfc3339()},
+            "labels": {"kubernetes.io/service-name": SERVICE_NAME, "endpointslice.kubernetes.io/managed-by": MANAGED_BY},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip.to_string()], "conditions": {"ready": true, "serving": true, "terminating": false}}],
+        "ports": [
+            {"name": "dns", "port": port, "protocol": "UDP"},
+            {"name": "dns-tcp", "port": port, "protocol": "TCP"},
+        ],
+    });
+    slices
+        .patch(&slice_name(ip, port), &PatchParams::apply(MANAGED_BY).force(), &Patch::Apply(&slice))
+        .await
+        .context("writing the DNS server's EndpointSlice")?;
+    // Servers that stopped without withdrawing (killed) leave slices no one renews.
+    let ours = kube::api::ListParams::default().labels(&format!("endpointslice.kubernetes.io/managed-by={MANAGED_BY}"));
+    for s in slices.list(&ours).await.context("listing the DNS servers' EndpointSlices")?.items {
+        let renewed = s.metadata.annotations.as_ref().and_then(|a| a.get(RENEWED_ANNOTATION)).and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        let stale = renewed.is_none_or(|t| chrono::Utc::now().signed_duration_since(t).to_std().is_ok_and(|age| age > PUBLISHED_STALE_AFTER));
+        if let (true, Some(name)) = (stale, s.metadata.name.as_deref()) {
+            tracing::info!(slice = name, "removing a stopped DNS server's endpoint");
+            if let Err(e) = slices.delete(name, &DeleteParams::default()).await {
+                tracing::debug!(error = %e, "a stale DNS endpoint was not removed");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What one watch said: whether its store changed.
+fn changed<K>(event: Option<Result<Event<K>, watcher::Error>>, what: &str) -> anyhow::Result<bool> {
+    match event {
+        None => anyhow::bail!("the {what} watch ended"),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "{what} watch failed; it resumes");
+            Ok(false)
+        }
+        Some(Ok(Event::Init | Event::InitApply(_))) => Ok(false),
+        Some(Ok(_)) => Ok(true),
+    }
+}
+
+/// Serves cluster DNS until `stop` resolves; then withdraws this server's endpoint.
+pub async fn run(client: kube::Client, options: DnsOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let udp = tokio::net::UdpSocket::bind(options.listen).await.with_context(|| format!("cluster DNS cannot listen on {} (UDP)", options.listen))?;
+    let addr = udp.local_addr()?;
+    let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cluster DNS cannot listen on {addr} (TCP)"))?;
+    let zone = Arc::new(RwLock::new(Arc::new(Zone::build(&options.domain, &[], &[]))));
+    let mut server = hickory_server::Server::new(Handler { zone: zone.clone(), upstreams: options.upstreams.clone(), forwards: tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT_MAX) });
+    server.register_socket(udp);
+    server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSES_QUEUED_MAX);
+    tracing::info!(listen = %addr, domain = %options.domain, upstreams = ?options.upstreams, "cluster DNS serves");
+
+    let (services, services_writer) = reflector::store::<Service>();
+    let (slices, slices_writer) = reflector::store::<EndpointSlice>();
+    let service_events = reflector::reflector(services_writer, watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).default_backoff());
+    let slice_events = reflector::reflector(slices_writer, watcher(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default()).default_backoff());
+    tokio::pin!(service_events, slice_events, stop);
+    let mut dirty = false;
+    let mut published: Option<Ipv4Addr> = None;
+    let mut publish_at = tokio::time::Instant::now();
+    let result = loop {
+        tokio::select! {
+            biased;
+            _ = &mut stop => break Ok(()),
+            e = service_events.next() => match changed(e, "service") {
+                Ok(c) => dirty |= c,
+                Err(e) => break Err(e),
+            },
+            e = slice_events.next() => match changed(e, "endpointslice") {
+                Ok(c) => dirty |= c,
+                Err(e) => break Err(e),
+            },
+            _ = std::future::ready(()), if dirty => {
+                dirty = false;
+                let built = Arc::new(Zone::build(&options.domain, &services.state(), &slices.state()));
+                *zone.write().unwrap_or_else(|p| p.into_inner()) = built;
+            }
+            _ = tokio::time::sleep_until(publish_at) => {
+                let outcome = async { let ip = advertised(&client, &options.advertise).await?; publish(&client, &options, ip, addr.port()).await.map(|()| ip) }.await;
+                match outcome {
+                    Ok(ip) => {
+                        if published != Some(ip) {
+                            tracing::info!(address = %ip, port = addr.port(), "cluster DNS published as an endpoint of kube-system/kube-dns");
+                        }
+                        published = Some(ip);
+                        publish_at = tokio::time::Instant::now() + PUBLISH_PERIOD;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = format!("{e:#}"), "cluster DNS not published yet");
+                        publish_at = tokio::time::Instant::now() + PUBLISH_RETRY;
+                    }
+                }
+            }
+        }
+    };
+    if let Some(ip) = published {
+        let slices: Api<EndpointSlice> = Api::namespaced(client, NAMESPACE);
+        if let Err(e) = slices.delete(&slice_name(ip, addr.port()), &DeleteParams::default()).await {
+            tracing::debug!(error = %e, "the DNS server's EndpointSlice was not withdrawn");
+        }
+    }
+    if let Err(e) = server.shutdown_gracefully().await {
+        tracing::debug!(error = %e, "cluster DNS did not shut down cleanly");
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstreams_come_from_resolv_conf_and_the_service_ip_from_the_range() {
+        let conf = "# comment\nnameserver 192.0.2.53\nsearch example.org\nnameserver ::1\noptions ndots:2\n";
+        assert_eq!(resolv_conf_nameservers(conf), vec!["192.0.2.53:53".parse().unwrap(), "[::1]:53".parse().unwrap()]);
+        assert_eq!(default_service_ip("10.96.0.0/12").unwrap(), Ipv4Addr::new(10, 96, 0, 10));
+        assert!(default_service_ip("nonsense").is_err());
+    }
+}
