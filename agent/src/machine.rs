@@ -102,9 +102,32 @@ pub struct Pressure {
     pub pid: bool,
 }
 
-/// What is left of the machine's memory and process ids and of `data_dir`'s filesystem, against
-/// kubelet's default hard eviction thresholds.
-pub fn pressure(data_dir: &Path) -> anyhow::Result<Pressure> {
+/// What the eviction signals read: free memory, the data directory's filesystem, process ids.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Readings {
+    pub memory_available_bytes: u64,
+    pub fs_available_blocks: u64,
+    pub fs_blocks: u64,
+    pub fs_available_inodes: u64,
+    pub fs_inodes: u64,
+    pub pids_used: u64,
+    pub pid_max: u64,
+}
+
+impl Readings {
+    /// The signals past kubelet's default hard eviction thresholds.
+    pub fn pressure(&self) -> Pressure {
+        let below = |free: u64, total: u64, percent: u64| total > 0 && free * 100 < total * percent;
+        Pressure {
+            memory: self.memory_available_bytes < EVICTION_MEMORY_BYTES,
+            disk: below(self.fs_available_blocks, self.fs_blocks, 10) || below(self.fs_available_inodes, self.fs_inodes, 5),
+            pid: below(self.pid_max.saturating_sub(self.pids_used), self.pid_max, 5),
+        }
+    }
+}
+
+/// Reads the machine's memory and process ids and `data_dir`'s filesystem.
+pub fn readings(data_dir: &Path) -> anyhow::Result<Readings> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
     let available_kib: u64 = meminfo
         .lines()
@@ -112,7 +135,6 @@ pub fn pressure(data_dir: &Path) -> anyhow::Result<Pressure> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .context("no MemAvailable in /proc/meminfo")?;
     let fs = statvfs(data_dir)?;
-    let below = |free: u64, total: u64, percent: u64| total > 0 && free * 100 < total * percent;
     let pid_max: u64 = read_trimmed("/proc/sys/kernel/pid_max").parse().context("reading kernel.pid_max")?;
     // The fourth field of loadavg is running/total scheduling entities (threads), each holding a pid.
     let loadavg = read_trimmed("/proc/loadavg");
@@ -122,12 +144,22 @@ pub fn pressure(data_dir: &Path) -> anyhow::Result<Pressure> {
         .and_then(|f| f.split_once('/'))
         .and_then(|(_, total)| total.parse().ok())
         .context("reading /proc/loadavg")?;
-    Ok(Pressure {
-        memory: available_kib * 1024 < EVICTION_MEMORY_BYTES,
-        disk: below(fs.f_bavail as u64, fs.f_blocks as u64, 10) || below(fs.f_favail as u64, fs.f_files as u64, 5),
-        pid: below(pid_max.saturating_sub(pids_used), pid_max, 5),
+    Ok(Readings {
+        memory_available_bytes: available_kib * 1024,
+        fs_available_blocks: fs.f_bavail as u64,
+        fs_blocks: fs.f_blocks as u64,
+        fs_available_inodes: fs.f_favail as u64,
+        fs_inodes: fs.f_files as u64,
+        pids_used,
+        pid_max,
     })
 }
+
+/// The eviction signals past their thresholds on this machine.
+pub fn pressure(data_dir: &Path) -> anyhow::Result<Pressure> {
+    Ok(readings(data_dir)?.pressure())
+}
+
 
 fn quantities(r: Resources, pods: u32) -> BTreeMap<String, Quantity> {
     let cpu = if r.cpu_millis % 1000 == 0 { (r.cpu_millis / 1000).to_string() } else { format!("{}m", r.cpu_millis) };
@@ -237,7 +269,26 @@ mod tests {
         assert!(r.cpu_millis >= 1000 && r.memory_bytes > 0 && r.ephemeral_storage_bytes > 0, "{r:?}");
         let info = system_info("v1");
         assert!(!info.kernel_version.is_empty());
-        // The machine running the tests has room left, so nothing is under pressure.
-        assert_eq!(pressure(Path::new("/")).unwrap(), Pressure::default());
+        let r = readings(Path::new("/")).unwrap();
+        assert!(r.memory_available_bytes > 0 && r.fs_blocks > 0 && r.pids_used > 0 && r.pid_max > r.pids_used, "{r:?}");
+    }
+
+    #[test]
+    fn pressure_follows_kubelets_hard_eviction_thresholds() {
+        let roomy = Readings {
+            memory_available_bytes: 1 << 30,
+            fs_available_blocks: 50,
+            fs_blocks: 100,
+            fs_available_inodes: 50,
+            fs_inodes: 100,
+            pids_used: 100,
+            pid_max: 32768,
+        };
+        assert_eq!(roomy.pressure(), Pressure::default());
+        assert!(Readings { memory_available_bytes: 99 << 20, ..roomy }.pressure().memory);
+        assert!(Readings { fs_available_blocks: 9, ..roomy }.pressure().disk, "nodefs.available<10%");
+        assert!(!Readings { fs_available_blocks: 10, ..roomy }.pressure().disk);
+        assert!(Readings { fs_available_inodes: 4, ..roomy }.pressure().disk, "nodefs.inodesFree<5%");
+        assert!(Readings { pids_used: 32000, ..roomy }.pressure().pid);
     }
 }

@@ -376,7 +376,7 @@ async fn run_shape(args: &Args, keelson: &std::path::Path, shape: &Shape) -> Res
         .collect::<std::io::Result<_>>()?;
     // As scheduler_perf runs it: the API and the scheduler, no controller manager.
     let member_args = |i: usize| {
-        vec!["--api-listen".to_string(), format!("127.0.0.1:{}", api_ports[i]), "--disable".into(), "controller-manager".into()]
+        vec!["--api-listen".to_string(), format!("127.0.0.1:{}", api_ports[i]), "--disable".into(), "controller-manager,cluster-dns".into()]
     };
     let mut cluster = Cluster::start_with("keelson", keelson, &["server"], member_args, &ports, root.path()).await?;
     let bases: Vec<String> = api_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();

@@ -412,17 +412,22 @@ async fn keelson_up_runs_the_example_web_site_and_resumes_it_after_ctrl_c() {
     assert!(capacity.contains_key("cpu") && capacity.contains_key("memory") && capacity.contains_key("ephemeral-storage"));
     let pod_cidr = node.spec.unwrap().pod_cidr.expect("the node IPAM gave the node a pod range");
     assert!(pod_cidr.starts_with(&up.cidr_prefix) && pod_cidr.ends_with("/24"), "{pod_cidr}");
-    // The node has room: no eviction signal is past kubelet's thresholds.
+    // Each condition with kubelet's reason for its status (whether this machine's disk is past
+    // nodefs.available<10% depends on the machine, so either status is accepted there).
     let conditions = status.conditions.unwrap();
-    for (kind, reason) in [
-        ("MemoryPressure", "KubeletHasSufficientMemory"),
-        ("DiskPressure", "KubeletHasNoDiskPressure"),
-        ("PIDPressure", "KubeletHasSufficientPID"),
-        ("Ready", "KubeletReady"),
+    for (kind, when_true, when_false) in [
+        ("MemoryPressure", "KubeletHasInsufficientMemory", "KubeletHasSufficientMemory"),
+        ("DiskPressure", "KubeletHasDiskPressure", "KubeletHasNoDiskPressure"),
+        ("PIDPressure", "KubeletHasInsufficientPID", "KubeletHasSufficientPID"),
+        ("Ready", "KubeletReady", "KubeletNotReady"),
     ] {
         let c = conditions.iter().find(|c| c.type_ == kind).unwrap_or_else(|| panic!("no {kind} in {conditions:?}"));
-        let expected = if kind == "Ready" { "True" } else { "False" };
-        assert_eq!((c.status.as_str(), c.reason.as_deref()), (expected, Some(reason)), "{c:?}");
+        let reason = if c.status == "True" { when_true } else { when_false };
+        assert_eq!(c.reason.as_deref(), Some(reason), "{c:?}");
+        if kind != "DiskPressure" {
+            let expected = if kind == "Ready" { "True" } else { "False" };
+            assert_eq!(c.status, expected, "{c:?}");
+        }
     }
     // The images imported at start are listed in the node's status, with their sizes.
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());

@@ -21,11 +21,13 @@ use kube::runtime::WatchStreamExt;
 use tokio::io::AsyncWriteExt;
 
 pub use rules::{Cidr, Config};
-use rules::{Endpoint, Owned, Protocol, ServicePort};
+use rules::{Desired, Endpoint, Protocol, ServicePort};
 
-/// Rules are applied again this often even without changes, repairing what others changed
-/// (kube-proxy's `--nftables-sync-period`).
+/// Rules are synced this often even without changes (kube-proxy's `--nftables-sync-period`).
 const RESYNC_PERIOD: Duration = Duration::from_secs(30);
+/// The table is replaced whole this often (between, syncs write only what changed), repairing
+/// whatever else changed it.
+const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
 /// A failed apply is tried again after this.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long one `nft` run may take.
@@ -130,7 +132,7 @@ pub fn service_ports(services: &[std::sync::Arc<Service>], slices: &[std::sync::
 }
 
 /// Applies `script` with `nft -f -`.
-async fn apply(nft: &std::path::Path, script: &str) -> anyhow::Result<()> {
+pub async fn apply(nft: &std::path::Path, script: &str) -> anyhow::Result<()> {
     let mut child = tokio::process::Command::new(nft)
         .args(["-f", "-"])
         .stdin(std::process::Stdio::piped())
@@ -187,7 +189,8 @@ pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<
     let slice_events = reflector::reflector(slices_writer, watcher(Api::<EndpointSlice>::all(client), watcher::Config::default()).default_backoff());
     tokio::pin!(service_events, slice_events, stop);
     let (mut services_synced, mut slices_synced) = (false, false);
-    let mut owned: Option<Owned> = None;
+    let mut owned: Option<Desired> = None;
+    let mut last_full = Instant::now();
     // When the oldest change not yet applied arrived.
     let mut pending: Option<Instant> = None;
     let mut retry_at: Option<tokio::time::Instant> = None;
@@ -214,14 +217,21 @@ pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<
             _ = async { match retry_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } }, if !ready && retry_at.is_some() => {}
             _ = std::future::ready(()), if ready => {
                 let since = pending.take().unwrap_or_else(Instant::now);
+                if last_full.elapsed() >= FULL_SYNC_PERIOD {
+                    owned = None;
+                }
+                let full = owned.is_none();
                 match sync(&options, &services, &slices, owned.as_ref()).await {
                     Ok((now_owned, ports)) => {
-                        let first = owned.is_none();
+                        if full {
+                            last_full = Instant::now();
+                        }
                         owned = Some(now_owned);
                         retry_at = None;
                         let latency = since.elapsed();
-                        if first {
-                            tracing::info!(table = %options.config.table, service_ports = ports, latency_ms = latency.as_millis() as u64, "service rules applied");
+                        // Full syncs are rare (the first, after a failure, hourly).
+                        if full {
+                            tracing::info!(table = %options.config.table, service_ports = ports, latency_ms = latency.as_millis() as u64, "service rules applied whole");
                         } else {
                             tracing::debug!(service_ports = ports, latency_ms = latency.as_millis() as u64, "service rules applied");
                         }
@@ -239,7 +249,7 @@ pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<
     }
 }
 
-async fn sync(options: &ProxyOptions, services: &Store<Service>, slices: &Store<EndpointSlice>, owned: Option<&Owned>) -> anyhow::Result<(Owned, usize)> {
+async fn sync(options: &ProxyOptions, services: &Store<Service>, slices: &Store<EndpointSlice>, owned: Option<&Desired>) -> anyhow::Result<(Desired, usize)> {
     let ports = service_ports(&services.state(), &slices.state());
     let (script, now_owned) = rules::render(&options.config, &ports, owned);
     apply(&options.nft, &script).await?;

@@ -16,8 +16,10 @@
 //!   drop traffic to unallocated addresses of the service range, so that it never leaves the node;
 //! - marked connections are masqueraded on their way out.
 //!
-//! The first sync replaces the whole table; later ones flush and refill every chain and map in
-//! one transaction, keep the affinity sets' contents, and delete what is no longer used.
+//! The first sync replaces the whole table; later ones are partial, as kube-proxy's: only the
+//! chains whose rules changed are flushed and refilled and only changed map elements are
+//! rewritten, in one transaction; affinity sets keep their contents; what is no longer used is
+//! deleted.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -161,12 +163,22 @@ fn endpoint_id(sp: &ServicePort, e: &Endpoint) -> String {
     format!("{}__{}/{}", sp.id(), e.ip, e.port)
 }
 
-/// The chains and sets a rule set defines beyond the fixed ones, so that the next sync can
-/// delete those it no longer has.
+/// A complete rule set: every chain's rules, every map's and set's elements, the affinity
+/// sets. The last one applied is kept, so that the next sync writes only what differs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Owned {
-    pub chains: BTreeSet<String>,
-    pub sets: BTreeSet<String>,
+pub struct Desired {
+    pub chains: BTreeMap<String, Vec<String>>,
+    /// Per map (and the `cluster-ips` set, whose values are empty): key → verdict.
+    pub elements: BTreeMap<&'static str, BTreeMap<String, String>>,
+    /// Affinity sets and their timeouts in seconds.
+    pub sets: BTreeMap<String, u32>,
+}
+
+impl Desired {
+    /// The chains beyond the fixed ones.
+    pub fn owned_chains(&self) -> impl Iterator<Item = &String> {
+        self.chains.keys().filter(|c| !FIXED_CHAINS.contains(&c.as_str()) && !BASE_CHAINS.iter().any(|b| b.0 == c.as_str()))
+    }
 }
 
 /// The base chains: hook, type and priority.
@@ -212,19 +224,21 @@ fn pick(chains: &[String]) -> String {
     }
 }
 
-/// The transaction that makes the table hold exactly the rules for `ports`. `previous` is what
-/// the last applied transaction owned, or `None` when nothing is known of the table (the first
-/// sync): then the table is replaced whole. Returns the script and what it owns.
-pub fn render(config: &Config, ports: &[ServicePort], previous: Option<&Owned>) -> (String, Owned) {
-    let t = &config.table;
-    let mut out = String::new();
-    let mut owned = Owned::default();
-    // Rules per chain, written after every chain and map exists.
+/// The transaction that makes the table hold exactly the rules for `ports`, and the rule set it
+/// makes. `previous` is the rule set the last applied transaction made, or `None` when nothing is
+/// known of the table (the first sync, or after a failure): then the table is replaced whole.
+pub fn render(config: &Config, ports: &[ServicePort], previous: Option<&Desired>) -> (String, Desired) {
+    let desired = desired(config, ports);
+    (script(config, &desired, previous), desired)
+}
+
+/// The complete rule set for `ports`.
+pub fn desired(config: &Config, ports: &[ServicePort]) -> Desired {
     let mut rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut service_ips: Vec<String> = Vec::new();
-    let mut service_nodeports: Vec<String> = Vec::new();
-    let mut no_endpoint_services: Vec<String> = Vec::new();
-    let mut no_endpoint_nodeports: Vec<String> = Vec::new();
+    let mut service_ips: BTreeMap<String, String> = BTreeMap::new();
+    let mut service_nodeports: BTreeMap<String, String> = BTreeMap::new();
+    let mut no_endpoint_services: BTreeMap<String, String> = BTreeMap::new();
+    let mut no_endpoint_nodeports: BTreeMap<String, String> = BTreeMap::new();
     let mut cluster_ips: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let mut affinity_sets: BTreeMap<String, u32> = BTreeMap::new();
 
@@ -273,10 +287,10 @@ pub fn render(config: &Config, ports: &[ServicePort], previous: Option<&Owned>) 
         // internalTrafficPolicy Local.
         let internal: Vec<&Endpoint> = if sp.internal_local { local.clone() } else { usable.clone() };
         if usable.is_empty() {
-            no_endpoint_services.push(format!("{key} : goto reject-chain"));
+            no_endpoint_services.insert(key.clone(), "goto reject-chain".into());
         } else if internal.is_empty() {
             // Endpoints exist, none on this node: kube-proxy drops rather than rejects.
-            no_endpoint_services.push(format!("{key} : drop"));
+            no_endpoint_services.insert(key.clone(), "drop".into());
         } else {
             let mut r = Vec::new();
             if let Some(cidr) = config.local_cidr {
@@ -284,7 +298,7 @@ pub fn render(config: &Config, ports: &[ServicePort], previous: Option<&Owned>) 
             }
             r.extend(dispatch(&internal));
             rules.insert(svc_chain.clone(), r);
-            service_ips.push(format!("{key} : goto {svc_chain}"));
+            service_ips.insert(key.clone(), format!("goto {svc_chain}"));
         }
 
         // NodePort: traffic to the node's own addresses.
@@ -292,7 +306,7 @@ pub fn render(config: &Config, ports: &[ServicePort], previous: Option<&Owned>) 
             let np_key = format!("{proto} . {node_port}");
             let external: Vec<&Endpoint> = if sp.external_local { local.clone() } else { usable.clone() };
             if usable.is_empty() {
-                no_endpoint_nodeports.push(format!("{np_key} : goto reject-chain"));
+                no_endpoint_nodeports.insert(np_key, "goto reject-chain".into());
             } else {
                 let mut r = Vec::new();
                 if sp.external_local {
@@ -311,7 +325,7 @@ pub fn render(config: &Config, ports: &[ServicePort], previous: Option<&Owned>) 
                     r.extend(dispatch(&external));
                 }
                 rules.insert(ext_chain.clone(), r);
-                service_nodeports.push(format!("{np_key} : goto {ext_chain}"));
+                service_nodeports.insert(np_key, format!("goto {ext_chain}"));
             }
         }
     }
@@ -350,72 +364,81 @@ pub fn render(config: &Config, ports: &[ServicePort], previous: Option<&Owned>) 
     rules.insert("filter-output".into(), vec!["ct state new jump service-endpoints-check".into()]);
     rules.insert("filter-output-post-dnat".into(), vec!["ct state new jump cluster-ips-check".into()]);
 
-    for chain in rules.keys() {
-        if !FIXED_CHAINS.contains(&chain.as_str()) && !BASE_CHAINS.iter().any(|b| b.0 == chain) {
-            owned.chains.insert(chain.clone());
-        }
-    }
-    owned.sets = affinity_sets.keys().cloned().collect();
+    let mut elements: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();
+    elements.insert("service-ips", service_ips);
+    elements.insert("service-nodeports", service_nodeports);
+    elements.insert("no-endpoint-services", no_endpoint_services);
+    elements.insert("no-endpoint-nodeports", no_endpoint_nodeports);
+    elements.insert("cluster-ips", cluster_ips.iter().map(|ip| (ip.to_string(), String::new())).collect());
+    Desired { chains: rules, elements, sets: affinity_sets }
+}
 
-    // The table and its fixed parts.
+fn element(key: &str, value: &str) -> String {
+    if value.is_empty() { key.to_string() } else { format!("{key} : {value}") }
+}
+
+/// The transaction from `previous` (none: an unknown table, replaced whole) to `desired`. A
+/// partial one, as kube-proxy's: only chains whose rules changed are flushed and refilled, only
+/// map elements that changed are deleted or added, and what is no longer used is deleted after
+/// everything that referred to it has been emptied.
+pub fn script(config: &Config, desired: &Desired, previous: Option<&Desired>) -> String {
+    let t = &config.table;
+    let mut out = String::new();
+    let empty = Desired::default();
     let _ = writeln!(out, "add table ip {t}");
     if previous.is_none() {
         let _ = writeln!(out, "delete table ip {t}");
         let _ = writeln!(out, "add table ip {t} {{ comment \"rules for Keelson's service proxy\" ; }}");
+        for (chain, kind, hook, priority) in BASE_CHAINS {
+            let _ = writeln!(out, "add chain ip {t} {chain} {{ type {kind} hook {hook} priority {priority} ; }}");
+        }
+        for (_, decl) in FIXED_MAPS {
+            let _ = writeln!(out, "add {}", decl.replacen(' ', &format!(" ip {t} "), 1));
+        }
     }
-    for (chain, kind, hook, priority) in BASE_CHAINS {
-        let _ = writeln!(out, "add chain ip {t} {chain} {{ type {kind} hook {hook} priority {priority} ; }}");
-    }
-    for chain in FIXED_CHAINS.iter().map(|c| c.to_string()).chain(owned.chains.iter().cloned()) {
+    let prev = previous.unwrap_or(&empty);
+    // New chains and sets first: rules and elements below may refer to them.
+    for chain in desired.chains.keys().filter(|c| !prev.chains.contains_key(*c) && !BASE_CHAINS.iter().any(|b| b.0 == c.as_str())) {
         let _ = writeln!(out, "add chain ip {t} {chain}");
     }
-    for (_, decl) in FIXED_MAPS {
-        let _ = writeln!(out, "add {}", decl.replacen(' ', &format!(" ip {t} "), 1));
-    }
-    for (set, timeout) in &affinity_sets {
+    for (set, timeout) in desired.sets.iter().filter(|(s, _)| !prev.sets.contains_key(*s)) {
         let _ = writeln!(out, "add set ip {t} {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}");
     }
-
-    // Everything emptied, then filled: the kernel applies the transaction at once.
-    if previous.is_some() {
-        for (name, _) in FIXED_MAPS {
-            let kind = if *name == "cluster-ips" { "set" } else { "map" };
-            let _ = writeln!(out, "flush {kind} ip {t} {name}");
+    for (chain, rules) in &desired.chains {
+        if prev.chains.get(chain) == Some(rules) {
+            continue;
         }
-        for chain in rules.keys() {
+        if prev.chains.contains_key(chain) {
             let _ = writeln!(out, "flush chain ip {t} {chain}");
         }
-    }
-    // Chains and sets no longer used: emptied now, deleted once nothing refers to them.
-    let stale_chains: Vec<&String> = previous.map(|p| p.chains.difference(&owned.chains).collect()).unwrap_or_default();
-    let stale_sets: Vec<&String> = previous.map(|p| p.sets.difference(&owned.sets).collect()).unwrap_or_default();
-    for chain in &stale_chains {
-        let _ = writeln!(out, "flush chain ip {t} {chain}");
-    }
-    for (chain, chain_rules) in &rules {
-        for r in chain_rules {
+        for r in rules {
             let _ = writeln!(out, "add rule ip {t} {chain} {r}");
         }
     }
-    let ips: Vec<String> = cluster_ips.iter().map(|ip| ip.to_string()).collect();
-    for (map, items) in [
-        ("service-ips", &service_ips),
-        ("service-nodeports", &service_nodeports),
-        ("no-endpoint-services", &no_endpoint_services),
-        ("no-endpoint-nodeports", &no_endpoint_nodeports),
-        ("cluster-ips", &ips),
-    ] {
-        if !items.is_empty() {
-            let _ = writeln!(out, "add element ip {t} {map} {{ {} }}", items.join(", "));
+    let none = BTreeMap::new();
+    for (map, _) in FIXED_MAPS {
+        let (old, new) = (prev.elements.get(map).unwrap_or(&none), desired.elements.get(map).unwrap_or(&none));
+        let gone: Vec<String> = old.iter().filter(|(k, v)| new.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
+        let added: Vec<String> = new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| element(k, v)).collect();
+        if !gone.is_empty() {
+            let _ = writeln!(out, "delete element ip {t} {map} {{ {} }}", gone.join(", "));
+        }
+        if !added.is_empty() {
+            let _ = writeln!(out, "add element ip {t} {map} {{ {} }}", added.join(", "));
         }
     }
-    for chain in stale_chains {
+    // Chains and sets no longer used: emptied now, deleted once nothing refers to them.
+    let stale: Vec<&String> = prev.chains.keys().filter(|c| !desired.chains.contains_key(*c)).collect();
+    for chain in &stale {
+        let _ = writeln!(out, "flush chain ip {t} {chain}");
+    }
+    for chain in &stale {
         let _ = writeln!(out, "delete chain ip {t} {chain}");
     }
-    for set in stale_sets {
+    for set in prev.sets.keys().filter(|s| !desired.sets.contains_key(*s)) {
         let _ = writeln!(out, "delete set ip {t} {set}");
     }
-    (out, owned)
+    out
 }
 
 #[cfg(test)]
@@ -472,7 +495,7 @@ mod tests {
         assert!(script.contains(&format!("add rule ip keelson-test {a} ip saddr 10.244.0.5 jump mark-for-masquerade")), "hairpin");
         assert!(!script.contains("10.244.1.7"), "a not-ready endpoint takes no traffic");
         assert!(script.starts_with("add table ip keelson-test\ndelete table ip keelson-test\n"), "the first sync replaces the table");
-        assert_eq!(owned.chains.len(), 3);
+        assert_eq!(owned.owned_chains().count(), 3);
     }
 
     #[test]
@@ -537,6 +560,9 @@ mod tests {
         // The service goes: nothing of it is left.
         let (third, owned3) = render(&config(), &[], Some(&owned2));
         assert!(third.contains(&format!("delete chain ip keelson-test {}", name("service", "default/web/tcp/http"))), "{third}");
-        assert_eq!(owned3, Owned::default());
+        assert_eq!((owned3.owned_chains().count(), owned3.sets.len()), (0, 0));
+        // Nothing changed: nothing written but the table's idempotent add.
+        let (fourth, _) = render(&config(), &[], Some(&owned3));
+        assert_eq!(fourth, "add table ip keelson-test\n");
     }
 }

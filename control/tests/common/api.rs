@@ -29,10 +29,11 @@ impl ApiProcess {
         Self::server_with(&[]).await
     }
 
-    /// `keelson server` with more flags; the API alone, without its scheduler and controller
-    /// manager (tests of the API bind pods and make dependents themselves).
+    /// `keelson server` with more flags; the API alone, without its scheduler, controller
+    /// manager and cluster DNS (tests of the API bind pods and make dependents themselves, and
+    /// count on nothing else writing).
     pub async fn server_with(args: &[&str]) -> ApiProcess {
-        let mut all = vec!["--disable", "scheduler,controller-manager"];
+        let mut all = vec!["--disable", "scheduler,controller-manager,cluster-dns"];
         all.extend_from_slice(args);
         Self::server_full(&all).await
     }
@@ -41,7 +42,7 @@ impl ApiProcess {
     /// empties and finalizes deleted namespaces) and the garbage collector (which finishes
     /// foreground deletions), without a scheduler.
     pub async fn server_with_namespaces() -> ApiProcess {
-        Self::server_full(&["--disable", "scheduler", "--controllers", "namespace,garbagecollector"]).await
+        Self::server_full(&["--disable", "scheduler,cluster-dns", "--controllers", "namespace,garbagecollector"]).await
     }
 
     /// `keelson server` with every component it runs by default, and more flags.
