@@ -62,15 +62,20 @@ pub fn parse_reserved(flag: &str, items: &[String]) -> anyhow::Result<Resources>
     Ok(r)
 }
 
+/// A field of /proc/meminfo, in KiB.
+fn meminfo_kib(field: &str) -> anyhow::Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {field} in /proc/meminfo"))
+}
+
 /// The CPUs this process may use, its memory and the size of `data_dir`'s filesystem.
 pub fn capacity(data_dir: &Path) -> anyhow::Result<Resources> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u64;
-    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
-    let memory_kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no MemTotal in /proc/meminfo")?;
+    let memory_kib = meminfo_kib("MemTotal")?;
     Ok(Resources { cpu_millis: cpus * 1000, memory_bytes: memory_kib * 1024, ephemeral_storage_bytes: filesystem_size(data_dir)? })
 }
 
@@ -128,12 +133,7 @@ impl Readings {
 
 /// Reads the machine's memory and process ids and `data_dir`'s filesystem.
 pub fn readings(data_dir: &Path) -> anyhow::Result<Readings> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").context("reading /proc/meminfo")?;
-    let available_kib: u64 = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemAvailable:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no MemAvailable in /proc/meminfo")?;
+    let available_kib = meminfo_kib("MemAvailable")?;
     let fs = statvfs(data_dir)?;
     let pid_max: u64 = read_trimmed("/proc/sys/kernel/pid_max").parse().context("reading kernel.pid_max")?;
     // The fourth field of loadavg is running/total scheduling entities (threads), each holding a pid.

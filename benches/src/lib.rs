@@ -5,4 +5,5 @@ pub mod cluster;
 pub mod http;
 pub mod procstat;
 pub mod report;
+pub mod up;
 pub mod workloads;

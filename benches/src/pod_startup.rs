@@ -10,17 +10,18 @@
 //! present), quoted; Keelson's target is p99 ≤ 1 s at 10 pods/s.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
 use serde::Serialize;
 use serde_json::json;
 
-use benches::http::{call, call_retrying, wait_serving, Http};
+use benches::http::{call, call_retrying, Http};
 use benches::procstat::usage;
+use benches::up::{keelson_binary, UpCluster};
 use benches::report::percentile;
 
 const NAMESPACE: &str = "default";
@@ -48,9 +49,12 @@ struct Args {
     /// Pods per second of the steady phase.
     #[arg(long, default_value_t = 10.0)]
     rate: f64,
-    /// The cluster's pod range (a /16 of its own; the node takes a /24 of it).
-    #[arg(long, default_value = "10.209.0.0/16")]
+    /// The cluster's pod range (the node takes a /24 of it).
+    #[arg(long, default_value = "10.209.0.0/17")]
     cluster_cidr: String,
+    /// The cluster's service range.
+    #[arg(long, default_value = "10.209.128.0/17")]
+    service_cidr: String,
     #[arg(long, default_value = "kbench0")]
     bridge: String,
     #[arg(long, default_value = "/tmp")]
@@ -191,10 +195,6 @@ async fn delete_all(http: &Http, base: &str) -> Result<()> {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 #[derive(Serialize)]
 struct Report<'a> {
     params: &'a Args,
@@ -205,26 +205,11 @@ struct Report<'a> {
     containerd_peak_rss_mib: f64,
 }
 
-async fn run(args: &Args, data: &Path, child: &mut std::process::Child, api: &str) -> Result<()> {
+async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
     let http = benches::http::client(WRITES_IN_FLIGHT_MAX);
-    wait_serving(&http, &[api.to_string()], READY_DEADLINE).await?;
-    let deadline = Instant::now() + READY_DEADLINE;
-    loop {
-        let nodes: serde_json::Value = serde_json::from_slice(&call(&http, "GET", format!("{api}/api/v1/nodes"), "", vec![]).await?)?;
-        let ready = nodes["items"].as_array().into_iter().flatten().any(|n| {
-            n.pointer("/status/conditions").and_then(|c| c.as_array()).is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
-        });
-        if ready {
-            break;
-        }
-        if let Some(status) = child.try_wait()? {
-            bail!("keelson up exited ({status}); see {}", data.join("up.log").display());
-        }
-        if Instant::now() > deadline {
-            bail!("the node is not Ready after {READY_DEADLINE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    up.wait_ready(&http, READY_DEADLINE).await?;
+    let api = up.api.clone();
+    let api = api.as_str();
     let t: Shared = Arc::default();
     let watcher = tokio::spawn(follow(http.clone(), api.to_string(), t.clone()));
     let mut phases = Vec::new();
@@ -234,8 +219,8 @@ async fn run(args: &Args, data: &Path, child: &mut std::process::Child, api: &st
     delete_all(&http, api).await?;
     watcher.abort();
 
-    let up = usage(child.id())?;
-    let containerd_pid: u32 = std::fs::read_to_string(data.join("agent/containerd/containerd.pid"))?.trim().parse()?;
+    let keelson_up = usage(up.child.id())?;
+    let containerd_pid: u32 = std::fs::read_to_string(up.data.join("agent/containerd/containerd.pid"))?.trim().parse()?;
     let containerd = usage(containerd_pid)?;
     println!("pod startup with real containers (image present), one node, keelson up");
     println!("{:<24} {:>8} {:>22} {:>22}", "phase", "seconds", "create→Running p50/p99", "create→Ready p50/p99");
@@ -254,13 +239,13 @@ async fn run(args: &Args, data: &Path, child: &mut std::process::Child, api: &st
     );
     println!(
         "keelson up (store, API, scheduler, controllers, agent): {:.1} CPU s, peak RSS {:.0} MiB; its containerd: {:.1} CPU s, peak RSS {:.0} MiB",
-        up.cpu_seconds, up.peak_rss_mib, containerd.cpu_seconds, containerd.peak_rss_mib
+        keelson_up.cpu_seconds, keelson_up.peak_rss_mib, containerd.cpu_seconds, containerd.peak_rss_mib
     );
     let report = Report {
         params: args,
         phases,
-        keelson_up_cpu_seconds: up.cpu_seconds,
-        keelson_up_peak_rss_mib: up.peak_rss_mib,
+        keelson_up_cpu_seconds: keelson_up.cpu_seconds,
+        keelson_up_peak_rss_mib: keelson_up.peak_rss_mib,
         containerd_cpu_seconds: containerd.cpu_seconds,
         containerd_peak_rss_mib: containerd.peak_rss_mib,
     };
@@ -271,43 +256,10 @@ async fn run(args: &Args, data: &Path, child: &mut std::process::Child, api: &st
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    let keelson = match &args.keelson {
-        Some(p) => p.clone(),
-        None => std::env::current_exe()?.with_file_name("keelson"),
-    };
-    let root = tempfile::Builder::new().prefix("keelson-pod-startup-").tempdir_in(&args.data_root)?;
-    let data = root.path().to_path_buf();
-    let images = data.join("images");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/example-images");
-    let built = std::process::Command::new(&script).arg(&images).stdout(std::process::Stdio::null()).status().with_context(|| format!("running {}", script.display()))?;
-    if !built.success() {
-        bail!("{} failed", script.display());
-    }
-    let (api_port, client_port, peer_port) = (free_port()?, free_port()?, free_port()?);
-    let api = format!("http://127.0.0.1:{api_port}");
-    let log = std::fs::File::create(data.join("up.log"))?;
-    let mut child = std::process::Command::new(&keelson)
-        .args(["up", "--data-dir", &data.display().to_string(), "--api-listen", &format!("127.0.0.1:{api_port}")])
-        .args(["--listen-client-urls", &format!("http://127.0.0.1:{client_port}"), "--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
-        .args(["--cluster-cidr", &args.cluster_cidr, "--cni-bridge", &args.bridge, "--node-ip", "127.0.0.1", "--port", "0"])
-        .args(["--image-dir", &images.display().to_string()])
-        .env("KEELSON_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {} up", keelson.display()))?;
+    let keelson = keelson_binary(args.keelson.as_deref())?;
+    let mut up = UpCluster::start(&keelson, &args.data_root, "keelson-pod-startup-", &args.cluster_cidr, &args.service_cidr, &args.bridge)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-    let result = runtime.block_on(run(&args, &data, &mut child, &api));
-    // Ctrl-C, as a user stops it: pods and containerd stop with it.
-    let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-    let deadline = Instant::now() + STOP_DEADLINE;
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let _ = std::process::Command::new("ip").args(["link", "del", &args.bridge]).status();
+    let result = runtime.block_on(run(&args, &mut up));
+    up.stop(STOP_DEADLINE)?;
     result
 }

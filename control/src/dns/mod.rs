@@ -49,6 +49,8 @@ const TCP_RESPONSES_QUEUED_MAX: usize = 32;
 /// Forwarded queries awaiting an upstream at once; past this a query is answered SERVFAIL at
 /// once (the server spawns a task per UDP query, so this bounds the tasks that wait).
 const FORWARDS_IN_FLIGHT_MAX: usize = 256;
+/// Ports tried for a listener on port 0.
+const BIND_ATTEMPTS_MAX: usize = 16;
 /// The largest answer a forwarded query may get over UDP, in bytes (EDNS's usual maximum).
 const UDP_ANSWER_BYTES_MAX: usize = 4096;
 
@@ -278,11 +280,24 @@ fn changed<K>(event: Option<Result<Event<K>, watcher::Error>>, what: &str) -> an
     }
 }
 
+/// Binds UDP and TCP on one port. With port 0 that is a free port for both: the TCP listener
+/// takes one, and if some UDP socket holds it already, another is tried.
+async fn bind(listen: SocketAddr) -> anyhow::Result<(tokio::net::UdpSocket, tokio::net::TcpListener, SocketAddr)> {
+    for _ in 0..BIND_ATTEMPTS_MAX {
+        let tcp = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cluster DNS cannot listen on {listen} (TCP)"))?;
+        let addr = tcp.local_addr()?;
+        match tokio::net::UdpSocket::bind(addr).await {
+            Ok(udp) => return Ok((udp, tcp, addr)),
+            Err(e) if listen.port() != 0 => return Err(e).with_context(|| format!("cluster DNS cannot listen on {addr} (UDP)")),
+            Err(_) => continue,
+        }
+    }
+    anyhow::bail!("cluster DNS found no port free for both UDP and TCP on {} after {BIND_ATTEMPTS_MAX} tries", listen.ip())
+}
+
 /// Serves cluster DNS until `stop` resolves; then withdraws this server's endpoint.
 pub async fn run(client: kube::Client, options: DnsOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
-    let udp = tokio::net::UdpSocket::bind(options.listen).await.with_context(|| format!("cluster DNS cannot listen on {} (UDP)", options.listen))?;
-    let addr = udp.local_addr()?;
-    let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cluster DNS cannot listen on {addr} (TCP)"))?;
+    let (udp, tcp, addr) = bind(options.listen).await?;
     let zone = Arc::new(RwLock::new(Arc::new(Zone::build(&options.domain, &[], &[]))));
     let mut server = hickory_server::Server::new(Handler { zone: zone.clone(), upstreams: options.upstreams.clone(), forwards: tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT_MAX) });
     server.register_socket(udp);

@@ -1,0 +1,98 @@
+//! A `keelson up` cluster for the benchmarks that need real containers: started on a data
+//! directory of its own with the example images, waited for until its node is Ready, and
+//! stopped with Ctrl-C as a user stops it (pods, containerd and its service rules with it).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::http::{call, wait_serving, Http};
+
+pub struct UpCluster {
+    pub child: Child,
+    pub data: PathBuf,
+    pub api: String,
+    bridge: String,
+    _root: tempfile::TempDir,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The keelson binary: `given`, else `keelson` next to the running benchmark.
+pub fn keelson_binary(given: Option<&Path>) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.to_path_buf()),
+        None => Ok(std::env::current_exe()?.with_file_name("keelson")),
+    }
+}
+
+impl UpCluster {
+    /// Starts `keelson up` under `data_root` with pods in `cluster_cidr`, services in
+    /// `service_cidr`, the pods' bridge `bridge` and the service proxy's table named after it.
+    pub fn start(keelson: &Path, data_root: &Path, prefix: &str, cluster_cidr: &str, service_cidr: &str, bridge: &str) -> Result<UpCluster> {
+        let root = tempfile::Builder::new().prefix(prefix).tempdir_in(data_root)?;
+        let data = root.path().to_path_buf();
+        let images = data.join("images");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/example-images");
+        let built = Command::new(&script).arg(&images).stdout(Stdio::null()).status().with_context(|| format!("running {}", script.display()))?;
+        if !built.success() {
+            bail!("{} failed", script.display());
+        }
+        let (api_port, client_port, peer_port) = (free_port()?, free_port()?, free_port()?);
+        let log = std::fs::File::create(data.join("up.log"))?;
+        let child = Command::new(keelson)
+            .args(["up", "--data-dir", &data.display().to_string(), "--api-listen", &format!("127.0.0.1:{api_port}")])
+            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client_port}"), "--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
+            .args(["--cluster-cidr", cluster_cidr, "--service-cluster-ip-range", service_cidr, "--cni-bridge", bridge, "--proxy-table", bridge])
+            .args(["--node-ip", "127.0.0.1", "--port", "0", "--image-dir", &images.display().to_string()])
+            // Names outside the cluster are not asked for; the upstream is loopback's discard port.
+            .args(["--cluster-dns-upstream", "127.0.0.1:9"])
+            .env("KEELSON_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {} up", keelson.display()))?;
+        Ok(UpCluster { child, data, api: format!("http://127.0.0.1:{api_port}"), bridge: bridge.into(), _root: root })
+    }
+
+    /// Waits until the API serves and the node is Ready.
+    pub async fn wait_ready(&mut self, http: &Http, within: Duration) -> Result<()> {
+        wait_serving(http, &[self.api.clone()], within).await?;
+        let deadline = Instant::now() + within;
+        loop {
+            let nodes: serde_json::Value = serde_json::from_slice(&call(http, "GET", format!("{}/api/v1/nodes", self.api), "", vec![]).await?)?;
+            let ready = nodes["items"].as_array().into_iter().flatten().any(|n| {
+                n.pointer("/status/conditions").and_then(|c| c.as_array()).is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            });
+            if ready {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("keelson up exited ({status}); see {}", self.data.join("up.log").display());
+            }
+            if Instant::now() > deadline {
+                bail!("the node is not Ready after {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Ctrl-C, then SIGKILL after `within`; the bridge is removed.
+    pub fn stop(mut self, within: Duration) -> Result<()> {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + within;
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).status();
+        Ok(())
+    }
+}
