@@ -21,7 +21,7 @@ use hickory_proto::rr::{Name, RecordType};
 use serde::Serialize;
 use serde_json::json;
 
-use benches::http::{call, Http};
+use benches::http::call_json as api_json;
 use benches::report::percentile;
 use benches::up::{keelson_binary, UpCluster};
 
@@ -122,11 +122,6 @@ async fn round(server: SocketAddr, services: usize, n: usize, clients: usize) ->
 fn summary(lat: &[Duration], lost: usize, seconds: f64) -> Target {
     let mut ms: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     Target { queries: ms.len(), lost, qps: ms.len() as f64 / seconds, p50_ms: percentile(&mut ms, 0.5), p99_ms: percentile(&mut ms, 0.99) }
-}
-
-async fn api_json(http: &Http, method: &str, url: String, body: serde_json::Value) -> Result<serde_json::Value> {
-    let bytes = call(http, method, url, "application/json", if body.is_null() { vec![] } else { serde_json::to_vec(&body)? }).await?;
-    Ok(serde_json::from_slice(&bytes)?)
 }
 
 async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {

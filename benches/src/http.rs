@@ -34,6 +34,12 @@ pub async fn call(http: &Http, method: &str, url: String, content_type: &str, bo
 /// `call`, tried again while the API answers 503 or 429 or the connection fails (a replica
 /// whose store connection broke answers 503 until it has a new one), up to `attempts` times. A
 /// create retried after its first attempt went through meets 409 AlreadyExists: that is success.
+/// A JSON request (a null body sends none) and its JSON answer.
+pub async fn call_json(http: &Http, method: &str, url: String, body: serde_json::Value) -> Result<serde_json::Value> {
+    let bytes = call(http, method, url, "application/json", if body.is_null() { vec![] } else { serde_json::to_vec(&body)? }).await?;
+    Ok(serde_json::from_slice(&bytes)?)
+}
+
 pub async fn call_retrying(http: &Http, method: &str, url: String, content_type: &str, body: Vec<u8>, attempts: u32) -> Result<Bytes> {
     let mut last = None;
     for attempt in 0..attempts.max(1) {

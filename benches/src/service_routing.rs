@@ -17,7 +17,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use benches::http::{call, Http};
+use benches::http::call_json as api_json;
 use benches::report::percentile;
 use benches::up::{keelson_binary, UpCluster};
 
@@ -102,11 +102,6 @@ async fn round(addr: SocketAddr, n: usize, clients: usize) -> Result<(Vec<Durati
 fn summary(latencies: &[Duration], seconds: f64) -> Target {
     let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     Target { requests: ms.len(), seconds, rps: ms.len() as f64 / seconds, p50_ms: percentile(&mut ms, 0.5), p99_ms: percentile(&mut ms, 0.99) }
-}
-
-async fn api_json(http: &Http, method: &str, url: String, body: serde_json::Value) -> Result<serde_json::Value> {
-    let bytes = call(http, method, url, "application/json", if body.is_null() { vec![] } else { serde_json::to_vec(&body)? }).await?;
-    Ok(serde_json::from_slice(&bytes)?)
 }
 
 async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
