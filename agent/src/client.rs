@@ -1,5 +1,5 @@
 //! A Kubernetes client from `--server URL` or `--kubeconfig PATH`, as every client subcommand of
-//! `keelson` accepts them.
+//! `keelson` accepts them, and what the agent's and the server's reflectors share.
 
 use std::path::Path;
 
@@ -20,4 +20,20 @@ pub async fn connect(server: Option<&str>, kubeconfig: Option<&Path>) -> anyhow:
         (None, None) => anyhow::bail!("give --server URL or --kubeconfig PATH"),
     };
     kube::Client::try_from(config).context("cannot make a Kubernetes client")
+}
+
+/// Whether one event of a reflector's watch changed its store: the end of its first list and
+/// every later event do, the list's own steps do not. A watch error is logged (the watcher
+/// resumes by itself); a watch that ends is an error.
+pub fn store_changed<K>(event: Option<Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>>, what: &str) -> anyhow::Result<bool> {
+    use kube::runtime::watcher::Event;
+    match event {
+        None => anyhow::bail!("the {what} watch ended"),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "{what} watch failed; it resumes");
+            Ok(false)
+        }
+        Some(Ok(Event::Init | Event::InitApply(_))) => Ok(false),
+        Some(Ok(_)) => Ok(true),
+    }
 }

@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -164,21 +164,13 @@ pub async fn remove(nft: &std::path::Path, table: &str) -> anyhow::Result<()> {
     apply(nft, &format!("add table ip {table}\ndelete table ip {table}\n")).await
 }
 
-/// What one watch said: whether the store changed and whether its first list is complete.
-fn seen<K>(event: Option<Result<Event<K>, watcher::Error>>, what: &str, synced: &mut bool) -> anyhow::Result<bool> {
-    match event {
-        None => anyhow::bail!("the {what} watch ended"),
-        Some(Err(e)) => {
-            tracing::debug!(error = %e, "{what} watch failed; it resumes");
-            Ok(false)
-        }
-        Some(Ok(Event::InitDone)) => {
-            *synced = true;
-            Ok(true)
-        }
-        Some(Ok(Event::Init | Event::InitApply(_))) => Ok(false),
-        Some(Ok(_)) => Ok(true),
-    }
+/// Whether a reflector's store holds its first complete list.
+fn listed<K: kube::Resource + Clone>(store: &Store<K>) -> bool
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
 }
 
 /// Keeps the node's service rules in step with the cluster until `stop` resolves.
@@ -188,7 +180,6 @@ pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<
     let service_events = reflector::reflector(services_writer, watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).default_backoff());
     let slice_events = reflector::reflector(slices_writer, watcher(Api::<EndpointSlice>::all(client), watcher::Config::default()).default_backoff());
     tokio::pin!(service_events, slice_events, stop);
-    let (mut services_synced, mut slices_synced) = (false, false);
     let mut owned: Option<Desired> = None;
     let mut last_full = Instant::now();
     // When the oldest change not yet applied arrived.
@@ -197,17 +188,17 @@ pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let ready = services_synced && slices_synced && pending.is_some() && retry_at.is_none_or(|at| at <= tokio::time::Instant::now());
+        let ready = listed(&services) && listed(&slices) && pending.is_some() && retry_at.is_none_or(|at| at <= tokio::time::Instant::now());
         tokio::select! {
             biased;
             _ = &mut stop => return Ok(()),
             e = service_events.next() => {
-                if seen(e, "service", &mut services_synced)? {
+                if crate::client::store_changed(e, "service")? {
                     pending.get_or_insert_with(Instant::now);
                 }
             }
             e = slice_events.next() => {
-                if seen(e, "endpointslice", &mut slices_synced)? {
+                if crate::client::store_changed(e, "endpointslice")? {
                     pending.get_or_insert_with(Instant::now);
                 }
             }

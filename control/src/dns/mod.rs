@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector;
-use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 
 use records::{Answer, Zone};
@@ -267,19 +267,6 @@ async fn publish(client: &kube::Client, options: &DnsOptions, ip: Ipv4Addr, port
     Ok(())
 }
 
-/// What one watch said: whether its store changed.
-fn changed<K>(event: Option<Result<Event<K>, watcher::Error>>, what: &str) -> anyhow::Result<bool> {
-    match event {
-        None => anyhow::bail!("the {what} watch ended"),
-        Some(Err(e)) => {
-            tracing::debug!(error = %e, "{what} watch failed; it resumes");
-            Ok(false)
-        }
-        Some(Ok(Event::Init | Event::InitApply(_))) => Ok(false),
-        Some(Ok(_)) => Ok(true),
-    }
-}
-
 /// Binds UDP and TCP on one port. With port 0 that is a free port for both: the TCP listener
 /// takes one, and if some UDP socket holds it already, another is tried.
 async fn bind(listen: SocketAddr) -> anyhow::Result<(tokio::net::UdpSocket, tokio::net::TcpListener, SocketAddr)> {
@@ -316,11 +303,11 @@ pub async fn run(client: kube::Client, options: DnsOptions, stop: impl std::futu
         tokio::select! {
             biased;
             _ = &mut stop => break Ok(()),
-            e = service_events.next() => match changed(e, "service") {
+            e = service_events.next() => match agent::client::store_changed(e, "service") {
                 Ok(c) => dirty |= c,
                 Err(e) => break Err(e),
             },
-            e = slice_events.next() => match changed(e, "endpointslice") {
+            e = slice_events.next() => match agent::client::store_changed(e, "endpointslice") {
                 Ok(c) => dirty |= c,
                 Err(e) => break Err(e),
             },
