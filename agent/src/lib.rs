@@ -16,6 +16,7 @@ pub mod logs;
 pub mod machine;
 pub mod node;
 pub mod pods;
+pub mod podnet;
 pub mod podspec;
 pub mod prober;
 pub mod proxy;
@@ -79,6 +80,8 @@ pub struct AgentOptions {
     pub pod_log_root: Option<std::path::PathBuf>,
     /// Where pods' volumes go (`<dir>/<uid>/volumes/…`); none for runtimes without mounts.
     pub pods_dir: Option<std::path::PathBuf>,
+    /// The cgroup every pod's cgroup goes under (kubelet's `--cgroup-root`).
+    pub cgroup_root: String,
     /// The cluster's DNS for ClusterFirst pods (kubelet's `--cluster-dns`, `--cluster-domain`).
     pub cluster_dns: Option<dns::ClusterDns>,
     /// The node's own resolv.conf, for `dnsPolicy: Default` (none: the runtime's default).
@@ -96,6 +99,7 @@ impl Default for AgentOptions {
             container_id_scheme: "hollow",
             pod_log_root: None,
             pods_dir: None,
+            cgroup_root: cgroups::DEFAULT_ROOT.into(),
             cluster_dns: None,
             host_dns: None,
         }

@@ -67,6 +67,7 @@ pub struct NodeContext<R> {
     pub pod_log_root: Option<PathBuf>,
     /// Where pods' volumes go, on nodes whose runtime mounts them.
     pub pods_dir: Option<PathBuf>,
+    pub cgroup_root: String,
     /// The probes of the node's running containers.
     pub prober: Prober,
     pub cluster_dns: Option<crate::dns::ClusterDns>,
@@ -97,6 +98,7 @@ impl<R: RuntimeService + ImageService> NodeContext<R> {
             allocatable: setup.allocatable.clone(),
             pod_log_root: options.pod_log_root.clone(),
             pods_dir: options.pods_dir.clone(),
+            cgroup_root: options.cgroup_root.clone(),
             cluster_dns: options.cluster_dns.clone(),
             host_dns: options.host_dns.clone(),
             prober: Prober::default(),
@@ -573,7 +575,7 @@ pub async fn kill_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, ui
     }
     if let Some(root) = &ctx.pods_dir {
         volumes::tear_down(root, uid).with_context(|| format!("removing the volumes of pod {uid}"))?;
-        crate::cgroups::remove_pod(uid)?;
+        crate::cgroups::remove_pod(&ctx.cgroup_root, uid)?;
     }
     if let Some(root) = &ctx.pod_log_root {
         let suffix = format!("_{uid}");
@@ -635,7 +637,7 @@ fn sandbox_config<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &
     PodSandboxConfig {
         hostname: spec.and_then(|s| s.hostname.clone()).unwrap_or_else(|| name.clone()),
         log_directory: ctx.log_directory(pod).map(|d| d.display().to_string()).unwrap_or_default(),
-        cgroup_parent: if ctx.pods_dir.is_some() { crate::cgroups::pod_parent(&uid) } else { String::new() },
+        cgroup_parent: if ctx.pods_dir.is_some() { crate::cgroups::pod_parent(&ctx.cgroup_root, &uid) } else { String::new() },
         host_network: spec.and_then(|s| s.host_network) == Some(true),
         host_pid: spec.and_then(|s| s.host_pid) == Some(true),
         host_ipc: spec.and_then(|s| s.host_ipc) == Some(true),

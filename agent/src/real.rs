@@ -61,6 +61,8 @@ pub struct RealNode {
     pub stop_pods_on_exit: bool,
     /// The service proxy, unless another one serves the node.
     pub proxy: Option<crate::proxy::ProxyOptions>,
+    /// Whether the agent routes other nodes' pod ranges through their InternalIPs (host-gw).
+    pub pod_routes: bool,
 }
 
 /// The socket path of a `unix://` endpoint (kubelet's `--container-runtime-endpoint`).
@@ -193,8 +195,9 @@ pub async fn run(client: kube::Client, node: RealNode, mut options: AgentOptions
     tracing::info!(node = %setup.name, runtime = %setup.system.container_runtime_version, "container runtime ready");
     let proxy = node.proxy.clone().map(|mut p| {
         p.config.node_name = setup.name.clone();
+        p.config.pod_cidr = setup.pod_cidr.as_deref().and_then(|c| c.parse().ok());
         if p.config.local_cidr.is_none() {
-            p.config.local_cidr = setup.pod_cidr.as_deref().and_then(|c| c.parse().ok());
+            p.config.local_cidr = p.config.pod_cidr;
         }
         let (client, options) = (client.clone(), p.clone());
         let task = tokio::spawn(async move {
@@ -204,6 +207,15 @@ pub async fn run(client: kube::Client, node: RealNode, mut options: AgentOptions
         });
         (p, task)
     });
+    let routes = node.pod_routes.then(|| {
+        let options = crate::podnet::PodNetOptions { node_name: setup.name.clone(), ip: "ip".into() };
+        let client = client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = crate::podnet::run(client, options, std::future::pending()).await {
+                tracing::error!(error = format!("{e:#}"), "routes to other nodes' pods are no longer kept");
+            }
+        })
+    });
     let runtime = Arc::new(runtime);
     let endpoint = crate::server::NodeServer { runtime: runtime.clone(), pod_log_root: node.data_dir.join("pod-logs") };
     let serving = tokio::spawn(crate::server::serve(listener, Arc::new(endpoint)));
@@ -211,6 +223,9 @@ pub async fn run(client: kube::Client, node: RealNode, mut options: AgentOptions
     let result = crate::run(client, vec![(setup, runtime.clone())], options, stop).await;
     serving.abort();
     if let Some((_, task)) = &proxy {
+        task.abort();
+    }
+    if let Some(task) = &routes {
         task.abort();
     }
     if node.stop_pods_on_exit {

@@ -95,7 +95,7 @@ async fn main() -> Result<()> {
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         bail!("unshare(CLONE_NEWNET): {} (proxy-sync needs root)", std::io::Error::last_os_error());
     }
-    let config = Config { table: "keelson-bench".into(), node_name: "node-0".into(), service_cidrs: vec!["10.96.0.0/12".parse().map_err(anyhow::Error::msg)?], local_cidr: Some("10.244.0.0/16".parse().map_err(anyhow::Error::msg)?) };
+    let config = Config { table: "keelson-bench".into(), node_name: "node-0".into(), service_cidrs: vec!["10.96.0.0/12".parse().map_err(anyhow::Error::msg)?], local_cidr: Some("10.244.0.0/16".parse().map_err(anyhow::Error::msg)?), pod_cidr: None };
 
     let all = ports(args.services, args.endpoints, 0);
     let started = Instant::now();

@@ -11,5 +11,6 @@ pub mod dns;
 pub mod election;
 pub mod events;
 pub mod labels;
+pub mod nodenet;
 pub mod process;
 pub mod scheduler;

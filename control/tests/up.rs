@@ -81,7 +81,10 @@ fn claim_network() -> u32 {
         let created = std::fs::OpenOptions::new().write(true).create_new(true).open(network_marker(n));
         if let Ok(mut f) = created {
             write!(f, "{}", std::process::id()).unwrap();
-            // Namespaces in this range now are a crashed run's.
+            // Nodes and namespaces in this range now are a crashed run's.
+            if let Err(e) = node_network(n).remove_all() {
+                eprintln!("removing the nodes of network {n}: {e:#}");
+            }
             for name in netns_of(n) {
                 let _ = Command::new("ip").args(["netns", "del", &name]).status();
             }
@@ -104,12 +107,29 @@ fn netns_of(n: u32) -> Vec<String> {
         .collect()
 }
 
+/// The nodes of network `n`'s `keelson up --nodes` cluster.
+fn node_prefix(n: u32) -> String {
+    format!("kup{n}n")
+}
+
+fn node_cidr(n: u32) -> String {
+    format!("10.78.{n}.0/24")
+}
+
+fn node_network(n: u32) -> control::nodenet::NodeNetwork {
+    control::nodenet::NodeNetwork::new(&node_prefix(n), &node_cidr(n)).unwrap()
+}
+
 fn release_network(n: u32) {
+    // A crashed `keelson up --nodes` leaves nodes: their processes, pods and namespaces.
+    if let Err(e) = node_network(n).remove_all() {
+        eprintln!("removing the nodes of network {n}: {e:#}");
+    }
     // A run killed before its pods stopped leaves their namespaces (and veths) behind.
     for name in netns_of(n) {
         let _ = Command::new("ip").args(["netns", "del", &name]).status();
     }
-    let _ = Command::new("ip").args(["link", "del", &bridge_of(n)]).status();
+    let _ = Command::new("ip").args(["link", "del", &bridge_of(n)]).stderr(Stdio::null()).status();
     let _ = Command::new("nft").args(["delete", "table", "ip", &bridge_of(n)]).stderr(Stdio::null()).status();
     let _ = std::fs::remove_file(network_marker(n));
 }
@@ -220,6 +240,29 @@ impl Up {
 
     /// A cluster whose `keelson up` gets `extra` arguments too.
     fn start_with(extra: &[&str]) -> Up {
+        let mut up = Self::prepare(extra);
+        up.spawn();
+        up
+    }
+
+    /// A cluster of `nodes` nodes, each in its own network namespace (`keelson up --nodes`),
+    /// named `kupNn1`…, on the link 10.78.N.0/24 where the control plane listens too.
+    fn start_nodes(nodes: usize) -> Up {
+        let mut up = Self::prepare(&[]);
+        // Flags that name the one node of the default cluster.
+        for flag in ["--node-ip", "--node-name"] {
+            let i = up.args.iter().position(|a| a == flag).unwrap();
+            up.args.drain(i..i + 2);
+        }
+        let net = node_network(up.network);
+        up.args.extend(["--nodes".into(), nodes.to_string(), "--node-prefix".into(), node_prefix(up.network), "--node-network".into(), node_cidr(up.network)]);
+        let port = up.api.rsplit(':').next().unwrap().to_string();
+        up.api = format!("http://{}:{port}", net.gateway());
+        up.spawn();
+        up
+    }
+
+    fn prepare(extra: &[&str]) -> Up {
         cleanup_stale();
         let pid = std::process::id();
         let network = claim_network();
@@ -265,9 +308,7 @@ impl Up {
         .chain(extra)
         .map(|s| s.to_string())
         .collect();
-        let mut up = Up { _upstream: upstream, child: None, log: dir.join("up.log"), dir, args, api: format!("http://127.0.0.1:{}", ports[0]), network, cidr_prefix };
-        up.spawn();
-        up
+        Up { _upstream: upstream, child: None, log: dir.join("up.log"), dir, args, api: format!("http://127.0.0.1:{}", ports[0]), network, cidr_prefix }
     }
 
     fn spawn(&mut self) {
@@ -308,19 +349,28 @@ impl Up {
     }
 
     async fn wait_node_ready(&self) {
+        self.wait_nodes_ready(&["node-1".to_string()]).await;
+    }
+
+    async fn wait_nodes_ready(&self, names: &[String]) {
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.client());
-        wait_until("the node is Ready", within(READY_WITHIN), || {
+        wait_until("the nodes are Ready", within(READY_WITHIN), || {
             let nodes = nodes.clone();
             async move {
-                let n = match nodes.get_opt("node-1").await.map_err(|e| e.to_string())? {
-                    Some(n) => n,
-                    None => {
-                        let all: Vec<String> = nodes.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.into_iter().filter_map(|n| n.metadata.name).collect();
-                        return Err(format!("no node-1 at {}; nodes: {all:?}", self.api));
+                for name in names {
+                    let n = match nodes.get_opt(name).await.map_err(|e| e.to_string())? {
+                        Some(n) => n,
+                        None => {
+                            let all: Vec<String> = nodes.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.into_iter().filter_map(|n| n.metadata.name).collect();
+                            return Err(format!("no {name} at {}; nodes: {all:?}", self.api));
+                        }
+                    };
+                    let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone());
+                    if ready.as_deref() != Some("True") {
+                        return Err(format!("{name}: Ready={ready:?}"));
                     }
-                };
-                let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone());
-                if ready.as_deref() == Some("True") { Ok(()) } else { Err(format!("Ready={ready:?}")) }
+                }
+                Ok(())
             }
         })
         .await;
@@ -1311,7 +1361,7 @@ async fn resources_become_cgroup_limits_and_security_contexts_apply() {
         let (pods, uid) = (pods.clone(), uid.clone());
         async move {
             let left = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
-            let cgroup = agent::cgroups::pod_exists(&uid);
+            let cgroup = agent::cgroups::pod_exists(agent::cgroups::DEFAULT_ROOT, &uid);
             if left == 0 && !cgroup { Ok(()) } else { Err(format!("{left} pods, cgroup left: {cgroup}")) }
         }
     })
@@ -1712,4 +1762,224 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
         }
     })
     .await;
+}
+
+/// What a client saw of one request.
+struct Request {
+    at: Instant,
+    outcome: Result<(), String>,
+    version_2: bool,
+}
+
+/// A client sending `GET /` to `addr` without pause, each on a new connection, from inside node
+/// network namespace `ns` (as a process on that node would), until dropped.
+struct Client {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Client {
+    fn start(ns: &str, addr: SocketAddr) -> Client {
+        use std::os::fd::AsRawFd;
+        let netns = std::fs::File::open(Path::new("/var/run/netns").join(ns)).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (stopping, log) = (stop.clone(), seen.clone());
+        let thread = std::thread::spawn(move || {
+            // SAFETY: setns changes only this thread's network namespace.
+            assert_eq!(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "{}", std::io::Error::last_os_error());
+            while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = Instant::now();
+                let (outcome, version_2) = match get(addr) {
+                    Ok(body) if body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200") => (Ok(()), body.contains("version 2")),
+                    Ok(body) => (Err(body.lines().next().unwrap_or_default().to_string()), false),
+                    Err(e) => (Err(e), false),
+                };
+                log.lock().unwrap().push(Request { at, outcome, version_2 });
+            }
+        });
+        Client { stop, seen, thread: Some(thread) }
+    }
+
+    /// Requests sent since `since`: how many, and the failures (when, why).
+    fn since(&self, since: Instant) -> (usize, Vec<(Duration, String)>) {
+        let seen = self.seen.lock().unwrap();
+        let after: Vec<&Request> = seen.iter().filter(|r| r.at >= since).collect();
+        let failed = after.iter().filter_map(|r| r.outcome.as_ref().err().map(|e| (r.at - since, e.clone()))).collect();
+        (after.len(), failed)
+    }
+
+    /// Whether the last `n` requests all succeeded, and all came from version 2 if `v2`.
+    fn last_ok(&self, n: usize, v2: bool) -> Result<(), String> {
+        let seen = self.seen.lock().unwrap();
+        if seen.len() < n {
+            return Err(format!("{} requests so far", seen.len()));
+        }
+        let last = &seen[seen.len() - n..];
+        match last.iter().find(|r| r.outcome.is_err() || (v2 && !r.version_2)) {
+            None => Ok(()),
+            Some(r) => Err(format!("{:?}, version 2: {}", r.outcome, r.version_2)),
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One `GET /` on a new connection: the whole response.
+fn get(addr: SocketAddr) -> Result<String, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n").map_err(|e| format!("write: {e}"))?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).map_err(|e| format!("read: {e}"))?;
+    Ok(body)
+}
+
+/// How long after a node is lost its pods may still be sent requests: until the node lifecycle
+/// controller sees no lease renewal for `--node-monitor-grace-period` (20 s) and marks them not
+/// ready, plus the endpoint and proxy updates (the README's failover time).
+const FAILOVER_WITHIN: Duration = Duration::from_secs(30);
+
+/// The example's web pods that are ready: (name, node, ip, image).
+async fn ready_web_pods(client: &kube::Client) -> Result<Vec<(String, String, String, String)>, String> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let list = pods.list(&ListParams::default().labels("app=web")).await.map_err(|e| e.to_string())?;
+    Ok(list
+        .items
+        .iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+        .filter_map(|p| {
+            let spec = p.spec.as_ref()?;
+            Some((p.metadata.name.clone()?, spec.node_name.clone()?, p.status.as_ref()?.pod_ip.clone()?, spec.containers[0].image.clone()?))
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_update_and_a_lost_node() {
+    let up = Up::start_nodes(3);
+    let net = node_network(up.network);
+    let names: Vec<String> = (1..=3).map(|k| net.node_name(k)).collect();
+    up.wait_nodes_ready(&names).await;
+    let client = up.client();
+    let work = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    // The client looks on from the first node, where no web pod goes, so that the node lost
+    // later always holds one.
+    let watcher = names[0].clone();
+    kubectl.run(&["cordon", &watcher]);
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/web.yaml");
+    kubectl.run(&["apply", "-f", &example.display().to_string()]);
+    // Pods on a lost node are evicted when their toleration of its unreachable taint runs out:
+    // 300 s by default (as in Kubernetes), 2 s here.
+    let tolerations = serde_json::json!({"spec": {"template": {"spec": {"tolerations": [
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2},
+        {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2},
+    ]}}}});
+    kubectl.run(&["patch", "deployment", "web", "-p", &tolerations.to_string()]);
+    kubectl.run(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    let web = wait_until("both web pods are ready", within(SETTLED_WITHIN), || async {
+        let ready = ready_web_pods(&client).await?;
+        if ready.len() == 2 { Ok(ready) } else { Err(format!("{ready:?}")) }
+    })
+    .await;
+    // Each node has its own pod range, and routes to the others' through their addresses.
+    for (name, node, ip, _) in &web {
+        let k = names.iter().position(|n| n == node).unwrap() + 1;
+        let routes = String::from_utf8(Command::new("ip").args(["-n", node, "route"]).output().unwrap().stdout).unwrap();
+        assert!(routes.contains("dev eth0") && routes.contains(&format!("src {}", net.node_ip(k))), "{routes}");
+        assert!(ip.starts_with(&up.cidr_prefix), "{name} on {node}: {ip}");
+    }
+    let routes = String::from_utf8(Command::new("ip").args(["-n", &watcher, "route", "show", "proto", "77"]).output().unwrap().stdout).unwrap();
+    assert_eq!(routes.lines().count(), 2, "node 1 routes both other nodes' pod ranges:\n{routes}");
+
+    let victim = web[0].1.clone();
+    assert_ne!(victim, watcher);
+    let post = PostParams::default();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    pods.create(&post, &pod("probe", serde_json::json!({"nodeName": watcher, "terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": "registry.keelson.local/web:1", "command": ["/bin/sleep", "3600"]}]})))
+        .await
+        .unwrap();
+    wait_running(&pods, "probe", "the probe pod runs").await;
+    // Pod to pod across nodes, by address.
+    let across = kubectl.run(&["exec", "probe", "--", "/bin/wget", "-q", "-O", "-", &format!("http://{}/", web[0].2)]);
+    assert!(across.contains("Hello from a pod on Keelson"), "from {watcher} to {} on {victim}: {across}", web[0].2);
+    // The Service by cluster IP and by name, through the cluster's DNS on the control plane's host.
+    let services: Api<k8s_openapi::api::core::v1::Service> = Api::namespaced(client.clone(), "default");
+    let cluster_ip = services.get("web").await.unwrap().spec.unwrap().cluster_ip.unwrap();
+    for target in [cluster_ip.clone(), "web.default.svc.cluster.local".into()] {
+        let body = wait_until(&format!("{target} answers the probe pod"), within(SETTLED_WITHIN), || {
+            let (kubectl, target) = (&kubectl, &target);
+            async move {
+                let (ok, out, err) = kubectl.try_run(&["exec", "probe", "--", "/bin/wget", "-q", "-O", "-", &format!("http://{target}/")], None);
+                if ok && out.contains("Hello from a pod on Keelson") { Ok(out) } else { Err(format!("{out}{err}")) }
+            }
+        })
+        .await;
+        assert!(body.contains("<title>Keelson</title>"), "{body}");
+    }
+    // A NodePort answers on every node's address, from this host.
+    let node_port = 30000 + up.network;
+    let np = serde_json::json!({"metadata": {"name": "web-np"}, "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http", "nodePort": node_port}]}});
+    services.create(&post, &serde_json::from_value(np).unwrap()).await.unwrap();
+    for k in 1..=3 {
+        let addr = format!("{}:{node_port}", net.node_ip(k));
+        let body = wait_until(&format!("the NodePort answers at {addr}"), within(SETTLED_WITHIN), || {
+            let addr = addr.clone();
+            async move { http_get_at(&addr) }
+        })
+        .await;
+        assert!(body.contains("Hello from a pod on Keelson"), "{body}");
+    }
+
+    // A rolling update behind the Service while a client on another node sends requests without
+    // pause: not one fails, and in the end every answer is version 2's.
+    let addr: SocketAddr = format!("{cluster_ip}:80").parse().unwrap();
+    let requests = Client::start(&watcher, addr);
+    wait_until("the client's requests succeed", within(SETTLED_WITHIN), || async { requests.last_ok(20, false) }).await;
+    let update = Instant::now();
+    kubectl.run(&["set", "image", "deployment/web", "httpd=registry.keelson.local/web:2"]);
+    kubectl.run(&["rollout", "status", "deployment/web", "--timeout=120s"]);
+    wait_until("every answer comes from version 2", within(SETTLED_WITHIN), || async { requests.last_ok(20, true) }).await;
+    let (sent, failed) = requests.since(update);
+    assert!(sent >= 100, "the client sent {sent} requests during the update");
+    assert!(failed.is_empty(), "{} of {sent} requests failed during the rolling update: {:?}", failed.len(), &failed[..failed.len().min(10)]);
+    let updated = ready_web_pods(&client).await.unwrap();
+    assert!(updated.len() == 2 && updated.iter().all(|p| p.3.ends_with("web:2")), "{updated:?}");
+
+    // A node lost: its namespace and every process on it (agent, containerd, pods) gone at once.
+    let on_victim = updated[0].1.clone();
+    let lost_k = names.iter().position(|n| *n == on_victim).unwrap() + 1;
+    assert_ne!(on_victim, watcher, "the client's node is not the one lost");
+    let lost = Instant::now();
+    net.kill_node(lost_k).unwrap();
+    assert!(!Path::new("/var/run/netns").join(&on_victim).exists());
+    // The pods come back on the other nodes, and the Service answers every request again.
+    let replaced = wait_until("two web pods are ready on the nodes left", within(FAILOVER_WITHIN + SETTLED_WITHIN), || async {
+        let ready = ready_web_pods(&client).await?;
+        let elsewhere: Vec<_> = ready.iter().filter(|p| p.1 != on_victim).cloned().collect();
+        if elsewhere.len() == 2 { Ok(elsewhere) } else { Err(format!("{ready:?}")) }
+    })
+    .await;
+    wait_until("the Service answers every request", within(SETTLED_WITHIN), || async { requests.last_ok(50, true) }).await;
+    let (sent, failed) = requests.since(lost);
+    let answering_again = failed.last().map(|(at, _)| *at).unwrap_or_default();
+    eprintln!("node {on_victim} lost: {} of {sent} requests failed, the last {answering_again:?} after; pods now {replaced:?}", failed.len());
+    assert!(answering_again <= FAILOVER_WITHIN, "requests failed until {answering_again:?} after the node was lost: {:?}", &failed[failed.len().saturating_sub(5)..]);
+    drop(requests);
+
+    // Stopped, the cluster leaves no node behind: namespaces, links, cgroups.
+    let mut up = up;
+    let status = up.interrupt();
+    assert!(status.success(), "keelson up exited with {status}\n{}", log_tail(&up.log, 40));
+    assert_eq!(net.leftovers(), Vec::<String>::new());
 }

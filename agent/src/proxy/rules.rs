@@ -140,6 +140,9 @@ pub struct Config {
     /// Pods' addresses (the cluster's pod range, else the node's): traffic to a cluster IP from
     /// elsewhere is masqueraded, so that replies come back through this node.
     pub local_cidr: Option<Cidr>,
+    /// This node's pod range: its pods' traffic to addresses outside `local_cidr` leaves
+    /// masqueraded as the node's (as flannel does), so that replies find their way back.
+    pub pod_cidr: Option<Cidr>,
 }
 
 /// A short stable hash of `s`, as kube-proxy prefixes its chain names (sha256, base32, 8 chars).
@@ -358,7 +361,11 @@ pub fn desired(config: &Config, ports: &[ServicePort]) -> Desired {
     rules.insert("reject-chain".into(), vec!["reject".into()]);
     rules.insert("nat-prerouting".into(), vec!["jump services".into()]);
     rules.insert("nat-output".into(), vec!["jump services".into()]);
-    rules.insert("nat-postrouting".into(), vec!["jump masquerading".into()]);
+    let mut postrouting = vec!["jump masquerading".to_string()];
+    if let (Some(pods), Some(cluster)) = (config.pod_cidr, config.local_cidr) {
+        postrouting.push(format!("ip saddr {pods} ip daddr != {cluster} masquerade"));
+    }
+    rules.insert("nat-postrouting".into(), postrouting);
     rules.insert("filter-input".into(), vec!["ct state new jump nodeport-endpoints-check".into(), "ct state new jump service-endpoints-check".into()]);
     rules.insert("filter-forward".into(), vec!["ct state new jump service-endpoints-check".into(), "ct state new jump cluster-ips-check".into()]);
     rules.insert("filter-output".into(), vec!["ct state new jump service-endpoints-check".into()]);
@@ -451,6 +458,7 @@ mod tests {
             node_name: "node-a".into(),
             service_cidrs: vec!["10.96.0.0/12".parse().unwrap()],
             local_cidr: Some("10.244.0.0/16".parse().unwrap()),
+            pod_cidr: Some("10.244.0.0/24".parse().unwrap()),
         }
     }
 
@@ -495,6 +503,7 @@ mod tests {
         assert!(script.contains(&format!("add rule ip keelson-test {a} ip saddr 10.244.0.5 jump mark-for-masquerade")), "hairpin");
         assert!(!script.contains("10.244.1.7"), "a not-ready endpoint takes no traffic");
         assert!(script.starts_with("add table ip keelson-test\ndelete table ip keelson-test\n"), "the first sync replaces the table");
+        assert!(script.contains("add rule ip keelson-test nat-postrouting ip saddr 10.244.0.0/24 ip daddr != 10.244.0.0/16 masquerade"), "pods' traffic leaving the cluster is masqueraded");
         assert_eq!(owned.owned_chains().count(), 3);
     }
 

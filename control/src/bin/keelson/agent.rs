@@ -121,6 +121,15 @@ pub struct ProxyArgs {
 }
 
 impl ProxyArgs {
+    /// These flags as `keelson agent` takes them, for an agent this process starts.
+    pub fn argv(&self) -> Vec<String> {
+        let mode = match self.proxy_mode {
+            ProxyMode::Nftables => "nftables",
+            ProxyMode::None => "none",
+        };
+        vec!["--proxy-mode".into(), mode.into(), "--proxy-table".into(), self.proxy_table.clone(), "--nft".into(), self.nft.display().to_string()]
+    }
+
     /// The proxy's options: `service_cidr` is the range whose unallocated addresses are dropped,
     /// `cluster_cidr` the pods' range (the node's own when not given).
     pub fn options(&self, service_cidr: &str, cluster_cidr: Option<&str>) -> anyhow::Result<Option<agent::proxy::ProxyOptions>> {
@@ -131,7 +140,7 @@ impl ProxyArgs {
         let service = service_cidr.split(',').map(|c| parse("--service-cluster-ip-range", c.trim())).collect::<anyhow::Result<Vec<_>>>()?;
         let local = cluster_cidr.map(|c| parse("--cluster-cidr", c)).transpose()?;
         Ok(Some(agent::proxy::ProxyOptions {
-            config: agent::proxy::Config { table: self.proxy_table.clone(), node_name: String::new(), service_cidrs: service, local_cidr: local },
+            config: agent::proxy::Config { table: self.proxy_table.clone(), node_name: String::new(), service_cidrs: service, local_cidr: local, pod_cidr: None },
             nft: self.nft.clone(),
         }))
     }
@@ -175,9 +184,68 @@ pub struct RealArgs {
     /// Resources held back for the operating system: cpu=…,memory=…,ephemeral-storage=…
     #[arg(long, value_delimiter = ',')]
     system_reserved: Vec<String>,
+    /// The cgroup pods' cgroups go under (kubelet's flag); agents sharing a host need one each.
+    #[arg(long, default_value = agent::cgroups::DEFAULT_ROOT)]
+    pub cgroup_root: String,
+    /// How pods reach pods on other nodes: host-gw routes each other node's pod range through
+    /// its InternalIP (the nodes must share a link); none leaves it to another network plugin.
+    #[arg(long, value_enum, default_value = "host-gw")]
+    pub pod_routes: PodRoutes,
+    /// Stop the node's pods and remove its service rules when the agent stops (by default they
+    /// run on, and the next start adopts them).
+    #[arg(long)]
+    pub stop_pods_on_exit: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PodRoutes {
+    /// Routes to other nodes' pod ranges through their InternalIPs (flannel's host-gw).
+    HostGw,
+    /// No routes: another network plugin connects the nodes.
+    None,
 }
 
 impl RealArgs {
+    /// The flags every node started by `keelson up --nodes` shares, as `keelson agent` takes
+    /// them; what names one node (its address, range, runtime) is refused.
+    pub fn shared_argv(&self) -> anyhow::Result<Vec<String>> {
+        for (flag, given) in [
+            ("--container-runtime-endpoint", self.container_runtime_endpoint.is_some()),
+            ("--node-ip", self.node_ip.is_some()),
+            ("--pod-cidr", self.pod_cidr.is_some()),
+        ] {
+            if given {
+                anyhow::bail!("{flag} names one node; with --nodes each node gets its own");
+            }
+        }
+        let mut argv: Vec<String> = vec![
+            "--address".into(),
+            self.address.to_string(),
+            "--port".into(),
+            self.port.to_string(),
+            "--containerd".into(),
+            self.containerd.display().to_string(),
+            "--cni-bin-dir".into(),
+            self.cni_bin_dir.display().to_string(),
+            "--cni-bridge".into(),
+            self.cni_bridge.clone(),
+            "--pod-routes".into(),
+            match self.pod_routes {
+                PodRoutes::HostGw => "host-gw".into(),
+                PodRoutes::None => "none".into(),
+            },
+        ];
+        if let Some(dir) = &self.registry_config {
+            argv.extend(["--registry-config".into(), dir.display().to_string()]);
+        }
+        for (flag, values) in [("--kube-reserved", &self.kube_reserved), ("--system-reserved", &self.system_reserved)] {
+            if !values.is_empty() {
+                argv.extend([flag.to_string(), values.join(",")]);
+            }
+        }
+        Ok(argv)
+    }
+
     pub fn node(&self, name: String, data_dir: PathBuf, image_dir: Option<PathBuf>) -> anyhow::Result<agent::real::RealNode> {
         let kube = agent::machine::parse_reserved("--kube-reserved", &self.kube_reserved)?;
         let system = agent::machine::parse_reserved("--system-reserved", &self.system_reserved)?;
@@ -200,8 +268,9 @@ impl RealArgs {
             reserved,
             labels: BTreeMap::new(),
             taints: Vec::new(),
-            stop_pods_on_exit: false,
+            stop_pods_on_exit: self.stop_pods_on_exit,
             proxy: None,
+            pod_routes: self.pod_routes == PodRoutes::HostGw,
             listen: std::net::SocketAddr::new(self.address, self.port),
         })
     }
@@ -249,6 +318,7 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         }
     });
     let options = AgentOptions {
+        cgroup_root: args.real.cgroup_root.clone(),
         lease_duration: std::time::Duration::from_secs(args.node_lease_duration_seconds.into()),
         lease_renew_interval: args.node_lease_renew_interval,
         status_report_frequency: args.node_status_report_frequency,
