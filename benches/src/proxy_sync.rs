@@ -99,7 +99,7 @@ async fn main() -> Result<()> {
 
     let all = ports(args.services, args.endpoints, 0);
     let started = Instant::now();
-    let (script, mut owned) = rules::render(&config, &all, None);
+    let (script, mut owned) = rules::render(&config, &all, &Default::default(), None);
     let first_render = started.elapsed();
     let started = Instant::now();
     agent::proxy::apply(&args.nft, &script).await.context("the first sync")?;
@@ -109,7 +109,7 @@ async fn main() -> Result<()> {
     for round in 1..=args.changes {
         let all = ports(args.services, args.endpoints, round);
         let started = Instant::now();
-        let (script, now_owned) = rules::render(&config, &all, Some(&owned));
+        let (script, now_owned) = rules::render(&config, &all, &Default::default(), Some(&owned));
         let rendered = started.elapsed();
         agent::proxy::apply(&args.nft, &script).await.with_context(|| format!("sync {round}"))?;
         let total = started.elapsed();

@@ -1,9 +1,10 @@
 //! `service-routing`: what the service proxy costs a request. `keelson up` runs one pod of the
-//! example web server (busybox httpd) behind a ClusterIP Service; from the host, `--clients`
-//! clients each send GET requests, one TCP connection per request (so every request is a new
-//! connection through conntrack and the DNAT rules), to the pod's address and to the Service's
-//! cluster IP, in alternating rounds so that both see the same noise. Requests per second and
-//! p50/p99 latency for each, and their ratio: the proxy's cost. Needs root.
+//! example web server (busybox httpd) behind a ClusterIP Service, and a client pod; from the
+//! client pod (its network namespace) and from the host, `--clients` clients each send GET
+//! requests, one TCP connection per request (so every request is a new connection through
+//! conntrack and the DNAT rules), to the pod's address and to the Service's cluster IP, in
+//! alternating rounds so that all see the same noise. Requests per second and p50/p99 latency
+//! for each, and the ratios: the proxy's cost. Needs root.
 //!
 //! The anchor is the same pod addressed directly, measured in the same run.
 
@@ -19,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use benches::http::call_json as api_json;
 use benches::report::percentile;
-use benches::up::{keelson_binary, UpCluster};
+use benches::up::{in_pod, keelson_binary, UpCluster};
 
 const READY_DEADLINE: Duration = Duration::from_secs(120);
 const STOP_DEADLINE: Duration = Duration::from_secs(90);
@@ -128,6 +129,22 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let client_pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "routing-client"},
+        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": "registry.keelson.local/web:1", "command": ["/bin/sleep", "3600"]}]},
+    });
+    api_json(&http, "POST", format!("{api}/api/v1/namespaces/default/pods"), client_pod).await?;
+    let client_ip = loop {
+        let p = api_json(&http, "GET", format!("{api}/api/v1/namespaces/default/pods/routing-client"), serde_json::Value::Null).await?;
+        if let Some(ip) = p.pointer("/status/podIP").and_then(|v| v.as_str()).filter(|_| p.pointer("/status/phase") == Some(&json!("Running"))) {
+            break ip.to_string();
+        }
+        if Instant::now() > deadline {
+            bail!("the client pod is not Running after {READY_DEADLINE:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let direct: SocketAddr = format!("{pod_ip}:80").parse()?;
     let service: SocketAddr = format!("{cluster_ip}:80").parse()?;
     // The cluster IP answers once the node's rules hold it (until then its range is dropped).
@@ -138,24 +155,39 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
     }
     round(direct, 200, args.clients).await?;
     round(service, 200, args.clients).await?;
+    let from_pod = |addr: SocketAddr, n: usize, clients: usize| {
+        let ip = client_ip.clone();
+        async move { tokio::task::spawn_blocking(move || in_pod(&ip, move || Box::pin(round(addr, n, clients)))).await? }
+    };
+    from_pod(direct, 200, args.clients).await?;
+    from_pod(service, 200, args.clients).await?;
 
-    let (mut d_lat, mut s_lat, mut d_secs, mut s_secs) = (Vec::new(), Vec::new(), 0.0, 0.0);
+    // Host → pod, host → cluster IP, pod → pod, pod → cluster IP, in turn each round.
+    let mut lat: [Vec<Duration>; 4] = Default::default();
+    let mut secs = [0.0f64; 4];
     for _ in 0..args.rounds {
-        let (l, t) = round(direct, args.requests, args.clients).await?;
-        d_lat.extend(l);
-        d_secs += t.as_secs_f64();
-        let (l, t) = round(service, args.requests, args.clients).await?;
-        s_lat.extend(l);
-        s_secs += t.as_secs_f64();
+        for (i, (from_host, addr)) in [(true, direct), (true, service), (false, direct), (false, service)].into_iter().enumerate() {
+            let (l, t) = if from_host { round(addr, args.requests, args.clients).await? } else { from_pod(addr, args.requests, args.clients).await? };
+            lat[i].extend(l);
+            secs[i] += t.as_secs_f64();
+        }
     }
-    let (d, s) = (summary(&d_lat, d_secs), summary(&s_lat, s_secs));
+    let [hd, hs, pd, ps] = [0, 1, 2, 3].map(|i| summary(&lat[i], secs[i]));
     println!("service routing: one busybox httpd pod, {} clients, a new connection per request, {} rounds of {} requests each", args.clients, args.rounds, args.requests);
-    println!("{:<28} {:>10} {:>10} {:>10}", "target", "req/s", "p50 ms", "p99 ms");
-    println!("{:<28} {:>10.0} {:>10.3} {:>10.3}", format!("pod directly ({pod_ip})"), d.rps, d.p50_ms, d.p99_ms);
-    println!("{:<28} {:>10.0} {:>10.3} {:>10.3}", format!("cluster IP ({cluster_ip})"), s.rps, s.p50_ms, s.p99_ms);
-    println!("cluster IP / direct: throughput {:.2}x, p99 {:.2}x", s.rps / d.rps, s.p99_ms / d.p99_ms);
+    println!("{:<40} {:>10} {:>10} {:>10}", "from → to", "req/s", "p50 ms", "p99 ms");
+    for (label, t) in [
+        (format!("pod → pod ({pod_ip})"), &pd),
+        (format!("pod → cluster IP ({cluster_ip})"), &ps),
+        (format!("host → pod ({pod_ip})"), &hd),
+        (format!("host → cluster IP ({cluster_ip})"), &hs),
+    ] {
+        println!("{label:<40} {:>10.0} {:>10.3} {:>10.3}", t.rps, t.p50_ms, t.p99_ms);
+    }
+    println!("from a pod, cluster IP / direct: throughput {:.2}x, p99 {:.2}x", ps.rps / pd.rps, ps.p99_ms / pd.p99_ms);
+    println!("from the host, cluster IP / direct: throughput {:.2}x, p99 {:.2}x", hs.rps / hd.rps, hs.p99_ms / hd.p99_ms);
     std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("report.json"), serde_json::to_vec_pretty(&json!({"params": args, "direct": d, "cluster_ip": s}))?)?;
+    let report = json!({"params": args, "pod_direct": pd, "pod_cluster_ip": ps, "host_direct": hd, "host_cluster_ip": hs});
+    std::fs::write(args.out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     Ok(())
 }
 

@@ -96,3 +96,33 @@ impl UpCluster {
         Ok(())
     }
 }
+
+/// The network namespace (under /var/run/netns, where CNI puts pods') holding address `ip`.
+pub fn pod_netns(ip: &str) -> Result<PathBuf> {
+    let needle = format!(" {ip}/");
+    for e in std::fs::read_dir("/var/run/netns").context("reading /var/run/netns")?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let out = Command::new("ip").args(["-n", &name, "-4", "-o", "addr"]).output()?;
+        if String::from_utf8_lossy(&out.stdout).contains(&needle) {
+            return Ok(e.path());
+        }
+    }
+    bail!("no network namespace holds {ip}")
+}
+
+/// Runs `work` on a runtime of its own in a thread that has entered the network namespace of
+/// the pod at `ip`: its sockets are the pod's, its traffic leaves through the pod's interface.
+pub fn in_pod<T: Send + 'static>(ip: &str, work: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send>> + Send + 'static) -> Result<T> {
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(pod_netns(ip)?)?;
+    std::thread::spawn(move || {
+        // SAFETY: setns changes only this thread's network namespace.
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+            bail!("entering the pod's network namespace: {}", std::io::Error::last_os_error());
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(work())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("the thread in the pod's network namespace panicked"))?
+}

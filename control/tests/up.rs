@@ -1977,6 +1977,77 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
     assert!(answering_again <= FAILOVER_WITHIN, "requests failed until {answering_again:?} after the node was lost: {:?}", &failed[failed.len().saturating_sub(5)..]);
     drop(requests);
 
+    // NetworkPolicy, across the two nodes left: a server on one, clients on the other.
+    let server_node = replaced[0].1.clone();
+    kubectl.run(&["create", "namespace", "fenced"]);
+    let fenced: Api<Pod> = Api::namespaced(client.clone(), "fenced");
+    let sleeper = |name: &str, node: &str, labels: serde_json::Value| {
+        let mut p = pod(name, serde_json::json!({"nodeName": node, "terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": "registry.keelson.local/web:1", "command": ["/bin/sleep", "3600"]}]}));
+        p.metadata.labels = serde_json::from_value(labels).unwrap();
+        p
+    };
+    let mut server = sleeper("server", &server_node, serde_json::json!({"app": "server"}));
+    server.spec.as_mut().unwrap().containers[0] =
+        serde_json::from_value(serde_json::json!({"name": "c", "image": "registry.keelson.local/web:1", "ports": [{"name": "http", "containerPort": 80}]})).unwrap();
+    fenced.create(&post, &server).await.unwrap();
+    fenced.create(&post, &sleeper("friend", &watcher, serde_json::json!({"role": "client"}))).await.unwrap();
+    fenced.create(&post, &sleeper("stranger", &watcher, serde_json::json!({}))).await.unwrap();
+    for name in ["server", "friend", "stranger"] {
+        wait_running(&fenced, name, &format!("fenced/{name} runs")).await;
+    }
+    let server_ip = fenced.get("server").await.unwrap().status.unwrap().pod_ip.unwrap();
+    let outside_ip = replaced[0].2.clone();
+    // Whether `from` gets a page from `url` within 3 s.
+    let reach = |from: &'static str, url: String| {
+        let kubectl = &kubectl;
+        async move {
+            let (ok, out, _) = kubectl.try_run(&["exec", "-n", "fenced", from, "--", "/bin/timeout", "3", "/bin/wget", "-q", "-O", "-", &url], None);
+            ok && out.contains("Hello from a pod on Keelson")
+        }
+    };
+    let server_url = format!("http://{server_ip}/");
+    assert!(reach("stranger", server_url.clone()).await, "without policies every pod reaches every pod");
+    let apply = |name: &str, spec: serde_json::Value| {
+        let policy = serde_json::json!({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": name, "namespace": "fenced"}, "spec": spec});
+        let path = work.path().join(format!("{name}.json"));
+        std::fs::write(&path, policy.to_string()).unwrap();
+        kubectl.run(&["apply", "-f", &path.display().to_string()]);
+    };
+    // Default deny: nothing reaches the namespace's pods.
+    apply("default-deny", serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress"]}));
+    wait_until("the default-deny policy blocks the friend", within(SETTLED_WITHIN), || async {
+        if reach("friend", server_url.clone()).await { Err("reached".to_string()) } else { Ok(()) }
+    })
+    .await;
+    // An allow rule admits exactly what it names: pods labelled role=client, on the named port.
+    apply(
+        "allow-clients",
+        serde_json::json!({"podSelector": {"matchLabels": {"app": "server"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}], "ports": [{"port": "http"}]}]}),
+    );
+    wait_until("the allow rule admits the friend", within(SETTLED_WITHIN), || async {
+        if reach("friend", server_url.clone()).await { Ok(()) } else { Err("blocked".to_string()) }
+    })
+    .await;
+    assert!(!reach("stranger", server_url.clone()).await, "a pod the rule does not name stays blocked");
+    // Egress: the friend may reach the server's address on port 80 and nothing else.
+    apply(
+        "friend-egress",
+        serde_json::json!({"podSelector": {"matchLabels": {"role": "client"}}, "policyTypes": ["Egress"], "egress": [{"to": [{"ipBlock": {"cidr": format!("{server_ip}/32")}}], "ports": [{"protocol": "TCP", "port": 80}]}]}),
+    );
+    let outside_url = format!("http://{outside_ip}/");
+    wait_until("the egress policy keeps the friend from other pods", within(SETTLED_WITHIN), || async {
+        if reach("friend", outside_url.clone()).await { Err("reached".to_string()) } else { Ok(()) }
+    })
+    .await;
+    assert!(reach("friend", server_url.clone()).await, "the egress rule admits the server");
+    assert!(reach("stranger", outside_url.clone()).await, "egress of pods the policy does not select is open");
+    // Deleting the policies opens the namespace again.
+    kubectl.run(&["delete", "networkpolicy", "-n", "fenced", "--all"]);
+    wait_until("without policies the stranger reaches the server again", within(SETTLED_WITHIN), || async {
+        if reach("stranger", server_url.clone()).await { Ok(()) } else { Err("blocked".to_string()) }
+    })
+    .await;
+
     // Stopped, the cluster leaves no node behind: namespaces, links, cgroups.
     let mut up = up;
     let status = up.interrupt();

@@ -2,7 +2,10 @@
 //! EndpointSlices feed one loop that, after any change, computes the node's whole rule set
 //! (`rules.rs`) and applies it with `nft -f -` as one atomic transaction. Rules stay when the
 //! agent stops, so that traffic flows on while it restarts; the next start replaces them.
+//! NetworkPolicies of the node's pods are enforced in the same table (`policy.rs`), from
+//! reflectors of NetworkPolicies, Pods and Namespaces.
 
+pub mod policy;
 pub mod rules;
 
 use std::collections::HashMap;
@@ -12,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
@@ -177,9 +181,17 @@ where
 pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let (services, services_writer) = reflector::store::<Service>();
     let (slices, slices_writer) = reflector::store::<EndpointSlice>();
+    let (policies, policies_writer) = reflector::store::<NetworkPolicy>();
+    let (pods, pods_writer) = reflector::store::<Pod>();
+    let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
     let service_events = reflector::reflector(services_writer, watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).default_backoff());
-    let slice_events = reflector::reflector(slices_writer, watcher(Api::<EndpointSlice>::all(client), watcher::Config::default()).default_backoff());
-    tokio::pin!(service_events, slice_events, stop);
+    let slice_events = reflector::reflector(slices_writer, watcher(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default()).default_backoff());
+    let policy_events = reflector::reflector(policies_writer, watcher(Api::<NetworkPolicy>::all(client.clone()), watcher::Config::default()).default_backoff());
+    // Only what policies look at is kept of a pod.
+    let pod_events = reflector::reflector(pods_writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff().modify(slim_pod));
+    let namespace_events = reflector::reflector(namespaces_writer, watcher(Api::<Namespace>::all(client), watcher::Config::default()).default_backoff());
+    tokio::pin!(service_events, slice_events, policy_events, pod_events, namespace_events, stop);
+    let stores = Stores { services, slices, policies, pods, namespaces };
     let mut owned: Option<Desired> = None;
     let mut last_full = Instant::now();
     // When the oldest change not yet applied arrived.
@@ -188,7 +200,7 @@ pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let ready = listed(&services) && listed(&slices) && pending.is_some() && retry_at.is_none_or(|at| at <= tokio::time::Instant::now());
+        let ready = stores.listed() && pending.is_some() && retry_at.is_none_or(|at| at <= tokio::time::Instant::now());
         tokio::select! {
             biased;
             _ = &mut stop => return Ok(()),
@@ -202,6 +214,22 @@ pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<
                     pending.get_or_insert_with(Instant::now);
                 }
             }
+            e = policy_events.next() => {
+                if crate::client::store_changed(e, "networkpolicy")? {
+                    pending.get_or_insert_with(Instant::now);
+                }
+            }
+            e = pod_events.next() => {
+                // Pods matter only where policies are.
+                if crate::client::store_changed(e, "pod")? && !stores.policies.is_empty() {
+                    pending.get_or_insert_with(Instant::now);
+                }
+            }
+            e = namespace_events.next() => {
+                if crate::client::store_changed(e, "namespace")? && !stores.policies.is_empty() {
+                    pending.get_or_insert_with(Instant::now);
+                }
+            }
             _ = resync.tick() => {
                 pending.get_or_insert_with(Instant::now);
             }
@@ -212,7 +240,7 @@ pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<
                     owned = None;
                 }
                 let full = owned.is_none();
-                match sync(&options, &services, &slices, owned.as_ref()).await {
+                match sync(&options, &stores, owned.as_ref()).await {
                     Ok((now_owned, ports)) => {
                         if full {
                             last_full = Instant::now();
@@ -240,9 +268,52 @@ pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<
     }
 }
 
-async fn sync(options: &ProxyOptions, services: &Store<Service>, slices: &Store<EndpointSlice>, owned: Option<&Desired>) -> anyhow::Result<(Desired, usize)> {
-    let ports = service_ports(&services.state(), &slices.state());
-    let (script, now_owned) = rules::render(&options.config, &ports, owned);
+/// What the proxy watches.
+struct Stores {
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
+    policies: Store<NetworkPolicy>,
+    pods: Store<Pod>,
+    namespaces: Store<Namespace>,
+}
+
+impl Stores {
+    fn listed(&self) -> bool {
+        listed(&self.services) && listed(&self.slices) && listed(&self.policies) && listed(&self.pods) && listed(&self.namespaces)
+    }
+}
+
+/// Drops what policies do not look at (a pod's labels, node, address, phase and named ports are
+/// kept), so that every node can hold every pod.
+fn slim_pod(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    pod.metadata.annotations = None;
+    pod.metadata.owner_references = None;
+    if let Some(status) = pod.status.as_mut() {
+        status.conditions = None;
+        status.container_statuses = None;
+        status.init_container_statuses = None;
+    }
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.volumes = None;
+        spec.init_containers = None;
+        for c in &mut spec.containers {
+            c.env = None;
+            c.volume_mounts = None;
+            c.command = None;
+            c.args = None;
+            c.liveness_probe = None;
+            c.readiness_probe = None;
+            c.startup_probe = None;
+            c.lifecycle = None;
+        }
+    }
+}
+
+async fn sync(options: &ProxyOptions, stores: &Stores, owned: Option<&Desired>) -> anyhow::Result<(Desired, usize)> {
+    let ports = service_ports(&stores.services.state(), &stores.slices.state());
+    let policy = policy::rules(&options.config.node_name, &stores.policies.state(), &stores.pods.state(), &stores.namespaces.state());
+    let (script, now_owned) = rules::render(&options.config, &ports, &policy, owned);
     apply(&options.nft, &script).await?;
     Ok((now_owned, ports.len()))
 }

@@ -25,6 +25,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 
+use super::policy::PolicyRules;
 use sha2::{Digest, Sha256};
 
 /// The packet mark of connections to masquerade (kube-proxy's bit).
@@ -158,7 +159,7 @@ fn hash(s: &str) -> String {
 
 /// An nftables name for `prefix` and `id`: the hash keeps names unique, the id keeps them
 /// readable; both are within nft's 256-byte limit for the names Kubernetes allows.
-fn name(prefix: &str, id: &str) -> String {
+pub(super) fn name(prefix: &str, id: &str) -> String {
     format!("{prefix}-{}-{id}", hash(id))
 }
 
@@ -193,6 +194,7 @@ const BASE_CHAINS: &[(&str, &str, &str, &str)] = &[
     ("filter-forward", "filter", "forward", "-110"),
     ("filter-output", "filter", "output", "-110"),
     ("filter-output-post-dnat", "filter", "output", "-90"),
+    ("policy-forward", "filter", "forward", "0"),
 ];
 
 /// The regular chains every rule set has.
@@ -213,6 +215,8 @@ const FIXED_MAPS: &[(&str, &str)] = &[
     ("no-endpoint-services", "map no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict ; }"),
     ("no-endpoint-nodeports", "map no-endpoint-nodeports { type inet_proto . inet_service : verdict ; }"),
     ("cluster-ips", "set cluster-ips { type ipv4_addr ; }"),
+    ("policy-ingress", "map policy-ingress { type ipv4_addr : verdict ; }"),
+    ("policy-egress", "map policy-egress { type ipv4_addr : verdict ; }"),
 ];
 
 /// The verdict that spreads connections over `chains` at random.
@@ -230,13 +234,13 @@ fn pick(chains: &[String]) -> String {
 /// The transaction that makes the table hold exactly the rules for `ports`, and the rule set it
 /// makes. `previous` is the rule set the last applied transaction made, or `None` when nothing is
 /// known of the table (the first sync, or after a failure): then the table is replaced whole.
-pub fn render(config: &Config, ports: &[ServicePort], previous: Option<&Desired>) -> (String, Desired) {
-    let desired = desired(config, ports);
+pub fn render(config: &Config, ports: &[ServicePort], policy: &PolicyRules, previous: Option<&Desired>) -> (String, Desired) {
+    let desired = desired(config, ports, policy);
     (script(config, &desired, previous), desired)
 }
 
-/// The complete rule set for `ports`.
-pub fn desired(config: &Config, ports: &[ServicePort]) -> Desired {
+/// The complete rule set for `ports` and the node's pods' network policies.
+pub fn desired(config: &Config, ports: &[ServicePort], policy: &PolicyRules) -> Desired {
     let mut rules: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut service_ips: BTreeMap<String, String> = BTreeMap::new();
     let mut service_nodeports: BTreeMap<String, String> = BTreeMap::new();
@@ -370,6 +374,12 @@ pub fn desired(config: &Config, ports: &[ServicePort]) -> Desired {
     rules.insert("filter-forward".into(), vec!["ct state new jump service-endpoints-check".into(), "ct state new jump cluster-ips-check".into()]);
     rules.insert("filter-output".into(), vec!["ct state new jump service-endpoints-check".into()]);
     rules.insert("filter-output-post-dnat".into(), vec!["ct state new jump cluster-ips-check".into()]);
+    // NetworkPolicy: new connections of isolated local pods, after the DNAT above.
+    rules.insert(
+        "policy-forward".into(),
+        vec!["ct state established,related accept".into(), "ip daddr vmap @policy-ingress".into(), "ip saddr vmap @policy-egress".into()],
+    );
+    rules.extend(policy.chains.clone());
 
     let mut elements: BTreeMap<&'static str, BTreeMap<String, String>> = BTreeMap::new();
     elements.insert("service-ips", service_ips);
@@ -377,6 +387,8 @@ pub fn desired(config: &Config, ports: &[ServicePort]) -> Desired {
     elements.insert("no-endpoint-services", no_endpoint_services);
     elements.insert("no-endpoint-nodeports", no_endpoint_nodeports);
     elements.insert("cluster-ips", cluster_ips.iter().map(|ip| (ip.to_string(), String::new())).collect());
+    elements.insert("policy-ingress", policy.ingress.clone());
+    elements.insert("policy-egress", policy.egress.clone());
     Desired { chains: rules, elements, sets: affinity_sets }
 }
 
@@ -492,7 +504,7 @@ mod tests {
     #[test]
     fn a_service_spreads_over_its_ready_endpoints() {
         let sp = web(vec![ep("10.244.0.5", "node-a", true), ep("10.244.1.6", "node-b", true), ep("10.244.1.7", "node-b", false)]);
-        let (script, owned) = render(&config(), &[sp], None);
+        let (script, owned) = render(&config(), &[sp], &PolicyRules::default(), None);
         let svc = name("service", "default/web/tcp/http");
         assert!(script.contains(&format!("add element ip keelson-test service-ips {{ 10.96.0.20 . tcp . 80 : goto {svc} }}")), "{script}");
         assert!(script.contains(&format!("add rule ip keelson-test {svc} ip daddr 10.96.0.20 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade")));
@@ -509,13 +521,13 @@ mod tests {
 
     #[test]
     fn without_endpoints_a_service_is_rejected_and_terminating_ones_serve_when_nothing_is_ready() {
-        let (script, _) = render(&config(), &[web(vec![ep("10.244.0.5", "node-a", false)])], None);
+        let (script, _) = render(&config(), &[web(vec![ep("10.244.0.5", "node-a", false)])], &PolicyRules::default(), None);
         assert!(script.contains("no-endpoint-services { 10.96.0.20 . tcp . 80 : goto reject-chain }"), "{script}");
         assert!(!script.contains("add element ip keelson-test service-ips"), "{script}");
         let mut terminating = ep("10.244.0.5", "node-a", false);
         terminating.serving = true;
         terminating.terminating = true;
-        let (script, _) = render(&config(), &[web(vec![terminating])], None);
+        let (script, _) = render(&config(), &[web(vec![terminating])], &PolicyRules::default(), None);
         assert!(script.contains("dnat to 10.244.0.5:8080"), "{script}");
         assert!(script.contains("ip daddr { 10.96.0.0/12 } drop"), "unallocated cluster IPs are dropped");
     }
@@ -526,7 +538,7 @@ mod tests {
         sp.internal_local = true;
         sp.node_port = Some(30080);
         sp.external_local = true;
-        let (script, _) = render(&config(), &[sp.clone()], None);
+        let (script, _) = render(&config(), &[sp.clone()], &PolicyRules::default(), None);
         let svc = name("service", "default/web/tcp/http");
         let ext = name("external", "default/web/tcp/http");
         let a = name("endpoint", "default/web/tcp/http__10.244.0.5/8080");
@@ -537,7 +549,7 @@ mod tests {
         // On a node without endpoints of its own, cluster traffic is dropped, not rejected.
         let mut other = config();
         other.node_name = "node-c".into();
-        let (script, _) = render(&other, &[sp], None);
+        let (script, _) = render(&other, &[sp], &PolicyRules::default(), None);
         assert!(script.contains("no-endpoint-services { 10.96.0.20 . tcp . 80 : drop }"), "{script}");
         assert!(script.contains(&format!("add rule ip keelson-test {ext} drop")), "{script}");
     }
@@ -546,7 +558,7 @@ mod tests {
     fn affinity_remembers_clients_and_later_syncs_delete_what_is_gone() {
         let mut sp = web(vec![ep("10.244.0.5", "node-a", true), ep("10.244.1.6", "node-b", true)]);
         sp.affinity_seconds = Some(10800);
-        let (first, owned) = render(&config(), &[sp.clone()], None);
+        let (first, owned) = render(&config(), &[sp.clone()], &PolicyRules::default(), None);
         let set = name("affinity", "default/web/tcp/http__10.244.0.5/8080");
         let a = name("endpoint", "default/web/tcp/http__10.244.0.5/8080");
         assert!(first.contains(&format!("add set ip keelson-test {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout 10800s ; }}")), "{first}");
@@ -556,7 +568,7 @@ mod tests {
 
         // One endpoint goes: its chain and set are deleted; the other set is kept, not flushed.
         sp.endpoints.remove(0);
-        let (second, owned2) = render(&config(), &[sp], Some(&owned));
+        let (second, owned2) = render(&config(), &[sp], &PolicyRules::default(), Some(&owned));
         assert!(!second.contains("delete table"), "{second}");
         assert!(second.contains(&format!("delete chain ip keelson-test {a}")), "{second}");
         assert!(second.contains(&format!("delete set ip keelson-test {set}")), "{second}");
@@ -567,11 +579,11 @@ mod tests {
         assert!(flushed < deleted, "the chain that jumped to it is emptied first");
 
         // The service goes: nothing of it is left.
-        let (third, owned3) = render(&config(), &[], Some(&owned2));
+        let (third, owned3) = render(&config(), &[], &PolicyRules::default(), Some(&owned2));
         assert!(third.contains(&format!("delete chain ip keelson-test {}", name("service", "default/web/tcp/http"))), "{third}");
         assert_eq!((owned3.owned_chains().count(), owned3.sets.len()), (0, 0));
         // Nothing changed: nothing written but the table's idempotent add.
-        let (fourth, _) = render(&config(), &[], Some(&owned3));
+        let (fourth, _) = render(&config(), &[], &PolicyRules::default(), Some(&owned3));
         assert_eq!(fourth, "add table ip keelson-test\n");
     }
 }

@@ -18,6 +18,7 @@ pub mod event;
 pub mod job;
 pub mod lease;
 pub mod namespace;
+pub mod networkpolicy;
 pub mod node;
 pub mod pdb;
 pub mod pod;
@@ -65,6 +66,7 @@ pub static ALL: &[&Resource] = &[
     &lease::RESOURCE,
     &pdb::RESOURCE,
     &priorityclass::RESOURCE,
+    &networkpolicy::RESOURCE,
 ];
 
 /// Which names a kind accepts.
