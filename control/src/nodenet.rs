@@ -183,10 +183,13 @@ impl NodeNetwork {
                 errors.push(format!("{e:#}"));
             }
         }
+        // The link usually goes with the namespace (a veth pair dies with either end), though
+        // the kernel tears a namespace down in the background.
         let veth = self.veth(k);
         if link_exists(&veth) {
-            if let Err(e) = ip(&["link", "del", &veth]) {
-                errors.push(format!("{e:#}"));
+            match ip(&["link", "del", &veth]) {
+                Err(e) if !format!("{e:#}").contains("Cannot find device") => errors.push(format!("{e:#}")),
+                _ => {}
             }
         }
         if !errors.is_empty() {

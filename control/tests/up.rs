@@ -2054,3 +2054,49 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
     assert!(status.success(), "keelson up exited with {status}\n{}", log_tail(&up.log, 40));
     assert_eq!(net.leftovers(), Vec::<String>::new());
 }
+
+#[test]
+fn nodes_left_by_a_crashed_run_are_removed_by_the_next_one() {
+    // A prefix and link of their own: this test starts no cluster.
+    let n = claim_network();
+    let net = node_network(n);
+    let lock = net.claim().unwrap();
+    for k in 1..=2 {
+        net.create_node(k).unwrap();
+    }
+    // A process in node 2's namespace, as its agent would be, and a pod's cgroup.
+    let mut sleeper = net.command(2, Path::new("/bin/sleep")).unwrap();
+    let child = sleeper.arg("600").spawn().unwrap();
+    let pid = child.id();
+    let ns_of = |pid: u32| std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+    assert_ne!(ns_of(pid), ns_of(std::process::id()), "the process runs in the node's network namespace");
+    let cgroup = PathBuf::from("/sys/fs/cgroup/pids").join(net.cgroup_root(2).trim_start_matches('/')).join("podtest");
+    std::fs::create_dir_all(&cgroup).unwrap();
+    assert!(!net.leftovers().is_empty());
+    // The run dies: its lock goes with it; whoever claims the prefix next removes everything.
+    drop(lock);
+    std::mem::forget(child);
+    let _again = net.claim().unwrap();
+    assert_eq!(net.leftovers(), Vec::<String>::new());
+    assert!(!cgroup.exists());
+    wait_until_sync("the node's process is gone", || {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Reaped by no one here, it stays a zombie once killed.
+        if state.is_empty() || state.split_whitespace().nth(2) == Some("Z") { Ok(()) } else { Err(state) }
+    });
+    // A prefix in use is refused.
+    assert!(net.claim().unwrap_err().to_string().contains("in use"));
+    release_network(n);
+}
+
+/// Polls `condition` until it holds, for at most `SETTLED_WITHIN`.
+fn wait_until_sync(what: &str, condition: impl Fn() -> Result<(), String>) {
+    let deadline = Instant::now() + SETTLED_WITHIN;
+    loop {
+        match condition() {
+            Ok(()) => return,
+            Err(e) if Instant::now() >= deadline => panic!("gave up waiting until {what}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
