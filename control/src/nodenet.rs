@@ -139,15 +139,13 @@ impl NodeNetwork {
         let path = Path::new("/var/run/netns").join(self.node_name(k));
         let ns = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let mut command = Command::new(program);
-        // SAFETY: setns and prctl are async-signal-safe system calls; `ns` outlives the spawn
-        // (the closure owns it) and is closed on exec.
+        // No parent-death signal: it follows the thread that forked, and an async runtime's
+        // threads come and go; a crashed run's nodes are removed by the next claim instead.
+        // SAFETY: setns is an async-signal-safe system call; `ns` outlives the spawn (the
+        // closure owns it) and is closed on exec.
         unsafe {
             command.pre_exec(move || {
                 if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The node goes down gracefully (its pods stopped) if whoever started it dies.
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())

@@ -383,16 +383,24 @@ impl Up {
         std::fs::read_to_string(dir.join(container).join("0.log")).unwrap_or_default()
     }
 
-    /// Containers containerd still has (any state).
+    /// Containers containerd still has (any state). ctr gives up dialling a containerd that
+    /// is slow to accept (a busy machine), so a failed dial is tried again for a while.
     fn runtime_containers(&self) -> Vec<String> {
-        let out = Command::new("ctr")
-            .arg("--address")
-            .arg(self.dir.join("agent/containerd/containerd.sock"))
-            .args(["--namespace", "k8s.io", "containers", "list", "--quiet"])
-            .output()
-            .expect("ctr runs");
-        assert!(out.status.success(), "ctr: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+        let deadline = Instant::now() + SETTLED_WITHIN;
+        loop {
+            let out = Command::new("ctr")
+                .arg("--address")
+                .arg(self.dir.join("agent/containerd/containerd.sock"))
+                .args(["--namespace", "k8s.io", "containers", "list", "--quiet"])
+                .output()
+                .expect("ctr runs");
+            let err = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() {
+                return String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+            }
+            assert!(err.contains("failed to dial") && Instant::now() < deadline, "ctr: {err}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 
