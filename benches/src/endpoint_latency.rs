@@ -61,6 +61,8 @@ struct Args {
 #[derive(Serialize)]
 struct Latency {
     changes: usize,
+    /// Every change's latency, in order.
+    samples_ms: Vec<f64>,
     p50_ms: f64,
     p99_ms: f64,
     max_ms: f64,
@@ -69,7 +71,8 @@ struct Latency {
 fn latency(samples: &[Duration]) -> Latency {
     let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     let max = ms.iter().copied().fold(0.0, f64::max);
-    Latency { changes: ms.len(), p50_ms: percentile(&mut ms, 0.5), p99_ms: percentile(&mut ms, 0.99), max_ms: max }
+    let samples_ms = ms.clone();
+    Latency { changes: ms.len(), samples_ms, p50_ms: percentile(&mut ms, 0.5), p99_ms: percentile(&mut ms, 0.99), max_ms: max }
 }
 
 /// Whether a connection to `addr` is accepted (`Some(true)`), refused (`Some(false)`), or
@@ -179,6 +182,10 @@ fn main() -> Result<()> {
     let mut up = UpCluster::start(&keelson, &args.data_root, "keelson-endpoint-latency-", &args.cluster_cidr, &args.service_cidr, &args.bridge)?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let result = runtime.block_on(run(&args, &mut up));
+    // The cluster's log goes with the report.
+    if std::fs::create_dir_all(&args.out).is_ok() {
+        let _ = std::fs::copy(up.data.join("up.log"), args.out.join("up.log"));
+    }
     up.stop(STOP_DEADLINE)?;
     result
 }

@@ -51,7 +51,8 @@ impl UpCluster {
             .args(["--node-ip", "127.0.0.1", "--port", "0", "--image-dir", &images.display().to_string()])
             // Names outside the cluster are not asked for; the upstream is loopback's discard port.
             .args(["--cluster-dns-upstream", "127.0.0.1:9"])
-            .env("KEELSON_LOG", "warn")
+            // KEELSON_BENCH_LOG sets the cluster's log filter (default: warnings).
+            .env("KEELSON_LOG", std::env::var("KEELSON_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
