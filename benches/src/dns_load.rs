@@ -20,7 +20,7 @@ use serde_json::json;
 
 use benches::http::call_json as api_json;
 use benches::report::percentile;
-use benches::up::{in_pod, keelson_binary, UpCluster};
+use benches::up::{in_pod, keelson_binary, run_pod, UpCluster};
 
 const READY_DEADLINE: Duration = Duration::from_secs(120);
 const STOP_DEADLINE: Duration = Duration::from_secs(90);
@@ -129,20 +129,10 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
         let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": format!("svc-{i}")}, "spec": {"ports": [{"port": 80}]}});
         api_json(&http, "POST", format!("{api}/api/v1/namespaces/default/services"), svc).await?;
     }
-    // One pod, so that the node's bridge (the address pods reach DNS at here) exists.
+    // The pod the queries are sent from (it also makes the node's bridge, where DNS is reached).
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dns-client"}, "spec": {"containers": [{"name": "web", "image": "registry.keelson.local/web:1"}]}});
-    api_json(&http, "POST", format!("{api}/api/v1/namespaces/default/pods"), pod).await?;
+    let pod_ip = run_pod(&http, &api, pod, READY_DEADLINE).await?;
     let deadline = Instant::now() + READY_DEADLINE;
-    loop {
-        let p = api_json(&http, "GET", format!("{api}/api/v1/namespaces/default/pods/dns-client"), serde_json::Value::Null).await?;
-        if p.pointer("/status/phase") == Some(&json!("Running")) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the pod is not Running after {READY_DEADLINE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // The server on loopback at the port its EndpointSlice names; the Service's cluster IP.
     let direct: SocketAddr = loop {
         let slices = api_json(&http, "GET", format!("{api}/apis/discovery.k8s.io/v1/namespaces/kube-system/endpointslices?labelSelector=kubernetes.io/service-name%3Dkube-dns"), serde_json::Value::Null).await?;
@@ -163,12 +153,6 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
-    let pod_ip = api_json(&http, "GET", format!("{api}/api/v1/namespaces/default/pods/dns-client"), serde_json::Value::Null)
-        .await?
-        .pointer("/status/podIP")
-        .and_then(|v| v.as_str())
-        .map(String::from)
-        .context("the client pod has no address")?;
     let svc = api_json(&http, "GET", format!("{api}/api/v1/namespaces/kube-system/services/kube-dns"), serde_json::Value::Null).await?;
     let service: SocketAddr = format!("{}:53", svc.pointer("/spec/clusterIP").and_then(|v| v.as_str()).context("kube-dns has no cluster IP")?).parse()?;
     let from_pod = |n: usize, clients: usize| {

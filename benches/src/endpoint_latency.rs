@@ -21,7 +21,7 @@ use serde_json::json;
 
 use benches::http::call_json as api_json;
 use benches::report::percentile;
-use benches::up::{keelson_binary, UpCluster};
+use benches::up::{keelson_binary, run_pod, UpCluster};
 
 const READY_DEADLINE: Duration = Duration::from_secs(120);
 const STOP_DEADLINE: Duration = Duration::from_secs(90);
@@ -116,18 +116,7 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
     let ns = format!("{api}/api/v1/namespaces/default");
     let slices = format!("{api}/apis/discovery.k8s.io/v1/namespaces/default/endpointslices");
     let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "target"}, "spec": {"containers": [{"name": "web", "image": "registry.keelson.local/web:1", "ports": [{"containerPort": 80}]}]}});
-    api_json(&http, "POST", format!("{ns}/pods"), pod).await?;
-    let deadline = Instant::now() + READY_DEADLINE;
-    let pod_ip = loop {
-        let p = api_json(&http, "GET", format!("{ns}/pods/target"), serde_json::Value::Null).await?;
-        if let Some(ip) = p.pointer("/status/podIP").and_then(|v| v.as_str()).filter(|_| p.pointer("/status/phase") == Some(&json!("Running"))) {
-            break ip.to_string();
-        }
-        if Instant::now() > deadline {
-            bail!("the pod is not Running after {READY_DEADLINE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let pod_ip = run_pod(&http, &api, pod, READY_DEADLINE).await?;
     // The background: services with endpoints that exist only as rules.
     let started = Instant::now();
     let mut creating = tokio::task::JoinSet::new();

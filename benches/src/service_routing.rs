@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use benches::http::call_json as api_json;
 use benches::report::percentile;
-use benches::up::{in_pod, keelson_binary, UpCluster};
+use benches::up::{in_pod, keelson_binary, run_pod, UpCluster};
 
 const READY_DEADLINE: Duration = Duration::from_secs(120);
 const STOP_DEADLINE: Duration = Duration::from_secs(90);
@@ -114,37 +114,17 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
         "metadata": {"name": "routing-0", "labels": {"app": "routing"}},
         "spec": {"containers": [{"name": "web", "image": "registry.keelson.local/web:1", "ports": [{"containerPort": 80}]}]},
     });
-    api_json(&http, "POST", format!("{api}/api/v1/namespaces/default/pods"), pod).await?;
+    let pod_ip = run_pod(&http, &api, pod, READY_DEADLINE).await?;
     let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "routing"}, "spec": {"selector": {"app": "routing"}, "ports": [{"port": 80}]}});
     let svc = api_json(&http, "POST", format!("{api}/api/v1/namespaces/default/services"), svc).await?;
     let cluster_ip = svc.pointer("/spec/clusterIP").and_then(|v| v.as_str()).context("the service has no cluster IP")?.to_string();
-    let deadline = Instant::now() + READY_DEADLINE;
-    let pod_ip = loop {
-        let p = api_json(&http, "GET", format!("{api}/api/v1/namespaces/default/pods/routing-0"), serde_json::Value::Null).await?;
-        if let Some(ip) = p.pointer("/status/podIP").and_then(|v| v.as_str()).filter(|_| p.pointer("/status/phase") == Some(&json!("Running"))) {
-            break ip.to_string();
-        }
-        if Instant::now() > deadline {
-            bail!("the pod is not Running after {READY_DEADLINE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
     let client_pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "routing-client"},
         "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": "registry.keelson.local/web:1", "command": ["/bin/sleep", "3600"]}]},
     });
-    api_json(&http, "POST", format!("{api}/api/v1/namespaces/default/pods"), client_pod).await?;
-    let client_ip = loop {
-        let p = api_json(&http, "GET", format!("{api}/api/v1/namespaces/default/pods/routing-client"), serde_json::Value::Null).await?;
-        if let Some(ip) = p.pointer("/status/podIP").and_then(|v| v.as_str()).filter(|_| p.pointer("/status/phase") == Some(&json!("Running"))) {
-            break ip.to_string();
-        }
-        if Instant::now() > deadline {
-            bail!("the client pod is not Running after {READY_DEADLINE:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let client_ip = run_pod(&http, &api, client_pod, READY_DEADLINE).await?;
+    let deadline = Instant::now() + READY_DEADLINE;
     let direct: SocketAddr = format!("{pod_ip}:80").parse()?;
     let service: SocketAddr = format!("{cluster_ip}:80").parse()?;
     // The cluster IP answers once the node's rules hold it (until then its range is dropped).

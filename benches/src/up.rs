@@ -127,3 +127,22 @@ pub fn in_pod<T: Send + 'static>(ip: &str, work: impl FnOnce() -> std::pin::Pin<
     .join()
     .map_err(|_| anyhow::anyhow!("the thread in the pod's network namespace panicked"))?
 }
+
+/// Creates pod `pod` (a JSON object) in namespace `default` of the cluster at `api` and waits
+/// until it runs; its address.
+pub async fn run_pod(http: &Http, api: &str, pod: serde_json::Value, within: Duration) -> Result<String> {
+    let name = pod.pointer("/metadata/name").and_then(|v| v.as_str()).context("the pod has no name")?.to_string();
+    crate::http::call_json(http, "POST", format!("{api}/api/v1/namespaces/default/pods"), pod).await?;
+    let deadline = Instant::now() + within;
+    loop {
+        let p = crate::http::call_json(http, "GET", format!("{api}/api/v1/namespaces/default/pods/{name}"), serde_json::Value::Null).await?;
+        let running = p.pointer("/status/phase").and_then(|v| v.as_str()) == Some("Running");
+        if let Some(ip) = p.pointer("/status/podIP").and_then(|v| v.as_str()).filter(|_| running) {
+            return Ok(ip.to_string());
+        }
+        if Instant::now() > deadline {
+            bail!("pod {name} is not Running after {within:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
