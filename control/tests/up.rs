@@ -6,8 +6,9 @@
 //! installs them); fails without them.
 //!
 //! Each cluster works in `/tmp/keelson-up-<pid>-…` with a network it claims (bridge `kupN`, pods
-//! in 10.N.0.0/17, services in 10.N.128.0/17, the service proxy's nftables table `kupN`); what a
-//! crashed run left (processes, containers, mounts, bridges, tables) is removed by the next run.
+//! in 10.N.0.0/17, services in 10.N.128.0/17, the service proxy's nftables table `kupN`; with
+//! `--nodes`, nodes `kupNn1`… on 10.78.N.0/24); what a crashed run left (processes, containers,
+//! mounts, bridges, tables, nodes) is removed by the next run.
 
 mod common;
 
