@@ -175,6 +175,27 @@ fn cleanup_stale() {
     }
 }
 
+/// The A records a DNS server at `server` gives for `name`, asked over UDP from the host.
+fn resolve_a(server: &str, name: &str) -> Result<Vec<String>, String> {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RData, RecordType};
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    socket.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut m = Message::new(7, MessageType::Query, OpCode::Query);
+    m.queries.push(Query::query(Name::from_ascii(name).unwrap(), RecordType::A));
+    socket.send_to(&m.to_vec().unwrap(), server).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1500];
+    let (n, from) = socket.recv_from(&mut buf).map_err(|e| format!("no answer from {server}: {e}"))?;
+    let answer = Message::from_vec(&buf[..n]).map_err(|e| e.to_string())?;
+    if from.to_string() != server {
+        return Err(format!("answered from {from}, not {server}"));
+    }
+    Ok(answer.answers.iter().filter_map(|r| match &r.data {
+        RData::A(a) => Some(a.0.to_string()),
+        _ => None,
+    }).collect())
+}
+
 /// What the clusters' upstream resolver answers every A query with (TEST-NET-1: never sent to).
 const UPSTREAM_ANSWER: &str = "192.0.2.123";
 
@@ -1678,6 +1699,13 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
     })
     .await;
     assert!(by_name.contains(&dns_ip), "answered by the cluster's DNS: {by_name}");
+    // The node itself asks through the Service too (its answer comes from the address asked).
+    let from_host = wait_until("the kube-dns Service answers the host", within(SETTLED_WITHIN), || {
+        let (dns_ip, name) = (dns_ip.clone(), "named.default.svc.cluster.local.");
+        async move { resolve_a(&format!("{dns_ip}:53"), name) }
+    })
+    .await;
+    assert_eq!(from_host, vec![named.clone()]);
     // The search list: the bare name in the pod's namespace.
     let short = lookup(vec!["named".into()]).await.unwrap();
     assert!(short.contains(&format!("Address: {named}")), "{short}");

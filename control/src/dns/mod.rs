@@ -273,13 +273,55 @@ async fn bind(listen: SocketAddr) -> anyhow::Result<(tokio::net::UdpSocket, toki
     for _ in 0..BIND_ATTEMPTS_MAX {
         let tcp = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cluster DNS cannot listen on {listen} (TCP)"))?;
         let addr = tcp.local_addr()?;
-        match tokio::net::UdpSocket::bind(addr).await {
+        let udp = match addr {
+            SocketAddr::V4(v4) => udp_socket(v4, false).and_then(tokio::net::UdpSocket::from_std),
+            SocketAddr::V6(_) => tokio::net::UdpSocket::bind(addr).await,
+        };
+        match udp {
             Ok(udp) => return Ok((udp, tcp, addr)),
             Err(e) if listen.port() != 0 => return Err(e).with_context(|| format!("cluster DNS cannot listen on {addr} (UDP)")),
             Err(_) => continue,
         }
     }
     anyhow::bail!("cluster DNS found no port free for both UDP and TCP on {} after {BIND_ATTEMPTS_MAX} tries", listen.ip())
+}
+
+/// A non-blocking UDP socket on `addr` that shares its port with the server's other sockets
+/// (SO_REUSEADDR on each). With `freebind` the address need not be on this host yet (the pods'
+/// bridge comes with the first pod).
+fn udp_socket(addr: std::net::SocketAddrV4, freebind: bool) -> std::io::Result<std::net::UdpSocket> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: socket has no preconditions; the descriptor it returns is owned by `socket` below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh socket no one else owns.
+    let socket = unsafe { std::net::UdpSocket::from_raw_fd(fd) };
+    let one: libc::c_int = 1;
+    let mut options = vec![(libc::SOL_SOCKET, libc::SO_REUSEADDR)];
+    if freebind {
+        options.push((libc::IPPROTO_IP, libc::IP_FREEBIND));
+    }
+    for (level, name) in options {
+        // SAFETY: the option value is a live c_int of the size given.
+        let r = unsafe { libc::setsockopt(socket.as_raw_fd(), level, name, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: addr.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*addr.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `sa` is a valid sockaddr_in of the length given.
+    let r = unsafe { libc::bind(socket.as_raw_fd(), (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(socket)
 }
 
 /// Serves cluster DNS until `stop` resolves; then withdraws this server's endpoint.
@@ -298,6 +340,8 @@ pub async fn run(client: kube::Client, options: DnsOptions, stop: impl std::futu
     tokio::pin!(service_events, slice_events, stop);
     let mut dirty = false;
     let mut published: Option<Ipv4Addr> = None;
+    // Addresses with a UDP socket of their own beside the wildcard one.
+    let mut bound: Vec<Ipv4Addr> = Vec::new();
     let mut publish_at = tokio::time::Instant::now();
     let result = loop {
         tokio::select! {
@@ -322,6 +366,19 @@ pub async fn run(client: kube::Client, options: DnsOptions, stop: impl std::futu
                     Ok(ip) => {
                         if published != Some(ip) {
                             tracing::info!(address = %ip, port = addr.port(), "cluster DNS published as an endpoint of kube-system/kube-dns");
+                            // A socket on the wildcard address answers from whatever address the
+                            // route back takes, which conntrack cannot match to a query DNATed
+                            // to another local address (the host asking through the Service):
+                            // one on the published address answers from it.
+                            if addr.ip().is_unspecified() && !bound.contains(&ip) {
+                                match udp_socket(std::net::SocketAddrV4::new(ip, addr.port()), true).and_then(tokio::net::UdpSocket::from_std) {
+                                    Ok(socket) => {
+                                        server.register_socket(socket);
+                                        bound.push(ip);
+                                    }
+                                    Err(e) => tracing::warn!(address = %ip, error = %e, "no UDP socket on the published address; answers from it may come from another"),
+                                }
+                            }
                         }
                         published = Some(ip);
                         publish_at = tokio::time::Instant::now() + PUBLISH_PERIOD;
