@@ -37,3 +37,70 @@ pub fn store_changed<K>(event: Option<Result<kube::runtime::watcher::Event<K>, k
         Some(Ok(_)) => Ok(true),
     }
 }
+
+/// Whether a reflector's store holds its first complete list.
+pub fn listed<K: kube::Resource + Clone>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    use futures::FutureExt;
+    store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
+}
+
+/// Changes waiting to be acted on (a sync, a rebuild), due once they settle: when none has come
+/// for [`Settling::QUIET`], or when the first has waited [`Settling::WAIT_MAX`]. A watch hands the
+/// events of a burst over one at a time, each as soon as the previous one was taken, so acting
+/// between any two of them would cost one action per event and hold back the rest.
+#[derive(Debug, Default)]
+pub struct Settling {
+    first: Option<tokio::time::Instant>,
+    last_change: Option<tokio::time::Instant>,
+    changes: usize,
+}
+
+impl Settling {
+    pub const QUIET: std::time::Duration = std::time::Duration::from_millis(5);
+    pub const WAIT_MAX: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// A change came now.
+    pub fn changed(&mut self) {
+        let now = tokio::time::Instant::now();
+        self.first.get_or_insert(now);
+        self.last_change = Some(now);
+        self.changes += 1;
+    }
+
+    /// Something asks to act without a change to wait out (a periodic resync, a retry of work
+    /// wanted since `since`): due as soon as no change is settling.
+    pub fn wanted(&mut self, since: tokio::time::Instant) {
+        self.first = Some(self.first.map_or(since, |f| f.min(since)));
+    }
+
+    /// When the waiting changes are due, if any wait.
+    pub fn due_at(&self) -> Option<tokio::time::Instant> {
+        let first = self.first?;
+        Some(match self.last_change {
+            Some(last) => (last + Self::QUIET).min(first + Self::WAIT_MAX),
+            None => first,
+        })
+    }
+
+    pub fn is_due(&self) -> bool {
+        self.due_at().is_some_and(|at| at <= tokio::time::Instant::now())
+    }
+
+    /// Sleeps until the waiting changes are due; forever when none wait.
+    pub async fn wait(&self) {
+        match self.due_at() {
+            Some(at) => tokio::time::sleep_until(at).await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Takes what waits: since when, and how many changes.
+    pub fn take(&mut self) -> Option<(tokio::time::Instant, usize)> {
+        let first = self.first.take()?;
+        self.last_change = None;
+        Some((first, std::mem::take(&mut self.changes)))
+    }
+}

@@ -13,7 +13,7 @@ use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::Api;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 
@@ -126,11 +126,6 @@ pub fn enable_forwarding() -> anyhow::Result<()> {
     std::fs::write(path, "1").with_context(|| format!("turning on IPv4 forwarding ({path})"))
 }
 
-fn listed(store: &Store<Node>) -> bool {
-    use futures::FutureExt;
-    store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
-}
-
 /// Keeps the routes to other nodes' pod ranges in step with the cluster's nodes until `stop`
 /// resolves. The routes stay when the agent stops, so that traffic flows on.
 pub async fn run(client: kube::Client, options: PodNetOptions, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -156,7 +151,7 @@ pub async fn run(client: kube::Client, options: PodNetOptions, stop: impl Future
                 applied = None;
                 pending = true;
             }
-            _ = std::future::ready(()), if pending && listed(&nodes) => {
+            _ = std::future::ready(()), if pending && crate::client::listed(&nodes) => {
                 pending = false;
                 let desired = desired_routes(nodes.state().iter().map(|n| n.as_ref()), &options.node_name);
                 if applied.as_ref() == Some(&desired) {

@@ -24,6 +24,7 @@ use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use tokio::io::AsyncWriteExt;
 
+use crate::client::{listed, Settling};
 pub use rules::{Cidr, Config};
 use rules::{Desired, Endpoint, Protocol, ServicePort};
 
@@ -32,12 +33,6 @@ const RESYNC_PERIOD: Duration = Duration::from_secs(30);
 /// The table is replaced whole this often (between, syncs write only what changed), repairing
 /// whatever else changed it.
 const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
-/// A change is applied once no other has come for this long: the events of a burst arrive one
-/// at a time, each as soon as the previous one is taken, and a sync between any two of them
-/// would hold back the rest while it renders.
-const SETTLE: Duration = Duration::from_millis(5);
-/// ... or once the oldest change waiting has waited this long.
-const SETTLE_MAX: Duration = Duration::from_millis(100);
 /// A failed apply is tried again after this.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long one `nft` run may take.
@@ -174,15 +169,6 @@ pub async fn remove(nft: &std::path::Path, table: &str) -> anyhow::Result<()> {
     apply(nft, &format!("add table ip {table}\ndelete table ip {table}\n")).await
 }
 
-/// Whether a reflector's store holds its first complete list.
-fn listed<K: kube::Resource + Clone>(store: &Store<K>) -> bool
-where
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    use futures::FutureExt;
-    store.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok())
-}
-
 /// Keeps the node's service rules in step with the cluster until `stop` resolves.
 pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     let (services, services_writer) = reflector::store::<Service>();
@@ -200,66 +186,48 @@ pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<
     let stores = Stores { services, slices, policies, pods, namespaces };
     let mut owned: Option<Desired> = None;
     let mut last_full = Instant::now();
-    // When the oldest change not yet applied arrived.
-    let mut pending: Option<Instant> = None;
+    // Changes not yet applied (a change is applied once changes settle).
+    let mut pending = Settling::default();
     let mut retry_at: Option<tokio::time::Instant> = None;
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // Changes seen since the last sync (for the sync's log line), and when the last came.
-    let mut changes: usize = 0;
-    let mut last_change = tokio::time::Instant::now();
     loop {
-        let now = tokio::time::Instant::now();
-        let settle_at = pending.map(|first| (last_change + SETTLE).min(tokio::time::Instant::from_std(first) + SETTLE_MAX));
-        let settled = settle_at.is_some_and(|at| at <= now);
-        let ready = stores.listed() && settled && retry_at.is_none_or(|at| at <= now);
+        let settled = pending.is_due();
+        let ready = stores.listed() && settled && retry_at.is_none_or(|at| at <= tokio::time::Instant::now());
         tokio::select! {
             biased;
             _ = &mut stop => return Ok(()),
             e = service_events.next() => {
                 if crate::client::store_changed(e, "service")? {
-                    changes += 1;
-                    last_change = tokio::time::Instant::now();
-                    pending.get_or_insert_with(Instant::now);
+                    pending.changed();
                 }
             }
             e = slice_events.next() => {
                 if crate::client::store_changed(e, "endpointslice")? {
-                    changes += 1;
-                    last_change = tokio::time::Instant::now();
-                    pending.get_or_insert_with(Instant::now);
+                    pending.changed();
                 }
             }
             e = policy_events.next() => {
                 if crate::client::store_changed(e, "networkpolicy")? {
-                    changes += 1;
-                    last_change = tokio::time::Instant::now();
-                    pending.get_or_insert_with(Instant::now);
+                    pending.changed();
                 }
             }
             e = pod_events.next() => {
                 // Pods matter only where policies are.
                 if crate::client::store_changed(e, "pod")? && !stores.policies.is_empty() {
-                    changes += 1;
-                    last_change = tokio::time::Instant::now();
-                    pending.get_or_insert_with(Instant::now);
+                    pending.changed();
                 }
             }
             e = namespace_events.next() => {
                 if crate::client::store_changed(e, "namespace")? && !stores.policies.is_empty() {
-                    changes += 1;
-                    last_change = tokio::time::Instant::now();
-                    pending.get_or_insert_with(Instant::now);
+                    pending.changed();
                 }
             }
-            _ = resync.tick() => {
-                pending.get_or_insert_with(Instant::now);
-            }
+            _ = resync.tick() => pending.wanted(tokio::time::Instant::now()),
             _ = async { match retry_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } }, if !ready && retry_at.is_some() => {}
-            _ = async { match settle_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } }, if !settled && settle_at.is_some() => {}
+            _ = pending.wait(), if !settled && pending.due_at().is_some() => {}
             _ = std::future::ready(()), if ready => {
-                let since = pending.take().unwrap_or_else(Instant::now);
-                let batch = std::mem::take(&mut changes);
+                let (since, batch) = pending.take().unwrap_or_else(|| (tokio::time::Instant::now(), 0));
                 if last_full.elapsed() >= FULL_SYNC_PERIOD {
                     owned = None;
                 }
@@ -283,7 +251,7 @@ pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<
                         tracing::warn!(error = format!("{e:#}"), "service rules not applied; retrying");
                         // Nothing is known of the table now: the next sync replaces it whole.
                         owned = None;
-                        pending = Some(since);
+                        pending.wanted(since);
                         retry_at = Some(tokio::time::Instant::now() + RETRY_AFTER);
                     }
                 }

@@ -49,12 +49,6 @@ const TCP_RESPONSES_QUEUED_MAX: usize = 32;
 /// Forwarded queries awaiting an upstream at once; past this a query is answered SERVFAIL at
 /// once (the server spawns a task per UDP query, so this bounds the tasks that wait).
 const FORWARDS_IN_FLIGHT_MAX: usize = 256;
-/// The zone is rebuilt once no change has come for this long: a watch hands the events of a
-/// burst over one at a time, and a rebuild (every service and slice) between each two would
-/// cost one rebuild per event.
-const SETTLE: Duration = Duration::from_millis(5);
-/// ... or once the oldest change not yet in the zone has waited this long.
-const SETTLE_MAX: Duration = Duration::from_millis(100);
 /// Ports tried for a listener on port 0.
 const BIND_ATTEMPTS_MAX: usize = 16;
 /// The largest answer a forwarded query may get over UDP, in bytes (EDNS's usual maximum).
@@ -344,33 +338,28 @@ pub async fn run(client: kube::Client, options: DnsOptions, stop: impl std::futu
     let service_events = reflector::reflector(services_writer, watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).default_backoff());
     let slice_events = reflector::reflector(slices_writer, watcher(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default()).default_backoff());
     tokio::pin!(service_events, slice_events, stop);
-    // The first change not yet in the zone, and the last.
-    let mut dirty: Option<(tokio::time::Instant, tokio::time::Instant)> = None;
+    // Changes not yet in the zone: it is rebuilt (every service and slice) once they settle.
+    let mut dirty = agent::client::Settling::default();
     let mut published: Option<Ipv4Addr> = None;
     // Addresses with a UDP socket of their own beside the wildcard one.
     let mut bound: Vec<Ipv4Addr> = Vec::new();
     let mut publish_at = tokio::time::Instant::now();
     let result = loop {
-        let rebuild_at = dirty.map(|(first, last)| (last + SETTLE).min(first + SETTLE_MAX));
-        let changed = |dirty: &mut Option<(tokio::time::Instant, tokio::time::Instant)>| {
-            let now = tokio::time::Instant::now();
-            *dirty = Some((dirty.map_or(now, |(first, _)| first), now));
-        };
         tokio::select! {
             biased;
             _ = &mut stop => break Ok(()),
             e = service_events.next() => match agent::client::store_changed(e, "service") {
-                Ok(true) => changed(&mut dirty),
+                Ok(true) => dirty.changed(),
                 Ok(false) => {}
                 Err(e) => break Err(e),
             },
             e = slice_events.next() => match agent::client::store_changed(e, "endpointslice") {
-                Ok(true) => changed(&mut dirty),
+                Ok(true) => dirty.changed(),
                 Ok(false) => {}
                 Err(e) => break Err(e),
             },
-            _ = async { match rebuild_at { Some(at) => tokio::time::sleep_until(at).await, None => std::future::pending().await } }, if rebuild_at.is_some() => {
-                dirty = None;
+            _ = dirty.wait(), if dirty.due_at().is_some() => {
+                dirty.take();
                 let built = Arc::new(Zone::build(&options.domain, &services.state(), &slices.state()));
                 *zone.write().unwrap_or_else(|p| p.into_inner()) = built;
             }
