@@ -12,7 +12,8 @@ pub async fn connect(server: Option<&str>, kubeconfig: Option<&Path>) -> anyhow:
             kube::Config::new(uri)
         }
         (None, Some(path)) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).with_context(|| format!("cannot read --kubeconfig {}", path.display()))?;
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("cannot read --kubeconfig {}", path.display()))?;
             kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                 .await
                 .with_context(|| format!("--kubeconfig {}", path.display()))?
@@ -25,7 +26,10 @@ pub async fn connect(server: Option<&str>, kubeconfig: Option<&Path>) -> anyhow:
 /// Whether one event of a reflector's watch changed its store: the end of its first list and
 /// every later event do, the list's own steps do not. A watch error is logged (the watcher
 /// resumes by itself); a watch that ends is an error.
-pub fn store_changed<K>(event: Option<Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>>, what: &str) -> anyhow::Result<bool> {
+pub fn store_changed<K>(
+    event: Option<Result<kube::runtime::watcher::Event<K>, kube::runtime::watcher::Error>>,
+    what: &str,
+) -> anyhow::Result<bool> {
     use kube::runtime::watcher::Event;
     match event {
         None => anyhow::bail!("the {what} watch ended"),

@@ -104,7 +104,11 @@ pub fn can_lower_oom_score() -> bool {
 /// containerd's configuration (version 2, containerd 1.6 and later).
 pub fn config(o: &Options, restrict_oom_score_adj: bool) -> String {
     let d = |p: PathBuf| p.display().to_string();
-    let registry = o.registry_config_dir.as_ref().map(|p| format!("\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = {:?}\n", d(p.clone()))).unwrap_or_default();
+    let registry = o
+        .registry_config_dir
+        .as_ref()
+        .map(|p| format!("\n[plugins.\"io.containerd.grpc.v1.cri\".registry]\n  config_path = {:?}\n", d(p.clone())))
+        .unwrap_or_default();
     format!(
         r#"version = 2
 root = {root:?}
@@ -171,8 +175,10 @@ impl Containerd {
     /// Writes the config, starts containerd, waits until it answers CRI, and imports the
     /// sandbox image.
     pub async fn start(options: Options, cni_network: &str) -> anyhow::Result<(Containerd, CriRuntime)> {
-        std::fs::create_dir_all(options.cni_conf_dir()).with_context(|| format!("creating {}", options.cni_conf_dir().display()))?;
-        std::fs::write(options.cni_conf_dir().join("10-keelson.conflist"), cni_network).context("writing the CNI config")?;
+        std::fs::create_dir_all(options.cni_conf_dir())
+            .with_context(|| format!("creating {}", options.cni_conf_dir().display()))?;
+        std::fs::write(options.cni_conf_dir().join("10-keelson.conflist"), cni_network)
+            .context("writing the CNI config")?;
         let restrict = !can_lower_oom_score();
         if restrict {
             tracing::info!("this host refuses lower OOM scores; containerd will not ask for them");
@@ -192,7 +198,9 @@ impl Containerd {
             // first and containerd after them.
             .process_group(0)
             .spawn()
-            .with_context(|| format!("starting {} (is containerd installed? scripts/setup installs it)", options.binary.display()))?;
+            .with_context(|| {
+                format!("starting {} (is containerd installed? scripts/setup installs it)", options.binary.display())
+            })?;
         if let Some(pid) = child.id() {
             std::fs::write(options.pid_path(), pid.to_string()).context("writing containerd's pid file")?;
         }

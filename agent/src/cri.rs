@@ -12,8 +12,9 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use crate::runtime::{
-    AuthConfig, ContainerConfig, Image, ImageService, ContainerEvent, ContainerMetadata, ContainerState, ContainerStatus, PodSandboxConfig,
-    PodSandboxStatus, Result, RuntimeError, RuntimeService, SandboxMetadata, SandboxState, Streams, VersionInfo,
+    AuthConfig, ContainerConfig, ContainerEvent, ContainerMetadata, ContainerState, ContainerStatus, Image,
+    ImageService, PodSandboxConfig, PodSandboxStatus, Result, RuntimeError, RuntimeService, SandboxMetadata,
+    SandboxState, Streams, VersionInfo,
 };
 
 /// The longest one CRI call may take (image pulls aside).
@@ -48,7 +49,11 @@ fn sandbox_metadata(m: Option<cri::PodSandboxMetadata>) -> SandboxMetadata {
 }
 
 fn sandbox_state(s: i32) -> SandboxState {
-    if s == cri::PodSandboxState::SandboxReady as i32 { SandboxState::Ready } else { SandboxState::NotReady }
+    if s == cri::PodSandboxState::SandboxReady as i32 {
+        SandboxState::Ready
+    } else {
+        SandboxState::NotReady
+    }
 }
 
 fn container_state(s: i32) -> ContainerState {
@@ -69,13 +74,21 @@ fn sandbox_config(c: &PodSandboxConfig) -> cri::PodSandboxConfig {
             attempt: c.metadata.attempt,
         }),
         hostname: c.hostname.clone(),
-        dns_config: c.dns.as_ref().map(|d| cri::DnsConfig { servers: d.servers.clone(), searches: d.searches.clone(), options: d.options.clone() }),
+        dns_config: c.dns.as_ref().map(|d| cri::DnsConfig {
+            servers: d.servers.clone(),
+            searches: d.searches.clone(),
+            options: d.options.clone(),
+        }),
         log_directory: c.log_directory.clone(),
         labels: map(&c.labels),
         annotations: map(&c.annotations),
         linux: Some(cri::LinuxPodSandboxConfig {
             cgroup_parent: c.cgroup_parent.clone(),
-            security_context: Some(cri::LinuxSandboxSecurityContext { privileged: c.privileged, namespace_options: Some(namespaces(c)), ..Default::default() }),
+            security_context: Some(cri::LinuxSandboxSecurityContext {
+                privileged: c.privileged,
+                namespace_options: Some(namespaces(c)),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         port_mappings: c
@@ -102,7 +115,10 @@ fn namespaces(s: &PodSandboxConfig) -> cri::NamespaceOption {
     let mode = |host: bool, own: cri::NamespaceMode| if host { cri::NamespaceMode::Node as i32 } else { own as i32 };
     cri::NamespaceOption {
         network: mode(s.host_network, cri::NamespaceMode::Pod),
-        pid: mode(s.host_pid, if s.share_process_namespace { cri::NamespaceMode::Pod } else { cri::NamespaceMode::Container }),
+        pid: mode(
+            s.host_pid,
+            if s.share_process_namespace { cri::NamespaceMode::Pod } else { cri::NamespaceMode::Container },
+        ),
         ipc: mode(s.host_ipc, cri::NamespaceMode::Pod),
         ..Default::default()
     }
@@ -121,7 +137,11 @@ fn linux_config(c: &ContainerConfig, sandbox: &PodSandboxConfig) -> cri::LinuxCo
             ..Default::default()
         }),
         security_context: Some(cri::LinuxContainerSecurityContext {
-            capabilities: Some(cri::Capability { add_capabilities: s.add_capabilities.clone(), drop_capabilities: s.drop_capabilities.clone(), ..Default::default() }),
+            capabilities: Some(cri::Capability {
+                add_capabilities: s.add_capabilities.clone(),
+                drop_capabilities: s.drop_capabilities.clone(),
+                ..Default::default()
+            }),
             privileged: s.privileged,
             run_as_user: s.run_as_user.map(|value| cri::Int64Value { value }),
             run_as_group: s.run_as_group.map(|value| cri::Int64Value { value }),
@@ -145,14 +165,22 @@ impl CriRuntime {
                 async move { Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?)) }
             }))
             .await?;
-        Ok(CriRuntime { runtime: RuntimeServiceClient::new(channel.clone()), images: ImageServiceClient::new(channel), known: Default::default() })
+        Ok(CriRuntime {
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+            known: Default::default(),
+        })
     }
 
     /// Resolves once the runtime reports itself and its network ready (CRI's Status).
     pub async fn ready(&self) -> anyhow::Result<()> {
         let status = self.runtime.clone().status(cri::StatusRequest { verbose: false }).await?.into_inner();
         let conditions = status.status.map(|s| s.conditions).unwrap_or_default();
-        let not_ready: Vec<String> = conditions.iter().filter(|c| !c.status).map(|c| format!("{} ({}: {})", c.r#type, c.reason, c.message)).collect();
+        let not_ready: Vec<String> = conditions
+            .iter()
+            .filter(|c| !c.status)
+            .map(|c| format!("{} ({}: {})", c.r#type, c.reason, c.message))
+            .collect();
         if conditions.is_empty() || !not_ready.is_empty() {
             anyhow::bail!("runtime not ready: {}", not_ready.join(", "));
         }
@@ -162,7 +190,8 @@ impl CriRuntime {
     /// The status of container `id`, which belongs to sandbox `pod_sandbox_id`.
     async fn status_in(&self, id: &str, pod_sandbox_id: String) -> Result<ContainerStatus> {
         let req = cri::ContainerStatusRequest { container_id: id.to_string(), verbose: false };
-        let r = self.runtime.clone().container_status(req).await.map_err(|s| failed("ContainerStatus", s))?.into_inner();
+        let r =
+            self.runtime.clone().container_status(req).await.map_err(|s| failed("ContainerStatus", s))?.into_inner();
         let s = r.status.ok_or_else(|| RuntimeError::NotFound { kind: "container", id: id.to_string() })?;
         let m = s.metadata.unwrap_or_default();
         Ok(ContainerStatus {
@@ -182,11 +211,22 @@ impl CriRuntime {
     }
 
     async fn sandboxes(&self, filter: Option<cri::PodSandboxFilter>) -> Result<Vec<PodSandboxStatus>> {
-        let r = self.runtime.clone().list_pod_sandbox(cri::ListPodSandboxRequest { filter }).await.map_err(|s| failed("ListPodSandbox", s))?;
+        let r = self
+            .runtime
+            .clone()
+            .list_pod_sandbox(cri::ListPodSandboxRequest { filter })
+            .await
+            .map_err(|s| failed("ListPodSandbox", s))?;
         Ok(r.into_inner()
             .items
             .into_iter()
-            .map(|s| PodSandboxStatus { id: s.id, metadata: sandbox_metadata(s.metadata), state: sandbox_state(s.state), created_at: s.created_at, ip: None })
+            .map(|s| PodSandboxStatus {
+                id: s.id,
+                metadata: sandbox_metadata(s.metadata),
+                state: sandbox_state(s.state),
+                created_at: s.created_at,
+                ip: None,
+            })
             .collect())
     }
 
@@ -196,38 +236,80 @@ impl CriRuntime {
 
     async fn sandbox_of(&self, id: &str) -> Result<String> {
         let filter = cri::ContainerFilter { id: id.to_string(), ..Default::default() };
-        let r = self.runtime.clone().list_containers(cri::ListContainersRequest { filter: Some(filter) }).await.map_err(|s| failed("ListContainers", s))?;
-        r.into_inner().containers.into_iter().next().map(|c| c.pod_sandbox_id).ok_or_else(|| RuntimeError::NotFound { kind: "container", id: id.to_string() })
+        let r = self
+            .runtime
+            .clone()
+            .list_containers(cri::ListContainersRequest { filter: Some(filter) })
+            .await
+            .map_err(|s| failed("ListContainers", s))?;
+        r.into_inner()
+            .containers
+            .into_iter()
+            .next()
+            .map(|c| c.pod_sandbox_id)
+            .ok_or_else(|| RuntimeError::NotFound { kind: "container", id: id.to_string() })
     }
 }
 
 impl RuntimeService for CriRuntime {
     async fn version(&self) -> Result<VersionInfo> {
-        let r = self.runtime.clone().version(cri::VersionRequest { version: "v1".into() }).await.map_err(|s| failed("Version", s))?.into_inner();
-        Ok(VersionInfo { runtime_name: r.runtime_name, runtime_version: r.runtime_version, runtime_api_version: r.runtime_api_version })
+        let r = self
+            .runtime
+            .clone()
+            .version(cri::VersionRequest { version: "v1".into() })
+            .await
+            .map_err(|s| failed("Version", s))?
+            .into_inner();
+        Ok(VersionInfo {
+            runtime_name: r.runtime_name,
+            runtime_version: r.runtime_version,
+            runtime_api_version: r.runtime_api_version,
+        })
     }
 
     async fn run_pod_sandbox(&self, config: &PodSandboxConfig) -> Result<String> {
         let req = cri::RunPodSandboxRequest { config: Some(sandbox_config(config)), runtime_handler: String::new() };
-        Ok(self.runtime.clone().run_pod_sandbox(req).await.map_err(|s| failed("RunPodSandbox", s))?.into_inner().pod_sandbox_id)
+        Ok(self
+            .runtime
+            .clone()
+            .run_pod_sandbox(req)
+            .await
+            .map_err(|s| failed("RunPodSandbox", s))?
+            .into_inner()
+            .pod_sandbox_id)
     }
 
     async fn stop_pod_sandbox(&self, id: &str) -> Result<()> {
-        self.runtime.clone().stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.to_string() }).await.map_err(|s| failed("StopPodSandbox", s))?;
+        self.runtime
+            .clone()
+            .stop_pod_sandbox(cri::StopPodSandboxRequest { pod_sandbox_id: id.to_string() })
+            .await
+            .map_err(|s| failed("StopPodSandbox", s))?;
         Ok(())
     }
 
     async fn remove_pod_sandbox(&self, id: &str) -> Result<()> {
-        self.runtime.clone().remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() }).await.map_err(|s| failed("RemovePodSandbox", s))?;
+        self.runtime
+            .clone()
+            .remove_pod_sandbox(cri::RemovePodSandboxRequest { pod_sandbox_id: id.to_string() })
+            .await
+            .map_err(|s| failed("RemovePodSandbox", s))?;
         Ok(())
     }
 
     async fn pod_sandbox_status(&self, id: &str) -> Result<PodSandboxStatus> {
         let req = cri::PodSandboxStatusRequest { pod_sandbox_id: id.to_string(), verbose: false };
-        let r = self.runtime.clone().pod_sandbox_status(req).await.map_err(|s| failed("PodSandboxStatus", s))?.into_inner();
+        let r =
+            self.runtime.clone().pod_sandbox_status(req).await.map_err(|s| failed("PodSandboxStatus", s))?.into_inner();
         let s = r.status.ok_or_else(|| RuntimeError::NotFound { kind: "sandbox", id: id.to_string() })?;
         let ip = s.network.map(|n| n.ip).filter(|ip| !ip.is_empty());
-        Ok(PodSandboxStatus { id: s.id, metadata: sandbox_metadata(s.metadata), state: sandbox_state(s.state), created_at: s.created_at, ip })
+        Ok(PodSandboxStatus {
+            id: s.id,
+            metadata: sandbox_metadata(s.metadata),
+            state: sandbox_state(s.state),
+            created_at: s.created_at,
+            ip,
+        })
     }
 
     async fn list_pod_sandbox(&self) -> Result<Vec<PodSandboxStatus>> {
@@ -241,9 +323,17 @@ impl RuntimeService for CriRuntime {
         Ok(self.sandboxes(Some(filter)).await?.into_iter().filter(|s| s.metadata.uid == uid).collect())
     }
 
-    async fn create_container(&self, pod_sandbox_id: &str, config: &ContainerConfig, sandbox: &PodSandboxConfig) -> Result<String> {
+    async fn create_container(
+        &self,
+        pod_sandbox_id: &str,
+        config: &ContainerConfig,
+        sandbox: &PodSandboxConfig,
+    ) -> Result<String> {
         let c = cri::ContainerConfig {
-            metadata: Some(cri::ContainerMetadata { name: config.metadata.name.clone(), attempt: config.metadata.attempt }),
+            metadata: Some(cri::ContainerMetadata {
+                name: config.metadata.name.clone(),
+                attempt: config.metadata.attempt,
+            }),
             image: Some(cri::ImageSpec { image: config.image.clone(), ..Default::default() }),
             command: config.command.clone(),
             args: config.args.clone(),
@@ -255,7 +345,12 @@ impl RuntimeService for CriRuntime {
             mounts: config
                 .mounts
                 .iter()
-                .map(|m| cri::Mount { container_path: m.container_path.clone(), host_path: m.host_path.clone(), readonly: m.readonly, ..Default::default() })
+                .map(|m| cri::Mount {
+                    container_path: m.container_path.clone(),
+                    host_path: m.host_path.clone(),
+                    readonly: m.readonly,
+                    ..Default::default()
+                })
                 .collect(),
             linux: Some(linux_config(config, sandbox)),
             stdin: config.stdin,
@@ -263,17 +358,35 @@ impl RuntimeService for CriRuntime {
             tty: config.tty,
             ..Default::default()
         };
-        let req = cri::CreateContainerRequest { pod_sandbox_id: pod_sandbox_id.to_string(), config: Some(c), sandbox_config: Some(sandbox_config(sandbox)) };
-        Ok(self.runtime.clone().create_container(req).await.map_err(|s| failed("CreateContainer", s))?.into_inner().container_id)
+        let req = cri::CreateContainerRequest {
+            pod_sandbox_id: pod_sandbox_id.to_string(),
+            config: Some(c),
+            sandbox_config: Some(sandbox_config(sandbox)),
+        };
+        Ok(self
+            .runtime
+            .clone()
+            .create_container(req)
+            .await
+            .map_err(|s| failed("CreateContainer", s))?
+            .into_inner()
+            .container_id)
     }
 
     async fn start_container(&self, id: &str) -> Result<()> {
-        self.runtime.clone().start_container(cri::StartContainerRequest { container_id: id.to_string() }).await.map_err(|s| failed("StartContainer", s))?;
+        self.runtime
+            .clone()
+            .start_container(cri::StartContainerRequest { container_id: id.to_string() })
+            .await
+            .map_err(|s| failed("StartContainer", s))?;
         Ok(())
     }
 
     async fn stop_container(&self, id: &str, timeout: Duration) -> Result<()> {
-        let mut req = tonic::Request::new(cri::StopContainerRequest { container_id: id.to_string(), timeout: timeout.as_secs() as i64 });
+        let mut req = tonic::Request::new(cri::StopContainerRequest {
+            container_id: id.to_string(),
+            timeout: timeout.as_secs() as i64,
+        });
         // The call lasts as long as the grace period, and then some.
         req.set_timeout(timeout + CALL_TIMEOUT);
         self.runtime.clone().stop_container(req).await.map_err(|s| failed("StopContainer", s))?;
@@ -281,7 +394,11 @@ impl RuntimeService for CriRuntime {
     }
 
     async fn remove_container(&self, id: &str) -> Result<()> {
-        self.runtime.clone().remove_container(cri::RemoveContainerRequest { container_id: id.to_string() }).await.map_err(|s| failed("RemoveContainer", s))?;
+        self.runtime
+            .clone()
+            .remove_container(cri::RemoveContainerRequest { container_id: id.to_string() })
+            .await
+            .map_err(|s| failed("RemoveContainer", s))?;
         self.known().remove(id);
         Ok(())
     }
@@ -293,8 +410,14 @@ impl RuntimeService for CriRuntime {
     }
 
     async fn list_containers(&self, pod_sandbox_id: Option<&str>) -> Result<Vec<ContainerStatus>> {
-        let filter = pod_sandbox_id.map(|id| cri::ContainerFilter { pod_sandbox_id: id.to_string(), ..Default::default() });
-        let r = self.runtime.clone().list_containers(cri::ListContainersRequest { filter }).await.map_err(|s| failed("ListContainers", s))?;
+        let filter =
+            pod_sandbox_id.map(|id| cri::ContainerFilter { pod_sandbox_id: id.to_string(), ..Default::default() });
+        let r = self
+            .runtime
+            .clone()
+            .list_containers(cri::ListContainersRequest { filter })
+            .await
+            .map_err(|s| failed("ListContainers", s))?;
         let listed = r.into_inner().containers;
         let mut out = Vec::with_capacity(listed.len());
         for c in listed {
@@ -330,17 +453,34 @@ impl RuntimeService for CriRuntime {
     }
 
     async fn exec(&self, container_id: &str, cmd: &[String], s: Streams) -> Result<String> {
-        let req = cri::ExecRequest { container_id: container_id.to_string(), cmd: cmd.to_vec(), tty: s.tty, stdin: s.stdin, stdout: s.stdout, stderr: s.stderr };
+        let req = cri::ExecRequest {
+            container_id: container_id.to_string(),
+            cmd: cmd.to_vec(),
+            tty: s.tty,
+            stdin: s.stdin,
+            stdout: s.stdout,
+            stderr: s.stderr,
+        };
         Ok(self.runtime.clone().exec(req).await.map_err(|e| failed("Exec", e))?.into_inner().url)
     }
 
     async fn attach(&self, container_id: &str, s: Streams) -> Result<String> {
-        let req = cri::AttachRequest { container_id: container_id.to_string(), stdin: s.stdin, tty: s.tty, stdout: s.stdout, stderr: s.stderr };
+        let req = cri::AttachRequest {
+            container_id: container_id.to_string(),
+            stdin: s.stdin,
+            tty: s.tty,
+            stdout: s.stdout,
+            stderr: s.stderr,
+        };
         Ok(self.runtime.clone().attach(req).await.map_err(|e| failed("Attach", e))?.into_inner().url)
     }
 
     async fn exec_sync(&self, container_id: &str, cmd: &[String], timeout: Duration) -> Result<(i32, Vec<u8>)> {
-        let mut req = tonic::Request::new(cri::ExecSyncRequest { container_id: container_id.to_string(), cmd: cmd.to_vec(), timeout: timeout.as_secs().max(1) as i64 });
+        let mut req = tonic::Request::new(cri::ExecSyncRequest {
+            container_id: container_id.to_string(),
+            cmd: cmd.to_vec(),
+            timeout: timeout.as_secs().max(1) as i64,
+        });
         req.set_timeout(timeout + CALL_TIMEOUT);
         let r = self.runtime.clone().exec_sync(req).await.map_err(|e| failed("ExecSync", e))?.into_inner();
         let mut out = r.stdout;
@@ -356,7 +496,10 @@ impl RuntimeService for CriRuntime {
 
 impl ImageService for CriRuntime {
     async fn image_status(&self, image: &str) -> Result<Option<String>> {
-        let req = cri::ImageStatusRequest { image: Some(cri::ImageSpec { image: image.to_string(), ..Default::default() }), verbose: false };
+        let req = cri::ImageStatusRequest {
+            image: Some(cri::ImageSpec { image: image.to_string(), ..Default::default() }),
+            verbose: false,
+        };
         let r = self.images.clone().image_status(req).await.map_err(|s| failed("ImageStatus", s))?.into_inner();
         Ok(r.image.map(|i| i.id))
     }
@@ -379,7 +522,12 @@ impl ImageService for CriRuntime {
     }
 
     async fn list_images(&self) -> Result<Vec<Image>> {
-        let r = self.images.clone().list_images(cri::ListImagesRequest { filter: None }).await.map_err(|s| failed("ListImages", s))?;
+        let r = self
+            .images
+            .clone()
+            .list_images(cri::ListImagesRequest { filter: None })
+            .await
+            .map_err(|s| failed("ListImages", s))?;
         Ok(r.into_inner()
             .images
             .into_iter()

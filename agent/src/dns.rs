@@ -97,7 +97,8 @@ mod tests {
     fn pod(spec: serde_json::Value) -> Pod {
         let mut spec = spec;
         spec["containers"] = serde_json::json!([{"name": "c"}]);
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "p", "namespace": "shop"}, "spec": spec})).unwrap()
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p", "namespace": "shop"}, "spec": spec}))
+            .unwrap()
     }
 
     fn cluster() -> ClusterDns {
@@ -113,7 +114,11 @@ mod tests {
         assert_eq!(c.options, ["ndots:5"]);
         // Host network: the node's resolv.conf, unless ClusterFirstWithHostNet.
         assert_eq!(pod_dns(&pod(serde_json::json!({"hostNetwork": true})), Some(&cluster()), &host), host);
-        let with = pod_dns(&pod(serde_json::json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"})), Some(&cluster()), &host);
+        let with = pod_dns(
+            &pod(serde_json::json!({"hostNetwork": true, "dnsPolicy": "ClusterFirstWithHostNet"})),
+            Some(&cluster()),
+            &host,
+        );
         assert_eq!(with.servers, ["10.96.0.10"]);
         // Without cluster DNS, ClusterFirst falls back to the node's.
         assert_eq!(pod_dns(&pod(serde_json::json!({})), None, &host), host);
@@ -125,7 +130,14 @@ mod tests {
         let host = DnsConfig::parse("nameserver 192.0.2.53\n");
         let spec = serde_json::json!({"dnsPolicy": "None", "dnsConfig": {"nameservers": ["192.0.2.1"], "searches": ["a.example"], "options": [{"name": "ndots", "value": "2"}, {"name": "edns0"}]}});
         let c = pod_dns(&pod(spec), Some(&cluster()), &host);
-        assert_eq!(c, DnsConfig { servers: vec!["192.0.2.1".into()], searches: vec!["a.example".into()], options: vec!["ndots:2".into(), "edns0".into()] });
+        assert_eq!(
+            c,
+            DnsConfig {
+                servers: vec!["192.0.2.1".into()],
+                searches: vec!["a.example".into()],
+                options: vec!["ndots:2".into(), "edns0".into()]
+            }
+        );
         let spec = serde_json::json!({"dnsConfig": {"options": [{"name": "ndots", "value": "1"}]}});
         assert_eq!(pod_dns(&pod(spec), Some(&cluster()), &host).options, ["ndots:1"]);
     }

@@ -11,8 +11,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 
 use crate::runtime::{
-    AuthConfig, ContainerConfig, Image, ImageService, ContainerEvent, ContainerMetadata, ContainerState, ContainerStatus, PodSandboxConfig,
-    PodSandboxStatus, Result, RuntimeError, RuntimeService, SandboxMetadata, SandboxState, Streams, VersionInfo,
+    AuthConfig, ContainerConfig, ContainerEvent, ContainerMetadata, ContainerState, ContainerStatus, Image,
+    ImageService, PodSandboxConfig, PodSandboxStatus, Result, RuntimeError, RuntimeService, SandboxMetadata,
+    SandboxState, Streams, VersionInfo,
 };
 
 /// Container events waiting for the agent; beyond this the agent's periodic relist notices.
@@ -71,7 +72,9 @@ impl Life {
             ["false", ..] | ["/bin/false", ..] => Life::Exits { after: Duration::ZERO, code: 1 },
             ["true", ..] | ["/bin/true", ..] => Life::Exits { after: Duration::ZERO, code: 0 },
             [sleep, n, ..] if sleep.ends_with("sleep") => match n.parse::<f64>() {
-                Ok(secs) if secs.is_finite() && secs >= 0.0 => Life::Exits { after: Duration::from_secs_f64(secs), code: 0 },
+                Ok(secs) if secs.is_finite() && secs >= 0.0 => {
+                    Life::Exits { after: Duration::from_secs_f64(secs), code: 0 }
+                }
                 _ => Life::Forever,
             },
             _ => Life::Forever,
@@ -111,7 +114,12 @@ fn now_nanos() -> i64 {
 impl HollowRuntime {
     pub fn new(pod_range: PodRange) -> HollowRuntime {
         let (events_tx, events_rx) = mpsc::channel(EVENTS_QUEUED_MAX);
-        HollowRuntime { inner: Mutex::new(Inner::default()), events_tx, events_rx: Mutex::new(Some(events_rx)), pod_range }
+        HollowRuntime {
+            inner: Mutex::new(Inner::default()),
+            events_tx,
+            events_rx: Mutex::new(Some(events_rx)),
+            pod_range,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -225,7 +233,8 @@ impl RuntimeService for HollowRuntime {
         inner.used_hosts.insert(host);
         inner.next_id += 1;
         let id = format!("{:016x}", inner.next_id);
-        let sandbox = Sandbox { metadata: config.metadata.clone(), state: SandboxState::Ready, created_at: now_nanos(), host };
+        let sandbox =
+            Sandbox { metadata: config.metadata.clone(), state: SandboxState::Ready, created_at: now_nanos(), host };
         inner.sandboxes.insert(id.clone(), sandbox);
         Ok(id)
     }
@@ -265,7 +274,12 @@ impl RuntimeService for HollowRuntime {
         Ok(inner.sandboxes.iter().map(|(id, s)| self.sandbox_status(id, s)).collect())
     }
 
-    async fn create_container(&self, pod_sandbox_id: &str, config: &ContainerConfig, _sandbox: &PodSandboxConfig) -> Result<String> {
+    async fn create_container(
+        &self,
+        pod_sandbox_id: &str,
+        config: &ContainerConfig,
+        _sandbox: &PodSandboxConfig,
+    ) -> Result<String> {
         let mut inner = self.lock();
         match inner.sandboxes.get(pod_sandbox_id) {
             Some(s) if s.state == SandboxState::Ready => {}
@@ -290,7 +304,10 @@ impl RuntimeService for HollowRuntime {
     async fn start_container(&self, id: &str) -> Result<()> {
         let (life, sandbox) = {
             let mut inner = self.lock();
-            let c = inner.containers.get_mut(id).ok_or_else(|| RuntimeError::NotFound { kind: "container", id: id.into() })?;
+            let c = inner
+                .containers
+                .get_mut(id)
+                .ok_or_else(|| RuntimeError::NotFound { kind: "container", id: id.into() })?;
             if c.started_at != 0 {
                 return Err(RuntimeError::Failed(format!("container {id} was already started")));
             }
@@ -431,9 +448,14 @@ mod tests {
         assert!(rt.container_events().is_none());
         let sb = rt.run_pod_sandbox(&sandbox_config("u1")).await.unwrap();
         assert_eq!(rt.pod_sandbox_status(&sb).await.unwrap().ip.as_deref(), Some("10.1.0.2"));
-        let quick = rt.create_container(&sb, &container_config("quick", &["sleep", "0.05"]), &sandbox_config("u1")).await.unwrap();
-        let fails = rt.create_container(&sb, &container_config("fails", &["false"]), &sandbox_config("u1")).await.unwrap();
-        let serve = rt.create_container(&sb, &container_config("serve", &["nginx"]), &sandbox_config("u1")).await.unwrap();
+        let quick = rt
+            .create_container(&sb, &container_config("quick", &["sleep", "0.05"]), &sandbox_config("u1"))
+            .await
+            .unwrap();
+        let fails =
+            rt.create_container(&sb, &container_config("fails", &["false"]), &sandbox_config("u1")).await.unwrap();
+        let serve =
+            rt.create_container(&sb, &container_config("serve", &["nginx"]), &sandbox_config("u1")).await.unwrap();
         assert_eq!(rt.container_status(&quick).await.unwrap().state, ContainerState::Created);
         for id in [&quick, &fails, &serve] {
             rt.start_container(id).await.unwrap();
@@ -506,7 +528,9 @@ impl HollowNodes {
             return Err(format!("--hollow-nodes must be 1 to {HOLLOW_NODES_MAX}, not {}", self.count));
         }
         if self.count > 1 && self.name.is_some() {
-            return Err("--node-name names one node; with --hollow-nodes above 1 names come from --hollow-node-prefix".into());
+            return Err(
+                "--node-name names one node; with --hollow-nodes above 1 names come from --hollow-node-prefix".into()
+            );
         }
         let zones = self.zones.max(1);
         let mut out = Vec::with_capacity(self.count);
@@ -515,7 +539,10 @@ impl HollowNodes {
             let mut labels = self.labels.clone();
             labels.insert("kubernetes.io/hostname".into(), name.clone());
             labels.insert("kubernetes.io/os".into(), "linux".into());
-            labels.insert("kubernetes.io/arch".into(), std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"));
+            labels.insert(
+                "kubernetes.io/arch".into(),
+                std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+            );
             labels.insert("topology.kubernetes.io/zone".into(), format!("zone-{}", i % zones));
             let resources: std::collections::BTreeMap<String, Quantity> = [
                 ("cpu", self.cpu.clone()),

@@ -3,8 +3,8 @@
 //! archive is an OCI image layout in a tar (`oci-layout`, `index.json`, `blobs/sha256/…`) with
 //! one uncompressed layer, as `ctr images import` takes it.
 
-use sha2::{Digest, Sha256};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 
 /// The sandbox process, statically linked.
 pub const PAUSE_BINARY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/keelson-pause"));
@@ -169,7 +169,8 @@ mod tests {
         let index: serde_json::Value = serde_json::from_slice(&entries["index.json"]).unwrap();
         assert_eq!(index["manifests"][0]["annotations"]["io.containerd.image.name"], PAUSE_IMAGE);
         let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:");
-        let manifest: serde_json::Value = serde_json::from_slice(&entries[&format!("blobs/sha256/{manifest_digest}")]).unwrap();
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&entries[&format!("blobs/sha256/{manifest_digest}")]).unwrap();
         let layer_digest = manifest["layers"][0]["digest"].as_str().unwrap().trim_start_matches("sha256:");
         let layer = &entries[&format!("blobs/sha256/{layer_digest}")];
         let mut found = false;

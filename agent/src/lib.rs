@@ -3,9 +3,9 @@
 //! the Kubernetes API (kube-rs). One process may run many nodes (hollow nodes for scale tests):
 //! one watch of pods feeds them all, and each node has a task of its own that owns its pods.
 
+pub mod cgroups;
 pub mod client;
 pub mod containerd;
-pub mod cgroups;
 pub mod cri;
 pub mod dns;
 pub mod events;
@@ -15,8 +15,8 @@ pub mod lean;
 pub mod logs;
 pub mod machine;
 pub mod node;
-pub mod pods;
 pub mod podnet;
+pub mod pods;
 pub mod podspec;
 pub mod prober;
 pub mod proxy;
@@ -38,7 +38,7 @@ use kube::runtime::watcher;
 use tokio::sync::{mpsc, Semaphore};
 
 use node::{NodeLease, NodeSetup};
-use pods::{NodeContext, Next};
+use pods::{Next, NodeContext};
 use runtime::{ImageService, RuntimeService};
 
 /// Pod updates waiting for one node's task; the pod watch waits when a node falls behind.
@@ -198,7 +198,11 @@ pub async fn run<R: RuntimeService + ImageService>(
             }
             watcher::Event::InitDone => {
                 // Pods that vanished while the watch was down.
-                let gone: Vec<(String, String)> = known.iter().filter(|(uid, _)| !listing.contains(*uid)).map(|(u, n)| (u.clone(), n.clone())).collect();
+                let gone: Vec<(String, String)> = known
+                    .iter()
+                    .filter(|(uid, _)| !listing.contains(*uid))
+                    .map(|(u, n)| (u.clone(), n.clone()))
+                    .collect();
                 for (uid, node) in gone {
                     known.remove(&uid);
                     if let Some(route) = routes.get(&node) {
@@ -216,7 +220,11 @@ pub async fn run<R: RuntimeService + ImageService>(
 
 /// Follows this process's nodes; a node the API shows other than Ready (while its agent runs,
 /// so it is) is reported again at once rather than at the next periodic report.
-async fn watch_own_nodes(client: kube::Client, routes: HashMap<String, mpsc::Sender<PodUpdate>>, single: Option<String>) {
+async fn watch_own_nodes(
+    client: kube::Client,
+    routes: HashMap<String, mpsc::Sender<PodUpdate>>,
+    single: Option<String>,
+) {
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client);
     let config = match &single {
         Some(name) => watcher::Config::default().fields(&format!("metadata.name={name}")),
@@ -233,7 +241,12 @@ async fn watch_own_nodes(client: kube::Client, routes: HashMap<String, mpsc::Sen
                 continue;
             }
         };
-        let ready = node.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.as_str() == "True");
+        let ready = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| c.status.as_str() == "True");
         if ready == Some(false) {
             if let Some(route) = node.metadata.name.as_ref().and_then(|n| routes.get(n)) {
                 // A full queue already holds work for the node; the periodic report follows.
@@ -483,7 +496,10 @@ fn relist_changes(
 }
 
 fn pod_name(pod: Option<&Pod>) -> String {
-    pod.map(|p| format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))).unwrap_or_default()
+    pod.map(|p| {
+        format!("{}/{}", p.metadata.namespace.as_deref().unwrap_or(""), p.metadata.name.as_deref().unwrap_or(""))
+    })
+    .unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -493,8 +509,12 @@ mod tests {
     #[test]
     fn a_relist_syncs_the_pods_whose_sandboxes_or_containers_changed() {
         use runtime::{ContainerState as C, SandboxState as S};
-        let m = |items: &[(&str, &str, S)]| items.iter().map(|(id, uid, st)| (id.to_string(), (uid.to_string(), *st))).collect::<HashMap<_, _>>();
-        let c = |items: &[(&str, &str, C)]| items.iter().map(|(id, sb, st)| (id.to_string(), (sb.to_string(), *st))).collect::<HashMap<_, _>>();
+        let m = |items: &[(&str, &str, S)]| {
+            items.iter().map(|(id, uid, st)| (id.to_string(), (uid.to_string(), *st))).collect::<HashMap<_, _>>()
+        };
+        let c = |items: &[(&str, &str, C)]| {
+            items.iter().map(|(id, sb, st)| (id.to_string(), (sb.to_string(), *st))).collect::<HashMap<_, _>>()
+        };
         let old_s = m(&[("s1", "a", S::Ready), ("s2", "b", S::Ready), ("s3", "c", S::Ready)]);
         let new_s = m(&[("s1", "a", S::Ready), ("s2", "b", S::Ready), ("s4", "d", S::Ready)]);
         let old_c = c(&[("c1", "s1", C::Running), ("c2", "s2", C::Running), ("c3", "s3", C::Running)]);
@@ -527,7 +547,8 @@ mod tests {
         let ctx = Arc::new(NodeContext::new(&setup, rt, client.clone(), &AgentOptions::default()));
         let lease = NodeLease::new(&client, &setup.name, String::new(), Duration::from_secs(40));
         let (_tx, rx) = mpsc::channel(1);
-        let task = node_loop(ctx, setup, lease, rx, Arc::new(Semaphore::new(1)), AgentOptions::default(), Duration::ZERO);
+        let task =
+            node_loop(ctx, setup, lease, rx, Arc::new(Semaphore::new(1)), AgentOptions::default(), Duration::ZERO);
         let size = std::mem::size_of_val(&task);
         eprintln!("node task: {size} bytes");
         assert!(size < 4096, "a node's task takes {size} bytes before it runs");

@@ -200,10 +200,13 @@ mod tests {
 
     #[test]
     fn queries_decode() {
-        assert_eq!(form_pairs("command=sh&command=-c&command=echo+a%20b"), vec![
-            ("command".to_string(), "sh".to_string()),
-            ("command".to_string(), "-c".to_string()),
-            ("command".to_string(), "echo a b".to_string()),
-        ]);
+        assert_eq!(
+            form_pairs("command=sh&command=-c&command=echo+a%20b"),
+            vec![
+                ("command".to_string(), "sh".to_string()),
+                ("command".to_string(), "-c".to_string()),
+                ("command".to_string(), "echo a b".to_string()),
+            ]
+        );
     }
 }

@@ -37,7 +37,8 @@ pub fn parse_quantity(s: &str, unit: u64) -> Result<u64, String> {
         ("G", 1e9),
         ("T", 1e12),
     ];
-    let (number, factor) = suffixes.iter().find_map(|(sfx, f)| t.strip_suffix(sfx).map(|n| (n, *f))).unwrap_or((t, 1.0));
+    let (number, factor) =
+        suffixes.iter().find_map(|(sfx, f)| t.strip_suffix(sfx).map(|n| (n, *f))).unwrap_or((t, 1.0));
     let n: f64 = number.parse().map_err(|_| format!("{s:?} is not a quantity"))?;
     if !n.is_finite() || n < 0.0 {
         return Err(format!("{s:?} is not a non-negative quantity"));
@@ -76,7 +77,11 @@ fn meminfo_kib(field: &str) -> anyhow::Result<u64> {
 pub fn capacity(data_dir: &Path) -> anyhow::Result<Resources> {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as u64;
     let memory_kib = meminfo_kib("MemTotal")?;
-    Ok(Resources { cpu_millis: cpus * 1000, memory_bytes: memory_kib * 1024, ephemeral_storage_bytes: filesystem_size(data_dir)? })
+    Ok(Resources {
+        cpu_millis: cpus * 1000,
+        memory_bytes: memory_kib * 1024,
+        ephemeral_storage_bytes: filesystem_size(data_dir)?,
+    })
 }
 
 fn statvfs(dir: &Path) -> anyhow::Result<libc::statvfs> {
@@ -125,7 +130,8 @@ impl Readings {
         let below = |free: u64, total: u64, percent: u64| total > 0 && free * 100 < total * percent;
         Pressure {
             memory: self.memory_available_bytes < EVICTION_MEMORY_BYTES,
-            disk: below(self.fs_available_blocks, self.fs_blocks, 10) || below(self.fs_available_inodes, self.fs_inodes, 5),
+            disk: below(self.fs_available_blocks, self.fs_blocks, 10)
+                || below(self.fs_available_inodes, self.fs_inodes, 5),
             pid: below(self.pid_max.saturating_sub(self.pids_used), self.pid_max, 5),
         }
     }
@@ -160,7 +166,6 @@ pub fn pressure(data_dir: &Path) -> anyhow::Result<Pressure> {
     Ok(readings(data_dir)?.pressure())
 }
 
-
 fn quantities(r: Resources, pods: u32) -> BTreeMap<String, Quantity> {
     let cpu = if r.cpu_millis % 1000 == 0 { (r.cpu_millis / 1000).to_string() } else { format!("{}m", r.cpu_millis) };
     [
@@ -176,7 +181,10 @@ fn quantities(r: Resources, pods: u32) -> BTreeMap<String, Quantity> {
 
 /// Capacity and allocatable as the node reports them: allocatable is capacity less the
 /// reservations and the memory eviction threshold.
-pub fn node_resources(capacity: Resources, reserved: Resources) -> (BTreeMap<String, Quantity>, BTreeMap<String, Quantity>) {
+pub fn node_resources(
+    capacity: Resources,
+    reserved: Resources,
+) -> (BTreeMap<String, Quantity>, BTreeMap<String, Quantity>) {
     let allocatable = Resources {
         cpu_millis: capacity.cpu_millis.saturating_sub(reserved.cpu_millis),
         memory_bytes: capacity.memory_bytes.saturating_sub(reserved.memory_bytes + EVICTION_MEMORY_BYTES),
@@ -255,7 +263,10 @@ mod tests {
     #[test]
     fn allocatable_is_capacity_less_reservations_and_eviction() {
         let reserved = parse_reserved("--kube-reserved", &["cpu=250m".into(), "memory=1Gi".into()]).unwrap();
-        let (cap, alloc) = node_resources(Resources { cpu_millis: 2000, memory_bytes: 8 << 30, ephemeral_storage_bytes: 10 << 30 }, reserved);
+        let (cap, alloc) = node_resources(
+            Resources { cpu_millis: 2000, memory_bytes: 8 << 30, ephemeral_storage_bytes: 10 << 30 },
+            reserved,
+        );
         assert_eq!(cap["cpu"].0, "2");
         assert_eq!(alloc["cpu"].0, "1750m");
         assert_eq!(alloc["memory"].0, format!("{}Ki", ((8u64 << 30) - (1 << 30) - (100 << 20)) / 1024));

@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Context;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{
-    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, Taint,
+    ContainerImage, DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus,
+    NodeSystemInfo, Taint,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
@@ -91,9 +92,21 @@ impl NodeSetup {
         let p = self.observed.pressure;
         let mut conditions = vec![
             if p.memory {
-                condition("MemoryPressure", "True", "KubeletHasInsufficientMemory", "kubelet has insufficient memory available", at)
+                condition(
+                    "MemoryPressure",
+                    "True",
+                    "KubeletHasInsufficientMemory",
+                    "kubelet has insufficient memory available",
+                    at,
+                )
             } else {
-                condition("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory available", at)
+                condition(
+                    "MemoryPressure",
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                    at,
+                )
             },
             if p.disk {
                 condition("DiskPressure", "True", "KubeletHasDiskPressure", "kubelet has disk pressure", at)
@@ -101,7 +114,13 @@ impl NodeSetup {
                 condition("DiskPressure", "False", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", at)
             },
             if p.pid {
-                condition("PIDPressure", "True", "KubeletHasInsufficientPID", "kubelet has insufficient PID available", at)
+                condition(
+                    "PIDPressure",
+                    "True",
+                    "KubeletHasInsufficientPID",
+                    "kubelet has insufficient PID available",
+                    at,
+                )
             } else {
                 condition("PIDPressure", "False", "KubeletHasSufficientPID", "kubelet has sufficient PID available", at)
             },
@@ -161,7 +180,9 @@ impl NodeSetup {
                 NodeAddress { type_: "InternalIP".into(), address: self.internal_ip.clone() },
                 NodeAddress { type_: "Hostname".into(), address: self.hostname.clone() },
             ]),
-            daemon_endpoints: Some(NodeDaemonEndpoints { kubelet_endpoint: Some(DaemonEndpoint { port: self.kubelet_port.into() }) }),
+            daemon_endpoints: Some(NodeDaemonEndpoints {
+                kubelet_endpoint: Some(DaemonEndpoint { port: self.kubelet_port.into() }),
+            }),
             node_info: Some(self.system.clone()),
             ..Default::default()
         }
@@ -169,7 +190,11 @@ impl NodeSetup {
 
     fn object(&self) -> Node {
         Node {
-            metadata: ObjectMeta { name: Some(self.name.clone()), labels: Some(self.labels.clone()), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                labels: Some(self.labels.clone()),
+                ..Default::default()
+            },
             spec: Some(NodeSpec {
                 pod_cidr: self.pod_cidr.clone(),
                 pod_cidrs: self.pod_cidr.clone().map(|c| vec![c]),
@@ -190,9 +215,13 @@ pub async fn register(client: &kube::Client, setup: &NodeSetup) -> anyhow::Resul
         Ok(n) => n,
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let patch = serde_json::json!({ "metadata": { "labels": setup.labels } });
-            api.patch(&setup.name, &PatchParams::default(), &Patch::Merge(&patch)).await.context("updating the node's labels")?;
+            api.patch(&setup.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+                .context("updating the node's labels")?;
             let status = serde_json::json!({ "status": setup.status() });
-            api.patch_status(&setup.name, &PatchParams::default(), &Patch::Merge(&status)).await.context("updating the node's status")?
+            api.patch_status(&setup.name, &PatchParams::default(), &Patch::Merge(&status))
+                .await
+                .context("updating the node's status")?
         }
         Err(e) => return Err(e).context("registering the node"),
     };
@@ -253,7 +282,9 @@ pub async fn report_status(client: &kube::Client, setup: &mut NodeSetup) -> anyh
     if let Some(images) = status.images {
         patch["status"]["images"] = serde_json::to_value(images)?;
     }
-    api.patch_status(&setup.name, &PatchParams::default(), &Patch::Merge(&patch)).await.context("reporting node status")?;
+    api.patch_status(&setup.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .context("reporting node status")?;
     setup.reported(&conditions);
     Ok(())
 }
@@ -270,7 +301,13 @@ pub struct NodeLease {
 
 impl NodeLease {
     pub fn new(client: &kube::Client, name: &str, owner_uid: String, duration: Duration) -> NodeLease {
-        NodeLease { api: Api::namespaced(client.clone(), LEASE_NAMESPACE), name: name.into(), owner_uid, duration, last: None }
+        NodeLease {
+            api: Api::namespaced(client.clone(), LEASE_NAMESPACE),
+            name: name.into(),
+            owner_uid,
+            duration,
+            last: None,
+        }
     }
 
     pub async fn renew(&mut self) -> anyhow::Result<()> {

@@ -42,7 +42,12 @@ pub fn desired_routes<'a>(nodes: impl IntoIterator<Item = &'a Node>, own: &str) 
             continue;
         }
         let Some(spec) = &node.spec else { continue };
-        let cidrs = spec.pod_cidrs.clone().filter(|c| !c.is_empty()).or_else(|| spec.pod_cidr.clone().map(|c| vec![c])).unwrap_or_default();
+        let cidrs = spec
+            .pod_cidrs
+            .clone()
+            .filter(|c| !c.is_empty())
+            .or_else(|| spec.pod_cidr.clone().map(|c| vec![c]))
+            .unwrap_or_default();
         let via = node
             .status
             .as_ref()
@@ -131,7 +136,8 @@ pub fn enable_forwarding() -> anyhow::Result<()> {
 pub async fn run(client: kube::Client, options: PodNetOptions, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
     enable_forwarding()?;
     let (nodes, writer) = reflector::store::<Node>();
-    let events = reflector::reflector(writer, watcher(Api::<Node>::all(client), watcher::Config::default()).default_backoff());
+    let events =
+        reflector::reflector(writer, watcher(Api::<Node>::all(client), watcher::Config::default()).default_backoff());
     tokio::pin!(events, stop);
     let mut resync = tokio::time::interval(RESYNC_PERIOD);
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -195,7 +201,10 @@ mod tests {
         no_ip.status = None;
         let nodes = [node("a", "10.42.1.0/24", "10.0.0.11"), node("b", "10.42.2.0/24", "10.0.0.12"), no_ip];
         let routes = desired_routes(&nodes, "a");
-        assert_eq!(routes.into_iter().collect::<Vec<_>>(), vec![("10.42.2.0/24".to_string(), Ipv4Addr::new(10, 0, 0, 12))]);
+        assert_eq!(
+            routes.into_iter().collect::<Vec<_>>(),
+            vec![("10.42.2.0/24".to_string(), Ipv4Addr::new(10, 0, 0, 12))]
+        );
     }
 
     #[test]

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use k8s_openapi::api::core::v1::{
-    Container, ContainerState as ApiState, LifecycleHandler, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
-    ContainerStatus as ApiStatus, Pod, PodCondition, PodIP, PodStatus,
+    Container, ContainerState as ApiState, ContainerStateRunning, ContainerStateTerminated, ContainerStateWaiting,
+    ContainerStatus as ApiStatus, LifecycleHandler, Pod, PodCondition, PodIP, PodStatus,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -22,11 +22,11 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use crate::node::NodeSetup;
 use crate::podspec::{self, ConfigError, EnvSources};
 use crate::prober::{Prober, Target};
-use crate::volumes::{self, MountError};
 use crate::runtime::{
-    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ImageService, PodSandboxConfig,
-    LinuxResources, PodSandboxStatus, PortMapping, RuntimeService, SandboxMetadata, SandboxState, SecurityContext,
+    ContainerConfig, ContainerMetadata, ContainerState, ContainerStatus, ImageService, LinuxResources,
+    PodSandboxConfig, PodSandboxStatus, PortMapping, RuntimeService, SandboxMetadata, SandboxState, SecurityContext,
 };
+use crate::volumes::{self, MountError};
 use crate::AgentOptions;
 
 /// Kubelet's crash-loop back-off: 10 s doubling to 5 min, reset after 10 min of running.
@@ -120,7 +120,8 @@ impl<R: RuntimeService + ImageService> NodeContext<R> {
     /// Records a failure of `key`: its back-off starts, or doubles. Returns the wait.
     fn failed(&self, key: (String, String)) -> Duration {
         let mut backoffs = self.backoffs();
-        let delay = backoffs.get(&key).map(|b| (b.delay * 2).min(RESTART_BACKOFF_MAX)).unwrap_or(RESTART_BACKOFF_INITIAL);
+        let delay =
+            backoffs.get(&key).map(|b| (b.delay * 2).min(RESTART_BACKOFF_MAX)).unwrap_or(RESTART_BACKOFF_INITIAL);
         backoffs.insert(key, Backoff { delay, until: Instant::now() + delay });
         delay
     }
@@ -136,7 +137,8 @@ impl<R: RuntimeService + ImageService> NodeContext<R> {
 
     fn log_directory(&self, pod: &Pod) -> Option<PathBuf> {
         let m = &pod.metadata;
-        let name = format!("{}_{}_{}", m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""), pod_uid(pod));
+        let name =
+            format!("{}_{}_{}", m.namespace.as_deref().unwrap_or(""), m.name.as_deref().unwrap_or(""), pod_uid(pod));
         self.pod_log_root.as_ref().map(|r| r.join(name))
     }
 }
@@ -211,7 +213,8 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
             let mut config = sandbox_config.clone();
             config.metadata.attempt = attempt;
             if let Some(dir) = ctx.log_directory(pod) {
-                std::fs::create_dir_all(&dir).with_context(|| format!("creating the pod's log directory {}", dir.display()))?;
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("creating the pod's log directory {}", dir.display()))?;
             }
             let id = rt.run_pod_sandbox(&config).await.context("RunPodSandbox")?;
             rt.pod_sandbox_status(&id).await?
@@ -240,7 +243,12 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
         }
     }
 
-    let to_start = spec.init_containers.iter().flatten().chain(spec.containers.iter()).any(|c| latest.get(c.name.as_str()).is_none_or(|s| s.state == ContainerState::Exited));
+    let to_start = spec
+        .init_containers
+        .iter()
+        .flatten()
+        .chain(spec.containers.iter())
+        .any(|c| latest.get(c.name.as_str()).is_none_or(|s| s.state == ContainerState::Exited));
     if to_start && starting.is_none() {
         starting = Some(ctx.starts.acquire().await.context("the agent is stopping")?);
     }
@@ -300,7 +308,9 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
                         _ => false,
                     };
                     if again {
-                        if let Some((w, wait)) = restart(ctx, &uid, &sandbox, &sandbox_config, &volumes, pod, c, s).await? {
+                        if let Some((w, wait)) =
+                            restart(ctx, &uid, &sandbox, &sandbox_config, &volumes, pod, c, s).await?
+                        {
                             next = earlier(next, Next::After(wait));
                             waiting.insert(c.name.clone(), w);
                         }
@@ -313,12 +323,19 @@ pub async fn sync_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, po
 
     // The status as the runtime now has it; probes for what runs, none for what stopped.
     let containers = rt.list_containers(Some(&sandbox.id)).await?;
-    let stopped: Vec<String> = containers.iter().filter(|c| c.state != ContainerState::Running).map(|c| c.id.clone()).collect();
+    let stopped: Vec<String> =
+        containers.iter().filter(|c| c.state != ContainerState::Running).map(|c| c.id.clone()).collect();
     ctx.prober.forget(&stopped);
     for s in containers.iter().filter(|c| c.state == ContainerState::Running) {
-        let spec_of = spec.init_containers.iter().flatten().chain(spec.containers.iter()).find(|c| c.name == s.metadata.name);
+        let spec_of =
+            spec.init_containers.iter().flatten().chain(spec.containers.iter()).find(|c| c.name == s.metadata.name);
         if let Some(c) = spec_of {
-            let target = Target { pod_uid: uid.clone(), container_id: s.id.clone(), pod_ip: sandbox.ip.clone(), container: c.clone() };
+            let target = Target {
+                pod_uid: uid.clone(),
+                container_id: s.id.clone(),
+                pod_ip: sandbox.ip.clone(),
+                container: c.clone(),
+            };
             ctx.prober.ensure(&ctx.runtime, &target);
         }
     }
@@ -340,13 +357,18 @@ struct PodVolumes {
 }
 
 /// Sets up the pod's volumes; a volume that cannot be set up is the inner error.
-async fn set_up_volumes<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &Pod) -> anyhow::Result<Result<PodVolumes, MountError>> {
+async fn set_up_volumes<R: RuntimeService + ImageService>(
+    ctx: &NodeContext<R>,
+    pod: &Pod,
+) -> anyhow::Result<Result<PodVolumes, MountError>> {
     let Some(root) = &ctx.pods_dir else { return Ok(Ok(PodVolumes::default())) };
     let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
     let src = volumes::Sources { client: &ctx.client, host_ip: &ctx.host_ip, pod_ip, allocatable: &ctx.allocatable };
     match volumes::set_up(root, &src, pod).await {
         Ok(paths) => {
-            let refresh = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| v.config_map.is_some() || v.secret.is_some() || v.projected.is_some() || v.downward_api.is_some());
+            let refresh = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| {
+                v.config_map.is_some() || v.secret.is_some() || v.projected.is_some() || v.downward_api.is_some()
+            });
             Ok(Ok(PodVolumes { paths, refresh }))
         }
         Err(e) => match e.downcast::<MountError>() {
@@ -401,7 +423,12 @@ async fn start<R: RuntimeService + ImageService>(
     if let Some(w) = pull(ctx, pod, c).await? {
         return Ok(Some(w));
     }
-    let src = EnvSources { client: &ctx.client, host_ip: &ctx.host_ip, pod_ip: sandbox.ip.as_deref(), allocatable: &ctx.allocatable };
+    let src = EnvSources {
+        client: &ctx.client,
+        host_ip: &ctx.host_ip,
+        pod_ip: sandbox.ip.as_deref(),
+        allocatable: &ctx.allocatable,
+    };
     let env = match podspec::container_env(&src, pod, c).await {
         Ok(env) => env,
         Err(e) => match e.downcast::<ConfigError>() {
@@ -434,7 +461,12 @@ async fn start<R: RuntimeService + ImageService>(
         return Ok(Some((("RunContainerError", e.to_string()), CONFIG_RETRY)));
     }
     if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
-        let target = Target { pod_uid: pod_uid(pod).to_string(), container_id: id.clone(), pod_ip: sandbox.ip.clone(), container: c.clone() };
+        let target = Target {
+            pod_uid: pod_uid(pod).to_string(),
+            container_id: id.clone(),
+            pod_ip: sandbox.ip.clone(),
+            container: c.clone(),
+        };
         if let Err(why) = run_hook(ctx, &target, hook, grace_of(pod)).await {
             // As kubelet does: the container is killed, and restarted under its policy.
             tracing::info!(container = %c.name, reason = %why, "postStart hook failed; stopping the container");
@@ -447,12 +479,22 @@ async fn start<R: RuntimeService + ImageService>(
 
 /// Runs a lifecycle hook (postStart, preStop) within `limit`: a command, an HTTP GET, a TCP
 /// connection or a sleep.
-async fn run_hook<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, target: &Target, hook: &LifecycleHandler, limit: Duration) -> Result<(), String> {
+async fn run_hook<R: RuntimeService + ImageService>(
+    ctx: &NodeContext<R>,
+    target: &Target,
+    hook: &LifecycleHandler,
+    limit: Duration,
+) -> Result<(), String> {
     if let Some(sleep) = &hook.sleep {
         tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64).min(limit)).await;
         return Ok(());
     }
-    let action = k8s_openapi::api::core::v1::Probe { exec: hook.exec.clone(), http_get: hook.http_get.clone(), tcp_socket: hook.tcp_socket.clone(), ..Default::default() };
+    let action = k8s_openapi::api::core::v1::Probe {
+        exec: hook.exec.clone(),
+        http_get: hook.http_get.clone(),
+        tcp_socket: hook.tcp_socket.clone(),
+        ..Default::default()
+    };
     match tokio::time::timeout(limit, crate::prober::probe_once(&*ctx.runtime, target, &action, limit)).await {
         Ok(r) => r,
         Err(_) => Err(format!("did not finish within {limit:?}")),
@@ -471,11 +513,18 @@ pub fn grace_of(pod: &Pod) -> Duration {
 
 /// Stops a container within `grace`: its preStop hook first (its time counts against the
 /// grace period), then SIGTERM, then SIGKILL when the rest of the grace period is over.
-async fn stop_container<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &Pod, c: &Container, id: &str, grace: Duration) -> anyhow::Result<()> {
+async fn stop_container<R: RuntimeService + ImageService>(
+    ctx: &NodeContext<R>,
+    pod: &Pod,
+    c: &Container,
+    id: &str,
+    grace: Duration,
+) -> anyhow::Result<()> {
     let began = Instant::now();
     if let Some(hook) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) {
         let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-        let target = Target { pod_uid: pod_uid(pod).to_string(), container_id: id.to_string(), pod_ip, container: c.clone() };
+        let target =
+            Target { pod_uid: pod_uid(pod).to_string(), container_id: id.to_string(), pod_ip, container: c.clone() };
         if let Err(why) = run_hook(ctx, &target, hook, grace).await {
             tracing::info!(container = %c.name, reason = %why, "preStop hook failed");
         }
@@ -488,7 +537,11 @@ async fn stop_container<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, 
 
 /// Makes the container's image present as its pull policy says, with the pod's pull secrets.
 /// A failed pull backs off per image (kubelet's: 10 s doubling to 5 min).
-async fn pull<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &Pod, c: &Container) -> anyhow::Result<Option<(Waiting, Duration)>> {
+async fn pull<R: RuntimeService + ImageService>(
+    ctx: &NodeContext<R>,
+    pod: &Pod,
+    c: &Container,
+) -> anyhow::Result<Option<(Waiting, Duration)>> {
     let image = c.image.as_deref().unwrap_or("");
     if image.is_empty() {
         return Ok(Some((("InvalidImageName", format!("container {} names no image", c.name)), CONFIG_RETRY)));
@@ -506,7 +559,8 @@ async fn pull<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &Pod,
     if let Some(wait) = ctx.backing_off(&key) {
         return Ok(Some((("ImagePullBackOff", format!("Back-off pulling image \"{image}\"")), wait)));
     }
-    let credentials = podspec::pull_credentials(&ctx.client, pod, image).await.context("reading the pod's imagePullSecrets")?;
+    let credentials =
+        podspec::pull_credentials(&ctx.client, pod, image).await.context("reading the pod's imagePullSecrets")?;
     let mut tries: Vec<Option<&crate::runtime::AuthConfig>> = credentials.iter().map(Some).collect();
     if tries.is_empty() {
         tries.push(None);
@@ -539,7 +593,11 @@ async fn restart<R: RuntimeService + ImageService>(
 ) -> anyhow::Result<Option<(Waiting, Duration)>> {
     let key = (uid.to_string(), c.name.clone());
     // A container that never started (StartError) ran for no time.
-    let ran_for = if exited.started_at > 0 { Duration::from_nanos((exited.finished_at - exited.started_at).max(0) as u64) } else { Duration::ZERO };
+    let ran_for = if exited.started_at > 0 {
+        Duration::from_nanos((exited.finished_at - exited.started_at).max(0) as u64)
+    } else {
+        Duration::ZERO
+    };
     if let Some(wait) = ctx.backing_off(&key) {
         return Ok(Some((("CrashLoopBackOff", backoff_message(c, pod, wait)), wait)));
     }
@@ -557,15 +615,26 @@ async fn restart<R: RuntimeService + ImageService>(
 
 /// Stops every container of the pod at once (each within `grace`, after its preStop hook when
 /// the pod is known) and removes its sandboxes and logs.
-pub async fn kill_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, uid: &str, pod: Option<&Pod>, grace: Duration) -> anyhow::Result<()> {
+pub async fn kill_pod<R: RuntimeService + ImageService>(
+    ctx: &NodeContext<R>,
+    uid: &str,
+    pod: Option<&Pod>,
+    grace: Duration,
+) -> anyhow::Result<()> {
     for s in ctx.runtime.pod_sandboxes(uid).await? {
         let containers = ctx.runtime.list_containers(Some(&s.id)).await?;
         ctx.prober.forget(&containers.iter().map(|c| c.id.clone()).collect::<Vec<_>>());
         let stops = containers.iter().filter(|c| c.state == ContainerState::Running).map(|c| async move {
-            let spec = pod.and_then(|p| p.spec.as_ref()).and_then(|s| s.init_containers.iter().flatten().chain(s.containers.iter()).find(|x| x.name == c.metadata.name));
+            let spec = pod.and_then(|p| p.spec.as_ref()).and_then(|s| {
+                s.init_containers.iter().flatten().chain(s.containers.iter()).find(|x| x.name == c.metadata.name)
+            });
             match (pod, spec) {
                 (Some(pod), Some(spec)) => stop_container(ctx, pod, spec, &c.id, grace).await,
-                _ => ctx.runtime.stop_container(&c.id, grace).await.with_context(|| format!("StopContainer {}", c.metadata.name)),
+                _ => ctx
+                    .runtime
+                    .stop_container(&c.id, grace)
+                    .await
+                    .with_context(|| format!("StopContainer {}", c.metadata.name)),
             }
         });
         for r in futures::future::join_all(stops).await {
@@ -593,7 +662,10 @@ async fn stop_pod<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, uid: &
     for s in ctx.runtime.pod_sandboxes(uid).await? {
         for c in ctx.runtime.list_containers(Some(&s.id)).await? {
             if c.state == ContainerState::Running {
-                ctx.runtime.stop_container(&c.id, Duration::ZERO).await.with_context(|| format!("StopContainer {}", c.metadata.name))?;
+                ctx.runtime
+                    .stop_container(&c.id, Duration::ZERO)
+                    .await
+                    .with_context(|| format!("StopContainer {}", c.metadata.name))?;
             }
         }
         if s.state == SandboxState::Ready {
@@ -637,7 +709,11 @@ fn sandbox_config<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &
     PodSandboxConfig {
         hostname: spec.and_then(|s| s.hostname.clone()).unwrap_or_else(|| name.clone()),
         log_directory: ctx.log_directory(pod).map(|d| d.display().to_string()).unwrap_or_default(),
-        cgroup_parent: if ctx.pods_dir.is_some() { crate::cgroups::pod_parent(&ctx.cgroup_root, &uid) } else { String::new() },
+        cgroup_parent: if ctx.pods_dir.is_some() {
+            crate::cgroups::pod_parent(&ctx.cgroup_root, &uid)
+        } else {
+            String::new()
+        },
         host_network: spec.and_then(|s| s.host_network) == Some(true),
         host_pid: spec.and_then(|s| s.host_pid) == Some(true),
         host_ipc: spec.and_then(|s| s.host_ipc) == Some(true),
@@ -666,10 +742,18 @@ fn sandbox_config<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &
     }
 }
 
-fn container_config(pod: &Pod, c: &Container, attempt: u32, envs: Vec<(String, String)>, mounts: Vec<crate::runtime::Mount>) -> ContainerConfig {
+fn container_config(
+    pod: &Pod,
+    c: &Container,
+    attempt: u32,
+    envs: Vec<(String, String)>,
+    mounts: Vec<crate::runtime::Mount>,
+) -> ContainerConfig {
     // Command and arguments may refer to the environment: `$(VAR)`.
     let lookup = |n: &str| envs.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-    let expanded = |list: &Option<Vec<String>>| -> Vec<String> { list.iter().flatten().map(|s| podspec::expand(s, &lookup)).collect() };
+    let expanded = |list: &Option<Vec<String>>| -> Vec<String> {
+        list.iter().flatten().map(|s| podspec::expand(s, &lookup)).collect()
+    };
     let (command, args) = (expanded(&c.command), expanded(&c.args));
     let mut labels = BTreeMap::new();
     labels.insert(LABEL_POD_UID.to_string(), pod_uid(pod).to_string());
@@ -698,7 +782,9 @@ fn container_config(pod: &Pod, c: &Container, attempt: u32, envs: Vec<(String, S
 /// OOM score by the pod's QoS class.
 fn linux_resources(pod: &Pod, c: &Container, allocatable: &BTreeMap<String, Quantity>) -> LinuxResources {
     let res = c.resources.as_ref();
-    let get = |which: Option<&BTreeMap<String, Quantity>>, name: &str, unit: u64| which.and_then(|m| m.get(name)).and_then(|q| crate::machine::parse_quantity(&q.0, unit).ok());
+    let get = |which: Option<&BTreeMap<String, Quantity>>, name: &str, unit: u64| {
+        which.and_then(|m| m.get(name)).and_then(|q| crate::machine::parse_quantity(&q.0, unit).ok())
+    };
     let limits = res.and_then(|r| r.limits.as_ref());
     let requests = res.and_then(|r| r.requests.as_ref());
     let cpu_limit = get(limits, "cpu", 1000);
@@ -729,8 +815,16 @@ fn security_context(pod: &Pod, c: &Container) -> Result<SecurityContext, String>
     let non_root = sc.and_then(|s| s.run_as_non_root).or(pod_sc.and_then(|s| s.run_as_non_root)) == Some(true);
     // Keelson's images name no user: without runAsUser, a container runs as root.
     if non_root && run_as_user.unwrap_or(0) == 0 {
-        let pod_name = format!("{}_{}({})", pod.metadata.name.as_deref().unwrap_or(""), pod.metadata.namespace.as_deref().unwrap_or(""), pod_uid(pod));
-        return Err(format!("container has runAsNonRoot and image will run as root (pod: \"{pod_name}\", container: {})", c.name));
+        let pod_name = format!(
+            "{}_{}({})",
+            pod.metadata.name.as_deref().unwrap_or(""),
+            pod.metadata.namespace.as_deref().unwrap_or(""),
+            pod_uid(pod)
+        );
+        return Err(format!(
+            "container has runAsNonRoot and image will run as root (pod: \"{pod_name}\", container: {})",
+            c.name
+        ));
     }
     let mut groups: Vec<i64> = pod_sc.and_then(|s| s.supplemental_groups.clone()).unwrap_or_default();
     if let Some(fs_group) = pod_sc.and_then(|s| s.fs_group) {
@@ -773,12 +867,23 @@ fn api_container_status(
     sorted.sort_by_key(|s| std::cmp::Reverse(s.metadata.attempt));
     let state_of = |s: &ContainerStatus| -> ApiState {
         match s.state {
-            ContainerState::Running => ApiState { running: Some(ContainerStateRunning { started_at: time(s.started_at) }), ..Default::default() },
+            ContainerState::Running => ApiState {
+                running: Some(ContainerStateRunning { started_at: time(s.started_at) }),
+                ..Default::default()
+            },
             ContainerState::Exited => ApiState {
                 terminated: Some(ContainerStateTerminated {
                     container_id: Some(format!("{scheme}://{}", s.id)),
                     exit_code: s.exit_code,
-                    reason: Some(if s.reason.is_empty() { if s.exit_code == 0 { "Completed".into() } else { "Error".into() } } else { s.reason.clone() }),
+                    reason: Some(if s.reason.is_empty() {
+                        if s.exit_code == 0 {
+                            "Completed".into()
+                        } else {
+                            "Error".into()
+                        }
+                    } else {
+                        s.reason.clone()
+                    }),
                     message: (!s.message.is_empty()).then(|| s.message.clone()),
                     started_at: time(s.started_at),
                     finished_at: time(s.finished_at),
@@ -795,13 +900,19 @@ fn api_container_status(
     let latest = sorted.first().copied();
     let mut state = match latest {
         Some(s) => state_of(s),
-        None => ApiState { waiting: Some(ContainerStateWaiting { reason: Some("ContainerCreating".into()), message: None }), ..Default::default() },
+        None => ApiState {
+            waiting: Some(ContainerStateWaiting { reason: Some("ContainerCreating".into()), message: None }),
+            ..Default::default()
+        },
     };
     let mut last_state = sorted.get(1).map(|s| state_of(s)).filter(|s| s.terminated.is_some());
     if let Some((reason, message)) = waiting {
         // Backing off: the exited instance becomes the last state.
         last_state = latest.map(state_of).filter(|s| s.terminated.is_some()).or(last_state);
-        state = ApiState { waiting: Some(ContainerStateWaiting { reason: Some(reason.to_string()), message: Some(message.clone()) }), ..Default::default() };
+        state = ApiState {
+            waiting: Some(ContainerStateWaiting { reason: Some(reason.to_string()), message: Some(message.clone()) }),
+            ..Default::default()
+        };
     }
     let running = state.running.is_some();
     ApiStatus {
@@ -872,10 +983,13 @@ fn pod_status<R: RuntimeService + ImageService>(
 ) -> PodStatus {
     let spec = pod.spec.as_ref();
     let old = pod.status.clone().unwrap_or_default();
-    let instances = |name: &str| -> Vec<&ContainerStatus> { containers.iter().filter(|c| c.metadata.name == name).collect() };
+    let instances =
+        |name: &str| -> Vec<&ContainerStatus> { containers.iter().filter(|c| c.metadata.name == name).collect() };
     let statuses = |list: &[Container]| -> Vec<ApiStatus> {
         list.iter()
-            .map(|c| api_container_status(ctx.container_id_scheme, &ctx.prober, c, &instances(&c.name), waiting.get(&c.name)))
+            .map(|c| {
+                api_container_status(ctx.container_id_scheme, &ctx.prober, c, &instances(&c.name), waiting.get(&c.name))
+            })
             .collect()
     };
     let app = statuses(spec.map(|s| s.containers.as_slice()).unwrap_or(&[]));
@@ -904,7 +1018,9 @@ fn pod_status<R: RuntimeService + ImageService>(
                 Some(format!("containers with unready status: [{}]", names.join(" ")))
             }
             Some("ContainersNotInitialized") => {
-                let completed = |s: &ApiStatus| s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0);
+                let completed = |s: &ApiStatus| {
+                    s.state.as_ref().and_then(|st| st.terminated.as_ref()).is_some_and(|t| t.exit_code == 0)
+                };
                 let names: Vec<&str> = init.iter().filter(|s| !completed(s)).map(|s| s.name.as_str()).collect();
                 Some(format!("containers with incomplete status: [{}]", names.join(" ")))
             }
@@ -946,13 +1062,20 @@ fn pod_status<R: RuntimeService + ImageService>(
 }
 
 /// Writes the pod's status when it differs from what the API has (one merge patch).
-async fn write_status<R: RuntimeService + ImageService>(ctx: &NodeContext<R>, pod: &Pod, status: PodStatus) -> anyhow::Result<()> {
+async fn write_status<R: RuntimeService + ImageService>(
+    ctx: &NodeContext<R>,
+    pod: &Pod,
+    status: PodStatus,
+) -> anyhow::Result<()> {
     if pod.status.as_ref() == Some(&status) {
         return Ok(());
     }
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
     let patch = serde_json::json!({ "metadata": { "uid": pod.metadata.uid }, "status": status });
-    match api.patch_status(pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch)).await {
+    match api
+        .patch_status(pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
         Ok(_) => Ok(()),
         // Deleted meanwhile: the watch brings the deletion.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
@@ -967,7 +1090,10 @@ mod tests {
     use super::*;
 
     fn st(running: bool, exit: Option<i32>, last_exit: bool) -> ApiStatus {
-        let terminated = |code| ApiState { terminated: Some(ContainerStateTerminated { exit_code: code, ..Default::default() }), ..Default::default() };
+        let terminated = |code| ApiState {
+            terminated: Some(ContainerStateTerminated { exit_code: code, ..Default::default() }),
+            ..Default::default()
+        };
         let state = match (running, exit) {
             (true, _) => ApiState { running: Some(ContainerStateRunning::default()), ..Default::default() },
             (false, Some(code)) => terminated(code),

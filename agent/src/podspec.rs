@@ -160,8 +160,14 @@ pub fn pod_field(pod: &Pod, host_ip: &str, pod_ip: Option<&str>, path: &str) -> 
 
 /// A container's resource (`resourceFieldRef`) in units of `divisor`, rounded up; a limit the
 /// container does not set is the node's allocatable amount.
-pub fn resource_field(c: &Container, resource: &str, divisor: Option<&Quantity>, allocatable: &BTreeMap<String, Quantity>) -> Result<String, ConfigError> {
-    let (kind, name) = resource.split_once('.').ok_or_else(|| ConfigError(format!("unsupported resource {resource:?}")))?;
+pub fn resource_field(
+    c: &Container,
+    resource: &str,
+    divisor: Option<&Quantity>,
+    allocatable: &BTreeMap<String, Quantity>,
+) -> Result<String, ConfigError> {
+    let (kind, name) =
+        resource.split_once('.').ok_or_else(|| ConfigError(format!("unsupported resource {resource:?}")))?;
     let res = c.resources.as_ref();
     let set = match kind {
         "limits" => res.and_then(|r| r.limits.as_ref()).and_then(|l| l.get(name)),
@@ -169,7 +175,9 @@ pub fn resource_field(c: &Container, resource: &str, divisor: Option<&Quantity>,
         _ => return Err(ConfigError(format!("unsupported resource {resource:?}"))),
     };
     // An unset request is the limit when one is set (Kubernetes' defaulting), else the node's.
-    let set = set.or_else(|| (kind == "requests").then(|| res.and_then(|r| r.limits.as_ref()).and_then(|l| l.get(name))).flatten());
+    let set = set.or_else(|| {
+        (kind == "requests").then(|| res.and_then(|r| r.limits.as_ref()).and_then(|l| l.get(name))).flatten()
+    });
     let value = set.or_else(|| allocatable.get(name)).map(|q| q.0.as_str()).unwrap_or("0");
     let unit = if name == "cpu" { 1000 } else { 1 };
     let bad = |e: String| ConfigError(format!("resourceFieldRef {resource}: {e}"));
@@ -196,7 +204,12 @@ struct Fetched {
     secrets: BTreeMap<String, Option<BTreeMap<String, String>>>,
 }
 
-async fn config_map(src: &EnvSources<'_>, ns: &str, name: &str, f: &mut Fetched) -> anyhow::Result<Option<BTreeMap<String, String>>> {
+async fn config_map(
+    src: &EnvSources<'_>,
+    ns: &str,
+    name: &str,
+    f: &mut Fetched,
+) -> anyhow::Result<Option<BTreeMap<String, String>>> {
     if let Some(v) = f.config_maps.get(name) {
         return Ok(v.clone());
     }
@@ -212,13 +225,23 @@ async fn config_map(src: &EnvSources<'_>, ns: &str, name: &str, f: &mut Fetched)
     Ok(data)
 }
 
-async fn secret(src: &EnvSources<'_>, ns: &str, name: &str, f: &mut Fetched) -> anyhow::Result<Option<BTreeMap<String, String>>> {
+async fn secret(
+    src: &EnvSources<'_>,
+    ns: &str,
+    name: &str,
+    f: &mut Fetched,
+) -> anyhow::Result<Option<BTreeMap<String, String>>> {
     if let Some(v) = f.secrets.get(name) {
         return Ok(v.clone());
     }
     let api: Api<Secret> = Api::namespaced(src.client.clone(), ns);
     let data = api.get_opt(name).await?.map(|s| {
-        let mut d: BTreeMap<String, String> = s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned())).collect();
+        let mut d: BTreeMap<String, String> = s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+            .collect();
         d.extend(s.string_data.unwrap_or_default());
         d
     });
@@ -228,7 +251,14 @@ async fn secret(src: &EnvSources<'_>, ns: &str, name: &str, f: &mut Fetched) -> 
 
 /// A key of a ConfigMap's or Secret's data (`kind` in the two spellings Kubernetes' messages
 /// use); None when it or its object is missing and the reference is optional.
-fn key_of(data: Option<BTreeMap<String, String>>, key: &str, name: &str, optional: bool, kind: (&str, &str), ns: &str) -> Result<Option<String>, ConfigError> {
+fn key_of(
+    data: Option<BTreeMap<String, String>>,
+    key: &str,
+    name: &str,
+    optional: bool,
+    kind: (&str, &str),
+    ns: &str,
+) -> Result<Option<String>, ConfigError> {
     match data {
         Some(d) => match d.get(key) {
             Some(v) => Ok(Some(v.clone())),
@@ -318,7 +348,11 @@ mod tests {
 
     #[test]
     fn pull_policies_default_by_tag() {
-        let c = |image: &str, policy: Option<&str>| Container { image: Some(image.into()), image_pull_policy: policy.map(String::from), ..Default::default() };
+        let c = |image: &str, policy: Option<&str>| Container {
+            image: Some(image.into()),
+            image_pull_policy: policy.map(String::from),
+            ..Default::default()
+        };
         assert_eq!(pull_policy(&c("busybox", None)), "Always");
         assert_eq!(pull_policy(&c("busybox:latest", None)), "Always");
         assert_eq!(pull_policy(&c("localhost:5000/busybox", None)), "Always");
@@ -346,13 +380,22 @@ mod tests {
         let mut limits = BTreeMap::new();
         limits.insert("cpu".to_string(), Quantity("500m".into()));
         limits.insert("memory".to_string(), Quantity("64Mi".into()));
-        let c = Container { resources: Some(k8s_openapi::api::core::v1::ResourceRequirements { limits: Some(limits), ..Default::default() }), ..Default::default() };
+        let c = Container {
+            resources: Some(k8s_openapi::api::core::v1::ResourceRequirements {
+                limits: Some(limits),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         let mut alloc = BTreeMap::new();
         alloc.insert("ephemeral-storage".to_string(), Quantity("10Gi".into()));
         assert_eq!(resource_field(&c, "limits.cpu", None, &alloc).unwrap(), "1");
         assert_eq!(resource_field(&c, "limits.cpu", Some(&Quantity("1m".into())), &alloc).unwrap(), "500");
         assert_eq!(resource_field(&c, "requests.memory", Some(&Quantity("1Mi".into())), &alloc).unwrap(), "64");
-        assert_eq!(resource_field(&c, "limits.ephemeral-storage", Some(&Quantity("1Gi".into())), &alloc).unwrap(), "10");
+        assert_eq!(
+            resource_field(&c, "limits.ephemeral-storage", Some(&Quantity("1Gi".into())), &alloc).unwrap(),
+            "10"
+        );
         assert!(resource_field(&c, "limits.cpu", Some(&Quantity("0".into())), &alloc).is_err());
     }
 }

@@ -137,13 +137,19 @@ impl Prober {
 
     /// Whether the container is ready: started, and its readiness probe (if any) passing.
     pub fn ready(&self, id: &str, c: &Container) -> bool {
-        self.started(id, c) && (c.readiness_probe.is_none() || self.state(id, Kind::Readiness).is_some_and(|s| s.verdict == Verdict::Passing))
+        self.started(id, c)
+            && (c.readiness_probe.is_none()
+                || self.state(id, Kind::Readiness).is_some_and(|s| s.verdict == Verdict::Passing))
     }
 
     /// Why the container must be restarted: its startup probe failed, or, once started, its
     /// liveness probe.
     pub fn unhealthy(&self, id: &str, c: &Container) -> Option<String> {
-        let failing = |kind: Kind| self.state(id, kind).filter(|s| s.verdict == Verdict::Failing).map(|s| format!("{} probe failed: {}", kind.name(), s.reason));
+        let failing = |kind: Kind| {
+            self.state(id, kind)
+                .filter(|s| s.verdict == Verdict::Failing)
+                .map(|s| format!("{} probe failed: {}", kind.name(), s.reason))
+        };
         if c.startup_probe.is_some() {
             if let Some(why) = failing(Kind::Startup) {
                 return Some(why);
@@ -156,7 +162,14 @@ impl Prober {
     }
 }
 
-async fn run<R: RuntimeService>(runtime: Arc<R>, t: Target, kind: Kind, probe: Probe, state: Arc<Mutex<State>>, kick: Option<Kick>) {
+async fn run<R: RuntimeService>(
+    runtime: Arc<R>,
+    t: Target,
+    kind: Kind,
+    probe: Probe,
+    state: Arc<Mutex<State>>,
+    kick: Option<Kick>,
+) {
     let secs = |v: Option<i32>, default: i32| Duration::from_secs(v.filter(|s| *s > 0).unwrap_or(default) as u64);
     let period = secs(probe.period_seconds, PERIOD_SECONDS);
     let timeout = secs(probe.timeout_seconds, TIMEOUT_SECONDS);
@@ -216,23 +229,39 @@ fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
     }
 }
 
-pub(crate) async fn probe_once<R: RuntimeService>(runtime: &R, t: &Target, probe: &Probe, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn probe_once<R: RuntimeService>(
+    runtime: &R,
+    t: &Target,
+    probe: &Probe,
+    timeout: Duration,
+) -> Result<(), String> {
     if let Some(exec) = &probe.exec {
         let cmd = exec.command.clone().unwrap_or_default();
         let (code, out) = runtime.exec_sync(&t.container_id, &cmd, timeout).await.map_err(|e| e.to_string())?;
-        return if code == 0 { Ok(()) } else { Err(format!("command {cmd:?} exited with {code}: {}", String::from_utf8_lossy(&out).trim())) };
+        return if code == 0 {
+            Ok(())
+        } else {
+            Err(format!("command {cmd:?} exited with {code}: {}", String::from_utf8_lossy(&out).trim()))
+        };
     }
     if !runtime.runs_processes() {
         // A hollow pod has no address to reach: its network probes pass.
         return Ok(());
     }
     if let Some(http) = &probe.http_get {
-        let host = http.host.clone().filter(|h| !h.is_empty()).or_else(|| t.pod_ip.clone()).ok_or("the pod has no address yet")?;
+        let host = http
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .or_else(|| t.pod_ip.clone())
+            .ok_or("the pod has no address yet")?;
         let port = port(&t.container, &http.port)?;
         if http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS")) {
             return Err("HTTPS probes are not supported".into());
         }
-        let mut s = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("dial {host}:{port}: {e}"))?;
+        let mut s = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("dial {host}:{port}: {e}"))?;
         let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
         let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n");
         for h in http.http_headers.iter().flatten() {
@@ -250,13 +279,28 @@ pub(crate) async fn probe_once<R: RuntimeService>(runtime: &R, t: &Target, probe
             answer.extend_from_slice(&chunk[..n]);
         }
         let line = String::from_utf8_lossy(&answer);
-        let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("not an HTTP answer: {:?}", line.lines().next().unwrap_or("")))?;
-        return if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP probe failed with statuscode: {code}")) };
+        let code: u16 = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| format!("not an HTTP answer: {:?}", line.lines().next().unwrap_or("")))?;
+        return if (200..400).contains(&code) {
+            Ok(())
+        } else {
+            Err(format!("HTTP probe failed with statuscode: {code}"))
+        };
     }
     if let Some(tcp) = &probe.tcp_socket {
-        let host = tcp.host.clone().filter(|h| !h.is_empty()).or_else(|| t.pod_ip.clone()).ok_or("the pod has no address yet")?;
+        let host = tcp
+            .host
+            .clone()
+            .filter(|h| !h.is_empty())
+            .or_else(|| t.pod_ip.clone())
+            .ok_or("the pod has no address yet")?;
         let port = port(&t.container, &tcp.port)?;
-        tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
+        tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("dial tcp {host}:{port}: {e}"))?;
         return Ok(());
     }
     Err("the probe names no action (exec, httpGet or tcpSocket)".into())

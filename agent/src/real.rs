@@ -115,7 +115,10 @@ async fn wait_pod_cidr(client: &kube::Client, name: &str) -> anyhow::Result<Stri
             Err(e) => tracing::debug!(error = %e, "cannot read the node"),
         }
         if nagged.elapsed() >= POD_CIDR_NAG {
-            tracing::info!(node = name, "waiting for a pod CIDR (does the controller manager run with --allocate-node-cidrs?)");
+            tracing::info!(
+                node = name,
+                "waiting for a pod CIDR (does the controller manager run with --allocate-node-cidrs?)"
+            );
             nagged = Instant::now();
         }
         tokio::time::sleep(POD_CIDR_POLL).await;
@@ -135,22 +138,34 @@ async fn wait_ready(runtime: &CriRuntime) -> anyhow::Result<()> {
 
 /// Runs the node until `stop` resolves. The agent's own containerd is stopped then; its
 /// containers run on, and the next start adopts them.
-pub async fn run(client: kube::Client, node: RealNode, mut options: AgentOptions, stop: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    client: kube::Client,
+    node: RealNode,
+    mut options: AgentOptions,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     tokio::pin!(stop);
     std::fs::create_dir_all(&node.data_dir).with_context(|| format!("creating {}", node.data_dir.display()))?;
     let mut setup = node.setup()?;
     if let Some(p) = &node.proxy {
         crate::proxy::check(&p.nft).await?;
     }
-    let listener = tokio::net::TcpListener::bind(node.listen).await.with_context(|| format!("the agent's endpoint cannot listen on {}", node.listen))?;
+    let listener = tokio::net::TcpListener::bind(node.listen)
+        .await
+        .with_context(|| format!("the agent's endpoint cannot listen on {}", node.listen))?;
     setup.kubelet_port = listener.local_addr()?.port();
     let prepare = async {
         let (runtime, containerd) = match &node.endpoint {
             Some(socket) => {
-                let runtime = CriRuntime::connect(socket).await.with_context(|| format!("connecting to the runtime at {}", socket.display()))?;
+                let runtime = CriRuntime::connect(socket)
+                    .await
+                    .with_context(|| format!("connecting to the runtime at {}", socket.display()))?;
                 wait_ready(&runtime).await?;
                 if let Some(dir) = &node.image_dir {
-                    anyhow::bail!("--image-dir {} needs the agent's own containerd (no --container-runtime-endpoint)", dir.display());
+                    anyhow::bail!(
+                        "--image-dir {} needs the agent's own containerd (no --container-runtime-endpoint)",
+                        dir.display()
+                    );
                 }
                 (runtime, None)
             }
@@ -191,7 +206,8 @@ pub async fn run(client: kube::Client, node: RealNode, mut options: AgentOptions
     options.pod_log_root = Some(node.data_dir.join("pod-logs"));
     options.starts_in_flight_max = STARTS_IN_FLIGHT_MAX;
     options.pods_dir = Some(node.data_dir.join("pods"));
-    options.host_dns = Some(crate::dns::DnsConfig::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()));
+    options.host_dns =
+        Some(crate::dns::DnsConfig::parse(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()));
     tracing::info!(node = %setup.name, runtime = %setup.system.container_runtime_version, "container runtime ready");
     let proxy = node.proxy.clone().map(|mut p| {
         p.config.node_name = setup.name.clone();

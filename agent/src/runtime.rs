@@ -210,17 +210,26 @@ pub trait RuntimeService: Send + Sync + 'static {
     fn remove_container(&self, id: &str) -> impl Future<Output = Result<()>> + Send;
     fn container_status(&self, id: &str) -> impl Future<Output = Result<ContainerStatus>> + Send;
     /// The containers of one sandbox, or of every sandbox.
-    fn list_containers(&self, pod_sandbox_id: Option<&str>) -> impl Future<Output = Result<Vec<ContainerStatus>>> + Send;
+    fn list_containers(
+        &self,
+        pod_sandbox_id: Option<&str>,
+    ) -> impl Future<Output = Result<Vec<ContainerStatus>>> + Send;
     /// CRI's `GetContainerEvents` stream, when the runtime has one (taken once).
     fn container_events(&self) -> Option<tokio::sync::mpsc::Receiver<ContainerEvent>>;
     /// CRI's Exec: the URL of the runtime's streaming server that runs `cmd` in the container.
-    fn exec(&self, container_id: &str, cmd: &[String], streams: Streams) -> impl Future<Output = Result<String>> + Send;
+    fn exec(&self, container_id: &str, cmd: &[String], streams: Streams)
+        -> impl Future<Output = Result<String>> + Send;
     /// CRI's Attach: the URL that attaches to the container's first process.
     fn attach(&self, container_id: &str, streams: Streams) -> impl Future<Output = Result<String>> + Send;
     /// CRI's PortForward: the URL that forwards connections to the sandbox's ports.
     fn port_forward(&self, pod_sandbox_id: &str, ports: &[i32]) -> impl Future<Output = Result<String>> + Send;
     /// CRI's ExecSync: runs `cmd` in the container within `timeout`; its exit code and output.
-    fn exec_sync(&self, container_id: &str, cmd: &[String], timeout: Duration) -> impl Future<Output = Result<(i32, Vec<u8>)>> + Send;
+    fn exec_sync(
+        &self,
+        container_id: &str,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(i32, Vec<u8>)>> + Send;
     /// Whether containers are real processes with addresses to reach (the hollow runtime's are
     /// not: network probes of its pods pass without a try).
     fn runs_processes(&self) -> bool {

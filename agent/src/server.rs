@@ -82,7 +82,9 @@ pub async fn serve<R: RuntimeService>(listener: TcpListener, node: Arc<NodeServe
                 let node = node.clone();
                 async move { Ok::<_, Infallible>(handle(&node, req).await) }
             });
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).with_upgrades();
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "a connection to the agent's endpoint ended");
             }
@@ -128,7 +130,11 @@ async fn handle<R: RuntimeService>(node: &NodeServer<R>, req: Request<Incoming>)
                 Ok(_) => return bad_request(&format!("pod {pod} is not running")),
                 Err(r) => return r,
             };
-            let ports: Vec<i32> = form_pairs(&query).into_iter().filter(|(k, _)| k == "ports" || k == "port").filter_map(|(_, v)| v.parse().ok()).collect();
+            let ports: Vec<i32> = form_pairs(&query)
+                .into_iter()
+                .filter(|(k, _)| k == "ports" || k == "port")
+                .filter_map(|(_, v)| v.parse().ok())
+                .collect();
             let url = node.runtime.port_forward(&sandbox.id, &ports).await;
             relay_to(req, url).await
         }
@@ -157,23 +163,47 @@ async fn relay_to(req: Request<Incoming>, url: crate::runtime::Result<String>) -
 }
 
 /// The pod's sandbox: the newest, a ready one first.
-async fn sandbox_of<R: RuntimeService>(node: &NodeServer<R>, ns: &str, pod: &str) -> Result<PodSandboxStatus, Response<Body>> {
-    let list = node.runtime.list_pod_sandbox().await.map_err(|e| status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e.to_string()))?;
-    let mut ours: Vec<PodSandboxStatus> = list.into_iter().filter(|s| s.metadata.namespace == ns && s.metadata.name == pod).collect();
+async fn sandbox_of<R: RuntimeService>(
+    node: &NodeServer<R>,
+    ns: &str,
+    pod: &str,
+) -> Result<PodSandboxStatus, Response<Body>> {
+    let list = node
+        .runtime
+        .list_pod_sandbox()
+        .await
+        .map_err(|e| status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e.to_string()))?;
+    let mut ours: Vec<PodSandboxStatus> =
+        list.into_iter().filter(|s| s.metadata.namespace == ns && s.metadata.name == pod).collect();
     ours.sort_by_key(|s| (s.state == SandboxState::Ready, s.created_at));
-    ours.pop().ok_or_else(|| status(StatusCode::NOT_FOUND, "NotFound", &format!("pod \"{pod}\" has no sandbox on this node")))
+    ours.pop()
+        .ok_or_else(|| status(StatusCode::NOT_FOUND, "NotFound", &format!("pod \"{pod}\" has no sandbox on this node")))
 }
 
 /// The instances of a pod's container, newest first.
-async fn instances<R: RuntimeService>(node: &NodeServer<R>, ns: &str, pod: &str, container: &str) -> Result<(PodSandboxStatus, Vec<ContainerStatus>), Response<Body>> {
+async fn instances<R: RuntimeService>(
+    node: &NodeServer<R>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<(PodSandboxStatus, Vec<ContainerStatus>), Response<Body>> {
     let sandbox = sandbox_of(node, ns, pod).await?;
-    let list = node.runtime.list_containers(Some(&sandbox.id)).await.map_err(|e| status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e.to_string()))?;
+    let list = node
+        .runtime
+        .list_containers(Some(&sandbox.id))
+        .await
+        .map_err(|e| status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e.to_string()))?;
     let mut mine: Vec<ContainerStatus> = list.into_iter().filter(|c| c.metadata.name == container).collect();
     mine.sort_by_key(|c| std::cmp::Reverse(c.metadata.attempt));
     Ok((sandbox, mine))
 }
 
-async fn running_container<R: RuntimeService>(node: &NodeServer<R>, ns: &str, pod: &str, container: &str) -> Result<ContainerStatus, Response<Body>> {
+async fn running_container<R: RuntimeService>(
+    node: &NodeServer<R>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<ContainerStatus, Response<Body>> {
     let (_, mine) = instances(node, ns, pod, container).await?;
     match mine.into_iter().next() {
         Some(c) if c.state == ContainerState::Running => Ok(c),
@@ -182,7 +212,13 @@ async fn running_container<R: RuntimeService>(node: &NodeServer<R>, ns: &str, po
     }
 }
 
-async fn container_logs<R: RuntimeService>(node: &NodeServer<R>, ns: &str, pod: &str, container: &str, query: &str) -> Response<Body> {
+async fn container_logs<R: RuntimeService>(
+    node: &NodeServer<R>,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    query: &str,
+) -> Response<Body> {
     let o = match LogOptions::parse(query, chrono::Utc::now()) {
         Ok(o) => o,
         Err(e) => return bad_request(&e),
@@ -194,12 +230,20 @@ async fn container_logs<R: RuntimeService>(node: &NodeServer<R>, ns: &str, pod: 
     let chosen = if o.previous {
         match mine.get(1) {
             Some(c) => c.clone(),
-            None => return bad_request(&format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")),
+            None => {
+                return bad_request(&format!(
+                    "previous terminated container \"{container}\" in pod \"{pod}\" not found"
+                ))
+            }
         }
     } else {
         match mine.first() {
             Some(c) => c.clone(),
-            None => return bad_request(&format!("container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating")),
+            None => {
+                return bad_request(&format!(
+                    "container \"{container}\" in pod \"{pod}\" is waiting to start: ContainerCreating"
+                ))
+            }
         }
     };
     let path = node
@@ -210,12 +254,24 @@ async fn container_logs<R: RuntimeService>(node: &NodeServer<R>, ns: &str, pod: 
     let data = match tokio::fs::read(&path).await {
         Ok(d) => d,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(e) => return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &format!("reading {}: {e}", path.display())),
+        Err(e) => {
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                &format!("reading {}: {e}", path.display()),
+            )
+        }
     };
     let mut joiner = Joiner::default();
     let (first, used) = logs::read_all(&data, &o, &mut joiner);
-    let ok = |body: Body| Response::builder().header("content-type", "text/plain").body(body).unwrap_or_else(|_| Response::new(full(Bytes::new())));
-    let following = o.follow && chosen.state == ContainerState::Running && o.limit_bytes.is_none_or(|l| first.len() < l);
+    let ok = |body: Body| {
+        Response::builder()
+            .header("content-type", "text/plain")
+            .body(body)
+            .unwrap_or_else(|_| Response::new(full(Bytes::new())))
+    };
+    let following =
+        o.follow && chosen.state == ContainerState::Running && o.limit_bytes.is_none_or(|l| first.len() < l);
     if !following {
         return ok(full(Bytes::from(first)));
     }
@@ -258,7 +314,9 @@ async fn container_logs<R: RuntimeService>(node: &NodeServer<R>, ns: &str, pod: 
             tokio::time::sleep(FOLLOW_POLL).await;
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
     ok(StreamBody::new(stream).boxed())
 }
 

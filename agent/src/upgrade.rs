@@ -23,7 +23,10 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(30);
 /// Headers that belong to one hop and are not passed on (besides `Connection`'s own list, which
 /// is kept: the upgrade needs it).
 fn hop_only(name: &str) -> bool {
-    matches!(name, "host" | "content-length" | "transfer-encoding" | "keep-alive" | "proxy-connection" | "te" | "trailer")
+    matches!(
+        name,
+        "host" | "content-length" | "transfer-encoding" | "keep-alive" | "proxy-connection" | "te" | "trailer"
+    )
 }
 
 /// Where a URL of the form `http://host:port/path?query` points, and its path with the query.
@@ -137,7 +140,10 @@ mod tests {
 
     #[test]
     fn urls_split_into_address_and_path() {
-        assert_eq!(split_url("http://127.0.0.1:4000/exec/abc?x=1").unwrap(), ("127.0.0.1:4000".into(), "/exec/abc?x=1".into()));
+        assert_eq!(
+            split_url("http://127.0.0.1:4000/exec/abc?x=1").unwrap(),
+            ("127.0.0.1:4000".into(), "/exec/abc?x=1".into())
+        );
         assert_eq!(split_url("http://[::1]:4000").unwrap(), ("[::1]:4000".into(), "/".into()));
         assert!(split_url("https://h/x").is_err());
     }

@@ -12,7 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Volume,
+    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, PersistentVolumeClaim, Pod, Secret,
+    Volume,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::Api;
@@ -67,7 +68,14 @@ pub struct Sources<'a> {
     pub allocatable: &'a BTreeMap<String, Quantity>,
 }
 
-fn keyed_files(v: &Volume, data: BTreeMap<String, Vec<u8>>, items: Option<&[KeyToPath]>, mode: Option<i32>, what: &str, files: &mut Files) -> anyhow::Result<()> {
+fn keyed_files(
+    v: &Volume,
+    data: BTreeMap<String, Vec<u8>>,
+    items: Option<&[KeyToPath]>,
+    mode: Option<i32>,
+    what: &str,
+    files: &mut Files,
+) -> anyhow::Result<()> {
     let mode = mode.unwrap_or(DEFAULT_MODE) as u32;
     match items.filter(|i| !i.is_empty()) {
         None => {
@@ -77,7 +85,10 @@ fn keyed_files(v: &Volume, data: BTreeMap<String, Vec<u8>>, items: Option<&[KeyT
         }
         Some(items) => {
             for item in items {
-                let bytes = data.get(&item.key).cloned().ok_or_else(|| fail(v, format!("{what}: key {:?} not found", item.key)))?;
+                let bytes = data
+                    .get(&item.key)
+                    .cloned()
+                    .ok_or_else(|| fail(v, format!("{what}: key {:?} not found", item.key)))?;
                 files.insert(item.path.clone(), (bytes, item.mode.map(|m| m as u32).unwrap_or(mode)));
             }
         }
@@ -85,17 +96,36 @@ fn keyed_files(v: &Volume, data: BTreeMap<String, Vec<u8>>, items: Option<&[KeyT
     Ok(())
 }
 
-async fn config_map_files(src: &Sources<'_>, ns: &str, v: &Volume, name: &str, items: Option<&[KeyToPath]>, optional: bool, mode: Option<i32>, files: &mut Files) -> anyhow::Result<()> {
+async fn config_map_files(
+    src: &Sources<'_>,
+    ns: &str,
+    v: &Volume,
+    name: &str,
+    items: Option<&[KeyToPath]>,
+    optional: bool,
+    mode: Option<i32>,
+    files: &mut Files,
+) -> anyhow::Result<()> {
     let api: Api<ConfigMap> = Api::namespaced(src.client.clone(), ns);
     let Some(cm) = api.get_opt(name).await? else {
         return if optional { Ok(()) } else { Err(fail(v, format!("configmap \"{name}\" not found"))) };
     };
-    let mut data: BTreeMap<String, Vec<u8>> = cm.data.unwrap_or_default().into_iter().map(|(k, s)| (k, s.into_bytes())).collect();
+    let mut data: BTreeMap<String, Vec<u8>> =
+        cm.data.unwrap_or_default().into_iter().map(|(k, s)| (k, s.into_bytes())).collect();
     data.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, b)| (k, b.0)));
     keyed_files(v, data, items, mode, &format!("configmap \"{name}\""), files)
 }
 
-async fn secret_files(src: &Sources<'_>, ns: &str, v: &Volume, name: &str, items: Option<&[KeyToPath]>, optional: bool, mode: Option<i32>, files: &mut Files) -> anyhow::Result<()> {
+async fn secret_files(
+    src: &Sources<'_>,
+    ns: &str,
+    v: &Volume,
+    name: &str,
+    items: Option<&[KeyToPath]>,
+    optional: bool,
+    mode: Option<i32>,
+    files: &mut Files,
+) -> anyhow::Result<()> {
     let api: Api<Secret> = Api::namespaced(src.client.clone(), ns);
     let Some(s) = api.get_opt(name).await? else {
         return if optional { Ok(()) } else { Err(fail(v, format!("secret \"{name}\" not found"))) };
@@ -105,7 +135,14 @@ async fn secret_files(src: &Sources<'_>, ns: &str, v: &Volume, name: &str, items
     keyed_files(v, data, items, mode, &format!("secret \"{name}\""), files)
 }
 
-fn downward_files(src: &Sources<'_>, pod: &Pod, v: &Volume, items: &[DownwardAPIVolumeFile], mode: Option<i32>, files: &mut Files) -> anyhow::Result<()> {
+fn downward_files(
+    src: &Sources<'_>,
+    pod: &Pod,
+    v: &Volume,
+    items: &[DownwardAPIVolumeFile],
+    mode: Option<i32>,
+    files: &mut Files,
+) -> anyhow::Result<()> {
     let mode = mode.unwrap_or(DEFAULT_MODE) as u32;
     let containers: Vec<&Container> = pod.spec.iter().flat_map(|s| s.containers.iter()).collect();
     for item in items {
@@ -113,7 +150,10 @@ fn downward_files(src: &Sources<'_>, pod: &Pod, v: &Volume, items: &[DownwardAPI
             podspec::pod_field(pod, src.host_ip, src.pod_ip, &f.field_path).map_err(|e| fail(v, e.0))?
         } else if let Some(r) = &item.resource_field_ref {
             let name = r.container_name.as_deref().unwrap_or("");
-            let c = containers.iter().find(|c| c.name == name).ok_or_else(|| fail(v, format!("container {name:?} not found for resourceFieldRef")))?;
+            let c = containers
+                .iter()
+                .find(|c| c.name == name)
+                .ok_or_else(|| fail(v, format!("container {name:?} not found for resourceFieldRef")))?;
             podspec::resource_field(c, &r.resource, r.divisor.as_ref(), src.allocatable).map_err(|e| fail(v, e.0))?
         } else {
             continue;
@@ -128,19 +168,41 @@ async fn files_of(src: &Sources<'_>, pod: &Pod, v: &Volume) -> anyhow::Result<Op
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut files = Files::new();
     if let Some(c) = &v.config_map {
-        config_map_files(src, ns, v, &c.name, c.items.as_deref(), c.optional == Some(true), c.default_mode, &mut files).await?;
+        config_map_files(src, ns, v, &c.name, c.items.as_deref(), c.optional == Some(true), c.default_mode, &mut files)
+            .await?;
     } else if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
-        secret_files(src, ns, v, &name, s.items.as_deref(), s.optional == Some(true), s.default_mode, &mut files).await?;
+        secret_files(src, ns, v, &name, s.items.as_deref(), s.optional == Some(true), s.default_mode, &mut files)
+            .await?;
     } else if let Some(d) = &v.downward_api {
         downward_files(src, pod, v, d.items.as_deref().unwrap_or(&[]), d.default_mode, &mut files)?;
     } else if let Some(p) = &v.projected {
         for source in p.sources.iter().flatten() {
             if let Some(c) = &source.config_map {
-                config_map_files(src, ns, v, &c.name, c.items.as_deref(), c.optional == Some(true), p.default_mode, &mut files).await?;
+                config_map_files(
+                    src,
+                    ns,
+                    v,
+                    &c.name,
+                    c.items.as_deref(),
+                    c.optional == Some(true),
+                    p.default_mode,
+                    &mut files,
+                )
+                .await?;
             }
             if let Some(s) = &source.secret {
-                secret_files(src, ns, v, &s.name, s.items.as_deref(), s.optional == Some(true), p.default_mode, &mut files).await?;
+                secret_files(
+                    src,
+                    ns,
+                    v,
+                    &s.name,
+                    s.items.as_deref(),
+                    s.optional == Some(true),
+                    p.default_mode,
+                    &mut files,
+                )
+                .await?;
             }
             if let Some(d) = &source.downward_api {
                 downward_files(src, pod, v, d.items.as_deref().unwrap_or(&[]), p.default_mode, &mut files)?;
@@ -183,7 +245,8 @@ pub fn write_atomically(dir: &Path, files: &Files) -> std::io::Result<bool> {
     std::os::unix::fs::symlink(&stamp, &tmp)?;
     std::fs::rename(&tmp, &data_link)?;
     // One link per top-level name, into `..data`; names no longer there are removed.
-    let tops: std::collections::BTreeSet<String> = files.keys().map(|p| p.split('/').next().unwrap_or(p).to_string()).collect();
+    let tops: std::collections::BTreeSet<String> =
+        files.keys().map(|p| p.split('/').next().unwrap_or(p).to_string()).collect();
     for top in &tops {
         let link = dir.join(top);
         if std::fs::symlink_metadata(&link).is_err() {
@@ -205,7 +268,8 @@ pub fn write_atomically(dir: &Path, files: &Files) -> std::io::Result<bool> {
 fn same_contents(dir: &Path, files: &Files) -> bool {
     files.iter().all(|(p, (bytes, mode))| {
         let path = dir.join(p);
-        std::fs::read(&path).is_ok_and(|b| &b == bytes) && std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o7777 == *mode)
+        std::fs::read(&path).is_ok_and(|b| &b == bytes)
+            && std::fs::metadata(&path).is_ok_and(|m| m.permissions().mode() & 0o7777 == *mode)
     }) && count_files(dir) == files.len()
 }
 
@@ -220,7 +284,10 @@ fn count_files(dir: &Path) -> usize {
 
 fn is_mounted(path: &Path) -> bool {
     let p = path.display().to_string();
-    std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default().lines().any(|l| l.split(' ').nth(4) == Some(p.as_str()))
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(p.as_str()))
 }
 
 fn mount_tmpfs(path: &Path, size: Option<&Quantity>) -> anyhow::Result<()> {
@@ -298,8 +365,13 @@ fn host_path(v: &Volume, path: &Path, kind: &str) -> anyhow::Result<PathBuf> {
 async fn claimed_path(client: &kube::Client, pod: &Pod, v: &Volume, claim: &str) -> anyhow::Result<PathBuf> {
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    let pvc = claims.get_opt(claim).await?.ok_or_else(|| fail(v, format!("persistentvolumeclaim \"{claim}\" not found")))?;
-    let name = pvc.spec.and_then(|s| s.volume_name).filter(|n| !n.is_empty()).ok_or_else(|| fail(v, format!("persistentvolumeclaim \"{claim}\" is not bound")))?;
+    let pvc =
+        claims.get_opt(claim).await?.ok_or_else(|| fail(v, format!("persistentvolumeclaim \"{claim}\" not found")))?;
+    let name = pvc
+        .spec
+        .and_then(|s| s.volume_name)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| fail(v, format!("persistentvolumeclaim \"{claim}\" is not bound")))?;
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
     let pv = pvs.get_opt(&name).await?.ok_or_else(|| fail(v, format!("persistentvolume \"{name}\" not found")))?;
     let spec = pv.spec.unwrap_or_default();
@@ -318,7 +390,9 @@ pub fn mounts(c: &Container, paths: &BTreeMap<String, PathBuf>) -> Result<Vec<Mo
     for m in c.volume_mounts.iter().flatten() {
         let base = paths.get(&m.name).ok_or_else(|| format!("volume {:?} is not one of the pod's volumes", m.name))?;
         let host = match m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            Some(sub) if sub.split('/').any(|p| p == "..") || sub.starts_with('/') => return Err(format!("subPath {sub:?} must be a relative path inside the volume")),
+            Some(sub) if sub.split('/').any(|p| p == "..") || sub.starts_with('/') => {
+                return Err(format!("subPath {sub:?} must be a relative path inside the volume"))
+            }
             Some(sub) => {
                 let p = base.join(sub);
                 if std::fs::symlink_metadata(&p).is_err() {
@@ -328,7 +402,11 @@ pub fn mounts(c: &Container, paths: &BTreeMap<String, PathBuf>) -> Result<Vec<Mo
             }
             None => base.clone(),
         };
-        out.push(Mount { container_path: m.mount_path.clone(), host_path: host.display().to_string(), readonly: m.read_only == Some(true) });
+        out.push(Mount {
+            container_path: m.mount_path.clone(),
+            host_path: host.display().to_string(),
+            readonly: m.read_only == Some(true),
+        });
     }
     Ok(out)
 }
@@ -386,7 +464,12 @@ mod tests {
         let mut paths = BTreeMap::new();
         paths.insert("data".to_string(), dir.path().to_path_buf());
         let c = |sub: &str| Container {
-            volume_mounts: Some(vec![k8s_openapi::api::core::v1::VolumeMount { name: "data".into(), mount_path: "/d".into(), sub_path: Some(sub.into()), ..Default::default() }]),
+            volume_mounts: Some(vec![k8s_openapi::api::core::v1::VolumeMount {
+                name: "data".into(),
+                mount_path: "/d".into(),
+                sub_path: Some(sub.into()),
+                ..Default::default()
+            }]),
             ..Default::default()
         };
         let m = mounts(&c("x/y"), &paths).unwrap();

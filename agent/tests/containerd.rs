@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use agent::containerd::{bridge_network, Containerd, Options};
 use agent::image::{archive, File, ImageSpec};
-use agent::runtime::{ContainerConfig, ContainerMetadata, ContainerState, PodSandboxConfig, RuntimeService, SandboxMetadata, SandboxState};
+use agent::runtime::{
+    ContainerConfig, ContainerMetadata, ContainerState, PodSandboxConfig, RuntimeService, SandboxMetadata, SandboxState,
+};
 
 const PREFIX: &str = "keelson-cri-";
 const BUSYBOX: &str = "registry.keelson.local/busybox:test";
@@ -42,7 +44,8 @@ fn cleanup_stale() {
             }
         }
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let mut points: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir_s)).collect();
+        let mut points: Vec<&str> =
+            mounts.lines().filter_map(|l| l.split(' ').nth(4)).filter(|m| m.starts_with(&dir_s)).collect();
         points.sort_by_key(|m| std::cmp::Reverse(m.len()));
         for m in points {
             let _ = std::process::Command::new("umount").args(["-l", m]).status();
@@ -58,10 +61,18 @@ fn bridge_of(pid: u32) -> String {
 }
 
 fn busybox_image() -> Vec<u8> {
-    let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static; scripts/setup installs it)");
+    let busybox =
+        std::fs::read("/bin/busybox").expect("/bin/busybox (Debian's busybox-static; scripts/setup installs it)");
     let paths: Vec<String> = ["sh", "echo", "sleep", "cat"].iter().map(|t| format!("/bin/{t}")).collect();
     let links: Vec<(&str, &str)> = paths.iter().map(|p| (p.as_str(), "busybox")).collect();
-    archive(&ImageSpec { name: BUSYBOX, files: vec![File { path: "/bin/busybox", mode: 0o755, contents: &busybox }], links, entrypoint: vec![], cmd: vec!["sh"] }).unwrap()
+    archive(&ImageSpec {
+        name: BUSYBOX,
+        files: vec![File { path: "/bin/busybox", mode: 0o755, contents: &busybox }],
+        links,
+        entrypoint: vec![],
+        cmd: vec!["sh"],
+    })
+    .unwrap()
 }
 
 async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
@@ -102,10 +113,12 @@ fn container(name: &str, script: &str) -> ContainerConfig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pod_runs_logs_and_exits_through_the_agents_own_containerd() {
     cleanup_stale();
-    let dir: PathBuf = tempfile::Builder::new().prefix(&format!("{PREFIX}{}-", std::process::id())).tempdir_in("/tmp").unwrap().keep();
+    let dir: PathBuf =
+        tempfile::Builder::new().prefix(&format!("{PREFIX}{}-", std::process::id())).tempdir_in("/tmp").unwrap().keep();
     let bridge = bridge_of(std::process::id());
     let network = bridge_network(&bridge, "10.213.7.0/24", &dir.join("ipam"));
-    let (containerd, cri) = Containerd::start(Options::new(&dir.join("containerd")), &network).await.expect("containerd starts");
+    let (containerd, cri) =
+        Containerd::start(Options::new(&dir.join("containerd")), &network).await.expect("containerd starts");
     let v = cri.version().await.unwrap();
     assert_eq!(v.runtime_name, "containerd");
     containerd.import(&busybox_image()).await.expect("the busybox image imports");
@@ -133,7 +146,8 @@ async fn a_pod_runs_logs_and_exits_through_the_agents_own_containerd() {
     assert_eq!(ip.octets()[..3], [10, 213, 7], "{ip} comes from the node's pod range");
 
     // A long-running container: Running, and its output in CRI's log format.
-    let cid = cri.create_container(&sid, &container("main", "echo \"$GREETING\"; exec sleep 3600"), &sandbox).await.unwrap();
+    let cid =
+        cri.create_container(&sid, &container("main", "echo \"$GREETING\"; exec sleep 3600"), &sandbox).await.unwrap();
     cri.start_container(&cid).await.unwrap();
     let s = cri.container_status(&cid).await.unwrap();
     assert_eq!((s.state, s.pod_sandbox_id.as_str()), (ContainerState::Running, sid.as_str()));
@@ -157,7 +171,11 @@ async fn a_pod_runs_logs_and_exits_through_the_agents_own_containerd() {
         let id = failing.clone();
         async move {
             let s = cri.container_status(&id).await.map_err(|e| e.to_string())?;
-            if s.state == ContainerState::Exited { Ok(s) } else { Err(format!("{:?}", s.state)) }
+            if s.state == ContainerState::Exited {
+                Ok(s)
+            } else {
+                Err(format!("{:?}", s.state))
+            }
         }
     })
     .await;

@@ -197,8 +197,14 @@ async fn run(args: Args) -> Result<()> {
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
         .collect::<std::io::Result<_>>()?;
     // The API alone is measured: the pods it writes are never scheduled.
-    let member_args =
-        |i: usize| vec!["--api-listen".to_string(), format!("127.0.0.1:{}", api_ports[i]), "--disable".into(), "scheduler,controller-manager,cluster-dns".into()];
+    let member_args = |i: usize| {
+        vec![
+            "--api-listen".to_string(),
+            format!("127.0.0.1:{}", api_ports[i]),
+            "--disable".into(),
+            "scheduler,controller-manager,cluster-dns".into(),
+        ]
+    };
     println!("starting three keelson servers (store member + API replica each)");
     let mut cluster = Cluster::start_with("keelson", &keelson, &["server"], member_args, &ports, root.path()).await?;
     let bases: Vec<String> = api_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();

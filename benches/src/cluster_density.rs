@@ -97,7 +97,10 @@ fn track_deployment(t: &Shared, obj: &serde_json::Value) {
     let n = |p: &str| obj.pointer(p).and_then(|v| v.as_i64()).unwrap_or(0);
     let now = Instant::now();
     let want = n("/spec/replicas");
-    let done = n("/status/availableReplicas") == want && n("/status/updatedReplicas") == want && n("/status/replicas") == want && n("/status/observedGeneration") >= n("/metadata/generation");
+    let done = n("/status/availableReplicas") == want
+        && n("/status/updatedReplicas") == want
+        && n("/status/replicas") == want
+        && n("/status/observedGeneration") >= n("/metadata/generation");
     let mut t = t.lock().expect("not poisoned");
     let e = t.deployments.entry(name.to_string()).or_default();
     let generation = n("/metadata/generation");
@@ -113,8 +116,19 @@ fn track_deployment(t: &Shared, obj: &serde_json::Value) {
 
 /// Follows `resource` in the namespace into the tracker: a list, then a watch, again on a break.
 async fn follow(http: Http, base: String, resource: &'static str, t: Shared) {
-    let path = if resource == "pods" { format!("/api/v1/namespaces/{NAMESPACE}/pods") } else { format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments") };
-    benches::http::follow(&http, &format!("{base}{path}"), |obj| if resource == "pods" { track_pod(&t, obj) } else { track_deployment(&t, obj) }).await
+    let path = if resource == "pods" {
+        format!("/api/v1/namespaces/{NAMESPACE}/pods")
+    } else {
+        format!("/apis/apps/v1/namespaces/{NAMESPACE}/deployments")
+    };
+    benches::http::follow(&http, &format!("{base}{path}"), |obj| {
+        if resource == "pods" {
+            track_pod(&t, obj)
+        } else {
+            track_deployment(&t, obj)
+        }
+    })
+    .await
 }
 
 fn deployment(name: &str, replicas: usize, image: &str) -> serde_json::Value {
@@ -127,7 +141,13 @@ fn deployment(name: &str, replicas: usize, image: &str) -> serde_json::Value {
     })
 }
 
-async fn create_deployments(http: &Http, bases: &[String], names: &[String], replicas: usize, per_second: Option<f64>) -> Result<()> {
+async fn create_deployments(
+    http: &Http,
+    bases: &[String],
+    names: &[String],
+    replicas: usize,
+    per_second: Option<f64>,
+) -> Result<()> {
     let gate = Arc::new(Semaphore::new(WRITES_IN_FLIGHT_MAX));
     let mut tasks = tokio::task::JoinSet::new();
     let start = tokio::time::Instant::now();
@@ -205,7 +225,17 @@ async fn run(args: Args) -> Result<()> {
     wait_serving(&http, &bases, Duration::from_secs(30)).await?;
     let agent_log = std::fs::File::create(root.path().join("agent.log"))?;
     let mut agent = std::process::Command::new(&keelson)
-        .args(["agent", "--server", &bases[0], "--runtime", "hollow", "--hollow-nodes", &args.nodes.to_string(), "--hollow-zones", "3"])
+        .args([
+            "agent",
+            "--server",
+            &bases[0],
+            "--runtime",
+            "hollow",
+            "--hollow-nodes",
+            &args.nodes.to_string(),
+            "--hollow-zones",
+            "3",
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(agent_log)
         .spawn()
@@ -236,7 +266,15 @@ async fn run(args: Args) -> Result<()> {
 async fn phases(args: &Args, http: &Http, bases: &[String]) -> Result<Report> {
     let deadline = Instant::now() + NODES_DEADLINE;
     loop {
-        let list = call_retrying(http, "GET", format!("{}/api/v1/nodes?resourceVersion=0", bases[0]), "", vec![], API_ATTEMPTS).await?;
+        let list = call_retrying(
+            http,
+            "GET",
+            format!("{}/api/v1/nodes?resourceVersion=0", bases[0]),
+            "",
+            vec![],
+            API_ATTEMPTS,
+        )
+        .await?;
         let ready = memchr::memmem::find_iter(&list, br#""reason":"KubeletReady""#).count();
         if ready >= args.nodes {
             break;
@@ -248,7 +286,8 @@ async fn phases(args: &Args, http: &Http, bases: &[String]) -> Result<Report> {
     }
     println!("{} nodes ready", args.nodes);
     let ns = serde_json::to_vec(&json!({"metadata": {"name": NAMESPACE}}))?;
-    call_retrying(http, "POST", format!("{}/api/v1/namespaces", bases[0]), "application/json", ns, API_ATTEMPTS).await?;
+    call_retrying(http, "POST", format!("{}/api/v1/namespaces", bases[0]), "application/json", ns, API_ATTEMPTS)
+        .await?;
     let t: Shared = Arc::default();
     let watches = [
         tokio::spawn(follow(http.clone(), bases[1 % bases.len()].clone(), "pods", t.clone())),
@@ -261,7 +300,9 @@ async fn phases(args: &Args, http: &Http, bases: &[String]) -> Result<Report> {
     let started = Instant::now();
     create_deployments(http, bases, &names, args.replicas, None).await?;
     let created_in = started.elapsed();
-    let all_available = |t: &Tracker| (names.iter().filter(|n| t.deployments.get(*n).is_some_and(|d| d.available.is_some())).count(), names.len());
+    let all_available = |t: &Tracker| {
+        (names.iter().filter(|n| t.deployments.get(*n).is_some_and(|d| d.available.is_some())).count(), names.len())
+    };
     let done = wait_until("deployments available", &t, all_available).await?;
     let density = done.duration_since(started);
     let (mut d_startup, pods_seen) = {
@@ -284,11 +325,16 @@ async fn phases(args: &Args, http: &Http, bases: &[String]) -> Result<Report> {
         let mut tasks = tokio::task::JoinSet::new();
         for (i, name) in names.iter().enumerate() {
             let permit = gate.clone().acquire_owned().await?;
-            let patch = serde_json::to_vec(&json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "app:2"}]}}}}))?;
+            let patch = serde_json::to_vec(
+                &json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "app:2"}]}}}}),
+            )?;
             let url = format!("{}/apis/apps/v1/namespaces/{NAMESPACE}/deployments/{name}", bases[i % bases.len()]);
             let http = http.clone();
             tasks.spawn(async move {
-                let r = call_retrying(&http, "PATCH", url, "application/strategic-merge-patch+json", patch, API_ATTEMPTS).await.map(|_| ());
+                let r =
+                    call_retrying(&http, "PATCH", url, "application/strategic-merge-patch+json", patch, API_ATTEMPTS)
+                        .await
+                        .map(|_| ());
                 drop(permit);
                 r
             });
@@ -297,7 +343,15 @@ async fn phases(args: &Args, http: &Http, bases: &[String]) -> Result<Report> {
             r??;
         }
     }
-    let all_updated = |t: &Tracker| (names.iter().filter(|n| t.deployments.get(*n).is_some_and(|d| d.generation >= 2 && d.updated.is_some())).count(), names.len());
+    let all_updated = |t: &Tracker| {
+        (
+            names
+                .iter()
+                .filter(|n| t.deployments.get(*n).is_some_and(|d| d.generation >= 2 && d.updated.is_some()))
+                .count(),
+            names.len(),
+        )
+    };
     let rolled = wait_until("deployments rolled out", &t, all_updated).await?.duration_since(started);
     println!("rolling update: {} deployments rolled out in {:.1} s", args.deployments, rolled.as_secs_f64());
 
@@ -306,8 +360,14 @@ async fn phases(args: &Args, http: &Http, bases: &[String]) -> Result<Report> {
     if args.steady_rate > 0 {
         let count = (args.steady_rate * args.steady_seconds / args.replicas).max(1);
         let steady: Vec<String> = (0..count).map(|i| format!("s{i}")).collect();
-        create_deployments(http, bases, &steady, args.replicas, Some(args.steady_rate as f64 / args.replicas as f64)).await?;
-        let all = |t: &Tracker| (steady.iter().filter(|n| t.deployments.get(*n).is_some_and(|d| d.available.is_some())).count(), steady.len());
+        create_deployments(http, bases, &steady, args.replicas, Some(args.steady_rate as f64 / args.replicas as f64))
+            .await?;
+        let all = |t: &Tracker| {
+            (
+                steady.iter().filter(|n| t.deployments.get(*n).is_some_and(|d| d.available.is_some())).count(),
+                steady.len(),
+            )
+        };
         wait_until("steady deployments available", &t, all).await?;
         let mut s = startups(&t.lock().expect("not poisoned"), &steady);
         s50 = percentile(&mut s, 0.5);

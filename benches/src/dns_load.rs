@@ -72,7 +72,12 @@ fn query(id: u16, name: &str) -> Result<Vec<u8>> {
 
 /// `n` queries for the services' names to `server` from `clients` clients: latencies, losses,
 /// the elapsed time.
-async fn round(server: SocketAddr, services: usize, n: usize, clients: usize) -> Result<(Vec<Duration>, usize, Duration)> {
+async fn round(
+    server: SocketAddr,
+    services: usize,
+    n: usize,
+    clients: usize,
+) -> Result<(Vec<Duration>, usize, Duration)> {
     let started = Instant::now();
     let per = n.div_ceil(clients.max(1));
     let tasks: Vec<_> = (0..clients.max(1))
@@ -118,7 +123,13 @@ async fn round(server: SocketAddr, services: usize, n: usize, clients: usize) ->
 
 fn summary(lat: &[Duration], lost: usize, seconds: f64) -> Target {
     let mut ms: Vec<f64> = lat.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    Target { queries: ms.len(), lost, qps: ms.len() as f64 / seconds, p50_ms: percentile(&mut ms, 0.5), p99_ms: percentile(&mut ms, 0.99) }
+    Target {
+        queries: ms.len(),
+        lost,
+        qps: ms.len() as f64 / seconds,
+        p50_ms: percentile(&mut ms, 0.5),
+        p99_ms: percentile(&mut ms, 0.99),
+    }
 }
 
 async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
@@ -149,21 +160,39 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
     loop {
         match round(direct, args.services, args.services, 1).await {
             Ok((_, 0, _)) => break,
-            other if Instant::now() > deadline => bail!("not every service name resolves within {READY_DEADLINE:?}: {:?}", other.map(|(_, lost, _)| lost)),
+            other if Instant::now() > deadline => {
+                bail!("not every service name resolves within {READY_DEADLINE:?}: {:?}", other.map(|(_, lost, _)| lost))
+            }
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
-    let svc = api_json(&http, "GET", format!("{api}/api/v1/namespaces/kube-system/services/kube-dns"), serde_json::Value::Null).await?;
-    let service: SocketAddr = format!("{}:53", svc.pointer("/spec/clusterIP").and_then(|v| v.as_str()).context("kube-dns has no cluster IP")?).parse()?;
+    let svc = api_json(
+        &http,
+        "GET",
+        format!("{api}/api/v1/namespaces/kube-system/services/kube-dns"),
+        serde_json::Value::Null,
+    )
+    .await?;
+    let service: SocketAddr = format!(
+        "{}:53",
+        svc.pointer("/spec/clusterIP").and_then(|v| v.as_str()).context("kube-dns has no cluster IP")?
+    )
+    .parse()?;
     let from_pod = |n: usize, clients: usize| {
         let (ip, services) = (pod_ip.clone(), args.services);
-        async move { tokio::task::spawn_blocking(move || in_pod(&ip, move || Box::pin(round(service, services, n, clients)))).await? }
+        async move {
+            tokio::task::spawn_blocking(move || in_pod(&ip, move || Box::pin(round(service, services, n, clients))))
+                .await?
+        }
     };
     // The pod's path works before the clock starts (the node's rules hold the Service).
     loop {
         match from_pod(args.services, 1).await {
             Ok((_, 0, _)) => break,
-            other if Instant::now() > deadline => bail!("the kube-dns Service does not answer the pod within {READY_DEADLINE:?}: {:?}", other.map(|(_, lost, _)| lost)),
+            other if Instant::now() > deadline => bail!(
+                "the kube-dns Service does not answer the pod within {READY_DEADLINE:?}: {:?}",
+                other.map(|(_, lost, _)| lost)
+            ),
             _ => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
@@ -179,20 +208,47 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
         p.2 += t.as_secs_f64();
     }
     let (d, p) = (summary(&d.0, d.1, d.2), summary(&p.0, p.1, p.2));
-    println!("cluster DNS: {} services, {} clients, A queries for service names, {} rounds of {} queries", args.services, args.clients, args.rounds, args.queries);
+    println!(
+        "cluster DNS: {} services, {} clients, A queries for service names, {} rounds of {} queries",
+        args.services, args.clients, args.rounds, args.queries
+    );
     println!("{:<44} {:>10} {:>10} {:>10} {:>6}", "path", "queries/s", "p50 ms", "p99 ms", "lost");
-    println!("{:<44} {:>10.0} {:>10.3} {:>10.3} {:>6}", format!("a pod → kube-dns ({service})"), p.qps, p.p50_ms, p.p99_ms, p.lost);
-    println!("{:<44} {:>10.0} {:>10.3} {:>10.3} {:>6}", format!("the host → the server ({direct})"), d.qps, d.p50_ms, d.p99_ms, d.lost);
+    println!(
+        "{:<44} {:>10.0} {:>10.3} {:>10.3} {:>6}",
+        format!("a pod → kube-dns ({service})"),
+        p.qps,
+        p.p50_ms,
+        p.p99_ms,
+        p.lost
+    );
+    println!(
+        "{:<44} {:>10.0} {:>10.3} {:>10.3} {:>6}",
+        format!("the host → the server ({direct})"),
+        d.qps,
+        d.p50_ms,
+        d.p99_ms,
+        d.lost
+    );
     println!("from a pod / direct: throughput {:.2}x, p99 {:.2}x", p.qps / d.qps, p.p99_ms / d.p99_ms);
     std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("report.json"), serde_json::to_vec_pretty(&json!({"params": args, "direct": d, "from_pod": p}))?)?;
+    std::fs::write(
+        args.out.join("report.json"),
+        serde_json::to_vec_pretty(&json!({"params": args, "direct": d, "from_pod": p}))?,
+    )?;
     Ok(())
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let keelson = keelson_binary(args.keelson.as_deref())?;
-    let mut up = UpCluster::start(&keelson, &args.data_root, "keelson-dns-load-", &args.cluster_cidr, &args.service_cidr, &args.bridge)?;
+    let mut up = UpCluster::start(
+        &keelson,
+        &args.data_root,
+        "keelson-dns-load-",
+        &args.cluster_cidr,
+        &args.service_cidr,
+        &args.bridge,
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let result = runtime.block_on(run(&args, &mut up));
     up.stop(STOP_DEADLINE)?;

@@ -72,7 +72,13 @@ fn latency(samples: &[Duration]) -> Latency {
     let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
     let max = ms.iter().copied().fold(0.0, f64::max);
     let samples_ms = ms.clone();
-    Latency { changes: ms.len(), samples_ms, p50_ms: percentile(&mut ms, 0.5), p99_ms: percentile(&mut ms, 0.99), max_ms: max }
+    Latency {
+        changes: ms.len(),
+        samples_ms,
+        p50_ms: percentile(&mut ms, 0.5),
+        p99_ms: percentile(&mut ms, 0.99),
+        max_ms: max,
+    }
 }
 
 /// Whether a connection to `addr` is accepted (`Some(true)`), refused (`Some(false)`), or
@@ -99,7 +105,8 @@ async fn until(addr: SocketAddr, want: bool, since: Instant) -> Result<Duration>
 }
 
 fn slice(name: &str, service: &str, ips: &[String]) -> serde_json::Value {
-    let endpoints: Vec<serde_json::Value> = ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect();
+    let endpoints: Vec<serde_json::Value> =
+        ips.iter().map(|ip| json!({"addresses": [ip], "conditions": {"ready": true}})).collect();
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
         "metadata": {"name": name, "labels": {"kubernetes.io/service-name": service}},
@@ -139,11 +146,17 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
     }
     let probe = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "probe"}, "spec": {"ports": [{"port": 80}]}});
     let probe = api_json(&http, "POST", format!("{ns}/services"), probe).await?;
-    let cluster_ip = probe.pointer("/spec/clusterIP").and_then(|v| v.as_str()).context("the probe service has no cluster IP")?;
+    let cluster_ip =
+        probe.pointer("/spec/clusterIP").and_then(|v| v.as_str()).context("the probe service has no cluster IP")?;
     let addr: SocketAddr = format!("{cluster_ip}:80").parse()?;
     // The node's rules hold every background service and refuse the probe's.
     until(addr, false, Instant::now()).await.context("the probe service is not refused")?;
-    println!("{} background services of {} endpoints written in {:.1} s", args.services, args.endpoints, started.elapsed().as_secs_f64());
+    println!(
+        "{} background services of {} endpoints written in {:.1} s",
+        args.services,
+        args.endpoints,
+        started.elapsed().as_secs_f64()
+    );
 
     let (mut added, mut removed) = (Vec::new(), Vec::new());
     for _ in 0..args.changes {
@@ -155,20 +168,33 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
         removed.push(until(addr, false, at).await?);
     }
     let (a, r) = (latency(&added), latency(&removed));
-    println!("endpoint change → the node's rules (from the API write to the first connection that shows it), {} changes", args.changes);
+    println!(
+        "endpoint change → the node's rules (from the API write to the first connection that shows it), {} changes",
+        args.changes
+    );
     println!("{:<24} {:>10} {:>10} {:>10}", "change", "p50 ms", "p99 ms", "max ms");
     println!("{:<24} {:>10.1} {:>10.1} {:>10.1}", "endpoint added", a.p50_ms, a.p99_ms, a.max_ms);
     println!("{:<24} {:>10.1} {:>10.1} {:>10.1}", "endpoint removed", r.p50_ms, r.p99_ms, r.max_ms);
     println!("Kubernetes' published SLO for network programming latency (quoted, not measured here): p99 <= 30 s");
     std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("report.json"), serde_json::to_vec_pretty(&json!({"params": args, "added": a, "removed": r}))?)?;
+    std::fs::write(
+        args.out.join("report.json"),
+        serde_json::to_vec_pretty(&json!({"params": args, "added": a, "removed": r}))?,
+    )?;
     Ok(())
 }
 
 fn main() -> Result<()> {
     let args = Args::parse();
     let keelson = keelson_binary(args.keelson.as_deref())?;
-    let mut up = UpCluster::start(&keelson, &args.data_root, "keelson-endpoint-latency-", &args.cluster_cidr, &args.service_cidr, &args.bridge)?;
+    let mut up = UpCluster::start(
+        &keelson,
+        &args.data_root,
+        "keelson-endpoint-latency-",
+        &args.cluster_cidr,
+        &args.service_cidr,
+        &args.bridge,
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let result = runtime.block_on(run(&args, &mut up));
     // The cluster's log goes with the report.

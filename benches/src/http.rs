@@ -36,18 +36,28 @@ pub async fn call(http: &Http, method: &str, url: String, content_type: &str, bo
 /// create retried after its first attempt went through meets 409 AlreadyExists: that is success.
 /// A JSON request (a null body sends none) and its JSON answer.
 pub async fn call_json(http: &Http, method: &str, url: String, body: serde_json::Value) -> Result<serde_json::Value> {
-    let bytes = call(http, method, url, "application/json", if body.is_null() { vec![] } else { serde_json::to_vec(&body)? }).await?;
+    let bytes =
+        call(http, method, url, "application/json", if body.is_null() { vec![] } else { serde_json::to_vec(&body)? })
+            .await?;
     Ok(serde_json::from_slice(&bytes)?)
 }
 
-pub async fn call_retrying(http: &Http, method: &str, url: String, content_type: &str, body: Vec<u8>, attempts: u32) -> Result<Bytes> {
+pub async fn call_retrying(
+    http: &Http,
+    method: &str,
+    url: String,
+    content_type: &str,
+    body: Vec<u8>,
+    attempts: u32,
+) -> Result<Bytes> {
     let mut last = None;
     for attempt in 0..attempts.max(1) {
         match call(http, method, url.clone(), content_type, body.clone()).await {
             Ok(b) => return Ok(b),
             Err(e) => {
                 let text = format!("{e:#}");
-                if attempt > 0 && method == "POST" && text.contains(": 409 Conflict") && text.contains("AlreadyExists") {
+                if attempt > 0 && method == "POST" && text.contains(": 409 Conflict") && text.contains("AlreadyExists")
+                {
                     return Ok(Bytes::new());
                 }
                 let transient = text.contains(": 503 ") || text.contains(": 429 ") || !text.contains(": ");
@@ -93,7 +103,8 @@ pub async fn watch_lines(http: &Http, url: &str, mut on_line: impl FnMut(&[u8]))
 pub async fn wait_serving(http: &Http, bases: &[String], within: std::time::Duration) -> Result<()> {
     let deadline = std::time::Instant::now() + within;
     for base in bases {
-        while call(http, "GET", format!("{base}/api/v1/namespaces/default"), "application/json", vec![]).await.is_err() {
+        while call(http, "GET", format!("{base}/api/v1/namespaces/default"), "application/json", vec![]).await.is_err()
+        {
             if std::time::Instant::now() > deadline {
                 bail!("{base} does not serve the API");
             }

@@ -21,8 +21,8 @@ use serde_json::json;
 
 use benches::http::{call, call_retrying, Http};
 use benches::procstat::usage;
-use benches::up::{keelson_binary, UpCluster};
 use benches::report::percentile;
+use benches::up::{keelson_binary, UpCluster};
 
 const NAMESPACE: &str = "default";
 /// Creations under way at once in the burst.
@@ -117,7 +117,8 @@ async fn create(http: &Http, base: &str, names: &[String], rate: Option<f64>, t:
         }
         let permit = gate.clone().acquire_owned().await?;
         t.lock().expect("not poisoned").entry(name.clone()).or_default().created = Some(Instant::now());
-        let (http, url, body) = (http.clone(), format!("{base}/api/v1/namespaces/{NAMESPACE}/pods"), serde_json::to_vec(&pod(name))?);
+        let (http, url, body) =
+            (http.clone(), format!("{base}/api/v1/namespaces/{NAMESPACE}/pods"), serde_json::to_vec(&pod(name))?);
         tasks.spawn(async move {
             let r = call_retrying(&http, "POST", url, "application/json", body, API_ATTEMPTS).await.map(|_| ());
             drop(permit);
@@ -141,7 +142,15 @@ struct Phase {
     ready_p99_ms: f64,
 }
 
-async fn phase(http: &Http, base: &str, t: &Shared, label: &str, prefix: &str, count: usize, rate: Option<f64>) -> Result<Phase> {
+async fn phase(
+    http: &Http,
+    base: &str,
+    t: &Shared,
+    label: &str,
+    prefix: &str,
+    count: usize,
+    rate: Option<f64>,
+) -> Result<Phase> {
     let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
     let began = Instant::now();
     create(http, base, &names, rate, t).await?;
@@ -180,10 +189,19 @@ async fn phase(http: &Http, base: &str, t: &Shared, label: &str, prefix: &str, c
 }
 
 async fn delete_all(http: &Http, base: &str) -> Result<()> {
-    call(http, "DELETE", format!("{base}/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=bench%3Dpod-startup&gracePeriodSeconds=0"), "application/json", vec![]).await?;
+    call(
+        http,
+        "DELETE",
+        format!("{base}/api/v1/namespaces/{NAMESPACE}/pods?labelSelector=bench%3Dpod-startup&gracePeriodSeconds=0"),
+        "application/json",
+        vec![],
+    )
+    .await?;
     let deadline = Instant::now() + PHASE_DEADLINE;
     loop {
-        let list: serde_json::Value = serde_json::from_slice(&call(http, "GET", format!("{base}/api/v1/namespaces/{NAMESPACE}/pods"), "", vec![]).await?)?;
+        let list: serde_json::Value = serde_json::from_slice(
+            &call(http, "GET", format!("{base}/api/v1/namespaces/{NAMESPACE}/pods"), "", vec![]).await?,
+        )?;
         let left = list["items"].as_array().map(|a| a.len()).unwrap_or(0);
         if left == 0 {
             return Ok(());
@@ -213,14 +231,26 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
     let t: Shared = Arc::default();
     let watcher = tokio::spawn(follow(http.clone(), api.to_string(), t.clone()));
     let mut phases = Vec::new();
-    phases.push(phase(&http, api, &t, &format!("{} pods at {} pods/s", args.pods, args.rate), "steady", args.pods, Some(args.rate)).await?);
+    phases.push(
+        phase(
+            &http,
+            api,
+            &t,
+            &format!("{} pods at {} pods/s", args.pods, args.rate),
+            "steady",
+            args.pods,
+            Some(args.rate),
+        )
+        .await?,
+    );
     delete_all(&http, api).await?;
     phases.push(phase(&http, api, &t, &format!("{} pods at once", args.pods), "burst", args.pods, None).await?);
     delete_all(&http, api).await?;
     watcher.abort();
 
     let keelson_up = usage(up.child.id())?;
-    let containerd_pid: u32 = std::fs::read_to_string(up.data.join("agent/containerd/containerd.pid"))?.trim().parse()?;
+    let containerd_pid: u32 =
+        std::fs::read_to_string(up.data.join("agent/containerd/containerd.pid"))?.trim().parse()?;
     let containerd = usage(containerd_pid)?;
     println!("pod startup with real containers (image present), one node, keelson up");
     println!("{:<24} {:>8} {:>22} {:>22}", "phase", "seconds", "create→Running p50/p99", "create→Ready p50/p99");
@@ -257,7 +287,14 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
 fn main() -> Result<()> {
     let args = Args::parse();
     let keelson = keelson_binary(args.keelson.as_deref())?;
-    let mut up = UpCluster::start(&keelson, &args.data_root, "keelson-pod-startup-", &args.cluster_cidr, &args.service_cidr, &args.bridge)?;
+    let mut up = UpCluster::start(
+        &keelson,
+        &args.data_root,
+        "keelson-pod-startup-",
+        &args.cluster_cidr,
+        &args.service_cidr,
+        &args.bridge,
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let result = runtime.block_on(run(&args, &mut up));
     up.stop(STOP_DEADLINE)?;

@@ -28,5 +28,9 @@ pub fn usage(pid: u32) -> Result<Usage> {
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of stat; the rest starts at field 3.
     let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    Ok(Usage { peak_rss_mib: kib("VmHWM:") / 1024.0, rss_mib: kib("VmRSS:") / 1024.0, cpu_seconds: (ticks(14) + ticks(15)) / USER_HZ })
+    Ok(Usage {
+        peak_rss_mib: kib("VmHWM:") / 1024.0,
+        rss_mib: kib("VmRSS:") / 1024.0,
+        cpu_seconds: (ticks(14) + ticks(15)) / USER_HZ,
+    })
 }

@@ -73,7 +73,9 @@ fn ports(services: u32, endpoints: u32, round: u32) -> Vec<ServicePort> {
                     // Service 0's first endpoint moves each round: one endpoint changed.
                     let shift = if s == 0 && e == 0 { round } else { 0 };
                     Endpoint {
-                        ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + s * endpoints + e + shift * 100_000),
+                        ip: Ipv4Addr::from(
+                            u32::from(Ipv4Addr::new(10, 244, 0, 0)) + s * endpoints + e + shift * 100_000,
+                        ),
                         port: 8080,
                         ready: true,
                         serving: true,
@@ -95,7 +97,13 @@ async fn main() -> Result<()> {
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         bail!("unshare(CLONE_NEWNET): {} (proxy-sync needs root)", std::io::Error::last_os_error());
     }
-    let config = Config { table: "keelson-bench".into(), node_name: "node-0".into(), service_cidrs: vec!["10.96.0.0/12".parse().map_err(anyhow::Error::msg)?], local_cidr: Some("10.244.0.0/16".parse().map_err(anyhow::Error::msg)?), pod_cidr: None };
+    let config = Config {
+        table: "keelson-bench".into(),
+        node_name: "node-0".into(),
+        service_cidrs: vec!["10.96.0.0/12".parse().map_err(anyhow::Error::msg)?],
+        local_cidr: Some("10.244.0.0/16".parse().map_err(anyhow::Error::msg)?),
+        pod_cidr: None,
+    };
 
     let all = ports(args.services, args.endpoints, 0);
     let started = Instant::now();
@@ -138,11 +146,22 @@ async fn main() -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{} services × {} endpoints ({} KiB of nft script)", report.services, report.endpoints_per_service, report.script_bytes / 1024);
+        println!(
+            "{} services × {} endpoints ({} KiB of nft script)",
+            report.services,
+            report.endpoints_per_service,
+            report.script_bytes / 1024
+        );
         println!("first sync:  render {:.1} ms, nft {:.1} ms", report.first_render_ms, report.first_apply_ms);
         println!(
             "one endpoint changed ({} syncs): render p50/p99 {:.1}/{:.1} ms, nft {:.1}/{:.1} ms, total {:.1}/{:.1} ms",
-            args.changes, report.change_render_p50_ms, report.change_render_p99_ms, report.change_apply_p50_ms, report.change_apply_p99_ms, report.change_total_p50_ms, report.change_total_p99_ms
+            args.changes,
+            report.change_render_p50_ms,
+            report.change_render_p99_ms,
+            report.change_apply_p50_ms,
+            report.change_apply_p99_ms,
+            report.change_total_p50_ms,
+            report.change_total_p99_ms
         );
     }
     Ok(())

@@ -39,7 +39,11 @@ struct Args {
     #[arg(long, env = "KEELSON_BIN")]
     keelson: Option<PathBuf>,
     /// Shapes to run, comma-separated (see --list).
-    #[arg(long, value_delimiter = ',', default_value = "SchedulingBasic/500,SchedulingBasic/5000,SchedulingNodeAffinity/5000,TopologySpreading/5000,SchedulingPodAntiAffinity/5000,Unschedulable/5000,PreemptionBasic/500,Arrival500/5000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "SchedulingBasic/500,SchedulingBasic/5000,SchedulingNodeAffinity/5000,TopologySpreading/5000,SchedulingPodAntiAffinity/5000,Unschedulable/5000,PreemptionBasic/500,Arrival500/5000"
+    )]
     shapes: Vec<String>,
     /// Scale every shape's pod counts by this factor (e.g. 0.1 for a quick run).
     #[arg(long, default_value_t = 1.0)]
@@ -64,7 +68,9 @@ enum Kind {
     Unschedulable,
     Preemption,
     /// Basic pods arriving at a fixed rate: what latency a user sees while the cluster is busy.
-    Arrival { per_second: u64 },
+    Arrival {
+        per_second: u64,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -313,7 +319,15 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() as f64 * p) as usize).min(v.len() - 1)]
 }
 
-async fn create_pods(http: &Http, bases: &[String], tracker: &Tracker, names: &[String], kind: Kind, measured: bool, per_second: Option<u64>) -> Result<()> {
+async fn create_pods(
+    http: &Http,
+    bases: &[String],
+    tracker: &Tracker,
+    names: &[String],
+    kind: Kind,
+    measured: bool,
+    per_second: Option<u64>,
+) -> Result<()> {
     let gate = Arc::new(Semaphore::new(CREATES_IN_FLIGHT_MAX));
     let mut tasks = tokio::task::JoinSet::new();
     let start = tokio::time::Instant::now();
@@ -376,7 +390,12 @@ async fn run_shape(args: &Args, keelson: &std::path::Path, shape: &Shape) -> Res
         .collect::<std::io::Result<_>>()?;
     // As scheduler_perf runs it: the API and the scheduler, no controller manager.
     let member_args = |i: usize| {
-        vec!["--api-listen".to_string(), format!("127.0.0.1:{}", api_ports[i]), "--disable".into(), "controller-manager,cluster-dns".into()]
+        vec![
+            "--api-listen".to_string(),
+            format!("127.0.0.1:{}", api_ports[i]),
+            "--disable".into(),
+            "controller-manager,cluster-dns".into(),
+        ]
     };
     let mut cluster = Cluster::start_with("keelson", keelson, &["server"], member_args, &ports, root.path()).await?;
     let bases: Vec<String> = api_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
@@ -444,11 +463,26 @@ fn cpu_seconds(pids: &[u32]) -> Result<f64> {
     pids.iter().map(|&p| usage(p).map(|u| u.cpu_seconds)).sum()
 }
 
-async fn measure(http: &Http, bases: &[String], shape: &Shape, init_count: usize, measure_count: usize, stack: &[u32]) -> Result<Measured> {
+async fn measure(
+    http: &Http,
+    bases: &[String],
+    shape: &Shape,
+    init_count: usize,
+    measure_count: usize,
+    stack: &[u32],
+) -> Result<Measured> {
     // Every node registered and Ready.
     let deadline = Instant::now() + NODES_DEADLINE;
     loop {
-        let list = call_retrying(http, "GET", format!("{}/api/v1/nodes?resourceVersion=0", bases[0]), "", vec![], API_ATTEMPTS).await?;
+        let list = call_retrying(
+            http,
+            "GET",
+            format!("{}/api/v1/nodes?resourceVersion=0", bases[0]),
+            "",
+            vec![],
+            API_ATTEMPTS,
+        )
+        .await?;
         let ready = memchr::memmem::find_iter(&list, br#""reason":"KubeletReady""#).count();
         if ready >= shape.nodes {
             break;
@@ -460,11 +494,21 @@ async fn measure(http: &Http, bases: &[String], shape: &Shape, init_count: usize
     }
     println!("{} nodes ready", shape.nodes);
     let ns = serde_json::to_vec(&json!({"metadata": {"name": NAMESPACE}}))?;
-    call_retrying(http, "POST", format!("{}/api/v1/namespaces", bases[0]), "application/json", ns, API_ATTEMPTS).await?;
+    call_retrying(http, "POST", format!("{}/api/v1/namespaces", bases[0]), "application/json", ns, API_ATTEMPTS)
+        .await?;
     if matches!(shape.kind, Kind::Preemption | Kind::Unschedulable) {
-        let pc = serde_json::to_vec(&json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "sched-bench-10"}, "value": 10}))?;
-        call_retrying(http, "POST", format!("{}/apis/scheduling.k8s.io/v1/priorityclasses", bases[0]), "application/json", pc, API_ATTEMPTS)
-            .await?;
+        let pc = serde_json::to_vec(
+            &json!({"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass", "metadata": {"name": "sched-bench-10"}, "value": 10}),
+        )?;
+        call_retrying(
+            http,
+            "POST",
+            format!("{}/apis/scheduling.k8s.io/v1/priorityclasses", bases[0]),
+            "application/json",
+            pc,
+            API_ATTEMPTS,
+        )
+        .await?;
     }
     let tracker: Tracker = Arc::default();
     let watcher = {
@@ -531,7 +575,15 @@ async fn measure(http: &Http, bases: &[String], shape: &Shape, init_count: usize
             running.push(r.saturating_duration_since(c).as_secs_f64() * 1e3);
         }
     }
-    Ok((samples, bound, running, first_created, last_bound, measure_count as f64 / creating_took.as_secs_f64().max(1e-3), stack_cpu))
+    Ok((
+        samples,
+        bound,
+        running,
+        first_created,
+        last_bound,
+        measure_count as f64 / creating_took.as_secs_f64().max(1e-3),
+        stack_cpu,
+    ))
 }
 
 fn print_row(r: &Row) {
@@ -556,7 +608,10 @@ fn print_row(r: &Row) {
             _ => String::new(),
         }
     );
-    println!("    stack CPU {:.2} ms per measured pod (servers and agent, from the first creation until all ran)", r.stack_cpu_ms_per_pod);
+    println!(
+        "    stack CPU {:.2} ms per measured pod (servers and agent, from the first creation until all ran)",
+        r.stack_cpu_ms_per_pod
+    );
     for (name, u) in &r.processes {
         println!("    {name:<9} peak RSS {:>7.1} MiB  CPU {:>6.1} s", u.peak_rss_mib, u.cpu_seconds);
     }
@@ -602,7 +657,10 @@ async fn run(args: Args) -> Result<()> {
         print_row(r);
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(&json!({"params": args, "rows": rows, "failed": failed}))?)?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&json!({"params": args, "rows": rows, "failed": failed}))?,
+    )?;
     println!("wrote results.json to {}", args.out.display());
     if !failed.is_empty() {
         bail!("{} shape(s) failed:\n{}", failed.len(), failed.join("\n"));

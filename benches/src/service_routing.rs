@@ -28,7 +28,10 @@ const STOP_DEADLINE: Duration = Duration::from_secs(90);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Parser, Debug, Serialize)]
-#[command(name = "service-routing", about = "Requests through a ClusterIP against the same pod addressed directly (keelson up)")]
+#[command(
+    name = "service-routing",
+    about = "Requests through a ClusterIP against the same pod addressed directly (keelson up)"
+)]
 struct Args {
     /// The keelson binary (default: $KEELSON_BIN, else `keelson` next to this binary).
     #[arg(long, env = "KEELSON_BIN")]
@@ -71,7 +74,11 @@ async fn get(addr: SocketAddr) -> Result<Duration> {
         s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n").await?;
         let mut body = Vec::new();
         s.read_to_end(&mut body).await?;
-        anyhow::ensure!(body.starts_with(b"HTTP/1.0 200") || body.starts_with(b"HTTP/1.1 200"), "answer: {}", String::from_utf8_lossy(&body[..body.len().min(80)]));
+        anyhow::ensure!(
+            body.starts_with(b"HTTP/1.0 200") || body.starts_with(b"HTTP/1.1 200"),
+            "answer: {}",
+            String::from_utf8_lossy(&body[..body.len().min(80)])
+        );
         anyhow::Ok(())
     };
     tokio::time::timeout(REQUEST_TIMEOUT, exchange).await.context("no answer")??;
@@ -102,7 +109,13 @@ async fn round(addr: SocketAddr, n: usize, clients: usize) -> Result<(Vec<Durati
 
 fn summary(latencies: &[Duration], seconds: f64) -> Target {
     let mut ms: Vec<f64> = latencies.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
-    Target { requests: ms.len(), seconds, rps: ms.len() as f64 / seconds, p50_ms: percentile(&mut ms, 0.5), p99_ms: percentile(&mut ms, 0.99) }
+    Target {
+        requests: ms.len(),
+        seconds,
+        rps: ms.len() as f64 / seconds,
+        p50_ms: percentile(&mut ms, 0.5),
+        p99_ms: percentile(&mut ms, 0.99),
+    }
 }
 
 async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
@@ -117,7 +130,8 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
     let pod_ip = run_pod(&http, &api, pod, READY_DEADLINE).await?;
     let svc = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "routing"}, "spec": {"selector": {"app": "routing"}, "ports": [{"port": 80}]}});
     let svc = api_json(&http, "POST", format!("{api}/api/v1/namespaces/default/services"), svc).await?;
-    let cluster_ip = svc.pointer("/spec/clusterIP").and_then(|v| v.as_str()).context("the service has no cluster IP")?.to_string();
+    let cluster_ip =
+        svc.pointer("/spec/clusterIP").and_then(|v| v.as_str()).context("the service has no cluster IP")?.to_string();
     let client_pod = json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": "routing-client"},
@@ -146,8 +160,14 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
     let mut lat: [Vec<Duration>; 4] = Default::default();
     let mut secs = [0.0f64; 4];
     for _ in 0..args.rounds {
-        for (i, (from_host, addr)) in [(true, direct), (true, service), (false, direct), (false, service)].into_iter().enumerate() {
-            let (l, t) = if from_host { round(addr, args.requests, args.clients).await? } else { from_pod(addr, args.requests, args.clients).await? };
+        for (i, (from_host, addr)) in
+            [(true, direct), (true, service), (false, direct), (false, service)].into_iter().enumerate()
+        {
+            let (l, t) = if from_host {
+                round(addr, args.requests, args.clients).await?
+            } else {
+                from_pod(addr, args.requests, args.clients).await?
+            };
             lat[i].extend(l);
             secs[i] += t.as_secs_f64();
         }
@@ -164,9 +184,14 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
         println!("{label:<40} {:>10.0} {:>10.3} {:>10.3}", t.rps, t.p50_ms, t.p99_ms);
     }
     println!("from a pod, cluster IP / direct: throughput {:.2}x, p99 {:.2}x", ps.rps / pd.rps, ps.p99_ms / pd.p99_ms);
-    println!("from the host, cluster IP / direct: throughput {:.2}x, p99 {:.2}x", hs.rps / hd.rps, hs.p99_ms / hd.p99_ms);
+    println!(
+        "from the host, cluster IP / direct: throughput {:.2}x, p99 {:.2}x",
+        hs.rps / hd.rps,
+        hs.p99_ms / hd.p99_ms
+    );
     std::fs::create_dir_all(&args.out)?;
-    let report = json!({"params": args, "pod_direct": pd, "pod_cluster_ip": ps, "host_direct": hd, "host_cluster_ip": hs});
+    let report =
+        json!({"params": args, "pod_direct": pd, "pod_cluster_ip": ps, "host_direct": hd, "host_cluster_ip": hs});
     std::fs::write(args.out.join("report.json"), serde_json::to_vec_pretty(&report)?)?;
     Ok(())
 }
@@ -174,7 +199,14 @@ async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
 fn main() -> Result<()> {
     let args = Args::parse();
     let keelson = keelson_binary(args.keelson.as_deref())?;
-    let mut up = UpCluster::start(&keelson, &args.data_root, "keelson-service-routing-", &args.cluster_cidr, &args.service_cidr, &args.bridge)?;
+    let mut up = UpCluster::start(
+        &keelson,
+        &args.data_root,
+        "keelson-service-routing-",
+        &args.cluster_cidr,
+        &args.service_cidr,
+        &args.bridge,
+    )?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let result = runtime.block_on(run(&args, &mut up));
     up.stop(STOP_DEADLINE)?;

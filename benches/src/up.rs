@@ -33,12 +33,23 @@ pub fn keelson_binary(given: Option<&Path>) -> Result<PathBuf> {
 impl UpCluster {
     /// Starts `keelson up` under `data_root` with pods in `cluster_cidr`, services in
     /// `service_cidr`, the pods' bridge `bridge` and the service proxy's table named after it.
-    pub fn start(keelson: &Path, data_root: &Path, prefix: &str, cluster_cidr: &str, service_cidr: &str, bridge: &str) -> Result<UpCluster> {
+    pub fn start(
+        keelson: &Path,
+        data_root: &Path,
+        prefix: &str,
+        cluster_cidr: &str,
+        service_cidr: &str,
+        bridge: &str,
+    ) -> Result<UpCluster> {
         let root = tempfile::Builder::new().prefix(prefix).tempdir_in(data_root)?;
         let data = root.path().to_path_buf();
         let images = data.join("images");
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/example-images");
-        let built = Command::new(&script).arg(&images).stdout(Stdio::null()).status().with_context(|| format!("running {}", script.display()))?;
+        let built = Command::new(&script)
+            .arg(&images)
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("running {}", script.display()))?;
         if !built.success() {
             bail!("{} failed", script.display());
         }
@@ -46,8 +57,22 @@ impl UpCluster {
         let log = std::fs::File::create(data.join("up.log"))?;
         let child = Command::new(keelson)
             .args(["up", "--data-dir", &data.display().to_string(), "--api-listen", &format!("127.0.0.1:{api_port}")])
-            .args(["--listen-client-urls", &format!("http://127.0.0.1:{client_port}"), "--listen-peer-urls", &format!("http://127.0.0.1:{peer_port}")])
-            .args(["--cluster-cidr", cluster_cidr, "--service-cluster-ip-range", service_cidr, "--cni-bridge", bridge, "--proxy-table", bridge])
+            .args([
+                "--listen-client-urls",
+                &format!("http://127.0.0.1:{client_port}"),
+                "--listen-peer-urls",
+                &format!("http://127.0.0.1:{peer_port}"),
+            ])
+            .args([
+                "--cluster-cidr",
+                cluster_cidr,
+                "--service-cluster-ip-range",
+                service_cidr,
+                "--cni-bridge",
+                bridge,
+                "--proxy-table",
+                bridge,
+            ])
             .args(["--node-ip", "127.0.0.1", "--port", "0", "--image-dir", &images.display().to_string()])
             // Names outside the cluster are not asked for; the upstream is loopback's discard port.
             .args(["--cluster-dns-upstream", "127.0.0.1:9"])
@@ -65,9 +90,12 @@ impl UpCluster {
         wait_serving(http, &[self.api.clone()], within).await?;
         let deadline = Instant::now() + within;
         loop {
-            let nodes: serde_json::Value = serde_json::from_slice(&call(http, "GET", format!("{}/api/v1/nodes", self.api), "", vec![]).await?)?;
+            let nodes: serde_json::Value =
+                serde_json::from_slice(&call(http, "GET", format!("{}/api/v1/nodes", self.api), "", vec![]).await?)?;
             let ready = nodes["items"].as_array().into_iter().flatten().any(|n| {
-                n.pointer("/status/conditions").and_then(|c| c.as_array()).is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                n.pointer("/status/conditions")
+                    .and_then(|c| c.as_array())
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
             });
             if ready {
                 return Ok(());
@@ -113,7 +141,10 @@ pub fn pod_netns(ip: &str) -> Result<PathBuf> {
 
 /// Runs `work` on a runtime of its own in a thread that has entered the network namespace of
 /// the pod at `ip`: its sockets are the pod's, its traffic leaves through the pod's interface.
-pub fn in_pod<T: Send + 'static>(ip: &str, work: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send>> + Send + 'static) -> Result<T> {
+pub fn in_pod<T: Send + 'static>(
+    ip: &str,
+    work: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<T>> + Send>> + Send + 'static,
+) -> Result<T> {
     use std::os::fd::AsRawFd;
     let ns = std::fs::File::open(pod_netns(ip)?)?;
     std::thread::spawn(move || {
@@ -135,7 +166,13 @@ pub async fn run_pod(http: &Http, api: &str, pod: serde_json::Value, within: Dur
     crate::http::call_json(http, "POST", format!("{api}/api/v1/namespaces/default/pods"), pod).await?;
     let deadline = Instant::now() + within;
     loop {
-        let p = crate::http::call_json(http, "GET", format!("{api}/api/v1/namespaces/default/pods/{name}"), serde_json::Value::Null).await?;
+        let p = crate::http::call_json(
+            http,
+            "GET",
+            format!("{api}/api/v1/namespaces/default/pods/{name}"),
+            serde_json::Value::Null,
+        )
+        .await?;
         let running = p.pointer("/status/phase").and_then(|v| v.as_str()) == Some("Running");
         if let Some(ip) = p.pointer("/status/podIP").and_then(|v| v.as_str()).filter(|_| running) {
             return Ok(ip.to_string());

@@ -152,10 +152,19 @@ mod tests {
 
     #[test]
     fn schedules_parse_as_cron_writes_them() {
-        for good in ["* * * * *", "*/5 0-6 1,15 JAN-jun mon-FRI", "0 0 * * 7", "@hourly", "30 2 ? * sun", "0 9-17/2 * * 1-5"] {
+        for good in
+            ["* * * * *", "*/5 0-6 1,15 JAN-jun mon-FRI", "0 0 * * 7", "@hourly", "30 2 ? * sun", "0 9-17/2 * * 1-5"]
+        {
             assert!(Schedule::parse(good).is_ok(), "{good}");
         }
-        for (bad, why) in [("* * * *", "exactly 5 fields"), ("60 * * * *", "above maximum"), ("* * 0 * *", "below minimum"), ("*/0 * * * *", "positive"), ("@often", "unrecognized"), ("x * * * *", "parse int")] {
+        for (bad, why) in [
+            ("* * * *", "exactly 5 fields"),
+            ("60 * * * *", "above maximum"),
+            ("* * 0 * *", "below minimum"),
+            ("*/0 * * * *", "positive"),
+            ("@often", "unrecognized"),
+            ("x * * * *", "parse int"),
+        ] {
             let e = Schedule::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
@@ -165,7 +174,8 @@ mod tests {
     #[test]
     fn the_next_time_follows_the_fields_and_the_zone() {
         let utc = TimeZone::UTC;
-        let next = |s: &str, after: &str| Schedule::parse(s).unwrap().next_after(ts(after), &utc).map(|t| t.to_string());
+        let next =
+            |s: &str, after: &str| Schedule::parse(s).unwrap().next_after(ts(after), &utc).map(|t| t.to_string());
         assert_eq!(next("* * * * *", "2026-12-06T11:30:20Z").as_deref(), Some("2026-12-06T11:31:00Z"));
         assert_eq!(next("*/15 * * * *", "2026-12-06T11:30:00Z").as_deref(), Some("2026-12-06T11:45:00Z"));
         assert_eq!(next("0 0 1 1 *", "2026-12-06T11:30:00Z").as_deref(), Some("2027-01-01T00:00:00Z"));

@@ -42,7 +42,10 @@ impl ElectionConfig {
             return Err("--leader-elect-lease-duration must be greater than --leader-elect-renew-deadline".into());
         }
         if self.renew_deadline <= self.retry_period.mul_f64(JITTER_FACTOR) {
-            return Err("--leader-elect-renew-deadline must be greater than --leader-elect-retry-period (with its jitter)".into());
+            return Err(
+                "--leader-elect-renew-deadline must be greater than --leader-elect-retry-period (with its jitter)"
+                    .into(),
+            );
         }
         if self.retry_period.is_zero() {
             return Err("--leader-elect-retry-period must be positive".into());
@@ -218,7 +221,11 @@ impl Elector {
         }
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(self.config.name.clone()), namespace: Some(self.config.namespace.clone()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(self.config.name.clone()),
+                    namespace: Some(self.config.namespace.clone()),
+                    ..Default::default()
+                },
                 spec: Some(self.our_spec(None)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
@@ -346,7 +353,8 @@ where
     let wait = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let (leadership, elector, identity) = flags.start(client, lease_name, wait(stop_rx.clone())).map_err(anyhow::Error::msg)?;
+    let (leadership, elector, identity) =
+        flags.start(client, lease_name, wait(stop_rx.clone())).map_err(anyhow::Error::msg)?;
     let on_signal = stop_tx.clone();
     let signal = tokio::spawn(async move {
         stop.await;

@@ -68,7 +68,14 @@ impl Recorder {
     }
 
     /// Records an event about `regarding` (never waits).
-    pub fn record(&self, regarding: ObjectReference, warning: bool, action: &'static str, reason: &str, message: String) {
+    pub fn record(
+        &self,
+        regarding: ObjectReference,
+        warning: bool,
+        action: &'static str,
+        reason: &str,
+        message: String,
+    ) {
         let p = Pending { regarding, warning, action, reason: reason.to_string(), message };
         if self.tx.try_send(p).is_err() {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -112,7 +119,8 @@ async fn write(
     let namespace = p.regarding.namespace.clone().unwrap_or_else(|| "default".into());
     let api: Api<Event> = Api::namespaced(client.clone(), &namespace);
     let now = k8s_openapi::jiff::Timestamp::now();
-    let key: Key = (namespace.clone(), p.regarding.uid.clone().unwrap_or_default(), p.reason.clone(), p.message.clone());
+    let key: Key =
+        (namespace.clone(), p.regarding.uid.clone().unwrap_or_default(), p.reason.clone(), p.message.clone());
     let repeat = {
         let mut seen = seen.lock().await;
         match seen.get_mut(&key) {

@@ -94,10 +94,17 @@ impl NodeNetwork {
     pub fn claim(&self) -> Result<File> {
         std::fs::create_dir_all(LOCK_DIR).with_context(|| format!("creating {LOCK_DIR}"))?;
         let path = self.lock_path();
-        let file = OpenOptions::new().create(true).truncate(false).write(true).open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
         match file.try_lock() {
             Ok(()) => {}
-            Err(TryLockError::WouldBlock) => bail!("nodes named {}* are in use by another run (it holds {})", self.prefix, path.display()),
+            Err(TryLockError::WouldBlock) => {
+                bail!("nodes named {}* are in use by another run (it holds {})", self.prefix, path.display())
+            }
             Err(TryLockError::Error(e)) => return Err(e).with_context(|| format!("locking {}", path.display())),
         }
         self.remove_all().context("removing a crashed run's nodes")?;
@@ -200,7 +207,8 @@ impl NodeNetwork {
     pub fn remove_all(&self) -> Result<()> {
         let mut errors = Vec::new();
         for k in 1..=NODES_MAX {
-            let leftover = netns_exists(&self.node_name(k)) || link_exists(&self.veth(k)) || cgroup_exists(&self.cgroup_root(k));
+            let leftover =
+                netns_exists(&self.node_name(k)) || link_exists(&self.veth(k)) || cgroup_exists(&self.cgroup_root(k));
             if leftover {
                 if let Err(e) = self.kill_node(k) {
                     errors.push(format!("{e:#}"));
@@ -330,7 +338,9 @@ fn pod_namespaces_of(ns: &str) -> Vec<String> {
     let mut found = Vec::new();
     for e in std::fs::read_dir("/var/run/netns").into_iter().flatten().flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with("cni-") && ip(&["-n", &name, "netns", "list-id"]).is_ok_and(|ids| ids.lines().any(|l| l.contains(&named))) {
+        if name.starts_with("cni-")
+            && ip(&["-n", &name, "netns", "list-id"]).is_ok_and(|ids| ids.lines().any(|l| l.contains(&named)))
+        {
             found.push(name);
         }
     }

@@ -13,7 +13,6 @@ use serde_json::{json, Value};
 
 use common::api::{call, ApiProcess};
 
-
 /// The `Status` a failed kube-rs call got.
 fn status<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> Box<kube::core::Status> {
     match result {

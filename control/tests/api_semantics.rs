@@ -16,7 +16,6 @@ use serde_json::{json, Value};
 use common::api::{call, ApiProcess};
 use common::{wait_until, within};
 
-
 /// A GET over a plain connection, outside kube-rs (which retries some answers by itself): the
 /// status code and the JSON body.
 async fn raw_get(port: u16, path: &str) -> (u16, Value) {

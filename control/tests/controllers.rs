@@ -20,7 +20,6 @@ use kube::runtime::watcher;
 
 const SETTLED_WITHIN: Duration = Duration::from_secs(60);
 
-
 fn hollow_agent(api: &ApiProcess, nodes: usize) -> Component {
     let (url, n) = (api.url(), nodes.to_string());
     Component::spawn("agent", &["agent", "--server", &url, "--runtime", "hollow", "--hollow-nodes", &n])
@@ -46,7 +45,11 @@ async fn wait_running(client: &kube::Client, ns: &str, selector: &str, n: usize)
         async move {
             let running = running_pods(&client, ns, selector).await;
             let all = pods.list(&ListParams::default().labels(selector)).await.map_err(|e| e.to_string())?.items.len();
-            if running.len() == n && all == n { Ok(running) } else { Err(format!("{} running of {all}", running.len())) }
+            if running.len() == n && all == n {
+                Ok(running)
+            } else {
+                Err(format!("{} running of {all}", running.len()))
+            }
         }
     })
     .await
@@ -84,7 +87,11 @@ async fn a_deployment_rolls_out_scales_heals_and_rolls_back() {
     let client = api.client();
     let dir = tempfile::tempdir().unwrap();
     let old = Kubectl::new(&dir.path().join("old").tap_mkdir(), &api.url());
-    let current = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), &dir.path().join("new").tap_mkdir(), &api.url());
+    let current = Kubectl::with_binary(
+        kubectl_binary("KEELSON_KUBECTL_CURRENT"),
+        &dir.path().join("new").tap_mkdir(),
+        &api.url(),
+    );
     let deploy = "deployment/nginx-deployment";
 
     // Applied with Debian's kubectl: three pods run.
@@ -94,7 +101,14 @@ async fn a_deployment_rolls_out_scales_heals_and_rolls_back() {
     let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
     let first = sets.list(&ListParams::default().labels("app=nginx")).await.unwrap().items;
     assert_eq!(first.len(), 1);
-    let hash = first[0].metadata.labels.as_ref().unwrap().get("pod-template-hash").cloned().expect("the set carries its template hash");
+    let hash = first[0]
+        .metadata
+        .labels
+        .as_ref()
+        .unwrap()
+        .get("pod-template-hash")
+        .cloned()
+        .expect("the set carries its template hash");
     assert_eq!(first[0].metadata.name.as_deref(), Some(format!("nginx-deployment-{hash}").as_str()));
 
     // Scaled to 10 and back.
@@ -111,7 +125,12 @@ async fn a_deployment_rolls_out_scales_heals_and_rolls_back() {
 
     // Ten replicas within 2 surge and 1 unavailable; a new image rolls out within them, as a
     // watch of the ReplicaSets sees it at every step.
-    old.run(&["patch", deploy, "-p", r#"{"spec":{"replicas":10,"strategy":{"rollingUpdate":{"maxSurge":2,"maxUnavailable":1}}}}"#]);
+    old.run(&[
+        "patch",
+        deploy,
+        "-p",
+        r#"{"spec":{"replicas":10,"strategy":{"rollingUpdate":{"maxSurge":2,"maxUnavailable":1}}}}"#,
+    ]);
     rollout_status(&old, deploy);
     wait_running(&client, "default", "app=nginx", 10).await;
     let budgets = Arc::new(Mutex::new(Budgets { min_available: i32::MAX, ..Default::default() }));
@@ -120,7 +139,10 @@ async fn a_deployment_rolls_out_scales_heals_and_rolls_back() {
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(watcher(sets, watcher::Config::default().labels("app=nginx")));
             while let Some(event) = stream.next().await {
-                let (watcher::Event::Apply(rs) | watcher::Event::InitApply(rs)) = event.expect("the watch goes on") else { continue };
+                let (watcher::Event::Apply(rs) | watcher::Event::InitApply(rs)) = event.expect("the watch goes on")
+                else {
+                    continue;
+                };
                 let mut b = b.lock().unwrap();
                 let size = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
                 let available = rs.status.as_ref().and_then(|s| s.available_replicas).unwrap_or(0);
@@ -138,7 +160,13 @@ async fn a_deployment_rolls_out_scales_heals_and_rolls_back() {
     };
     wait_until("the watch has listed the sets", within(SETTLED_WITHIN), || {
         let b = budgets.clone();
-        async move { if b.lock().unwrap().sets.is_empty() { Err("not yet".to_string()) } else { Ok(()) } }
+        async move {
+            if b.lock().unwrap().sets.is_empty() {
+                Err("not yet".to_string())
+            } else {
+                Ok(())
+            }
+        }
     })
     .await;
     current.run(&["set", "image", deploy, "nginx=nginx:1.16.1"]);
@@ -161,7 +189,10 @@ async fn a_deployment_rolls_out_scales_heals_and_rolls_back() {
     wait_running(&client, "default", "app=nginx", 10).await;
     let d = deployments.get("nginx-deployment").await.unwrap();
     assert_eq!(image(&d), "nginx:1.14.2");
-    assert_eq!(d.metadata.annotations.as_ref().unwrap().get("deployment.kubernetes.io/revision").map(String::as_str), Some("3"));
+    assert_eq!(
+        d.metadata.annotations.as_ref().unwrap().get("deployment.kubernetes.io/revision").map(String::as_str),
+        Some("3")
+    );
     assert_eq!(revisions(&old, deploy), vec![2, 3]);
     let rs = sets.get(&format!("nginx-deployment-{hash}")).await.expect("the first set is back in use");
     assert_eq!(rs.spec.as_ref().unwrap().replicas, Some(10));
@@ -178,12 +209,21 @@ async fn a_deployment_rolls_out_scales_heals_and_rolls_back() {
         async move {
             let d = deployments.get("nginx-deployment").await.map_err(|e| e.to_string())?;
             let s = d.status.clone().unwrap_or_default();
-            let reason = s.conditions.iter().flatten().find(|c| c.type_ == "Progressing").and_then(|c| c.reason.clone());
-            if s.observed_generation >= d.metadata.generation && reason.as_deref() == Some("DeploymentPaused") { Ok(d) } else { Err(format!("{reason:?}")) }
+            let reason =
+                s.conditions.iter().flatten().find(|c| c.type_ == "Progressing").and_then(|c| c.reason.clone());
+            if s.observed_generation >= d.metadata.generation && reason.as_deref() == Some("DeploymentPaused") {
+                Ok(d)
+            } else {
+                Err(format!("{reason:?}"))
+            }
         }
     })
     .await;
-    assert_eq!(sets.list(&ListParams::default().labels("app=nginx")).await.unwrap().items.len(), 2, "no new set while paused");
+    assert_eq!(
+        sets.list(&ListParams::default().labels("app=nginx")).await.unwrap().items.len(),
+        2,
+        "no new set while paused"
+    );
     assert_eq!(image(&observed), "nginx:1.17");
     current.run(&["rollout", "resume", deploy]);
     rollout_status(&current, deploy);
@@ -216,7 +256,11 @@ async fn deleting_an_owner_cascades_in_the_background_or_foreground_or_orphans()
     let client = api.client();
     let dir = tempfile::tempdir().unwrap();
     let old = Kubectl::new(&dir.path().join("old").tap_mkdir(), &api.url());
-    let current = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), &dir.path().join("new").tap_mkdir(), &api.url());
+    let current = Kubectl::with_binary(
+        kubectl_binary("KEELSON_KUBECTL_CURRENT"),
+        &dir.path().join("new").tap_mkdir(),
+        &api.url(),
+    );
     for name in ["background", "orphaned", "foreground"] {
         current.run(&["create", "deployment", name, "--image=nginx", "--replicas=2"]);
         rollout_status(&current, &format!("deployment/{name}"));
@@ -250,7 +294,13 @@ async fn deleting_an_owner_cascades_in_the_background_or_foreground_or_orphans()
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
     wait_until("the orphaning deployment is gone", within(SETTLED_WITHIN), || {
         let deployments = deployments.clone();
-        async move { if deployments.get_opt("orphaned").await.unwrap().is_none() { Ok(()) } else { Err("still there".to_string()) } }
+        async move {
+            if deployments.get_opt("orphaned").await.unwrap().is_none() {
+                Ok(())
+            } else {
+                Err("still there".to_string())
+            }
+        }
     })
     .await;
     assert_eq!(dependents(&client, "app=orphaned").await, (1, 2, vec![0]), "the set stays, owned by no one");
@@ -264,7 +314,13 @@ async fn deleting_an_owner_cascades_in_the_background_or_foreground_or_orphans()
     cms.create(&Default::default(), &cm).await.unwrap();
     wait_until("a dependent of a missing owner is collected", within(SETTLED_WITHIN), || {
         let cms = cms.clone();
-        async move { if cms.get_opt("dangling").await.unwrap().is_none() { Ok(()) } else { Err("still there".to_string()) } }
+        async move {
+            if cms.get_opt("dangling").await.unwrap().is_none() {
+                Ok(())
+            } else {
+                Err("still there".to_string())
+            }
+        }
     })
     .await;
 }
@@ -291,18 +347,35 @@ async fn a_service_has_endpoints_and_slices_of_the_pods_it_selects() {
                 let (endpoints, slices, client) = (endpoints.clone(), slices.clone(), client.clone());
                 async move {
                     let pods: std::collections::BTreeSet<String> = {
-                        let list = Api::<Pod>::namespaced(client, "default").list(&ListParams::default().labels("app=web")).await.map_err(|e| e.to_string())?;
-                        list.items.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).filter_map(|p| p.status.as_ref()?.pod_ip.clone()).collect()
+                        let list = Api::<Pod>::namespaced(client, "default")
+                            .list(&ListParams::default().labels("app=web"))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        list.items
+                            .iter()
+                            .filter(|p| p.metadata.deletion_timestamp.is_none())
+                            .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+                            .collect()
                     };
                     let e = endpoints.get_opt("web").await.map_err(|e| e.to_string())?.ok_or("no endpoints yet")?;
                     let subsets = e.subsets.unwrap_or_default();
-                    let ready: std::collections::BTreeSet<String> = subsets.iter().flat_map(|s| s.addresses.iter().flatten().map(|a| a.ip.clone())).collect();
-                    let ports: Vec<i32> = subsets.iter().flat_map(|s| s.ports.iter().flatten().map(|p| p.port)).collect();
-                    let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.map_err(|e| e.to_string())?;
+                    let ready: std::collections::BTreeSet<String> =
+                        subsets.iter().flat_map(|s| s.addresses.iter().flatten().map(|a| a.ip.clone())).collect();
+                    let ports: Vec<i32> =
+                        subsets.iter().flat_map(|s| s.ports.iter().flatten().map(|p| p.port)).collect();
+                    let list = slices
+                        .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+                        .await
+                        .map_err(|e| e.to_string())?;
                     let in_slices: std::collections::BTreeSet<String> = list
                         .items
                         .iter()
-                        .flat_map(|s| s.endpoints.iter().filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true)).map(|e| e.addresses[0].clone()))
+                        .flat_map(|s| {
+                            s.endpoints
+                                .iter()
+                                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                                .map(|e| e.addresses[0].clone())
+                        })
                         .collect();
                     if ready.len() == n && ready == pods && in_slices == pods && ports == vec![80] {
                         Ok(list.items)
@@ -327,8 +400,17 @@ async fn a_service_has_endpoints_and_slices_of_the_pods_it_selects() {
         let (endpoints, slices) = (endpoints.clone(), slices.clone());
         async move {
             let e = endpoints.get_opt("web").await.map_err(|e| e.to_string())?;
-            let s = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.map_err(|e| e.to_string())?.items.len();
-            if e.is_none() && s == 0 { Ok(()) } else { Err(format!("endpoints {}, {s} slices", e.is_some())) }
+            let s = slices
+                .list(&ListParams::default().labels("kubernetes.io/service-name=web"))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
+            if e.is_none() && s == 0 {
+                Ok(())
+            } else {
+                Err(format!("endpoints {}, {s} slices", e.is_some()))
+            }
         }
     })
     .await;
@@ -340,13 +422,26 @@ async fn every_namespace_has_a_default_service_account() {
     let api = ApiProcess::server_full(&[]).await;
     let client = api.client();
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces.create(&Default::default(), &serde_json::from_value(serde_json::json!({"metadata": {"name": "team"}})).unwrap()).await.unwrap();
+    namespaces
+        .create(
+            &Default::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "team"}})).unwrap(),
+        )
+        .await
+        .unwrap();
     let default_in = |ns: &'static str| {
         let client = client.clone();
         async move {
             wait_until(&format!("{ns} has its default service account"), within(SETTLED_WITHIN), || {
                 let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), ns);
-                async move { accounts.get_opt("default").await.map_err(|e| e.to_string())?.map(|_| ()).ok_or_else(|| "not yet".to_string()) }
+                async move {
+                    accounts
+                        .get_opt("default")
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .map(|_| ())
+                        .ok_or_else(|| "not yet".to_string())
+                }
             })
             .await
         }
@@ -373,7 +468,8 @@ async fn every_namespace_has_a_default_service_account() {
 /// A hollow agent whose nodes renew their leases every second.
 fn quick_agent(api: &ApiProcess, prefix: &str, nodes: usize) -> Component {
     let (url, n, single) = (api.url(), nodes.to_string(), format!("{prefix}0"));
-    let mut args = vec!["agent", "--server", &url, "--runtime", "hollow", "--hollow-nodes", &n, "--hollow-node-prefix", prefix];
+    let mut args =
+        vec!["agent", "--server", &url, "--runtime", "hollow", "--hollow-nodes", &n, "--hollow-node-prefix", prefix];
     args.extend(["--node-lease-renew-interval", "1s", "--node-lease-duration-seconds", "4"]);
     // One node is named after the host unless named.
     if nodes == 1 {
@@ -392,7 +488,13 @@ async fn pods_of_a_node_that_stops_without_notice_are_evicted_and_replaced() {
     let nodes: Api<Node> = Api::all(client.clone());
     wait_until("four nodes are registered", within(SETTLED_WITHIN), || {
         let nodes = nodes.clone();
-        async move { if nodes.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len() == 4 { Ok(()) } else { Err("not yet".to_string()) } }
+        async move {
+            if nodes.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len() == 4 {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        }
     })
     .await;
     // One pod per node (tainted nodes leave the spread), tolerating an unreachable node for 1 s.
@@ -414,7 +516,8 @@ async fn pods_of_a_node_that_stops_without_notice_are_evicted_and_replaced() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let node_of = |p: &Pod| p.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
     let before = pods.list(&ListParams::default().labels("app=spread")).await.unwrap().items;
-    let on_doomed: Vec<String> = before.iter().filter(|p| node_of(p).starts_with("a-")).filter_map(|p| p.metadata.name.clone()).collect();
+    let on_doomed: Vec<String> =
+        before.iter().filter(|p| node_of(p).starts_with("a-")).filter_map(|p| p.metadata.name.clone()).collect();
     assert_eq!(on_doomed.len(), 2, "one pod per node: {:?}", before.iter().map(node_of).collect::<Vec<_>>());
 
     doomed.kill();
@@ -424,8 +527,15 @@ async fn pods_of_a_node_that_stops_without_notice_are_evicted_and_replaced() {
         async move {
             for name in ["a-0", "a-1"] {
                 let n = nodes.get(name).await.map_err(|e| e.to_string())?;
-                let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone());
-                let tainted = n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute"));
+                let ready = n
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                    .map(|c| c.status.clone());
+                let tainted = n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| {
+                    t.iter().any(|t| t.key == "node.kubernetes.io/unreachable" && t.effect == "NoExecute")
+                });
                 if ready.as_deref() != Some("Unknown") || !tainted {
                     return Err(format!("{name}: Ready {ready:?}, tainted {tainted}"));
                 }
@@ -434,24 +544,53 @@ async fn pods_of_a_node_that_stops_without_notice_are_evicted_and_replaced() {
         }
     })
     .await;
-    wait_until("four pods run on the remaining nodes, and the evicted ones are terminating", within(SETTLED_WITHIN), || {
-        let (pods, on_doomed) = (pods.clone(), on_doomed.clone());
-        async move {
-            let list = pods.list(&ListParams::default().labels("app=spread")).await.map_err(|e| e.to_string())?.items;
-            let live: Vec<&Pod> = list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
-            let running_on_b = live.iter().filter(|p| node_of(p).starts_with("b-") && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")).count();
-            let evicted = list.iter().filter(|p| on_doomed.contains(p.metadata.name.as_ref().unwrap())).all(|p| p.metadata.deletion_timestamp.is_some());
-            if running_on_b == 4 && live.len() == 4 && evicted { Ok(()) } else { Err(format!("{running_on_b} running on b-, {} live, evicted {evicted}", live.len())) }
-        }
-    })
+    wait_until(
+        "four pods run on the remaining nodes, and the evicted ones are terminating",
+        within(SETTLED_WITHIN),
+        || {
+            let (pods, on_doomed) = (pods.clone(), on_doomed.clone());
+            async move {
+                let list =
+                    pods.list(&ListParams::default().labels("app=spread")).await.map_err(|e| e.to_string())?.items;
+                let live: Vec<&Pod> = list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
+                let running_on_b = live
+                    .iter()
+                    .filter(|p| {
+                        node_of(p).starts_with("b-")
+                            && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                    })
+                    .count();
+                let evicted = list
+                    .iter()
+                    .filter(|p| on_doomed.contains(p.metadata.name.as_ref().unwrap()))
+                    .all(|p| p.metadata.deletion_timestamp.is_some());
+                if running_on_b == 4 && live.len() == 4 && evicted {
+                    Ok(())
+                } else {
+                    Err(format!("{running_on_b} running on b-, {} live, evicted {evicted}", live.len()))
+                }
+            }
+        },
+    )
     .await;
     // The node is deleted: the pods left bound to it are removed for good.
     nodes.delete("a-0", &Default::default()).await.unwrap();
     wait_until("pods bound to a deleted node are collected", within(SETTLED_WITHIN), || {
         let pods = pods.clone();
         async move {
-            let left = pods.list(&ListParams::default().labels("app=spread")).await.map_err(|e| e.to_string())?.items.iter().filter(|p| node_of(p) == "a-0").count();
-            if left == 0 { Ok(()) } else { Err(format!("{left} left on a-0")) }
+            let left = pods
+                .list(&ListParams::default().labels("app=spread"))
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .iter()
+                .filter(|p| node_of(p) == "a-0")
+                .count();
+            if left == 0 {
+                Ok(())
+            } else {
+                Err(format!("{left} left on a-0"))
+            }
         }
     })
     .await;
@@ -470,9 +609,22 @@ async fn a_node_that_comes_back_is_ready_and_untainted_again() {
                 let nodes = nodes.clone();
                 async move {
                     let n = nodes.get_opt("c-0").await.map_err(|e| e.to_string())?.ok_or("not registered")?;
-                    let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone());
-                    let tainted = n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(|t| t.iter().any(|t| t.key == "node.kubernetes.io/unreachable"));
-                    if ready.as_deref() == Some(want_ready) && tainted == want_tainted { Ok(()) } else { Err(format!("Ready {ready:?}, tainted {tainted}")) }
+                    let ready = n
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                        .map(|c| c.status.clone());
+                    let tainted = n
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.taints.as_ref())
+                        .is_some_and(|t| t.iter().any(|t| t.key == "node.kubernetes.io/unreachable"));
+                    if ready.as_deref() == Some(want_ready) && tainted == want_tainted {
+                        Ok(())
+                    } else {
+                        Err(format!("Ready {ready:?}, tainted {tainted}"))
+                    }
                 }
             })
             .await
@@ -513,7 +665,13 @@ async fn a_daemon_set_covers_every_node_and_a_new_one_and_rolls_out() {
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     wait_until("three nodes are registered", within(SETTLED_WITHIN), || {
         let nodes = nodes.clone();
-        async move { if nodes.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len() == 3 { Ok(()) } else { Err("not yet".to_string()) } }
+        async move {
+            if nodes.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len() == 3 {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        }
     })
     .await;
     // A node tainted NoSchedule gets no daemon pod (the template does not tolerate it).
@@ -525,14 +683,25 @@ async fn a_daemon_set_covers_every_node_and_a_new_one_and_rolls_out() {
             wait_until(&format!("{want} daemon pods of {image}, one per node"), within(SETTLED_WITHIN), || {
                 let client = client.clone();
                 async move {
-                    let list = Api::<Pod>::namespaced(client, "default").list(&ListParams::default().labels("app=node-agent")).await.map_err(|e| e.to_string())?.items;
+                    let list = Api::<Pod>::namespaced(client, "default")
+                        .list(&ListParams::default().labels("app=node-agent"))
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .items;
                     let live: Vec<&Pod> = list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).collect();
-                    let mut nodes: Vec<String> = live.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+                    let mut nodes: Vec<String> =
+                        live.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
                     nodes.sort();
                     nodes.dedup();
-                    let images_ok = live.iter().all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(image));
-                    let running = live.iter().all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
-                    if live.len() == want && nodes.len() == want && images_ok && running { Ok(nodes) } else { Err(format!("{} pods on {nodes:?}, images ok {images_ok}, running {running}", live.len())) }
+                    let images_ok =
+                        live.iter().all(|p| p.spec.as_ref().unwrap().containers[0].image.as_deref() == Some(image));
+                    let running =
+                        live.iter().all(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+                    if live.len() == want && nodes.len() == want && images_ok && running {
+                        Ok(nodes)
+                    } else {
+                        Err(format!("{} pods on {nodes:?}, images ok {images_ok}, running {running}", live.len()))
+                    }
                 }
             })
             .await
@@ -543,7 +712,10 @@ async fn a_daemon_set_covers_every_node_and_a_new_one_and_rolls_out() {
     let out = k.run(&["rollout", "status", "daemonset/node-agent", "--timeout=60s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
     // A new node (another agent) gets one; so does the untainted one.
-    let _second = Component::spawn("agent-extra", &["agent", "--server", &api.url(), "--runtime", "hollow", "--hollow-nodes", "1", "--node-name", "extra-0"]);
+    let _second = Component::spawn(
+        "agent-extra",
+        &["agent", "--server", &api.url(), "--runtime", "hollow", "--hollow-nodes", "1", "--node-name", "extra-0"],
+    );
     k.run(&["taint", "node", "hollow-2", "dedicated=db:NoSchedule-"]);
     per_node(4, "agent:1").await;
     // A new image rolls out to every node, recorded as a second revision.
@@ -552,8 +724,16 @@ async fn a_daemon_set_covers_every_node_and_a_new_one_and_rolls_out() {
     assert!(out.contains("successfully rolled out"), "{out}");
     per_node(4, "agent:2").await;
     assert_eq!(revisions(&k, "daemonset/node-agent"), vec![1, 2]);
-    let status = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), "default").get("node-agent").await.unwrap().status.unwrap();
-    assert_eq!((status.desired_number_scheduled, status.updated_number_scheduled, status.number_available), (4, Some(4), Some(4)));
+    let status = Api::<k8s_openapi::api::apps::v1::DaemonSet>::namespaced(client.clone(), "default")
+        .get("node-agent")
+        .await
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(
+        (status.desired_number_scheduled, status.updated_number_scheduled, status.number_available),
+        (4, Some(4), Some(4))
+    );
 }
 
 const JOBS: &str = "apiVersion: batch/v1
@@ -619,7 +799,14 @@ async fn jobs_complete_index_their_pods_and_fail_after_their_backoff_limit() {
     indexes.sort();
     assert_eq!(indexes, vec!["0", "1", "2"]);
     // Counted pods carry no tracking finalizer any more.
-    let tracked = pods.list(&ListParams::default()).await.unwrap().items.iter().filter(|p| p.metadata.finalizers.iter().flatten().any(|f| f == "batch.kubernetes.io/job-tracking")).count();
+    let tracked = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter(|p| p.metadata.finalizers.iter().flatten().any(|f| f == "batch.kubernetes.io/job-tracking"))
+        .count();
     assert_eq!(tracked, 0);
     // A pod that fails is replaced once (backoffLimit 1), after its back-off; then the job fails.
     let out = k.run(&["wait", "--for=condition=failed", "job/failing", "--timeout=60s"]);
@@ -655,16 +842,30 @@ async fn a_cron_job_runs_on_schedule() {
         async move {
             let cj = cronjobs.get("tick").await.map_err(|e| e.to_string())?;
             let status = cj.status.unwrap_or_default();
-            let owned: Vec<Job> = jobs.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.into_iter().filter(|j| j.metadata.owner_references.iter().flatten().any(|r| Some(&r.uid) == cj.metadata.uid.as_ref())).collect();
+            let owned: Vec<Job> = jobs
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .into_iter()
+                .filter(|j| {
+                    j.metadata.owner_references.iter().flatten().any(|r| Some(&r.uid) == cj.metadata.uid.as_ref())
+                })
+                .collect();
             let done = owned.iter().find(|j| j.status.as_ref().and_then(|s| s.succeeded) == Some(1));
             match (done, status.last_schedule_time, status.last_successful_time) {
                 (Some(j), Some(_), Some(_)) => Ok(j.clone()),
-                (d, ls, lsu) => Err(format!("{} jobs, done {}, last schedule {ls:?}, last success {lsu:?}", owned.len(), d.is_some())),
+                (d, ls, lsu) => Err(format!(
+                    "{} jobs, done {}, last schedule {ls:?}, last success {lsu:?}",
+                    owned.len(),
+                    d.is_some()
+                )),
             }
         }
     })
     .await;
-    let scheduled = job.metadata.annotations.as_ref().unwrap().get("batch.kubernetes.io/cronjob-scheduled-timestamp").unwrap();
+    let scheduled =
+        job.metadata.annotations.as_ref().unwrap().get("batch.kubernetes.io/cronjob-scheduled-timestamp").unwrap();
     let at: k8s_openapi::jiff::Timestamp = scheduled.parse().unwrap();
     assert_eq!(at.as_second() % 60, 0, "on the minute: {scheduled}");
     assert_eq!(job.metadata.name.unwrap(), format!("tick-{}", at.as_second() / 60));
@@ -725,22 +926,42 @@ async fn a_stateful_set_makes_its_pods_in_order_with_their_claims_and_rolls_back
     };
     wait_until("the pod watch has listed", within(SETTLED_WITHIN), || {
         let listed = listed.clone();
-        async move { if listed.load(std::sync::atomic::Ordering::SeqCst) { Ok(()) } else { Err("not yet".to_string()) } }
+        async move {
+            if listed.load(std::sync::atomic::Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        }
     })
     .await;
     k.run_with_input(&["apply", "-f", "-"], Some(WEB));
     let out = k.run(&["rollout", "status", "statefulset/web", "--timeout=60s"]);
-    assert!(out.contains("roll out complete") || out.contains("rolling update complete") || out.contains("partitioned roll out complete"), "{out}");
+    assert!(
+        out.contains("roll out complete")
+            || out.contains("rolling update complete")
+            || out.contains("partitioned roll out complete"),
+        "{out}"
+    );
     wait_running(&client, "default", "app=web", 3).await;
     assert_eq!(*order.lock().unwrap(), vec!["web-0", "web-1", "web-2"]);
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let web1 = pods.get("web-1").await.unwrap();
     let spec = web1.spec.unwrap();
     assert_eq!((spec.hostname.as_deref(), spec.subdomain.as_deref()), (Some("web-1"), Some("nginx")));
-    let claim = spec.volumes.unwrap().into_iter().find(|v| v.name == "www").unwrap().persistent_volume_claim.unwrap().claim_name;
+    let claim = spec
+        .volumes
+        .unwrap()
+        .into_iter()
+        .find(|v| v.name == "www")
+        .unwrap()
+        .persistent_volume_claim
+        .unwrap()
+        .claim_name;
     assert_eq!(claim, "www-web-1");
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), "default");
-    let mut names: Vec<String> = claims.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|c| c.metadata.name).collect();
+    let mut names: Vec<String> =
+        claims.list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|c| c.metadata.name).collect();
     names.sort();
     assert_eq!(names, vec!["www-web-0", "www-web-1", "www-web-2"]);
 
@@ -752,8 +973,16 @@ async fn a_stateful_set_makes_its_pods_in_order_with_their_claims_and_rolls_back
         let pods = pods.clone();
         async move {
             let list = pods.list(&ListParams::default().labels("app=web")).await.map_err(|e| e.to_string())?.items;
-            let images: Vec<String> = list.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).filter_map(|p| p.spec.as_ref()?.containers[0].image.clone()).collect();
-            if images.len() == 3 && images.iter().all(|i| i == "nginx:1.26") { Ok(()) } else { Err(format!("{images:?}")) }
+            let images: Vec<String> = list
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.spec.as_ref()?.containers[0].image.clone())
+                .collect();
+            if images.len() == 3 && images.iter().all(|i| i == "nginx:1.26") {
+                Ok(())
+            } else {
+                Err(format!("{images:?}"))
+            }
         }
     })
     .await;
@@ -788,7 +1017,11 @@ async fn kubectl_drain_respects_a_pod_disruption_budget() {
                 let pdbs = pdbs.clone();
                 async move {
                     let s = pdbs.get("db").await.map_err(|e| e.to_string())?.status.ok_or("no status")?;
-                    if s.disruptions_allowed == allowed && s.current_healthy >= 2 { Ok(()) } else { Err(format!("{s:?}")) }
+                    if s.disruptions_allowed == allowed && s.current_healthy >= 2 {
+                        Ok(())
+                    } else {
+                        Err(format!("{s:?}"))
+                    }
                 }
             })
             .await
@@ -814,7 +1047,11 @@ async fn kubectl_drain_respects_a_pod_disruption_budget() {
     let running = wait_running(&client, "default", "app=db", 3).await;
     assert!(!running.contains(&victim), "{running:?}");
     for name in &running {
-        assert_ne!(pods.get(name).await.unwrap().spec.unwrap().node_name.as_deref(), Some(node.as_str()), "{name} is on the drained node");
+        assert_ne!(
+            pods.get(name).await.unwrap().spec.unwrap().node_name.as_deref(),
+            Some(node.as_str()),
+            "{name} is on the drained node"
+        );
     }
 }
 
@@ -835,7 +1072,13 @@ async fn a_replication_controller_keeps_its_replicas_and_scales_with_kubectl() {
     let four = wait_running(&client, "default", "app=legacy", 4).await;
     assert!(!four.contains(&two[0]));
     let printed = k.run(&["get", "rc", "legacy"]);
-    assert!(printed.lines().nth(1).is_some_and(|l| l.split_whitespace().take(4).collect::<Vec<_>>() == ["legacy", "4", "4", "4"]), "{printed}");
+    assert!(
+        printed
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.split_whitespace().take(4).collect::<Vec<_>>() == ["legacy", "4", "4", "4"]),
+        "{printed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -848,7 +1091,10 @@ async fn a_namespace_with_content_is_emptied_by_whichever_controller_manager_run
     let dir = tempfile::tempdir().unwrap();
     let k = Kubectl::new(dir.path(), &api.url());
     k.run(&["create", "namespace", "team"]);
-    k.run_with_input(&["apply", "-n", "team", "-f", "-"], Some("apiVersion: v1\nkind: Pod\nmetadata: {name: app}\nspec:\n  containers: [{name: c, image: nginx}]\n"));
+    k.run_with_input(
+        &["apply", "-n", "team", "-f", "-"],
+        Some("apiVersion: v1\nkind: Pod\nmetadata: {name: app}\nspec:\n  containers: [{name: c, image: nginx}]\n"),
+    );
     k.run(&["create", "configmap", "settings", "-n", "team", "--from-literal=a=b"]);
     wait_running(&client, "team", "", 1).await;
     k.run(&["delete", "namespace", "team", "--wait=false"]);
@@ -859,15 +1105,31 @@ async fn a_namespace_with_content_is_emptied_by_whichever_controller_manager_run
     assert!(Api::<ConfigMap>::namespaced(client.clone(), "team").get_opt("settings").await.unwrap().is_some());
     // A controller manager comes: it empties the namespace (the pod stopping gracefully on its
     // node) and finalizes it.
-    let _manager = Component::spawn("controller-manager", &["controller-manager", "--server", &api.url(), "--controllers", "namespace"]);
+    let _manager = Component::spawn(
+        "controller-manager",
+        &["controller-manager", "--server", &api.url(), "--controllers", "namespace"],
+    );
     wait_until("the namespace and its content are gone", within(SETTLED_WITHIN), || {
         let (namespaces, client) = (namespaces.clone(), client.clone());
         async move {
-            let pods = Api::<Pod>::namespaced(client.clone(), "team").list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
-            let cms = Api::<ConfigMap>::namespaced(client, "team").list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
+            let pods = Api::<Pod>::namespaced(client.clone(), "team")
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
+            let cms = Api::<ConfigMap>::namespaced(client, "team")
+                .list(&ListParams::default())
+                .await
+                .map_err(|e| e.to_string())?
+                .items
+                .len();
             match namespaces.get_opt("team").await.map_err(|e| e.to_string())? {
                 None if pods == 0 && cms == 0 => Ok(()),
-                n => Err(format!("{pods} pods, {cms} configmaps, namespace {:?}", n.and_then(|n| n.status).and_then(|s| s.conditions))),
+                n => Err(format!(
+                    "{pods} pods, {cms} configmaps, namespace {:?}",
+                    n.and_then(|n| n.status).and_then(|s| s.conditions)
+                )),
             }
         }
     })
@@ -889,7 +1151,8 @@ async fn leader(client: &kube::Client, managers: &[Component], not: Option<usize
         let leases = leases.clone();
         let ids: Vec<Option<String>> = managers.iter().map(identity_of).collect();
         async move {
-            let lease = leases.get_opt("kube-controller-manager").await.map_err(|e| e.to_string())?.ok_or("no lease yet")?;
+            let lease =
+                leases.get_opt("kube-controller-manager").await.map_err(|e| e.to_string())?.ok_or("no lease yet")?;
             let holder = lease.spec.and_then(|s| s.holder_identity).filter(|h| !h.is_empty()).ok_or("no holder")?;
             match ids.iter().position(|id| id.as_deref() == Some(holder.as_str())) {
                 Some(i) if Some(i) != not => Ok(i),
@@ -925,7 +1188,9 @@ async fn wait_rolled_out(client: &kube::Client, name: &str, replicas: i32) {
             let d = deployments.get(name).await.map_err(|e| e.to_string())?;
             let s = d.status.clone().unwrap_or_default();
             let counts = (s.replicas, s.updated_replicas, s.available_replicas);
-            if s.observed_generation >= d.metadata.generation && counts == (Some(replicas), Some(replicas), Some(replicas)) {
+            if s.observed_generation >= d.metadata.generation
+                && counts == (Some(replicas), Some(replicas), Some(replicas))
+            {
                 Ok(())
             } else {
                 Err(format!("{counts:?} observed {:?} of {:?}", s.observed_generation, d.metadata.generation))
@@ -941,7 +1206,9 @@ async fn a_rollout_survives_its_leader_being_killed_without_extra_pods() {
     let _agent = hollow_agent(&api, 10);
     let client = api.client();
     let url = api.url();
-    let mut managers: Vec<Component> = (0..3).map(|i| Component::spawn(&format!("controller-manager-{i}"), &["controller-manager", "--server", &url])).collect();
+    let mut managers: Vec<Component> = (0..3)
+        .map(|i| Component::spawn(&format!("controller-manager-{i}"), &["controller-manager", "--server", &url]))
+        .collect();
     let first = leader(&client, &managers, None).await;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
@@ -973,18 +1240,35 @@ async fn a_rollout_survives_its_leader_being_killed_without_extra_pods() {
             }
         })
     };
-    let new_pods = |seen: &Arc<Mutex<(bool, std::collections::HashSet<String>, std::collections::HashSet<String>)>>| seen.lock().unwrap().2.len();
+    let new_pods = |seen: &Arc<Mutex<(bool, std::collections::HashSet<String>, std::collections::HashSet<String>)>>| {
+        seen.lock().unwrap().2.len()
+    };
     wait_until("the watch has listed the pods", within(SETTLED_WITHIN), || {
         let ready = seen.lock().unwrap().0;
-        async move { if ready { Ok(()) } else { Err("not yet".to_string()) } }
+        async move {
+            if ready {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        }
     })
     .await;
 
     let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "app:2"}]}}}});
-    deployments.patch("big", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&patch)).await.expect("the new image is set");
+    deployments
+        .patch("big", &kube::api::PatchParams::default(), &kube::api::Patch::Strategic(&patch))
+        .await
+        .expect("the new image is set");
     wait_until("the rollout is under way", within(SETTLED_WITHIN), || {
         let n = new_pods(&seen);
-        async move { if n >= 10 { Ok(()) } else { Err(format!("{n} new pods")) } }
+        async move {
+            if n >= 10 {
+                Ok(())
+            } else {
+                Err(format!("{n} new pods"))
+            }
+        }
     })
     .await;
     managers[first].kill();
@@ -999,7 +1283,14 @@ async fn a_rollout_survives_its_leader_being_killed_without_extra_pods() {
     assert_eq!(new_pods(&seen), 100, "pods created by the rollout ({at_kill} before the failover)");
     eprintln!("leader killed after {at_kill} of the rollout's 100 pods");
     let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
-    let sizes: Vec<i32> = sets.list(&ListParams::default().labels("app=big")).await.unwrap().items.iter().map(|rs| rs.spec.as_ref().unwrap().replicas.unwrap()).collect();
+    let sizes: Vec<i32> = sets
+        .list(&ListParams::default().labels("app=big"))
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|rs| rs.spec.as_ref().unwrap().replicas.unwrap())
+        .collect();
     let mut sorted = sizes.clone();
     sorted.sort();
     assert_eq!(sorted, vec![0, 100], "{sizes:?}");

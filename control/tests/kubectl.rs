@@ -15,7 +15,6 @@ use common::api::{ApiProcess, Component};
 use common::kubectl::{kubectl_binary, Kubectl, SEED_DEPLOYMENT};
 use common::{wait_until, within, Cluster, Options};
 
-
 /// The words of each line, so that column widths do not matter.
 fn table(output: &str) -> Vec<Vec<String>> {
     output.lines().map(|l| l.split_whitespace().map(String::from).collect()).collect()
@@ -34,7 +33,10 @@ async fn kubectl_drives_two_replicas_over_a_three_member_store() {
     let a = ApiProcess::apiserver(&endpoints).await;
     let b = ApiProcess::apiserver(&endpoints).await;
     // A standalone controller manager empties and finalizes deleted namespaces.
-    let _namespaces = Component::spawn("controller-manager", &["controller-manager", "--server", &b.url(), "--controllers", "namespace"]);
+    let _namespaces = Component::spawn(
+        "controller-manager",
+        &["controller-manager", "--server", &b.url(), "--controllers", "namespace"],
+    );
     let dir = tempfile::tempdir().unwrap();
     let k = Kubectl::new(dir.path(), &a.url());
     let kb = Kubectl::new(&dir.path().join("b").tap_mkdir(), &b.url());

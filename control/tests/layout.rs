@@ -48,7 +48,11 @@ fn cluster_clients_use_only_the_kubernetes_api() {
             }
         }
     }
-    assert!(offences.is_empty(), "code outside the API server reaches past the Kubernetes API:\n{}", offences.join("\n"));
+    assert!(
+        offences.is_empty(),
+        "code outside the API server reaches past the Kubernetes API:\n{}",
+        offences.join("\n")
+    );
 }
 
 #[test]

@@ -28,7 +28,11 @@ async fn wait_nodes(client: &kube::Client, n: usize) {
         let nodes = nodes.clone();
         async move {
             let list = nodes.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
-            if list.items.len() >= n { Ok(()) } else { Err(format!("{} nodes", list.items.len())) }
+            if list.items.len() >= n {
+                Ok(())
+            } else {
+                Err(format!("{} nodes", list.items.len()))
+            }
         }
     })
     .await;
@@ -72,7 +76,11 @@ async fn wait_bound(client: &kube::Client, names: &[String], running: bool) -> H
                     _ => return Err(format!("{name} is not yet bound{}", if running { " and Running" } else { "" })),
                 }
             }
-            if out.len() == names.len() { Ok(out) } else { Err(format!("{} of {} pods seen", out.len(), names.len())) }
+            if out.len() == names.len() {
+                Ok(out)
+            } else {
+                Err(format!("{} of {} pods seen", out.len(), names.len()))
+            }
         }
     })
     .await
@@ -94,7 +102,9 @@ async fn unschedulable_message(client: &kube::Client, name: &str) -> String {
             }
             let c = p.status.and_then(|s| s.conditions).unwrap_or_default();
             c.iter()
-                .find(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable"))
+                .find(|c| {
+                    c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some("Unschedulable")
+                })
                 .and_then(|c| c.message.clone())
                 .ok_or_else(|| "no PodScheduled=False condition yet".to_string())
         }
@@ -123,12 +133,9 @@ async fn wait_events(client: &kube::Client, name: &str, reason: &str) -> Vec<Eve
 }
 
 fn kubectl(which: &str, api: &ApiProcess, args: &[&str]) -> String {
-    let bin = std::env::var(which).unwrap_or_else(|_| panic!("{which} must name a kubectl binary (scripts/test sets it)"));
-    let out = std::process::Command::new(bin)
-        .args(["--server", &api.url()])
-        .args(args)
-        .output()
-        .expect("kubectl runs");
+    let bin =
+        std::env::var(which).unwrap_or_else(|_| panic!("{which} must name a kubectl binary (scripts/test sets it)"));
+    let out = std::process::Command::new(bin).args(["--server", &api.url()]).args(args).output().expect("kubectl runs");
     assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -148,7 +155,11 @@ async fn requests_fill_nodes_and_a_pod_that_fits_nowhere_waits_for_a_new_node() 
     for n in placed.values() {
         *per_node.entry(n).or_default() += 1;
     }
-    assert_eq!(per_node.values().copied().collect::<Vec<_>>(), [2, 2], "two 1-cpu pods fill each 2-cpu node: {placed:?}");
+    assert_eq!(
+        per_node.values().copied().collect::<Vec<_>>(),
+        [2, 2],
+        "two 1-cpu pods fill each 2-cpu node: {placed:?}"
+    );
 
     create_pod(&client, cpu_pod("waiting", "1")).await;
     let message = unschedulable_message(&client, "waiting").await;
@@ -170,7 +181,10 @@ async fn requests_fill_nodes_and_a_pod_that_fits_nowhere_waits_for_a_new_node() 
     // kubectl, Debian's and the current one, shows where pods run and what nodes hold.
     for which in ["KEELSON_KUBECTL", "KEELSON_KUBECTL_CURRENT"] {
         let wide = kubectl(which, &api, &["get", "pods", "-o", "wide"]);
-        assert!(wide.lines().any(|l| l.starts_with("waiting ") && l.contains("Running") && l.contains(" late ")), "{wide}");
+        assert!(
+            wide.lines().any(|l| l.starts_with("waiting ") && l.contains("Running") && l.contains(" late ")),
+            "{wide}"
+        );
         let describe = kubectl(which, &api, &["describe", "node", "late"]);
         assert!(describe.contains("Allocated resources:"), "{describe}");
         assert!(describe.contains("NodeReady") && describe.contains("Starting kubelet."), "node events: {describe}");
@@ -343,7 +357,10 @@ async fn a_higher_priority_pod_preempts_a_lower_one() {
     wait_nodes(&client, 1).await;
     let classes: Api<k8s_openapi::api::scheduling::v1::PriorityClass> = Api::all(client.clone());
     classes
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "high"}, "value": 1000})).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "high"}, "value": 1000})).unwrap(),
+        )
         .await
         .unwrap();
     create_pod(&client, cpu_pod("low", "1500m")).await;
@@ -383,8 +400,15 @@ async fn pods_for_another_scheduler_are_left_alone() {
 async fn a_malformed_scheduler_config_is_refused_at_start_naming_the_field() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("bad.yaml");
-    std::fs::write(&config, "profiles:\n- schedulerName: x\n  plugins:\n    score:\n      enabled: [{name: NodeResourcesFitt}]\n").unwrap();
-    let mut s = Component::spawn("scheduler", &["scheduler", "--server", "http://127.0.0.1:9", "--config", config.to_str().unwrap()]);
+    std::fs::write(
+        &config,
+        "profiles:\n- schedulerName: x\n  plugins:\n    score:\n      enabled: [{name: NodeResourcesFitt}]\n",
+    )
+    .unwrap();
+    let mut s = Component::spawn(
+        "scheduler",
+        &["scheduler", "--server", "http://127.0.0.1:9", "--config", config.to_str().unwrap()],
+    );
     let status = s.wait_exit(Duration::from_secs(20)).expect("the scheduler exits");
     assert!(!status.success());
     let log = s.log_text();
@@ -401,7 +425,14 @@ fn identity_of(c: &Component) -> Option<String> {
 
 async fn holder(client: &kube::Client) -> Option<String> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
-    leases.get_opt("kube-scheduler").await.ok().flatten().and_then(|l| l.spec).and_then(|s| s.holder_identity).filter(|h| !h.is_empty())
+    leases
+        .get_opt("kube-scheduler")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+        .filter(|h| !h.is_empty())
 }
 
 /// When the lease's holder acquired it, by the lease's own `acquireTime`: what a takeover took is
@@ -416,14 +447,17 @@ async fn acquired_at(client: &kube::Client) -> std::time::SystemTime {
 /// Starts `n` scheduler replicas and waits until one leads; the replicas and the leader's index.
 async fn replicas(api: &ApiProcess, n: usize) -> (Vec<Component>, usize) {
     let url = api.url();
-    let schedulers: Vec<Component> = (0..n).map(|i| Component::spawn(&format!("scheduler-{i}"), &["scheduler", "--server", &url])).collect();
+    let schedulers: Vec<Component> =
+        (0..n).map(|i| Component::spawn(&format!("scheduler-{i}"), &["scheduler", "--server", &url])).collect();
     let client = api.client();
     let leader = wait_until("a scheduler replica leads", within(SCHEDULED_WITHIN), || {
         let client = client.clone();
         let ids: Vec<Option<String>> = schedulers.iter().map(identity_of).collect();
         async move {
             let h = holder(&client).await.ok_or("no holder yet")?;
-            ids.iter().position(|id| id.as_deref() == Some(h.as_str())).ok_or(format!("holder {h} is none of the replicas yet"))
+            ids.iter()
+                .position(|id| id.as_deref() == Some(h.as_str()))
+                .ok_or(format!("holder {h} is none of the replicas yet"))
         }
     })
     .await;
@@ -485,7 +519,13 @@ async fn a_paused_leader_binds_nothing_after_resuming() {
     // The resumed replica notices that its leadership lapsed before doing anything else.
     wait_until("the resumed replica stops leading", within(SCHEDULED_WITHIN), || {
         let log = schedulers[leader].log_text();
-        async move { if log.contains("not leading: scheduling paused") { Ok(()) } else { Err("still believes it leads".to_string()) } }
+        async move {
+            if log.contains("not leading: scheduling paused") {
+                Ok(())
+            } else {
+                Err("still believes it leads".to_string())
+            }
+        }
     })
     .await;
     let after = names("after", 20);
@@ -499,7 +539,12 @@ async fn a_paused_leader_binds_nothing_after_resuming() {
         let scheduled: Vec<Event> =
             events_for(&client, n).await.into_iter().filter(|e| e.reason.as_deref() == Some("Scheduled")).collect();
         for e in &scheduled {
-            assert_eq!(e.reporting_instance.as_deref(), Some(new_id.as_str()), "{n} was bound by {:?}, not the leader", e.reporting_instance);
+            assert_eq!(
+                e.reporting_instance.as_deref(),
+                Some(new_id.as_str()),
+                "{n} was bound by {:?}, not the leader",
+                e.reporting_instance
+            );
         }
         assert!(scheduled.iter().all(|e| e.reporting_instance.as_deref() != Some(old_id.as_str())));
     }
@@ -517,8 +562,10 @@ async fn three_replicas_the_leader_killed_mid_run_every_pod_bound_once() {
     // Every change of a pod's node is recorded: a pod bound twice would show two nodes.
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let seen: std::sync::Arc<std::sync::Mutex<HashMap<String, Vec<String>>>> = Default::default();
+    // The watch's errors and restarts, to tell a lost event from a watch that stopped.
+    let troubles: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
     let recorder = {
-        let (pods, seen) = (pods.clone(), seen.clone());
+        let (pods, seen, troubles) = (pods.clone(), seen.clone(), troubles.clone());
         tokio::spawn(async move {
             use futures::StreamExt;
             use kube::runtime::WatchStreamExt;
@@ -527,7 +574,16 @@ async fn three_replicas_the_leader_killed_mid_run_every_pod_bound_once() {
             let stream = kube::runtime::watcher(pods, Default::default()).default_backoff();
             let mut stream = std::pin::pin!(stream);
             while let Some(event) = stream.next().await {
-                let Ok(event) = event else { continue };
+                let event = match event {
+                    Ok(event) => event,
+                    Err(e) => {
+                        troubles.lock().unwrap().push(format!("{:?}: {e}", std::time::SystemTime::now()));
+                        continue;
+                    }
+                };
+                if let kube::runtime::watcher::Event::Init = event {
+                    troubles.lock().unwrap().push(format!("{:?}: relisted", std::time::SystemTime::now()));
+                }
                 if let kube::runtime::watcher::Event::Apply(p) | kube::runtime::watcher::Event::InitApply(p) = event {
                     if let Some(node) = node_of(&p) {
                         let mut seen = seen.lock().unwrap();
@@ -562,7 +618,11 @@ async fn three_replicas_the_leader_killed_mid_run_every_pod_bound_once() {
         let seen = seen.clone();
         async move {
             let n = seen.lock().unwrap().len();
-            if n >= PODS / 4 { Ok(()) } else { Err(format!("{n} bound")) }
+            if n >= PODS / 4 {
+                Ok(())
+            } else {
+                Err(format!("{n} bound"))
+            }
         }
     })
     .await;
@@ -575,10 +635,14 @@ async fn three_replicas_the_leader_killed_mid_run_every_pod_bound_once() {
     let placed = wait_bound(&client, &all, false).await;
     assert_eq!(placed.len(), PODS);
     wait_until("the watch saw every binding", within(SCHEDULED_WITHIN), || {
-        let seen = seen.clone();
+        let (seen, troubles, placed) = (seen.clone(), troubles.clone(), &placed);
         async move {
-            let n = seen.lock().unwrap().len();
-            if n >= PODS { Ok(()) } else { Err(format!("{n} seen")) }
+            let seen = seen.lock().unwrap();
+            if seen.len() >= PODS {
+                return Ok(());
+            }
+            let missing: Vec<_> = placed.keys().filter(|n| !seen.contains_key(*n)).take(5).collect();
+            Err(format!("{} seen; not seen: {missing:?}; watch troubles: {:?}", seen.len(), troubles.lock().unwrap()))
         }
     })
     .await;
@@ -615,7 +679,8 @@ async fn stale_nodes_proxy(target: kube::Client, ghost: serde_json::Value) -> u1
                 Err(e) => return Response::builder().status(502).body(Body::from(e.to_string())).expect("a response"),
             };
             let query = parts.uri.query().unwrap_or("");
-            let node_list = parts.method == http::Method::GET && parts.uri.path() == "/api/v1/nodes" && !query.contains("watch=");
+            let node_list =
+                parts.method == http::Method::GET && parts.uri.path() == "/api/v1/nodes" && !query.contains("watch=");
             let (head, body) = response.into_parts();
             if !node_list {
                 return Response::from_parts(head, Body::new(body));
@@ -673,7 +738,9 @@ async fn a_binding_to_a_missing_node_is_refused_and_the_pod_retried() {
             let list = events.list(&ListParams::default()).await.map_err(|e| e.to_string())?;
             list.items
                 .iter()
-                .find(|e| e.reason.as_deref() == Some("FailedScheduling") && e.involved_object.name.as_deref() == Some("p"))
+                .find(|e| {
+                    e.reason.as_deref() == Some("FailedScheduling") && e.involved_object.name.as_deref() == Some("p")
+                })
                 .and_then(|e| e.message.clone())
                 .ok_or_else(|| "no FailedScheduling event yet".to_string())
         }
@@ -686,9 +753,16 @@ async fn a_binding_to_a_missing_node_is_refused_and_the_pod_retried() {
 
     // Tried again: once a node of that name exists, the pod is bound to it.
     let nodes: Api<Node> = Api::all(client.clone());
-    nodes.create(&PostParams::default(), &serde_json::from_value(node(false)).unwrap()).await.expect("the node is created");
     nodes
-        .patch_status("ghost", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&json!({"status": node(true)["status"]})))
+        .create(&PostParams::default(), &serde_json::from_value(node(false)).unwrap())
+        .await
+        .expect("the node is created");
+    nodes
+        .patch_status(
+            "ghost",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&json!({"status": node(true)["status"]})),
+        )
         .await
         .expect("the node's status is written");
     let bound = wait_bound(&client, &["p".to_string()], false).await;

@@ -99,7 +99,11 @@ fn claim_network() -> u32 {
 /// The network namespaces (CNI's, under /var/run/netns) holding an address of network `n`.
 fn netns_of(n: u32) -> Vec<String> {
     let prefix = format!(" 10.{n}.");
-    let names = std::fs::read_dir("/var/run/netns").into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned());
+    let names = std::fs::read_dir("/var/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned());
     names
         .filter(|name| {
             let out = Command::new("ip").args(["-n", name, "-br", "-4", "addr"]).output();
@@ -190,10 +194,14 @@ fn resolve_a(server: &str, name: &str) -> Result<Vec<String>, String> {
     if from.to_string() != server {
         return Err(format!("answered from {from}, not {server}"));
     }
-    Ok(answer.answers.iter().filter_map(|r| match &r.data {
-        RData::A(a) => Some(a.0.to_string()),
-        _ => None,
-    }).collect())
+    Ok(answer
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect())
 }
 
 /// What the clusters' upstream resolver answers every A query with (TEST-NET-1: never sent to).
@@ -277,7 +285,14 @@ impl Up {
             up.args.drain(i..i + 2);
         }
         let net = node_network(up.network);
-        up.args.extend(["--nodes".into(), nodes.to_string(), "--node-prefix".into(), node_prefix(up.network), "--node-network".into(), node_cidr(up.network)]);
+        up.args.extend([
+            "--nodes".into(),
+            nodes.to_string(),
+            "--node-prefix".into(),
+            node_prefix(up.network),
+            "--node-network".into(),
+            node_cidr(up.network),
+        ]);
         let port = up.api.rsplit(':').next().unwrap().to_string();
         up.api = format!("http://{}:{port}", net.gateway());
         up.spawn();
@@ -291,7 +306,8 @@ impl Up {
         let dir = tempfile::Builder::new().prefix(&format!("{PREFIX}{pid}-")).tempdir_in("/tmp").unwrap().keep();
         let images = dir.join("images");
         let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
-        let built = Command::new(scripts.join("example-images")).arg(&images).status().expect("scripts/example-images runs");
+        let built =
+            Command::new(scripts.join("example-images")).arg(&images).status().expect("scripts/example-images runs");
         assert!(built.success(), "scripts/example-images failed");
         let ports = free_ports(3);
         let upstream = Upstream::start();
@@ -330,7 +346,16 @@ impl Up {
         .chain(extra)
         .map(|s| s.to_string())
         .collect();
-        Up { _upstream: upstream, child: None, log: dir.join("up.log"), dir, args, api: format!("http://127.0.0.1:{}", ports[0]), network, cidr_prefix }
+        Up {
+            _upstream: upstream,
+            child: None,
+            log: dir.join("up.log"),
+            dir,
+            args,
+            api: format!("http://127.0.0.1:{}", ports[0]),
+            network,
+            cidr_prefix,
+        }
     }
 
     fn spawn(&mut self) {
@@ -383,11 +408,23 @@ impl Up {
                     let n = match nodes.get_opt(name).await.map_err(|e| e.to_string())? {
                         Some(n) => n,
                         None => {
-                            let all: Vec<String> = nodes.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.into_iter().filter_map(|n| n.metadata.name).collect();
+                            let all: Vec<String> = nodes
+                                .list(&ListParams::default())
+                                .await
+                                .map_err(|e| e.to_string())?
+                                .items
+                                .into_iter()
+                                .filter_map(|n| n.metadata.name)
+                                .collect();
                             return Err(format!("no {name} at {}; nodes: {all:?}", self.api));
                         }
                     };
-                    let ready = n.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.clone());
+                    let ready = n
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                        .map(|c| c.status.clone());
                     if ready.as_deref() != Some("True") {
                         return Err(format!("{name}: Ready={ready:?}"));
                     }
@@ -401,7 +438,12 @@ impl Up {
     /// The log of a pod's container, as containerd wrote it in CRI's format.
     fn container_log(&self, pod: &Pod, container: &str) -> String {
         let m = &pod.metadata;
-        let dir = self.dir.join("agent/pod-logs").join(format!("{}_{}_{}", m.namespace.as_deref().unwrap(), m.name.as_deref().unwrap(), m.uid.as_deref().unwrap()));
+        let dir = self.dir.join("agent/pod-logs").join(format!(
+            "{}_{}_{}",
+            m.namespace.as_deref().unwrap(),
+            m.name.as_deref().unwrap(),
+            m.uid.as_deref().unwrap()
+        ));
         std::fs::read_to_string(dir.join(container).join("0.log")).unwrap_or_default()
     }
 
@@ -455,7 +497,8 @@ fn http_get(ip: &str) -> Result<String, String> {
 /// `GET /` from the host to `addr`: the body.
 fn http_get_at(addr: &str) -> Result<String, String> {
     let addr: SocketAddr = addr.parse().map_err(|e| format!("{e}"))?;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| format!("connect {addr}: {e}"))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_millis(500)).map_err(|e| format!("connect {addr}: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     s.write_all(b"GET / HTTP/1.0\r\nHost: web\r\n\r\n").map_err(|e| e.to_string())?;
     let mut body = String::new();
@@ -474,7 +517,11 @@ async fn running_web_pods(client: &kube::Client) -> Result<Vec<(String, String)>
         .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
         .filter_map(|p| Some((p.metadata.name.clone()?, p.status.as_ref()?.pod_ip.clone()?)))
         .collect();
-    if running.len() == 2 { Ok(running) } else { Err(format!("{} running: {running:?}", running.len())) }
+    if running.len() == 2 {
+        Ok(running)
+    } else {
+        Err(format!("{} running: {running:?}", running.len()))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -489,7 +536,9 @@ async fn keelson_up_runs_the_example_web_site_and_resumes_it_after_ctrl_c() {
     assert!(!info.kernel_version.is_empty() && !info.os_image.is_empty(), "{info:?}");
     let capacity = status.capacity.unwrap();
     assert_eq!(capacity["pods"].0, "110");
-    assert!(capacity.contains_key("cpu") && capacity.contains_key("memory") && capacity.contains_key("ephemeral-storage"));
+    assert!(
+        capacity.contains_key("cpu") && capacity.contains_key("memory") && capacity.contains_key("ephemeral-storage")
+    );
     let pod_cidr = node.spec.unwrap().pod_cidr.expect("the node IPAM gave the node a pod range");
     assert!(pod_cidr.starts_with(&up.cidr_prefix) && pod_cidr.ends_with("/24"), "{pod_cidr}");
     // Each condition with kubelet's reason for its status (whether this machine's disk is past
@@ -516,7 +565,8 @@ async fn keelson_up_runs_the_example_web_site_and_resumes_it_after_ctrl_c() {
         async move {
             let node = nodes.get("node-1").await.map_err(|e| e.to_string())?;
             let images = node.status.and_then(|s| s.images).unwrap_or_default();
-            let web = images.iter().find(|i| i.names.iter().flatten().any(|n| n.ends_with("registry.keelson.local/web:1")));
+            let web =
+                images.iter().find(|i| i.names.iter().flatten().any(|n| n.ends_with("registry.keelson.local/web:1")));
             match web {
                 Some(i) if i.size_bytes.is_some_and(|b| b > 0) => Ok(()),
                 _ => Err(format!("{images:?}")),
@@ -535,7 +585,9 @@ async fn keelson_up_runs_the_example_web_site_and_resumes_it_after_ctrl_c() {
     let pods = wait_until("both web pods run", within(SETTLED_WITHIN), || running_web_pods(&client)).await;
     for (name, ip) in &pods {
         assert!(ip.starts_with(&up.cidr_prefix), "{name} has {ip}, outside the node's range {pod_cidr}");
-        let body = wait_until(&format!("{name} answers HTTP at {ip}"), within(SETTLED_WITHIN), || async move { http_get(ip) }).await;
+        let body =
+            wait_until(&format!("{name} answers HTTP at {ip}"), within(SETTLED_WITHIN), || async move { http_get(ip) })
+                .await;
         assert!(body.starts_with("HTTP/1.1 200 OK") && body.contains("Hello from a pod on Keelson"), "{body}");
     }
     // Debian's kubectl 1.20 sees them too, and the Service's endpoints are the pods.
@@ -546,7 +598,11 @@ async fn keelson_up_runs_the_example_web_site_and_resumes_it_after_ctrl_c() {
         let debian = &debian;
         async move {
             let e = debian.run(&["get", "endpoints", "web", "-o", "jsonpath={.subsets[*].addresses[*].ip}"]);
-            if e.split_whitespace().count() == 2 { Ok(e) } else { Err(e) }
+            if e.split_whitespace().count() == 2 {
+                Ok(e)
+            } else {
+                Err(e)
+            }
         }
     })
     .await;
@@ -627,7 +683,11 @@ async fn wait_running(pods: &Api<Pod>, name: &str, what: &str) {
         let pods = pods.clone();
         async move {
             let phase = pods.get(name).await.map_err(|e| e.to_string())?.status.and_then(|s| s.phase);
-            if phase.as_deref() == Some("Running") { Ok(()) } else { Err(format!("{phase:?}")) }
+            if phase.as_deref() == Some("Running") {
+                Ok(())
+            } else {
+                Err(format!("{phase:?}"))
+            }
         }
     })
     .await;
@@ -639,10 +699,18 @@ async fn waiting_reason(pods: &Api<Pod>, name: &str, reasons: &[&str]) -> (Strin
         let pods = pods.clone();
         async move {
             let p = pods.get(name).await.map_err(|e| e.to_string())?;
-            let s = p.status.and_then(|s| s.container_statuses).and_then(|c| c.into_iter().next()).ok_or("no container status")?;
+            let s = p
+                .status
+                .and_then(|s| s.container_statuses)
+                .and_then(|c| c.into_iter().next())
+                .ok_or("no container status")?;
             let w = s.state.and_then(|st| st.waiting).ok_or_else(|| format!("not waiting: {:?}", s.last_state))?;
             let reason = w.reason.unwrap_or_default();
-            if reasons.contains(&reason.as_str()) { Ok((reason, w.message.unwrap_or_default())) } else { Err(reason) }
+            if reasons.contains(&reason.as_str()) {
+                Ok((reason, w.message.unwrap_or_default()))
+            } else {
+                Err(reason)
+            }
         }
     })
     .await
@@ -657,12 +725,24 @@ async fn containers_get_their_environment_and_bad_input_gets_kubernetes_reasons(
     let post = PostParams::default();
     let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "default");
     config_maps
-        .create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "settings"}, "data": {"color": "teal", "size": "9"}})).unwrap())
+        .create(
+            &post,
+            &serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "settings"}, "data": {"color": "teal", "size": "9"}}),
+            )
+            .unwrap(),
+        )
         .await
         .unwrap();
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "default");
     secrets
-        .create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}})).unwrap())
+        .create(
+            &post,
+            &serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "creds"}, "stringData": {"token": "s3cr3t"}}),
+            )
+            .unwrap(),
+        )
         .await
         .unwrap();
 
@@ -705,16 +785,34 @@ async fn containers_get_their_environment_and_bad_input_gets_kubernetes_reasons(
     let bad = |name: &str, container: serde_json::Value| pod(name, serde_json::json!({"containers": [container]}));
     let cases = [
         // An image no registry has: the pull fails, then backs off.
-        (bad("no-image", serde_json::json!({"name": "c", "image": "127.0.0.1:9/missing:1"})), vec!["ErrImagePull", "ImagePullBackOff"]),
+        (
+            bad("no-image", serde_json::json!({"name": "c", "image": "127.0.0.1:9/missing:1"})),
+            vec!["ErrImagePull", "ImagePullBackOff"],
+        ),
         // A command that does not exist: the start fails, then the container crash-loops.
-        (bad("no-command", serde_json::json!({"name": "c", "image": "registry.keelson.local/web:1", "command": ["/no/such/command"]})), vec!["RunContainerError", "CrashLoopBackOff"]),
+        (
+            bad(
+                "no-command",
+                serde_json::json!({"name": "c", "image": "registry.keelson.local/web:1", "command": ["/no/such/command"]}),
+            ),
+            vec!["RunContainerError", "CrashLoopBackOff"],
+        ),
         // A ConfigMap that does not exist.
         (
-            bad("no-config", serde_json::json!({"name": "c", "image": "registry.keelson.local/web:1", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}]})),
+            bad(
+                "no-config",
+                serde_json::json!({"name": "c", "image": "registry.keelson.local/web:1", "env": [{"name": "X", "valueFrom": {"configMapKeyRef": {"name": "absent", "key": "k"}}}]}),
+            ),
             vec!["CreateContainerConfigError"],
         ),
         // An image that is not present, with pull policy Never.
-        (bad("never-pull", serde_json::json!({"name": "c", "image": "registry.keelson.local/absent:1", "imagePullPolicy": "Never"})), vec!["ErrImageNeverPull"]),
+        (
+            bad(
+                "never-pull",
+                serde_json::json!({"name": "c", "image": "registry.keelson.local/absent:1", "imagePullPolicy": "Never"}),
+            ),
+            vec!["ErrImageNeverPull"],
+        ),
     ];
     for (p, _) in &cases {
         pods.create(&post, p).await.unwrap();
@@ -737,14 +835,22 @@ async fn containers_get_their_environment_and_bad_input_gets_kubernetes_reasons(
     assert!(s.restart_count >= 1, "{}", s.restart_count);
     // The ConfigMap, once made, lets the container start.
     config_maps
-        .create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "absent"}, "data": {"k": "v"}})).unwrap())
+        .create(
+            &post,
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "absent"}, "data": {"k": "v"}})).unwrap(),
+        )
         .await
         .unwrap();
     wait_running(&pods, "no-config", "no-config runs once its ConfigMap exists").await;
 
     // Deleting the pods removes every container and mount they had.
     // (A shell or sleep as a container's first process ignores SIGTERM: a short grace period.)
-    pods.delete_collection(&DeleteParams { grace_period_seconds: Some(1), ..Default::default() }, &ListParams::default().labels("test=spec")).await.unwrap();
+    pods.delete_collection(
+        &DeleteParams { grace_period_seconds: Some(1), ..Default::default() },
+        &ListParams::default().labels("test=spec"),
+    )
+    .await
+    .unwrap();
     wait_until("the pods are gone from the API and the node", within(SETTLED_WITHIN), || {
         let (pods, up) = (pods.clone(), &up);
         async move {
@@ -767,9 +873,26 @@ async fn keelson_up_stops_with_the_agents_error_when_containerd_cannot_start() {
     let dir = tempfile::Builder::new().prefix(&format!("{PREFIX}{}-", std::process::id())).tempdir_in("/tmp").unwrap();
     let ports = free_ports(3);
     let out = Command::new(env!("CARGO_BIN_EXE_keelson"))
-        .args(["up", "--data-dir", &dir.path().display().to_string(), "--containerd", "/nonexistent/containerd", "--node-ip", "127.0.0.1", "--node-name", "node-1", "--port", "0"])
+        .args([
+            "up",
+            "--data-dir",
+            &dir.path().display().to_string(),
+            "--containerd",
+            "/nonexistent/containerd",
+            "--node-ip",
+            "127.0.0.1",
+            "--node-name",
+            "node-1",
+            "--port",
+            "0",
+        ])
         .args(["--api-listen", &format!("127.0.0.1:{}", ports[0])])
-        .args(["--listen-client-urls", &format!("http://127.0.0.1:{}", ports[1]), "--listen-peer-urls", &format!("http://127.0.0.1:{}", ports[2])])
+        .args([
+            "--listen-client-urls",
+            &format!("http://127.0.0.1:{}", ports[1]),
+            "--listen-peer-urls",
+            &format!("http://127.0.0.1:{}", ports[2]),
+        ])
         .stdin(Stdio::null())
         .output()
         .expect("keelson up runs");
@@ -845,17 +968,28 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
         // Logs: whole, the last lines, with times; and followed as they are written.
         let all = wait_until("the ticker has logged three lines", within(SETTLED_WITHIN), || async move {
             let (ok, out, err) = kubectl.try_run(&["logs", "ticker"], None);
-            if ok && out.lines().count() >= 3 { Ok(out) } else { Err(format!("{out}{err}")) }
+            if ok && out.lines().count() >= 3 {
+                Ok(out)
+            } else {
+                Err(format!("{out}{err}"))
+            }
         })
         .await;
         assert!(all.starts_with("tick 0\ntick 1\n"), "kubectl {version}: {all}");
         // --since: only the last second's lines, once the ticker has run longer than that.
         let recent = wait_until("logs --since=1s leaves the first lines out", within(SETTLED_WITHIN), || async move {
             let out = kubectl.run(&["logs", "ticker", "--since=1s"]);
-            if !out.is_empty() && !out.contains("tick 0\n") { Ok(out) } else { Err(out) }
+            if !out.is_empty() && !out.contains("tick 0\n") {
+                Ok(out)
+            } else {
+                Err(out)
+            }
         })
         .await;
-        assert!(recent.lines().all(|l| l.starts_with("tick ")) && recent.lines().count() <= 10, "kubectl {version}: {recent}");
+        assert!(
+            recent.lines().all(|l| l.starts_with("tick ")) && recent.lines().count() <= 10,
+            "kubectl {version}: {recent}"
+        );
         let tail = kubectl.run(&["logs", "ticker", "--tail=1", "--timestamps"]);
         let (time, rest) = tail.trim_end().split_once(' ').unwrap_or_else(|| panic!("{tail}"));
         assert!(time.contains('T') && rest.starts_with("tick "), "kubectl {version}: {tail}");
@@ -870,23 +1004,35 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
         // A restarted container has its previous log.
         let previous = wait_until("the failing container has a previous log", within(SETTLED_WITHIN), || async move {
             let (ok, out, err) = kubectl.try_run(&["logs", "two", "-c", "fails", "--previous"], None);
-            if ok { Ok(out) } else { Err(err) }
+            if ok {
+                Ok(out)
+            } else {
+                Err(err)
+            }
         })
         .await;
         assert_eq!(previous, "attempt\n", "kubectl {version}");
 
         // Exec: output, the exit code, and stdin.
-        let (ok, out, err) = kubectl.try_run(&["exec", "two", "-c", "web", "--", "/bin/sh", "-c", "echo out; echo err >&2; exit 7"], None);
+        let (ok, out, err) = kubectl
+            .try_run(&["exec", "two", "-c", "web", "--", "/bin/sh", "-c", "echo out; echo err >&2; exit 7"], None);
         assert!(!ok, "kubectl {version}: exit 7 is a failure");
         assert_eq!(out, "out\n", "kubectl {version}: {err}");
         assert!(err.contains("err") && err.contains("command terminated with exit code 7"), "kubectl {version}: {err}");
-        let status = kubectl.command(&["exec", "two", "-c", "web", "--", "/bin/sh", "-c", "exit 7"]).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap();
+        let status = kubectl
+            .command(&["exec", "two", "-c", "web", "--", "/bin/sh", "-c", "exit 7"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
         assert_eq!(status.code(), Some(7), "kubectl {version} exits with the command's code");
-        let echoed = kubectl.run_with_input(&["exec", "-i", "two", "-c", "web", "--", "/bin/cat"], Some("hello through stdin\n"));
+        let echoed = kubectl
+            .run_with_input(&["exec", "-i", "two", "-c", "web", "--", "/bin/cat"], Some("hello through stdin\n"));
         assert_eq!(echoed, "hello through stdin\n", "kubectl {version}");
         // With a terminal (`-it` under script(1), which gives kubectl a pseudo-terminal): the
         // command gets one too, and its exit code comes back.
-        let (code, out) = in_terminal(kubectl.command(&["exec", "-it", "two", "-c", "web", "--", "/bin/sh", "-c", "tty; exit 5"]));
+        let (code, out) =
+            in_terminal(kubectl.command(&["exec", "-it", "two", "-c", "web", "--", "/bin/sh", "-c", "tty; exit 5"]));
         assert!(out.contains("/dev/pts/"), "kubectl {version}: {out}");
         assert_eq!(code, Some(5), "kubectl {version}: {out}");
 
@@ -907,7 +1053,11 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
             s.write_all(b"GET / HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
             let mut body = String::new();
             s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-            if body.contains("Hello from a pod on Keelson") { Ok(body) } else { Err(body) }
+            if body.contains("Hello from a pod on Keelson") {
+                Ok(body)
+            } else {
+                Err(body)
+            }
         })
         .await;
         let _ = child.kill();
@@ -930,7 +1080,11 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
 
     // kube-rs: exec over WebSocket, with the command's output and exit status.
     let mut run = pods
-        .exec("two", ["/bin/sh", "-c", "echo from kube-rs; exit 3"], &kube::api::AttachParams::default().container("web").stderr(false))
+        .exec(
+            "two",
+            ["/bin/sh", "-c", "echo from kube-rs; exit 3"],
+            &kube::api::AttachParams::default().container("web").stderr(false),
+        )
         .await
         .expect("kube-rs execs");
     let mut stdout = String::new();
@@ -938,16 +1092,27 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
     let status = run.take_status().unwrap().await.expect("the exec's status");
     assert_eq!(stdout, "from kube-rs\n");
     assert_eq!(status.status.as_deref(), Some("Failure"), "{status:?}");
-    let code = status.details.and_then(|d| d.causes).and_then(|c| c.into_iter().find(|c| c.reason.as_deref() == Some("ExitCode"))).and_then(|c| c.message);
+    let code = status
+        .details
+        .and_then(|d| d.causes)
+        .and_then(|c| c.into_iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
+        .and_then(|c| c.message);
     assert_eq!(code.as_deref(), Some("3"));
     // And with a terminal.
-    let mut run = pods.exec("two", ["/bin/sh", "-c", "tty; exit 4"], &kube::api::AttachParams::interactive_tty().container("web")).await.expect("kube-rs execs with a tty");
+    let mut run = pods
+        .exec("two", ["/bin/sh", "-c", "tty; exit 4"], &kube::api::AttachParams::interactive_tty().container("web"))
+        .await
+        .expect("kube-rs execs with a tty");
     drop(run.stdin());
     let mut stdout = String::new();
     tokio::io::AsyncReadExt::read_to_string(run.stdout().as_mut().unwrap(), &mut stdout).await.unwrap();
     let status = run.take_status().unwrap().await.expect("the exec's status");
     assert!(stdout.contains("/dev/pts/"), "{stdout:?} {status:?}");
-    let code = status.details.and_then(|d| d.causes).and_then(|c| c.into_iter().find(|c| c.reason.as_deref() == Some("ExitCode"))).and_then(|c| c.message);
+    let code = status
+        .details
+        .and_then(|d| d.causes)
+        .and_then(|c| c.into_iter().find(|c| c.reason.as_deref() == Some("ExitCode")))
+        .and_then(|c| c.message);
     assert_eq!(code.as_deref(), Some("4"));
 
     // Init containers run one at a time, in order, before the app container.
@@ -970,7 +1135,11 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
         let current = &current;
         async move {
             let (ok, out, err) = current.try_run(&["logs", "initialized", "-c", "c"], None);
-            if ok && out.lines().count() >= 2 { Ok(out) } else { Err(format!("{out}{err}")) }
+            if ok && out.lines().count() >= 2 {
+                Ok(out)
+            } else {
+                Err(format!("{out}{err}"))
+            }
         }
     })
     .await;
@@ -984,7 +1153,10 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
     // Bad input: no container named in a pod of two (kubectl picks one itself; the API does not),
     // a container the pod does not have.
     let e = pods.logs("two", &Default::default()).await.unwrap_err();
-    assert!(matches!(&e, kube::Error::Api(s) if s.code == 400 && s.message == "a container name must be specified for pod two, choose one of: [web fails]"), "{e}");
+    assert!(
+        matches!(&e, kube::Error::Api(s) if s.code == 400 && s.message == "a container name must be specified for pod two, choose one of: [web fails]"),
+        "{e}"
+    );
     let (ok, _, err) = current.try_run(&["logs", "ticker", "-c", "nope"], None);
     assert!(!ok && err.contains("container nope is not valid for pod ticker"), "{err}");
     let (ok, _, err) = current.try_run(&["exec", "ticker", "-c", "nope", "--", "true"], None);
@@ -1070,7 +1242,11 @@ async fn probes_gate_readiness_restart_the_unhealthy_and_hooks_run() {
                 let pods = pods.clone();
                 async move {
                     let got = ready_and_restarts(&pods, "probed").await?;
-                    if got.0 == want.0 && got.1 >= want.1 { Ok(got) } else { Err(format!("{got:?}")) }
+                    if got.0 == want.0 && got.1 >= want.1 {
+                        Ok(got)
+                    } else {
+                        Err(format!("{got:?}"))
+                    }
                 }
             })
             .await
@@ -1087,7 +1263,11 @@ async fn probes_gate_readiness_restart_the_unhealthy_and_hooks_run() {
         let pods = pods.clone();
         async move {
             let got = ready_and_restarts(&pods, "tcp-probed").await?;
-            if got.0 { Ok(()) } else { Err(format!("{got:?}")) }
+            if got.0 {
+                Ok(())
+            } else {
+                Err(format!("{got:?}"))
+            }
         }
     })
     .await;
@@ -1106,8 +1286,19 @@ async fn probes_gate_readiness_restart_the_unhealthy_and_hooks_run() {
     wait_until("the restarted container runs and stays", within(SETTLED_WITHIN), || {
         let pods = pods.clone();
         async move {
-            let s = pods.get("probed").await.map_err(|e| e.to_string())?.status.and_then(|s| s.container_statuses).ok_or("no statuses")?.remove(0);
-            if s.state.and_then(|st| st.running).is_some() { Ok(()) } else { Err("not running".to_string()) }
+            let s = pods
+                .get("probed")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .and_then(|s| s.container_statuses)
+                .ok_or("no statuses")?
+                .remove(0);
+            if s.state.and_then(|st| st.running).is_some() {
+                Ok(())
+            } else {
+                Err("not running".to_string())
+            }
         }
     })
     .await;
@@ -1157,7 +1348,11 @@ async fn probes_gate_readiness_restart_the_unhealthy_and_hooks_run() {
             s.write_all(b"GET /hook.html HTTP/1.0\r\n\r\n").map_err(|e| e.to_string())?;
             let mut body = String::new();
             s.read_to_string(&mut body).map_err(|e| e.to_string())?;
-            if body.contains("started") { Ok(body) } else { Err(body) }
+            if body.contains("started") {
+                Ok(body)
+            } else {
+                Err(body)
+            }
         }
     })
     .await;
@@ -1184,7 +1379,13 @@ async fn probes_gate_readiness_restart_the_unhealthy_and_hooks_run() {
     assert!(serving.is_ok(), "the container no longer served when its preStop hook ran: {serving:?}");
     wait_until("hooked is deleted", within(SETTLED_WITHIN), || {
         let pods = pods.clone();
-        async move { if pods.get_opt("hooked").await.map_err(|e| e.to_string())?.is_none() { Ok(()) } else { Err("still there".to_string()) } }
+        async move {
+            if pods.get_opt("hooked").await.map_err(|e| e.to_string())?.is_none() {
+                Ok(())
+            } else {
+                Err("still there".to_string())
+            }
+        }
     })
     .await;
 }
@@ -1199,9 +1400,25 @@ async fn volumes_carry_config_secrets_and_fields_and_follow_changes() {
     let work = tempfile::tempdir().unwrap();
     let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
     let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "default");
-    config_maps.create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "files"}, "data": {"greeting": "hello"}})).unwrap()).await.unwrap();
+    config_maps
+        .create(
+            &post,
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "files"}, "data": {"greeting": "hello"}}))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "default");
-    secrets.create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "sealed"}, "stringData": {"password": "pw"}})).unwrap()).await.unwrap();
+    secrets
+        .create(
+            &post,
+            &serde_json::from_value(
+                serde_json::json!({"metadata": {"name": "sealed"}, "stringData": {"password": "pw"}}),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap();
     let host_dir = up.dir.join("host-volume");
     // A claim bound (by name) to a hostPath PersistentVolume.
     let pv_dir = up.dir.join("persistent");
@@ -1254,19 +1471,31 @@ async fn volumes_carry_config_secrets_and_fields_and_follow_changes() {
     assert!(exec("cat /proc/mounts").lines().any(|l| l.contains(" /scratch tmpfs ")), "/scratch is a tmpfs");
     let (ok, _, err) = kubectl.try_run(&["exec", "mounted", "--", "/bin/sh", "-c", "echo x > /etc/sec/new"], None);
     assert!(!ok && err.contains("Read-only file system"), "a readOnly mount refuses writes: {err}");
-    assert_eq!(std::fs::read_to_string(host_dir.join("written")).unwrap(), "from-the-pod\n", "the hostPath is the host's directory");
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("written")).unwrap(),
+        "from-the-pod\n",
+        "the hostPath is the host's directory"
+    );
     assert_eq!(std::fs::read_to_string(pv_dir.join("kept")).unwrap(), "kept\n", "the claim is its volume's directory");
 
     // A changed ConfigMap reaches the mounted file.
     config_maps
-        .patch("files", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(serde_json::json!({"data": {"greeting": "changed"}})))
+        .patch(
+            "files",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"data": {"greeting": "changed"}})),
+        )
         .await
         .unwrap();
     wait_until("the mounted file has the ConfigMap's new value", within(SETTLED_WITHIN), || {
         let kubectl = &kubectl;
         async move {
             let (ok, out, err) = kubectl.try_run(&["exec", "mounted", "--", "/bin/cat", "/etc/cm/greeting"], None);
-            if ok && out == "changed" { Ok(()) } else { Err(format!("{out}{err}")) }
+            if ok && out == "changed" {
+                Ok(())
+            } else {
+                Err(format!("{out}{err}"))
+            }
         }
     })
     .await;
@@ -1284,23 +1513,46 @@ async fn volumes_carry_config_secrets_and_fields_and_follow_changes() {
     let event = wait_until("a FailedMount event names the missing ConfigMap", within(SETTLED_WITHIN), || {
         let events = events.clone();
         async move {
-            let list = events.list(&ListParams::default().fields("involvedObject.name=unmountable")).await.map_err(|e| e.to_string())?;
-            list.items.into_iter().find(|e| e.reason.as_deref() == Some("FailedMount")).ok_or_else(|| "no FailedMount event yet".to_string())
+            let list = events
+                .list(&ListParams::default().fields("involvedObject.name=unmountable"))
+                .await
+                .map_err(|e| e.to_string())?;
+            list.items
+                .into_iter()
+                .find(|e| e.reason.as_deref() == Some("FailedMount"))
+                .ok_or_else(|| "no FailedMount event yet".to_string())
         }
     })
     .await;
     assert_eq!(event.type_.as_deref(), Some("Warning"));
-    assert_eq!(event.message.as_deref(), Some("MountVolume.SetUp failed for volume \"v\" : configmap \"absent\" not found"));
+    assert_eq!(
+        event.message.as_deref(),
+        Some("MountVolume.SetUp failed for volume \"v\" : configmap \"absent\" not found")
+    );
 
     // Deleted, the pods leave no volume and no mount behind.
-    pods.delete_collection(&DeleteParams { grace_period_seconds: Some(0), ..Default::default() }, &ListParams::default()).await.unwrap();
+    pods.delete_collection(
+        &DeleteParams { grace_period_seconds: Some(0), ..Default::default() },
+        &ListParams::default(),
+    )
+    .await
+    .unwrap();
     wait_until("the pods' volumes are gone", within(SETTLED_WITHIN), || {
         let (pods, up) = (pods.clone(), &up);
         async move {
             let left = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
-            let dirs: Vec<String> = std::fs::read_dir(up.dir.join("agent/pods")).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+            let dirs: Vec<String> = std::fs::read_dir(up.dir.join("agent/pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect();
             let mounts = mounts_under(&up.dir.join("agent/pods"));
-            if left == 0 && dirs.is_empty() && mounts.is_empty() { Ok(()) } else { Err(format!("{left} pods, dirs {dirs:?}, mounts {mounts:?}")) }
+            if left == 0 && dirs.is_empty() && mounts.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{left} pods, dirs {dirs:?}, mounts {mounts:?}"))
+            }
         }
     })
     .await;
@@ -1311,10 +1563,20 @@ fn cgroup_dir(controller: &str, proc_cgroup: &str) -> PathBuf {
     let unified = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
     let line = proc_cgroup
         .lines()
-        .find(|l| if unified { l.starts_with("0::") } else { l.split(':').nth(1).is_some_and(|c| c.split(',').any(|x| x == controller)) })
+        .find(|l| {
+            if unified {
+                l.starts_with("0::")
+            } else {
+                l.split(':').nth(1).is_some_and(|c| c.split(',').any(|x| x == controller))
+            }
+        })
         .unwrap_or_else(|| panic!("no {controller} cgroup in {proc_cgroup}"));
     let path = line.splitn(3, ':').nth(2).unwrap().trim_start_matches('/');
-    if unified { Path::new("/sys/fs/cgroup").join(path) } else { Path::new("/sys/fs/cgroup").join(controller).join(path) }
+    if unified {
+        Path::new("/sys/fs/cgroup").join(path)
+    } else {
+        Path::new("/sys/fs/cgroup").join(controller).join(path)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1333,13 +1595,25 @@ async fn resources_become_cgroup_limits_and_security_contexts_apply() {
     };
     pods.create(&post, &sleeper("limited", serde_json::json!({"resources": {"requests": {"cpu": "250m", "memory": "32Mi"}, "limits": {"cpu": "500m", "memory": "64Mi"}}}))).await.unwrap();
     pods.create(&post, &sleeper("user", serde_json::json!({"securityContext": {"runAsUser": 1000, "runAsGroup": 3000, "readOnlyRootFilesystem": true, "capabilities": {"drop": ["ALL"]}}}))).await.unwrap();
-    pods.create(&post, &sleeper("privileged", serde_json::json!({"securityContext": {"privileged": true}}))).await.unwrap();
-    pods.create(&post, &pod("oom", serde_json::json!({"restartPolicy": "Never", "containers": [{
-        "name": "c", "image": "registry.keelson.local/web:1",
-        "command": ["/bin/sh", "-c", "s=xxxxxxxxxxxxxxxx; while true; do s=\"$s$s\"; done"],
-        "resources": {"limits": {"memory": "16Mi"}},
-    }]}))).await.unwrap();
-    pods.create(&post, &sleeper("nonroot", serde_json::json!({"securityContext": {"runAsNonRoot": true}}))).await.unwrap();
+    pods.create(&post, &sleeper("privileged", serde_json::json!({"securityContext": {"privileged": true}})))
+        .await
+        .unwrap();
+    pods.create(
+        &post,
+        &pod(
+            "oom",
+            serde_json::json!({"restartPolicy": "Never", "containers": [{
+                "name": "c", "image": "registry.keelson.local/web:1",
+                "command": ["/bin/sh", "-c", "s=xxxxxxxxxxxxxxxx; while true; do s=\"$s$s\"; done"],
+                "resources": {"limits": {"memory": "16Mi"}},
+            }]}),
+        ),
+    )
+    .await
+    .unwrap();
+    pods.create(&post, &sleeper("nonroot", serde_json::json!({"securityContext": {"runAsNonRoot": true}})))
+        .await
+        .unwrap();
     for name in ["limited", "user", "privileged"] {
         wait_running(&pods, name, &format!("{name} runs")).await;
     }
@@ -1348,7 +1622,11 @@ async fn resources_become_cgroup_limits_and_security_contexts_apply() {
     // Requests and limits are the container's cgroup settings.
     let (_, cgroups, err) = exec("limited", "cat /proc/1/cgroup");
     assert!(!cgroups.is_empty(), "{err}");
-    let read = |controller: &str, file: &str| std::fs::read_to_string(cgroup_dir(controller, &cgroups).join(file)).map(|s| s.trim().to_string()).unwrap_or_else(|e| panic!("{controller}/{file}: {e}"));
+    let read = |controller: &str, file: &str| {
+        std::fs::read_to_string(cgroup_dir(controller, &cgroups).join(file))
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|e| panic!("{controller}/{file}: {e}"))
+    };
     if Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
         assert_eq!(read("", "memory.max"), "67108864");
         assert_eq!(read("", "cpu.max"), "50000 100000");
@@ -1375,7 +1653,14 @@ async fn resources_become_cgroup_limits_and_security_contexts_apply() {
     let terminated = wait_until("the oom pod's container is OOM-killed", within(SETTLED_WITHIN), || {
         let pods = pods.clone();
         async move {
-            let s = pods.get("oom").await.map_err(|e| e.to_string())?.status.and_then(|s| s.container_statuses).ok_or("no status")?.remove(0);
+            let s = pods
+                .get("oom")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .and_then(|s| s.container_statuses)
+                .ok_or("no status")?
+                .remove(0);
             s.state.and_then(|st| st.terminated).ok_or_else(|| "not terminated yet".to_string())
         }
     })
@@ -1386,13 +1671,22 @@ async fn resources_become_cgroup_limits_and_security_contexts_apply() {
     assert!(message.contains("runAsNonRoot"), "{reason}: {message}");
 
     // Deleted, the pods leave no cgroup.
-    pods.delete_collection(&DeleteParams { grace_period_seconds: Some(0), ..Default::default() }, &ListParams::default()).await.unwrap();
+    pods.delete_collection(
+        &DeleteParams { grace_period_seconds: Some(0), ..Default::default() },
+        &ListParams::default(),
+    )
+    .await
+    .unwrap();
     wait_until("the pods and their cgroups are gone", within(SETTLED_WITHIN), || {
         let (pods, uid) = (pods.clone(), uid.clone());
         async move {
             let left = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
             let cgroup = agent::cgroups::pod_exists(agent::cgroups::DEFAULT_ROOT, &uid);
-            if left == 0 && !cgroup { Ok(()) } else { Err(format!("{left} pods, cgroup left: {cgroup}")) }
+            if left == 0 && !cgroup {
+                Ok(())
+            } else {
+                Err(format!("{left} pods, cgroup left: {cgroup}"))
+            }
         }
     })
     .await;
@@ -1409,10 +1703,19 @@ async fn web_containers(client: &kube::Client) -> Result<Vec<(String, String, St
         if c.state.as_ref().and_then(|s| s.running.as_ref()).is_none() {
             return Err(format!("{:?} is not running", p.metadata.name));
         }
-        out.push((p.metadata.name.unwrap_or_default(), status.pod_ip.ok_or("no address")?, c.container_id.ok_or("no container id")?, c.restart_count));
+        out.push((
+            p.metadata.name.unwrap_or_default(),
+            status.pod_ip.ok_or("no address")?,
+            c.container_id.ok_or("no container id")?,
+            c.restart_count,
+        ));
     }
     out.sort();
-    if out.len() == 2 { Ok(out) } else { Err(format!("{out:?}")) }
+    if out.len() == 2 {
+        Ok(out)
+    } else {
+        Err(format!("{out:?}"))
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1431,7 +1734,11 @@ async fn a_killed_node_adopts_its_running_pods_without_restarting_them() {
         let (up, before) = (&up, &before);
         async move {
             let table = proxy_table(up);
-            if before.iter().all(|(_, ip, _, _)| table.contains(&format!("dnat to {ip}:80"))) { Ok(()) } else { Err(table) }
+            if before.iter().all(|(_, ip, _, _)| table.contains(&format!("dnat to {ip}:80"))) {
+                Ok(())
+            } else {
+                Err(table)
+            }
         }
     })
     .await;
@@ -1446,7 +1753,8 @@ async fn a_killed_node_adopts_its_running_pods_without_restarting_them() {
         let body = http_get(ip).unwrap_or_else(|e| panic!("{name} stopped serving when its agent was killed: {e}"));
         assert!(body.contains("Hello from a pod on Keelson"), "{body}");
     }
-    let body = http_get(&web_ip).unwrap_or_else(|e| panic!("the web Service stopped answering when its agent was killed: {e}"));
+    let body = http_get(&web_ip)
+        .unwrap_or_else(|e| panic!("the web Service stopped answering when its agent was killed: {e}"));
     assert!(body.contains("Hello from a pod on Keelson"), "{body}");
 
     // Started again, the node adopts what runs: the same containers, not restarted.
@@ -1457,7 +1765,10 @@ async fn a_killed_node_adopts_its_running_pods_without_restarting_them() {
     for (_, ip, _, _) in &after {
         assert!(http_get(ip).is_ok_and(|b| b.contains("Hello from a pod on Keelson")));
     }
-    assert!(http_get(&web_ip).is_ok_and(|b| b.contains("Hello from a pod on Keelson")), "the Service answers after the restart");
+    assert!(
+        http_get(&web_ip).is_ok_and(|b| b.contains("Hello from a pod on Keelson")),
+        "the Service answers after the restart"
+    );
     // One sandbox and one container per pod: nothing was started twice.
     let containers = up.runtime_containers();
     assert_eq!(containers.len(), 4, "two sandboxes and two containers: {containers:?}");
@@ -1488,7 +1799,10 @@ impl Registry {
         let dir = tempfile::tempdir().unwrap();
         let port = free_ports(1)[0];
         let addr = format!("127.0.0.1:{port}");
-        let htpasswd = Command::new("htpasswd").args(["-Bbn", REGISTRY_USER, REGISTRY_PASSWORD]).output().expect("htpasswd (apache2-utils; scripts/setup installs it)");
+        let htpasswd = Command::new("htpasswd")
+            .args(["-Bbn", REGISTRY_USER, REGISTRY_PASSWORD])
+            .output()
+            .expect("htpasswd (apache2-utils; scripts/setup installs it)");
         assert!(htpasswd.status.success());
         std::fs::write(dir.path().join("htpasswd"), &htpasswd.stdout).unwrap();
         let config = format!(
@@ -1527,7 +1841,10 @@ impl Registry {
     fn hosts_dir(&self, under: &Path) -> PathBuf {
         let dir = under.join("registries");
         std::fs::create_dir_all(dir.join(&self.addr)).unwrap();
-        let toml = format!("server = \"http://{0}\"\n\n[host.\"http://{0}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", self.addr);
+        let toml = format!(
+            "server = \"http://{0}\"\n\n[host.\"http://{0}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
+            self.addr
+        );
         std::fs::write(dir.join(&self.addr).join("hosts.toml"), toml).unwrap();
         dir
     }
@@ -1538,7 +1855,12 @@ async fn a_private_registry_serves_pods_with_an_image_pull_secret_and_refuses_ot
     let registry = Registry::start();
     let staging = tempfile::tempdir().unwrap();
     let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts");
-    assert!(Command::new(scripts.join("example-images")).arg(staging.path()).stdout(Stdio::null()).status().unwrap().success());
+    assert!(Command::new(scripts.join("example-images"))
+        .arg(staging.path())
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
     registry.push(&staging.path().join("web.tar"), "private/web:1");
     let hosts = registry.hosts_dir(staging.path());
     let up = Up::start_with(&["--registry-config", &hosts.display().to_string()]);
@@ -1549,14 +1871,33 @@ async fn a_private_registry_serves_pods_with_an_image_pull_secret_and_refuses_ot
     let image = format!("{}/private/web:1", registry.addr);
 
     // Without credentials: the pull is refused, as Kubernetes reports it.
-    pods.create(&post, &pod("anonymous", serde_json::json!({"containers": [{"name": "c", "image": image, "imagePullPolicy": "Always"}]}))).await.unwrap();
+    pods.create(
+        &post,
+        &pod(
+            "anonymous",
+            serde_json::json!({"containers": [{"name": "c", "image": image, "imagePullPolicy": "Always"}]}),
+        ),
+    )
+    .await
+    .unwrap();
     let (_, message) = waiting_reason(&pods, "anonymous", &["ErrImagePull", "ImagePullBackOff"]).await;
     assert!(message.contains(&image), "{message}");
 
     // With an imagePullSecret made by kubectl: pulled, and running.
     let work = tempfile::tempdir().unwrap();
     let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
-    kubectl.run(&["create", "secret", "docker-registry", "regcred", "--docker-server", &registry.addr, "--docker-username", REGISTRY_USER, "--docker-password", REGISTRY_PASSWORD]);
+    kubectl.run(&[
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        "--docker-server",
+        &registry.addr,
+        "--docker-username",
+        REGISTRY_USER,
+        "--docker-password",
+        REGISTRY_PASSWORD,
+    ]);
     pods.create(
         &post,
         &pod("authorized", serde_json::json!({"imagePullSecrets": [{"name": "regcred"}], "containers": [{"name": "c", "image": image, "imagePullPolicy": "Always"}]})),
@@ -1567,7 +1908,11 @@ async fn a_private_registry_serves_pods_with_an_image_pull_secret_and_refuses_ot
         let pods = pods.clone();
         async move {
             let s = pods.get("authorized").await.map_err(|e| e.to_string())?.status.ok_or("no status")?;
-            if s.phase.as_deref() == Some("Running") { Ok(s) } else { Err(format!("{:?}", s.container_statuses)) }
+            if s.phase.as_deref() == Some("Running") {
+                Ok(s)
+            } else {
+                Err(format!("{:?}", s.container_statuses))
+            }
         }
     })
     .await;
@@ -1624,7 +1969,10 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
     let service = |name: &str, extra: serde_json::Value| {
         let mut spec = serde_json::json!({"selector": {"app": "named"}, "ports": [{"name": "web", "port": 80, "targetPort": "http"}]});
         spec.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        serde_json::from_value::<k8s_openapi::api::core::v1::Service>(serde_json::json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+        serde_json::from_value::<k8s_openapi::api::core::v1::Service>(
+            serde_json::json!({"metadata": {"name": name}, "spec": spec}),
+        )
+        .unwrap()
     };
     services.create(&post, &service("named", serde_json::json!({"type": "NodePort", "ports": [{"name": "web", "port": 80, "targetPort": "http", "nodePort": node_port}]}))).await.unwrap();
     services.create(&post, &service("sticky", serde_json::json!({"sessionAffinity": "ClientIP"}))).await.unwrap();
@@ -1646,12 +1994,22 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
             let ready: Vec<(String, String)> = listed
                 .items
                 .iter()
-                .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
                 .filter_map(|p| Some((p.metadata.name.clone()?, p.status.as_ref()?.pod_ip.clone()?)))
                 .collect();
             let table = proxy_table(up);
-            let routed = ready.iter().filter(|(_, ip)| table.matches(&format!("dnat to {ip}:8080")).count() == 2).count();
-            if ready.len() == 2 && routed == 2 { Ok(ready) } else { Err(format!("{ready:?}\n{table}")) }
+            let routed =
+                ready.iter().filter(|(_, ip)| table.matches(&format!("dnat to {ip}:8080")).count() == 2).count();
+            if ready.len() == 2 && routed == 2 {
+                Ok(ready)
+            } else {
+                Err(format!("{ready:?}\n{table}"))
+            }
         }
     })
     .await;
@@ -1674,7 +2032,8 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
     let via_node_port = body_at(&format!("{gateway}:{node_port}")).unwrap();
     assert!(names.contains(&via_node_port), "{via_node_port}");
     // ClientIP affinity: one client, one pod.
-    let stuck: std::collections::BTreeSet<String> = (0..20).map(|_| body_at(&format!("{sticky}:80")).unwrap()).collect();
+    let stuck: std::collections::BTreeSet<String> =
+        (0..20).map(|_| body_at(&format!("{sticky}:80")).unwrap()).collect();
     assert_eq!(stuck.len(), 1, "{stuck:?}");
 
     // Cluster DNS, from a pod: its resolv.conf, then names as Kubernetes' DNS specification
@@ -1683,7 +2042,11 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
     let pod0 = pods[0].0.clone();
     let resolv = kubectl.run(&["exec", &pod0, "--", "/bin/cat", "/etc/resolv.conf"]);
     assert!(resolv.contains(&format!("nameserver {dns_ip}")), "{resolv}");
-    assert!(resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local") && resolv.contains("ndots:5"), "{resolv}");
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local")
+            && resolv.contains("ndots:5"),
+        "{resolv}"
+    );
     let lookup = |args: Vec<String>| {
         let (kubectl, pod0) = (&kubectl, &pod0);
         async move {
@@ -1695,7 +2058,11 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
     };
     let by_name = wait_until("the service's name resolves in the pod", within(SETTLED_WITHIN), || async {
         let out = lookup(vec!["named.default.svc.cluster.local".into()]).await?;
-        if out.contains(&format!("Address: {named}")) { Ok(out) } else { Err(out) }
+        if out.contains(&format!("Address: {named}")) {
+            Ok(out)
+        } else {
+            Err(out)
+        }
     })
     .await;
     assert!(by_name.contains(&dns_ip), "answered by the cluster's DNS: {by_name}");
@@ -1719,19 +2086,30 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
     services.create(&post, &service("headless", serde_json::json!({"clusterIP": "None"}))).await.unwrap();
     wait_until("the headless service resolves to both pods", within(SETTLED_WITHIN), || async {
         let out = lookup(vec!["headless.default.svc.cluster.local".into()]).await?;
-        if pods.iter().all(|(_, ip)| out.contains(&format!("Address: {ip}"))) { Ok(()) } else { Err(out) }
+        if pods.iter().all(|(_, ip)| out.contains(&format!("Address: {ip}"))) {
+            Ok(())
+        } else {
+            Err(out)
+        }
     })
     .await;
     // ExternalName: a CNAME; names outside the cluster go to the upstream resolver.
     services.create(&post, &serde_json::from_value(serde_json::json!({"metadata": {"name": "elsewhere"}, "spec": {"type": "ExternalName", "externalName": "upstream.example"}})).unwrap()).await.unwrap();
     wait_until("the ExternalName service is a CNAME", within(SETTLED_WITHIN), || async {
         let out = lookup(vec!["-type=cname".into(), "elsewhere.default.svc.cluster.local".into()]).await?;
-        if out.contains("upstream.example") { Ok(()) } else { Err(out) }
+        if out.contains("upstream.example") {
+            Ok(())
+        } else {
+            Err(out)
+        }
     })
     .await;
     let forwarded = lookup(vec!["upstream.example".into()]).await.unwrap();
     assert!(forwarded.contains(&format!("Address: {UPSTREAM_ANSWER}")), "forwarded to the upstream: {forwarded}");
-    assert!(!kubectl.try_run(&["get", "endpointslices", "-n", "kube-system", "-l", "kubernetes.io/service-name=kube-dns"], None).1.is_empty());
+    assert!(!kubectl
+        .try_run(&["get", "endpointslices", "-n", "kube-system", "-l", "kubernetes.io/service-name=kube-dns"], None)
+        .1
+        .is_empty());
 
     // No endpoints: refused at once (ICMP port unreachable), not left to time out.
     let addr: SocketAddr = format!("{nobody}:80").parse().unwrap();
@@ -1740,11 +2118,18 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
     assert!(asked.elapsed() < Duration::from_secs(1));
     // Another port of a cluster IP: refused too.
-    let err = TcpStream::connect_timeout(&format!("{named}:81").parse().unwrap(), Duration::from_secs(5)).expect_err("port 81 is not the service's");
+    let err = TcpStream::connect_timeout(&format!("{named}:81").parse().unwrap(), Duration::from_secs(5))
+        .expect_err("port 81 is not the service's");
     assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
 
     // A target port name no pod has: no endpoints, so refused (once the rules have it).
-    services.create(&post, &service("misnamed", serde_json::json!({"ports": [{"name": "web", "port": 80, "targetPort": "nope"}]}))).await.unwrap();
+    services
+        .create(
+            &post,
+            &service("misnamed", serde_json::json!({"ports": [{"name": "web", "port": 80, "targetPort": "nope"}]})),
+        )
+        .await
+        .unwrap();
     let misnamed = ip_of("misnamed").await;
     wait_until("the misnamed service refuses connections", within(SETTLED_WITHIN), || {
         let addr: SocketAddr = format!("{misnamed}:80").parse().unwrap();
@@ -1781,7 +2166,11 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
         let (up, ip) = (&up, gone.1.clone());
         async move {
             let table = proxy_table(up);
-            if table.contains(&format!("dnat to {ip}:8080")) { Err(table) } else { Ok(()) }
+            if table.contains(&format!("dnat to {ip}:8080")) {
+                Err(table)
+            } else {
+                Ok(())
+            }
         }
     })
     .await;
@@ -1795,7 +2184,11 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
         let (up, sticky) = (&up, &sticky);
         async move {
             let table = proxy_table(up);
-            if table.contains("default/sticky/") || table.contains(&format!("{sticky} ")) { Err(table) } else { Ok(()) }
+            if table.contains("default/sticky/") || table.contains(&format!("{sticky} ")) {
+                Err(table)
+            } else {
+                Ok(())
+            }
         }
     })
     .await;
@@ -1825,11 +2218,18 @@ impl Client {
         let (stopping, log) = (stop.clone(), seen.clone());
         let thread = std::thread::spawn(move || {
             // SAFETY: setns changes only this thread's network namespace.
-            assert_eq!(unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "{}", std::io::Error::last_os_error());
+            assert_eq!(
+                unsafe { libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "{}",
+                std::io::Error::last_os_error()
+            );
             while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
                 let at = Instant::now();
                 let (outcome, version_2) = match get(addr) {
-                    Ok(body) if body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200") => (Ok(()), body.contains("version 2")),
+                    Ok(body) if body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200") => {
+                        (Ok(()), body.contains("version 2"))
+                    }
                     Ok(body) => (Err(body.lines().next().unwrap_or_default().to_string()), false),
                     Err(e) => (Err(e), false),
                 };
@@ -1893,10 +2293,20 @@ async fn ready_web_pods(client: &kube::Client) -> Result<Vec<(String, String, St
         .items
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+        .filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
         .filter_map(|p| {
             let spec = p.spec.as_ref()?;
-            Some((p.metadata.name.clone()?, spec.node_name.clone()?, p.status.as_ref()?.pod_ip.clone()?, spec.containers[0].image.clone()?))
+            Some((
+                p.metadata.name.clone()?,
+                spec.node_name.clone()?,
+                p.status.as_ref()?.pod_ip.clone()?,
+                spec.containers[0].image.clone()?,
+            ))
         })
         .collect())
 }
@@ -1926,17 +2336,25 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
     kubectl.run(&["rollout", "status", "deployment/web", "--timeout=120s"]);
     let web = wait_until("both web pods are ready", within(SETTLED_WITHIN), || async {
         let ready = ready_web_pods(&client).await?;
-        if ready.len() == 2 { Ok(ready) } else { Err(format!("{ready:?}")) }
+        if ready.len() == 2 {
+            Ok(ready)
+        } else {
+            Err(format!("{ready:?}"))
+        }
     })
     .await;
     // Each node has its own pod range, and routes to the others' through their addresses.
     for (name, node, ip, _) in &web {
         let k = names.iter().position(|n| n == node).unwrap() + 1;
-        let routes = String::from_utf8(Command::new("ip").args(["-n", node, "route"]).output().unwrap().stdout).unwrap();
+        let routes =
+            String::from_utf8(Command::new("ip").args(["-n", node, "route"]).output().unwrap().stdout).unwrap();
         assert!(routes.contains("dev eth0") && routes.contains(&format!("src {}", net.node_ip(k))), "{routes}");
         assert!(ip.starts_with(&up.cidr_prefix), "{name} on {node}: {ip}");
     }
-    let routes = String::from_utf8(Command::new("ip").args(["-n", &watcher, "route", "show", "proto", "77"]).output().unwrap().stdout).unwrap();
+    let routes = String::from_utf8(
+        Command::new("ip").args(["-n", &watcher, "route", "show", "proto", "77"]).output().unwrap().stdout,
+    )
+    .unwrap();
     assert_eq!(routes.lines().count(), 2, "node 1 routes both other nodes' pod ranges:\n{routes}");
 
     let victim = web[0].1.clone();
@@ -1957,8 +2375,15 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
         let body = wait_until(&format!("{target} answers the probe pod"), within(SETTLED_WITHIN), || {
             let (kubectl, target) = (&kubectl, &target);
             async move {
-                let (ok, out, err) = kubectl.try_run(&["exec", "probe", "--", "/bin/wget", "-q", "-O", "-", &format!("http://{target}/")], None);
-                if ok && out.contains("Hello from a pod on Keelson") { Ok(out) } else { Err(format!("{out}{err}")) }
+                let (ok, out, err) = kubectl.try_run(
+                    &["exec", "probe", "--", "/bin/wget", "-q", "-O", "-", &format!("http://{target}/")],
+                    None,
+                );
+                if ok && out.contains("Hello from a pod on Keelson") {
+                    Ok(out)
+                } else {
+                    Err(format!("{out}{err}"))
+                }
             }
         })
         .await;
@@ -1986,10 +2411,16 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
     let update = Instant::now();
     kubectl.run(&["set", "image", "deployment/web", "httpd=registry.keelson.local/web:2"]);
     kubectl.run(&["rollout", "status", "deployment/web", "--timeout=120s"]);
-    wait_until("every answer comes from version 2", within(SETTLED_WITHIN), || async { requests.last_ok(20, true) }).await;
+    wait_until("every answer comes from version 2", within(SETTLED_WITHIN), || async { requests.last_ok(20, true) })
+        .await;
     let (sent, failed) = requests.since(update);
     assert!(sent >= 100, "the client sent {sent} requests during the update");
-    assert!(failed.is_empty(), "{} of {sent} requests failed during the rolling update: {:?}", failed.len(), &failed[..failed.len().min(10)]);
+    assert!(
+        failed.is_empty(),
+        "{} of {sent} requests failed during the rolling update: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(10)]
+    );
     let updated = ready_web_pods(&client).await.unwrap();
     assert!(updated.len() == 2 && updated.iter().all(|p| p.3.ends_with("web:2")), "{updated:?}");
 
@@ -2001,17 +2432,27 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
     net.kill_node(lost_k).unwrap();
     assert!(!Path::new("/var/run/netns").join(&on_victim).exists());
     // The pods come back on the other nodes, and the Service answers every request again.
-    let replaced = wait_until("two web pods are ready on the nodes left", within(FAILOVER_WITHIN + SETTLED_WITHIN), || async {
-        let ready = ready_web_pods(&client).await?;
-        let elsewhere: Vec<_> = ready.iter().filter(|p| p.1 != on_victim).cloned().collect();
-        if elsewhere.len() == 2 { Ok(elsewhere) } else { Err(format!("{ready:?}")) }
-    })
-    .await;
-    wait_until("the Service answers every request", within(SETTLED_WITHIN), || async { requests.last_ok(50, true) }).await;
+    let replaced =
+        wait_until("two web pods are ready on the nodes left", within(FAILOVER_WITHIN + SETTLED_WITHIN), || async {
+            let ready = ready_web_pods(&client).await?;
+            let elsewhere: Vec<_> = ready.iter().filter(|p| p.1 != on_victim).cloned().collect();
+            if elsewhere.len() == 2 {
+                Ok(elsewhere)
+            } else {
+                Err(format!("{ready:?}"))
+            }
+        })
+        .await;
+    wait_until("the Service answers every request", within(SETTLED_WITHIN), || async { requests.last_ok(50, true) })
+        .await;
     let (sent, failed) = requests.since(lost);
     let answering_again = failed.last().map(|(at, _)| *at).unwrap_or_default();
     eprintln!("node {on_victim} lost: {} of {sent} requests failed, the last {answering_again:?} after; pods now {replaced:?}", failed.len());
-    assert!(answering_again <= FAILOVER_WITHIN, "requests failed until {answering_again:?} after the node was lost: {:?}", &failed[failed.len().saturating_sub(5)..]);
+    assert!(
+        answering_again <= FAILOVER_WITHIN,
+        "requests failed until {answering_again:?} after the node was lost: {:?}",
+        &failed[failed.len().saturating_sub(5)..]
+    );
     drop(requests);
 
     // NetworkPolicy, across the two nodes left: a server on one, clients on the other.
@@ -2019,7 +2460,10 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
     kubectl.run(&["create", "namespace", "fenced"]);
     let fenced: Api<Pod> = Api::namespaced(client.clone(), "fenced");
     let sleeper = |name: &str, node: &str, labels: serde_json::Value| {
-        let mut p = pod(name, serde_json::json!({"nodeName": node, "terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": "registry.keelson.local/web:1", "command": ["/bin/sleep", "3600"]}]}));
+        let mut p = pod(
+            name,
+            serde_json::json!({"nodeName": node, "terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": "registry.keelson.local/web:1", "command": ["/bin/sleep", "3600"]}]}),
+        );
         p.metadata.labels = serde_json::from_value(labels).unwrap();
         p
     };
@@ -2038,7 +2482,10 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
     let reach = |from: &'static str, url: String| {
         let kubectl = &kubectl;
         async move {
-            let (ok, out, _) = kubectl.try_run(&["exec", "-n", "fenced", from, "--", "/bin/timeout", "3", "/bin/wget", "-q", "-O", "-", &url], None);
+            let (ok, out, _) = kubectl.try_run(
+                &["exec", "-n", "fenced", from, "--", "/bin/timeout", "3", "/bin/wget", "-q", "-O", "-", &url],
+                None,
+            );
             ok && out.contains("Hello from a pod on Keelson")
         }
     };
@@ -2053,7 +2500,11 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
     // Default deny: nothing reaches the namespace's pods.
     apply("default-deny", serde_json::json!({"podSelector": {}, "policyTypes": ["Ingress"]}));
     wait_until("the default-deny policy blocks the friend", within(SETTLED_WITHIN), || async {
-        if reach("friend", server_url.clone()).await { Err("reached".to_string()) } else { Ok(()) }
+        if reach("friend", server_url.clone()).await {
+            Err("reached".to_string())
+        } else {
+            Ok(())
+        }
     })
     .await;
     // An allow rule admits exactly what it names: pods labelled role=client, on the named port.
@@ -2062,7 +2513,11 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
         serde_json::json!({"podSelector": {"matchLabels": {"app": "server"}}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}], "ports": [{"port": "http"}]}]}),
     );
     wait_until("the allow rule admits the friend", within(SETTLED_WITHIN), || async {
-        if reach("friend", server_url.clone()).await { Ok(()) } else { Err("blocked".to_string()) }
+        if reach("friend", server_url.clone()).await {
+            Ok(())
+        } else {
+            Err("blocked".to_string())
+        }
     })
     .await;
     assert!(!reach("stranger", server_url.clone()).await, "a pod the rule does not name stays blocked");
@@ -2073,7 +2528,11 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
     );
     let outside_url = format!("http://{outside_ip}/");
     wait_until("the egress policy keeps the friend from other pods", within(SETTLED_WITHIN), || async {
-        if reach("friend", outside_url.clone()).await { Err("reached".to_string()) } else { Ok(()) }
+        if reach("friend", outside_url.clone()).await {
+            Err("reached".to_string())
+        } else {
+            Ok(())
+        }
     })
     .await;
     assert!(reach("friend", server_url.clone()).await, "the egress rule admits the server");
@@ -2081,7 +2540,11 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
     // Deleting the policies opens the namespace again.
     kubectl.run(&["delete", "networkpolicy", "-n", "fenced", "--all"]);
     wait_until("without policies the stranger reaches the server again", within(SETTLED_WITHIN), || async {
-        if reach("stranger", server_url.clone()).await { Ok(()) } else { Err("blocked".to_string()) }
+        if reach("stranger", server_url.clone()).await {
+            Ok(())
+        } else {
+            Err("blocked".to_string())
+        }
     })
     .await;
 
@@ -2119,7 +2582,11 @@ fn nodes_left_by_a_crashed_run_are_removed_by_the_next_one() {
     wait_until_sync("the node's process is gone", || {
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
         // Reaped by no one here, it stays a zombie once killed.
-        if state.is_empty() || state.split_whitespace().nth(2) == Some("Z") { Ok(()) } else { Err(state) }
+        if state.is_empty() || state.split_whitespace().nth(2) == Some("Z") {
+            Ok(())
+        } else {
+            Err(state)
+        }
     });
     // A prefix in use is refused.
     assert!(net.claim().unwrap_err().to_string().contains("in use"));

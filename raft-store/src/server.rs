@@ -509,19 +509,31 @@ mod tests {
         let routes = client_routes(node.clone());
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let create = WatchCreateRequest { key: b"k".to_vec(), ..Default::default() };
-        tx.send(WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) }).await.unwrap();
+        tx.send(WatchRequest { request_union: Some(watch_request::RequestUnion::CreateRequest(create)) })
+            .await
+            .unwrap();
         let mut watch = proto::etcdserverpb::watch_client::WatchClient::new(routes.clone())
             .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await
             .expect("the watch opens")
             .into_inner();
-        let created = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("answered in time").unwrap().unwrap();
+        let created = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .expect("answered in time")
+            .unwrap()
+            .unwrap();
         assert!(created.created);
         let mut kv = proto::etcdserverpb::kv_client::KvClient::new(routes);
-        kv.put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() }).await.expect("the put is served");
+        kv.put(PutRequest { key: b"k".to_vec(), value: b"v".to_vec(), ..Default::default() })
+            .await
+            .expect("the put is served");
         let got = kv.range(RangeRequest { key: b"k".to_vec(), ..Default::default() }).await.unwrap().into_inner();
         assert_eq!(got.kvs[0].value, b"v");
-        let event = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("the event comes in time").unwrap().unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .expect("the event comes in time")
+            .unwrap()
+            .unwrap();
         assert_eq!(event.events.len(), 1);
         assert_eq!(event.events[0].kv.as_ref().unwrap().value, b"v");
     }

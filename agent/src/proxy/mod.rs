@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
-use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::api::Api;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, watcher};
@@ -52,19 +52,32 @@ pub struct ProxyOptions {
 }
 
 /// The service ports `services` define, each with its endpoints from `slices`.
-pub fn service_ports(services: &[std::sync::Arc<Service>], slices: &[std::sync::Arc<EndpointSlice>]) -> Vec<ServicePort> {
+pub fn service_ports(
+    services: &[std::sync::Arc<Service>],
+    slices: &[std::sync::Arc<EndpointSlice>],
+) -> Vec<ServicePort> {
     let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
     for s in slices {
         if s.address_type != "IPv4" {
             continue;
         }
-        let (Some(ns), Some(svc)) = (s.metadata.namespace.as_deref(), s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL))) else { continue };
+        let (Some(ns), Some(svc)) =
+            (s.metadata.namespace.as_deref(), s.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)))
+        else {
+            continue;
+        };
         by_service.entry((ns, svc.as_str())).or_default().push(s);
     }
     let mut out = Vec::new();
     for svc in services {
-        let (Some(ns), Some(name), Some(spec)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref(), svc.spec.as_ref()) else { continue };
-        if spec.type_.as_deref() == Some("ExternalName") || svc.metadata.labels.as_ref().is_some_and(|l| l.contains_key(PROXY_NAME_LABEL)) {
+        let (Some(ns), Some(name), Some(spec)) =
+            (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref(), svc.spec.as_ref())
+        else {
+            continue;
+        };
+        if spec.type_.as_deref() == Some("ExternalName")
+            || svc.metadata.labels.as_ref().is_some_and(|l| l.contains_key(PROXY_NAME_LABEL))
+        {
             continue;
         }
         let ips: Vec<std::net::Ipv4Addr> = spec
@@ -82,7 +95,11 @@ pub fn service_ports(services: &[std::sync::Arc<Service>], slices: &[std::sync::
         }
         let node_ports = matches!(spec.type_.as_deref(), Some("NodePort") | Some("LoadBalancer"));
         let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
-            let configured = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
+            let configured = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
             configured.and_then(|t| u32::try_from(t).ok()).unwrap_or(AFFINITY_DEFAULT_SECONDS)
         });
         let slices = by_service.get(&(ns, name)).map(Vec::as_slice).unwrap_or_default();
@@ -93,7 +110,8 @@ pub fn service_ports(services: &[std::sync::Arc<Service>], slices: &[std::sync::
             let mut endpoints: Vec<Endpoint> = Vec::new();
             for slice in slices {
                 let Some(target) = slice.ports.iter().flatten().find(|p| {
-                    p.name.clone().unwrap_or_default() == port_name && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
+                    p.name.clone().unwrap_or_default() == port_name
+                        && Protocol::parse(p.protocol.as_deref()) == Some(protocol)
                 }) else {
                     continue;
                 };
@@ -161,7 +179,9 @@ pub async fn apply(nft: &std::path::Path, script: &str) -> anyhow::Result<()> {
 /// created and deleted in the same transaction).
 pub async fn check(nft: &std::path::Path) -> anyhow::Result<()> {
     let probe = format!("add table ip keelson-check-{0}\ndelete table ip keelson-check-{0}\n", std::process::id());
-    apply(nft, &probe).await.context("the service proxy needs nftables (Debian's nft package, and root); --proxy-mode none runs without it")
+    apply(nft, &probe)
+        .await
+        .context("the service proxy needs nftables (Debian's nft package, and root); --proxy-mode none runs without it")
 }
 
 /// Removes the proxy's table, if it is there.
@@ -176,12 +196,27 @@ pub async fn run(client: kube::Client, options: ProxyOptions, stop: impl Future<
     let (policies, policies_writer) = reflector::store::<NetworkPolicy>();
     let (pods, pods_writer) = reflector::store::<Pod>();
     let (namespaces, namespaces_writer) = reflector::store::<Namespace>();
-    let service_events = reflector::reflector(services_writer, watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).default_backoff());
-    let slice_events = reflector::reflector(slices_writer, watcher(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default()).default_backoff());
-    let policy_events = reflector::reflector(policies_writer, watcher(Api::<NetworkPolicy>::all(client.clone()), watcher::Config::default()).default_backoff());
+    let service_events = reflector::reflector(
+        services_writer,
+        watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).default_backoff(),
+    );
+    let slice_events = reflector::reflector(
+        slices_writer,
+        watcher(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default()).default_backoff(),
+    );
+    let policy_events = reflector::reflector(
+        policies_writer,
+        watcher(Api::<NetworkPolicy>::all(client.clone()), watcher::Config::default()).default_backoff(),
+    );
     // Only what policies look at is kept of a pod.
-    let pod_events = reflector::reflector(pods_writer, watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff().modify(slim_pod));
-    let namespace_events = reflector::reflector(namespaces_writer, watcher(Api::<Namespace>::all(client), watcher::Config::default()).default_backoff());
+    let pod_events = reflector::reflector(
+        pods_writer,
+        watcher(Api::<Pod>::all(client.clone()), watcher::Config::default()).default_backoff().modify(slim_pod),
+    );
+    let namespace_events = reflector::reflector(
+        namespaces_writer,
+        watcher(Api::<Namespace>::all(client), watcher::Config::default()).default_backoff(),
+    );
     tokio::pin!(service_events, slice_events, policy_events, pod_events, namespace_events, stop);
     let stores = Stores { services, slices, policies, pods, namespaces };
     let mut owned: Option<Desired> = None;
@@ -271,7 +306,11 @@ struct Stores {
 
 impl Stores {
     fn listed(&self) -> bool {
-        listed(&self.services) && listed(&self.slices) && listed(&self.policies) && listed(&self.pods) && listed(&self.namespaces)
+        listed(&self.services)
+            && listed(&self.slices)
+            && listed(&self.policies)
+            && listed(&self.pods)
+            && listed(&self.namespaces)
     }
 }
 
@@ -307,7 +346,12 @@ async fn sync(options: &ProxyOptions, stores: &Stores, owned: Option<&Desired>) 
     // runtime's worker, whose other tasks (the watches feeding this loop among them) move on.
     let compute = || {
         let ports = service_ports(&stores.services.state(), &stores.slices.state());
-        let policy = policy::rules(&options.config.node_name, &stores.policies.state(), &stores.pods.state(), &stores.namespaces.state());
+        let policy = policy::rules(
+            &options.config.node_name,
+            &stores.policies.state(),
+            &stores.pods.state(),
+            &stores.namespaces.state(),
+        );
         let (script, now_owned) = rules::render(&options.config, &ports, &policy, owned);
         (script, now_owned, ports.len())
     };

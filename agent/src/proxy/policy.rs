@@ -51,7 +51,13 @@ fn view(pod: &Pod) -> Option<PodView<'_>> {
         .containers
         .iter()
         .flat_map(|c| c.ports.iter().flatten())
-        .filter_map(|p| Some((p.name.clone()?, p.protocol.clone().unwrap_or_else(|| "TCP".into()), u16::try_from(p.container_port).ok()?)))
+        .filter_map(|p| {
+            Some((
+                p.name.clone()?,
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                u16::try_from(p.container_port).ok()?,
+            ))
+        })
         .collect();
     Some(PodView {
         namespace: pod.metadata.namespace.as_deref()?,
@@ -86,14 +92,21 @@ fn chain_name(prefix: &str, pod: &PodView) -> String {
 
 /// Which traffic a rule's peers admit, as nft matches on `field` (`saddr` or `daddr`); `None` is
 /// any peer. Selected pods are named by address; an empty set matches nothing.
-fn peer_matches(field: &str, peers: Option<&[NetworkPolicyPeer]>, policy_ns: &str, pods: &[PodView], namespaces: &BTreeMap<&str, BTreeMap<String, String>>) -> Option<Vec<String>> {
+fn peer_matches(
+    field: &str,
+    peers: Option<&[NetworkPolicyPeer]>,
+    policy_ns: &str,
+    pods: &[PodView],
+    namespaces: &BTreeMap<&str, BTreeMap<String, String>>,
+) -> Option<Vec<String>> {
     let peers = peers.filter(|p| !p.is_empty())?;
     let mut out = Vec::new();
     let mut addresses: BTreeSet<Ipv4Addr> = BTreeSet::new();
     for peer in peers {
         if let Some(block) = &peer.ip_block {
             let Ok(cidr) = block.cidr.parse::<Cidr>() else { continue };
-            let except: Vec<String> = block.except.iter().flatten().filter_map(|e| e.parse::<Cidr>().ok()).map(|c| c.to_string()).collect();
+            let except: Vec<String> =
+                block.except.iter().flatten().filter_map(|e| e.parse::<Cidr>().ok()).map(|c| c.to_string()).collect();
             if except.is_empty() {
                 out.push(format!("ip {field} {cidr}"));
             } else {
@@ -145,7 +158,9 @@ fn port_matches(ports: Option<&[NetworkPolicyPort]>, targets: &[&PodView]) -> Op
                 let upper = p.protocol.as_deref().unwrap_or("TCP");
                 let pairs: BTreeSet<(Ipv4Addr, u16)> = targets
                     .iter()
-                    .flat_map(|t| t.ports.iter().filter(|(n, pr, _)| n == name && pr == upper).map(|(_, _, port)| (t.ip, *port)))
+                    .flat_map(|t| {
+                        t.ports.iter().filter(|(n, pr, _)| n == name && pr == upper).map(|(_, _, port)| (t.ip, *port))
+                    })
                     .collect();
                 if !pairs.is_empty() {
                     let list: Vec<String> = pairs.iter().map(|(ip, port)| format!("{ip} . {port}")).collect();
@@ -163,7 +178,8 @@ fn admit(peers: Option<Vec<String>>, ports: Option<Vec<String>>, rules: &mut Vec
     let ports = ports.unwrap_or_else(|| vec![String::new()]);
     for peer in &peers {
         for port in &ports {
-            let m = [peer.as_str(), port.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" ");
+            let m =
+                [peer.as_str(), port.as_str()].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" ");
             rules.push(if m.is_empty() { "return".into() } else { format!("{m} return") });
         }
     }
@@ -178,7 +194,12 @@ fn types(policy: &NetworkPolicy) -> (bool, bool) {
 }
 
 /// The rules that enforce `policies` for the pods of node `node`.
-pub fn rules(node: &str, policies: &[Arc<NetworkPolicy>], pods: &[Arc<Pod>], namespaces: &[Arc<Namespace>]) -> PolicyRules {
+pub fn rules(
+    node: &str,
+    policies: &[Arc<NetworkPolicy>],
+    pods: &[Arc<Pod>],
+    namespaces: &[Arc<Namespace>],
+) -> PolicyRules {
     let mut out = PolicyRules::default();
     if policies.is_empty() {
         return out;
@@ -199,7 +220,9 @@ pub fn rules(node: &str, policies: &[Arc<NetworkPolicy>], pods: &[Arc<Pod>], nam
             .iter()
             .map(|p| p.as_ref())
             .filter(|p| p.metadata.namespace.as_deref() == Some(pod.namespace))
-            .filter(|p| p.spec.as_ref().is_some_and(|s| s.pod_selector.as_ref().is_none_or(|sel| matches(sel, &pod.labels))))
+            .filter(|p| {
+                p.spec.as_ref().is_some_and(|s| s.pod_selector.as_ref().is_none_or(|sel| matches(sel, &pod.labels)))
+            })
             .collect();
         let (mut ingress, mut egress) = (Vec::new(), Vec::new());
         let (mut isolated_in, mut isolated_out) = (false, false);
@@ -236,7 +259,10 @@ pub fn rules(node: &str, policies: &[Arc<NetworkPolicy>], pods: &[Arc<Pod>], nam
                 }
             }
         }
-        for (isolated, mut admitted, prefix, map) in [(isolated_in, ingress, "policy-in", &mut out.ingress), (isolated_out, egress, "policy-out", &mut out.egress)] {
+        for (isolated, mut admitted, prefix, map) in [
+            (isolated_in, ingress, "policy-in", &mut out.ingress),
+            (isolated_out, egress, "policy-out", &mut out.egress),
+        ] {
             if !isolated {
                 continue;
             }
@@ -340,7 +366,14 @@ mod tests {
         );
         let r = rules("a", &[p], &pods, &ns);
         let ingress = &r.chains[r.ingress["10.1.0.3"].strip_prefix("jump ").unwrap()];
-        assert_eq!(ingress, &vec!["ip saddr 192.168.0.0/16 ip saddr != { 192.168.1.0/24 } return".to_string(), "ip saddr { 10.1.1.3 } return".into(), "drop".into()]);
+        assert_eq!(
+            ingress,
+            &vec![
+                "ip saddr 192.168.0.0/16 ip saddr != { 192.168.1.0/24 } return".to_string(),
+                "ip saddr { 10.1.1.3 } return".into(),
+                "drop".into()
+            ]
+        );
         let egress = &r.chains[r.egress["10.1.0.3"].strip_prefix("jump ").unwrap()];
         assert_eq!(egress, &vec!["ip daddr { 10.1.0.2 } udp dport 53-54 return".to_string(), "drop".into()]);
     }
@@ -348,7 +381,11 @@ mod tests {
     #[test]
     fn peers_that_select_nothing_admit_nothing() {
         let (pods, ns) = world();
-        let p = policy("shop", "none", json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "ghost"}}}]}, {"ports": [{"port": "nope"}]}]}));
+        let p = policy(
+            "shop",
+            "none",
+            json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "ghost"}}}]}, {"ports": [{"port": "nope"}]}]}),
+        );
         let r = rules("a", &[p], &pods, &ns);
         assert!(r.chains.values().all(|rules| rules == &vec!["drop".to_string()]), "{r:?}");
         let open = policy("shop", "open", json!({"podSelector": {}, "ingress": [{}]}));

@@ -43,7 +43,8 @@ impl std::str::FromStr for Cidr {
     fn from_str(s: &str) -> Result<Cidr, String> {
         let (a, p) = s.split_once('/').ok_or_else(|| format!("{s:?} is not an IPv4 CIDR (a.b.c.d/n)"))?;
         let addr: Ipv4Addr = a.parse().map_err(|_| format!("{s:?} is not an IPv4 CIDR (a.b.c.d/n)"))?;
-        let prefix: u8 = p.parse().ok().filter(|p| *p <= 32).ok_or_else(|| format!("{s:?}: the prefix length must be 0 to 32"))?;
+        let prefix: u8 =
+            p.parse().ok().filter(|p| *p <= 32).ok_or_else(|| format!("{s:?}: the prefix length must be 0 to 32"))?;
         let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - prefix) };
         Ok(Cidr { addr: Ipv4Addr::from(u32::from(addr) & mask), prefix })
     }
@@ -181,7 +182,9 @@ pub struct Desired {
 impl Desired {
     /// The chains beyond the fixed ones.
     pub fn owned_chains(&self) -> impl Iterator<Item = &String> {
-        self.chains.keys().filter(|c| !FIXED_CHAINS.contains(&c.as_str()) && !BASE_CHAINS.iter().any(|b| b.0 == c.as_str()))
+        self.chains
+            .keys()
+            .filter(|c| !FIXED_CHAINS.contains(&c.as_str()) && !BASE_CHAINS.iter().any(|b| b.0 == c.as_str()))
     }
 }
 
@@ -234,7 +237,12 @@ fn pick(chains: &[String]) -> String {
 /// The transaction that makes the table hold exactly the rules for `ports`, and the rule set it
 /// makes. `previous` is the rule set the last applied transaction made, or `None` when nothing is
 /// known of the table (the first sync, or after a failure): then the table is replaced whole.
-pub fn render(config: &Config, ports: &[ServicePort], policy: &PolicyRules, previous: Option<&Desired>) -> (String, Desired) {
+pub fn render(
+    config: &Config,
+    ports: &[ServicePort],
+    policy: &PolicyRules,
+    previous: Option<&Desired>,
+) -> (String, Desired) {
     let desired = desired(config, ports, policy);
     (script(config, &desired, previous), desired)
 }
@@ -256,7 +264,8 @@ pub fn desired(config: &Config, ports: &[ServicePort], policy: &PolicyRules) -> 
         let proto = sp.protocol.nft();
         cluster_ips.insert(sp.cluster_ip);
         let usable = sp.usable();
-        let local: Vec<&Endpoint> = usable.iter().copied().filter(|e| e.node.as_deref() == Some(config.node_name.as_str())).collect();
+        let local: Vec<&Endpoint> =
+            usable.iter().copied().filter(|e| e.node.as_deref() == Some(config.node_name.as_str())).collect();
         let svc_chain = name("service", &sp.id());
         let ext_chain = name("external", &sp.id());
         let key = format!("{} . {proto} . {}", sp.cluster_ip, sp.port);
@@ -276,7 +285,8 @@ pub fn desired(config: &Config, ports: &[ServicePort], policy: &PolicyRules) -> 
             rules.insert(chain.clone(), r);
             ep_chains.insert((e.ip, e.port), chain);
         }
-        let chains_of = |eps: &[&Endpoint]| -> Vec<String> { eps.iter().map(|e| ep_chains[&(e.ip, e.port)].clone()).collect() };
+        let chains_of =
+            |eps: &[&Endpoint]| -> Vec<String> { eps.iter().map(|e| ep_chains[&(e.ip, e.port)].clone()).collect() };
         // Sends the connection on to one of `eps`: the client's remembered one first.
         let dispatch = |eps: &[&Endpoint]| -> Vec<String> {
             let mut r = Vec::new();
@@ -301,7 +311,10 @@ pub fn desired(config: &Config, ports: &[ServicePort], policy: &PolicyRules) -> 
         } else {
             let mut r = Vec::new();
             if let Some(cidr) = config.local_cidr {
-                r.push(format!("ip daddr {} {proto} dport {} ip saddr != {cidr} jump mark-for-masquerade", sp.cluster_ip, sp.port));
+                r.push(format!(
+                    "ip daddr {} {proto} dport {} ip saddr != {cidr} jump mark-for-masquerade",
+                    sp.cluster_ip, sp.port
+                ));
             }
             r.extend(dispatch(&internal));
             rules.insert(svc_chain.clone(), r);
@@ -354,8 +367,14 @@ pub fn desired(config: &Config, ports: &[ServicePort], policy: &PolicyRules) -> 
             "masquerade fully-random".into(),
         ],
     );
-    rules.insert("service-endpoints-check".into(), vec!["ip daddr . meta l4proto . th dport vmap @no-endpoint-services".into()]);
-    rules.insert("nodeport-endpoints-check".into(), vec!["fib daddr type local meta l4proto . th dport vmap @no-endpoint-nodeports".into()]);
+    rules.insert(
+        "service-endpoints-check".into(),
+        vec!["ip daddr . meta l4proto . th dport vmap @no-endpoint-services".into()],
+    );
+    rules.insert(
+        "nodeport-endpoints-check".into(),
+        vec!["fib daddr type local meta l4proto . th dport vmap @no-endpoint-nodeports".into()],
+    );
     let mut check = vec!["ip daddr @cluster-ips reject".to_string()];
     if !config.service_cidrs.is_empty() {
         let ranges: Vec<String> = config.service_cidrs.iter().map(|c| c.to_string()).collect();
@@ -370,14 +389,24 @@ pub fn desired(config: &Config, ports: &[ServicePort], policy: &PolicyRules) -> 
         postrouting.push(format!("ip saddr {pods} ip daddr != {cluster} masquerade"));
     }
     rules.insert("nat-postrouting".into(), postrouting);
-    rules.insert("filter-input".into(), vec!["ct state new jump nodeport-endpoints-check".into(), "ct state new jump service-endpoints-check".into()]);
-    rules.insert("filter-forward".into(), vec!["ct state new jump service-endpoints-check".into(), "ct state new jump cluster-ips-check".into()]);
+    rules.insert(
+        "filter-input".into(),
+        vec!["ct state new jump nodeport-endpoints-check".into(), "ct state new jump service-endpoints-check".into()],
+    );
+    rules.insert(
+        "filter-forward".into(),
+        vec!["ct state new jump service-endpoints-check".into(), "ct state new jump cluster-ips-check".into()],
+    );
     rules.insert("filter-output".into(), vec!["ct state new jump service-endpoints-check".into()]);
     rules.insert("filter-output-post-dnat".into(), vec!["ct state new jump cluster-ips-check".into()]);
     // NetworkPolicy: new connections of isolated local pods, after the DNAT above.
     rules.insert(
         "policy-forward".into(),
-        vec!["ct state established,related accept".into(), "ip daddr vmap @policy-ingress".into(), "ip saddr vmap @policy-egress".into()],
+        vec![
+            "ct state established,related accept".into(),
+            "ip daddr vmap @policy-ingress".into(),
+            "ip saddr vmap @policy-egress".into(),
+        ],
     );
     rules.extend(policy.chains.clone());
 
@@ -393,7 +422,11 @@ pub fn desired(config: &Config, ports: &[ServicePort], policy: &PolicyRules) -> 
 }
 
 fn element(key: &str, value: &str) -> String {
-    if value.is_empty() { key.to_string() } else { format!("{key} : {value}") }
+    if value.is_empty() {
+        key.to_string()
+    } else {
+        format!("{key} : {value}")
+    }
 }
 
 /// The transaction from `previous` (none: an unknown table, replaced whole) to `desired`. A
@@ -417,11 +450,16 @@ pub fn script(config: &Config, desired: &Desired, previous: Option<&Desired>) ->
     }
     let prev = previous.unwrap_or(&empty);
     // New chains and sets first: rules and elements below may refer to them.
-    for chain in desired.chains.keys().filter(|c| !prev.chains.contains_key(*c) && !BASE_CHAINS.iter().any(|b| b.0 == c.as_str())) {
+    for chain in desired
+        .chains
+        .keys()
+        .filter(|c| !prev.chains.contains_key(*c) && !BASE_CHAINS.iter().any(|b| b.0 == c.as_str()))
+    {
         let _ = writeln!(out, "add chain ip {t} {chain}");
     }
     for (set, timeout) in desired.sets.iter().filter(|(s, _)| !prev.sets.contains_key(*s)) {
-        let _ = writeln!(out, "add set ip {t} {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}");
+        let _ =
+            writeln!(out, "add set ip {t} {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout {timeout}s ; }}");
     }
     for (chain, rules) in &desired.chains {
         if prev.chains.get(chain) == Some(rules) {
@@ -438,7 +476,8 @@ pub fn script(config: &Config, desired: &Desired, previous: Option<&Desired>) ->
     for (map, _) in FIXED_MAPS {
         let (old, new) = (prev.elements.get(map).unwrap_or(&none), desired.elements.get(map).unwrap_or(&none));
         let gone: Vec<String> = old.iter().filter(|(k, v)| new.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
-        let added: Vec<String> = new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| element(k, v)).collect();
+        let added: Vec<String> =
+            new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, v)| element(k, v)).collect();
         if !gone.is_empty() {
             let _ = writeln!(out, "delete element ip {t} {map} {{ {} }}", gone.join(", "));
         }
@@ -475,7 +514,14 @@ mod tests {
     }
 
     fn ep(ip: &str, node: &str, ready: bool) -> Endpoint {
-        Endpoint { ip: ip.parse().unwrap(), port: 8080, ready, serving: ready, terminating: false, node: Some(node.into()) }
+        Endpoint {
+            ip: ip.parse().unwrap(),
+            port: 8080,
+            ready,
+            serving: ready,
+            terminating: false,
+            node: Some(node.into()),
+        }
     }
 
     fn web(endpoints: Vec<Endpoint>) -> ServicePort {
@@ -503,25 +549,45 @@ mod tests {
 
     #[test]
     fn a_service_spreads_over_its_ready_endpoints() {
-        let sp = web(vec![ep("10.244.0.5", "node-a", true), ep("10.244.1.6", "node-b", true), ep("10.244.1.7", "node-b", false)]);
+        let sp = web(vec![
+            ep("10.244.0.5", "node-a", true),
+            ep("10.244.1.6", "node-b", true),
+            ep("10.244.1.7", "node-b", false),
+        ]);
         let (script, owned) = render(&config(), &[sp], &PolicyRules::default(), None);
         let svc = name("service", "default/web/tcp/http");
-        assert!(script.contains(&format!("add element ip keelson-test service-ips {{ 10.96.0.20 . tcp . 80 : goto {svc} }}")), "{script}");
+        assert!(
+            script
+                .contains(&format!("add element ip keelson-test service-ips {{ 10.96.0.20 . tcp . 80 : goto {svc} }}")),
+            "{script}"
+        );
         assert!(script.contains(&format!("add rule ip keelson-test {svc} ip daddr 10.96.0.20 tcp dport 80 ip saddr != 10.244.0.0/16 jump mark-for-masquerade")));
         let a = name("endpoint", "default/web/tcp/http__10.244.0.5/8080");
         let b = name("endpoint", "default/web/tcp/http__10.244.1.6/8080");
         assert!(script.contains(&format!("numgen random mod 2 vmap {{ 0 : goto {a}, 1 : goto {b} }}")), "{script}");
         assert!(script.contains(&format!("add rule ip keelson-test {a} meta l4proto tcp dnat to 10.244.0.5:8080")));
-        assert!(script.contains(&format!("add rule ip keelson-test {a} ip saddr 10.244.0.5 jump mark-for-masquerade")), "hairpin");
+        assert!(
+            script.contains(&format!("add rule ip keelson-test {a} ip saddr 10.244.0.5 jump mark-for-masquerade")),
+            "hairpin"
+        );
         assert!(!script.contains("10.244.1.7"), "a not-ready endpoint takes no traffic");
-        assert!(script.starts_with("add table ip keelson-test\ndelete table ip keelson-test\n"), "the first sync replaces the table");
-        assert!(script.contains("add rule ip keelson-test nat-postrouting ip saddr 10.244.0.0/24 ip daddr != 10.244.0.0/16 masquerade"), "pods' traffic leaving the cluster is masqueraded");
+        assert!(
+            script.starts_with("add table ip keelson-test\ndelete table ip keelson-test\n"),
+            "the first sync replaces the table"
+        );
+        assert!(
+            script.contains(
+                "add rule ip keelson-test nat-postrouting ip saddr 10.244.0.0/24 ip daddr != 10.244.0.0/16 masquerade"
+            ),
+            "pods' traffic leaving the cluster is masqueraded"
+        );
         assert_eq!(owned.owned_chains().count(), 3);
     }
 
     #[test]
     fn without_endpoints_a_service_is_rejected_and_terminating_ones_serve_when_nothing_is_ready() {
-        let (script, _) = render(&config(), &[web(vec![ep("10.244.0.5", "node-a", false)])], &PolicyRules::default(), None);
+        let (script, _) =
+            render(&config(), &[web(vec![ep("10.244.0.5", "node-a", false)])], &PolicyRules::default(), None);
         assert!(script.contains("no-endpoint-services { 10.96.0.20 . tcp . 80 : goto reject-chain }"), "{script}");
         assert!(!script.contains("add element ip keelson-test service-ips"), "{script}");
         let mut terminating = ep("10.244.0.5", "node-a", false);
@@ -544,7 +610,10 @@ mod tests {
         let a = name("endpoint", "default/web/tcp/http__10.244.0.5/8080");
         assert!(script.contains(&format!("add rule ip keelson-test {svc} goto {a}")), "{script}");
         assert!(script.contains(&format!("service-nodeports {{ tcp . 30080 : goto {ext} }}")), "{script}");
-        assert!(script.contains(&format!("add rule ip keelson-test {ext} ip saddr 10.244.0.0/16 goto {svc}")), "{script}");
+        assert!(
+            script.contains(&format!("add rule ip keelson-test {ext} ip saddr 10.244.0.0/16 goto {svc}")),
+            "{script}"
+        );
         assert!(script.contains(&format!("add rule ip keelson-test {ext} goto {a}")), "{script}");
         // On a node without endpoints of its own, cluster traffic is dropped, not rejected.
         let mut other = config();
@@ -561,7 +630,12 @@ mod tests {
         let (first, owned) = render(&config(), &[sp.clone()], &PolicyRules::default(), None);
         let set = name("affinity", "default/web/tcp/http__10.244.0.5/8080");
         let a = name("endpoint", "default/web/tcp/http__10.244.0.5/8080");
-        assert!(first.contains(&format!("add set ip keelson-test {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout 10800s ; }}")), "{first}");
+        assert!(
+            first.contains(&format!(
+                "add set ip keelson-test {set} {{ type ipv4_addr ; flags dynamic,timeout ; timeout 10800s ; }}"
+            )),
+            "{first}"
+        );
         assert!(first.contains(&format!("ip saddr @{set} goto {a}")), "{first}");
         assert!(first.contains(&format!("add rule ip keelson-test {a} update @{set} {{ ip saddr }}")), "{first}");
         assert_eq!(owned.sets.len(), 2);
@@ -575,12 +649,16 @@ mod tests {
         assert!(!second.contains("flush set ip keelson-test affinity"), "{second}");
         assert_eq!(owned2.sets.len(), 1);
         let deleted = second.find(&format!("delete chain ip keelson-test {a}")).unwrap();
-        let flushed = second.find(&format!("flush chain ip keelson-test {}", name("service", "default/web/tcp/http"))).unwrap();
+        let flushed =
+            second.find(&format!("flush chain ip keelson-test {}", name("service", "default/web/tcp/http"))).unwrap();
         assert!(flushed < deleted, "the chain that jumped to it is emptied first");
 
         // The service goes: nothing of it is left.
         let (third, owned3) = render(&config(), &[], &PolicyRules::default(), Some(&owned2));
-        assert!(third.contains(&format!("delete chain ip keelson-test {}", name("service", "default/web/tcp/http"))), "{third}");
+        assert!(
+            third.contains(&format!("delete chain ip keelson-test {}", name("service", "default/web/tcp/http"))),
+            "{third}"
+        );
         assert_eq!((owned3.owned_chains().count(), owned3.sets.len()), (0, 0));
         // Nothing changed: nothing written but the table's idempotent add.
         let (fourth, _) = render(&config(), &[], &PolicyRules::default(), Some(&owned3));

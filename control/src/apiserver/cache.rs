@@ -45,7 +45,11 @@ impl CachedObject {
         let decoded = decode_selectable(&kv.value)?;
         if let Some(open) = decoded.metadata_open.filter(|_| !decoded.has_resource_version) {
             let (json, rv_span) = splice_resource_version(&kv.value, open, &revision);
-            return Ok(Arc::new(CachedObject { selectable: decoded.selectable, json: Bytes::from(json), rv_span: Some(rv_span) }));
+            return Ok(Arc::new(CachedObject {
+                selectable: decoded.selectable,
+                json: Bytes::from(json),
+                rv_span: Some(rv_span),
+            }));
         }
         // Not the shape the API server stores (a resourceVersion kept, say): the long way.
         let full = from_kv(kv)?;
@@ -220,7 +224,9 @@ fn decode_selectable(json: &[u8]) -> Result<Selectable, ApiError> {
     de.end().map_err(not_json)?;
     let (mut metadata_open, mut has_resource_version) = (None, false);
     if let Some(raw) = metadata.filter(|r| r.get().starts_with('{')) {
-        let (meta, has_rv) = serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_str(raw.get()), Meta).map_err(not_json)?;
+        let (meta, has_rv) =
+            serde::Deserializer::deserialize_map(&mut serde_json::Deserializer::from_str(raw.get()), Meta)
+                .map_err(not_json)?;
         top.insert("metadata".into(), meta);
         metadata_open = Some(raw.get().as_ptr() as usize - json.as_ptr() as usize + 1);
         has_resource_version = has_rv;

@@ -239,7 +239,9 @@ async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> R
     let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let body = match axum::body::to_bytes(body, REQUEST_BODY_BYTES_MAX + 1).await {
         Ok(b) => b,
-        Err(_) => return ApiError::new(413, "RequestEntityTooLarge", "the request body is larger than 3 MiB").into_response(),
+        Err(_) => {
+            return ApiError::new(413, "RequestEntityTooLarge", "the request body is larger than 3 MiB").into_response()
+        }
     };
     let path = uri.path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();

@@ -185,7 +185,8 @@ pub fn validate(resource: &Resource, obj: &Value, old: Option<&Value>) -> Vec<Ca
 pub fn spec_changed(obj: &Value, old: &Value) -> bool {
     const NOT_SPEC: [&str; 4] = ["metadata", "status", "apiVersion", "kind"];
     let (Some(a), Some(b)) = (obj.as_object(), old.as_object()) else { return obj != old };
-    let spec = |m: &'_ serde_json::Map<String, Value>| m.iter().filter(|(k, _)| !NOT_SPEC.contains(&k.as_str())).count();
+    let spec =
+        |m: &'_ serde_json::Map<String, Value>| m.iter().filter(|(k, _)| !NOT_SPEC.contains(&k.as_str())).count();
     spec(a) != spec(b) || a.iter().any(|(k, v)| !NOT_SPEC.contains(&k.as_str()) && b.get(k) != Some(v))
 }
 

@@ -625,7 +625,8 @@ const JOB_SPEC: &[F] = &[
 ];
 /// A status a client creating an object sends empty (Go writes value structs always).
 const EMPTY: &[F] = &[];
-const JOB: &[F] = &[F(1, "metadata", One, Msg(OBJECT_META)), F(2, "spec", One, Msg(JOB_SPEC)), F(3, "status", One, Msg(EMPTY))];
+const JOB: &[F] =
+    &[F(1, "metadata", One, Msg(OBJECT_META)), F(2, "spec", One, Msg(JOB_SPEC)), F(3, "status", One, Msg(EMPTY))];
 const CRON_JOB: &[F] = &[
     F(1, "metadata", One, Msg(OBJECT_META)),
     F(
@@ -1209,13 +1210,23 @@ mod tests {
         let template = core::PodTemplateSpec {
             metadata: Some(meta::ObjectMeta::default()),
             spec: Some(core::PodSpec {
-                containers: vec![core::Container { name: Some("c".into()), image: Some("busybox".into()), ..Default::default() }],
+                containers: vec![core::Container {
+                    name: Some("c".into()),
+                    image: Some("busybox".into()),
+                    ..Default::default()
+                }],
                 restart_policy: Some("Never".into()),
                 ..Default::default()
             }),
         };
-        let job_spec = batch::JobSpec { template: Some(template), backoff_limit: Some(2), completions: Some(3), ..Default::default() };
-        let job = batch::Job { metadata: Some(meta("pi")), spec: Some(job_spec.clone()), status: Some(Default::default()) };
+        let job_spec = batch::JobSpec {
+            template: Some(template),
+            backoff_limit: Some(2),
+            completions: Some(3),
+            ..Default::default()
+        };
+        let job =
+            batch::Job { metadata: Some(meta("pi")), spec: Some(job_spec.clone()), status: Some(Default::default()) };
         let got = to_json(&envelope("batch/v1", "Job", job.encode_to_vec())).unwrap();
         assert_eq!(got["spec"]["backoffLimit"], 2);
         assert_eq!(got["spec"]["completions"], 3);
@@ -1225,19 +1236,28 @@ mod tests {
             spec: Some(batch::CronJobSpec {
                 schedule: Some("*/5 * * * *".into()),
                 time_zone: Some("Etc/UTC".into()),
-                job_template: Some(batch::JobTemplateSpec { metadata: Some(meta::ObjectMeta::default()), spec: Some(job_spec) }),
+                job_template: Some(batch::JobTemplateSpec {
+                    metadata: Some(meta::ObjectMeta::default()),
+                    spec: Some(job_spec),
+                }),
                 ..Default::default()
             }),
             status: Some(Default::default()),
         };
         let got = to_json(&envelope("batch/v1", "CronJob", cron.encode_to_vec())).unwrap();
-        assert_eq!((got["spec"]["schedule"].as_str(), got["spec"]["timeZone"].as_str()), (Some("*/5 * * * *"), Some("Etc/UTC")));
+        assert_eq!(
+            (got["spec"]["schedule"].as_str(), got["spec"]["timeZone"].as_str()),
+            (Some("*/5 * * * *"), Some("Etc/UTC"))
+        );
         assert_eq!(got["spec"]["jobTemplate"]["spec"]["backoffLimit"], 2);
         let pdb = policy::PodDisruptionBudget {
             metadata: Some(meta("db")),
             spec: Some(policy::PodDisruptionBudgetSpec {
                 min_available: Some(PbIntOrString { r#type: Some(1), int_val: None, str_val: Some("50%".into()) }),
-                selector: Some(meta::LabelSelector { match_labels: [("app".to_string(), "db".to_string())].into(), match_expressions: vec![] }),
+                selector: Some(meta::LabelSelector {
+                    match_labels: [("app".to_string(), "db".to_string())].into(),
+                    match_expressions: vec![],
+                }),
                 ..Default::default()
             }),
             status: Some(Default::default()),

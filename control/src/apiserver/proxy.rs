@@ -35,7 +35,8 @@ fn container_of(pod: &Value, name: &str, asked: Option<&str>) -> Result<String, 
         Some(c) => Err(ApiError::bad_request(format!("container {c} is not valid for pod {name}"))),
         None if app.len() == 1 => Ok(app[0].clone()),
         None => {
-            let mut message = format!("a container name must be specified for pod {name}, choose one of: [{}]", app.join(" "));
+            let mut message =
+                format!("a container name must be specified for pod {name}, choose one of: [{}]", app.join(" "));
             if !init.is_empty() {
                 message.push_str(&format!(" or one of the init containers: [{}]", init.join(" ")));
             }
@@ -55,7 +56,11 @@ async fn agent_of(api: &Api, pod: &Value, name: &str) -> Result<String, ApiError
     let (node, _) = verbs::get(api, nodes, None, node_name).await?;
     let addresses = node.pointer("/status/addresses").and_then(|a| a.as_array()).cloned().unwrap_or_default();
     let address = ["InternalIP", "ExternalIP", "Hostname"].iter().find_map(|kind| {
-        addresses.iter().find(|a| a.get("type").and_then(|t| t.as_str()) == Some(kind)).and_then(|a| a.get("address")).and_then(|a| a.as_str())
+        addresses
+            .iter()
+            .find(|a| a.get("type").and_then(|t| t.as_str()) == Some(kind))
+            .and_then(|a| a.get("address"))
+            .and_then(|a| a.as_str())
     });
     let address = address.ok_or_else(|| ApiError::internal(format!("node {node_name} reports no address")))?;
     let port = node.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(|p| p.as_u64()).unwrap_or(10250);
@@ -93,23 +98,29 @@ pub async fn serve(api: &Api, req: Request, ns: &str, name: &str, sub: &str) -> 
     if sub == "log" {
         return get_streamed(&agent, &path).await;
     }
-    let answer = agent::upgrade::relay(req, &agent, &path)
-        .await
-        .map_err(|e| ApiError::new(502, "InternalError", format!("error dialing the node's agent at {agent}: {e:#}")))?;
+    let answer = agent::upgrade::relay(req, &agent, &path).await.map_err(|e| {
+        ApiError::new(502, "InternalError", format!("error dialing the node's agent at {agent}: {e:#}"))
+    })?;
     Ok(answer.map(Body::from).into_response())
 }
 
 /// A GET to the agent whose answer's body is passed on as it arrives (`kubectl logs -f`).
 async fn get_streamed(agent: &str, path: &str) -> Result<Response, ApiError> {
-    let unreachable = |e: &dyn std::fmt::Display| ApiError::new(502, "InternalError", format!("error dialing the node's agent at {agent}: {e}"));
+    let unreachable = |e: &dyn std::fmt::Display| {
+        ApiError::new(502, "InternalError", format!("error dialing the node's agent at {agent}: {e}"))
+    };
     let stream = tokio::net::TcpStream::connect(agent).await.map_err(|e| unreachable(&e))?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "a connection to an agent ended");
         }
     });
-    let req = http::Request::get(path).header("host", agent).body(http_body_util::Empty::<bytes::Bytes>::new()).map_err(|e| ApiError::internal(e.to_string()))?;
+    let req = http::Request::get(path)
+        .header("host", agent)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let answer = sender.send_request(req).await.map_err(|e| unreachable(&e))?;
     Ok(answer.map(Body::new).into_response())
 }
@@ -124,7 +135,10 @@ mod tests {
         assert_eq!(container_of(&pod, "p", Some("b")).unwrap(), "b");
         assert_eq!(container_of(&pod, "p", Some("i")).unwrap(), "i");
         let e = container_of(&pod, "p", None).unwrap_err();
-        assert_eq!(e.message, "a container name must be specified for pod p, choose one of: [a b] or one of the init containers: [i]");
+        assert_eq!(
+            e.message,
+            "a container name must be specified for pod p, choose one of: [a b] or one of the init containers: [i]"
+        );
         let e = container_of(&pod, "p", Some("z")).unwrap_err();
         assert_eq!(e.message, "container z is not valid for pod p");
         let single = serde_json::json!({"spec": {"containers": [{"name": "only"}]}});

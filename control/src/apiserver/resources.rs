@@ -59,8 +59,15 @@ impl Resource {
 pub static RESOURCES: &[&Resource] = super::kinds::ALL;
 
 /// The groups other than the core one, in discovery order, each with its one version.
-const GROUPS: &[(&str, &str)] =
-    &[("apps", "v1"), ("batch", "v1"), ("coordination.k8s.io", "v1"), ("discovery.k8s.io", "v1"), ("networking.k8s.io", "v1"), ("policy", "v1"), ("scheduling.k8s.io", "v1")];
+const GROUPS: &[(&str, &str)] = &[
+    ("apps", "v1"),
+    ("batch", "v1"),
+    ("coordination.k8s.io", "v1"),
+    ("discovery.k8s.io", "v1"),
+    ("networking.k8s.io", "v1"),
+    ("policy", "v1"),
+    ("scheduling.k8s.io", "v1"),
+];
 
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     RESOURCES.iter().copied().find(|r| r.group == group && r.version == version && r.plural == plural)

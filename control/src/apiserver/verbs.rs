@@ -926,7 +926,9 @@ pub async fn apply(
 /// The `autoscaling/v1` Scale view of a workload.
 pub fn scale_of(obj: &Value) -> Value {
     // A ReplicationController's selector is the map itself.
-    let labels = obj.pointer("/spec/selector/matchLabels").or_else(|| obj.pointer("/spec/selector").filter(|s| s.get("matchLabels").is_none() && s.get("matchExpressions").is_none()));
+    let labels = obj.pointer("/spec/selector/matchLabels").or_else(|| {
+        obj.pointer("/spec/selector").filter(|s| s.get("matchLabels").is_none() && s.get("matchExpressions").is_none())
+    });
     let selector = labels
         .and_then(Value::as_object)
         .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
@@ -1211,7 +1213,8 @@ pub async fn finalize_namespace(api: &Api, res: &Resource, name: &str, body: Val
     let wanted = spec_finalizers(&body);
     for _ in 0..UPDATE_ATTEMPTS_MAX {
         let (mut current, mod_rev) = get(api, res, None, name).await?;
-        if let Some(rv) = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|rv| !rv.is_empty()) {
+        if let Some(rv) = body.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|rv| !rv.is_empty())
+        {
             if rv != mod_rev.to_string() {
                 return Err(ApiError::conflict(res.plural, res.group, name));
             }
@@ -1294,7 +1297,8 @@ mod tests {
 pub async fn evict(api: &Api, res: &Resource, ns: Option<&str>, name: &str, body: Value) -> Result<Value, ApiError> {
     let options = body.get("deleteOptions").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
     let too_many = |why: String| {
-        let mut e = ApiError::new(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.");
+        let mut e =
+            ApiError::new(429, "TooManyRequests", "Cannot evict pod as it would violate the pod's disruption budget.");
         e.details = Some(json!({"causes": [{"reason": "DisruptionBudget", "message": why}]}));
         e
     };
@@ -1309,11 +1313,19 @@ pub async fn evict(api: &Api, res: &Resource, ns: Option<&str>, name: &str, body
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter(|b| b.pointer("/spec/selector").and_then(|s| LabelSelector::from_json(s).ok()).is_some_and(|s| s.matches(&labels)))
+                .filter(|b| {
+                    b.pointer("/spec/selector")
+                        .and_then(|s| LabelSelector::from_json(s).ok())
+                        .is_some_and(|s| s.matches(&labels))
+                })
                 .cloned()
                 .collect();
             if budgets.len() > 1 {
-                return Err(ApiError::new(500, "InternalError", "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support."));
+                return Err(ApiError::new(
+                    500,
+                    "InternalError",
+                    "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+                ));
             }
             if let Some(budget) = budgets.into_iter().next() {
                 let pdb_name = meta_str(&budget, "name").unwrap_or("").to_string();
@@ -1321,10 +1333,18 @@ pub async fn evict(api: &Api, res: &Resource, ns: Option<&str>, name: &str, body
                 let n = |f: &str| status.get(f).and_then(Value::as_i64).unwrap_or(0);
                 let generation = budget.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
                 if n("observedGeneration") < generation {
-                    return Err(too_many(format!("The disruption budget {pdb_name} is still being processed by the server.")));
+                    return Err(too_many(format!(
+                        "The disruption budget {pdb_name} is still being processed by the server."
+                    )));
                 }
-                let ready = pod.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten().any(|c| c["type"] == "Ready" && c["status"] == "True");
-                let always = budget.pointer("/spec/unhealthyPodEvictionPolicy").and_then(Value::as_str) == Some("AlwaysAllow");
+                let ready = pod
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                let always =
+                    budget.pointer("/spec/unhealthyPodEvictionPolicy").and_then(Value::as_str) == Some("AlwaysAllow");
                 let spend = ready || !(always || n("currentHealthy") >= n("desiredHealthy"));
                 if spend {
                     if n("disruptionsAllowed") <= 0 {
@@ -1340,7 +1360,9 @@ pub async fn evict(api: &Api, res: &Resource, ns: Option<&str>, name: &str, body
                         spent["status"]["disruptedPods"] = json!({});
                     }
                     spent["status"]["disruptedPods"][name] = json!(super::objects::now_rfc3339());
-                    match update(api, &kinds::pdb::RESOURCE, ns, &pdb_name, Some("status"), spent, &Params::default()).await {
+                    match update(api, &kinds::pdb::RESOURCE, ns, &pdb_name, Some("status"), spent, &Params::default())
+                        .await
+                    {
                         Ok(_) => {}
                         // Spent by another eviction meanwhile: look again.
                         Err(e) if e.code == 409 => continue,

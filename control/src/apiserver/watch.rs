@@ -86,6 +86,43 @@ fn event_type(created: bool, old_matched: bool, new_matches: bool) -> Option<&'s
     }
 }
 
+/// One batch of queued items: the one already received, then what is queued behind it, at most
+/// `max` in all. An item is taken from the queue only when the batch will hand it out, so the
+/// items left after a full batch wait in the queue for the next one.
+struct Batch<'a, T> {
+    first: Option<Result<T, broadcast::error::TryRecvError>>,
+    items: &'a mut broadcast::Receiver<T>,
+    left: usize,
+}
+
+impl<'a, T: Clone> Batch<'a, T> {
+    fn new(
+        first: Result<T, broadcast::error::TryRecvError>,
+        items: &'a mut broadcast::Receiver<T>,
+        max: usize,
+    ) -> Self {
+        Batch { first: Some(first), items, left: max }
+    }
+}
+
+impl<T: Clone> Iterator for Batch<'_, T> {
+    type Item = Result<T, broadcast::error::TryRecvError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        match self.first.take() {
+            Some(first) => Some(first),
+            None => match self.items.try_recv() {
+                Err(broadcast::error::TryRecvError::Empty) => None,
+                item => Some(item),
+            },
+        }
+    }
+}
+
 impl Watch {
     /// Queues a line; lines leave together at the next `flush` (or once a chunk is full), so a
     /// watch that is behind catches up in few writes.
@@ -272,11 +309,11 @@ impl Watch {
                 item = items.recv() => item,
             };
             // Take whatever else is already queued, then write it all at once.
-            let mut item = first.map_err(|e| match e {
+            let first = first.map_err(|e| match e {
                 broadcast::error::RecvError::Lagged(n) => broadcast::error::TryRecvError::Lagged(n),
                 broadcast::error::RecvError::Closed => broadcast::error::TryRecvError::Closed,
             });
-            for _ in 0..WATCH_BATCH_ITEMS_MAX {
+            for item in Batch::new(first, &mut items, WATCH_BATCH_ITEMS_MAX) {
                 match item {
                     Ok(CacheItem::Event(e)) if e.revision > last => {
                         last = e.revision;
@@ -297,7 +334,6 @@ impl Watch {
                     Err(broadcast::error::TryRecvError::Closed) => return self.flush().await,
                     Err(broadcast::error::TryRecvError::Empty) => break,
                 }
-                item = items.try_recv();
             }
             self.flush().await?;
         }
@@ -440,4 +476,36 @@ pub async fn serve(
         .header("content-type", "application/json")
         .body(body)
         .map_err(|e| ApiError::internal(format!("building the watch response: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Batches taken one after another hand out every queued item once, in order: none is taken
+    /// from the queue by a batch that is already full.
+    #[test]
+    fn batches_lose_no_queued_item() {
+        let (tx, mut rx) = broadcast::channel(2_048);
+        for i in 0..1_000u32 {
+            tx.send(i).unwrap();
+        }
+        let mut seen = Vec::new();
+        while let Ok(first) = rx.try_recv() {
+            let batch: Vec<u32> = Batch::new(Ok(first), &mut rx, 256).map(|i| i.unwrap()).collect();
+            assert!(batch.len() <= 256, "a batch of {}", batch.len());
+            seen.extend(batch);
+        }
+        assert_eq!(seen, (0..1_000).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_batch_ends_where_the_queue_does() {
+        let (tx, mut rx) = broadcast::channel(16);
+        tx.send(1u8).unwrap();
+        tx.send(2).unwrap();
+        let first = rx.try_recv();
+        let batch: Vec<_> = Batch::new(first, &mut rx, 256).collect();
+        assert_eq!(batch, vec![Ok(1), Ok(2)]);
+    }
 }

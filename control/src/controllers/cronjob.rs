@@ -28,7 +28,12 @@ pub const SCHEDULED_ANNOTATION: &str = "batch.kubernetes.io/cronjob-scheduled-ti
 /// The most recent time the schedule named in (earliest, now], and the next one after now. The
 /// latest is looked for in a window back from now that doubles until it holds one (or reaches
 /// `earliest`), so a CronJob that missed a year of minutes costs a few steps, not every minute.
-pub fn due(schedule: &Schedule, tz: &TimeZone, earliest: Timestamp, now: Timestamp) -> (Option<Timestamp>, Option<Timestamp>) {
+pub fn due(
+    schedule: &Schedule,
+    tz: &TimeZone,
+    earliest: Timestamp,
+    now: Timestamp,
+) -> (Option<Timestamp>, Option<Timestamp>) {
     let next = schedule.next_after(now, tz);
     let mut window = k8s_openapi::jiff::SignedDuration::from_secs(60);
     loop {
@@ -134,9 +139,18 @@ impl Controller for CronJobController {
         let uid = cj.metadata.uid.clone().unwrap_or_default();
         let spec = cj.spec.clone().unwrap_or_default();
         let status = cj.status.clone().unwrap_or_default();
-        let mut owned: Vec<Arc<Job>> = self.jobs.list_namespace(&ns).into_iter().filter(|j| controller_of(&j.metadata).is_some_and(|r| r.uid == uid)).collect();
+        let mut owned: Vec<Arc<Job>> = self
+            .jobs
+            .list_namespace(&ns)
+            .into_iter()
+            .filter(|j| controller_of(&j.metadata).is_some_and(|r| r.uid == uid))
+            .collect();
         owned.sort_by_key(|j| j.metadata.creation_timestamp.as_ref().map(|t| t.0));
-        let mut active: Vec<ObjectReference> = owned.iter().filter(|j| job_finished(j).is_none() && j.metadata.deletion_timestamp.is_none()).map(|j| job_ref(j)).collect();
+        let mut active: Vec<ObjectReference> = owned
+            .iter()
+            .filter(|j| job_finished(j).is_none() && j.metadata.deletion_timestamp.is_none())
+            .map(|j| job_ref(j))
+            .collect();
         let mut last_success = status.last_successful_time.clone();
         for j in owned.iter().filter(|j| job_finished(j) == Some("Complete")) {
             let t = j.status.as_ref().and_then(|s| s.completion_time.clone());
@@ -145,8 +159,14 @@ impl Controller for CronJobController {
             }
         }
         // History: finished jobs beyond the limits go, oldest first.
-        for (kind, limit) in [("Complete", spec.successful_jobs_history_limit.unwrap_or(3)), ("Failed", spec.failed_jobs_history_limit.unwrap_or(1))] {
-            let done: Vec<&Arc<Job>> = owned.iter().filter(|j| job_finished(j) == Some(kind) && j.metadata.deletion_timestamp.is_none()).collect();
+        for (kind, limit) in [
+            ("Complete", spec.successful_jobs_history_limit.unwrap_or(3)),
+            ("Failed", spec.failed_jobs_history_limit.unwrap_or(1)),
+        ] {
+            let done: Vec<&Arc<Job>> = owned
+                .iter()
+                .filter(|j| job_finished(j) == Some(kind) && j.metadata.deletion_timestamp.is_none())
+                .collect();
             let extra = done.len().saturating_sub(limit.max(0) as usize);
             for j in &done[..extra] {
                 self.delete_job(&ns, j).await?;
@@ -171,7 +191,9 @@ impl Controller for CronJobController {
         };
         let unchanged = |a: &[ObjectReference], ls: &Option<Time>, lsu: &Option<Time>| {
             let names = |v: &[ObjectReference]| v.iter().map(|r| r.uid.clone()).collect::<Vec<_>>();
-            names(a) == names(status.active.as_deref().unwrap_or_default()) && *ls == status.last_schedule_time && *lsu == status.last_successful_time
+            names(a) == names(status.active.as_deref().unwrap_or_default())
+                && *ls == status.last_schedule_time
+                && *lsu == status.last_successful_time
         };
         if cj.metadata.deletion_timestamp.is_some() || spec.suspend == Some(true) {
             if !unchanged(&active, &last_schedule, &last_success) {
@@ -182,7 +204,13 @@ impl Controller for CronJobController {
         let schedule = match Schedule::parse(&spec.schedule) {
             Ok(s) => s,
             Err(e) => {
-                self.recorder.record(reference(cj.as_ref()), true, "Sync", "UnparseableSchedule", format!("unparseable schedule: {:?} : {e}", spec.schedule));
+                self.recorder.record(
+                    reference(cj.as_ref()),
+                    true,
+                    "Sync",
+                    "UnparseableSchedule",
+                    format!("unparseable schedule: {:?} : {e}", spec.schedule),
+                );
                 return Ok(());
             }
         };
@@ -190,7 +218,13 @@ impl Controller for CronJobController {
             Some(z) => match TimeZone::get(z) {
                 Ok(tz) => tz,
                 Err(_) => {
-                    self.recorder.record(reference(cj.as_ref()), true, "Sync", "UnknownTimeZone", format!("invalid timeZone: {z:?}"));
+                    self.recorder.record(
+                        reference(cj.as_ref()),
+                        true,
+                        "Sync",
+                        "UnknownTimeZone",
+                        format!("invalid timeZone: {z:?}"),
+                    );
                     return Ok(());
                 }
             },
@@ -213,7 +247,13 @@ impl Controller for CronJobController {
         let late = spec.starting_deadline_seconds.is_some_and(|d| scheduled.as_second() + d < now.as_second());
         let forbid = spec.concurrency_policy.as_deref() == Some("Forbid") && !active.is_empty();
         if late {
-            self.recorder.record(reference(cj.as_ref()), true, "Sync", "MissSchedule", format!("Missed scheduled time to start a job: {scheduled}"));
+            self.recorder.record(
+                reference(cj.as_ref()),
+                true,
+                "Sync",
+                "MissSchedule",
+                format!("Missed scheduled time to start a job: {scheduled}"),
+            );
         }
         if late || forbid {
             if !unchanged(&active, &last_schedule, &last_success) {
@@ -247,12 +287,24 @@ impl Controller for CronJobController {
         };
         let created = match self.jobs_api(&ns).create(&PostParams::default(), &job).await {
             Ok(j) => {
-                self.recorder.record(reference(cj.as_ref()), false, "Sync", "SuccessfulCreate", format!("Created job {name}"));
+                self.recorder.record(
+                    reference(cj.as_ref()),
+                    false,
+                    "Sync",
+                    "SuccessfulCreate",
+                    format!("Created job {name}"),
+                );
                 j
             }
             Err(kube::Error::Api(s)) if s.code == 409 => self.jobs_api(&ns).get(&name).await?,
             Err(e) => {
-                self.recorder.record(reference(cj.as_ref()), true, "Sync", "FailedCreate", format!("Error creating job: {e}"));
+                self.recorder.record(
+                    reference(cj.as_ref()),
+                    true,
+                    "Sync",
+                    "FailedCreate",
+                    format!("Error creating job: {e}"),
+                );
                 return Err(e.into());
             }
         };

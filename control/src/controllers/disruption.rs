@@ -48,7 +48,11 @@ pub struct DisruptionController {
 }
 
 fn selector(b: &PodDisruptionBudget) -> Selector {
-    b.spec.as_ref().and_then(|s| s.selector.as_ref()).map(|s| Selector::parse(s).unwrap_or_else(|_| Selector::nothing())).unwrap_or_else(Selector::nothing)
+    b.spec
+        .as_ref()
+        .and_then(|s| s.selector.as_ref())
+        .map(|s| Selector::parse(s).unwrap_or_else(|_| Selector::nothing()))
+        .unwrap_or_else(Selector::nothing)
 }
 
 impl DisruptionController {
@@ -93,8 +97,12 @@ impl DisruptionController {
                 continue;
             }
             let size = match r.kind.as_str() {
-                "ReplicaSet" => self.replicasets.get(ns, &r.name).and_then(|x| x.spec.as_ref().and_then(|s| s.replicas)),
-                "StatefulSet" => self.statefulsets.get(ns, &r.name).and_then(|x| x.spec.as_ref().and_then(|s| s.replicas)),
+                "ReplicaSet" => {
+                    self.replicasets.get(ns, &r.name).and_then(|x| x.spec.as_ref().and_then(|s| s.replicas))
+                }
+                "StatefulSet" => {
+                    self.statefulsets.get(ns, &r.name).and_then(|x| x.spec.as_ref().and_then(|s| s.replicas))
+                }
                 _ => None,
             };
             total += size.unwrap_or(1);
@@ -114,34 +122,46 @@ impl Controller for DisruptionController {
         let Some(budget) = self.budgets.get_key(key) else { return Ok(()) };
         let ns = budget.metadata.namespace.clone().unwrap_or_default();
         let sel = selector(&budget);
-        let selected: Vec<Arc<Pod>> = self.pods.list_namespace(&ns).into_iter().filter(|p| sel.matches(pods::labels(&p.metadata))).collect();
+        let selected: Vec<Arc<Pod>> =
+            self.pods.list_namespace(&ns).into_iter().filter(|p| sel.matches(pods::labels(&p.metadata))).collect();
         let now = Timestamp::now();
         // Evictions under way: their pods are not healthy any more, until the timeout.
         let status = budget.status.clone().unwrap_or_default();
         let mut disrupted: BTreeMap<String, Time> = BTreeMap::new();
         for (name, at) in status.disrupted_pods.clone().unwrap_or_default() {
-            let pending = selected.iter().any(|p| p.metadata.name.as_deref() == Some(name.as_str()) && p.metadata.deletion_timestamp.is_none());
+            let pending = selected
+                .iter()
+                .any(|p| p.metadata.name.as_deref() == Some(name.as_str()) && p.metadata.deletion_timestamp.is_none());
             if pending && at.0.as_second() + DISRUPTED_POD_TIMEOUT.as_secs() as i64 > now.as_second() {
                 disrupted.insert(name, at);
             }
         }
         let healthy = selected
             .iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p) && !disrupted.contains_key(p.metadata.name.as_deref().unwrap_or("")))
+            .filter(|p| {
+                p.metadata.deletion_timestamp.is_none()
+                    && is_ready(p)
+                    && !disrupted.contains_key(p.metadata.name.as_deref().unwrap_or(""))
+            })
             .count() as i32;
         let spec = budget.spec.clone().unwrap_or_default();
         let expected = self.expected(&ns, &selected);
         let desired_healthy = desired(spec.min_available.as_ref(), spec.max_unavailable.as_ref(), expected);
         let allowed = (healthy - desired_healthy).max(0);
-        let (cond_status, reason, message) = if allowed > 0 { ("True", "SufficientPods", "") } else { ("False", "InsufficientPods", "") };
-        let old_cond = status.conditions.clone().unwrap_or_default().into_iter().find(|c| c.type_ == "DisruptionAllowed");
+        let (cond_status, reason, message) =
+            if allowed > 0 { ("True", "SufficientPods", "") } else { ("False", "InsufficientPods", "") };
+        let old_cond =
+            status.conditions.clone().unwrap_or_default().into_iter().find(|c| c.type_ == "DisruptionAllowed");
         let condition = Condition {
             type_: "DisruptionAllowed".into(),
             status: cond_status.into(),
             reason: reason.into(),
             message: message.into(),
             observed_generation: budget.metadata.generation,
-            last_transition_time: old_cond.filter(|c| c.status == cond_status).map(|c| c.last_transition_time).unwrap_or(Time(now)),
+            last_transition_time: old_cond
+                .filter(|c| c.status == cond_status)
+                .map(|c| c.last_transition_time)
+                .unwrap_or(Time(now)),
         };
         let new = json!({
             "observedGeneration": budget.metadata.generation,
@@ -158,12 +178,20 @@ impl Controller for DisruptionController {
             && status.desired_healthy == desired_healthy
             && status.expected_pods == expected
             && status.disrupted_pods.clone().unwrap_or_default() == disrupted
-            && status.conditions.as_ref().and_then(|c| c.first()).map(|c| (&c.status, &c.reason)) == Some((&condition.status, &condition.reason));
+            && status.conditions.as_ref().and_then(|c| c.first()).map(|c| (&c.status, &c.reason))
+                == Some((&condition.status, &condition.reason));
         if !same {
             let api: Api<PodDisruptionBudget> = Api::namespaced(self.client.clone(), &ns);
             // Conditioned on the version read: an eviction spending the budget meanwhile wins.
             let patch = json!({"metadata": {"resourceVersion": budget.metadata.resource_version}, "status": new});
-            match api.patch_status(budget.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match api
+                .patch_status(
+                    budget.metadata.name.as_deref().unwrap_or(""),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e.into()),

@@ -8,7 +8,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Node, ObjectReference, Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{
+    EndpointAddress, EndpointPort, EndpointSubset, Endpoints, Node, ObjectReference, Pod, Service, ServicePort,
+};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -50,7 +52,8 @@ pub fn resolve_port(port: &ServicePort, pod: &Pod) -> Option<i32> {
                 return Some(n);
             }
             pod.spec.as_ref()?.containers.iter().flat_map(|c| c.ports.iter().flatten()).find_map(|p| {
-                (p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == protocol).then_some(p.container_port)
+                (p.name.as_deref() == Some(name.as_str()) && p.protocol.as_deref().unwrap_or("TCP") == protocol)
+                    .then_some(p.container_port)
             })
         }
     }
@@ -60,7 +63,9 @@ pub fn resolve_port(port: &ServicePort, pod: &Pod) -> Option<i32> {
 /// being deleted only where terminating endpoints are wanted.
 fn has_endpoint(pod: &Pod, include_terminating: bool) -> bool {
     let ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref()).unwrap_or("");
-    !ip.is_empty() && !matches!(pods::phase(pod), "Succeeded" | "Failed") && (include_terminating || pod.metadata.deletion_timestamp.is_none())
+    !ip.is_empty()
+        && !matches!(pods::phase(pod), "Succeeded" | "Failed")
+        && (include_terminating || pod.metadata.deletion_timestamp.is_none())
 }
 
 fn pod_ip(pod: &Pod) -> String {
@@ -106,7 +111,10 @@ pub fn subsets(svc: &Service, selected: &[Arc<Pod>]) -> Vec<EndpointSubset> {
     let tolerate = publish_not_ready(svc);
     let ports = service_ports(svc);
     // Per port: ready and not-ready addresses (by IP, so the result is in a stable order).
-    let mut per_port: BTreeMap<(String, i32, String), (BTreeMap<String, EndpointAddress>, BTreeMap<String, EndpointAddress>)> = BTreeMap::new();
+    let mut per_port: BTreeMap<
+        (String, i32, String),
+        (BTreeMap<String, EndpointAddress>, BTreeMap<String, EndpointAddress>),
+    > = BTreeMap::new();
     let mut portless: (BTreeMap<String, EndpointAddress>, BTreeMap<String, EndpointAddress>) = Default::default();
     for pod in selected.iter().filter(|p| has_endpoint(p, false)) {
         let address = EndpointAddress {
@@ -129,20 +137,34 @@ pub fn subsets(svc: &Service, selected: &[Arc<Pod>]) -> Vec<EndpointSubset> {
             side.insert(address.ip.clone(), address.clone());
         }
     }
-    let as_list = |m: &BTreeMap<String, EndpointAddress>| (!m.is_empty()).then(|| m.values().cloned().collect::<Vec<_>>());
+    let as_list =
+        |m: &BTreeMap<String, EndpointAddress>| (!m.is_empty()).then(|| m.values().cloned().collect::<Vec<_>>());
     if ports.is_empty() {
         if portless.0.is_empty() && portless.1.is_empty() {
             return Vec::new();
         }
-        return vec![EndpointSubset { addresses: as_list(&portless.0), not_ready_addresses: as_list(&portless.1), ports: None }];
+        return vec![EndpointSubset {
+            addresses: as_list(&portless.0),
+            not_ready_addresses: as_list(&portless.1),
+            ports: None,
+        }];
     }
     // Ports served by the same addresses share a subset.
     let mut groups: BTreeMap<(Vec<String>, Vec<String>), Vec<EndpointPort>> = BTreeMap::new();
-    let mut addresses: BTreeMap<(Vec<String>, Vec<String>), (Option<Vec<EndpointAddress>>, Option<Vec<EndpointAddress>>)> = BTreeMap::new();
+    let mut addresses: BTreeMap<
+        (Vec<String>, Vec<String>),
+        (Option<Vec<EndpointAddress>>, Option<Vec<EndpointAddress>>),
+    > = BTreeMap::new();
     for ((name, port, protocol), (ready, not_ready)) in &per_port {
         let key = (ready.keys().cloned().collect(), not_ready.keys().cloned().collect());
-        let app_protocol = ports.iter().find(|p| p.name.clone().unwrap_or_default() == *name).and_then(|p| p.app_protocol.clone());
-        groups.entry(key.clone()).or_default().push(EndpointPort { name: (!name.is_empty()).then(|| name.clone()), port: *port, protocol: Some(protocol.clone()), app_protocol });
+        let app_protocol =
+            ports.iter().find(|p| p.name.clone().unwrap_or_default() == *name).and_then(|p| p.app_protocol.clone());
+        groups.entry(key.clone()).or_default().push(EndpointPort {
+            name: (!name.is_empty()).then(|| name.clone()),
+            port: *port,
+            protocol: Some(protocol.clone()),
+            app_protocol,
+        });
         addresses.entry(key).or_insert_with(|| (as_list(ready), as_list(not_ready)));
     }
     groups
@@ -156,10 +178,15 @@ pub fn subsets(svc: &Service, selected: &[Arc<Pod>]) -> Vec<EndpointSubset> {
 
 /// The endpoints of `svc`'s slices, grouped by the ports they serve (Kubernetes' endpointslice
 /// reconciler): each pod's endpoint with ready, serving and terminating conditions.
-pub fn slice_groups(svc: &Service, selected: &[Arc<Pod>], zone_of: impl Fn(&str) -> Option<String>) -> Vec<(Vec<SlicePort>, Vec<Endpoint>)> {
+pub fn slice_groups(
+    svc: &Service,
+    selected: &[Arc<Pod>],
+    zone_of: impl Fn(&str) -> Option<String>,
+) -> Vec<(Vec<SlicePort>, Vec<Endpoint>)> {
     let tolerate = publish_not_ready(svc);
     let ports = service_ports(svc);
-    let mut groups: BTreeMap<Vec<(String, i32, String)>, (Vec<SlicePort>, BTreeMap<String, Endpoint>)> = BTreeMap::new();
+    let mut groups: BTreeMap<Vec<(String, i32, String)>, (Vec<SlicePort>, BTreeMap<String, Endpoint>)> =
+        BTreeMap::new();
     for pod in selected.iter().filter(|p| has_endpoint(p, true)) {
         let mut resolved = Vec::new();
         let mut slice_ports = Vec::new();
@@ -167,7 +194,12 @@ pub fn slice_groups(svc: &Service, selected: &[Arc<Pod>], zone_of: impl Fn(&str)
             let Some(n) = resolve_port(sp, pod) else { continue };
             let protocol = sp.protocol.clone().unwrap_or_else(|| "TCP".into());
             resolved.push((sp.name.clone().unwrap_or_default(), n, protocol.clone()));
-            slice_ports.push(SlicePort { name: Some(sp.name.clone().unwrap_or_default()), port: Some(n), protocol: Some(protocol), app_protocol: sp.app_protocol.clone() });
+            slice_ports.push(SlicePort {
+                name: Some(sp.name.clone().unwrap_or_default()),
+                port: Some(n),
+                protocol: Some(protocol),
+                app_protocol: sp.app_protocol.clone(),
+            });
         }
         if resolved.is_empty() && !ports.is_empty() {
             continue;
@@ -177,7 +209,11 @@ pub fn slice_groups(svc: &Service, selected: &[Arc<Pod>], zone_of: impl Fn(&str)
         let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
         let endpoint = Endpoint {
             addresses: vec![pod_ip(pod)],
-            conditions: Some(EndpointConditions { ready: Some(serving && !terminating), serving: Some(serving), terminating: Some(terminating) }),
+            conditions: Some(EndpointConditions {
+                ready: Some(serving && !terminating),
+                serving: Some(serving),
+                terminating: Some(terminating),
+            }),
             hostname: hostname(svc, pod),
             zone: node.as_deref().and_then(&zone_of),
             node_name: node,
@@ -191,12 +227,18 @@ pub fn slice_groups(svc: &Service, selected: &[Arc<Pod>], zone_of: impl Fn(&str)
 
 /// Registers the handlers both controllers share: a service's changes queue it; a pod's queue
 /// every service that selects it (before or after the change).
-fn watch_services_and_pods(queue: std::sync::Weak<impl Controller>, services: &Arc<Informer<Service>>, pods: &Arc<Informer<Pod>>) {
+fn watch_services_and_pods(
+    queue: std::sync::Weak<impl Controller>,
+    services: &Arc<Informer<Service>>,
+    pods: &Arc<Informer<Pod>>,
+) {
     let q = queue.clone();
     services.on(move |change| {
         let Some(c) = q.upgrade() else { return };
         match change {
-            Change::Added(s) | Change::Deleted(s) | Change::Updated { new: s, .. } => c.queue().add(&key_of(s.as_ref())),
+            Change::Added(s) | Change::Deleted(s) | Change::Updated { new: s, .. } => {
+                c.queue().add(&key_of(s.as_ref()))
+            }
         }
     });
     let svcs = services.clone();
@@ -224,7 +266,10 @@ fn watch_services_and_pods(queue: std::sync::Weak<impl Controller>, services: &A
 }
 
 fn selected_pods(pods: &Informer<Pod>, svc: &Service) -> Vec<Arc<Pod>> {
-    pods.list_namespace(svc.metadata.namespace.as_deref().unwrap_or("")).into_iter().filter(|p| selects(svc, p)).collect()
+    pods.list_namespace(svc.metadata.namespace.as_deref().unwrap_or(""))
+        .into_iter()
+        .filter(|p| selects(svc, p))
+        .collect()
 }
 
 pub struct EndpointsController {
@@ -277,12 +322,19 @@ impl Controller for EndpointsController {
         let labels = endpoint_labels(&svc);
         let existing = self.endpoints.get(ns, name);
         if let Some(e) = &existing {
-            if e.subsets.clone().unwrap_or_default() == subsets && e.metadata.labels.clone().unwrap_or_default() == labels {
+            if e.subsets.clone().unwrap_or_default() == subsets
+                && e.metadata.labels.clone().unwrap_or_default() == labels
+            {
                 return Ok(());
             }
         }
         let mut desired = Endpoints {
-            metadata: ObjectMeta { name: Some(name.into()), namespace: Some(ns.into()), labels: Some(labels), ..Default::default() },
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(ns.into()),
+                labels: Some(labels),
+                ..Default::default()
+            },
             subsets: (!subsets.is_empty()).then_some(subsets),
         };
         match existing {
@@ -369,7 +421,8 @@ impl Controller for EndpointSliceController {
             .into_iter()
             .filter(|s| {
                 let l = pods::labels(&s.metadata);
-                l.get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name) && l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
+                l.get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name)
+                    && l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
             })
             .collect();
         existing.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -387,14 +440,21 @@ impl Controller for EndpointSliceController {
         if desired.is_empty() {
             let ports: Vec<SlicePort> = service_ports(&svc)
                 .iter()
-                .map(|p| SlicePort { name: Some(p.name.clone().unwrap_or_default()), port: None, protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".into())), app_protocol: p.app_protocol.clone() })
+                .map(|p| SlicePort {
+                    name: Some(p.name.clone().unwrap_or_default()),
+                    port: None,
+                    protocol: Some(p.protocol.clone().unwrap_or_else(|| "TCP".into())),
+                    app_protocol: p.app_protocol.clone(),
+                })
                 .collect();
             desired.push((ports, Vec::new()));
         }
         let mut unused: Vec<Arc<EndpointSlice>> = existing;
         for (ports, endpoints) in desired {
             // Reuse a slice of the same ports if there is one.
-            let reuse = unused.iter().position(|s| slice_ports_key(s.ports.as_deref().unwrap_or_default()) == slice_ports_key(&ports));
+            let reuse = unused
+                .iter()
+                .position(|s| slice_ports_key(s.ports.as_deref().unwrap_or_default()) == slice_ports_key(&ports));
             let slice = EndpointSlice {
                 metadata: ObjectMeta {
                     generate_name: Some(format!("{name}-")),
@@ -403,14 +463,21 @@ impl Controller for EndpointSliceController {
                     owner_references: Some(vec![controller_ref(svc.as_ref())]),
                     ..Default::default()
                 },
-                address_type: if endpoints.iter().any(|e| e.addresses.iter().any(|a| a.contains(':'))) { "IPv6".into() } else { "IPv4".into() },
+                address_type: if endpoints.iter().any(|e| e.addresses.iter().any(|a| a.contains(':'))) {
+                    "IPv6".into()
+                } else {
+                    "IPv4".into()
+                },
                 endpoints,
                 ports: Some(ports),
             };
             match reuse {
                 Some(i) => {
                     let old = unused.remove(i);
-                    if old.endpoints == slice.endpoints && old.ports == slice.ports && old.metadata.labels.as_ref() == Some(&labels) {
+                    if old.endpoints == slice.endpoints
+                        && old.ports == slice.ports
+                        && old.metadata.labels.as_ref() == Some(&labels)
+                    {
                         continue;
                     }
                     let mut updated = slice;
@@ -471,7 +538,10 @@ mod tests {
 
     #[test]
     fn subsets_group_addresses_by_the_ports_they_serve() {
-        let s = svc(json!([{"name": "http", "port": 80, "targetPort": "http"}, {"name": "metrics", "port": 9090, "targetPort": 9090}]), json!({}));
+        let s = svc(
+            json!([{"name": "http", "port": 80, "targetPort": "http"}, {"name": "metrics", "port": 9090, "targetPort": 9090}]),
+            json!({}),
+        );
         let pods = vec![
             pod("a", "10.0.0.2", true, Some(8080), false),
             pod("b", "10.0.0.1", false, Some(8080), false),
@@ -489,7 +559,8 @@ mod tests {
         let metrics = subsets.iter().find(|s| s.ports.as_ref().unwrap()[0].name.as_deref() == Some("metrics")).unwrap();
         assert_eq!(ips(&metrics.addresses), vec!["10.0.0.2", "10.0.0.3"]);
         // publishNotReadyAddresses: every address counts as ready.
-        let tolerant = svc(json!([{"name": "http", "port": 80, "targetPort": "http"}]), json!({"publishNotReadyAddresses": true}));
+        let tolerant =
+            svc(json!([{"name": "http", "port": 80, "targetPort": "http"}]), json!({"publishNotReadyAddresses": true}));
         let all = super::subsets(&tolerant, &pods);
         assert_eq!(ips(&all[0].addresses), vec!["10.0.0.1", "10.0.0.2"]);
         assert!(all[0].not_ready_addresses.is_none());
@@ -498,7 +569,11 @@ mod tests {
     #[test]
     fn slices_carry_conditions_and_terminating_endpoints() {
         let s = svc(json!([{"name": "http", "port": 80, "targetPort": "http"}]), json!({}));
-        let pods = vec![pod("a", "10.0.0.2", true, Some(8080), false), pod("b", "10.0.0.1", false, Some(8080), false), pod("t", "10.0.0.9", true, Some(8080), true)];
+        let pods = vec![
+            pod("a", "10.0.0.2", true, Some(8080), false),
+            pod("b", "10.0.0.1", false, Some(8080), false),
+            pod("t", "10.0.0.9", true, Some(8080), true),
+        ];
         let groups = slice_groups(&s, &pods, |_| Some("z1".to_string()));
         assert_eq!(groups.len(), 1);
         let (ports, eps) = &groups[0];

@@ -49,12 +49,16 @@ impl Expectations {
 
     /// Records that the pods `pods` (their keys) are being deleted.
     pub fn expect_deletions(&self, key: &str, pods: impl IntoIterator<Item = String>) {
-        self.lock().insert(key.to_string(), Record { adds: 0, deletes: pods.into_iter().collect(), set_at: Instant::now() });
+        self.lock()
+            .insert(key.to_string(), Record { adds: 0, deletes: pods.into_iter().collect(), set_at: Instant::now() });
     }
 
     /// Records creations and deletions under way together.
     pub fn expect(&self, key: &str, adds: usize, deletes: impl IntoIterator<Item = String>) {
-        self.lock().insert(key.to_string(), Record { adds: adds as i64, deletes: deletes.into_iter().collect(), set_at: Instant::now() });
+        self.lock().insert(
+            key.to_string(),
+            Record { adds: adds as i64, deletes: deletes.into_iter().collect(), set_at: Instant::now() },
+        );
     }
 
     /// A pod owned by `key` was seen created (or a creation failed, so it never will be).

@@ -79,7 +79,12 @@ enum Owner {
 
 impl GarbageCollector {
     pub fn new(m: &Manager) -> Arc<GarbageCollector> {
-        let gc = Arc::new(GarbageCollector { client: m.client.clone(), queue: WorkQueue::new(), graph: Mutex::default(), kinds: RwLock::default() });
+        let gc = Arc::new(GarbageCollector {
+            client: m.client.clone(),
+            queue: WorkQueue::new(),
+            graph: Mutex::default(),
+            kinds: RwLock::default(),
+        });
         // The busiest types come from the manager's informers rather than watches of their own,
         // so each of their changes crosses the API once for the whole manager.
         gc.share(&m.informers.pods());
@@ -282,7 +287,11 @@ impl GarbageCollector {
 
     fn api_for(&self, node: &Node) -> Option<Api<DynamicObject>> {
         let (ar, namespaced) = self.resource(&node.api_version, &node.kind)?;
-        Some(if namespaced { Api::namespaced_with(self.client.clone(), &node.namespace, &ar) } else { Api::all_with(self.client.clone(), &ar) })
+        Some(if namespaced {
+            Api::namespaced_with(self.client.clone(), &node.namespace, &ar)
+        } else {
+            Api::all_with(self.client.clone(), &ar)
+        })
     }
 
     /// Whether the object `node` names exists with `uid` (None: its type is not served, so it
@@ -325,7 +334,8 @@ impl GarbageCollector {
 
     async fn remove_owners(&self, node: &Node, gone: &HashSet<String>) -> anyhow::Result<()> {
         let kept: Vec<&OwnerReference> = node.owners.iter().filter(|r| !gone.contains(&r.uid)).collect();
-        self.patch_meta(node, "ownerReferences", if kept.is_empty() { serde_json::Value::Null } else { json!(kept) }).await
+        self.patch_meta(node, "ownerReferences", if kept.is_empty() { serde_json::Value::Null } else { json!(kept) })
+            .await
     }
 
     async fn remove_finalizer(&self, node: &Node, finalizer: &str) -> anyhow::Result<()> {
@@ -381,10 +391,20 @@ impl GarbageCollector {
             let seen = self.graph().nodes.get(&r.uid).cloned();
             let state = match seen {
                 Some(o) if o.observed => {
-                    if o.deleting && o.has_finalizer(FOREGROUND) { Owner::Waiting } else { Owner::Solid }
+                    if o.deleting && o.has_finalizer(FOREGROUND) {
+                        Owner::Waiting
+                    } else {
+                        Owner::Solid
+                    }
                 }
                 _ => {
-                    let owner = Node { api_version: r.api_version.clone(), kind: r.kind.clone(), namespace: node.namespace.clone(), name: r.name.clone(), ..Default::default() };
+                    let owner = Node {
+                        api_version: r.api_version.clone(),
+                        kind: r.kind.clone(),
+                        namespace: node.namespace.clone(),
+                        name: r.name.clone(),
+                        ..Default::default()
+                    };
                     match self.exists(&owner, &r.uid).await? {
                         Some(false) => Owner::Dangling,
                         // Not yet seen by the watch, or of a type this server does not serve.
@@ -429,14 +449,18 @@ impl Controller for GarbageCollector {
         &self.queue
     }
 
-    fn start(self: Arc<Self>, tasks: &mut tokio::task::JoinSet<()>) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
+    fn start(
+        self: Arc<Self>,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> Option<Pin<Box<dyn Future<Output = ()> + Send>>> {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
         let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
         tasks.spawn(async move {
             let resources = self.discover().await;
             let count = resources.len();
             tracing::info!(types = count, "garbage collector follows every deletable type");
-            let watches = futures::future::join_all(resources.into_iter().map(|ar| self.clone().follow(ar, tx.clone())));
+            let watches =
+                futures::future::join_all(resources.into_iter().map(|ar| self.clone().follow(ar, tx.clone())));
             let counting = async move {
                 for _ in 0..count {
                     if rx.recv().await.is_none() {
@@ -491,7 +515,16 @@ mod tests {
             namespace: Some("ns".into()),
             uid: Some(uid.into()),
             owner_references: (!owners.is_empty()).then(|| {
-                owners.iter().map(|o| OwnerReference { api_version: "apps/v1".into(), kind: "Deployment".into(), name: format!("d-{o}"), uid: o.to_string(), ..Default::default() }).collect()
+                owners
+                    .iter()
+                    .map(|o| OwnerReference {
+                        api_version: "apps/v1".into(),
+                        kind: "Deployment".into(),
+                        name: format!("d-{o}"),
+                        uid: o.to_string(),
+                        ..Default::default()
+                    })
+                    .collect()
             }),
             ..Default::default()
         }
@@ -533,7 +566,16 @@ mod tests {
         gc.forget("R");
         assert!(gc.graph().nodes.is_empty(), "{:?}", gc.graph().nodes.keys().collect::<Vec<_>>());
         // Foreground deletion: the owner is looked at whenever a dependent changes.
-        gc.observe(&deploy, &ObjectMeta { finalizers: Some(vec![FOREGROUND.into()]), deletion_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now())), ..meta("d-E", "E", &[]) });
+        gc.observe(
+            &deploy,
+            &ObjectMeta {
+                finalizers: Some(vec![FOREGROUND.into()]),
+                deletion_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                )),
+                ..meta("d-E", "E", &[])
+            },
+        );
         gc.observe(&rs, &meta("r2", "R2", &["E"]));
         assert_eq!(drain(&gc.queue).await, vec!["E", "R2"]);
     }

@@ -116,7 +116,11 @@ fn ns_name<K: Resource>(obj: &K) -> (String, String) {
 /// `namespace/name` (or `name`), the key controllers queue.
 pub fn key_of<K: Resource>(obj: &K) -> String {
     let (ns, name) = ns_name(obj);
-    if ns.is_empty() { name } else { format!("{ns}/{name}") }
+    if ns.is_empty() {
+        name
+    } else {
+        format!("{ns}/{name}")
+    }
 }
 
 /// A key split into namespace and name.
@@ -162,7 +166,8 @@ impl<K: Resource + Send + Sync + 'static> Informer<K> {
     pub fn claimable(&self, namespace: &str, uid: &str) -> Vec<Arc<K>> {
         let cache = self.read();
         let Some(objects) = cache.objects.get(namespace) else { return Vec::new() };
-        let controlled = cache.controlled.get(uid).into_iter().flatten().filter(|(ns, _)| ns == namespace).map(|(_, name)| name);
+        let controlled =
+            cache.controlled.get(uid).into_iter().flatten().filter(|(ns, _)| ns == namespace).map(|(_, name)| name);
         let orphans = cache.orphans.get(namespace).into_iter().flatten();
         controlled.chain(orphans).filter_map(|name| objects.get(name).cloned()).collect()
     }
@@ -269,7 +274,12 @@ mod tests {
 
     fn cm(ns: &str, name: &str, rv: &str) -> ConfigMap {
         ConfigMap {
-            metadata: ObjectMeta { namespace: Some(ns.into()), name: Some(name.into()), resource_version: Some(rv.into()), ..Default::default() },
+            metadata: ObjectMeta {
+                namespace: Some(ns.into()),
+                name: Some(name.into()),
+                resource_version: Some(rv.into()),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -282,7 +292,12 @@ mod tests {
         inf.on(move |c| {
             let line = match c {
                 Change::Added(o) => format!("add {}", key_of(o.as_ref())),
-                Change::Updated { old, new } => format!("update {} {}->{}", key_of(new.as_ref()), old.metadata.resource_version.as_deref().unwrap(), new.metadata.resource_version.as_deref().unwrap()),
+                Change::Updated { old, new } => format!(
+                    "update {} {}->{}",
+                    key_of(new.as_ref()),
+                    old.metadata.resource_version.as_deref().unwrap(),
+                    new.metadata.resource_version.as_deref().unwrap()
+                ),
                 Change::Deleted(o) => format!("delete {}", key_of(o.as_ref())),
             };
             s.lock().unwrap().push(line);
@@ -305,7 +320,14 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                "add a/x", "add a/y", "update a/x 1->2", "add b/z", "delete a/y", "add b/w", "update b/z 3->5", "delete a/x",
+                "add a/x",
+                "add a/y",
+                "update a/x 1->2",
+                "add b/z",
+                "delete a/y",
+                "add b/w",
+                "update b/z 3->5",
+                "delete a/x",
                 "delete b/z"
             ]
             .into_iter()
@@ -342,7 +364,12 @@ mod tests {
             n.sort();
             n
         };
-        inf.replace(vec![owned("a", "p1", "1", Some("u1")), owned("a", "p2", "1", Some("u2")), owned("a", "o1", "1", None), owned("b", "o2", "1", None)]);
+        inf.replace(vec![
+            owned("a", "p1", "1", Some("u1")),
+            owned("a", "p2", "1", Some("u2")),
+            owned("a", "o1", "1", None),
+            owned("b", "o2", "1", None),
+        ]);
         assert_eq!(names(inf.claimable("a", "u1")), ["o1", "p1"]);
         assert_eq!(names(inf.claimable("a", "u3")), ["o1"]);
         // Adopted, released, moved and deleted: the index follows.

@@ -89,7 +89,10 @@ fn index_of(pod: &Pod) -> Option<i32> {
 }
 
 fn condition_true(job: &Job, kind: &str) -> bool {
-    job.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|cs| cs.iter().any(|c| c.type_ == kind && c.status == "True"))
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == kind && c.status == "True"))
 }
 
 fn finished(job: &Job) -> bool {
@@ -153,7 +156,13 @@ impl JobController {
                 Change::Deleted(p) => (p, false, true),
             };
             let Some(r) = controller_of(&pod.metadata).filter(|r| r.kind == "Job") else { return };
-            let Some(job) = c.jobs.get(pod.metadata.namespace.as_deref().unwrap_or(""), &r.name).filter(|j| j.metadata.uid.as_deref() == Some(r.uid.as_str())) else { return };
+            let Some(job) = c
+                .jobs
+                .get(pod.metadata.namespace.as_deref().unwrap_or(""), &r.name)
+                .filter(|j| j.metadata.uid.as_deref() == Some(r.uid.as_str()))
+            else {
+                return;
+            };
             let key = key_of(job.as_ref());
             if created {
                 c.expectations.creation_observed(&key);
@@ -173,7 +182,10 @@ impl JobController {
     async fn write_status(&self, job: &Job, status: Value) -> anyhow::Result<()> {
         let api: Api<Job> = Api::namespaced(self.client.clone(), job.metadata.namespace.as_deref().unwrap_or(""));
         let patch = json!({"metadata": {"resourceVersion": job.metadata.resource_version}, "status": status});
-        match api.patch_status(job.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch_status(job.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(e.into()),
@@ -181,9 +193,14 @@ impl JobController {
     }
 
     async fn remove_tracking(&self, job: &Job, pod: &Pod) -> anyhow::Result<()> {
-        let kept: Vec<&String> = pod.metadata.finalizers.iter().flatten().filter(|f| *f != TRACKING_FINALIZER).collect();
+        let kept: Vec<&String> =
+            pod.metadata.finalizers.iter().flatten().filter(|f| *f != TRACKING_FINALIZER).collect();
         let patch = json!({"metadata": {"finalizers": if kept.is_empty() { Value::Null } else { json!(kept) }, "resourceVersion": pod.metadata.resource_version}});
-        match self.pod_api(job).patch(pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match self
+            .pod_api(job)
+            .patch(pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(e.into()),
@@ -196,10 +213,15 @@ impl JobController {
         }
         self.expectations.expect_deletions(key, victims.iter().map(|p| key_of(p.as_ref())));
         for pod in victims {
-            let dp = DeleteParams { preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }), ..Default::default() };
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                ..Default::default()
+            };
             match self.pod_api(job).delete(pod.metadata.name.as_deref().unwrap_or(""), &dp).await {
                 Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => self.expectations.deletion_observed(key, &key_of(pod.as_ref())),
+                Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                    self.expectations.deletion_observed(key, &key_of(pod.as_ref()))
+                }
                 Err(e) => {
                     self.expectations.deletion_observed(key, &key_of(pod.as_ref()));
                     return Err(e.into());
@@ -220,7 +242,10 @@ impl JobController {
         let mut pod = pods::pod_from_template(&template, ns, &prefix, controller_ref(job));
         pod.metadata.finalizers.get_or_insert_with(Vec::new).push(TRACKING_FINALIZER.into());
         if let Some(i) = index {
-            pod.metadata.annotations.get_or_insert_with(Default::default).insert(INDEX_ANNOTATION.into(), i.to_string());
+            pod.metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(INDEX_ANNOTATION.into(), i.to_string());
             pod.metadata.labels.get_or_insert_with(Default::default).insert(INDEX_ANNOTATION.into(), i.to_string());
             let spec = pod.spec.get_or_insert_with(Default::default);
             spec.hostname.get_or_insert_with(|| format!("{name}-{i}"));
@@ -228,7 +253,10 @@ impl JobController {
                 name: "JOB_COMPLETION_INDEX".into(),
                 value: None,
                 value_from: Some(EnvVarSource {
-                    field_ref: Some(ObjectFieldSelector { field_path: format!("metadata.annotations['{INDEX_ANNOTATION}']"), api_version: None }),
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: format!("metadata.annotations['{INDEX_ANNOTATION}']"),
+                        api_version: None,
+                    }),
                     ..Default::default()
                 }),
             };
@@ -255,7 +283,11 @@ impl Controller for JobController {
         let now = Timestamp::now();
         let spec = job.spec.clone().unwrap_or_default();
         let ns = job.metadata.namespace.clone().unwrap_or_default();
-        let sel = spec.selector.as_ref().map(|s| Selector::parse(s).unwrap_or_else(|_| Selector::nothing())).unwrap_or_else(Selector::nothing);
+        let sel = spec
+            .selector
+            .as_ref()
+            .map(|s| Selector::parse(s).unwrap_or_else(|_| Selector::nothing()))
+            .unwrap_or_else(Selector::nothing);
         let owned = pods::claim(&self.client, job.as_ref(), &sel, &self.pods, pods::is_active).await?;
         let status = job.status.clone().unwrap_or_default();
 
@@ -285,7 +317,12 @@ impl Controller for JobController {
             }
         }
         if (uncounted_ok.len(), uncounted_failed.len()) != before {
-            return self.write_status(&job, json!({"uncountedTerminatedPods": {"succeeded": uncounted_ok, "failed": uncounted_failed}})).await;
+            return self
+                .write_status(
+                    &job,
+                    json!({"uncountedTerminatedPods": {"succeeded": uncounted_ok, "failed": uncounted_failed}}),
+                )
+                .await;
         }
         let mut succeeded = status.succeeded.unwrap_or(0);
         let mut failed = status.failed.unwrap_or(0);
@@ -327,7 +364,13 @@ impl Controller for JobController {
             self.delete_pods(key, &job, &active).await?;
             if let Some(ttl) = spec.ttl_seconds_after_finished {
                 let ended = status.completion_time.as_ref().map(|t| t.0).or_else(|| {
-                    status.conditions.iter().flatten().filter(|c| c.status == "True").filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0)).max()
+                    status
+                        .conditions
+                        .iter()
+                        .flatten()
+                        .filter(|c| c.status == "True")
+                        .filter_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
+                        .max()
                 });
                 if let Some(ended) = ended {
                     let due = ended.as_second() + i64::from(ttl);
@@ -335,7 +378,10 @@ impl Controller for JobController {
                         let api: Api<Job> = Api::namespaced(self.client.clone(), &ns);
                         let dp = DeleteParams {
                             propagation_policy: Some(PropagationPolicy::Background),
-                            preconditions: Some(Preconditions { uid: job.metadata.uid.clone(), resource_version: None }),
+                            preconditions: Some(Preconditions {
+                                uid: job.metadata.uid.clone(),
+                                resource_version: None,
+                            }),
                             ..Default::default()
                         };
                         match api.delete(job.metadata.name.as_deref().unwrap_or(""), &dp).await {
@@ -352,11 +398,18 @@ impl Controller for JobController {
         }
 
         let suspended = spec.suspend == Some(true);
-        let restarts: i32 = if job.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|s| s.restart_policy.as_deref()) == Some("OnFailure") {
-            active.iter().flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten())).map(|c| c.restart_count).sum()
-        } else {
-            0
-        };
+        let restarts: i32 =
+            if job.spec.as_ref().and_then(|s| s.template.spec.as_ref()).and_then(|s| s.restart_policy.as_deref())
+                == Some("OnFailure")
+            {
+                active
+                    .iter()
+                    .flat_map(|p| p.status.iter().flat_map(|s| s.container_statuses.iter().flatten()))
+                    .map(|c| c.restart_count)
+                    .sum()
+            } else {
+                0
+            };
         let backoff_limit = spec.backoff_limit.unwrap_or(6);
         let start = status.start_time.as_ref().map(|t| t.0);
         let deadline_passed = match (spec.active_deadline_seconds, start) {
@@ -391,7 +444,12 @@ impl Controller for JobController {
         };
         if complete {
             self.delete_pods(key, &job, &active).await?;
-            set(new_condition("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods", now));
+            set(new_condition(
+                "SuccessCriteriaMet",
+                "CompletionsReached",
+                "Reached expected number of succeeded pods",
+                now,
+            ));
             set(new_condition("Complete", "CompletionsReached", "Reached expected number of succeeded pods", now));
             self.recorder.record(reference(job.as_ref()), false, "Sync", "Completed", "Job completed".into());
             st["conditions"] = json!(conditions);
@@ -424,9 +482,18 @@ impl Controller for JobController {
         let last_failure = owned
             .iter()
             .filter(|p| pods::phase(p) == "Failed")
-            .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref()?.iter().filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref().map(|t| t.0)).max())
+            .filter_map(|p| {
+                p.status
+                    .as_ref()?
+                    .container_statuses
+                    .as_ref()?
+                    .iter()
+                    .filter_map(|c| c.state.as_ref()?.terminated.as_ref()?.finished_at.as_ref().map(|t| t.0))
+                    .max()
+            })
             .max();
-        let blocked = last_failure.map(|t| t.as_second() + wait.as_secs() as i64 - now.as_second()).filter(|left| *left > 0);
+        let blocked =
+            last_failure.map(|t| t.as_second() + wait.as_secs() as i64 - now.as_second()).filter(|left| *left > 0);
         if self.expectations.satisfied(key) {
             let parallelism = spec.parallelism.unwrap_or(1);
             let api = self.pod_api(&job);
@@ -435,10 +502,12 @@ impl Controller for JobController {
                 let running: HashSet<i32> = active.iter().filter_map(|p| index_of(p)).collect();
                 // Two active pods of one index: the newer goes.
                 let mut seen = HashSet::new();
-                let duplicates: Vec<Arc<Pod>> = active.iter().filter(|p| index_of(p).is_some_and(|i| !seen.insert(i) || i >= c)).cloned().collect();
+                let duplicates: Vec<Arc<Pod>> =
+                    active.iter().filter(|p| index_of(p).is_some_and(|i| !seen.insert(i) || i >= c)).cloned().collect();
                 self.delete_pods(key, &job, &duplicates).await?;
                 let room = (parallelism - (active.len() - duplicates.len()) as i32).max(0) as usize;
-                let pending: Vec<i32> = (0..c).filter(|i| !completed.contains(i) && !running.contains(i)).take(room).collect();
+                let pending: Vec<i32> =
+                    (0..c).filter(|i| !completed.contains(i) && !running.contains(i)).take(room).collect();
                 if !pending.is_empty() && blocked.is_none() {
                     self.expectations.expect_creations(key, pending.len());
                     for i in pending {

@@ -200,8 +200,13 @@ pub struct Informers {
 }
 
 /// Starts `cell`'s informer (if a controller asked for it) over every object of its type.
-fn start_one<K, W>(cell: &OnceLock<Arc<Informer<K>>>, client: &kube::Client, into: fn(W) -> K, tasks: &mut tokio::task::JoinSet<()>, synced: &mut Vec<Synced>)
-where
+fn start_one<K, W>(
+    cell: &OnceLock<Arc<Informer<K>>>,
+    client: &kube::Client,
+    into: fn(W) -> K,
+    tasks: &mut tokio::task::JoinSet<()>,
+    synced: &mut Vec<Synced>,
+) where
     K: kube::Resource + Send + Sync + 'static,
     W: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
@@ -266,7 +271,11 @@ impl Informers {
     }
 
     /// Starts every informer a controller asked for; resolves once all have listed.
-    fn start(&self, client: &kube::Client, tasks: &mut tokio::task::JoinSet<()>) -> impl Future<Output = ()> + Send + 'static {
+    fn start(
+        &self,
+        client: &kube::Client,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> impl Future<Output = ()> + Send + 'static {
         let mut synced: Vec<Synced> = Vec::new();
         // Pods are read without managed fields, which no controller looks at.
         start_one(&self.pods, client, |p: LeanPod| p.0, tasks, &mut synced);
@@ -310,12 +319,19 @@ async fn worker<C: Controller>(c: Arc<C>, mut leadership: Leadership) {
             Ok(()) => c.queue().forget(&key),
             Err(e) => {
                 // A conflict only means the cache was behind a write: the next sync sees it.
-                let conflict = e.downcast_ref::<kube::Error>().is_some_and(|k| matches!(k, kube::Error::Api(s) if s.code == 409));
+                let conflict =
+                    e.downcast_ref::<kube::Error>().is_some_and(|k| matches!(k, kube::Error::Api(s) if s.code == 409));
                 if conflict {
                     tracing::debug!(controller = C::NAME, key, "sync met a newer version; retrying");
                     c.queue().add_backoff(&key);
                 } else {
-                    tracing::info!(controller = C::NAME, key, error = format!("{e:#}"), failures = c.queue().failures(&key), "sync failed; retrying");
+                    tracing::info!(
+                        controller = C::NAME,
+                        key,
+                        error = format!("{e:#}"),
+                        failures = c.queue().failures(&key),
+                        "sync failed; retrying"
+                    );
                     c.queue().add_rate_limited(&key);
                 }
             }
@@ -334,11 +350,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let enabled = flags.enabled().map_err(anyhow::Error::msg)?;
     tracing::info!(identity, controllers = ?enabled, "controller manager started");
-    let m = Manager {
-        client: client.clone(),
-        identity: identity.to_string(),
-        informers: Informers::default(),
-    };
+    let m = Manager { client: client.clone(), identity: identity.to_string(), informers: Informers::default() };
     let mut queues: Vec<Box<dyn Fn() + Send>> = Vec::new();
     let mut starts: Vec<Box<dyn FnOnce(&mut tokio::task::JoinSet<()>) + Send>> = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -367,26 +379,41 @@ pub async fn run(
         let mut w = Wiring { queues: &mut queues, starts: &mut starts, begins: &mut begins, leadership: &leadership };
         for name in &enabled {
             match *name {
-                "replicaset" => add(replicaset::ReplicaSetController::new(&m), flags.concurrent_replicaset_syncs, &mut w),
-                "replicationcontroller" => add(replicaset::ReplicationControllerController::new(&m), flags.concurrent_rc_syncs, &mut w),
-                "deployment" => add(deployment::DeploymentController::new(&m), flags.concurrent_deployment_syncs, &mut w),
+                "replicaset" => {
+                    add(replicaset::ReplicaSetController::new(&m), flags.concurrent_replicaset_syncs, &mut w)
+                }
+                "replicationcontroller" => {
+                    add(replicaset::ReplicationControllerController::new(&m), flags.concurrent_rc_syncs, &mut w)
+                }
+                "deployment" => {
+                    add(deployment::DeploymentController::new(&m), flags.concurrent_deployment_syncs, &mut w)
+                }
                 "daemonset" => add(daemonset::DaemonSetController::new(&m), flags.concurrent_daemonset_syncs, &mut w),
-                "statefulset" => add(statefulset::StatefulSetController::new(&m), flags.concurrent_statefulset_syncs, &mut w),
+                "statefulset" => {
+                    add(statefulset::StatefulSetController::new(&m), flags.concurrent_statefulset_syncs, &mut w)
+                }
                 "job" => add(job::JobController::new(&m), flags.concurrent_job_syncs, &mut w),
                 "cronjob" => add(cronjob::CronJobController::new(&m), flags.concurrent_cron_job_syncs, &mut w),
-                "garbagecollector" => add(garbagecollector::GarbageCollector::new(&m), flags.concurrent_gc_syncs, &mut w),
+                "garbagecollector" => {
+                    add(garbagecollector::GarbageCollector::new(&m), flags.concurrent_gc_syncs, &mut w)
+                }
                 "namespace" => add(namespace::NamespaceController::new(&m), flags.concurrent_namespace_syncs, &mut w),
                 "endpoint" => add(endpoints::EndpointsController::new(&m), flags.concurrent_endpoint_syncs, &mut w),
-                "endpointslice" => add(endpoints::EndpointSliceController::new(&m), flags.concurrent_service_endpoint_syncs, &mut w),
+                "endpointslice" => {
+                    add(endpoints::EndpointSliceController::new(&m), flags.concurrent_service_endpoint_syncs, &mut w)
+                }
                 "serviceaccount" => add(serviceaccount::ServiceAccountController::new(&m), 1, &mut w),
                 "nodeipam" if flags.allocate_node_cidrs => {
                     let cidr = flags.cluster_cidr.as_deref().context("--allocate-node-cidrs needs --cluster-cidr")?;
-                    let ranges = nodeipam::RangeAllocator::new(cidr, flags.node_cidr_mask_size).map_err(anyhow::Error::msg)?;
+                    let ranges =
+                        nodeipam::RangeAllocator::new(cidr, flags.node_cidr_mask_size).map_err(anyhow::Error::msg)?;
                     add(nodeipam::NodeIpamController::new(&m, ranges), 1, &mut w)
                 }
                 // Kubernetes' controller too does nothing without --allocate-node-cidrs.
                 "nodeipam" => {}
-                "nodelifecycle" => add(nodelifecycle::NodeLifecycleController::new(&m, flags.node_monitor_grace_period), 1, &mut w),
+                "nodelifecycle" => {
+                    add(nodelifecycle::NodeLifecycleController::new(&m, flags.node_monitor_grace_period), 1, &mut w)
+                }
                 "taint-eviction-controller" => add(nodelifecycle::TaintEvictionController::new(&m), 5, &mut w),
                 "disruption" => add(disruption::DisruptionController::new(&m), 5, &mut w),
                 "podgc" => add(podgc::PodGcController::new(&m, flags.terminated_pod_gc_threshold), 1, &mut w),
@@ -462,7 +489,23 @@ mod tests {
         assert_eq!(flags(&["*"]).enabled().unwrap(), CONTROLLERS.to_vec());
         assert_eq!(
             flags(&["*", "-deployment", "-endpoint"]).enabled().unwrap(),
-            vec!["replicaset", "replicationcontroller", "daemonset", "statefulset", "job", "cronjob", "garbagecollector", "namespace", "endpointslice", "serviceaccount", "nodelifecycle", "nodeipam", "taint-eviction-controller", "podgc", "disruption"]
+            vec![
+                "replicaset",
+                "replicationcontroller",
+                "daemonset",
+                "statefulset",
+                "job",
+                "cronjob",
+                "garbagecollector",
+                "namespace",
+                "endpointslice",
+                "serviceaccount",
+                "nodelifecycle",
+                "nodeipam",
+                "taint-eviction-controller",
+                "podgc",
+                "disruption"
+            ]
         );
         assert_eq!(flags(&["deployment"]).enabled().unwrap(), vec!["deployment"]);
         assert!(flags(&[]).enabled().unwrap().is_empty());

@@ -42,7 +42,11 @@ fn condition(kind: &str, status: bool, reason: &str, message: String, now: Times
 
 impl NamespaceController {
     pub fn new(m: &Manager) -> Arc<NamespaceController> {
-        let c = Arc::new(NamespaceController { client: m.client.clone(), namespaces: m.informers.namespaces(), queue: WorkQueue::new() });
+        let c = Arc::new(NamespaceController {
+            client: m.client.clone(),
+            namespaces: m.informers.namespaces(),
+            queue: WorkQueue::new(),
+        });
         let weak = Arc::downgrade(&c);
         c.namespaces.on(move |change| {
             let Some(c) = weak.upgrade() else { return };
@@ -61,7 +65,10 @@ impl NamespaceController {
         let mut out = Vec::new();
         for group in d.groups() {
             for (ar, caps) in group.recommended_resources() {
-                if matches!(caps.scope, Scope::Namespaced) && caps.supports_operation("list") && caps.supports_operation("delete") {
+                if matches!(caps.scope, Scope::Namespaced)
+                    && caps.supports_operation("list")
+                    && caps.supports_operation("delete")
+                {
                     out.push((ar, caps.supports_operation("deletecollection")));
                 }
             }
@@ -71,13 +78,18 @@ impl NamespaceController {
 
     async fn write_conditions(&self, ns: &Namespace, conditions: Vec<NamespaceCondition>) -> anyhow::Result<()> {
         let old = ns.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
-        let same = conditions.iter().all(|c| old.iter().any(|o| o.type_ == c.type_ && o.status == c.status && o.message == c.message));
+        let same = conditions
+            .iter()
+            .all(|c| old.iter().any(|o| o.type_ == c.type_ && o.status == c.status && o.message == c.message));
         if same {
             return Ok(());
         }
         let api: Api<Namespace> = Api::all(self.client.clone());
         let patch = json!({"status": {"conditions": conditions}});
-        match api.patch_status(ns.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch_status(ns.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(e.into()),
@@ -102,7 +114,13 @@ impl Controller for NamespaceController {
         let types = match self.types().await {
             Ok(t) => t,
             Err(e) => {
-                let c = condition("NamespaceDeletionDiscoveryFailure", true, "DiscoveryFailed", format!("Discovery failed: {e}"), now);
+                let c = condition(
+                    "NamespaceDeletionDiscoveryFailure",
+                    true,
+                    "DiscoveryFailed",
+                    format!("Discovery failed: {e}"),
+                    now,
+                );
                 self.write_conditions(&ns, vec![c]).await?;
                 return Err(e);
             }
@@ -119,7 +137,9 @@ impl Controller for NamespaceController {
                     Ok(list) => {
                         let mut r = Ok(());
                         for o in list.items {
-                            if let Err(e) = api.delete(o.metadata.name.as_deref().unwrap_or(""), &DeleteParams::background()).await {
+                            if let Err(e) =
+                                api.delete(o.metadata.name.as_deref().unwrap_or(""), &DeleteParams::background()).await
+                            {
                                 if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
                                     r = Err(e);
                                 }
@@ -152,22 +172,74 @@ impl Controller for NamespaceController {
             }
         }
         let conditions = vec![
-            condition("NamespaceDeletionDiscoveryFailure", false, "ResourcesDiscovered", "All resources successfully discovered".into(), now),
-            condition("NamespaceDeletionGroupVersionParsingFailure", false, "ParsedGroupVersions", "All legacy kube types successfully parsed".into(), now),
+            condition(
+                "NamespaceDeletionDiscoveryFailure",
+                false,
+                "ResourcesDiscovered",
+                "All resources successfully discovered".into(),
+                now,
+            ),
+            condition(
+                "NamespaceDeletionGroupVersionParsingFailure",
+                false,
+                "ParsedGroupVersions",
+                "All legacy kube types successfully parsed".into(),
+                now,
+            ),
             if failures.is_empty() {
-                condition("NamespaceDeletionContentFailure", false, "ContentDeleted", "All content successfully deleted, may be waiting on finalization".into(), now)
+                condition(
+                    "NamespaceDeletionContentFailure",
+                    false,
+                    "ContentDeleted",
+                    "All content successfully deleted, may be waiting on finalization".into(),
+                    now,
+                )
             } else {
-                condition("NamespaceDeletionContentFailure", true, "ContentDeletionFailed", format!("Failed to delete all resource types, {} remaining: {}", failures.len(), failures.join(", ")), now)
+                condition(
+                    "NamespaceDeletionContentFailure",
+                    true,
+                    "ContentDeletionFailed",
+                    format!(
+                        "Failed to delete all resource types, {} remaining: {}",
+                        failures.len(),
+                        failures.join(", ")
+                    ),
+                    now,
+                )
             },
             if remaining.is_empty() {
-                condition("NamespaceContentRemaining", false, "ContentRemoved", "All content successfully removed".into(), now)
+                condition(
+                    "NamespaceContentRemaining",
+                    false,
+                    "ContentRemoved",
+                    "All content successfully removed".into(),
+                    now,
+                )
             } else {
-                condition("NamespaceContentRemaining", true, "SomeResourcesRemain", format!("Some resources are remaining: {}", remaining.join(", ")), now)
+                condition(
+                    "NamespaceContentRemaining",
+                    true,
+                    "SomeResourcesRemain",
+                    format!("Some resources are remaining: {}", remaining.join(", ")),
+                    now,
+                )
             },
             if held.is_empty() {
-                condition("NamespaceFinalizersRemaining", false, "ContentHasNoFinalizers", "All content-preserving finalizers finished".into(), now)
+                condition(
+                    "NamespaceFinalizersRemaining",
+                    false,
+                    "ContentHasNoFinalizers",
+                    "All content-preserving finalizers finished".into(),
+                    now,
+                )
             } else {
-                condition("NamespaceFinalizersRemaining", true, "SomeFinalizersRemain", format!("Some content in the namespace has finalizers remaining: {}", held.join(", ")), now)
+                condition(
+                    "NamespaceFinalizersRemaining",
+                    true,
+                    "SomeFinalizersRemain",
+                    format!("Some content in the namespace has finalizers remaining: {}", held.join(", ")),
+                    now,
+                )
             },
         ];
         self.write_conditions(&ns, conditions).await?;
@@ -180,7 +252,8 @@ impl Controller for NamespaceController {
         }
         // Empty: the finalizer goes, and with it the namespace.
         let kept: Vec<String> = finalizers.into_iter().filter(|f| f != FINALIZER).collect();
-        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}, "spec": {"finalizers": kept}});
+        let body =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}, "spec": {"finalizers": kept}});
         let req = axum::http::Request::put(format!("/api/v1/namespaces/{name}/finalize"))
             .header("content-type", "application/json")
             .body(serde_json::to_vec(&body)?)?;

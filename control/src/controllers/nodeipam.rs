@@ -27,7 +27,8 @@ pub struct RangeAllocator {
 pub fn parse_cidr(s: &str) -> Result<(u32, u8), String> {
     let (addr, len) = s.trim().split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (a.b.c.d/n)"))?;
     let addr: Ipv4Addr = addr.parse().map_err(|_| format!("{s:?}: {addr:?} is not an IPv4 address"))?;
-    let len: u8 = len.parse().ok().filter(|l| *l <= 32).ok_or_else(|| format!("{s:?}: {len:?} is not a prefix length"))?;
+    let len: u8 =
+        len.parse().ok().filter(|l| *l <= 32).ok_or_else(|| format!("{s:?}: {len:?} is not a prefix length"))?;
     let base = u32::from(addr);
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     if base & !mask != 0 {
@@ -40,7 +41,9 @@ impl RangeAllocator {
     pub fn new(cluster_cidr: &str, node_mask_size: u8) -> Result<RangeAllocator, String> {
         let (base, prefix) = parse_cidr(cluster_cidr).map_err(|e| format!("--cluster-cidr: {e}"))?;
         if node_mask_size < prefix || node_mask_size > 30 {
-            return Err(format!("--node-cidr-mask-size {node_mask_size} must be between the cluster CIDR's /{prefix} and /30"));
+            return Err(format!(
+                "--node-cidr-mask-size {node_mask_size} must be between the cluster CIDR's /{prefix} and /30"
+            ));
         }
         if node_mask_size - prefix > 20 {
             return Err(format!("--node-cidr-mask-size {node_mask_size}: more than 2^20 node ranges in /{prefix}"));
@@ -84,7 +87,13 @@ fn pod_cidr(n: &Node) -> Option<&str> {
 
 impl NodeIpamController {
     pub fn new(m: &Manager, ranges: RangeAllocator) -> Arc<NodeIpamController> {
-        let c = Arc::new(NodeIpamController { client: m.client.clone(), nodes: m.informers.nodes(), queue: WorkQueue::new(), ranges, used: Mutex::default() });
+        let c = Arc::new(NodeIpamController {
+            client: m.client.clone(),
+            nodes: m.informers.nodes(),
+            queue: WorkQueue::new(),
+            ranges,
+            used: Mutex::default(),
+        });
         let weak = Arc::downgrade(&c);
         c.nodes.on(move |change| {
             let Some(c) = weak.upgrade() else { return };

@@ -94,7 +94,8 @@ pub fn reconcile_taints(node: &Node, now: Timestamp) -> Option<Vec<Taint>> {
 pub fn eviction_after(taints: &[Taint], tolerations: &[Toleration], now: Timestamp) -> Option<Duration> {
     let mut soonest: Option<Duration> = None;
     for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
-        let matching: Vec<&Toleration> = tolerations.iter().filter(|t| crate::scheduler::plugins::taint_toleration::tolerates(t, taint)).collect();
+        let matching: Vec<&Toleration> =
+            tolerations.iter().filter(|t| crate::scheduler::plugins::taint_toleration::tolerates(t, taint)).collect();
         if matching.is_empty() {
             return Some(Duration::ZERO);
         }
@@ -159,7 +160,11 @@ impl NodeLifecycleController {
     fn saw(&self, node: &str, renew: Option<Option<String>>, beat: Option<Option<String>>) {
         let now = Instant::now();
         let mut probes = self.lock();
-        let p = probes.entry(node.to_string()).or_insert_with(|| Probe { renew_time: None, heartbeat: None, changed_at: now });
+        let p = probes.entry(node.to_string()).or_insert_with(|| Probe {
+            renew_time: None,
+            heartbeat: None,
+            changed_at: now,
+        });
         if let Some(r) = renew {
             if r != p.renew_time {
                 p.renew_time = r;
@@ -177,7 +182,8 @@ impl NodeLifecycleController {
     /// Sets every condition of a silent node to Unknown, and marks its pods not ready.
     async fn mark_unknown(&self, node: &Node, now: Timestamp) -> anyhow::Result<()> {
         let name = node.metadata.name.clone().unwrap_or_default();
-        let mut conditions: Vec<NodeCondition> = node.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+        let mut conditions: Vec<NodeCondition> =
+            node.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
         if conditions.iter().all(|c| c.type_ != "Ready") {
             conditions.push(NodeCondition { type_: "Ready".into(), ..Default::default() });
         }
@@ -190,8 +196,15 @@ impl NodeLifecycleController {
             }
         }
         let api: Api<Node> = Api::all(self.client.clone());
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": {"conditions": conditions}}))).await?;
-        self.recorder.record(reference(node), false, "NodeNotReady", "NodeNotReady", format!("Node {name} status is now: NodeNotReady"));
+        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": {"conditions": conditions}})))
+            .await?;
+        self.recorder.record(
+            reference(node),
+            false,
+            "NodeNotReady",
+            "NodeNotReady",
+            format!("Node {name} status is now: NodeNotReady"),
+        );
         for pod in self.pods.list() {
             if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(name.as_str()) {
                 continue;
@@ -202,7 +215,14 @@ impl NodeLifecycleController {
             ready.last_transition_time = Some(Time(now));
             let pods: Api<Pod> = Api::namespaced(self.client.clone(), pod.metadata.namespace.as_deref().unwrap_or(""));
             let patch = json!({"status": {"conditions": conds}});
-            match pods.patch_status(pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match pods
+                .patch_status(
+                    pod.metadata.name.as_deref().unwrap_or(""),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e.into()),
@@ -240,7 +260,11 @@ impl Controller for NodeLifecycleController {
         let now = Timestamp::now();
         let silent = {
             let mut probes = self.lock();
-            let p = probes.entry(name.to_string()).or_insert_with(|| Probe { renew_time: None, heartbeat: heartbeat(&node), changed_at: Instant::now() });
+            let p = probes.entry(name.to_string()).or_insert_with(|| Probe {
+                renew_time: None,
+                heartbeat: heartbeat(&node),
+                changed_at: Instant::now(),
+            });
             p.changed_at.elapsed() > self.grace
         };
         if silent && ready_condition(&node).is_none_or(|c| c.status != "Unknown") {
@@ -250,7 +274,8 @@ impl Controller for NodeLifecycleController {
         }
         if let Some(taints) = reconcile_taints(&node, now) {
             let api: Api<Node> = Api::all(self.client.clone());
-            let patch = json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"taints": taints}});
+            let patch =
+                json!({"metadata": {"resourceVersion": node.metadata.resource_version}, "spec": {"taints": taints}});
             match api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -271,7 +296,13 @@ pub struct TaintEvictionController {
 }
 
 fn no_execute(node: &Node) -> Vec<Taint> {
-    node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default().into_iter().filter(|t| t.effect == "NoExecute").collect()
+    node.spec
+        .as_ref()
+        .and_then(|s| s.taints.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|t| t.effect == "NoExecute")
+        .collect()
 }
 
 impl TaintEvictionController {
@@ -307,7 +338,9 @@ impl TaintEvictionController {
         c.pods.on(move |change| {
             let Some(c) = weak.upgrade() else { return };
             if let Change::Added(p) | Change::Updated { new: p, .. } = change {
-                if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some() && p.metadata.deletion_timestamp.is_none() {
+                if p.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some()
+                    && p.metadata.deletion_timestamp.is_none()
+                {
                     c.queue.add(&key_of(p.as_ref()));
                 }
             }
@@ -328,7 +361,10 @@ impl Controller for TaintEvictionController {
         if pod.metadata.deletion_timestamp.is_some() {
             return Ok(());
         }
-        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| self.nodes.get("", n)) else { return Ok(()) };
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| self.nodes.get("", n))
+        else {
+            return Ok(());
+        };
         let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
         match eviction_after(&no_execute(&node), &tolerations, Timestamp::now()) {
             None => Ok(()),
@@ -337,10 +373,20 @@ impl Controller for TaintEvictionController {
                 Ok(())
             }
             Some(_) => {
-                let (ns, name) = (pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
-                self.recorder.record(reference(pod.as_ref()), false, "TaintManagerEviction", "TaintManagerEviction", format!("Marking for deletion Pod {ns}/{name}"));
+                let (ns, name) =
+                    (pod.metadata.namespace.as_deref().unwrap_or(""), pod.metadata.name.as_deref().unwrap_or(""));
+                self.recorder.record(
+                    reference(pod.as_ref()),
+                    false,
+                    "TaintManagerEviction",
+                    "TaintManagerEviction",
+                    format!("Marking for deletion Pod {ns}/{name}"),
+                );
                 let api: Api<Pod> = Api::namespaced(self.client.clone(), ns);
-                let dp = DeleteParams { preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }), ..Default::default() };
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                    ..Default::default()
+                };
                 match api.delete(name, &dp).await {
                     Ok(_) => Ok(()),
                     Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
@@ -369,8 +415,22 @@ mod tests {
         let now = Timestamp::from_second(1000).unwrap();
         let cases = [
             (Some("True"), false, json!([]), None),
-            (Some("Unknown"), false, json!([]), Some(vec!["node.kubernetes.io/unreachable:NoSchedule", "node.kubernetes.io/unreachable:NoExecute"])),
-            (Some("False"), true, json!([]), Some(vec!["node.kubernetes.io/not-ready:NoSchedule", "node.kubernetes.io/not-ready:NoExecute", "node.kubernetes.io/unschedulable:NoSchedule"])),
+            (
+                Some("Unknown"),
+                false,
+                json!([]),
+                Some(vec!["node.kubernetes.io/unreachable:NoSchedule", "node.kubernetes.io/unreachable:NoExecute"]),
+            ),
+            (
+                Some("False"),
+                true,
+                json!([]),
+                Some(vec![
+                    "node.kubernetes.io/not-ready:NoSchedule",
+                    "node.kubernetes.io/not-ready:NoExecute",
+                    "node.kubernetes.io/unschedulable:NoSchedule",
+                ]),
+            ),
             // Ready again: the managed taints go, a user's stays.
             (
                 Some("True"),
@@ -381,22 +441,48 @@ mod tests {
         ];
         for (ready, cordoned, taints, want) in cases {
             let got = reconcile_taints(&node(ready, cordoned, taints.clone()), now);
-            assert_eq!(got.as_deref().map(keys), want.map(|w| w.into_iter().map(String::from).collect()), "{ready:?} {cordoned} {taints}");
+            assert_eq!(
+                got.as_deref().map(keys),
+                want.map(|w| w.into_iter().map(String::from).collect()),
+                "{ready:?} {cordoned} {taints}"
+            );
         }
         // Kept taints keep the time they were added.
-        let kept = node(Some("Unknown"), false, json!([{"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": "2026-01-01T00:00:00Z"}]));
+        let kept = node(
+            Some("Unknown"),
+            false,
+            json!([{"key": UNREACHABLE, "effect": "NoExecute", "timeAdded": "2026-01-01T00:00:00Z"}]),
+        );
         let t = reconcile_taints(&kept, now).unwrap();
-        assert_eq!(t.iter().find(|t| t.effect == "NoExecute").unwrap().time_added.as_ref().unwrap().0.to_string(), "2026-01-01T00:00:00Z");
+        assert_eq!(
+            t.iter().find(|t| t.effect == "NoExecute").unwrap().time_added.as_ref().unwrap().0.to_string(),
+            "2026-01-01T00:00:00Z"
+        );
     }
 
     #[test]
     fn eviction_waits_for_the_shortest_matching_toleration() {
         let now = Timestamp::from_second(1000).unwrap();
-        let taint = |added: i64| Taint { key: UNREACHABLE.into(), effect: "NoExecute".into(), value: None, time_added: Some(Time(Timestamp::from_second(added).unwrap())) };
-        let tol = |secs: Option<i64>| Toleration { key: Some(UNREACHABLE.into()), operator: Some("Exists".into()), effect: Some("NoExecute".into()), toleration_seconds: secs, value: None };
+        let taint = |added: i64| Taint {
+            key: UNREACHABLE.into(),
+            effect: "NoExecute".into(),
+            value: None,
+            time_added: Some(Time(Timestamp::from_second(added).unwrap())),
+        };
+        let tol = |secs: Option<i64>| Toleration {
+            key: Some(UNREACHABLE.into()),
+            operator: Some("Exists".into()),
+            effect: Some("NoExecute".into()),
+            toleration_seconds: secs,
+            value: None,
+        };
         assert_eq!(eviction_after(&[taint(990)], &[], now), Some(Duration::ZERO), "untolerated: at once");
         assert_eq!(eviction_after(&[taint(990)], &[tol(Some(300))], now), Some(Duration::from_secs(290)));
-        assert_eq!(eviction_after(&[taint(990)], &[tol(Some(300)), tol(Some(5))], now), Some(Duration::ZERO), "5 s after 990 is past");
+        assert_eq!(
+            eviction_after(&[taint(990)], &[tol(Some(300)), tol(Some(5))], now),
+            Some(Duration::ZERO),
+            "5 s after 990 is past"
+        );
         assert_eq!(eviction_after(&[taint(990)], &[tol(None)], now), None, "tolerated for ever");
         let no_schedule = Taint { effect: "NoSchedule".into(), ..taint(990) };
         assert_eq!(eviction_after(&[no_schedule], &[], now), None, "NoSchedule evicts nothing");

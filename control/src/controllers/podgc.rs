@@ -27,7 +27,13 @@ pub struct PodGcController {
 
 impl PodGcController {
     pub fn new(m: &Manager, threshold: usize) -> Arc<PodGcController> {
-        Arc::new(PodGcController { client: m.client.clone(), nodes: m.informers.nodes(), pods: m.informers.pods(), queue: WorkQueue::new(), threshold })
+        Arc::new(PodGcController {
+            client: m.client.clone(),
+            nodes: m.informers.nodes(),
+            pods: m.informers.pods(),
+            queue: WorkQueue::new(),
+            threshold,
+        })
     }
 
     async fn force_delete(&self, pod: &Pod) -> anyhow::Result<()> {
@@ -47,11 +53,14 @@ impl PodGcController {
 
 /// The finished pods to delete so that at most `threshold` remain: the oldest first.
 pub fn terminated_beyond(all: &[Arc<Pod>], threshold: usize) -> Vec<Arc<Pod>> {
-    let mut done: Vec<Arc<Pod>> = all.iter().filter(|p| matches!(pods::phase(p), "Succeeded" | "Failed")).cloned().collect();
+    let mut done: Vec<Arc<Pod>> =
+        all.iter().filter(|p| matches!(pods::phase(p), "Succeeded" | "Failed")).cloned().collect();
     if threshold == 0 || done.len() <= threshold {
         return Vec::new();
     }
-    done.sort_by(|a, b| a.metadata.creation_timestamp.as_ref().map(|t| t.0).cmp(&b.metadata.creation_timestamp.as_ref().map(|t| t.0)));
+    done.sort_by(|a, b| {
+        a.metadata.creation_timestamp.as_ref().map(|t| t.0).cmp(&b.metadata.creation_timestamp.as_ref().map(|t| t.0))
+    });
     let extra = done.len() - threshold;
     done.truncate(extra);
     done
@@ -81,7 +90,9 @@ impl Controller for PodGcController {
         let all = self.pods.list();
         let nodes: Api<Node> = Api::all(self.client.clone());
         for pod in &all {
-            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty()) else { continue };
+            let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).filter(|n| !n.is_empty()) else {
+                continue;
+            };
             if self.nodes.get("", node).is_some() {
                 continue;
             }

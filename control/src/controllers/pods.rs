@@ -94,8 +94,17 @@ pub async fn claim<O, D>(
     adoptable: impl Fn(&D) -> bool,
 ) -> anyhow::Result<Vec<std::sync::Arc<D>>>
 where
-    O: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-    D: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    O: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+    D: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let ns = owner.meta().namespace.as_deref().unwrap_or("");
     let uid = owner.meta().uid.as_deref().unwrap_or("");
@@ -155,7 +164,8 @@ pub async fn release<D>(api: &Api<D>, owner_uid: &str, dependent: &D) -> Result<
 where
     D: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let refs: Vec<OwnerReference> = dependent.meta().owner_references.iter().flatten().filter(|r| r.uid != owner_uid).cloned().collect();
+    let refs: Vec<OwnerReference> =
+        dependent.meta().owner_references.iter().flatten().filter(|r| r.uid != owner_uid).cloned().collect();
     match set_owners(api, dependent, refs).await {
         // Gone already: nothing to release.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),

@@ -121,7 +121,11 @@ impl WorkQueue {
             let n = st.failures.entry(key.to_string()).or_insert(0);
             let per_key = backoff(*n);
             *n = n.saturating_add(1);
-            if bucket { per_key.max(Self::bucket_delay(&mut st)) } else { per_key }
+            if bucket {
+                per_key.max(Self::bucket_delay(&mut st))
+            } else {
+                per_key
+            }
         };
         self.add_after(key, delay);
     }

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{ReplicaSet, ReplicaSetCondition, ReplicaSetStatus};
-use k8s_openapi::api::core::v1::ReplicationController;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::ReplicationController;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -118,7 +118,10 @@ fn owner_key<K: Replicated>(pod: &Pod, sets: &Informer<K>) -> Option<String> {
 }
 
 fn selector(rs: &ReplicaSet) -> Selector {
-    rs.spec.as_ref().map(|s| Selector::parse(&s.selector).unwrap_or_else(|_| Selector::nothing())).unwrap_or_else(Selector::nothing)
+    rs.spec
+        .as_ref()
+        .map(|s| Selector::parse(&s.selector).unwrap_or_else(|_| Selector::nothing()))
+        .unwrap_or_else(Selector::nothing)
 }
 
 fn min_ready_seconds(rs: &ReplicaSet) -> i32 {
@@ -265,11 +268,23 @@ impl<K: Replicated> ReplicaController<K> {
             let mut failure = None;
             for r in &created.results {
                 match r {
-                    Ok(p) => self.recorder.record(reference(owner), false, "Create", "SuccessfulCreate", format!("Created pod: {}", p.metadata.name.as_deref().unwrap_or(""))),
+                    Ok(p) => self.recorder.record(
+                        reference(owner),
+                        false,
+                        "Create",
+                        "SuccessfulCreate",
+                        format!("Created pod: {}", p.metadata.name.as_deref().unwrap_or("")),
+                    ),
                     Err(e) => {
                         // A failed creation will never be observed.
                         self.expectations.creation_observed(key);
-                        self.recorder.record(reference(owner), true, "Create", "FailedCreate", format!("Error creating: {e}"));
+                        self.recorder.record(
+                            reference(owner),
+                            true,
+                            "Create",
+                            "FailedCreate",
+                            format!("Error creating: {e}"),
+                        );
                         failure.get_or_insert_with(|| e.to_string());
                     }
                 }
@@ -287,13 +302,30 @@ impl<K: Replicated> ReplicaController<K> {
             let mut failure = None;
             for pod in victims {
                 let pname = pod.metadata.name.clone().unwrap_or_default();
-                let dp = DeleteParams { preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }), ..Default::default() };
+                let dp = DeleteParams {
+                    preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                    ..Default::default()
+                };
                 match api.delete(&pname, &dp).await {
-                    Ok(_) => self.recorder.record(reference(owner), false, "Delete", "SuccessfulDelete", format!("Deleted pod: {pname}")),
-                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => self.expectations.deletion_observed(key, &key_of(pod.as_ref())),
+                    Ok(_) => self.recorder.record(
+                        reference(owner),
+                        false,
+                        "Delete",
+                        "SuccessfulDelete",
+                        format!("Deleted pod: {pname}"),
+                    ),
+                    Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {
+                        self.expectations.deletion_observed(key, &key_of(pod.as_ref()))
+                    }
                     Err(e) => {
                         self.expectations.deletion_observed(key, &key_of(pod.as_ref()));
-                        self.recorder.record(reference(owner), true, "Delete", "FailedDelete", format!("Error deleting: {e}"));
+                        self.recorder.record(
+                            reference(owner),
+                            true,
+                            "Delete",
+                            "FailedDelete",
+                            format!("Error deleting: {e}"),
+                        );
                         failure.get_or_insert_with(|| e.to_string());
                     }
                 }
@@ -381,7 +413,11 @@ pub fn pods_to_delete(active: &[Arc<Pod>], n: usize) -> Vec<Arc<Pod>> {
             .unwrap_or(0)
     };
     let restarts = |p: &Pod| -> i32 {
-        p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).map(|cs| cs.iter().map(|c| c.restart_count).max().unwrap_or(0)).unwrap_or(0)
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|cs| cs.iter().map(|c| c.restart_count).max().unwrap_or(0))
+            .unwrap_or(0)
     };
     let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
     let ready_at = |p: &Pod| pods::ready_since(p).flatten();
@@ -410,14 +446,29 @@ pub fn pods_to_delete(active: &[Arc<Pod>], n: usize) -> Vec<Arc<Pod>> {
 /// The status the set has with `owned` pods (active or not) at `now` (Kubernetes'
 /// calculateStatus): the ReplicaFailure condition is set by a failure to manage and cleared once
 /// managing succeeds.
-pub fn calculate_status(rs: &ReplicaSet, owned: &[Arc<Pod>], manage_error: Option<&ManageError>, now: Timestamp) -> ReplicaSetStatus {
-    let template_labels = rs.spec.as_ref().and_then(|s| s.template.as_ref()).and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
+pub fn calculate_status(
+    rs: &ReplicaSet,
+    owned: &[Arc<Pod>],
+    manage_error: Option<&ManageError>,
+    now: Timestamp,
+) -> ReplicaSetStatus {
+    let template_labels = rs
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.as_ref())
+        .and_then(|t| t.metadata.as_ref())
+        .and_then(|m| m.labels.clone())
+        .unwrap_or_default();
     let min_ready = min_ready_seconds(rs);
     let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| is_active(p)).collect();
-    let fully_labeled = active.iter().filter(|p| template_labels.iter().all(|(k, v)| pods::labels(&p.metadata).get(k) == Some(v))).count();
+    let fully_labeled = active
+        .iter()
+        .filter(|p| template_labels.iter().all(|(k, v)| pods::labels(&p.metadata).get(k) == Some(v)))
+        .count();
     let ready = active.iter().filter(|p| is_ready(p)).count();
     let available = active.iter().filter(|p| is_available(p, min_ready, now)).count();
-    let mut conditions: Vec<ReplicaSetCondition> = rs.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let mut conditions: Vec<ReplicaSetCondition> =
+        rs.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
     match manage_error {
         Some(e) => {
             let (reason, message) = match e {
@@ -496,7 +547,14 @@ impl<K: Replicated> Controller for ReplicaController<K> {
         let status = calculate_status(&rs, &owned, manage_error.as_ref(), now);
         if !same_status(&status, &rs.status.clone().unwrap_or_default()) {
             let api: Api<K> = Api::namespaced(self.client.clone(), rs.metadata.namespace.as_deref().unwrap_or(""));
-            match api.patch_status(rs.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&status_patch(&status))).await {
+            match api
+                .patch_status(
+                    rs.metadata.name.as_deref().unwrap_or(""),
+                    &PatchParams::default(),
+                    &Patch::Merge(&status_patch(&status)),
+                )
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e.into()),
@@ -563,7 +621,11 @@ mod tests {
             ),
             (
                 "crowded nodes first",
-                vec![pod("alone", "n1", "Running", Some(10), 0, 1), pod("crowd-a", "n2", "Running", Some(10), 0, 1), pod("crowd-b", "n2", "Running", Some(10), 0, 2)],
+                vec![
+                    pod("alone", "n1", "Running", Some(10), 0, 1),
+                    pod("crowd-a", "n2", "Running", Some(10), 0, 1),
+                    pod("crowd-b", "n2", "Running", Some(10), 0, 2),
+                ],
                 vec!["crowd-b", "crowd-a", "alone"],
             ),
             (
@@ -599,7 +661,12 @@ mod tests {
         labeled.metadata.labels.as_mut().unwrap().insert("tier".into(), "front".into());
         let mut gone = (*pod("d", "n1", "Running", Some(10), 0, 1)).clone();
         gone.metadata.deletion_timestamp = Some(Time(now));
-        let owned = vec![pod("a", "n1", "Running", Some(10), 0, 1), pod("b", "n1", "Pending", None, 0, 1), Arc::new(labeled), Arc::new(gone)];
+        let owned = vec![
+            pod("a", "n1", "Running", Some(10), 0, 1),
+            pod("b", "n1", "Pending", None, 0, 1),
+            Arc::new(labeled),
+            Arc::new(gone),
+        ];
         let cases = [(0, 2, 2), (10, 2, 1)];
         for (min_ready, ready, available) in cases {
             let s = calculate_status(&rs(min_ready), &owned, None, now);
@@ -615,7 +682,10 @@ mod tests {
         assert_eq!((c.type_.as_str(), c.reason.as_deref()), ("ReplicaFailure", Some("FailedCreate")));
         let mut with_failure = rs(0);
         with_failure.status = Some(failed);
-        assert!(calculate_status(&with_failure, &owned, None, now).conditions.is_none(), "cleared once managing succeeds");
+        assert!(
+            calculate_status(&with_failure, &owned, None, now).conditions.is_none(),
+            "cleared once managing succeeds"
+        );
         // Zero counts read as absent ones.
         let zero = ReplicaSetStatus { replicas: 0, ready_replicas: Some(0), ..Default::default() };
         assert!(same_status(&zero, &ReplicaSetStatus::default()));

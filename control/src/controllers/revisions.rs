@@ -35,8 +35,11 @@ where
     let ns = meta.namespace.as_deref().unwrap_or("");
     let uid = meta.uid.as_deref().unwrap_or("");
     let api: Api<ControllerRevision> = Api::namespaced(client.clone(), ns);
-    let mut owned: Vec<Arc<ControllerRevision>> =
-        revisions.list_namespace(ns).into_iter().filter(|r| controller_of(&r.metadata).is_some_and(|o| o.uid == uid)).collect();
+    let mut owned: Vec<Arc<ControllerRevision>> = revisions
+        .list_namespace(ns)
+        .into_iter()
+        .filter(|r| controller_of(&r.metadata).is_some_and(|o| o.uid == uid))
+        .collect();
     owned.sort_by_key(|r| r.revision);
     let max = owned.last().map(|r| r.revision).unwrap_or(0);
     let name = format!("{}-{hash}", meta.name.as_deref().unwrap_or(""));
@@ -53,7 +56,12 @@ where
             let mut t = serde_json::to_value(template)?;
             t["$patch"] = json!("replace");
             let annotations = meta.annotations.clone().map(|a| {
-                a.into_iter().filter(|(k, _)| k != "kubectl.kubernetes.io/last-applied-configuration" && k != "deprecated.daemonset.template.generation").collect()
+                a.into_iter()
+                    .filter(|(k, _)| {
+                        k != "kubectl.kubernetes.io/last-applied-configuration"
+                            && k != "deprecated.daemonset.template.generation"
+                    })
+                    .collect()
             });
             let rev = ControllerRevision {
                 metadata: ObjectMeta {
@@ -86,7 +94,8 @@ where
         let n = r.metadata.name.as_deref().unwrap_or("");
         in_use.iter().any(|h| n == h || n.ends_with(&format!("-{h}")))
     };
-    let cleanable: Vec<&Arc<ControllerRevision>> = owned.iter().filter(|r| r.metadata.name.as_deref() != Some(name.as_str()) && !used(r)).collect();
+    let cleanable: Vec<&Arc<ControllerRevision>> =
+        owned.iter().filter(|r| r.metadata.name.as_deref() != Some(name.as_str()) && !used(r)).collect();
     let limit = history_limit.max(0) as usize;
     if cleanable.len() > limit {
         for r in &cleanable[..cleanable.len() - limit] {

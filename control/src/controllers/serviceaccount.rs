@@ -58,7 +58,9 @@ impl Controller for ServiceAccountController {
 
     async fn sync(&self, namespace: &str) -> anyhow::Result<()> {
         let Some(ns) = self.namespaces.get("", namespace) else { return Ok(()) };
-        if ns.metadata.deletion_timestamp.is_some() || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating") {
+        if ns.metadata.deletion_timestamp.is_some()
+            || ns.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating")
+        {
             return Ok(());
         }
         let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
@@ -67,7 +69,11 @@ impl Controller for ServiceAccountController {
                 continue;
             }
             let sa = ServiceAccount {
-                metadata: ObjectMeta { name: Some(name.to_string()), namespace: Some(namespace.to_string()), ..Default::default() },
+                metadata: ObjectMeta {
+                    name: Some(name.to_string()),
+                    namespace: Some(namespace.to_string()),
+                    ..Default::default()
+                },
                 ..Default::default()
             };
             match api.create(&PostParams::default(), &sa).await {

@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -152,7 +154,8 @@ impl StatefulSetController {
         let name = set.metadata.name.as_deref().unwrap_or("");
         let spec = set.spec.clone().unwrap_or_default();
         let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), ns);
-        let with_set = spec.persistent_volume_claim_retention_policy.as_ref().and_then(|p| p.when_deleted.as_deref()) == Some("Delete");
+        let with_set = spec.persistent_volume_claim_retention_policy.as_ref().and_then(|p| p.when_deleted.as_deref())
+            == Some("Delete");
         for t in spec.volume_claim_templates.iter().flatten() {
             let claim_name = claim_name(t, name, ordinal);
             if api.get_opt(&claim_name).await?.is_some() {
@@ -162,14 +165,28 @@ impl StatefulSetController {
             claim.metadata = ObjectMeta {
                 name: Some(claim_name.clone()),
                 namespace: Some(ns.into()),
-                labels: Some(spec.selector.match_labels.clone().unwrap_or_default().into_iter().chain(t.metadata.labels.clone().unwrap_or_default()).collect()),
+                labels: Some(
+                    spec.selector
+                        .match_labels
+                        .clone()
+                        .unwrap_or_default()
+                        .into_iter()
+                        .chain(t.metadata.labels.clone().unwrap_or_default())
+                        .collect(),
+                ),
                 annotations: t.metadata.annotations.clone(),
                 owner_references: with_set.then(|| vec![OwnerReference { controller: None, ..controller_ref(set) }]),
                 ..Default::default()
             };
             claim.status = None;
             match api.create(&PostParams::default(), &claim).await {
-                Ok(_) => self.recorder.record(reference(set), false, "Create", "SuccessfulCreate", format!("create Claim {claim_name} Pod {name}-{ordinal} in StatefulSet {name} success")),
+                Ok(_) => self.recorder.record(
+                    reference(set),
+                    false,
+                    "Create",
+                    "SuccessfulCreate",
+                    format!("create Claim {claim_name} Pod {name}-{ordinal} in StatefulSet {name} success"),
+                ),
                 Err(kube::Error::Api(s)) if s.code == 409 => {}
                 Err(e) => return Err(e.into()),
             }
@@ -180,10 +197,13 @@ impl StatefulSetController {
     /// A scaled-down pod's claims become its dependents, to go with it.
     async fn claims_follow_pod(&self, set: &StatefulSet, pod: &Pod, ordinal: i32) -> anyhow::Result<()> {
         let spec = set.spec.clone().unwrap_or_default();
-        if spec.persistent_volume_claim_retention_policy.as_ref().and_then(|p| p.when_scaled.as_deref()) != Some("Delete") {
+        if spec.persistent_volume_claim_retention_policy.as_ref().and_then(|p| p.when_scaled.as_deref())
+            != Some("Delete")
+        {
             return Ok(());
         }
-        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), set.metadata.namespace.as_deref().unwrap_or(""));
+        let api: Api<PersistentVolumeClaim> =
+            Api::namespaced(self.client.clone(), set.metadata.namespace.as_deref().unwrap_or(""));
         for t in spec.volume_claim_templates.iter().flatten() {
             let name = claim_name(t, set.metadata.name.as_deref().unwrap_or(""), ordinal);
             let Some(claim) = api.get_opt(&name).await? else { continue };
@@ -199,7 +219,8 @@ impl StatefulSetController {
                 controller: None,
                 block_owner_deletion: None,
             });
-            let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": claim.metadata.resource_version}});
+            let patch =
+                json!({"metadata": {"ownerReferences": refs, "resourceVersion": claim.metadata.resource_version}});
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
         }
         Ok(())
@@ -227,7 +248,10 @@ impl StatefulSetController {
             volumes.retain(|v| v.name != vname);
             volumes.push(Volume {
                 name: vname,
-                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource { claim_name: claim_name(&t, &name, ordinal), read_only: None }),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: claim_name(&t, &name, ordinal),
+                    read_only: None,
+                }),
                 ..Default::default()
             });
         }
@@ -251,12 +275,20 @@ impl Controller for StatefulSetController {
         let name = set.metadata.name.clone().unwrap_or_default();
         let spec = set.spec.clone().unwrap_or_default();
         let sel = Selector::parse(&spec.selector).unwrap_or_else(|_| Selector::nothing());
-        let owned = pods::claim(&self.client, set.as_ref(), &sel, &self.pods, |p| ordinal_of(&name, p.metadata.name.as_deref().unwrap_or("")).is_some()).await?;
+        let owned = pods::claim(&self.client, set.as_ref(), &sel, &self.pods, |p| {
+            ordinal_of(&name, p.metadata.name.as_deref().unwrap_or("")).is_some()
+        })
+        .await?;
         let hash = template_hash(&spec.template, set.status.as_ref().and_then(|s| s.collision_count));
         let limit = spec.revision_history_limit.unwrap_or(10);
         revisions::sync(&self.client, &self.revisions, &self.pods, set.as_ref(), &spec.template, &hash, limit).await?;
         let update_revision = format!("{name}-{hash}");
-        let current_revision = set.status.as_ref().and_then(|s| s.current_revision.clone()).filter(|r| !r.is_empty()).unwrap_or_else(|| update_revision.clone());
+        let current_revision = set
+            .status
+            .as_ref()
+            .and_then(|s| s.current_revision.clone())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| update_revision.clone());
         let min_ready = spec.min_ready_seconds.unwrap_or(0);
         let now = Timestamp::now();
         let mut slots: BTreeMap<i32, Slot> = BTreeMap::new();
@@ -308,7 +340,13 @@ impl Controller for StatefulSetController {
                         (template, h)
                     };
                     match pods_api.create(&PostParams::default(), &self.pod_for(&set, &template, &h, i)).await {
-                        Ok(_) => self.recorder.record(reference(set.as_ref()), false, "Create", "SuccessfulCreate", format!("create Pod {name}-{i} in StatefulSet {name} successful")),
+                        Ok(_) => self.recorder.record(
+                            reference(set.as_ref()),
+                            false,
+                            "Create",
+                            "SuccessfulCreate",
+                            format!("create Pod {name}-{i} in StatefulSet {name} successful"),
+                        ),
                         Err(kube::Error::Api(s)) if s.code == 409 => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -319,9 +357,18 @@ impl Controller for StatefulSetController {
                     if i >= replicas {
                         self.claims_follow_pod(&set, pod, i).await?;
                     }
-                    let dp = DeleteParams { preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }), ..Default::default() };
+                    let dp = DeleteParams {
+                        preconditions: Some(Preconditions { uid: pod.metadata.uid.clone(), resource_version: None }),
+                        ..Default::default()
+                    };
                     match pods_api.delete(&pod_name, &dp).await {
-                        Ok(_) => self.recorder.record(reference(set.as_ref()), false, "Delete", "SuccessfulDelete", format!("delete Pod {pod_name} in StatefulSet {name} successful")),
+                        Ok(_) => self.recorder.record(
+                            reference(set.as_ref()),
+                            false,
+                            "Delete",
+                            "SuccessfulDelete",
+                            format!("delete Pod {pod_name} in StatefulSet {name} successful"),
+                        ),
                         Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
                         Err(e) => return Err(e.into()),
                     }
@@ -384,24 +431,31 @@ mod tests {
         assert!(plan(3, &slots(&[(0, slot("web-0", true, false))]), true, Some(0)).is_empty());
         assert_eq!(plan(3, &slots(&[(0, slot("web-0", true, true))]), true, Some(0)), vec![Action::Create(1, true)]);
         // Parallel: all at once.
-        assert_eq!(plan(3, &slots(&[]), false, Some(0)), vec![Action::Create(0, true), Action::Create(1, true), Action::Create(2, true)]);
+        assert_eq!(
+            plan(3, &slots(&[]), false, Some(0)),
+            vec![Action::Create(0, true), Action::Create(1, true), Action::Create(2, true)]
+        );
     }
 
     #[test]
     fn scaling_down_goes_from_the_highest_ordinal() {
-        let all = slots(&[(0, slot("web-0", true, true)), (1, slot("web-1", true, true)), (2, slot("web-2", true, true))]);
+        let all =
+            slots(&[(0, slot("web-0", true, true)), (1, slot("web-1", true, true)), (2, slot("web-2", true, true))]);
         assert_eq!(plan(1, &all, true, Some(0)), vec![Action::Delete("web-2".into())]);
         assert_eq!(plan(1, &all, false, Some(0)), vec![Action::Delete("web-2".into()), Action::Delete("web-1".into())]);
     }
 
     #[test]
     fn rolling_updates_go_down_to_the_partition_one_ready_pod_at_a_time() {
-        let old = slots(&[(0, slot("web-0", false, true)), (1, slot("web-1", false, true)), (2, slot("web-2", false, true))]);
+        let old =
+            slots(&[(0, slot("web-0", false, true)), (1, slot("web-1", false, true)), (2, slot("web-2", false, true))]);
         assert_eq!(plan(3, &old, true, Some(0)), vec![Action::Delete("web-2".into())]);
         // web-2 was replaced but is not ready yet: wait.
-        let mid = slots(&[(0, slot("web-0", false, true)), (1, slot("web-1", false, true)), (2, slot("web-2", true, false))]);
+        let mid =
+            slots(&[(0, slot("web-0", false, true)), (1, slot("web-1", false, true)), (2, slot("web-2", true, false))]);
         assert!(plan(3, &mid, false, Some(0)).is_empty());
-        let next = slots(&[(0, slot("web-0", false, true)), (1, slot("web-1", false, true)), (2, slot("web-2", true, true))]);
+        let next =
+            slots(&[(0, slot("web-0", false, true)), (1, slot("web-1", false, true)), (2, slot("web-2", true, true))]);
         assert_eq!(plan(3, &next, true, Some(0)), vec![Action::Delete("web-1".into())]);
         // A partition of 2 stops there.
         assert!(plan(3, &next, true, Some(2)).is_empty());

@@ -101,7 +101,8 @@ struct Handler {
 /// Sends `raw` to the upstreams in turn; the first answer.
 async fn forward(upstreams: &[SocketAddr], raw: &[u8]) -> Option<Message> {
     for up in upstreams {
-        let local: SocketAddr = if up.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let local: SocketAddr =
+            if up.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
         let Ok(socket) = tokio::net::UdpSocket::bind(local).await else { continue };
         if socket.send_to(raw, up).await.is_err() {
             continue;
@@ -133,7 +134,9 @@ impl RequestHandler for Handler {
         let soa: Vec<Record> = zone.soa().into_iter().collect();
         metadata.authoritative = true;
         match answer {
-            Answer::Records(answers, additionals) => send(&mut response, builder.build(metadata, answers.iter(), [], [], additionals.iter())).await,
+            Answer::Records(answers, additionals) => {
+                send(&mut response, builder.build(metadata, answers.iter(), [], [], additionals.iter())).await
+            }
             Answer::NoData => send(&mut response, builder.build(metadata, [], soa.iter(), [], [])).await,
             Answer::NxDomain => {
                 metadata.response_code = ResponseCode::NXDomain;
@@ -149,7 +152,11 @@ impl RequestHandler for Handler {
                 match answer {
                     Some(m) => {
                         metadata.response_code = m.metadata.response_code;
-                        send(&mut response, builder.build(metadata, m.answers.iter(), m.authorities.iter(), [], m.additionals.iter())).await
+                        send(
+                            &mut response,
+                            builder.build(metadata, m.answers.iter(), m.authorities.iter(), [], m.additionals.iter()),
+                        )
+                        .await
                     }
                     None => {
                         metadata.response_code = ResponseCode::ServFail;
@@ -189,7 +196,8 @@ async fn advertised(client: &kube::Client, advertise: &Advertise) -> anyhow::Res
     match advertise {
         Advertise::Address(ip) => Ok(*ip),
         Advertise::Node(name) => {
-            let node = Api::<Node>::all(client.clone()).get(name).await.with_context(|| format!("reading node {name}"))?;
+            let node =
+                Api::<Node>::all(client.clone()).get(name).await.with_context(|| format!("reading node {name}"))?;
             let internal = node
                 .status
                 .as_ref()
@@ -199,8 +207,16 @@ async fn advertised(client: &kube::Client, advertise: &Advertise) -> anyhow::Res
             if let Some(ip) = internal.filter(|ip| !ip.is_loopback()) {
                 return Ok(ip);
             }
-            let cidr = node.spec.and_then(|s| s.pod_cidr).with_context(|| format!("node {name} has neither a routable InternalIP nor a pod range yet"))?;
-            let base: Ipv4Addr = cidr.split('/').next().unwrap_or_default().parse().with_context(|| format!("node {name}'s pod range {cidr:?}"))?;
+            let cidr = node
+                .spec
+                .and_then(|s| s.pod_cidr)
+                .with_context(|| format!("node {name} has neither a routable InternalIP nor a pod range yet"))?;
+            let base: Ipv4Addr = cidr
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .with_context(|| format!("node {name}'s pod range {cidr:?}"))?;
             Ok(Ipv4Addr::from(u32::from(base) + 1))
         }
     }
@@ -255,8 +271,15 @@ async fn publish(client: &kube::Client, options: &DnsOptions, ip: Ipv4Addr, port
     // Servers that stopped without withdrawing (killed) leave slices no one renews.
     let ours = kube::api::ListParams::default().labels(&format!("endpointslice.kubernetes.io/managed-by={MANAGED_BY}"));
     for s in slices.list(&ours).await.context("listing the DNS servers' EndpointSlices")?.items {
-        let renewed = s.metadata.annotations.as_ref().and_then(|a| a.get(RENEWED_ANNOTATION)).and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-        let stale = renewed.is_none_or(|t| chrono::Utc::now().signed_duration_since(t).to_std().is_ok_and(|age| age > PUBLISHED_STALE_AFTER));
+        let renewed = s
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(RENEWED_ANNOTATION))
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        let stale = renewed.is_none_or(|t| {
+            chrono::Utc::now().signed_duration_since(t).to_std().is_ok_and(|age| age > PUBLISHED_STALE_AFTER)
+        });
         if let (true, Some(name)) = (stale, s.metadata.name.as_deref()) {
             tracing::info!(slice = name, "removing a stopped DNS server's endpoint");
             if let Err(e) = slices.delete(name, &DeleteParams::default()).await {
@@ -271,7 +294,9 @@ async fn publish(client: &kube::Client, options: &DnsOptions, ip: Ipv4Addr, port
 /// takes one, and if some UDP socket holds it already, another is tried.
 async fn bind(listen: SocketAddr) -> anyhow::Result<(tokio::net::UdpSocket, tokio::net::TcpListener, SocketAddr)> {
     for _ in 0..BIND_ATTEMPTS_MAX {
-        let tcp = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("cluster DNS cannot listen on {listen} (TCP)"))?;
+        let tcp = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cluster DNS cannot listen on {listen} (TCP)"))?;
         let addr = tcp.local_addr()?;
         let udp = match addr {
             SocketAddr::V4(v4) => udp_socket(v4, false).and_then(tokio::net::UdpSocket::from_std),
@@ -279,11 +304,16 @@ async fn bind(listen: SocketAddr) -> anyhow::Result<(tokio::net::UdpSocket, toki
         };
         match udp {
             Ok(udp) => return Ok((udp, tcp, addr)),
-            Err(e) if listen.port() != 0 => return Err(e).with_context(|| format!("cluster DNS cannot listen on {addr} (UDP)")),
+            Err(e) if listen.port() != 0 => {
+                return Err(e).with_context(|| format!("cluster DNS cannot listen on {addr} (UDP)"))
+            }
             Err(_) => continue,
         }
     }
-    anyhow::bail!("cluster DNS found no port free for both UDP and TCP on {} after {BIND_ATTEMPTS_MAX} tries", listen.ip())
+    anyhow::bail!(
+        "cluster DNS found no port free for both UDP and TCP on {} after {BIND_ATTEMPTS_MAX} tries",
+        listen.ip()
+    )
 }
 
 /// A non-blocking UDP socket on `addr` that shares its port with the server's other sockets
@@ -305,7 +335,15 @@ fn udp_socket(addr: std::net::SocketAddrV4, freebind: bool) -> std::io::Result<s
     }
     for (level, name) in options {
         // SAFETY: the option value is a live c_int of the size given.
-        let r = unsafe { libc::setsockopt(socket.as_raw_fd(), level, name, (&one as *const libc::c_int).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t) };
+        let r = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
         if r != 0 {
             return Err(std::io::Error::last_os_error());
         }
@@ -317,7 +355,13 @@ fn udp_socket(addr: std::net::SocketAddrV4, freebind: bool) -> std::io::Result<s
         sin_zero: [0; 8],
     };
     // SAFETY: `sa` is a valid sockaddr_in of the length given.
-    let r = unsafe { libc::bind(socket.as_raw_fd(), (&sa as *const libc::sockaddr_in).cast(), std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t) };
+    let r = unsafe {
+        libc::bind(
+            socket.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
     if r != 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -325,18 +369,32 @@ fn udp_socket(addr: std::net::SocketAddrV4, freebind: bool) -> std::io::Result<s
 }
 
 /// Serves cluster DNS until `stop` resolves; then withdraws this server's endpoint.
-pub async fn run(client: kube::Client, options: DnsOptions, stop: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    client: kube::Client,
+    options: DnsOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let (udp, tcp, addr) = bind(options.listen).await?;
     let zone = Arc::new(RwLock::new(Arc::new(Zone::build(&options.domain, &[], &[]))));
-    let mut server = hickory_server::Server::new(Handler { zone: zone.clone(), upstreams: options.upstreams.clone(), forwards: tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT_MAX) });
+    let mut server = hickory_server::Server::new(Handler {
+        zone: zone.clone(),
+        upstreams: options.upstreams.clone(),
+        forwards: tokio::sync::Semaphore::new(FORWARDS_IN_FLIGHT_MAX),
+    });
     server.register_socket(udp);
     server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSES_QUEUED_MAX);
     tracing::info!(listen = %addr, domain = %options.domain, upstreams = ?options.upstreams, "cluster DNS serves");
 
     let (services, services_writer) = reflector::store::<Service>();
     let (slices, slices_writer) = reflector::store::<EndpointSlice>();
-    let service_events = reflector::reflector(services_writer, watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).default_backoff());
-    let slice_events = reflector::reflector(slices_writer, watcher(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default()).default_backoff());
+    let service_events = reflector::reflector(
+        services_writer,
+        watcher(Api::<Service>::all(client.clone()), watcher::Config::default()).default_backoff(),
+    );
+    let slice_events = reflector::reflector(
+        slices_writer,
+        watcher(Api::<EndpointSlice>::all(client.clone()), watcher::Config::default()).default_backoff(),
+    );
     tokio::pin!(service_events, slice_events, stop);
     // Changes not yet in the zone: it is rebuilt (every service and slice) once they settle.
     let mut dirty = agent::client::Settling::default();

@@ -77,12 +77,21 @@ impl Zone {
         let domain = domain.trim_end_matches('.').to_ascii_lowercase();
         let mut zone = Zone { domain: domain.clone(), ..Default::default() };
         for s in services {
-            let (Some(ns), Some(n), Some(spec)) = (s.metadata.namespace.as_deref(), s.metadata.name.as_deref(), s.spec.as_ref()) else { continue };
+            let (Some(ns), Some(n), Some(spec)) =
+                (s.metadata.namespace.as_deref(), s.metadata.name.as_deref(), s.spec.as_ref())
+            else {
+                continue;
+            };
             let mut svc = Svc::default();
             if spec.type_.as_deref() == Some("ExternalName") {
                 svc.external_name = spec.external_name.clone().filter(|n| !n.is_empty());
             } else {
-                let ips = spec.cluster_ips.clone().filter(|i| !i.is_empty()).or_else(|| spec.cluster_ip.clone().map(|i| vec![i])).unwrap_or_default();
+                let ips = spec
+                    .cluster_ips
+                    .clone()
+                    .filter(|i| !i.is_empty())
+                    .or_else(|| spec.cluster_ip.clone().map(|i| vec![i]))
+                    .unwrap_or_default();
                 svc.cluster_ips = ips.iter().filter_map(|ip| ip.parse().ok()).collect();
             }
             for p in spec.ports.iter().flatten() {
@@ -103,14 +112,22 @@ impl Zone {
             if slice.address_type != "IPv4" {
                 continue;
             }
-            let (Some(ns), Some(svc_name)) = (slice.metadata.namespace.as_deref(), slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL))) else { continue };
+            let (Some(ns), Some(svc_name)) = (
+                slice.metadata.namespace.as_deref(),
+                slice.metadata.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)),
+            ) else {
+                continue;
+            };
             let Some(svc) = zone.services.get_mut(&(ns.to_string(), svc_name.clone())) else { continue };
             if !svc.cluster_ips.is_empty() || svc.external_name.is_some() {
                 continue;
             }
             for p in slice.ports.iter().flatten() {
-                if let (Some(pname), Some(port)) = (p.name.clone().filter(|n| !n.is_empty()), p.port.and_then(|p| u16::try_from(p).ok())) {
-                    svc.endpoint_ports.insert((pname, p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase()), port);
+                if let (Some(pname), Some(port)) =
+                    (p.name.clone().filter(|n| !n.is_empty()), p.port.and_then(|p| u16::try_from(p).ok()))
+                {
+                    svc.endpoint_ports
+                        .insert((pname, p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase()), port);
                 }
             }
             for e in &slice.endpoints {
@@ -140,7 +157,15 @@ impl Zone {
 
     /// The zone's SOA record, for negative answers.
     pub fn soa(&self) -> Option<Record> {
-        let soa = SOA::new(name(&format!("ns.dns.{}", self.domain))?, name(&format!("hostmaster.{}", self.domain))?, 1, 7200, 1800, 86400, TTL_SECONDS);
+        let soa = SOA::new(
+            name(&format!("ns.dns.{}", self.domain))?,
+            name(&format!("hostmaster.{}", self.domain))?,
+            1,
+            7200,
+            1800,
+            86400,
+            TTL_SECONDS,
+        );
         record(&self.domain, RData::SOA(soa))
     }
 
@@ -150,7 +175,9 @@ impl Zone {
         if let Some(rev) = q.strip_suffix(".in-addr.arpa") {
             return self.reverse(&q, rev, qtype);
         }
-        let Some(rest) = q.strip_suffix(&self.domain).and_then(|r| if r.is_empty() { Some("") } else { r.strip_suffix('.') }) else {
+        let Some(rest) =
+            q.strip_suffix(&self.domain).and_then(|r| if r.is_empty() { Some("") } else { r.strip_suffix('.') })
+        else {
             return Answer::Outside;
         };
         let labels: Vec<&str> = if rest.is_empty() { Vec::new() } else { rest.split('.').collect() };
@@ -165,7 +192,9 @@ impl Zone {
             }
             [svc, ns, "svc"] => self.service(&q, ns, svc, qtype),
             [first, svc, ns, "svc"] => self.endpoint(&q, ns, svc, first, qtype),
-            [port, proto, svc, ns, "svc"] if port.starts_with('_') && proto.starts_with('_') => self.srv(&q, ns, svc, &port[1..], &proto[1..], qtype),
+            [port, proto, svc, ns, "svc"] if port.starts_with('_') && proto.starts_with('_') => {
+                self.srv(&q, ns, svc, &port[1..], &proto[1..], qtype)
+            }
             [ip, _ns, "pod"] => match ip.replace('-', ".").parse::<Ipv4Addr>() {
                 Ok(addr) if qtype == RecordType::A => self.a(&q, &[addr]),
                 Ok(_) => Answer::NoData,
@@ -187,7 +216,11 @@ impl Zone {
                 None => Answer::NxDomain,
             };
         }
-        let ips: Vec<Ipv4Addr> = if s.cluster_ips.is_empty() { s.endpoints.iter().map(|(ip, _)| *ip).collect() } else { s.cluster_ips.clone() };
+        let ips: Vec<Ipv4Addr> = if s.cluster_ips.is_empty() {
+            s.endpoints.iter().map(|(ip, _)| *ip).collect()
+        } else {
+            s.cluster_ips.clone()
+        };
         match qtype {
             RecordType::A | RecordType::ANY if !ips.is_empty() => self.a(q, &ips),
             _ => Answer::NoData,
@@ -206,13 +239,18 @@ impl Zone {
 
     fn srv(&self, q: &str, ns: &str, svc: &str, port: &str, proto: &str, qtype: RecordType) -> Answer {
         let Some(s) = self.services.get(&(ns.to_string(), svc.to_string())) else { return Answer::NxDomain };
-        let Some((_, _, svc_port)) = s.ports.iter().find(|(n, p, _)| n == port && p == proto) else { return Answer::NxDomain };
+        let Some((_, _, svc_port)) = s.ports.iter().find(|(n, p, _)| n == port && p == proto) else {
+            return Answer::NxDomain;
+        };
         if qtype != RecordType::SRV && qtype != RecordType::ANY {
             return Answer::NoData;
         }
         let service_name = format!("{svc}.{ns}.svc.{}", self.domain);
         if !s.cluster_ips.is_empty() {
-            let answers = name(&service_name).and_then(|t| record(q, RData::SRV(SRV::new(0, 100, *svc_port, t)))).into_iter().collect();
+            let answers = name(&service_name)
+                .and_then(|t| record(q, RData::SRV(SRV::new(0, 100, *svc_port, t))))
+                .into_iter()
+                .collect();
             let extra = s.cluster_ips.iter().filter_map(|ip| record(&service_name, RData::A(A(*ip)))).collect();
             return Answer::Records(answers, extra);
         }
@@ -230,7 +268,9 @@ impl Zone {
 
     fn reverse(&self, q: &str, rev: &str, qtype: RecordType) -> Answer {
         let octets: Vec<&str> = rev.split('.').collect();
-        let ip = (octets.len() == 4).then(|| format!("{}.{}.{}.{}", octets[3], octets[2], octets[1], octets[0]).parse::<Ipv4Addr>().ok()).flatten();
+        let ip = (octets.len() == 4)
+            .then(|| format!("{}.{}.{}.{}", octets[3], octets[2], octets[1], octets[0]).parse::<Ipv4Addr>().ok())
+            .flatten();
         match ip.and_then(|ip| self.ptr.get(&ip)) {
             Some(target) if qtype == RecordType::PTR || qtype == RecordType::ANY => match name(target) {
                 Some(t) => Answer::Records(record(q, RData::PTR(PTR(t))).into_iter().collect(), Vec::new()),
@@ -247,7 +287,10 @@ mod tests {
     use super::*;
 
     fn service(ns: &str, name: &str, spec: serde_json::Value) -> Arc<Service> {
-        Arc::new(serde_json::from_value(serde_json::json!({"metadata": {"namespace": ns, "name": name}, "spec": spec})).unwrap())
+        Arc::new(
+            serde_json::from_value(serde_json::json!({"metadata": {"namespace": ns, "name": name}, "spec": spec}))
+                .unwrap(),
+        )
     }
 
     fn slice(ns: &str, svc: &str, endpoints: serde_json::Value, ports: serde_json::Value) -> Arc<EndpointSlice> {
@@ -264,7 +307,11 @@ mod tests {
 
     fn zone() -> Zone {
         let services = vec![
-            service("default", "web", serde_json::json!({"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80}]})),
+            service(
+                "default",
+                "web",
+                serde_json::json!({"clusterIP": "10.96.0.20", "ports": [{"name": "http", "port": 80}]}),
+            ),
             service("db", "pg", serde_json::json!({"clusterIP": "None", "ports": [{"name": "sql", "port": 5432}]})),
             service("default", "out", serde_json::json!({"type": "ExternalName", "externalName": "example.org"})),
         ];
@@ -292,7 +339,11 @@ mod tests {
     fn services_resolve_to_cluster_ips_and_headless_ones_to_ready_endpoints() {
         let z = zone();
         assert_eq!(addresses(&z.answer("web.default.svc.cluster.local.", RecordType::A)), ["10.96.0.20"]);
-        assert_eq!(addresses(&z.answer("WEB.default.svc.cluster.local", RecordType::A)), ["10.96.0.20"], "names are case-insensitive");
+        assert_eq!(
+            addresses(&z.answer("WEB.default.svc.cluster.local", RecordType::A)),
+            ["10.96.0.20"],
+            "names are case-insensitive"
+        );
         assert_eq!(addresses(&z.answer("pg.db.svc.cluster.local.", RecordType::A)), ["10.244.0.7", "10.244.1.8"]);
         assert_eq!(addresses(&z.answer("pg-0.pg.db.svc.cluster.local.", RecordType::A)), ["10.244.0.7"]);
         assert_eq!(addresses(&z.answer("10-244-1-8.pg.db.svc.cluster.local.", RecordType::A)), ["10.244.1.8"]);
@@ -308,15 +359,26 @@ mod tests {
     #[test]
     fn named_ports_have_srv_records_and_addresses_have_ptr_records() {
         let z = zone();
-        let Answer::Records(srv, extra) = z.answer("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV) else { panic!() };
+        let Answer::Records(srv, extra) = z.answer("_http._tcp.web.default.svc.cluster.local.", RecordType::SRV) else {
+            panic!()
+        };
         assert_eq!(srv[0].data.to_string(), "0 100 80 web.default.svc.cluster.local.");
         assert_eq!(extra[0].data.to_string(), "10.96.0.20");
         let Answer::Records(srv, _) = z.answer("_sql._tcp.pg.db.svc.cluster.local.", RecordType::SRV) else { panic!() };
         let targets: Vec<String> = srv.iter().map(|r| r.data.to_string()).collect();
-        assert_eq!(targets, ["0 50 5433 pg-0.pg.db.svc.cluster.local.", "0 50 5433 10-244-1-8.pg.db.svc.cluster.local."]);
+        assert_eq!(
+            targets,
+            ["0 50 5433 pg-0.pg.db.svc.cluster.local.", "0 50 5433 10-244-1-8.pg.db.svc.cluster.local."]
+        );
         assert_eq!(z.answer("_sql._udp.pg.db.svc.cluster.local.", RecordType::SRV), Answer::NxDomain);
-        assert_eq!(addresses(&z.answer("20.0.96.10.in-addr.arpa.", RecordType::PTR)), ["web.default.svc.cluster.local."]);
-        assert_eq!(addresses(&z.answer("7.0.244.10.in-addr.arpa.", RecordType::PTR)), ["pg-0.pg.db.svc.cluster.local."]);
+        assert_eq!(
+            addresses(&z.answer("20.0.96.10.in-addr.arpa.", RecordType::PTR)),
+            ["web.default.svc.cluster.local."]
+        );
+        assert_eq!(
+            addresses(&z.answer("7.0.244.10.in-addr.arpa.", RecordType::PTR)),
+            ["pg-0.pg.db.svc.cluster.local."]
+        );
         assert_eq!(z.answer("1.1.168.192.in-addr.arpa.", RecordType::PTR), Answer::Outside);
     }
 }

@@ -80,7 +80,11 @@ pub fn pre_filter(profile: &Profile, pod: &PodInfo, snapshot: &Snapshot) -> Resu
             Code::Skip => skip[i] = true,
             Code::Error => return Err(Failure::Error(format!("{}: {}", p.name(), s.reasons.join(", ")))),
             Code::Unschedulable | Code::UnschedulableAndUnresolvable => {
-                return Err(Failure::Unschedulable(Diagnosis { nodes: HashMap::new(), pre_filter: Some(s), total_nodes: snapshot.nodes.len() }));
+                return Err(Failure::Unschedulable(Diagnosis {
+                    nodes: HashMap::new(),
+                    pre_filter: Some(s),
+                    total_nodes: snapshot.nodes.len(),
+                }));
             }
         }
     }
@@ -102,7 +106,12 @@ pub fn filter_node(profile: &Profile, state: &CycleState, skip: &[bool], pod: &P
 }
 
 /// Schedules `pod` against `snapshot`. `next_start` rotates the first node examined.
-pub fn schedule(profile: &Profile, pod: &PodInfo, snapshot: &Snapshot, next_start: &mut usize) -> Result<Placement, Failure> {
+pub fn schedule(
+    profile: &Profile,
+    pod: &PodInfo,
+    snapshot: &Snapshot,
+    next_start: &mut usize,
+) -> Result<Placement, Failure> {
     let total = snapshot.nodes.len();
     if total == 0 {
         return Err(Failure::Unschedulable(Diagnosis { total_nodes: 0, ..Default::default() }));
@@ -134,7 +143,8 @@ pub fn schedule(profile: &Profile, pod: &PodInfo, snapshot: &Snapshot, next_star
     if feasible.is_empty() {
         return Err(Failure::Unschedulable(diagnosis));
     }
-    let placement = |node: &NodeInfo| Placement { node: node.name.clone(), evaluated: examined, feasible: feasible.len() };
+    let placement =
+        |node: &NodeInfo| Placement { node: node.name.clone(), evaluated: examined, feasible: feasible.len() };
     if feasible.len() == 1 {
         return Ok(placement(&feasible[0]));
     }
@@ -207,7 +217,8 @@ mod tests {
     fn a_pod_goes_to_the_node_the_scores_prefer() {
         let mut busy = (*node("busy", "4", json!({}), json!([]))).clone();
         busy.add_pod(Arc::new(pod("3")));
-        let snapshot = Snapshot { nodes: vec![Arc::new(busy), node("idle", "4", json!({}), json!([]))], ..Default::default() };
+        let snapshot =
+            Snapshot { nodes: vec![Arc::new(busy), node("idle", "4", json!({}), json!([]))], ..Default::default() };
         let mut start = 0;
         let spread = schedule(&profile("{}"), &pod("500m"), &snapshot, &mut start).ok().unwrap();
         assert_eq!(spread.node, "idle", "LeastAllocated spreads");
@@ -235,7 +246,9 @@ mod tests {
             ..Default::default()
         };
         let mut start = 0;
-        let Err(Failure::Unschedulable(d)) = schedule(&profile("{}"), &pod("2"), &snapshot, &mut start) else { panic!("should not fit") };
+        let Err(Failure::Unschedulable(d)) = schedule(&profile("{}"), &pod("2"), &snapshot, &mut start) else {
+            panic!("should not fit")
+        };
         assert_eq!(d.message(), "0/3 nodes are available: 1 node(s) had untolerated taint(s), 2 Insufficient cpu.");
         let mut candidates = d.preemption_candidates();
         candidates.sort();

@@ -240,7 +240,12 @@ mod tests {
     use serde_json::json;
 
     fn node(name: &str) -> Arc<Node> {
-        Arc::new(serde_json::from_value(json!({"metadata": {"name": name}, "status": {"allocatable": {"cpu": "4", "pods": "10"}}})).unwrap())
+        Arc::new(
+            serde_json::from_value(
+                json!({"metadata": {"name": name}, "status": {"allocatable": {"cpu": "4", "pods": "10"}}}),
+            )
+            .unwrap(),
+        )
     }
 
     fn pod(uid: &str, node: Option<&str>, cpu: &str) -> Arc<PodInfo> {
@@ -296,7 +301,9 @@ mod tests {
     fn updated_snapshots_equal_fresh_ones_and_copy_only_what_changed() {
         let same = |a: &Snapshot, b: &Snapshot| {
             a.nodes.len() == b.nodes.len()
-                && a.nodes.iter().zip(&b.nodes).all(|(x, y)| x.name == y.name && x.generation == y.generation && x.requested.milli_cpu == y.requested.milli_cpu)
+                && a.nodes.iter().zip(&b.nodes).all(|(x, y)| {
+                    x.name == y.name && x.generation == y.generation && x.requested.milli_cpu == y.requested.milli_cpu
+                })
         };
         let mut c = Cache::new();
         let mut snap = Snapshot::default();
@@ -310,7 +317,10 @@ mod tests {
         c.update_snapshot(&mut snap);
         assert!(same(&snap, &c.snapshot()));
         assert_eq!(cpu(&c, "n2"), 1000);
-        assert!(Arc::ptr_eq(&before[0], &snap.nodes[0]) && Arc::ptr_eq(&before[2], &snap.nodes[2]), "unchanged nodes are shared");
+        assert!(
+            Arc::ptr_eq(&before[0], &snap.nodes[0]) && Arc::ptr_eq(&before[2], &snap.nodes[2]),
+            "unchanged nodes are shared"
+        );
         assert_eq!(before[1].requested.milli_cpu, 0, "an earlier snapshot does not change");
         c.upsert_pod(pod("b", Some("n3"), "2"));
         c.remove_node("n1");

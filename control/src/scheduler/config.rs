@@ -10,7 +10,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::framework::Plugin;
-use super::plugins::{self, balanced_allocation, inter_pod_affinity, node_affinity, node_resources_fit, pod_topology_spread, taint_toleration};
+use super::plugins::{
+    self, balanced_allocation, inter_pod_affinity, node_affinity, node_resources_fit, pod_topology_spread,
+    taint_toleration,
+};
 
 /// The scheduler name pods get by default.
 pub const DEFAULT_SCHEDULER_NAME: &str = "default-scheduler";
@@ -158,7 +161,9 @@ impl SchedulerConfiguration {
         let config: SchedulerConfiguration = plugins::decode_args(Some(&value))?;
         if let Some(v) = &config.api_version {
             if v != "kubescheduler.config.k8s.io/v1" {
-                return Err(format!("apiVersion: unsupported value {v:?} (expected \"kubescheduler.config.k8s.io/v1\")"));
+                return Err(format!(
+                    "apiVersion: unsupported value {v:?} (expected \"kubescheduler.config.k8s.io/v1\")"
+                ));
             }
         }
         if let Some(k) = &config.kind {
@@ -181,7 +186,8 @@ impl SchedulerConfiguration {
         let configs: &[ProfileConfig] = if self.profiles.is_empty() { &default } else { &self.profiles };
         let mut out: Vec<Profile> = Vec::new();
         for (i, p) in configs.iter().enumerate() {
-            let profile = build_profile(p, self.percentage_of_nodes_to_score).map_err(|e| format!("profiles[{i}].{e}"))?;
+            let profile =
+                build_profile(p, self.percentage_of_nodes_to_score).map_err(|e| format!("profiles[{i}].{e}"))?;
             if out.iter().any(|o| o.scheduler_name == profile.scheduler_name) {
                 return Err(format!("profiles[{i}].schedulerName: Duplicate value: {:?}", profile.scheduler_name));
             }
@@ -203,7 +209,12 @@ fn check_name(name: &str, enabling: bool) -> Result<(), String> {
 
 /// Applies one extension point's set to `list` (Kubernetes' merge: "*" disables every default,
 /// disabled names are removed, enabled ones are appended or get their weight set).
-fn apply(list: &mut Vec<(String, i64)>, set: Option<&PluginSet>, point: &str, eligible: fn(&str) -> bool) -> Result<(), String> {
+fn apply(
+    list: &mut Vec<(String, i64)>,
+    set: Option<&PluginSet>,
+    point: &str,
+    eligible: fn(&str) -> bool,
+) -> Result<(), String> {
     let Some(set) = set else { return Ok(()) };
     for (j, d) in set.disabled.iter().enumerate() {
         if d.name == "*" {
@@ -240,7 +251,8 @@ fn apply(list: &mut Vec<(String, i64)>, set: Option<&PluginSet>, point: &str, el
 }
 
 fn build_profile(p: &ProfileConfig, global_percentage: Option<u32>) -> Result<Profile, String> {
-    let mut filters: Vec<(String, i64)> = plugins::KNOWN.iter().filter(|n| is_filter(n)).map(|n| (n.to_string(), 0)).collect();
+    let mut filters: Vec<(String, i64)> =
+        plugins::KNOWN.iter().filter(|n| is_filter(n)).map(|n| (n.to_string(), 0)).collect();
     let mut scores: Vec<(String, i64)> = DEFAULT_SCORES.iter().map(|(n, w)| (n.to_string(), *w)).collect();
     let mut preemption = true;
     if let Some(plugins) = &p.plugins {
@@ -264,13 +276,19 @@ fn build_profile(p: &ProfileConfig, global_percentage: Option<u32>) -> Result<Pr
             for (j, d) in pf.disabled.iter().enumerate() {
                 match d.name.as_str() {
                     "*" | "DefaultPreemption" => preemption = false,
-                    other => check_name(other, false).map_err(|e| format!("plugins.postFilter.disabled[{j}].name: {e}"))?,
+                    other => {
+                        check_name(other, false).map_err(|e| format!("plugins.postFilter.disabled[{j}].name: {e}"))?
+                    }
                 }
             }
             for (j, e) in pf.enabled.iter().enumerate() {
                 match e.name.as_str() {
                     "DefaultPreemption" => preemption = true,
-                    other => return Err(format!("plugins.postFilter.enabled[{j}].name: {other:?} does not implement postFilter")),
+                    other => {
+                        return Err(format!(
+                            "plugins.postFilter.enabled[{j}].name: {other:?} does not implement postFilter"
+                        ))
+                    }
                 }
             }
         }
@@ -379,12 +397,21 @@ profiles:
         let cases = [
             ("profiles: [{schedulerNam: x}]", "profiles[0]"),
             ("profiles: [{plugins: {score: {enabled: [{name: Nope}]}}}]", "profiles[0].plugins.score.enabled[0].name"),
-            ("profiles: [{plugins: {score: {enabled: [{name: NodeName}]}}}]", "profiles[0].plugins.score.enabled[0].name"),
-            ("profiles: [{plugins: {score: {enabled: [{name: NodeResourcesFit, weight: -1}]}}}]", "profiles[0].plugins.score.enabled[0].weight"),
+            (
+                "profiles: [{plugins: {score: {enabled: [{name: NodeName}]}}}]",
+                "profiles[0].plugins.score.enabled[0].name",
+            ),
+            (
+                "profiles: [{plugins: {score: {enabled: [{name: NodeResourcesFit, weight: -1}]}}}]",
+                "profiles[0].plugins.score.enabled[0].weight",
+            ),
             ("profiles: [{}, {}]", "profiles[1].schedulerName"),
             ("percentageOfNodesToScore: 101", "percentageOfNodesToScore"),
             ("apiVersion: kubescheduler.config.k8s.io/v1beta9", "apiVersion"),
-            ("profiles: [{pluginConfig: [{name: NodeResourcesFit, args: {scoringStrategy: {type: Bogus}}}]}]", "profiles[0].pluginConfig[0].args"),
+            (
+                "profiles: [{pluginConfig: [{name: NodeResourcesFit, args: {scoringStrategy: {type: Bogus}}}]}]",
+                "profiles[0].pluginConfig[0].args",
+            ),
             ("profiles: [{pluginConfig: [{name: A}, {name: A}]}]", "profiles[0].pluginConfig[0].name"),
             ("percentageOfNodesToScore: lots", "percentageOfNodesToScore"),
             ("[", "not YAML"),
@@ -394,6 +421,7 @@ profiles:
             assert!(err.contains(want), "{text}: {err} should name {want}");
         }
         // Disabling an in-tree plugin Keelson does not have is fine.
-        assert!(SchedulerConfiguration::parse("profiles: [{plugins: {score: {disabled: [{name: ImageLocality}]}}}]").is_ok());
+        assert!(SchedulerConfiguration::parse("profiles: [{plugins: {score: {disabled: [{name: ImageLocality}]}}}]")
+            .is_ok());
     }
 }

@@ -200,7 +200,11 @@ pub struct Snapshot {
 impl NodeInfo {
     /// This node as `pod` must see it: with the pods nominated for it whose priority is at least
     /// `pod`'s (kube-scheduler's addNominatedPods). Borrowed when there are none.
-    pub fn with_nominated<'a>(self: &'a Arc<Self>, pod: &PodInfo, snapshot: &Snapshot) -> std::borrow::Cow<'a, NodeInfo> {
+    pub fn with_nominated<'a>(
+        self: &'a Arc<Self>,
+        pod: &PodInfo,
+        snapshot: &Snapshot,
+    ) -> std::borrow::Cow<'a, NodeInfo> {
         let Some(list) = snapshot.nominated.get(&self.name) else { return std::borrow::Cow::Borrowed(&**self) };
         let mut ahead = list.iter().filter(|p| p.uid != pod.uid && p.priority >= pod.priority).peekable();
         if ahead.peek().is_none() {
@@ -302,7 +306,13 @@ pub trait Plugin: Send + Sync {
     }
 
     /// Computes per-pod state for scoring over the nodes that passed the filters.
-    fn pre_score(&self, _state: &mut CycleState, _pod: &PodInfo, _nodes: &[Arc<NodeInfo>], _snapshot: &Snapshot) -> Status {
+    fn pre_score(
+        &self,
+        _state: &mut CycleState,
+        _pod: &PodInfo,
+        _nodes: &[Arc<NodeInfo>],
+        _snapshot: &Snapshot,
+    ) -> Status {
         Status::success()
     }
 

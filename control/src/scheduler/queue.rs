@@ -133,7 +133,8 @@ impl SchedulingQueue {
             self.add(info, now);
             return;
         };
-        let spec_changed = pod.info.pod.spec != info.pod.spec || pod.info.pod.metadata.labels != info.pod.metadata.labels;
+        let spec_changed =
+            pod.info.pod.spec != info.pod.spec || pod.info.pod.metadata.labels != info.pod.metadata.labels;
         match place {
             Place::InFlight => {
                 self.updated_in_flight.insert(uid, info);
@@ -180,7 +181,9 @@ impl SchedulingQueue {
         let unsched = self
             .pods
             .values()
-            .filter_map(|(_, p)| if let Place::Unschedulable(since) = p { Some(*since + UNSCHEDULABLE_FLUSH) } else { None })
+            .filter_map(
+                |(_, p)| if let Place::Unschedulable(since) = p { Some(*since + UNSCHEDULABLE_FLUSH) } else { None },
+            )
             .min();
         match (backoff, unsched) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -244,8 +247,12 @@ impl SchedulingQueue {
     /// (after its back-off, if that has not passed).
     pub fn move_all_unschedulable(&mut self, now: Instant) {
         self.move_request_cycle = self.cycle;
-        let waiting: Vec<String> =
-            self.pods.iter().filter(|(_, (_, p))| matches!(p, Place::Unschedulable(_))).map(|(uid, _)| uid.clone()).collect();
+        let waiting: Vec<String> = self
+            .pods
+            .iter()
+            .filter(|(_, (_, p))| matches!(p, Place::Unschedulable(_)))
+            .map(|(uid, _)| uid.clone())
+            .collect();
         for uid in waiting {
             if let Some(pod) = self.unplace(&uid) {
                 let backoff_ends = pod.timestamp + backoff_for(pod.attempts);

@@ -87,7 +87,12 @@ pub async fn run(
     let profiles = config.profiles().map_err(anyhow::Error::msg)?;
     tracing::info!(identity, profiles = profiles.len(), "scheduler replica started");
     let shared = Arc::new(Shared {
-        state: Mutex::new(State { cache: Cache::new(), queue: SchedulingQueue::new(), pods_synced: false, nodes_synced: false }),
+        state: Mutex::new(State {
+            cache: Cache::new(),
+            queue: SchedulingQueue::new(),
+            pods_synced: false,
+            nodes_synced: false,
+        }),
         wake: Notify::new(),
         profiles,
         recorder: Recorder::start(client.clone(), DEFAULT_SCHEDULER_NAME, identity),
@@ -127,8 +132,13 @@ enum Change<K> {
 
 /// Follows every object of `api` that `config` selects, as an informer does: after a relist,
 /// the objects it no longer lists are reported deleted.
-async fn follow<K>(api: Api<K>, config: watcher::Config, what: &str, key: fn(&K) -> String, mut on: impl FnMut(Change<K>))
-where
+async fn follow<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &str,
+    key: fn(&K) -> String,
+    mut on: impl FnMut(Change<K>),
+) where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let stream = watcher(api, config);
@@ -389,7 +399,8 @@ async fn bind(shared: &Arc<Shared>, queued: QueuedPod, node: &str) {
         st.queue.failed(queued, false, Instant::now());
         return;
     }
-    let (namespace, name) = (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
+    let (namespace, name) =
+        (pod.metadata.namespace.clone().unwrap_or_default(), pod.metadata.name.clone().unwrap_or_default());
     let body = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Binding",
@@ -397,14 +408,23 @@ async fn bind(shared: &Arc<Shared>, queued: QueuedPod, node: &str) {
         "target": { "apiVersion": "v1", "kind": "Node", "name": node },
     });
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), &namespace);
-    let result = tokio::time::timeout(BIND_TIMEOUT, api.create_subresource::<_, serde_json::Value>("binding", &name, &PostParams::default(), &body))
-        .await
-        .unwrap_or_else(|_| Err(kube::Error::Service(format!("no answer within {BIND_TIMEOUT:?}").into())));
+    let result = tokio::time::timeout(
+        BIND_TIMEOUT,
+        api.create_subresource::<_, serde_json::Value>("binding", &name, &PostParams::default(), &body),
+    )
+    .await
+    .unwrap_or_else(|_| Err(kube::Error::Service(format!("no answer within {BIND_TIMEOUT:?}").into())));
     match result {
         Ok(_) => {
             shared.metrics.scheduled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             shared.lock().queue.done(&uid);
-            shared.recorder.record(pod_reference(&pod), false, "Binding", "Scheduled", format!("Successfully assigned {namespace}/{name} to {node}"));
+            shared.recorder.record(
+                pod_reference(&pod),
+                false,
+                "Binding",
+                "Scheduled",
+                format!("Successfully assigned {namespace}/{name} to {node}"),
+            );
         }
         // Any refusal (bound already, by another replica or by this one before it lost the
         // lease; a conflict; the pod gone; the node gone) puts the pod back in the queue, as
@@ -412,7 +432,8 @@ async fn bind(shared: &Arc<Shared>, queued: QueuedPod, node: &str) {
         // dropped here on a guess would never be scheduled.
         Err(e) => {
             // Bound already is the usual 409 after a change of leader: not worth a warning.
-            let already_bound = matches!(&e, kube::Error::Api(s) if s.code == 409 && s.message.contains("already assigned"));
+            let already_bound =
+                matches!(&e, kube::Error::Api(s) if s.code == 409 && s.message.contains("already assigned"));
             if already_bound {
                 tracing::debug!(pod = %queued.info.key, node, error = %e, "binding refused: bound already");
             } else {
@@ -439,7 +460,12 @@ async fn record_failure(shared: &Shared, pod: &Pod, reason: &str, message: &str,
     shared.recorder.record(pod_reference(pod), true, "Scheduling", "FailedScheduling", message.to_string());
     let status = pod.status.as_ref();
     let same = status.and_then(|s| s.conditions.as_ref()).is_some_and(|cs| {
-        cs.iter().any(|c| c.type_ == "PodScheduled" && c.status == "False" && c.reason.as_deref() == Some(reason) && c.message.as_deref() == Some(message))
+        cs.iter().any(|c| {
+            c.type_ == "PodScheduled"
+                && c.status == "False"
+                && c.reason.as_deref() == Some(reason)
+                && c.message.as_deref() == Some(message)
+        })
     });
     let same_nomination = nominated.is_none() || status.and_then(|s| s.nominated_node_name.as_deref()) == nominated;
     if same && same_nomination {
@@ -459,7 +485,10 @@ async fn record_failure(shared: &Shared, pod: &Pod, reason: &str, message: &str,
         patch["status"]["nominatedNodeName"] = node.into();
     }
     let api: Api<Pod> = Api::namespaced(shared.client.clone(), pod.metadata.namespace.as_deref().unwrap_or("default"));
-    if let Err(e) = api.patch_status(pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Strategic(&patch)).await {
+    if let Err(e) = api
+        .patch_status(pod.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+    {
         tracing::debug!(error = %e, "cannot write the pod's scheduling condition");
     }
 }

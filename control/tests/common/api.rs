@@ -170,7 +170,8 @@ impl Component {
 
     /// Sends a signal by name (`STOP`, `CONT`, `TERM`).
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().expect("kill runs");
+        let status =
+            Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().expect("kill runs");
         assert!(status.success(), "kill -{name} failed");
     }
 
@@ -195,7 +196,12 @@ impl Drop for Component {
 }
 
 /// A request as any client sends it: the answer's body, or the `Status` of a failure.
-pub async fn call(client: &Client, method: &str, path: &str, body: Option<serde_json::Value>) -> Result<serde_json::Value, Box<kube::core::Status>> {
+pub async fn call(
+    client: &Client,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<serde_json::Value, Box<kube::core::Status>> {
     let req = http::Request::builder()
         .method(method)
         .uri(path)

@@ -102,4 +102,3 @@ impl Kubectl {
         (out.status.success(), stdout.into_owned(), stderr.into_owned())
     }
 }
-

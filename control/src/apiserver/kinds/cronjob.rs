@@ -54,7 +54,11 @@ impl Strategy for CronJobStrategy {
         } else if let Err(e) = Schedule::parse(&schedule) {
             causes.push(Cause::invalid("spec.schedule", &schedule, e));
         } else if schedule.contains("TZ=") {
-            causes.push(Cause::invalid("spec.schedule", &schedule, "cannot use TZ or CRON_TZ in schedule, use timeZone field instead"));
+            causes.push(Cause::invalid(
+                "spec.schedule",
+                &schedule,
+                "cannot use TZ or CRON_TZ in schedule, use timeZone field instead",
+            ));
         }
         if let Some(z) = zone {
             if k8s_openapi::jiff::tz::TimeZone::get(z).is_err() {
@@ -67,7 +71,11 @@ impl Strategy for CronJobStrategy {
         }
         let restart = s(obj, "/spec/jobTemplate/spec/template/spec/restartPolicy");
         if !matches!(restart.as_str(), "OnFailure" | "Never") {
-            causes.push(Cause::not_supported("spec.jobTemplate.spec.template.spec.restartPolicy", &restart, &["OnFailure", "Never"]));
+            causes.push(Cause::not_supported(
+                "spec.jobTemplate.spec.template.spec.restartPolicy",
+                &restart,
+                &["OnFailure", "Never"],
+            ));
         }
         causes
     }

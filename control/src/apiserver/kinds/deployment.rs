@@ -43,8 +43,7 @@ impl Strategy for DeploymentStrategy {
 
     /// A deployment's annotations count too (a rollback is asked for through them).
     fn generation_changed(&self, obj: &Value, old: &Value) -> bool {
-        objects::spec_changed(obj, old)
-            || obj.pointer("/metadata/annotations") != old.pointer("/metadata/annotations")
+        objects::spec_changed(obj, old) || obj.pointer("/metadata/annotations") != old.pointer("/metadata/annotations")
     }
 
     workload_rules!();

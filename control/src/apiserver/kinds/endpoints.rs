@@ -38,7 +38,8 @@ fn format_endpoints(o: &Value) -> String {
     const SHOWN_MAX: usize = 3;
     let mut all = Vec::new();
     for subset in o["subsets"].as_array().into_iter().flatten() {
-        let addresses: Vec<&str> = subset["addresses"].as_array().into_iter().flatten().filter_map(|a| a["ip"].as_str()).collect();
+        let addresses: Vec<&str> =
+            subset["addresses"].as_array().into_iter().flatten().filter_map(|a| a["ip"].as_str()).collect();
         match subset["ports"].as_array().filter(|p| !p.is_empty()) {
             Some(ports) => {
                 for port in ports {
@@ -55,7 +56,11 @@ fn format_endpoints(o: &Value) -> String {
     }
     let more = all.len().saturating_sub(SHOWN_MAX);
     let shown = all[..all.len().min(SHOWN_MAX)].join(",");
-    if more > 0 { format!("{shown} + {more} more...") } else { shown }
+    if more > 0 {
+        format!("{shown} + {more} more...")
+    } else {
+        shown
+    }
 }
 
 #[cfg(test)]

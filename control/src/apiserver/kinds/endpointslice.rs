@@ -53,7 +53,13 @@ impl Strategy for EndpointSliceStrategy {
             NAME,
             Column::new("AddressType", "string", 0, |o| json!(s(o, "/addressType"))),
             Column::new("Ports", "string", 0, |o| {
-                let ports: Vec<String> = o["ports"].as_array().into_iter().flatten().filter_map(|p| p["port"].as_i64()).map(|p| p.to_string()).collect();
+                let ports: Vec<String> = o["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|p| p["port"].as_i64())
+                    .map(|p| p.to_string())
+                    .collect();
                 json!(if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") })
             }),
             Column::new("Endpoints", "string", 0, |o| json!(count(o, "/endpoints"))),

@@ -32,7 +32,9 @@ struct JobStrategy;
 
 /// How a job's state reads in `kubectl get jobs`.
 fn status_column(o: &Value) -> &'static str {
-    let cond = |t: &str| o["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == t && c["status"] == "True");
+    let cond = |t: &str| {
+        o["status"]["conditions"].as_array().into_iter().flatten().any(|c| c["type"] == t && c["status"] == "True")
+    };
     if cond("Complete") {
         "Complete"
     } else if cond("Failed") {
@@ -90,7 +92,9 @@ impl Strategy for JobStrategy {
         if !t["metadata"]["labels"].is_object() {
             t["metadata"]["labels"] = json!({});
         }
-        for (k, v) in [(CONTROLLER_UID_LABEL, &uid), (JOB_NAME_LABEL, &name), ("controller-uid", &uid), ("job-name", &name)] {
+        for (k, v) in
+            [(CONTROLLER_UID_LABEL, &uid), (JOB_NAME_LABEL, &name), ("controller-uid", &uid), ("job-name", &name)]
+        {
             t["metadata"]["labels"][k] = json!(v);
         }
     }
@@ -105,10 +109,20 @@ impl Strategy for JobStrategy {
         if !matches!(policy.as_str(), "OnFailure" | "Never") {
             causes.push(Cause::not_supported("spec.template.spec.restartPolicy", &policy, &["OnFailure", "Never"]));
         }
-        for (field, min) in [("parallelism", 0), ("completions", 0), ("backoffLimit", 0), ("activeDeadlineSeconds", 1), ("ttlSecondsAfterFinished", 0)] {
+        for (field, min) in [
+            ("parallelism", 0),
+            ("completions", 0),
+            ("backoffLimit", 0),
+            ("activeDeadlineSeconds", 1),
+            ("ttlSecondsAfterFinished", 0),
+        ] {
             if let Some(n) = obj["spec"][field].as_i64() {
                 if n < min {
-                    causes.push(Cause::invalid(format!("spec.{field}"), n, format!("must be greater than or equal to {min}")));
+                    causes.push(Cause::invalid(
+                        format!("spec.{field}"),
+                        n,
+                        format!("must be greater than or equal to {min}"),
+                    ));
                 }
             }
         }
@@ -152,7 +166,10 @@ impl Strategy for JobStrategy {
                     return json!("");
                 }
                 let end = s(o, "/status/completionTime");
-                let took = match (start.parse::<k8s_openapi::jiff::Timestamp>(), end.parse::<k8s_openapi::jiff::Timestamp>()) {
+                let took = match (
+                    start.parse::<k8s_openapi::jiff::Timestamp>(),
+                    end.parse::<k8s_openapi::jiff::Timestamp>(),
+                ) {
                     (Ok(a), Ok(b)) => human_age(&(k8s_openapi::jiff::Timestamp::now() - (b - a)).to_string()),
                     _ => human_age(&start),
                 };

@@ -67,9 +67,17 @@ fn validate_ports(ports: &Value, at: &str, causes: &mut Vec<Cause>) {
                 }
                 if let Some(end) = p["endPort"].as_i64() {
                     if end < n {
-                        causes.push(Cause::invalid(format!("{at}.endPort"), end, "must be greater than or equal to `port`"));
+                        causes.push(Cause::invalid(
+                            format!("{at}.endPort"),
+                            end,
+                            "must be greater than or equal to `port`",
+                        ));
                     } else if end > 65535 {
-                        causes.push(Cause::invalid(format!("{at}.endPort"), end, "must be between 1 and 65535, inclusive"));
+                        causes.push(Cause::invalid(
+                            format!("{at}.endPort"),
+                            end,
+                            "must be between 1 and 65535, inclusive",
+                        ));
                     }
                 }
             }
@@ -78,7 +86,11 @@ fn validate_ports(ports: &Value, at: &str, causes: &mut Vec<Cause>) {
                     causes.push(Cause::invalid(format!("{at}.port"), name, "must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-), at most 15 characters, at least one letter"));
                 }
                 if !p["endPort"].is_null() {
-                    causes.push(Cause::invalid(format!("{at}.endPort"), &p["endPort"], "may not be specified when `port` is non-numeric"));
+                    causes.push(Cause::invalid(
+                        format!("{at}.endPort"),
+                        &p["endPort"],
+                        "may not be specified when `port` is non-numeric",
+                    ));
                 }
             }
             Value::Null => {
@@ -97,7 +109,8 @@ fn validate_peers(peers: &Value, at: &str, causes: &mut Vec<Cause>) {
         let selectors = !peer["podSelector"].is_null() || !peer["namespaceSelector"].is_null();
         let block = &peer["ipBlock"];
         match (selectors, block.is_null()) {
-            (false, true) => causes.push(Cause { message: "Required value: must specify a peer".into(), ..Cause::required(at.clone()) }),
+            (false, true) => causes
+                .push(Cause { message: "Required value: must specify a peer".into(), ..Cause::required(at.clone()) }),
             (true, false) => causes.push(Cause::forbidden(at.clone(), "may not specify more than 1 peer")),
             _ => {}
         }
@@ -116,7 +129,11 @@ fn validate_peers(peers: &Value, at: &str, causes: &mut Vec<Cause>) {
                 Some((enet, elen)) => {
                     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
                     if elen <= len || enet & mask != net {
-                        causes.push(Cause::invalid(format!("{at}.ipBlock.except[{j}]"), text, "must be a strict subset of `cidr`"));
+                        causes.push(Cause::invalid(
+                            format!("{at}.ipBlock.except[{j}]"),
+                            text,
+                            "must be a strict subset of `cidr`",
+                        ));
                     }
                 }
             }
@@ -156,7 +173,11 @@ impl Strategy for NetworkPolicyStrategy {
     }
 
     fn columns(&self) -> Vec<Column> {
-        vec![NAME, Column::new("Pod-Selector", "string", 0, |o| json!(label_map(o, "/spec/podSelector/matchLabels"))), AGE]
+        vec![
+            NAME,
+            Column::new("Pod-Selector", "string", 0, |o| json!(label_map(o, "/spec/podSelector/matchLabels"))),
+            AGE,
+        ]
     }
 }
 
@@ -165,7 +186,11 @@ mod tests {
     use super::*;
 
     fn causes(spec: Value) -> Vec<String> {
-        NetworkPolicyStrategy.validate(&json!({"spec": spec}), None).iter().map(|c| format!("{}: {}", c.field, c.message)).collect()
+        NetworkPolicyStrategy
+            .validate(&json!({"spec": spec}), None)
+            .iter()
+            .map(|c| format!("{}: {}", c.field, c.message))
+            .collect()
     }
 
     #[test]

@@ -52,9 +52,14 @@ impl Strategy for PdbStrategy {
                     causes.push(Cause::invalid(format!("spec.{field}"), n, "must be greater than or equal to 0"))
                 }
                 Some(Value::String(p)) => {
-                    let ok = p.strip_suffix('%').and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| (0..=100).contains(&x));
+                    let ok =
+                        p.strip_suffix('%').and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| (0..=100).contains(&x));
                     if !ok {
-                        causes.push(Cause::invalid(format!("spec.{field}"), p, "must be an integer or a percentage between 0% and 100%"));
+                        causes.push(Cause::invalid(
+                            format!("spec.{field}"),
+                            p,
+                            "must be an integer or a percentage between 0% and 100%",
+                        ));
                     }
                 }
                 _ => {}
@@ -68,7 +73,9 @@ impl Strategy for PdbStrategy {
             NAME,
             Column::new("Min Available", "string", 0, |o| json!(int_or_percent(&o["spec"]["minAvailable"]))),
             Column::new("Max Unavailable", "string", 0, |o| json!(int_or_percent(&o["spec"]["maxUnavailable"]))),
-            Column::new("Allowed Disruptions", "integer", 0, |o| json!(o["status"]["disruptionsAllowed"].as_i64().unwrap_or(0))),
+            Column::new("Allowed Disruptions", "integer", 0, |o| {
+                json!(o["status"]["disruptionsAllowed"].as_i64().unwrap_or(0))
+            }),
             AGE,
         ]
     }

@@ -629,14 +629,31 @@ mod tests {
     #[test]
     fn pods_tolerate_not_ready_and_unreachable_nodes_for_300_seconds_unless_they_say() {
         let keys = |obj: &Value| -> Vec<(String, Option<i64>)> {
-            obj["spec"]["tolerations"].as_array().into_iter().flatten().map(|t| (t["key"].as_str().unwrap_or("").to_string(), t["tolerationSeconds"].as_i64())).collect()
+            obj["spec"]["tolerations"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|t| (t["key"].as_str().unwrap_or("").to_string(), t["tolerationSeconds"].as_i64()))
+                .collect()
         };
         let mut plain = json!({"spec": {"containers": []}});
         default_toleration_seconds(&mut plain);
-        assert_eq!(keys(&plain), vec![("node.kubernetes.io/not-ready".into(), Some(300)), ("node.kubernetes.io/unreachable".into(), Some(300))]);
+        assert_eq!(
+            keys(&plain),
+            vec![
+                ("node.kubernetes.io/not-ready".into(), Some(300)),
+                ("node.kubernetes.io/unreachable".into(), Some(300))
+            ]
+        );
         let mut own = json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2}]}});
         default_toleration_seconds(&mut own);
-        assert_eq!(keys(&own), vec![("node.kubernetes.io/unreachable".into(), Some(2)), ("node.kubernetes.io/not-ready".into(), Some(300))]);
+        assert_eq!(
+            keys(&own),
+            vec![
+                ("node.kubernetes.io/unreachable".into(), Some(2)),
+                ("node.kubernetes.io/not-ready".into(), Some(300))
+            ]
+        );
         // Tolerating everything (an empty key with Exists) needs nothing more.
         let mut all = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
         default_toleration_seconds(&mut all);

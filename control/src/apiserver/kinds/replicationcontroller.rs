@@ -36,7 +36,10 @@ impl Strategy for ReplicationControllerStrategy {
             return;
         }
         set_default(obj, "/spec/replicas", json!(1));
-        let labels = obj.pointer("/spec/template/metadata/labels").filter(|l| l.as_object().is_some_and(|m| !m.is_empty())).cloned();
+        let labels = obj
+            .pointer("/spec/template/metadata/labels")
+            .filter(|l| l.as_object().is_some_and(|m| !m.is_empty()))
+            .cloned();
         if let Some(labels) = labels {
             if obj.pointer("/spec/selector").and_then(Value::as_object).is_none_or(|m| m.is_empty()) {
                 obj["spec"]["selector"] = labels.clone();
@@ -59,11 +62,16 @@ impl Strategy for ReplicationControllerStrategy {
         if selector.is_empty() {
             causes.push(Cause::required("spec.selector"));
         }
-        let labels = obj.pointer("/spec/template/metadata/labels").and_then(Value::as_object).cloned().unwrap_or_default();
+        let labels =
+            obj.pointer("/spec/template/metadata/labels").and_then(Value::as_object).cloned().unwrap_or_default();
         if obj.pointer("/spec/template").is_none() {
             causes.push(Cause::required("spec.template"));
         } else if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
-            causes.push(Cause::invalid("spec.template.metadata.labels", json!(labels).to_string(), "`selector` does not match template `labels`"));
+            causes.push(Cause::invalid(
+                "spec.template.metadata.labels",
+                json!(labels).to_string(),
+                "`selector` does not match template `labels`",
+            ));
         }
         if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64).filter(|r| *r < 0) {
             causes.push(Cause::invalid("spec.replicas", r, "must be greater than or equal to 0"));

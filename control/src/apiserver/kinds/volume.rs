@@ -54,15 +54,24 @@ fn check_access_modes(obj: &Value, causes: &mut Vec<Cause>) {
 }
 
 fn access_modes_column(o: &Value) -> Value {
-    let short = |m: &str| match m {
-        "ReadWriteOnce" => "RWO",
-        "ReadOnlyMany" => "ROX",
-        "ReadWriteMany" => "RWX",
-        "ReadWriteOncePod" => "RWOP",
-        other => other,
-    }
-    .to_string();
-    let modes: Vec<String> = o.pointer("/spec/accessModes").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(short).collect();
+    let short = |m: &str| {
+        match m {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        }
+        .to_string()
+    };
+    let modes: Vec<String> = o
+        .pointer("/spec/accessModes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(short)
+        .collect();
     json!(modes.join(","))
 }
 

@@ -127,20 +127,40 @@ impl ProxyArgs {
             ProxyMode::Nftables => "nftables",
             ProxyMode::None => "none",
         };
-        vec!["--proxy-mode".into(), mode.into(), "--proxy-table".into(), self.proxy_table.clone(), "--nft".into(), self.nft.display().to_string()]
+        vec![
+            "--proxy-mode".into(),
+            mode.into(),
+            "--proxy-table".into(),
+            self.proxy_table.clone(),
+            "--nft".into(),
+            self.nft.display().to_string(),
+        ]
     }
 
     /// The proxy's options: `service_cidr` is the range whose unallocated addresses are dropped,
     /// `cluster_cidr` the pods' range (the node's own when not given).
-    pub fn options(&self, service_cidr: &str, cluster_cidr: Option<&str>) -> anyhow::Result<Option<agent::proxy::ProxyOptions>> {
+    pub fn options(
+        &self,
+        service_cidr: &str,
+        cluster_cidr: Option<&str>,
+    ) -> anyhow::Result<Option<agent::proxy::ProxyOptions>> {
         if self.proxy_mode == ProxyMode::None {
             return Ok(None);
         }
         let parse = |flag: &str, v: &str| v.parse::<agent::proxy::Cidr>().map_err(|e| anyhow::anyhow!("{flag}: {e}"));
-        let service = service_cidr.split(',').map(|c| parse("--service-cluster-ip-range", c.trim())).collect::<anyhow::Result<Vec<_>>>()?;
+        let service = service_cidr
+            .split(',')
+            .map(|c| parse("--service-cluster-ip-range", c.trim()))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         let local = cluster_cidr.map(|c| parse("--cluster-cidr", c)).transpose()?;
         Ok(Some(agent::proxy::ProxyOptions {
-            config: agent::proxy::Config { table: self.proxy_table.clone(), node_name: String::new(), service_cidrs: service, local_cidr: local, pod_cidr: None },
+            config: agent::proxy::Config {
+                table: self.proxy_table.clone(),
+                node_name: String::new(),
+                service_cidrs: service,
+                local_cidr: local,
+                pod_cidr: None,
+            },
             nft: self.nft.clone(),
         }))
     }
@@ -246,7 +266,12 @@ impl RealArgs {
         Ok(argv)
     }
 
-    pub fn node(&self, name: String, data_dir: PathBuf, image_dir: Option<PathBuf>) -> anyhow::Result<agent::real::RealNode> {
+    pub fn node(
+        &self,
+        name: String,
+        data_dir: PathBuf,
+        image_dir: Option<PathBuf>,
+    ) -> anyhow::Result<agent::real::RealNode> {
         let kube = agent::machine::parse_reserved("--kube-reserved", &self.kube_reserved)?;
         let system = agent::machine::parse_reserved("--system-reserved", &self.system_reserved)?;
         let reserved = agent::machine::Resources {
@@ -292,9 +317,13 @@ fn parse_taints(items: &[String]) -> anyhow::Result<Vec<Taint>> {
         .iter()
         .filter(|s| !s.is_empty())
         .map(|item| {
-            let (kv, effect) = item.rsplit_once(':').with_context(|| format!("--register-with-taints: {item:?} is not key[=value]:Effect"))?;
+            let (kv, effect) = item
+                .rsplit_once(':')
+                .with_context(|| format!("--register-with-taints: {item:?} is not key[=value]:Effect"))?;
             if !matches!(effect, "NoSchedule" | "PreferNoSchedule" | "NoExecute") {
-                anyhow::bail!("--register-with-taints: {item:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute");
+                anyhow::bail!(
+                    "--register-with-taints: {item:?}: effect must be NoSchedule, PreferNoSchedule or NoExecute"
+                );
             }
             let (key, value) = match kv.split_once('=') {
                 Some((k, v)) => (k, Some(v.to_string())),
@@ -310,20 +339,17 @@ fn parse_taints(items: &[String]) -> anyhow::Result<Vec<Taint>> {
 
 pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     let client = agent::client::connect(args.server.as_deref(), args.kubeconfig.as_deref()).await?;
-    let name = args.node_name.clone().or_else(|| {
-        if args.hollow_nodes == 1 {
-            control::process::hostname()
-        } else {
-            None
-        }
-    });
+    let name =
+        args.node_name.clone().or_else(|| if args.hollow_nodes == 1 { control::process::hostname() } else { None });
     let options = AgentOptions {
         cgroup_root: args.real.cgroup_root.clone(),
         lease_duration: std::time::Duration::from_secs(args.node_lease_duration_seconds.into()),
         lease_renew_interval: args.node_lease_renew_interval,
         status_report_frequency: args.node_status_report_frequency,
-        cluster_dns: (!args.cluster_dns.is_empty())
-            .then(|| agent::dns::ClusterDns { servers: args.cluster_dns.iter().map(|ip| ip.to_string()).collect(), domain: args.cluster_domain.clone() }),
+        cluster_dns: (!args.cluster_dns.is_empty()).then(|| agent::dns::ClusterDns {
+            servers: args.cluster_dns.iter().map(|ip| ip.to_string()).collect(),
+            domain: args.cluster_domain.clone(),
+        }),
         ..AgentOptions::default()
     };
     match args.runtime {

@@ -30,9 +30,15 @@ pub async fn run_controller_manager(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     flags.enabled().map_err(anyhow::Error::msg)?;
-    control::election::run_elected(election, client.clone(), "kube-controller-manager", stop, |leadership, identity, stop| async move {
-        control::controllers::run(client, &flags, leadership, &identity, stop).await
-    })
+    control::election::run_elected(
+        election,
+        client.clone(),
+        "kube-controller-manager",
+        stop,
+        |leadership, identity, stop| async move {
+            control::controllers::run(client, &flags, leadership, &identity, stop).await
+        },
+    )
     .await
 }
 

@@ -37,9 +37,15 @@ pub async fn run_scheduler(
     config: SchedulerConfiguration,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    control::election::run_elected(election, client.clone(), "kube-scheduler", stop, |leadership, identity, stop| async move {
-        control::scheduler::run::run(client, config, leadership, &identity, stop).await
-    })
+    control::election::run_elected(
+        election,
+        client.clone(),
+        "kube-scheduler",
+        stop,
+        |leadership, identity, stop| async move {
+            control::scheduler::run::run(client, config, leadership, &identity, stop).await
+        },
+    )
     .await
 }
 

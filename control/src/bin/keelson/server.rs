@@ -132,7 +132,11 @@ pub async fn server_with(args: ServerArgs, extras: Vec<Extra>) -> anyhow::Result
         Some(crate::scheduler::load_config(args.scheduler_config.as_deref(), "--scheduler-config")?)
     };
     let managing = !args.disable.iter().any(|d| d == "controller-manager");
-    let dns = if args.disable.iter().any(|d| d == "cluster-dns") { None } else { Some(args.dns.options(args.api.service_cluster_ip_range())?) };
+    let dns = if args.disable.iter().any(|d| d == "cluster-dns") {
+        None
+    } else {
+        Some(args.dns.options(args.api.service_cluster_ip_range())?)
+    };
     if managing {
         args.controllers.enabled().map_err(anyhow::Error::msg)?;
     }
@@ -151,13 +155,21 @@ pub async fn server_with(args: ServerArgs, extras: Vec<Extra>) -> anyhow::Result
     if let Some(options) = dns {
         let client = agent::client::connect(Some(&args.api.local_url()), None).await?;
         let stop = waiter(&components_rx);
-        components.push(("cluster DNS", COMPONENTS_STOP_TIMEOUT, tokio::spawn(control::dns::run(client, options, stop))));
+        components.push((
+            "cluster DNS",
+            COMPONENTS_STOP_TIMEOUT,
+            tokio::spawn(control::dns::run(client, options, stop)),
+        ));
     }
     if let Some(config) = scheduling {
         let client = agent::client::connect(Some(&args.api.local_url()), None).await?;
         let election = args.election.clone();
         let stop = waiter(&components_rx);
-        components.push(("scheduler", COMPONENTS_STOP_TIMEOUT, tokio::spawn(async move { crate::scheduler::run_scheduler(client, &election, config, stop).await })));
+        components.push((
+            "scheduler",
+            COMPONENTS_STOP_TIMEOUT,
+            tokio::spawn(async move { crate::scheduler::run_scheduler(client, &election, config, stop).await }),
+        ));
     }
     if managing {
         let client = agent::client::connect(Some(&args.api.local_url()), None).await?;
@@ -166,7 +178,9 @@ pub async fn server_with(args: ServerArgs, extras: Vec<Extra>) -> anyhow::Result
         components.push((
             "controller manager",
             COMPONENTS_STOP_TIMEOUT,
-            tokio::spawn(async move { crate::controller_manager::run_controller_manager(client, &election, flags, stop).await }),
+            tokio::spawn(async move {
+                crate::controller_manager::run_controller_manager(client, &election, flags, stop).await
+            }),
         ));
     }
     let api = run_api(&args.api, local_store, "the member in this process", waiter(&stop_rx));

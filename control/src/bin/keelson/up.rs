@@ -110,7 +110,11 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
         stop_within: AGENT_STOP_TIMEOUT,
         run: Box::new(move |client, stop| Box::pin(agent::real::run(client, node, options, stop))),
     };
-    eprintln!("keelson: the cluster's data is in {}; kubectl's config: export KUBECONFIG={}", data.display(), kubeconfig.display());
+    eprintln!(
+        "keelson: the cluster's data is in {}; kubectl's config: export KUBECONFIG={}",
+        data.display(),
+        kubeconfig.display()
+    );
     server_with(server, vec![agent]).await
 }
 
@@ -165,23 +169,41 @@ async fn up_nodes(args: UpArgs) -> anyhow::Result<()> {
     // Held until this process exits: the next run that takes it knows leftovers for crashed.
     let lock = net.claim()?;
     net.create_bridge()?;
-    let api: std::net::SocketAddr = args.api_listen.parse().with_context(|| format!("--api-listen {:?} is not address:port", args.api_listen))?;
+    let api: std::net::SocketAddr =
+        args.api_listen.parse().with_context(|| format!("--api-listen {:?} is not address:port", args.api_listen))?;
     // The nodes reach the API on their link to this host.
     let api = if api.ip().is_loopback() { std::net::SocketAddr::new(net.gateway().into(), api.port()) } else { api };
     let mut server = server_args(&args, &api.to_string())?;
-    server.dns = DnsFlags { cluster_dns_advertise_address: Some(args.dns.cluster_dns_advertise_address.unwrap_or(net.gateway())), ..args.dns.clone() };
+    server.dns = DnsFlags {
+        cluster_dns_advertise_address: Some(args.dns.cluster_dns_advertise_address.unwrap_or(net.gateway())),
+        ..args.dns.clone()
+    };
     let dns_ip = args.dns.service_ip(&args.service_cluster_ip_range)?;
-    let api_url = format!("http://{}", if api.ip().is_unspecified() { std::net::SocketAddr::new(net.gateway().into(), api.port()) } else { api });
+    let api_url = format!(
+        "http://{}",
+        if api.ip().is_unspecified() { std::net::SocketAddr::new(net.gateway().into(), api.port()) } else { api }
+    );
     let binary = std::env::current_exe().context("finding the keelson binary")?;
     let mut agents = Vec::new();
     for k in 1..=args.nodes as usize {
         let name = net.node_name(k);
         let dir = args.data_dir.join("nodes").join(&name);
-        let mut argv: Vec<String> = vec!["agent".into(), "--server".into(), api_url.clone(), "--node-name".into(), name.clone()];
+        let mut argv: Vec<String> =
+            vec!["agent".into(), "--server".into(), api_url.clone(), "--node-name".into(), name.clone()];
         argv.extend(["--node-ip".into(), net.node_ip(k).to_string(), "--data-dir".into(), dir.display().to_string()]);
         argv.extend(["--cgroup-root".into(), net.cgroup_root(k), "--stop-pods-on-exit".into()]);
-        argv.extend(["--cluster-cidr".into(), args.cluster_cidr.clone(), "--service-cluster-ip-range".into(), args.service_cluster_ip_range.clone()]);
-        argv.extend(["--cluster-dns".into(), dns_ip.to_string(), "--cluster-domain".into(), args.dns.cluster_domain.clone()]);
+        argv.extend([
+            "--cluster-cidr".into(),
+            args.cluster_cidr.clone(),
+            "--service-cluster-ip-range".into(),
+            args.service_cluster_ip_range.clone(),
+        ]);
+        argv.extend([
+            "--cluster-dns".into(),
+            dns_ip.to_string(),
+            "--cluster-domain".into(),
+            args.dns.cluster_domain.clone(),
+        ]);
         if let Some(images) = image_dir(&args) {
             argv.extend(["--image-dir".into(), images.display().to_string()]);
         }
@@ -195,7 +217,12 @@ async fn up_nodes(args: UpArgs) -> anyhow::Result<()> {
         run: Box::new(move |_client, stop| Box::pin(run_nodes(net, binary, agents, stop, lock))),
     };
     let kubeconfig = args.write_kubeconfig.clone().unwrap_or_else(|| args.data_dir.join("kubeconfig.yaml"));
-    eprintln!("keelson: {} nodes; the cluster's data is in {}; kubectl's config: export KUBECONFIG={}", args.nodes, args.data_dir.display(), kubeconfig.display());
+    eprintln!(
+        "keelson: {} nodes; the cluster's data is in {}; kubectl's config: export KUBECONFIG={}",
+        args.nodes,
+        args.data_dir.display(),
+        kubeconfig.display()
+    );
     server_with(server, vec![nodes]).await
 }
 

@@ -33,7 +33,10 @@ pub struct DeploymentController {
 }
 
 fn selector(d: &Deployment) -> Selector {
-    d.spec.as_ref().map(|s| Selector::parse(&s.selector).unwrap_or_else(|_| Selector::nothing())).unwrap_or_else(Selector::nothing)
+    d.spec
+        .as_ref()
+        .map(|s| Selector::parse(&s.selector).unwrap_or_else(|_| Selector::nothing()))
+        .unwrap_or_else(Selector::nothing)
 }
 
 /// One sync's view: the deployment as it is being changed, and what it was when read.
@@ -162,7 +165,13 @@ impl DeploymentController {
         w.sets[i] = self.sets_api(&w.d).replace(&name, &PostParams::default(), &rs).await?;
         if from != size {
             let way = if size > from { "up" } else { "down" };
-            self.recorder.record(reference(&w.d), false, "Scale", "ScalingReplicaSet", format!("Scaled {way} replica set {name} from {from} to {size}"));
+            self.recorder.record(
+                reference(&w.d),
+                false,
+                "Scale",
+                "ScalingReplicaSet",
+                format!("Scaled {way} replica set {name} from {from} to {size}"),
+            );
         }
         Ok(from != size)
     }
@@ -172,7 +181,8 @@ impl DeploymentController {
     async fn new_set(&self, w: &mut Work, create: bool) -> anyhow::Result<Option<usize>> {
         let refs = w.refs();
         let found = find_new(&w.d, &refs).and_then(|n| w.sets.iter().position(|s| s.metadata.uid == n.metadata.uid));
-        let max_old = w.sets.iter().enumerate().filter(|(i, _)| Some(*i) != found).map(|(_, s)| revision(s)).max().unwrap_or(0);
+        let max_old =
+            w.sets.iter().enumerate().filter(|(i, _)| Some(*i) != found).map(|(_, s)| revision(s)).max().unwrap_or(0);
         let new_revision = max_old + 1;
         let min_ready = w.d.spec.as_ref().and_then(|s| s.min_ready_seconds);
         if let Some(i) = found {
@@ -184,11 +194,21 @@ impl DeploymentController {
                 let name = rs.metadata.name.clone().unwrap_or_default();
                 w.sets[i] = self.sets_api(&w.d).replace(&name, &PostParams::default(), &rs).await?;
             }
-            let rev = w.sets[i].metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).cloned().unwrap_or_default();
+            let rev =
+                w.sets[i].metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).cloned().unwrap_or_default();
             w.set_revision(&rev);
             if progress_deadline(&w.d).is_some() && progressing(w.status_mut()).is_none() {
                 let name = w.sets[i].metadata.name.clone().unwrap_or_default();
-                set_condition(w.status_mut(), new_condition("Progressing", "True", "FoundNewReplicaSet", format!("Found new replica set {name:?}"), Timestamp::now()));
+                set_condition(
+                    w.status_mut(),
+                    new_condition(
+                        "Progressing",
+                        "True",
+                        "FoundNewReplicaSet",
+                        format!("Found new replica set {name:?}"),
+                        Timestamp::now(),
+                    ),
+                );
             }
             return Ok(Some(i));
         }
@@ -199,7 +219,12 @@ impl DeploymentController {
         let collisions = w.d.status.as_ref().and_then(|s| s.collision_count);
         let hash = template_hash(&spec.template, collisions);
         let mut template: PodTemplateSpec = spec.template.clone();
-        template.metadata.get_or_insert_with(Default::default).labels.get_or_insert_with(Default::default).insert(HASH_LABEL.into(), hash.clone());
+        template
+            .metadata
+            .get_or_insert_with(Default::default)
+            .labels
+            .get_or_insert_with(Default::default)
+            .insert(HASH_LABEL.into(), hash.clone());
         let mut selector: LabelSelector = spec.selector.clone();
         selector.match_labels.get_or_insert_with(Default::default).insert(HASH_LABEL.into(), hash.clone());
         let name = format!("{}-{hash}", w.d.metadata.name.as_deref().unwrap_or(""));
@@ -211,7 +236,12 @@ impl DeploymentController {
                 owner_references: Some(vec![controller_ref(&w.d)]),
                 ..Default::default()
             },
-            spec: Some(ReplicaSetSpec { replicas: Some(0), min_ready_seconds: min_ready, selector, template: Some(template) }),
+            spec: Some(ReplicaSetSpec {
+                replicas: Some(0),
+                min_ready_seconds: min_ready,
+                selector,
+                template: Some(template),
+            }),
             status: None,
         };
         let size = {
@@ -224,14 +254,24 @@ impl DeploymentController {
         let api = self.sets_api(&w.d);
         let created = match api.create(&PostParams::default(), &rs).await {
             Ok(c) => {
-                self.recorder.record(reference(&w.d), false, "Scale", "ScalingReplicaSet", format!("Scaled up replica set {name} from 0 to {size}"));
+                self.recorder.record(
+                    reference(&w.d),
+                    false,
+                    "Scale",
+                    "ScalingReplicaSet",
+                    format!("Scaled up replica set {name} from 0 to {size}"),
+                );
                 c
             }
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 // Made by an earlier sync whose watch event has not come yet, or a collision.
                 let existing = api.get(&name).await?;
                 let ours = controller_of(&existing.metadata).is_some_and(|r| Some(&r.uid) == w.d.metadata.uid.as_ref());
-                let same = existing.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|t| equal_ignore_hash(t, &spec.template));
+                let same = existing
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.template.as_ref())
+                    .is_some_and(|t| equal_ignore_hash(t, &spec.template));
                 if !(ours && same) {
                     let next = collisions.unwrap_or(0).saturating_add(1);
                     w.status_mut().collision_count = Some(next);
@@ -242,7 +282,16 @@ impl DeploymentController {
             }
             Err(e) => {
                 if progress_deadline(&w.d).is_some() {
-                    set_condition(w.status_mut(), new_condition("Progressing", "False", "ReplicaSetCreateError", format!("Failed to create new replica set {name:?}: {e}"), Timestamp::now()));
+                    set_condition(
+                        w.status_mut(),
+                        new_condition(
+                            "Progressing",
+                            "False",
+                            "ReplicaSetCreateError",
+                            format!("Failed to create new replica set {name:?}: {e}"),
+                            Timestamp::now(),
+                        ),
+                    );
                     self.write_status(w).await?;
                 }
                 return Err(e.into());
@@ -250,7 +299,16 @@ impl DeploymentController {
         };
         w.set_revision(&new_revision.to_string());
         if progress_deadline(&w.d).is_some() {
-            set_condition(w.status_mut(), new_condition("Progressing", "True", "NewReplicaSetCreated", format!("Created new replica set {name:?}"), Timestamp::now()));
+            set_condition(
+                w.status_mut(),
+                new_condition(
+                    "Progressing",
+                    "True",
+                    "NewReplicaSetCreated",
+                    format!("Created new replica set {name:?}"),
+                    Timestamp::now(),
+                ),
+            );
         }
         w.sets.push(created);
         Ok(Some(w.sets.len() - 1))
@@ -258,7 +316,8 @@ impl DeploymentController {
 
     /// Old sets (all but `new`) with pods, oldest first.
     fn old_active(w: &Work, new: Option<usize>) -> Vec<usize> {
-        let mut idx: Vec<usize> = (0..w.sets.len()).filter(|&i| Some(i) != new && rs_replicas(&w.sets[i]) > 0).collect();
+        let mut idx: Vec<usize> =
+            (0..w.sets.len()).filter(|&i| Some(i) != new && rs_replicas(&w.sets[i]) > 0).collect();
         idx.sort_by(|&a, &b| {
             let t = |i: usize| w.sets[i].metadata.creation_timestamp.as_ref().map(|t| t.0);
             t(a).cmp(&t(b)).then_with(|| w.sets[a].metadata.name.cmp(&w.sets[b].metadata.name))
@@ -286,7 +345,8 @@ impl DeploymentController {
                 for (j, size) in plan {
                     scaled |= self.scale(w, old[j], size).await?;
                 }
-                let plan = scale_down_old_for_rolling(&w.d, &w.refs(), &old.iter().map(|&i| &w.sets[i]).collect::<Vec<_>>());
+                let plan =
+                    scale_down_old_for_rolling(&w.d, &w.refs(), &old.iter().map(|&i| &w.sets[i]).collect::<Vec<_>>());
                 for (j, size) in plan {
                     scaled |= self.scale(w, old[j], size).await?;
                 }
@@ -325,13 +385,15 @@ impl DeploymentController {
 
     /// Whether pods of the old sets are still there (a Recreate rollout waits for them).
     fn old_pods_running(&self, w: &Work, new: Option<usize>) -> bool {
-        let old: Vec<&ReplicaSet> = w.sets.iter().enumerate().filter(|(i, _)| Some(*i) != new).map(|(_, s)| s).collect();
+        let old: Vec<&ReplicaSet> =
+            w.sets.iter().enumerate().filter(|(i, _)| Some(*i) != new).map(|(_, s)| s).collect();
         if old.iter().any(|s| s.status.as_ref().is_some_and(|st| st.replicas > 0)) {
             return true;
         }
         let uids: Vec<&str> = old.iter().filter_map(|s| s.metadata.uid.as_deref()).collect();
         self.pods.list_namespace(w.d.metadata.namespace.as_deref().unwrap_or("")).iter().any(|p| {
-            controller_of(&p.metadata).is_some_and(|r| uids.contains(&r.uid.as_str())) && !matches!(pods::phase(p), "Succeeded" | "Failed")
+            controller_of(&p.metadata).is_some_and(|r| uids.contains(&r.uid.as_str()))
+                && !matches!(pods::phase(p), "Succeeded" | "Failed")
         })
     }
 
@@ -354,10 +416,14 @@ impl DeploymentController {
     }
 
     async fn clean_history(&self, w: &Work, new: Option<usize>) -> anyhow::Result<()> {
-        let old: Vec<&ReplicaSet> = w.sets.iter().enumerate().filter(|(i, _)| Some(*i) != new).map(|(_, s)| s).collect();
+        let old: Vec<&ReplicaSet> =
+            w.sets.iter().enumerate().filter(|(i, _)| Some(*i) != new).map(|(_, s)| s).collect();
         let api = self.sets_api(&w.d);
         for rs in history_to_clean(&w.d, &old) {
-            let dp = DeleteParams { preconditions: Some(Preconditions { uid: rs.metadata.uid.clone(), resource_version: None }), ..Default::default() };
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions { uid: rs.metadata.uid.clone(), resource_version: None }),
+                ..Default::default()
+            };
             match api.delete(rs.metadata.name.as_deref().unwrap_or(""), &dp).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => {}
@@ -392,8 +458,12 @@ impl DeploymentController {
             let rev = w.d.metadata.annotations.as_ref().and_then(|a| a.get(REVISION)).cloned();
             patch["metadata"]["annotations"] = json!({ REVISION: rev });
         }
-        let api: Api<Deployment> = Api::namespaced(self.client.clone(), w.d.metadata.namespace.as_deref().unwrap_or(""));
-        match api.patch_status(w.d.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        let api: Api<Deployment> =
+            Api::namespaced(self.client.clone(), w.d.metadata.namespace.as_deref().unwrap_or(""));
+        match api
+            .patch_status(w.d.metadata.name.as_deref().unwrap_or(""), &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
             Err(e) => Err(e.into()),
@@ -410,9 +480,15 @@ impl DeploymentController {
         let reason = w.d.status.as_ref().and_then(progressing).and_then(|c| c.reason.clone());
         let now = Timestamp::now();
         if paused && reason.as_deref() != Some("DeploymentPaused") {
-            set_condition(w.status_mut(), new_condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into(), now));
+            set_condition(
+                w.status_mut(),
+                new_condition("Progressing", "Unknown", "DeploymentPaused", "Deployment is paused".into(), now),
+            );
         } else if !paused && reason.as_deref() == Some("DeploymentPaused") {
-            set_condition(w.status_mut(), new_condition("Progressing", "Unknown", "DeploymentResumed", "Deployment is resumed".into(), now));
+            set_condition(
+                w.status_mut(),
+                new_condition("Progressing", "Unknown", "DeploymentResumed", "Deployment is resumed".into(), now),
+            );
         }
     }
 }
@@ -444,9 +520,20 @@ impl Controller for DeploymentController {
         let Some(cached) = self.deployments.get_key(key) else { return Ok(()) };
         let d = (*cached).clone();
         let sel = selector(&d);
-        let mut w = Work { original_status: d.status.clone().unwrap_or_default(), d, revision_changed: false, sets: Vec::new() };
+        let mut w = Work {
+            original_status: d.status.clone().unwrap_or_default(),
+            d,
+            revision_changed: false,
+            sets: Vec::new(),
+        };
         if sel.is_empty() {
-            self.recorder.record(reference(&w.d), true, "Sync", "SelectingAll", "This deployment is selecting all pods. A non-empty selector is required.".into());
+            self.recorder.record(
+                reference(&w.d),
+                true,
+                "Sync",
+                "SelectingAll",
+                "This deployment is selecting all pods. A non-empty selector is required.".into(),
+            );
             let generation = w.d.metadata.generation;
             if w.original_status.observed_generation < generation {
                 w.status_mut().observed_generation = generation;
@@ -467,6 +554,10 @@ impl Controller for DeploymentController {
         if paused || is_scaling_event(&w.d, &w.refs()) {
             return self.scale_only(&mut w).await;
         }
-        if is_recreate(&w.d) { self.recreate(key, &mut w).await } else { self.rolling(key, &mut w).await }
+        if is_recreate(&w.d) {
+            self.recreate(key, &mut w).await
+        } else {
+            self.rolling(key, &mut w).await
+        }
     }
 }

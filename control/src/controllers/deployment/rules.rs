@@ -51,7 +51,10 @@ pub fn scaled_value(v: &IntOrString, total: i32, round_up: bool) -> Result<i32, 
     match v {
         IntOrString::Int(n) => Ok(*n),
         IntOrString::String(s) => {
-            let p: i64 = s.strip_suffix('%').and_then(|p| p.parse().ok()).ok_or_else(|| format!("invalid value for IntOrString: {s:?}"))?;
+            let p: i64 = s
+                .strip_suffix('%')
+                .and_then(|p| p.parse().ok())
+                .ok_or_else(|| format!("invalid value for IntOrString: {s:?}"))?;
             let num = p * i64::from(total);
             Ok((if round_up { (num + 99).div_euclid(100) } else { num.div_euclid(100) }) as i32)
         }
@@ -67,11 +70,19 @@ pub fn fenceposts(d: &Deployment) -> (i32, i32) {
     let desired = replicas(d);
     let surge = scaled_value(&surge, desired, true).unwrap_or(0);
     let unavailable = scaled_value(&unavailable, desired, false).unwrap_or(0);
-    if surge == 0 && unavailable == 0 { (0, 1) } else { (surge, unavailable) }
+    if surge == 0 && unavailable == 0 {
+        (0, 1)
+    } else {
+        (surge, unavailable)
+    }
 }
 
 pub fn max_surge(d: &Deployment) -> i32 {
-    if is_recreate(d) { 0 } else { fenceposts(d).0 }
+    if is_recreate(d) {
+        0
+    } else {
+        fenceposts(d).0
+    }
 }
 
 pub fn max_unavailable(d: &Deployment) -> i32 {
@@ -184,7 +195,9 @@ pub fn find_new<'a>(d: &Deployment, sets: &[&'a ReplicaSet]) -> Option<&'a Repli
     let template = &d.spec.as_ref()?.template;
     let mut sorted = sets.to_vec();
     sort_oldest_first(&mut sorted);
-    sorted.into_iter().find(|rs| rs.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|t| equal_ignore_hash(t, template)))
+    sorted
+        .into_iter()
+        .find(|rs| rs.spec.as_ref().and_then(|s| s.template.as_ref()).is_some_and(|t| equal_ignore_hash(t, template)))
 }
 
 pub fn revision(rs: &ReplicaSet) -> i64 {
@@ -254,7 +267,12 @@ pub fn set_replicas_annotations(rs: &mut ReplicaSet, desired: i32, max: i32) -> 
 /// isScalingEvent): then the sets are resized in proportion rather than rolled.
 pub fn is_scaling_event(d: &Deployment, sets: &[&ReplicaSet]) -> bool {
     sets.iter().filter(|rs| rs_replicas(rs) > 0).any(|rs| {
-        rs.metadata.annotations.as_ref().and_then(|a| a.get(DESIRED_REPLICAS)).and_then(|v| v.parse::<i32>().ok()).is_some_and(|n| n != replicas(d))
+        rs.metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DESIRED_REPLICAS))
+            .and_then(|v| v.parse::<i32>().ok())
+            .is_some_and(|n| n != replicas(d))
     })
 }
 
@@ -318,7 +336,8 @@ pub fn proportional_sizes(d: &Deployment, sets: &[&ReplicaSet], new: Option<usiz
             .and_then(|v| v.parse::<i32>().ok())
             .filter(|n| *n > 0)
             .unwrap_or_else(|| d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0).max(1));
-        let fraction = ((f64::from(sizes[i]) * f64::from(deployment_max) / f64::from(annotated)).round() as i32) - sizes[i];
+        let fraction =
+            ((f64::from(sizes[i]) * f64::from(deployment_max) / f64::from(annotated)).round() as i32) - sizes[i];
         let allowed_left = to_add - added;
         let change = if to_add > 0 { fraction.min(allowed_left) } else { fraction.max(allowed_left) };
         changes[i] = change;
@@ -379,7 +398,12 @@ pub fn remove_condition(s: &mut DeploymentStatus, kind: &str) {
 
 /// The status the sets give the deployment (Kubernetes' calculateStatus), with the Available
 /// condition.
-pub fn calculate_status(d: &Deployment, all: &[&ReplicaSet], new: Option<&ReplicaSet>, now: Timestamp) -> DeploymentStatus {
+pub fn calculate_status(
+    d: &Deployment,
+    all: &[&ReplicaSet],
+    new: Option<&ReplicaSet>,
+    now: Timestamp,
+) -> DeploymentStatus {
     let sum = |f: fn(&ReplicaSet) -> i32| all.iter().map(|rs| f(rs)).sum::<i32>();
     let available = sum(rs_available);
     let total_spec = sum(rs_replicas);
@@ -396,9 +420,27 @@ pub fn calculate_status(d: &Deployment, all: &[&ReplicaSet], new: Option<&Replic
         terminating_replicas: None,
     };
     if available >= replicas(d) - max_unavailable(d) {
-        set_condition(&mut s, new_condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.".into(), now));
+        set_condition(
+            &mut s,
+            new_condition(
+                "Available",
+                "True",
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.".into(),
+                now,
+            ),
+        );
     } else {
-        set_condition(&mut s, new_condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into(), now));
+        set_condition(
+            &mut s,
+            new_condition(
+                "Available",
+                "False",
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.".into(),
+                now,
+            ),
+        );
     }
     s
 }
@@ -410,7 +452,10 @@ fn n(v: Option<i32>) -> i32 {
 /// Every replica updated and available, and the latest spec observed.
 pub fn is_complete(d: &Deployment, s: &DeploymentStatus) -> bool {
     let want = replicas(d);
-    n(s.updated_replicas) == want && n(s.replicas) == want && n(s.available_replicas) == want && s.observed_generation >= d.metadata.generation
+    n(s.updated_replicas) == want
+        && n(s.replicas) == want
+        && n(s.available_replicas) == want
+        && s.observed_generation >= d.metadata.generation
 }
 
 /// Whether the rollout moved since the deployment's recorded status (Kubernetes'
@@ -419,7 +464,10 @@ pub fn is_progressing(d: &Deployment, s: &DeploymentStatus) -> bool {
     let old = d.status.clone().unwrap_or_default();
     let old_old = n(old.replicas) - n(old.updated_replicas);
     let new_old = n(s.replicas) - n(s.updated_replicas);
-    n(s.updated_replicas) > n(old.updated_replicas) || new_old < old_old || n(s.ready_replicas) > n(old.ready_replicas) || n(s.available_replicas) > n(old.available_replicas)
+    n(s.updated_replicas) > n(old.updated_replicas)
+        || new_old < old_old
+        || n(s.ready_replicas) > n(old.ready_replicas)
+        || n(s.available_replicas) > n(old.available_replicas)
 }
 
 pub fn progress_deadline(d: &Deployment) -> Option<i32> {
@@ -441,22 +489,40 @@ pub fn timed_out(d: &Deployment, s: &DeploymentStatus, now: Timestamp) -> bool {
 }
 
 /// The rollout's Progressing condition for `s` (Kubernetes' syncRolloutStatus).
-pub fn rollout_status(d: &Deployment, mut s: DeploymentStatus, new: Option<&ReplicaSet>, now: Timestamp) -> DeploymentStatus {
+pub fn rollout_status(
+    d: &Deployment,
+    mut s: DeploymentStatus,
+    new: Option<&ReplicaSet>,
+    now: Timestamp,
+) -> DeploymentStatus {
     if progress_deadline(d).is_none() {
         remove_condition(&mut s, "Progressing");
         return s;
     }
     let current = progressing(&s).cloned();
-    let complete_before = n(s.replicas) == n(s.updated_replicas) && current.as_ref().and_then(|c| c.reason.as_deref()) == Some("NewReplicaSetAvailable");
+    let complete_before = n(s.replicas) == n(s.updated_replicas)
+        && current.as_ref().and_then(|c| c.reason.as_deref()) == Some("NewReplicaSetAvailable");
     if complete_before {
         return s;
     }
     let name = new.and_then(|n| n.metadata.name.clone()).unwrap_or_default();
     if is_complete(d, &s) {
-        let c = new_condition("Progressing", "True", "NewReplicaSetAvailable", format!("ReplicaSet {name:?} has successfully progressed."), now);
+        let c = new_condition(
+            "Progressing",
+            "True",
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet {name:?} has successfully progressed."),
+            now,
+        );
         set_condition(&mut s, c);
     } else if is_progressing(d, &s) {
-        let mut c = new_condition("Progressing", "True", "ReplicaSetUpdated", format!("ReplicaSet {name:?} is progressing."), now);
+        let mut c = new_condition(
+            "Progressing",
+            "True",
+            "ReplicaSetUpdated",
+            format!("ReplicaSet {name:?} is progressing."),
+            now,
+        );
         if let Some(cur) = current.as_ref().filter(|c| c.status == "True") {
             c.last_transition_time = cur.last_transition_time.clone();
         }
@@ -464,7 +530,13 @@ pub fn rollout_status(d: &Deployment, mut s: DeploymentStatus, new: Option<&Repl
         remove_condition(&mut s, "Progressing");
         set_condition(&mut s, c);
     } else if timed_out(d, &s, now) {
-        let c = new_condition("Progressing", "False", "ProgressDeadlineExceeded", format!("ReplicaSet {name:?} has timed out progressing."), now);
+        let c = new_condition(
+            "Progressing",
+            "False",
+            "ProgressDeadlineExceeded",
+            format!("ReplicaSet {name:?} has timed out progressing."),
+            now,
+        );
         set_condition(&mut s, c);
     }
     s
@@ -474,7 +546,9 @@ pub fn rollout_status(d: &Deployment, mut s: DeploymentStatus, new: Option<&Repl
 pub fn recheck_after(d: &Deployment, s: &DeploymentStatus, now: Timestamp) -> Option<std::time::Duration> {
     let deadline = progress_deadline(d)?;
     let c = progressing(s)?;
-    if is_complete(d, s) || matches!(c.reason.as_deref(), Some("NewReplicaSetAvailable") | Some("ProgressDeadlineExceeded")) {
+    if is_complete(d, s)
+        || matches!(c.reason.as_deref(), Some("NewReplicaSetAvailable") | Some("ProgressDeadlineExceeded"))
+    {
         return None;
     }
     let from = c.last_update_time.as_ref()?.0.as_second();
@@ -486,12 +560,21 @@ pub fn recheck_after(d: &Deployment, s: &DeploymentStatus, now: Timestamp) -> Op
 /// (Kubernetes' cleanupDeployment).
 pub fn history_to_clean<'a>(d: &Deployment, old: &[&'a ReplicaSet]) -> Vec<&'a ReplicaSet> {
     let Some(limit) = d.spec.as_ref().and_then(|s| s.revision_history_limit) else { return Vec::new() };
-    let mut cleanable: Vec<&ReplicaSet> = old.iter().copied().filter(|rs| rs.metadata.deletion_timestamp.is_none()).collect();
+    let mut cleanable: Vec<&ReplicaSet> =
+        old.iter().copied().filter(|rs| rs.metadata.deletion_timestamp.is_none()).collect();
     let diff = cleanable.len() as i64 - i64::from(limit);
     if diff <= 0 {
         return Vec::new();
     }
-    cleanable.sort_by(|a, b| revision(a).cmp(&revision(b)).then_with(|| a.metadata.creation_timestamp.as_ref().map(|t| t.0).cmp(&b.metadata.creation_timestamp.as_ref().map(|t| t.0))));
+    cleanable.sort_by(|a, b| {
+        revision(a).cmp(&revision(b)).then_with(|| {
+            a.metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .cmp(&b.metadata.creation_timestamp.as_ref().map(|t| t.0))
+        })
+    });
     cleanable
         .into_iter()
         .filter(|rs| {
@@ -623,7 +706,13 @@ mod tests {
     #[test]
     fn revisions_move_forward_and_keep_history() {
         let mut d = deployment(3, json!(1), json!(1));
-        d.metadata.annotations = Some([("kubernetes.io/change-cause".to_string(), "set image".to_string()), (REVISION.to_string(), "9".to_string())].into());
+        d.metadata.annotations = Some(
+            [
+                ("kubernetes.io/change-cause".to_string(), "set image".to_string()),
+                (REVISION.to_string(), "9".to_string()),
+            ]
+            .into(),
+        );
         let mut set = rs("a", 1, 3, 3, 3);
         assert!(set_new_rs_annotations(&d, &mut set, 1, false));
         let a = set.metadata.annotations.clone().unwrap();
@@ -635,7 +724,10 @@ mod tests {
         // Rolled back to: it becomes revision 3 and remembers 1.
         assert!(set_new_rs_annotations(&d, &mut set, 3, true));
         let a = set.metadata.annotations.clone().unwrap();
-        assert_eq!((a.get(REVISION).map(String::as_str), a.get(REVISION_HISTORY).map(String::as_str)), (Some("3"), Some("1")));
+        assert_eq!(
+            (a.get(REVISION).map(String::as_str), a.get(REVISION_HISTORY).map(String::as_str)),
+            (Some("3"), Some("1"))
+        );
     }
 
     #[test]
@@ -644,7 +736,10 @@ mod tests {
         let mut d = deployment(3, json!(1), json!(1));
         let (old, new) = (rs("old", 1, 2, 2, 2), rs("new", 2, 2, 2, 1));
         let s = calculate_status(&d, &[&old, &new], Some(&new), now);
-        assert_eq!((s.replicas, s.updated_replicas, s.available_replicas, s.unavailable_replicas), (Some(4), Some(2), Some(3), Some(1)));
+        assert_eq!(
+            (s.replicas, s.updated_replicas, s.available_replicas, s.unavailable_replicas),
+            (Some(4), Some(2), Some(3), Some(1))
+        );
         let avail = s.conditions.as_ref().unwrap().iter().find(|c| c.type_ == "Available").unwrap();
         assert_eq!(avail.status, "True", "3 available of 3 with 1 unavailable allowed");
         let s = rollout_status(&d, s, Some(&new), now);

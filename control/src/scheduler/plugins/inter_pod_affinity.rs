@@ -13,8 +13,8 @@ use k8s_openapi::api::core::v1::{Pod, PodAffinityTerm, WeightedPodAffinityTerm};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::scheduler::framework::{CycleState, NodeInfo, Plugin, PodInfo, Snapshot, Status, MAX_NODE_SCORE};
 use crate::labels::Selector;
+use crate::scheduler::framework::{CycleState, NodeInfo, Plugin, PodInfo, Snapshot, Status, MAX_NODE_SCORE};
 
 pub const NAME: &str = "InterPodAffinity";
 

@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::scheduler::framework::{default_normalize_score, CycleState, NodeInfo, Plugin, PodInfo, Snapshot, Status};
 use crate::labels::{is_label_value, is_qualified_name};
+use crate::scheduler::framework::{default_normalize_score, CycleState, NodeInfo, Plugin, PodInfo, Snapshot, Status};
 
 pub const NAME: &str = "NodeAffinity";
 

@@ -11,8 +11,8 @@ use std::collections::BTreeSet;
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::scheduler::framework::{Code, CycleState, NodeInfo, Plugin, PodInfo, Status, MAX_NODE_SCORE};
 use crate::labels::is_qualified_name;
+use crate::scheduler::framework::{Code, CycleState, NodeInfo, Plugin, PodInfo, Status, MAX_NODE_SCORE};
 use crate::scheduler::resources::Resources;
 
 pub const NAME: &str = "NodeResourcesFit";

@@ -45,7 +45,10 @@ mod tests {
     use std::sync::Arc;
 
     fn node(unschedulable: bool) -> NodeInfo {
-        NodeInfo::new(Arc::new(serde_json::from_value(json!({"metadata": {"name": "n"}, "spec": {"unschedulable": unschedulable}})).unwrap()))
+        NodeInfo::new(Arc::new(
+            serde_json::from_value(json!({"metadata": {"name": "n"}, "spec": {"unschedulable": unschedulable}}))
+                .unwrap(),
+        ))
     }
     fn pod(tolerations: serde_json::Value) -> PodInfo {
         PodInfo::new(Arc::new(serde_json::from_value(json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {"containers": [], "tolerations": tolerations}})).unwrap()))

@@ -12,8 +12,8 @@ use k8s_openapi::api::core::v1::{Pod, TopologySpreadConstraint};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::scheduler::framework::{CycleState, NodeInfo, Plugin, PodInfo, Snapshot, Status, MAX_NODE_SCORE};
 use crate::labels::{is_qualified_name, Selector};
+use crate::scheduler::framework::{CycleState, NodeInfo, Plugin, PodInfo, Snapshot, Status, MAX_NODE_SCORE};
 use crate::scheduler::plugins::node_affinity::RequiredNodeAffinity;
 use crate::scheduler::plugins::taint_toleration::{first_untolerated, is_do_not_schedule};
 
@@ -641,12 +641,18 @@ mod tests {
         };
         let placed = |uid: &str, node: Option<&str>| -> Arc<PodInfo> {
             Arc::new(PodInfo::new(Arc::new(
-                serde_json::from_value(json!({"metadata": {"name": uid, "uid": uid, "namespace": "default", "labels": {"foo": ""}},
-                    "spec": {"nodeName": node, "containers": []}}))
+                serde_json::from_value(
+                    json!({"metadata": {"name": uid, "uid": uid, "namespace": "default", "labels": {"foo": ""}},
+                    "spec": {"nodeName": node, "containers": []}}),
+                )
                 .unwrap(),
             )))
         };
-        let incoming = pod("default", json!({"foo": ""}), json!({"topologySpreadConstraints": [spread("zone", 1, DO_NOT_SCHEDULE)]}));
+        let incoming = pod(
+            "default",
+            json!({"foo": ""}),
+            json!({"topologySpreadConstraints": [spread("zone", 1, DO_NOT_SCHEDULE)]}),
+        );
         let remembering = PodTopologySpread::new(None).unwrap();
         let mut cache = Cache::new();
         let mut snap = Snapshot::default();
