@@ -23,6 +23,15 @@ pub async fn connect(server: Option<&str>, kubeconfig: Option<&Path>) -> anyhow:
     kube::Client::try_from(config).context("cannot make a Kubernetes client")
 }
 
+/// A client configured by a kubeconfig's text (credentials held in memory, never on disk).
+pub async fn from_kubeconfig_yaml(yaml: &str) -> anyhow::Result<kube::Client> {
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(yaml).context("not a kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .context("an unusable kubeconfig")?;
+    kube::Client::try_from(config).context("cannot make a Kubernetes client")
+}
+
 /// Whether one event of a reflector's watch changed its store: the end of its first list and
 /// every later event do, the list's own steps do not. A watch error is logged (the watcher
 /// resumes by itself); a watch that ends is an error.

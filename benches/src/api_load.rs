@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use benches::cluster::{Cluster, Ports, MEMBERS};
+use benches::cluster::Ports;
 use benches::http::{call, contains, wait_serving, watch_lines, Http};
 
 /// Requests under way at once; beyond it the open loop waits (and the achieved rate shows it).
@@ -193,22 +193,17 @@ async fn run(args: Args) -> Result<()> {
     };
     let root = tempfile::Builder::new().prefix("keelson-api-bench-").tempdir_in(&args.data_root)?;
     let ports = Ports::free()?;
-    let api_ports: Vec<u16> = (0..MEMBERS)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
-        .collect::<std::io::Result<_>>()?;
     // The API alone is measured: the pods it writes are never scheduled.
-    let member_args = |i: usize| {
-        vec![
-            "--api-listen".to_string(),
-            format!("127.0.0.1:{}", api_ports[i]),
-            "--disable".into(),
-            "scheduler,controller-manager,cluster-dns".into(),
-        ]
-    };
     println!("starting three keelson servers (store member + API replica each)");
-    let mut cluster = Cluster::start_with("keelson", &keelson, &["server"], member_args, &ports, root.path()).await?;
-    let bases: Vec<String> = api_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
-    let http: Http = benches::http::client(REQUESTS_IN_FLIGHT_MAX);
+    let servers = benches::cluster::Servers::start(
+        &keelson,
+        root.path(),
+        &ports,
+        &["--disable", "scheduler,controller-manager,cluster-dns"],
+    )
+    .await?;
+    let http: Http = benches::http::client(REQUESTS_IN_FLIGHT_MAX, Some(&servers.kubeconfig_text))?;
+    let (mut cluster, bases) = (servers.cluster, servers.bases);
 
     // Every replica serves the API (it creates the system namespaces first).
     wait_serving(&http, &bases, Duration::from_secs(30)).await?;

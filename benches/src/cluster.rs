@@ -198,3 +198,46 @@ fn tail(path: &Path) -> String {
         Err(e) => format!("(unreadable: {e})"),
     }
 }
+
+/// How long a fresh `keelson server` may take to write its kubeconfig (it does so once it serves).
+const KUBECONFIG_WITHIN: Duration = Duration::from_secs(30);
+
+/// Three `keelson server`s, a store member and an API replica each, sharing one set of CAs.
+pub struct Servers {
+    pub cluster: Cluster,
+    /// Each replica's API URL (https).
+    pub bases: Vec<String>,
+    /// The admin kubeconfig the first server wrote (it reaches every replica: one CA signs
+    /// every serving certificate and trusts every client certificate).
+    pub kubeconfig: PathBuf,
+    pub kubeconfig_text: String,
+}
+
+impl Servers {
+    /// Starts them under `root` with `extra` flags for each, and waits for the admin kubeconfig.
+    pub async fn start(keelson: &Path, root: &Path, ports: &Ports, extra: &[&str]) -> Result<Servers> {
+        let api_ports: Vec<u16> = (0..MEMBERS)
+            .map(|_| TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
+            .collect::<std::io::Result<_>>()?;
+        let kubeconfig = root.join("kubeconfig.yaml");
+        let cert_dir = root.join("tls");
+        let member_args = |i: usize| {
+            let mut args = vec!["--api-listen".to_string(), format!("127.0.0.1:{}", api_ports[i])];
+            args.extend(["--cert-dir".to_string(), cert_dir.display().to_string()]);
+            if i == 0 {
+                args.extend(["--write-kubeconfig".to_string(), kubeconfig.display().to_string()]);
+            }
+            args.extend(extra.iter().map(|s| s.to_string()));
+            args
+        };
+        let cluster = Cluster::start_with("keelson", keelson, &["server"], member_args, ports, root).await?;
+        let kubeconfig_text = crate::http::wait_kubeconfig(&kubeconfig, KUBECONFIG_WITHIN).await?;
+        let bases = api_ports.iter().map(|p| format!("https://127.0.0.1:{p}")).collect();
+        Ok(Servers { cluster, bases, kubeconfig, kubeconfig_text })
+    }
+
+    /// `--kubeconfig <the admin kubeconfig>`, for a component started beside them.
+    pub fn kubeconfig_args(&self) -> [String; 2] {
+        ["--kubeconfig".into(), self.kubeconfig.display().to_string()]
+    }
+}

@@ -19,7 +19,7 @@ use serde::Serialize;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use benches::cluster::{Cluster, Ports, MEMBERS};
+use benches::cluster::Ports;
 use benches::http::{call_retrying, wait_serving, Http};
 use benches::procstat::usage;
 use benches::report::percentile;
@@ -215,27 +215,16 @@ async fn run(args: Args) -> Result<()> {
     };
     let root = tempfile::Builder::new().prefix("keelson-density-").tempdir_in(&args.data_root)?;
     let ports = Ports::free()?;
-    let api_ports: Vec<u16> = (0..MEMBERS)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
-        .collect::<std::io::Result<_>>()?;
-    let member_args = |i: usize| vec!["--api-listen".to_string(), format!("127.0.0.1:{}", api_ports[i])];
-    let mut cluster = Cluster::start_with("keelson", &keelson, &["server"], member_args, &ports, root.path()).await?;
-    let bases: Vec<String> = api_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
-    let http = benches::http::client(WRITES_IN_FLIGHT_MAX);
+    let servers = benches::cluster::Servers::start(&keelson, root.path(), &ports, &[]).await?;
+    let http = benches::http::client(WRITES_IN_FLIGHT_MAX, Some(&servers.kubeconfig_text))?;
+    let kubeconfig_args = servers.kubeconfig_args();
+    let (mut cluster, bases) = (servers.cluster, servers.bases);
     wait_serving(&http, &bases, Duration::from_secs(30)).await?;
     let agent_log = std::fs::File::create(root.path().join("agent.log"))?;
     let mut agent = std::process::Command::new(&keelson)
-        .args([
-            "agent",
-            "--server",
-            &bases[0],
-            "--runtime",
-            "hollow",
-            "--hollow-nodes",
-            &args.nodes.to_string(),
-            "--hollow-zones",
-            "3",
-        ])
+        .arg("agent")
+        .args(&kubeconfig_args)
+        .args(["--runtime", "hollow", "--hollow-nodes", &args.nodes.to_string(), "--hollow-zones", "3"])
         .stdout(std::process::Stdio::null())
         .stderr(agent_log)
         .spawn()

@@ -133,7 +133,7 @@ fn summary(lat: &[Duration], lost: usize, seconds: f64) -> Target {
 }
 
 async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
-    let http = benches::http::client(4);
+    let http = up.http(4, READY_DEADLINE).await?;
     up.wait_ready(&http, READY_DEADLINE).await?;
     let api = up.api.clone();
     for i in 0..args.services {

@@ -117,7 +117,7 @@ fn slice(name: &str, service: &str, ips: &[String]) -> serde_json::Value {
 }
 
 async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
-    let http = benches::http::client(CREATES_IN_FLIGHT_MAX);
+    let http = up.http(CREATES_IN_FLIGHT_MAX, READY_DEADLINE).await?;
     up.wait_ready(&http, READY_DEADLINE).await?;
     let api = up.api.clone();
     let ns = format!("{api}/api/v1/namespaces/default");

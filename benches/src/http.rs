@@ -1,6 +1,7 @@
-//! Plain HTTP/1 calls to the Kubernetes API for the API benchmarks: JSON in, bytes out, and
-//! watch streams read line by line, with as little work on the client as the measurement allows
-//! (it shares the machine's CPUs with the servers).
+//! HTTP/1 calls to the Kubernetes API for the API benchmarks (over TLS with the credentials of a
+//! kubeconfig a server wrote, or plain): JSON in, bytes out, and watch streams read line by line,
+//! with as little work on the client as the measurement allows (it shares the machine's CPUs with
+//! the servers).
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -8,11 +9,69 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
-pub type Http = Client<HttpConnector, Full<Bytes>>;
+pub type Http = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// A client that keeps up to `idle_per_host` connections open to each server.
-pub fn client(idle_per_host: usize) -> Http {
-    Client::builder(hyper_util::rt::TokioExecutor::new()).pool_max_idle_per_host(idle_per_host).build_http()
+/// A client that keeps up to `idle_per_host` connections open to each server, for `http://`
+/// URLs, and for `https://` ones with the CA and client certificate of `kubeconfig` (a
+/// kubeconfig's text).
+pub fn client(idle_per_host: usize, kubeconfig: Option<&str>) -> Result<Http> {
+    let tls = tls_config(kubeconfig)?;
+    let connector =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+    Ok(Client::builder(hyper_util::rt::TokioExecutor::new()).pool_max_idle_per_host(idle_per_host).build(connector))
+}
+
+/// The server URL of a kubeconfig's first cluster.
+pub fn kubeconfig_server(kubeconfig: &str) -> Result<String> {
+    let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig).context("not a kubeconfig")?;
+    parsed.clusters.first().and_then(|c| c.cluster.as_ref()).and_then(|c| c.server.clone()).context("no server")
+}
+
+/// Waits until the file at `path` (a kubeconfig a server writes once it serves) exists; its text.
+pub async fn wait_kubeconfig(path: &std::path::Path, within: std::time::Duration) -> Result<String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        match std::fs::read_to_string(path) {
+            Ok(text) if !text.is_empty() => return Ok(text),
+            _ if std::time::Instant::now() > deadline => bail!("no kubeconfig at {} after {within:?}", path.display()),
+            _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[allow(deprecated)] // ring, the provider Keelson's servers and kube-rs use (see control::pki).
+fn tls_config(kubeconfig: Option<&str>) -> Result<rustls::ClientConfig> {
+    use base64::Engine;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let decode = |b64: &str| base64::engine::general_purpose::STANDARD.decode(b64).context("not base64");
+    let mut roots = rustls::RootCertStore::empty();
+    let mut credentials = None;
+    if let Some(text) = kubeconfig {
+        let parsed = kube::config::Kubeconfig::from_yaml(text).context("not a kubeconfig")?;
+        let cluster = parsed.clusters.first().and_then(|c| c.cluster.clone()).context("no cluster")?;
+        if let Some(ca) = cluster.certificate_authority_data {
+            for cert in CertificateDer::pem_slice_iter(&decode(&ca)?) {
+                roots.add(cert.context("the CA is not PEM")?)?;
+            }
+        }
+        let user = parsed.auth_infos.first().and_then(|a| a.auth_info.clone()).unwrap_or_default();
+        if let (Some(cert), Some(key)) = (user.client_certificate_data, user.client_key_data) {
+            use secrecy::ExposeSecret;
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(&decode(&cert)?).collect::<Result<_, _>>().context("not PEM")?;
+            let key = PrivateKeyDer::from_pem_slice(&decode(key.expose_secret())?).context("not a PEM key")?;
+            credentials = Some((chain, key));
+        }
+    }
+    let builder =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+    Ok(match credentials {
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        None => builder.with_no_client_auth(),
+    })
 }
 
 pub async fn call(http: &Http, method: &str, url: String, content_type: &str, body: Vec<u8>) -> Result<Bytes> {

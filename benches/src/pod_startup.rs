@@ -224,7 +224,7 @@ struct Report<'a> {
 }
 
 async fn run(args: &Args, up: &mut UpCluster) -> Result<()> {
-    let http = benches::http::client(WRITES_IN_FLIGHT_MAX);
+    let http = up.http(WRITES_IN_FLIGHT_MAX, READY_DEADLINE).await?;
     up.wait_ready(&http, READY_DEADLINE).await?;
     let api = up.api.clone();
     let api = api.as_str();

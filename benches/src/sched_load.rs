@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 
-use benches::cluster::{Cluster, Ports, MEMBERS};
+use benches::cluster::Ports;
 use benches::http::{call, call_retrying, wait_serving, watch_lines, Http};
 use benches::procstat::{usage, Usage};
 
@@ -385,26 +385,24 @@ async fn run_shape(args: &Args, keelson: &std::path::Path, shape: &Shape) -> Res
     println!("\n== {}/{} nodes: {} initial pods, {} measured", shape.name, shape.nodes, init_count, measure_count);
     let root = tempfile::Builder::new().prefix("keelson-sched-bench-").tempdir_in(&args.data_root)?;
     let ports = Ports::free()?;
-    let api_ports: Vec<u16> = (0..MEMBERS)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()))
-        .collect::<std::io::Result<_>>()?;
     // As scheduler_perf runs it: the API and the scheduler, no controller manager.
-    let member_args = |i: usize| {
-        vec![
-            "--api-listen".to_string(),
-            format!("127.0.0.1:{}", api_ports[i]),
-            "--disable".into(),
-            "controller-manager,cluster-dns".into(),
-        ]
-    };
-    let mut cluster = Cluster::start_with("keelson", keelson, &["server"], member_args, &ports, root.path()).await?;
-    let bases: Vec<String> = api_ports.iter().map(|p| format!("http://127.0.0.1:{p}")).collect();
-    let http = benches::http::client(CREATES_IN_FLIGHT_MAX);
+    let servers = benches::cluster::Servers::start(
+        keelson,
+        root.path(),
+        &ports,
+        &["--disable", "controller-manager,cluster-dns"],
+    )
+    .await?;
+    let http = benches::http::client(CREATES_IN_FLIGHT_MAX, Some(&servers.kubeconfig_text))?;
+    let kubeconfig_args = servers.kubeconfig_args();
+    let (mut cluster, bases) = (servers.cluster, servers.bases);
     wait_serving(&http, &bases, Duration::from_secs(30)).await?;
 
     let agent_log = std::fs::File::create(root.path().join("agent.log"))?;
     let mut agent = std::process::Command::new(keelson)
-        .args(["agent", "--server", &bases[0], "--runtime", "hollow"])
+        .arg("agent")
+        .args(&kubeconfig_args)
+        .args(["--runtime", "hollow"])
         .args(["--hollow-nodes", &shape.nodes.to_string(), "--hollow-zones", &shape.zones.to_string()])
         .args(["--hollow-cpu", NODE_CPU, "--hollow-memory", NODE_MEMORY])
         .stdout(std::process::Stdio::null())

@@ -82,7 +82,13 @@ impl UpCluster {
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {} up", keelson.display()))?;
-        Ok(UpCluster { child, data, api: format!("http://127.0.0.1:{api_port}"), bridge: bridge.into(), _root: root })
+        Ok(UpCluster { child, data, api: format!("https://127.0.0.1:{api_port}"), bridge: bridge.into(), _root: root })
+    }
+
+    /// A client of the API with the admin credentials `keelson up` writes, once it has.
+    pub async fn http(&self, idle_per_host: usize, within: Duration) -> Result<Http> {
+        let kubeconfig = crate::http::wait_kubeconfig(&self.data.join("kubeconfig.yaml"), within).await?;
+        crate::http::client(idle_per_host, Some(&kubeconfig))
     }
 
     /// Waits until the API serves and the node is Ready.

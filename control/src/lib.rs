@@ -12,5 +12,6 @@ pub mod election;
 pub mod events;
 pub mod labels;
 pub mod nodenet;
+pub mod pki;
 pub mod process;
 pub mod scheduler;

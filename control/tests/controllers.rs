@@ -21,8 +21,8 @@ use kube::runtime::watcher;
 const SETTLED_WITHIN: Duration = Duration::from_secs(60);
 
 fn hollow_agent(api: &ApiProcess, nodes: usize) -> Component {
-    let (url, n) = (api.url(), nodes.to_string());
-    Component::spawn("agent", &["agent", "--server", &url, "--runtime", "hollow", "--hollow-nodes", &n])
+    let (url, n) = (api.kubeconfig_arg(), nodes.to_string());
+    Component::spawn("agent", &["agent", "--kubeconfig", &url, "--runtime", "hollow", "--hollow-nodes", &n])
 }
 
 /// The names of the pods labelled `selector` that run and are not being deleted.
@@ -86,11 +86,11 @@ async fn a_deployment_rolls_out_scales_heals_and_rolls_back() {
     let _agent = hollow_agent(&api, 4);
     let client = api.client();
     let dir = tempfile::tempdir().unwrap();
-    let old = Kubectl::new(&dir.path().join("old").tap_mkdir(), &api.url());
+    let old = Kubectl::new(&dir.path().join("old").tap_mkdir(), api.kubeconfig());
     let current = Kubectl::with_binary(
         kubectl_binary("KEELSON_KUBECTL_CURRENT"),
         &dir.path().join("new").tap_mkdir(),
-        &api.url(),
+        api.kubeconfig(),
     );
     let deploy = "deployment/nginx-deployment";
 
@@ -255,11 +255,11 @@ async fn deleting_an_owner_cascades_in_the_background_or_foreground_or_orphans()
     let _agent = hollow_agent(&api, 3);
     let client = api.client();
     let dir = tempfile::tempdir().unwrap();
-    let old = Kubectl::new(&dir.path().join("old").tap_mkdir(), &api.url());
+    let old = Kubectl::new(&dir.path().join("old").tap_mkdir(), api.kubeconfig());
     let current = Kubectl::with_binary(
         kubectl_binary("KEELSON_KUBECTL_CURRENT"),
         &dir.path().join("new").tap_mkdir(),
-        &api.url(),
+        api.kubeconfig(),
     );
     for name in ["background", "orphaned", "foreground"] {
         current.run(&["create", "deployment", name, "--image=nginx", "--replicas=2"]);
@@ -333,7 +333,7 @@ async fn a_service_has_endpoints_and_slices_of_the_pods_it_selects() {
     let _agent = hollow_agent(&api, 3);
     let client = api.client();
     let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &api.url());
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), api.kubeconfig());
     k.run(&["create", "deployment", "web", "--image=nginx", "--replicas=3", "--port=80"]);
     // The service port (8080) differs from the pods' (80), which the endpoints carry.
     k.run_with_input(&["apply", "-f", "-"], Some("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n  selector:\n    app: web\n  ports:\n  - name: http\n    port: 8080\n    targetPort: 80\n"));
@@ -467,9 +467,18 @@ async fn every_namespace_has_a_default_service_account() {
 
 /// A hollow agent whose nodes renew their leases every second.
 fn quick_agent(api: &ApiProcess, prefix: &str, nodes: usize) -> Component {
-    let (url, n, single) = (api.url(), nodes.to_string(), format!("{prefix}0"));
-    let mut args =
-        vec!["agent", "--server", &url, "--runtime", "hollow", "--hollow-nodes", &n, "--hollow-node-prefix", prefix];
+    let (url, n, single) = (api.kubeconfig_arg(), nodes.to_string(), format!("{prefix}0"));
+    let mut args = vec![
+        "agent",
+        "--kubeconfig",
+        &url,
+        "--runtime",
+        "hollow",
+        "--hollow-nodes",
+        &n,
+        "--hollow-node-prefix",
+        prefix,
+    ];
     args.extend(["--node-lease-renew-interval", "1s", "--node-lease-duration-seconds", "4"]);
     // One node is named after the host unless named.
     if nodes == 1 {
@@ -661,7 +670,7 @@ async fn a_daemon_set_covers_every_node_and_a_new_one_and_rolls_out() {
     let _first = hollow_agent(&api, 3);
     let client = api.client();
     let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &api.url());
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), api.kubeconfig());
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     wait_until("three nodes are registered", within(SETTLED_WITHIN), || {
         let nodes = nodes.clone();
@@ -714,7 +723,17 @@ async fn a_daemon_set_covers_every_node_and_a_new_one_and_rolls_out() {
     // A new node (another agent) gets one; so does the untainted one.
     let _second = Component::spawn(
         "agent-extra",
-        &["agent", "--server", &api.url(), "--runtime", "hollow", "--hollow-nodes", "1", "--node-name", "extra-0"],
+        &[
+            "agent",
+            "--kubeconfig",
+            &api.kubeconfig_arg(),
+            "--runtime",
+            "hollow",
+            "--hollow-nodes",
+            "1",
+            "--node-name",
+            "extra-0",
+        ],
     );
     k.run(&["taint", "node", "hollow-2", "dedicated=db:NoSchedule-"]);
     per_node(4, "agent:1").await;
@@ -777,7 +796,7 @@ async fn jobs_complete_index_their_pods_and_fail_after_their_backoff_limit() {
     let _agent = hollow_agent(&api, 3);
     let client = api.client();
     let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl::new(dir.path(), &api.url());
+    let k = Kubectl::new(dir.path(), api.kubeconfig());
     k.run_with_input(&["apply", "-f", "-"], Some(JOBS));
     let out = k.run(&["wait", "--for=condition=complete", "job/sleeper", "job/indexed", "--timeout=60s"]);
     assert_eq!(out.matches("condition met").count(), 2, "{out}");
@@ -826,7 +845,7 @@ async fn a_cron_job_runs_on_schedule() {
     let _agent = hollow_agent(&api, 1);
     let client = api.client();
     let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &api.url());
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), api.kubeconfig());
     k.run_with_input(
         &["apply", "-f", "-"],
         Some("apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: tick}\nspec:\n  schedule: '* * * * *'\n  timeZone: Etc/UTC\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{name: c, image: busybox, command: [sleep, '1']}]\n"),
@@ -902,7 +921,7 @@ async fn a_stateful_set_makes_its_pods_in_order_with_their_claims_and_rolls_back
     let _agent = hollow_agent(&api, 3);
     let client = api.client();
     let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &api.url());
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), api.kubeconfig());
     // The order in which pods first appear, from a watch.
     let order = Arc::new(Mutex::new(Vec::<String>::new()));
     let listed = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1002,7 +1021,7 @@ async fn kubectl_drain_respects_a_pod_disruption_budget() {
     let _agent = hollow_agent(&api, 3);
     let client = api.client();
     let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &api.url());
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), api.kubeconfig());
     // Two replicas, one per node (a cordoned node, tainted unschedulable, leaves the spread), and
     // a budget that needs both.
     let spread = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: db}\nspec:\n  replicas: 2\n  selector: {matchLabels: {app: db}}\n  template:\n    metadata: {labels: {app: db}}\n    spec:\n      containers: [{name: c, image: db}]\n      topologySpreadConstraints: [{maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, nodeTaintsPolicy: Honor, labelSelector: {matchLabels: {app: db}}}]\n";
@@ -1061,7 +1080,7 @@ async fn a_replication_controller_keeps_its_replicas_and_scales_with_kubectl() {
     let _agent = hollow_agent(&api, 2);
     let client = api.client();
     let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl::new(dir.path(), &api.url());
+    let k = Kubectl::new(dir.path(), api.kubeconfig());
     // No selector: it is the template's labels, as Kubernetes defaults it.
     let rc = "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: legacy}\nspec:\n  replicas: 2\n  template:\n    metadata: {labels: {app: legacy}}\n    spec:\n      containers: [{name: c, image: nginx}]\n";
     k.run_with_input(&["apply", "-f", "-"], Some(rc));
@@ -1089,7 +1108,7 @@ async fn a_namespace_with_content_is_emptied_by_whichever_controller_manager_run
     let _agent = hollow_agent(&api, 2);
     let client = api.client();
     let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl::new(dir.path(), &api.url());
+    let k = Kubectl::new(dir.path(), api.kubeconfig());
     k.run(&["create", "namespace", "team"]);
     k.run_with_input(
         &["apply", "-n", "team", "-f", "-"],
@@ -1107,7 +1126,7 @@ async fn a_namespace_with_content_is_emptied_by_whichever_controller_manager_run
     // node) and finalizes it.
     let _manager = Component::spawn(
         "controller-manager",
-        &["controller-manager", "--server", &api.url(), "--controllers", "namespace"],
+        &["controller-manager", "--kubeconfig", &api.kubeconfig_arg(), "--controllers", "namespace"],
     );
     wait_until("the namespace and its content are gone", within(SETTLED_WITHIN), || {
         let (namespaces, client) = (namespaces.clone(), client.clone());
@@ -1205,9 +1224,9 @@ async fn a_rollout_survives_its_leader_being_killed_without_extra_pods() {
     let api = ApiProcess::server_full(&["--disable", "controller-manager"]).await;
     let _agent = hollow_agent(&api, 10);
     let client = api.client();
-    let url = api.url();
+    let url = api.kubeconfig_arg();
     let mut managers: Vec<Component> = (0..3)
-        .map(|i| Component::spawn(&format!("controller-manager-{i}"), &["controller-manager", "--server", &url]))
+        .map(|i| Component::spawn(&format!("controller-manager-{i}"), &["controller-manager", "--kubeconfig", &url]))
         .collect();
     let first = leader(&client, &managers, None).await;
 

@@ -20,18 +20,15 @@ struct Helm {
 }
 
 impl Helm {
-    fn new(dir: &Path, server: &str) -> Helm {
+    /// helm with a copy of `source` (the server's kubeconfig, with its credentials).
+    fn new(dir: &Path, source: &Path) -> Helm {
         let binary = PathBuf::from(
             std::env::var("KEELSON_HELM")
                 .expect("KEELSON_HELM must name helm (scripts/test sets it; scripts/setup installs it)"),
         );
         assert!(binary.is_file(), "{} missing: run scripts/setup", binary.display());
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(&kubeconfig, format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: {server}\ncontexts:\n\
-             - name: k\n  context:\n    cluster: k\n    user: k\n    namespace: default\ncurrent-context: k\nusers:\n- name: k\n  user: {{}}\n"
-        ))
-        .unwrap();
+        std::fs::copy(source, &kubeconfig).unwrap();
         Helm { binary, home: dir.to_path_buf(), kubeconfig }
     }
 
@@ -57,7 +54,7 @@ impl Helm {
 async fn helm_installs_upgrades_rolls_back_and_uninstalls_a_chart() {
     let server = ApiProcess::server().await;
     let dir = tempfile::tempdir().unwrap();
-    let helm = Helm::new(dir.path(), &server.url());
+    let helm = Helm::new(dir.path(), server.kubeconfig());
     helm.run(&["create", "demo"]);
     let deployments: Api<Deployment> = Api::namespaced(server.client(), "default");
     let replicas = || async { deployments.get("demo").await.unwrap().spec.unwrap().replicas };

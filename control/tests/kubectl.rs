@@ -35,11 +35,11 @@ async fn kubectl_drives_two_replicas_over_a_three_member_store() {
     // A standalone controller manager empties and finalizes deleted namespaces.
     let _namespaces = Component::spawn(
         "controller-manager",
-        &["controller-manager", "--server", &b.url(), "--controllers", "namespace"],
+        &["controller-manager", "--kubeconfig", &b.kubeconfig_arg(), "--controllers", "namespace"],
     );
     let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl::new(dir.path(), &a.url());
-    let kb = Kubectl::new(&dir.path().join("b").tap_mkdir(), &b.url());
+    let k = Kubectl::new(dir.path(), a.kubeconfig());
+    let kb = Kubectl::new(&dir.path().join("b").tap_mkdir(), b.kubeconfig());
 
     // Namespaces.
     assert_eq!(k.run(&["create", "namespace", "team"]).trim(), "namespace/team created");
@@ -206,7 +206,7 @@ impl TapMkdir for PathBuf {
 async fn a_current_kubectl_creates_objects_it_sends_as_protocol_buffers() {
     let server = ApiProcess::server().await;
     let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &server.url());
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), server.kubeconfig());
     let created = |args: &[&str], what: &str| assert_eq!(k.run(args).trim(), format!("{what} created"));
     created(&["create", "namespace", "pb"], "namespace/pb");
     let n = ["-n", "pb"];
@@ -248,7 +248,7 @@ async fn a_current_kubectl_creates_objects_it_sends_as_protocol_buffers() {
 async fn kubectl_creates_and_lists_priority_classes() {
     let server = ApiProcess::server().await;
     let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &server.url());
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), server.kubeconfig());
     let created = k.run(&["create", "priorityclass", "batch", "--value=1000", "--preemption-policy=Never"]);
     assert_eq!(created.trim(), "priorityclass.scheduling.k8s.io/batch created");
     k.run(&["create", "priorityclass", "usual", "--value=0", "--global-default", "--description=most pods"]);
@@ -276,7 +276,7 @@ async fn kubectl_creates_and_lists_priority_classes() {
 async fn kubectl_applies_server_side_with_conflicts_and_the_client_side_upgrade() {
     let server = ApiProcess::server().await;
     let dir = tempfile::tempdir().unwrap();
-    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), &server.url());
+    let k = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), server.kubeconfig());
     let ssa = |manifest: &str, extra: &[&str]| {
         k.try_run(&[&["apply", "--server-side", "-f", "-"][..], extra].concat(), Some(manifest))
     };

@@ -16,8 +16,8 @@ use serde_json::json;
 const SCHEDULED_WITHIN: Duration = Duration::from_secs(30);
 
 fn agent(api: &ApiProcess, name: &str, extra: &[&str]) -> Component {
-    let url = api.url();
-    let mut args = vec!["agent", "--server", &url, "--runtime", "hollow"];
+    let url = api.kubeconfig_arg();
+    let mut args = vec!["agent", "--kubeconfig", &url, "--runtime", "hollow"];
     args.extend_from_slice(extra);
     Component::spawn(name, &args)
 }
@@ -135,7 +135,11 @@ async fn wait_events(client: &kube::Client, name: &str, reason: &str) -> Vec<Eve
 fn kubectl(which: &str, api: &ApiProcess, args: &[&str]) -> String {
     let bin =
         std::env::var(which).unwrap_or_else(|_| panic!("{which} must name a kubectl binary (scripts/test sets it)"));
-    let out = std::process::Command::new(bin).args(["--server", &api.url()]).args(args).output().expect("kubectl runs");
+    let out = std::process::Command::new(bin)
+        .args(["--kubeconfig", &api.kubeconfig_arg()])
+        .args(args)
+        .output()
+        .expect("kubectl runs");
     assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -446,9 +450,9 @@ async fn acquired_at(client: &kube::Client) -> std::time::SystemTime {
 
 /// Starts `n` scheduler replicas and waits until one leads; the replicas and the leader's index.
 async fn replicas(api: &ApiProcess, n: usize) -> (Vec<Component>, usize) {
-    let url = api.url();
+    let url = api.kubeconfig_arg();
     let schedulers: Vec<Component> =
-        (0..n).map(|i| Component::spawn(&format!("scheduler-{i}"), &["scheduler", "--server", &url])).collect();
+        (0..n).map(|i| Component::spawn(&format!("scheduler-{i}"), &["scheduler", "--kubeconfig", &url])).collect();
     let client = api.client();
     let leader = wait_until("a scheduler replica leads", within(SCHEDULED_WITHIN), || {
         let client = client.clone();

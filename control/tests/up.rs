@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::kubectl::{kubectl_binary, Kubectl};
-use common::{free_ports, log_tail, wait_until, within};
+use common::{free_ports, kube_config_from_file, log_tail, wait_until, within};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
@@ -294,7 +294,7 @@ impl Up {
             node_cidr(up.network),
         ]);
         let port = up.api.rsplit(':').next().unwrap().to_string();
-        up.api = format!("http://{}:{port}", net.gateway());
+        up.api = format!("https://{}:{port}", net.gateway());
         up.spawn();
         up
     }
@@ -352,7 +352,7 @@ impl Up {
             log: dir.join("up.log"),
             dir,
             args,
-            api: format!("http://127.0.0.1:{}", ports[0]),
+            api: format!("https://127.0.0.1:{}", ports[0]),
             network,
             cidr_prefix,
         }
@@ -370,8 +370,11 @@ impl Up {
         self.child = Some(child);
     }
 
+    /// A client with the admin credentials `keelson up` writes (waiting for them when it has
+    /// just started).
     fn client(&self) -> kube::Client {
-        kube::Client::try_from(kube::Config::new(self.api.parse().unwrap())).unwrap()
+        let config = kube_config_from_file(&self.kubeconfig(), std::time::Instant::now() + READY_WITHIN);
+        kube::Client::try_from(config).unwrap()
     }
 
     fn kubeconfig(&self) -> PathBuf {
@@ -580,7 +583,7 @@ async fn keelson_up_runs_the_example_web_site_and_resumes_it_after_ctrl_c() {
     let kubeconfig = std::fs::read_to_string(up.kubeconfig()).expect("keelson up wrote a kubeconfig");
     assert!(kubeconfig.contains(&up.api), "{kubeconfig}");
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/web.yaml");
-    let current = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    let current = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.kubeconfig());
     current.run(&["apply", "-f", &example.display().to_string()]);
     let pods = wait_until("both web pods run", within(SETTLED_WITHIN), || running_web_pods(&client)).await;
     for (name, ip) in &pods {
@@ -591,7 +594,7 @@ async fn keelson_up_runs_the_example_web_site_and_resumes_it_after_ctrl_c() {
         assert!(body.starts_with("HTTP/1.1 200 OK") && body.contains("Hello from a pod on Keelson"), "{body}");
     }
     // Debian's kubectl 1.20 sees them too, and the Service's endpoints are the pods.
-    let debian = Kubectl::new(work.path(), &up.api);
+    let debian = Kubectl::new(work.path(), &up.kubeconfig());
     let listed = debian.run(&["get", "pods", "-l", "app=web", "-o", "wide"]);
     assert_eq!(listed.matches("Running").count(), 2, "{listed}");
     let endpoints = wait_until("the Service has both pods as endpoints", within(SETTLED_WITHIN), || {
@@ -961,8 +964,8 @@ async fn logs_exec_and_port_forward_reach_containers_with_both_kubectls() {
         assert!(body.contains("Hello from a pod on Keelson"), "{addr}: {body}");
     }
     let work = tempfile::tempdir().unwrap();
-    let current = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
-    let debian = Kubectl::new(work.path(), &up.api);
+    let current = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.kubeconfig());
+    let debian = Kubectl::new(work.path(), &up.kubeconfig());
 
     for (kubectl, version) in [(&current, "1.33"), (&debian, "1.20")] {
         // Logs: whole, the last lines, with times; and followed as they are written.
@@ -1195,7 +1198,7 @@ async fn probes_gate_readiness_restart_the_unhealthy_and_hooks_run() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let post = PostParams::default();
     let work = tempfile::tempdir().unwrap();
-    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.kubeconfig());
     let fast = |action: serde_json::Value| {
         let mut p = serde_json::json!({"periodSeconds": 1, "failureThreshold": 2});
         p.as_object_mut().unwrap().extend(action.as_object().unwrap().clone());
@@ -1398,7 +1401,7 @@ async fn volumes_carry_config_secrets_and_fields_and_follow_changes() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let post = PostParams::default();
     let work = tempfile::tempdir().unwrap();
-    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.kubeconfig());
     let config_maps: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(client.clone(), "default");
     config_maps
         .create(
@@ -1587,7 +1590,7 @@ async fn resources_become_cgroup_limits_and_security_contexts_apply() {
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
     let post = PostParams::default();
     let work = tempfile::tempdir().unwrap();
-    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.kubeconfig());
     let sleeper = |name: &str, extra: serde_json::Value| {
         let mut c = serde_json::json!({"name": "c", "image": "registry.keelson.local/web:1", "command": ["/bin/sleep", "3600"]});
         c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
@@ -1724,7 +1727,7 @@ async fn a_killed_node_adopts_its_running_pods_without_restarting_them() {
     up.wait_node_ready().await;
     let client = up.client();
     let work = tempfile::tempdir().unwrap();
-    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.kubeconfig());
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/web.yaml");
     kubectl.run(&["apply", "-f", &example.display().to_string()]);
     let before = wait_until("both web pods run", within(SETTLED_WITHIN), || web_containers(&client)).await;
@@ -1885,7 +1888,7 @@ async fn a_private_registry_serves_pods_with_an_image_pull_secret_and_refuses_ot
 
     // With an imagePullSecret made by kubectl: pulled, and running.
     let work = tempfile::tempdir().unwrap();
-    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.kubeconfig());
     kubectl.run(&[
         "create",
         "secret",
@@ -1943,7 +1946,7 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
     let client = up.client();
     let post = PostParams::default();
     let work = tempfile::tempdir().unwrap();
-    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.kubeconfig());
     // Two pods that each answer with their own name.
     let deployment = serde_json::json!({
         "metadata": {"name": "named"},
@@ -2319,7 +2322,7 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
     up.wait_nodes_ready(&names).await;
     let client = up.client();
     let work = tempfile::tempdir().unwrap();
-    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.api);
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), work.path(), &up.kubeconfig());
     // The client looks on from the first node, where no web pod goes, so that the node lost
     // later always holds one.
     let watcher = names[0].clone();

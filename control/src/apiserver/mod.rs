@@ -3,6 +3,7 @@
 //! resourceVersion is its key's mod revision, a list's the revision it was read at.
 
 pub mod alloc;
+pub mod authn;
 pub mod cache;
 pub mod errors;
 mod form;
@@ -15,6 +16,7 @@ mod protobuf;
 mod proxy;
 pub mod resources;
 pub mod schema;
+pub mod serving;
 pub mod store;
 pub mod table;
 mod verbs;
@@ -40,6 +42,9 @@ pub const REQUEST_BODY_BYTES_MAX: usize = 3 * 1024 * 1024;
 /// How long one store lease serves the events written after its grant, in milliseconds
 /// (Kubernetes' lease reuse window).
 const EVENT_LEASE_REUSE_MS: u64 = 60_000;
+
+/// Where `kubectl auth whoami` asks who it is.
+const SELF_SUBJECT_REVIEWS: &str = "/apis/authentication.k8s.io/v1/selfsubjectreviews";
 
 /// Namespaces every cluster has.
 const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -67,13 +72,20 @@ pub struct Api {
     pub progress_ordered: std::sync::atomic::AtomicBool,
     /// Watch caches by resource plural, each started by its first use.
     caches: std::sync::Mutex<HashMap<&'static str, Arc<cache::WatchCache>>>,
+    /// How requests say who they come from.
+    pub authentication: authn::Authentication,
 }
 
 const VERBS: &[&str] =
     &["get", "list", "watch", "create", "update", "patch", "delete", "deletecollection", "discovery", "other"];
 
 impl Api {
-    pub fn new(store: Store, ranges: alloc::Ranges, event_ttl: std::time::Duration) -> Arc<Self> {
+    pub fn new(
+        store: Store,
+        ranges: alloc::Ranges,
+        event_ttl: std::time::Duration,
+        authentication: authn::Authentication,
+    ) -> Arc<Self> {
         let requests = VERBS.iter().map(|v| (*v, AtomicU64::new(0))).collect();
         Arc::new(Api {
             store,
@@ -87,6 +99,7 @@ impl Api {
             lists_from_store: AtomicU64::new(0),
             progress_ordered: std::sync::atomic::AtomicBool::new(false),
             caches: std::sync::Mutex::new(HashMap::new()),
+            authentication,
         })
     }
 
@@ -226,6 +239,14 @@ pub fn router(api: Arc<Api>) -> axum::Router {
 }
 
 async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> Response {
+    let user = match authn::authenticate(api.authentication, &req) {
+        Ok(user) => user,
+        Err(e) => return e.into_response(),
+    };
+    if req.method() == Method::POST && req.uri().path().trim_end_matches('/') == SELF_SUBJECT_REVIEWS {
+        api.count("create");
+        return json_response(StatusCode::CREATED, &authn::self_subject_review(&user));
+    }
     // A pod's log, exec, attach and port-forward go to its node's agent, the request whole
     // (an upgrade needs the connection, not just the body).
     if let Some((ns, name, sub)) = node_subresource(req.method(), req.uri().path()) {
@@ -508,24 +529,6 @@ fn metrics(api: &Api) -> Response {
         text.push_str(&format!("keelson_apiserver_lists_total{{source=\"{source}\"}} {}\n", n.load(Ordering::Relaxed)));
     }
     (StatusCode::OK, [("content-type", "text/plain; version=0.0.4")], text).into_response()
-}
-
-/// Serves the API on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    api: Arc<Api>,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(api)).with_graceful_shutdown(shutdown).await
-}
-
-/// A kubeconfig naming the API server at `server`, for `kubectl --kubeconfig`.
-pub fn kubeconfig(server: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: keelson\n  cluster:\n    server: {server}\n\
-         contexts:\n- name: keelson\n  context:\n    cluster: keelson\n    user: keelson\n    namespace: default\n\
-         current-context: keelson\nusers:\n- name: keelson\n  user: {{}}\n"
-    )
 }
 
 #[cfg(test)]

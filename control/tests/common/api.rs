@@ -17,6 +17,9 @@ pub const API_READY_WITHIN: Duration = Duration::from_secs(30);
 pub struct ApiProcess {
     child: Child,
     log: PathBuf,
+    /// The kubeconfig the process wrote: the admin's credentials for `keelson server`'s TLS.
+    kubeconfig: PathBuf,
+    config: kube::Config,
     pub api_port: u16,
     /// The store's client port, for `keelson server`.
     pub store_port: Option<u16>,
@@ -59,6 +62,8 @@ impl ApiProcess {
             .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
             .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{peer}")])
             .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .arg("--write-kubeconfig")
+            .arg(dir.path().join("kubeconfig.yaml"))
             .args(args);
         Self::spawn(cmd, dir, api, Some(client)).await
     }
@@ -76,6 +81,8 @@ impl ApiProcess {
         cmd.arg("apiserver")
             .args(["--store-endpoints", &endpoints.join(",")])
             .args(["--api-listen", &format!("127.0.0.1:{api}")])
+            .arg("--write-kubeconfig")
+            .arg(dir.path().join("kubeconfig.yaml"))
             .args(args);
         Self::spawn(cmd, dir, api, None).await
     }
@@ -87,7 +94,19 @@ impl ApiProcess {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("the keelson binary starts");
-        let process = ApiProcess { child, log, api_port, store_port, _dir: dir };
+        // The kubeconfig is written once the store answers, just before the API serves.
+        let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let config = wait_until("the API process writes its kubeconfig", within(API_READY_WITHIN), || {
+            let (kubeconfig, log) = (kubeconfig.clone(), log.clone());
+            async move {
+                let Ok(text) = std::fs::read_to_string(&kubeconfig) else {
+                    return Err(format!("no {} yet; log: {}", kubeconfig.display(), log_tail(&log, 5)));
+                };
+                super::kube_config_of(&text)
+            }
+        })
+        .await;
+        let process = ApiProcess { child, log, kubeconfig, config, api_port, store_port, _dir: dir };
         let client = process.client();
         wait_until("the API serves the default namespace", within(API_READY_WITHIN), || {
             let api: Api<Namespace> = Api::all(client.clone());
@@ -97,12 +116,37 @@ impl ApiProcess {
         process
     }
 
+    /// The API's URL: https for `keelson server`, http for a `keelson apiserver` without
+    /// certificates.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api_port)
+        self.config.cluster_url.to_string().trim_end_matches('/').to_string()
+    }
+
+    /// The kubeconfig the process wrote, with the admin's credentials where there are any: what
+    /// components (`--kubeconfig`) and kubectl reach it with.
+    pub fn kubeconfig(&self) -> &std::path::Path {
+        &self.kubeconfig
+    }
+
+    /// Where `keelson server` keeps the cluster's CAs.
+    #[allow(dead_code)]
+    pub fn cert_dir(&self) -> PathBuf {
+        self._dir.path().join("data").join("tls")
+    }
+
+    /// [`ApiProcess::kubeconfig`] as an argument.
+    pub fn kubeconfig_arg(&self) -> String {
+        self.kubeconfig.display().to_string()
+    }
+
+    /// The client configuration [`ApiProcess::client`] is made from.
+    #[allow(dead_code)]
+    pub fn config(&self) -> kube::Config {
+        self.config.clone()
     }
 
     pub fn client(&self) -> Client {
-        Client::try_from(kube::Config::new(self.url().parse().unwrap())).expect("a client for a plain-HTTP server")
+        Client::try_from(self.config.clone()).expect("a client from the API's kubeconfig")
     }
 
     /// SIGTERM, then the exit status, waiting up to `within`.

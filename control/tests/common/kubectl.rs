@@ -46,21 +46,31 @@ pub fn kubectl_binary(var: &str) -> PathBuf {
 }
 
 impl Kubectl {
-    /// Debian's kubectl.
-    pub fn new(dir: &Path, server: &str) -> Kubectl {
-        Self::with_binary(kubectl_binary("KEELSON_KUBECTL"), dir, server)
+    /// Debian's kubectl, with the credentials of `kubeconfig`.
+    pub fn new(dir: &Path, kubeconfig: &Path) -> Kubectl {
+        Self::with_binary(kubectl_binary("KEELSON_KUBECTL"), dir, kubeconfig)
     }
 
-    pub fn with_binary(binary: PathBuf, dir: &Path, server: &str) -> Kubectl {
+    /// `binary`, with a copy of `kubeconfig` (the server and credentials a process wrote).
+    pub fn with_binary(binary: PathBuf, dir: &Path, kubeconfig: &Path) -> Kubectl {
+        let text = std::fs::read_to_string(kubeconfig)
+            .unwrap_or_else(|e| panic!("cannot read the kubeconfig {}: {e}", kubeconfig.display()));
+        Self::with_kubeconfig(binary, dir, &text)
+    }
+
+    /// `binary`, for a plain-HTTP API at `server` with no credentials.
+    #[allow(dead_code)]
+    pub fn plain(binary: PathBuf, dir: &Path, server: &str) -> Kubectl {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: {server}\ncontexts:\n\
+             - name: k\n  context:\n    cluster: k\n    user: k\ncurrent-context: k\nusers:\n- name: k\n  user: {{}}\n"
+        );
+        Self::with_kubeconfig(binary, dir, &text)
+    }
+
+    fn with_kubeconfig(binary: PathBuf, dir: &Path, text: &str) -> Kubectl {
         let kubeconfig = dir.join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: {server}\ncontexts:\n\
-                 - name: k\n  context:\n    cluster: k\n    user: k\ncurrent-context: k\nusers:\n- name: k\n  user: {{}}\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&kubeconfig, text).unwrap();
         Kubectl { binary, kubeconfig, cache: dir.join("cache") }
     }
 

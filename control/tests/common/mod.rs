@@ -743,3 +743,40 @@ pub fn file_since(path: &Path, offset: u64) -> String {
 pub fn file_len(path: &Path) -> u64 {
     File::open(path).and_then(|f| f.metadata()).map(|m| m.len()).unwrap_or(0)
 }
+
+/// A client configuration from the kubeconfig at `path`, which a process writes once it serves:
+/// waited for until `deadline`.
+#[allow(dead_code)]
+pub fn kube_config_from_file(path: &Path, deadline: Instant) -> kube::Config {
+    loop {
+        let parsed = fs::read_to_string(path).map_err(|e| e.to_string()).and_then(|text| kube_config_of(&text));
+        match parsed {
+            Ok(config) => return config,
+            Err(e) if Instant::now() >= deadline => panic!("no usable kubeconfig at {}: {e}", path.display()),
+            Err(_) => std::thread::sleep(POLL_INTERVAL),
+        }
+    }
+}
+
+/// A client configuration from a kubeconfig's text: its first cluster's server and CA, its first
+/// user's credentials.
+pub fn kube_config_of(text: &str) -> Result<kube::Config, String> {
+    use base64::Engine;
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(text).map_err(|e| e.to_string())?;
+    let cluster = kubeconfig.clusters.first().and_then(|c| c.cluster.clone()).ok_or("no cluster")?;
+    let server = cluster.server.ok_or("no server")?;
+    let mut config = kube::Config::new(server.parse().map_err(|e| format!("{server:?}: {e}"))?);
+    if let Some(ca) = cluster.certificate_authority_data {
+        let pem = base64::engine::general_purpose::STANDARD.decode(ca).map_err(|e| e.to_string())?;
+        let ders: Vec<Vec<u8>> = CertificateDer::pem_slice_iter(&pem)
+            .map(|c| c.map(|c| c.to_vec()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        config.root_cert = Some(ders);
+    }
+    if let Some(user) = kubeconfig.auth_infos.first().and_then(|a| a.auth_info.clone()) {
+        config.auth_info = user;
+    }
+    Ok(config)
+}

@@ -11,10 +11,11 @@ use control::process::{parse_duration, stop_signal};
 
 #[derive(Args, Debug)]
 pub struct ApiArgs {
-    /// Address the Kubernetes API is served on (plain HTTP).
+    /// Address the Kubernetes API is served on.
     #[arg(long, default_value = "127.0.0.1:6443")]
     api_listen: String,
-    /// Write a kubeconfig for kubectl naming this API server to this file.
+    /// Write a kubeconfig for kubectl naming this API server to this file (mode 0600: with
+    /// `keelson server` it holds the admin's credentials).
     #[arg(long)]
     write_kubeconfig: Option<PathBuf>,
     /// The range services' cluster IPs are allocated from (the same on every API replica).
@@ -27,6 +28,45 @@ pub struct ApiArgs {
     /// 90s, 1h30m or plain seconds.
     #[arg(long, default_value = "1h", value_parser = parse_duration)]
     event_ttl: std::time::Duration,
+    /// The API's serving certificate (PEM, intermediates after it). `keelson server` makes one
+    /// from its cluster CA when none is given; `keelson apiserver` without one serves plain HTTP.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// The serving certificate's private key (PEM).
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+    /// Clients presenting a certificate this CA (PEM) signed are authenticated as the user its
+    /// common name names, in the groups its organizations name. `keelson server` trusts its own
+    /// client CA as well.
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
+    /// Further DNS names and IP addresses the serving certificate `keelson server` makes names,
+    /// comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    tls_san: Vec<String>,
+}
+
+/// How the API is served: plain HTTP (every client trusted), or TLS.
+pub enum Serving {
+    Plain,
+    Tls {
+        files: api::serving::TlsFiles,
+        /// The CA clients are to trust and the admin's credentials, for the kubeconfig written.
+        admin: Option<(String, control::pki::Pem)>,
+    },
+}
+
+impl Serving {
+    fn scheme(&self) -> &'static str {
+        match self {
+            Serving::Plain => "http",
+            Serving::Tls { .. } => "https",
+        }
+    }
+}
+
+fn read(path: &std::path::Path, flag: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("--{flag} {}", path.display()))
 }
 
 impl ApiArgs {
@@ -34,10 +74,59 @@ impl ApiArgs {
         &self.service_cluster_ip_range
     }
 
+    pub fn api_listen(&self) -> &str {
+        &self.api_listen
+    }
+
     /// The URL a client in this process reaches the API at (loopback for a wildcard address).
-    pub fn local_url(&self) -> String {
+    pub fn local_url(&self, serving: &Serving) -> String {
         let addr = self.api_listen.replace("0.0.0.0:", "127.0.0.1:").replace("[::]:", "[::1]:");
-        format!("http://{addr}")
+        format!("{}://{addr}", serving.scheme())
+    }
+
+    /// `keelson apiserver`: TLS with the given files, else plain HTTP.
+    fn given_serving(&self) -> anyhow::Result<Serving> {
+        let (Some(cert), Some(key)) = (&self.tls_cert_file, &self.tls_private_key_file) else {
+            if self.client_ca_file.is_some() {
+                anyhow::bail!("--client-ca-file needs --tls-cert-file and --tls-private-key-file");
+            }
+            return Ok(Serving::Plain);
+        };
+        let client_ca = self.client_ca_file.as_ref().map(|p| read(p, "client-ca-file")).transpose()?;
+        let files = api::serving::TlsFiles {
+            cert: read(cert, "tls-cert-file")?,
+            key: read(key, "tls-private-key-file")?,
+            client_ca,
+        };
+        Ok(Serving::Tls { files, admin: None })
+    }
+
+    /// `keelson server`: TLS with the given serving certificate or one made from `pki` for
+    /// `names` and --tls-san's; clients of the PKI's client CA (and --client-ca-file's)
+    /// authenticate.
+    pub fn server_serving(&self, pki: &control::pki::Pki, names: &[String]) -> anyhow::Result<Serving> {
+        let mut client_ca = pki.client_ca().to_string();
+        if let Some(path) = &self.client_ca_file {
+            client_ca.push('\n');
+            client_ca.push_str(&read(path, "client-ca-file")?);
+        }
+        let (cert, key) = match (&self.tls_cert_file, &self.tls_private_key_file) {
+            (Some(cert), Some(key)) => (read(cert, "tls-cert-file")?, read(key, "tls-private-key-file")?),
+            _ => {
+                let mut names = names.to_vec();
+                names.extend(self.tls_san.iter().cloned());
+                names.sort();
+                names.dedup();
+                let pem = pki.serving("kube-apiserver", &names)?;
+                (pem.cert, pem.key)
+            }
+        };
+        let admin =
+            pki.client(&control::pki::Identity::new(control::pki::ADMIN_USER, &[control::pki::MASTERS_GROUP]))?;
+        Ok(Serving::Tls {
+            files: api::serving::TlsFiles { cert, key, client_ca: Some(client_ca) },
+            admin: Some((pki.server_ca().to_string(), admin)),
+        })
     }
 }
 
@@ -60,17 +149,35 @@ const STORE_READY_TIMEOUT_MS: u64 = 60_000;
 
 pub async fn run_api(
     args: &ApiArgs,
+    serving: Serving,
     store: Store,
     store_name: &str,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let ranges = api::alloc::Ranges::parse(&args.service_cluster_ip_range, &args.service_node_port_range)
         .map_err(|e| anyhow::anyhow!(e))?;
+    let (tls, authentication) = match &serving {
+        Serving::Plain => {
+            tracing::warn!("serving plain HTTP: every client that reaches the API acts as it pleases");
+            (None, api::authn::Authentication::None)
+        }
+        Serving::Tls { files, .. } => {
+            let config = api::serving::server_config(files).map_err(anyhow::Error::msg)?;
+            let authentication = match files.client_ca {
+                Some(_) => api::authn::Authentication::Certificates,
+                None => {
+                    tracing::warn!("no --client-ca-file: every client that reaches the API acts as it pleases");
+                    api::authn::Authentication::None
+                }
+            };
+            (Some(config), authentication)
+        }
+    };
     let listener = tokio::net::TcpListener::bind(&args.api_listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.api_listen))?;
     let address = listener.local_addr()?;
-    let api = Api::new(store, ranges, args.event_ttl);
+    let api = Api::new(store, ranges, args.event_ttl, authentication);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(STORE_READY_TIMEOUT_MS);
     // Asked to stop while still waiting for the store: nothing to serve.
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
@@ -95,14 +202,19 @@ pub async fn run_api(
         }
     }
     if let Some(path) = &args.write_kubeconfig {
-        std::fs::write(path, api::kubeconfig(&format!("http://{address}")))
+        let url = format!("{}://{address}", serving.scheme());
+        let kubeconfig = match &serving {
+            Serving::Tls { admin: Some((ca, admin)), .. } => control::pki::kubeconfig(&url, Some(ca), Some(admin)),
+            _ => control::pki::kubeconfig(&url, None, None),
+        };
+        control::pki::write_private(path, &kubeconfig)
             .with_context(|| format!("cannot write the kubeconfig to {}", path.display()))?;
     }
-    tracing::info!(%address, store = store_name, "serving the Kubernetes API");
+    tracing::info!(%address, scheme = serving.scheme(), store = store_name, "serving the Kubernetes API");
     // Once asked to stop, requests under way get a grace period; watches never end on their own,
     // so whatever is still open after it is closed.
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-    let serving = api::serve(listener, api, async move {
+    let serving = api::serving::serve(listener, tls, api::router(api), async move {
         shutdown.await;
         let _ = stopping_tx.send(());
     });
@@ -127,7 +239,8 @@ pub async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
     let endpoints: Vec<String> =
         args.store_endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
     let store = Store::connect(&endpoints)?;
-    run_api(&args.api, store, &endpoints.join(","), stop_signal()).await?;
+    let serving = args.api.given_serving()?;
+    run_api(&args.api, serving, store, &endpoints.join(","), stop_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

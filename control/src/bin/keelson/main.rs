@@ -61,6 +61,8 @@ fn disable_transparent_huge_pages() {
 
 fn main() -> std::process::ExitCode {
     disable_transparent_huge_pages();
+    // The one TLS crypto provider, for every server and client in the process.
+    let _ = control::pki::crypto_provider().install_default();
     let cli = Cli::parse();
     let filter = match tracing_subscriber::EnvFilter::try_new(&cli.log_level) {
         Ok(f) => f,

@@ -13,6 +13,7 @@ use control::process::stop_signal;
 
 use crate::apiserver::{run_api, ApiArgs};
 use crate::store::StoreArgs;
+use control::pki::{Identity, Pki};
 
 /// How long the components on top get to stop (and release their leases) before the API and the
 /// store stop under them.
@@ -28,6 +29,10 @@ pub struct ServerArgs {
     /// `controller-manager`, `cluster-dns`.
     #[arg(long, value_delimiter = ',', value_parser = ["scheduler", "controller-manager", "cluster-dns"])]
     disable: Vec<String>,
+    /// Where the cluster's CAs are kept (made there on the first start): default
+    /// `<data-dir>/tls`. Servers on one machine may share one.
+    #[arg(long)]
+    cert_dir: Option<std::path::PathBuf>,
     /// The scheduler's KubeSchedulerConfiguration file.
     #[arg(long)]
     scheduler_config: Option<std::path::PathBuf>,
@@ -103,6 +108,8 @@ impl DnsFlags {
 /// client of the local API and a future that resolves when it is to stop.
 pub struct Extra {
     pub name: &'static str,
+    /// Who its client of the API is.
+    pub identity: Identity,
     /// How long it gets to stop.
     pub stop_within: Duration,
     pub run: Box<dyn FnOnce(kube::Client, Stop) -> BoxFuture<anyhow::Result<()>> + Send>,
@@ -116,6 +123,41 @@ fn waiter(rx: &tokio::sync::watch::Receiver<bool>) -> impl std::future::Future<O
     async move {
         let _ = rx.wait_for(|s| *s).await;
     }
+}
+
+/// A client of the API at `url` acting as `who`, with a client certificate made for it now.
+async fn client_as(pki: &Pki, url: &str, who: &Identity) -> anyhow::Result<kube::Client> {
+    agent::client::from_kubeconfig_yaml(&pki.kubeconfig(url, who)?).await
+}
+
+/// What the API's serving certificate names: the local names and addresses, the API's listen
+/// address, this host's name and address, and the `kubernetes` Service's names and cluster IP.
+fn serving_names(args: &ServerArgs) -> anyhow::Result<Vec<String>> {
+    let mut names: Vec<String> =
+        ["localhost", "127.0.0.1", "::1", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    names.push(format!("kubernetes.default.svc.{}", args.dns.cluster_domain));
+    let service_ip =
+        control::dns::default_service_ip(args.api.service_cluster_ip_range()).context("--service-cluster-ip-range")?;
+    // The range's first address is the `kubernetes` Service's.
+    names.push(std::net::Ipv4Addr::from(u32::from(service_ip) - 9).to_string());
+    let listen = args.api.api_listen();
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if !a.ip().is_unspecified() => names.push(a.ip().to_string()),
+        Ok(_) => {}
+        Err(_) => names.extend(listen.rsplit_once(':').map(|(host, _)| host.to_string())),
+    }
+    // A host name that is no DNS name (an underscore, say) cannot be one of a certificate's.
+    let dns_name =
+        |h: &String| h.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    names.extend(control::process::hostname().filter(dns_name));
+    let address = agent::machine::default_address();
+    if address.parse::<std::net::IpAddr>().is_ok() {
+        names.push(address);
+    }
+    Ok(names)
 }
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<()> {
@@ -140,6 +182,10 @@ pub async fn server_with(args: ServerArgs, extras: Vec<Extra>) -> anyhow::Result
     if managing {
         args.controllers.enabled().map_err(anyhow::Error::msg)?;
     }
+    let cert_dir = args.cert_dir.clone().unwrap_or_else(|| config.data_dir.join("tls"));
+    let pki = Pki::open(&cert_dir).context("the cluster's certificates")?;
+    let serving = args.api.server_serving(&pki, &serving_names(&args)?)?;
+    let url = args.api.local_url(&serving);
     let node = raft_store::StoreNode::open(config).await.context("cannot start the store member")?;
     // The API replica calls its member directly rather than through the member's client port.
     let local_store = Store::local(raft_store::server::client_routes(node.clone()));
@@ -148,12 +194,13 @@ pub async fn server_with(args: ServerArgs, extras: Vec<Extra>) -> anyhow::Result
     let store = tokio::spawn(raft_store::server::serve(node, waiter(&stop_rx)));
     let mut components: Vec<(&str, Duration, tokio::task::JoinHandle<anyhow::Result<()>>)> = Vec::new();
     for extra in extras {
-        let client = agent::client::connect(Some(&args.api.local_url()), None).await?;
+        let client = client_as(&pki, &url, &extra.identity).await?;
         let task = tokio::spawn((extra.run)(client, Box::pin(waiter(&components_rx))));
         components.push((extra.name, extra.stop_within, task));
     }
     if let Some(options) = dns {
-        let client = agent::client::connect(Some(&args.api.local_url()), None).await?;
+        // Cluster DNS reads services and endpoints as the controller manager's identity does.
+        let client = client_as(&pki, &url, &Identity::new(control::pki::CONTROLLER_MANAGER_USER, &[])).await?;
         let stop = waiter(&components_rx);
         components.push((
             "cluster DNS",
@@ -162,7 +209,7 @@ pub async fn server_with(args: ServerArgs, extras: Vec<Extra>) -> anyhow::Result
         ));
     }
     if let Some(config) = scheduling {
-        let client = agent::client::connect(Some(&args.api.local_url()), None).await?;
+        let client = client_as(&pki, &url, &Identity::new(control::pki::SCHEDULER_USER, &[])).await?;
         let election = args.election.clone();
         let stop = waiter(&components_rx);
         components.push((
@@ -172,7 +219,7 @@ pub async fn server_with(args: ServerArgs, extras: Vec<Extra>) -> anyhow::Result
         ));
     }
     if managing {
-        let client = agent::client::connect(Some(&args.api.local_url()), None).await?;
+        let client = client_as(&pki, &url, &Identity::new(control::pki::CONTROLLER_MANAGER_USER, &[])).await?;
         let (election, flags) = (args.election.clone(), args.controllers.clone());
         let stop = waiter(&components_rx);
         components.push((
@@ -183,7 +230,7 @@ pub async fn server_with(args: ServerArgs, extras: Vec<Extra>) -> anyhow::Result
             }),
         ));
     }
-    let api = run_api(&args.api, local_store, "the member in this process", waiter(&stop_rx));
+    let api = run_api(&args.api, serving, local_store, "the member in this process", waiter(&stop_rx));
     tokio::pin!(api);
     // A component that ends on its own (it could not start, e.g. the agent without containerd)
     // brings the whole server down with its error rather than leaving a cluster without it.

@@ -105,8 +105,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut node = args.real.node(name, data.join("agent"), image_dir(&args))?;
     node.stop_pods_on_exit = true;
     node.proxy = args.proxy.options(&args.service_cluster_ip_range, Some(&args.cluster_cidr))?;
+    let identity = control::pki::Identity::node(&node.name);
     let agent = Extra {
         name: "agent",
+        identity,
         stop_within: AGENT_STOP_TIMEOUT,
         run: Box::new(move |client, stop| Box::pin(agent::real::run(client, node, options, stop))),
     };
@@ -122,12 +124,17 @@ fn image_dir(args: &UpArgs) -> Option<PathBuf> {
     args.image_dir.clone().or_else(|| Some(args.data_dir.join("images")).filter(|d| d.is_dir()))
 }
 
+/// Where `keelson up` keeps its store (and, under it, the cluster's CAs).
+fn store_dir(data: &std::path::Path) -> PathBuf {
+    data.join("store")
+}
+
 /// The server's flags for `keelson up`'s control plane, its API at `api_listen`.
 fn server_args(args: &UpArgs, api_listen: &str) -> anyhow::Result<ServerArgs> {
     let data = &args.data_dir;
     std::fs::create_dir_all(data).with_context(|| format!("creating {}", data.display()))?;
     let kubeconfig = args.write_kubeconfig.clone().unwrap_or_else(|| data.join("kubeconfig.yaml"));
-    let store_dir = data.join("store");
+    let store_dir = store_dir(data);
     let path = |p: &PathBuf| p.display().to_string();
     let server_argv: Vec<String> = [
         "keelson-server",
@@ -180,16 +187,20 @@ async fn up_nodes(args: UpArgs) -> anyhow::Result<()> {
     };
     let dns_ip = args.dns.service_ip(&args.service_cluster_ip_range)?;
     let api_url = format!(
-        "http://{}",
+        "https://{}",
         if api.ip().is_unspecified() { std::net::SocketAddr::new(net.gateway().into(), api.port()) } else { api }
     );
     let binary = std::env::current_exe().context("finding the keelson binary")?;
+    // The server opens the same CAs; each node's agent gets a client certificate of its own.
+    let pki = control::pki::Pki::open(&store_dir(&args.data_dir).join("tls")).context("the cluster's certificates")?;
     let mut agents = Vec::new();
     for k in 1..=args.nodes as usize {
         let name = net.node_name(k);
         let dir = args.data_dir.join("nodes").join(&name);
-        let mut argv: Vec<String> =
-            vec!["agent".into(), "--server".into(), api_url.clone(), "--node-name".into(), name.clone()];
+        let kubeconfig = dir.join("kubeconfig.yaml");
+        control::pki::write_private(&kubeconfig, &pki.kubeconfig(&api_url, &control::pki::Identity::node(&name))?)?;
+        let mut argv: Vec<String> = vec!["agent".into(), "--kubeconfig".into(), kubeconfig.display().to_string()];
+        argv.extend(["--node-name".into(), name.clone()]);
         argv.extend(["--node-ip".into(), net.node_ip(k).to_string(), "--data-dir".into(), dir.display().to_string()]);
         argv.extend(["--cgroup-root".into(), net.cgroup_root(k), "--stop-pods-on-exit".into()]);
         argv.extend([
@@ -213,6 +224,8 @@ async fn up_nodes(args: UpArgs) -> anyhow::Result<()> {
     }
     let nodes = Extra {
         name: "nodes",
+        // Its client goes unused: the nodes' agents have their own.
+        identity: control::pki::Identity::new(control::pki::ADMIN_USER, &[control::pki::MASTERS_GROUP]),
         stop_within: AGENT_STOP_TIMEOUT + Duration::from_secs(15),
         run: Box::new(move |_client, stop| Box::pin(run_nodes(net, binary, agents, stop, lock))),
     };

@@ -1,0 +1,131 @@
+//! The API over TLS: who may reach what without credentials, what a client certificate
+//! authenticates as, and what a client of another cluster's CAs gets.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use control::pki::{Identity, Pki};
+use serde_json::Value;
+
+use common::api::ApiProcess;
+use common::kubectl::{kubectl_binary, Kubectl};
+
+/// A GET or POST sent once, without kube-rs's retries: the status code and the JSON body.
+async fn send(config: kube::Config, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
+    use http_body_util::BodyExt;
+    let mut config = config;
+    config.default_retry = false;
+    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
+    let body = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(kube::client::Body::from(body))
+        .unwrap();
+    let response = client.send(req).await.map_err(|e| format!("{e:?}"))?;
+    let code = response.status().as_u16();
+    let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((code, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
+}
+
+/// `server`'s client configuration with `credentials` in place of the admin's.
+fn as_user(server: &ApiProcess, credentials: Option<&control::pki::Pem>) -> kube::Config {
+    let mut config = server.config();
+    config.auth_info = Default::default();
+    if let Some(pem) = credentials {
+        config.auth_info.client_certificate_data = Some(base64(&pem.cert));
+        config.auth_info.client_key_data = Some(base64(&pem.key).into());
+    }
+    config
+}
+
+fn base64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn whoami() -> Value {
+    serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_tls_and_anonymous_clients_reach_only_health_and_version() {
+    let server = ApiProcess::server().await;
+    assert!(server.url().starts_with("https://"), "{}", server.url());
+    let mode = std::fs::metadata(server.kubeconfig()).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "the admin kubeconfig is readable by others");
+
+    // No credentials: 401 with Kubernetes' Status, except for the public paths.
+    let anonymous = as_user(&server, None);
+    for path in ["/api", "/api/v1/namespaces/default/secrets", "/apis", "/metrics", "/openapi/v2"] {
+        let (code, body) = send(anonymous.clone(), "GET", path, None).await.unwrap();
+        assert_eq!(code, 401, "{path}: {body}");
+        assert_eq!((body["kind"].as_str(), body["reason"].as_str()), (Some("Status"), Some("Unauthorized")), "{body}");
+    }
+    for path in ["/healthz", "/livez", "/readyz", "/version"] {
+        let (code, _) = send(anonymous.clone(), "GET", path, None).await.unwrap();
+        assert_eq!(code, 200, "{path}");
+    }
+
+    // A certificate of the cluster's client CA names its user and group.
+    let pki = Pki::open(&server.cert_dir()).unwrap();
+    let jane = pki.client(&Identity::new("jane", &["dev"])).unwrap();
+    let (code, review) = send(
+        as_user(&server, Some(&jane)),
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        Some(whoami()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 201, "{review}");
+    assert_eq!(review["status"]["userInfo"]["username"], "jane");
+    assert_eq!(review["status"]["userInfo"]["groups"], serde_json::json!(["dev", "system:authenticated"]));
+
+    // Another cluster's CAs: its client certificate is refused in the handshake, and a client
+    // that trusts only its server CA refuses this server.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = Pki::open(elsewhere.path()).unwrap();
+    let stranger = other.client(&Identity::new("system:admin", &["system:masters"])).unwrap();
+    let refused = send(as_user(&server, Some(&stranger)), "GET", "/api", None).await;
+    assert!(refused.is_err(), "a certificate of another CA got {refused:?}");
+    let mut wrong_ca = server.config();
+    wrong_ca.root_cert = Some(vec![pem_der(other.server_ca())]);
+    let refused = send(wrong_ca, "GET", "/version", None).await;
+    assert!(refused.is_err(), "a client trusting another CA got {refused:?}");
+
+    // Plain HTTP to the HTTPS port is told what it did.
+    let answer = plain_get(server.api_port).await;
+    assert!(answer.starts_with("HTTP/1.0 400"), "{answer}");
+    assert!(answer.contains("Client sent an HTTP request to an HTTPS server."), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_kubectls_use_the_admin_kubeconfig_over_tls() {
+    let server = ApiProcess::server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let debian = Kubectl::new(dir.path(), server.kubeconfig());
+    debian.run(&["create", "configmap", "over-tls", "--from-literal=a=b"]);
+    let current = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), server.kubeconfig());
+    assert!(current.run(&["get", "configmap", "over-tls", "-o", "name"]).contains("configmap/over-tls"));
+    let me: Value = serde_json::from_str(&current.run(&["auth", "whoami", "-o", "json"])).unwrap();
+    assert_eq!(me["status"]["userInfo"]["username"], "system:admin", "{me}");
+    let groups = me["status"]["userInfo"]["groups"].as_array().cloned().unwrap_or_default();
+    assert!(groups.contains(&"system:masters".into()) && groups.contains(&"system:authenticated".into()), "{me}");
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    CertificateDer::from_pem_slice(pem.as_bytes()).unwrap().to_vec()
+}
+
+async fn plain_get(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    conn.write_all(b"GET /api HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut raw = Vec::new();
+    conn.read_to_end(&mut raw).await.unwrap();
+    String::from_utf8_lossy(&raw).into_owned()
+}
