@@ -86,10 +86,15 @@ pub fn resolv_conf_nameservers(text: &str) -> Vec<SocketAddr> {
 
 /// The `kube-dns` Service's conventional address: the tenth of the service range.
 pub fn default_service_ip(service_cidr: &str) -> anyhow::Result<Ipv4Addr> {
+    service_range_address(service_cidr, 10)
+}
+
+/// The `n`th address of the (first) service range: the first is the `kubernetes` Service's.
+pub fn service_range_address(service_cidr: &str, n: u32) -> anyhow::Result<Ipv4Addr> {
     let first = service_cidr.split(',').next().unwrap_or_default().trim();
     let (base, _) = first.split_once('/').with_context(|| format!("{first:?} is not an IPv4 CIDR"))?;
     let base: Ipv4Addr = base.parse().with_context(|| format!("{first:?} is not an IPv4 CIDR"))?;
-    Ok(Ipv4Addr::from(u32::from(base) + 10))
+    Ok(Ipv4Addr::from(u32::from(base) + n))
 }
 
 struct Handler {

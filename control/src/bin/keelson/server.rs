@@ -139,10 +139,9 @@ fn serving_names(args: &ServerArgs) -> anyhow::Result<Vec<String>> {
             .map(|s| s.to_string())
             .collect();
     names.push(format!("kubernetes.default.svc.{}", args.dns.cluster_domain));
-    let service_ip =
-        control::dns::default_service_ip(args.api.service_cluster_ip_range()).context("--service-cluster-ip-range")?;
-    // The range's first address is the `kubernetes` Service's.
-    names.push(std::net::Ipv4Addr::from(u32::from(service_ip) - 9).to_string());
+    let kubernetes_ip = control::dns::service_range_address(args.api.service_cluster_ip_range(), 1)
+        .context("--service-cluster-ip-range")?;
+    names.push(kubernetes_ip.to_string());
     let listen = args.api.api_listen();
     match listen.parse::<std::net::SocketAddr>() {
         Ok(a) if !a.ip().is_unspecified() => names.push(a.ip().to_string()),
