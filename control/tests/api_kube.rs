@@ -312,10 +312,11 @@ async fn deletion_waits_for_finalizers_and_namespaces_take_their_content() {
     cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
     assert_eq!(api_error(cms.get("held").await.unwrap_err()).0, 404);
 
-    // The propagation policy asked for is recorded as the garbage collector's finalizer.
+    // The propagation policy asked for is recorded as the garbage collector's finalizer (seen
+    // in the delete's answer: the garbage collector may finish it before a later read).
     cms.create(&PostParams::default(), &configmap("fg", &[])).await.unwrap();
-    cms.delete("fg", &DeleteParams::foreground()).await.unwrap();
-    let fg = cms.get("fg").await.unwrap();
+    let fg =
+        cms.delete("fg", &DeleteParams::foreground()).await.unwrap().left().expect("the object, still being deleted");
     assert_eq!(fg.metadata.finalizers.as_deref(), Some(&["foregroundDeletion".to_string()][..]));
 
     // Deleting the namespace takes what is in it.

@@ -129,3 +129,83 @@ async fn plain_get(port: u16) -> String {
     conn.read_to_end(&mut raw).await.unwrap();
     String::from_utf8_lossy(&raw).into_owned()
 }
+
+/// A kubeconfig file under `dir` for `who`, with a client certificate from `server`'s CA.
+fn kubeconfig_for(server: &ApiProcess, dir: &std::path::Path, who: &Identity) -> std::path::PathBuf {
+    let pki = Pki::open(&server.cert_dir()).unwrap();
+    let path = dir.join(format!("{}.kubeconfig", who.user.replace(':', "-")));
+    control::pki::write_private(&path, &pki.kubeconfig(&server.url(), who).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_bound_to_view_reads_but_may_not_write_and_kubectl_auth_can_i_says_so() {
+    let server = ApiProcess::server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Kubectl::with_binary(
+        kubectl_binary("KEELSON_KUBECTL_CURRENT"),
+        &dir.path().join("admin").tap(),
+        server.kubeconfig(),
+    );
+    admin.run(&["create", "namespace", "team"]);
+    admin.run(&["-n", "team", "create", "configmap", "settings", "--from-literal=a=b"]);
+    admin.run(&["-n", "team", "create", "rolebinding", "jane-view", "--clusterrole=view", "--user=jane"]);
+
+    let jane_config = kubeconfig_for(&server, dir.path(), &Identity::new("jane", &[]));
+    for (var, sub) in [("KEELSON_KUBECTL_CURRENT", "current"), ("KEELSON_KUBECTL", "debian")] {
+        let jane = Kubectl::with_binary(kubectl_binary(var), &dir.path().join(sub).tap(), &jane_config);
+        // The binding reaches the authorizer through its cache: wait until it has.
+        common::wait_until(
+            "jane may read configmaps in team",
+            common::within(std::time::Duration::from_secs(10)),
+            || {
+                let ok = jane.try_run(&["-n", "team", "get", "configmap", "settings", "-o", "name"], None);
+                async move {
+                    if ok.0 {
+                        Ok(())
+                    } else {
+                        Err(ok.2)
+                    }
+                }
+            },
+        )
+        .await;
+        let (ok, _, err) = jane.try_run(&["-n", "team", "create", "configmap", "mine", "--from-literal=a=b"], None);
+        assert!(!ok, "jane created a configmap");
+        assert!(
+            err.contains(r#"configmaps is forbidden: User "jane" cannot create resource "configmaps" in API group "" in the namespace "team""#),
+            "{err}"
+        );
+        let (ok, _, err) = jane.try_run(&["-n", "default", "get", "configmaps"], None);
+        assert!(!ok && err.contains(r#"in the namespace "default""#), "{err}");
+        assert!(!jane.try_run(&["-n", "team", "get", "secrets"], None).0, "view reads secrets");
+        // kubectl auth can-i, answered by the same authorizer.
+        assert_eq!(jane.try_run(&["auth", "can-i", "list", "pods", "-n", "team"], None).1.trim(), "yes");
+        assert_eq!(jane.try_run(&["auth", "can-i", "create", "deployments.apps", "-n", "team"], None).1.trim(), "no");
+        assert_eq!(jane.try_run(&["auth", "can-i", "get", "configmaps", "-n", "default"], None).1.trim(), "no");
+    }
+    assert_eq!(admin.try_run(&["auth", "can-i", "create", "deployments.apps", "-n", "team"], None).1.trim(), "yes");
+
+    // The bootstrap roles are there, and a binding may not change its role.
+    let roles = admin.run(&["get", "clusterroles", "-o", "name"]);
+    for role in ["cluster-admin", "admin", "edit", "view", "system:kube-scheduler", "system:node"] {
+        assert!(roles.contains(&format!("clusterrole.rbac.authorization.k8s.io/{role}\n")), "{role}: {roles}");
+    }
+    let (ok, _, err) = admin.try_run(
+        &["-n", "team", "patch", "rolebinding", "jane-view", "--type=merge", "-p", r#"{"roleRef":{"name":"edit"}}"#],
+        None,
+    );
+    assert!(!ok && err.contains("cannot change roleRef"), "{err}");
+}
+
+trait Tap {
+    fn tap(self) -> Self;
+}
+
+impl Tap for std::path::PathBuf {
+    /// The directory, made.
+    fn tap(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}

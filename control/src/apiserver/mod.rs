@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod authn;
+pub mod authz;
 pub mod cache;
 pub mod errors;
 mod form;
@@ -45,6 +46,8 @@ const EVENT_LEASE_REUSE_MS: u64 = 60_000;
 
 /// Where `kubectl auth whoami` asks who it is.
 const SELF_SUBJECT_REVIEWS: &str = "/apis/authentication.k8s.io/v1/selfsubjectreviews";
+/// Where `kubectl auth can-i` asks what it may do.
+const SELF_SUBJECT_ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
 
 /// Namespaces every cluster has.
 const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -74,6 +77,8 @@ pub struct Api {
     caches: std::sync::Mutex<HashMap<&'static str, Arc<cache::WatchCache>>>,
     /// How requests say who they come from.
     pub authentication: authn::Authentication,
+    /// The RBAC objects as the authorizer last indexed them.
+    pub rbac: std::sync::Mutex<Option<Arc<authz::Index>>>,
 }
 
 const VERBS: &[&str] =
@@ -100,6 +105,7 @@ impl Api {
             progress_ordered: std::sync::atomic::AtomicBool::new(false),
             caches: std::sync::Mutex::new(HashMap::new()),
             authentication,
+            rbac: std::sync::Mutex::new(None),
         })
     }
 
@@ -161,7 +167,10 @@ impl Api {
             (&kinds::namespace::RESOURCE, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
         });
         let classes = kinds::priorityclass::BUILT_IN.iter().map(|c| (&kinds::priorityclass::RESOURCE, c.object()));
-        for (res, body) in namespaces.chain(classes) {
+        let roles = authz::bootstrap::cluster_roles().into_iter().map(|r| (&kinds::rbac::CLUSTER_ROLES, r));
+        let bindings =
+            authz::bootstrap::cluster_role_bindings().into_iter().map(|b| (&kinds::rbac::CLUSTER_ROLE_BINDINGS, b));
+        for (res, body) in namespaces.chain(classes).chain(roles).chain(bindings) {
             let name = body["metadata"]["name"].as_str().unwrap_or_default().to_string();
             match verbs::create(self, res, None, body, &params).await {
                 Ok(_) => tracing::info!(kind = res.kind, name, "created"),
@@ -243,9 +252,39 @@ async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> R
         Ok(user) => user,
         Err(e) => return e.into_response(),
     };
-    if req.method() == Method::POST && req.uri().path().trim_end_matches('/') == SELF_SUBJECT_REVIEWS {
+    let watch = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
+    let attributes = authz::Attributes::of(req.method(), req.uri().path(), watch);
+    if let Err(e) = authz::authorize(&api, &user, &attributes).await {
+        return e.into_response();
+    }
+    let path = req.uri().path().trim_end_matches('/');
+    if req.method() == Method::POST && path == SELF_SUBJECT_REVIEWS {
         api.count("create");
         return json_response(StatusCode::CREATED, &authn::self_subject_review(&user));
+    }
+    if req.method() == Method::POST && path == SELF_SUBJECT_ACCESS_REVIEWS {
+        api.count("create");
+        let content_type =
+            req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+        let body = match axum::body::to_bytes(req.into_body(), REQUEST_BODY_BYTES_MAX).await {
+            Ok(b) => b,
+            Err(_) => return ApiError::bad_request("the review is larger than 3 MiB").into_response(),
+        };
+        let review = if content_type.starts_with(protobuf::CONTENT_TYPE) {
+            match protobuf::to_json(&body) {
+                Ok(v) => v,
+                Err(e) => return ApiError::bad_request(e.to_string()).into_response(),
+            }
+        } else {
+            match serde_json::from_slice::<Value>(&body) {
+                Ok(v) => v,
+                Err(e) => return ApiError::bad_request(format!("the review is not JSON: {e}")).into_response(),
+            }
+        };
+        return match authz::self_subject_access_review(&api, &user, &review).await {
+            Ok(answer) => json_response(StatusCode::CREATED, &answer),
+            Err(e) => e.into_response(),
+        };
     }
     // A pod's log, exec, attach and port-forward go to its node's agent, the request whole
     // (an upgrade needs the connection, not just the body).

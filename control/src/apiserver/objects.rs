@@ -118,6 +118,11 @@ pub fn name_error(resource: &Resource, name: &str) -> Option<String> {
     match resource.strategy.name_rule() {
         NameRule::Label if !is_dns_label(name) => Some(DNS_LABEL_RULE.into()),
         NameRule::Subdomain if !is_dns_subdomain(name) => Some(DNS_SUBDOMAIN_RULE.into()),
+        // Kubernetes' ValidatePathSegmentName: anything a URL path segment can carry.
+        NameRule::PathSegment if name == "." || name == ".." => Some(format!("may not be '{name}'")),
+        NameRule::PathSegment => {
+            ["/", "%"].iter().find(|bad| name.contains(*bad)).map(|bad| format!("may not contain '{bad}'"))
+        }
         _ => None,
     }
 }

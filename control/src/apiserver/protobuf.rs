@@ -670,6 +670,57 @@ const DELETE_OPTIONS: &[F] = &[
     F(5, "dryRun", Many, Str),
 ];
 
+const POLICY_RULE: &[F] = &[
+    F(1, "verbs", Many, Str),
+    F(2, "apiGroups", Many, Str),
+    F(3, "resources", Many, Str),
+    F(4, "resourceNames", Many, Str),
+    F(5, "nonResourceURLs", Many, Str),
+];
+const ROLE: &[F] = &[F(1, "metadata", One, Msg(OBJECT_META)), F(2, "rules", Many, Msg(POLICY_RULE))];
+const CLUSTER_ROLE: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(2, "rules", Many, Msg(POLICY_RULE)),
+    F(3, "aggregationRule", One, Msg(&[F(1, "clusterRoleSelectors", Many, Msg(LABEL_SELECTOR))])),
+];
+const ROLE_BINDING: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(
+        2,
+        "subjects",
+        Many,
+        Msg(&[F(1, "kind", One, Str), F(2, "apiGroup", One, Str), F(3, "name", One, Str), F(4, "namespace", One, Str)]),
+    ),
+    F(3, "roleRef", One, Msg(&[F(1, "apiGroup", One, Str), F(2, "kind", One, Str), F(3, "name", One, Str)])),
+];
+
+const SELF_SUBJECT_ACCESS_REVIEW: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(
+        2,
+        "spec",
+        One,
+        Msg(&[
+            F(
+                1,
+                "resourceAttributes",
+                One,
+                Msg(&[
+                    F(1, "namespace", One, Str),
+                    F(2, "verb", One, Str),
+                    F(3, "group", One, Str),
+                    F(4, "version", One, Str),
+                    F(5, "resource", One, Str),
+                    F(6, "subresource", One, Str),
+                    F(7, "name", One, Str),
+                ]),
+            ),
+            F(2, "nonResourceAttributes", One, Msg(&[F(1, "path", One, Str), F(2, "verb", One, Str)])),
+        ]),
+    ),
+    F(3, "status", One, Msg(EMPTY)),
+];
+
 /// The kinds read from protocol buffers, by apiVersion and kind.
 fn schema_of(api_version: &str, kind: &str) -> Option<&'static [F]> {
     Some(match (api_version, kind) {
@@ -692,6 +743,10 @@ fn schema_of(api_version: &str, kind: &str) -> Option<&'static [F]> {
         ("batch/v1", "CronJob") => CRON_JOB,
         ("policy/v1", "PodDisruptionBudget") => POD_DISRUPTION_BUDGET,
         ("policy/v1", "Eviction") => EVICTION,
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SELF_SUBJECT_ACCESS_REVIEW,
+        ("rbac.authorization.k8s.io/v1", "Role") => ROLE,
+        ("rbac.authorization.k8s.io/v1", "ClusterRole") => CLUSTER_ROLE,
+        ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => ROLE_BINDING,
         // Registered in every group-version.
         (_, "DeleteOptions") => DELETE_OPTIONS,
         _ => return None,
@@ -1353,5 +1408,41 @@ mod tests {
             Err(Refused::Unsupported(m)) => assert!(m.contains("Pod.spec: field 26"), "{m}"),
             other => panic!("a set field outside the tables: {other:?}"),
         }
+    }
+
+    #[test]
+    fn role_bindings_and_roles_read_as_their_json() {
+        use k8s_pb::api::rbac::v1 as rbac;
+        let binding = rbac::RoleBinding {
+            metadata: Some(meta("jane-view")),
+            subjects: vec![rbac::Subject {
+                kind: Some("User".into()),
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                name: Some("jane".into()),
+                namespace: Some(String::new()),
+            }],
+            role_ref: Some(rbac::RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: Some("ClusterRole".into()),
+                name: Some("view".into()),
+            }),
+        };
+        let got = to_json(&envelope("rbac.authorization.k8s.io/v1", "RoleBinding", binding.encode_to_vec())).unwrap();
+        assert_eq!(got["subjects"], json!([{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "jane"}]));
+        assert_eq!(
+            got["roleRef"],
+            json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "view"})
+        );
+        let role = rbac::Role {
+            metadata: Some(meta("r")),
+            rules: vec![rbac::PolicyRule {
+                verbs: vec!["get".into()],
+                api_groups: vec![String::new()],
+                resources: vec!["pods".into()],
+                ..Default::default()
+            }],
+        };
+        let got = to_json(&envelope("rbac.authorization.k8s.io/v1", "Role", role.encode_to_vec())).unwrap();
+        assert_eq!(got["rules"], json!([{"verbs": ["get"], "apiGroups": [""], "resources": ["pods"]}]));
     }
 }

@@ -66,6 +66,7 @@ const GROUPS: &[(&str, &str)] = &[
     ("discovery.k8s.io", "v1"),
     ("networking.k8s.io", "v1"),
     ("policy", "v1"),
+    ("rbac.authorization.k8s.io", "v1"),
     ("scheduling.k8s.io", "v1"),
 ];
 
@@ -240,6 +241,13 @@ pub fn group(name: &str) -> Option<Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_group_served_is_discovered() {
+        for r in RESOURCES.iter().filter(|r| !r.group.is_empty()) {
+            assert!(GROUPS.contains(&(r.group, r.version)), "{}/{} is served but not in GROUPS", r.group, r.version);
+        }
+    }
 
     #[test]
     fn every_resource_is_discoverable_under_its_group_version() {

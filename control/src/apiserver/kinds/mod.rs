@@ -23,6 +23,7 @@ pub mod node;
 pub mod pdb;
 pub mod pod;
 pub mod priorityclass;
+pub mod rbac;
 pub mod replicaset;
 pub mod replicationcontroller;
 pub mod secret;
@@ -67,6 +68,10 @@ pub static ALL: &[&Resource] = &[
     &pdb::RESOURCE,
     &priorityclass::RESOURCE,
     &networkpolicy::RESOURCE,
+    &rbac::ROLES,
+    &rbac::CLUSTER_ROLES,
+    &rbac::ROLE_BINDINGS,
+    &rbac::CLUSTER_ROLE_BINDINGS,
 ];
 
 /// Which names a kind accepts.
@@ -75,6 +80,8 @@ pub enum NameRule {
     Label,
     /// An RFC 1123 subdomain (most kinds).
     Subdomain,
+    /// Any name a URL path segment can carry (RBAC's roles and bindings: `system:node`).
+    PathSegment,
 }
 
 /// A field that lists and watches of a kind may select by: its selector name, where it is in the
