@@ -186,6 +186,28 @@ async fn a_user_bound_to_view_reads_but_may_not_write_and_kubectl_auth_can_i_say
     }
     assert_eq!(admin.try_run(&["auth", "can-i", "create", "deployments.apps", "-n", "team"], None).1.trim(), "yes");
 
+    // Impersonation: the admin acts as jane and gets jane's answers; jane may not act as anyone.
+    admin.run(&["--as", "jane", "-n", "team", "get", "configmap", "settings"]);
+    let (ok, _, err) = admin.try_run(&["--as", "jane", "-n", "team", "delete", "configmap", "settings"], None);
+    assert!(!ok && err.contains(r#"User "jane" cannot delete resource "configmaps""#), "{err}");
+    assert_eq!(admin.try_run(&["--as", "jane", "auth", "can-i", "list", "pods", "-n", "team"], None).1.trim(), "yes");
+    assert_eq!(admin.try_run(&["--as", "jane", "auth", "can-i", "list", "pods", "-n", "default"], None).1.trim(), "no");
+    let me: Value =
+        serde_json::from_str(&admin.run(&["--as", "joe", "--as-group", "dev", "auth", "whoami", "-o", "json"]))
+            .unwrap();
+    assert_eq!(me["status"]["userInfo"]["username"], "joe", "{me}");
+    assert_eq!(me["status"]["userInfo"]["groups"], serde_json::json!(["dev", "system:authenticated"]), "{me}");
+    let jane = Kubectl::with_binary(
+        kubectl_binary("KEELSON_KUBECTL_CURRENT"),
+        &dir.path().join("current").tap(),
+        &jane_config,
+    );
+    let (ok, _, err) = jane.try_run(&["--as", "system:admin", "get", "nodes"], None);
+    assert!(
+        !ok && err.contains(r#"users "system:admin" is forbidden: User "jane" cannot impersonate resource "users" in API group "" at the cluster scope"#),
+        "{err}"
+    );
+
     // The bootstrap roles are there, and a binding may not change its role.
     let roles = admin.run(&["get", "clusterroles", "-o", "name"]);
     for role in ["cluster-admin", "admin", "edit", "view", "system:kube-scheduler", "system:node"] {

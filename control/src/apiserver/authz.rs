@@ -309,6 +309,64 @@ pub async fn authorize(api: &Api, user: &User, attrs: &Attributes) -> Result<(),
     }
 }
 
+/// Kubernetes' impersonation (`kubectl --as`, `--as-group`): a request carrying
+/// `Impersonate-User` (and any `Impersonate-Group`s) acts as that user if its own user may
+/// `impersonate` the user (`users`, or `serviceaccounts` for a service account's name) and each
+/// group (`groups`); the result is the user as it would have authenticated, in
+/// `system:authenticated` (or `system:unauthenticated` for `system:anonymous`).
+pub async fn impersonate(api: &Api, user: User, headers: &axum::http::HeaderMap) -> Result<User, ApiError> {
+    let named = headers.get("impersonate-user").map(|v| v.to_str().unwrap_or_default().to_string());
+    let groups: Vec<String> =
+        headers.get_all("impersonate-group").iter().map(|v| v.to_str().unwrap_or_default().to_string()).collect();
+    let Some(name) = named else {
+        if groups.is_empty() {
+            return Ok(user);
+        }
+        return Err(ApiError::bad_request(format!("requested {groups:?} without impersonating a user")));
+    };
+    let asks = |resource: &str, namespace: &str, name: &str| Attributes {
+        verb: "impersonate".into(),
+        resource: Some(ResourceAttributes {
+            group: String::new(),
+            resource: resource.into(),
+            subresource: String::new(),
+            namespace: namespace.into(),
+            name: name.into(),
+        }),
+        path: String::new(),
+    };
+    let mut checks = Vec::new();
+    let mut implied = Vec::new();
+    match name.strip_prefix("system:serviceaccount:").and_then(|rest| rest.split_once(':')) {
+        Some((ns, account)) => {
+            checks.push(asks("serviceaccounts", ns, account));
+            implied.extend(["system:serviceaccounts".to_string(), format!("system:serviceaccounts:{ns}")]);
+        }
+        None => checks.push(asks("users", "", &name)),
+    }
+    checks.extend(groups.iter().map(|g| asks("groups", "", g)));
+    let masters = user.groups.iter().any(|g| g == MASTERS_GROUP);
+    let index = if masters { None } else { Some(index(api).await?) };
+    for check in &checks {
+        if let Some(index) = &index {
+            if !index.allows(&user, check) {
+                return Err(check.forbidden(&user));
+            }
+        }
+    }
+    let mut all = groups;
+    all.extend(implied);
+    let everyone = if name == super::authn::ANONYMOUS_USER {
+        super::authn::UNAUTHENTICATED_GROUP
+    } else {
+        super::authn::AUTHENTICATED_GROUP
+    };
+    if !all.iter().any(|g| g == everyone) {
+        all.push(everyone.to_string());
+    }
+    Ok(User { name, groups: all })
+}
+
 /// `POST .../selfsubjectaccessreviews` (`kubectl auth can-i`): whether the request's own user
 /// may do what the review's spec asks.
 pub async fn self_subject_access_review(api: &Api, user: &User, body: &Value) -> Result<Value, ApiError> {

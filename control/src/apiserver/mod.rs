@@ -252,6 +252,10 @@ async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> R
         Ok(user) => user,
         Err(e) => return e.into_response(),
     };
+    let user = match authz::impersonate(&api, user, req.headers()).await {
+        Ok(user) => user,
+        Err(e) => return e.into_response(),
+    };
     let watch = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
     let attributes = authz::Attributes::of(req.method(), req.uri().path(), watch);
     if let Err(e) = authz::authorize(&api, &user, &attributes).await {
