@@ -183,6 +183,12 @@ async fn a_user_bound_to_view_reads_but_may_not_write_and_kubectl_auth_can_i_say
         assert_eq!(jane.try_run(&["auth", "can-i", "list", "pods", "-n", "team"], None).1.trim(), "yes");
         assert_eq!(jane.try_run(&["auth", "can-i", "create", "deployments.apps", "-n", "team"], None).1.trim(), "no");
         assert_eq!(jane.try_run(&["auth", "can-i", "get", "configmaps", "-n", "default"], None).1.trim(), "no");
+        // Everything jane may do in team: view's rules, and what every authenticated user holds.
+        let listed = jane.run(&["auth", "can-i", "--list", "-n", "team"]);
+        let configmaps = listed.lines().find(|l| l.starts_with("configmaps ")).unwrap_or_else(|| panic!("{listed}"));
+        assert!(configmaps.contains("[get list watch]"), "{listed}");
+        assert!(!listed.lines().any(|l| l.starts_with("secrets ")), "{listed}");
+        assert!(listed.contains("selfsubjectaccessreviews.authorization.k8s.io"), "{listed}");
     }
     assert_eq!(admin.try_run(&["auth", "can-i", "create", "deployments.apps", "-n", "team"], None).1.trim(), "yes");
 

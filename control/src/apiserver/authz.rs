@@ -309,6 +309,32 @@ pub async fn authorize(api: &Api, user: &User, attrs: &Attributes) -> Result<(),
     }
 }
 
+/// `POST .../selfsubjectrulesreviews` (`kubectl auth can-i --list`): the rules the request's own
+/// user holds in the namespace the spec names, from its cluster-wide and namespaced bindings.
+pub async fn self_subject_rules_review(api: &Api, user: &User, body: &Value) -> Result<Value, ApiError> {
+    let namespace = body["spec"]["namespace"].as_str().unwrap_or_default();
+    let rules = index(api).await?.rules_of(user, namespace);
+    let (mut resource_rules, mut non_resource_rules) = (Vec::new(), Vec::new());
+    for rule in rules {
+        if rule.non_resource_urls.as_ref().is_some_and(|u| !u.is_empty()) {
+            non_resource_rules.push(json!({"verbs": rule.verbs, "nonResourceURLs": rule.non_resource_urls}));
+        } else {
+            let mut r = json!({"verbs": rule.verbs, "apiGroups": rule.api_groups, "resources": rule.resources});
+            if let Some(names) = rule.resource_names.filter(|n| !n.is_empty()) {
+                r["resourceNames"] = json!(names);
+            }
+            resource_rules.push(r);
+        }
+    }
+    Ok(json!({
+        "kind": "SelfSubjectRulesReview",
+        "apiVersion": "authorization.k8s.io/v1",
+        "metadata": {"creationTimestamp": null},
+        "spec": body["spec"],
+        "status": {"resourceRules": resource_rules, "nonResourceRules": non_resource_rules, "incomplete": false},
+    }))
+}
+
 /// Kubernetes' impersonation (`kubectl --as`, `--as-group`): a request carrying
 /// `Impersonate-User` (and any `Impersonate-Group`s) acts as that user if its own user may
 /// `impersonate` the user (`users`, or `serviceaccounts` for a service account's name) and each

@@ -46,8 +46,15 @@ const EVENT_LEASE_REUSE_MS: u64 = 60_000;
 
 /// Where `kubectl auth whoami` asks who it is.
 const SELF_SUBJECT_REVIEWS: &str = "/apis/authentication.k8s.io/v1/selfsubjectreviews";
-/// Where `kubectl auth can-i` asks what it may do.
+/// Where `kubectl auth can-i` asks what it may do, and `kubectl auth can-i --list` all it may do.
 const SELF_SUBJECT_ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+const SELF_SUBJECT_RULES_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews";
+
+/// The reviews a user asks about itself.
+enum Review {
+    Access,
+    Rules,
+}
 
 /// Namespaces every cluster has.
 const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
@@ -266,7 +273,12 @@ async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> R
         api.count("create");
         return json_response(StatusCode::CREATED, &authn::self_subject_review(&user));
     }
-    if req.method() == Method::POST && path == SELF_SUBJECT_ACCESS_REVIEWS {
+    let review = match path {
+        SELF_SUBJECT_ACCESS_REVIEWS if req.method() == Method::POST => Some(Review::Access),
+        SELF_SUBJECT_RULES_REVIEWS if req.method() == Method::POST => Some(Review::Rules),
+        _ => None,
+    };
+    if let Some(review) = review {
         api.count("create");
         let content_type =
             req.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
@@ -274,7 +286,7 @@ async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> R
             Ok(b) => b,
             Err(_) => return ApiError::bad_request("the review is larger than 3 MiB").into_response(),
         };
-        let review = if content_type.starts_with(protobuf::CONTENT_TYPE) {
+        let body = if content_type.starts_with(protobuf::CONTENT_TYPE) {
             match protobuf::to_json(&body) {
                 Ok(v) => v,
                 Err(e) => return ApiError::bad_request(e.to_string()).into_response(),
@@ -285,7 +297,11 @@ async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> R
                 Err(e) => return ApiError::bad_request(format!("the review is not JSON: {e}")).into_response(),
             }
         };
-        return match authz::self_subject_access_review(&api, &user, &review).await {
+        let answer = match review {
+            Review::Access => authz::self_subject_access_review(&api, &user, &body).await,
+            Review::Rules => authz::self_subject_rules_review(&api, &user, &body).await,
+        };
+        return match answer {
             Ok(answer) => json_response(StatusCode::CREATED, &answer),
             Err(e) => e.into_response(),
         };

@@ -721,6 +721,12 @@ const SELF_SUBJECT_ACCESS_REVIEW: &[F] = &[
     F(3, "status", One, Msg(EMPTY)),
 ];
 
+const SELF_SUBJECT_RULES_REVIEW: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(2, "spec", One, Msg(&[F(1, "namespace", One, Str)])),
+    F(3, "status", One, Msg(EMPTY)),
+];
+
 /// The kinds read from protocol buffers, by apiVersion and kind.
 fn schema_of(api_version: &str, kind: &str) -> Option<&'static [F]> {
     Some(match (api_version, kind) {
@@ -744,6 +750,7 @@ fn schema_of(api_version: &str, kind: &str) -> Option<&'static [F]> {
         ("policy/v1", "PodDisruptionBudget") => POD_DISRUPTION_BUDGET,
         ("policy/v1", "Eviction") => EVICTION,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SELF_SUBJECT_ACCESS_REVIEW,
+        ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => SELF_SUBJECT_RULES_REVIEW,
         ("rbac.authorization.k8s.io/v1", "Role") => ROLE,
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => CLUSTER_ROLE,
         ("rbac.authorization.k8s.io/v1", "RoleBinding" | "ClusterRoleBinding") => ROLE_BINDING,
