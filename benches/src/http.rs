@@ -21,12 +21,6 @@ pub fn client(idle_per_host: usize, kubeconfig: Option<&str>) -> Result<Http> {
     Ok(Client::builder(hyper_util::rt::TokioExecutor::new()).pool_max_idle_per_host(idle_per_host).build(connector))
 }
 
-/// The server URL of a kubeconfig's first cluster.
-pub fn kubeconfig_server(kubeconfig: &str) -> Result<String> {
-    let parsed = kube::config::Kubeconfig::from_yaml(kubeconfig).context("not a kubeconfig")?;
-    parsed.clusters.first().and_then(|c| c.cluster.as_ref()).and_then(|c| c.server.clone()).context("no server")
-}
-
 /// Waits until the file at `path` (a kubeconfig a server writes once it serves) exists; its text.
 pub async fn wait_kubeconfig(path: &std::path::Path, within: std::time::Duration) -> Result<String> {
     let deadline = std::time::Instant::now() + within;

@@ -13,22 +13,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Pod, Secret, Servic
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use serde_json::{json, Value};
 
-use common::api::{call, ApiProcess};
+use common::api::{call, send_once, ApiProcess};
 use common::{wait_until, within};
-
-/// A GET sent once (kube-rs's client retries 429, 503 and 504 by itself unless told not to): the
-/// status code and the JSON body.
-async fn raw_get(server: &ApiProcess, path: &str) -> (u16, Value) {
-    use http_body_util::BodyExt;
-    let mut config = server.config();
-    config.default_retry = false;
-    let client = kube::Client::try_from(config).unwrap();
-    let req = http::Request::get(path).body(kube::client::Body::from(Vec::new())).unwrap();
-    let response = client.send(req).await.unwrap();
-    let code = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (code, serde_json::from_slice(&body).unwrap_or(Value::Null))
-}
 
 fn rv<K: kube::Resource>(o: &K) -> String {
     o.meta().resource_version.clone().unwrap()
@@ -587,7 +573,7 @@ async fn lists_honour_resource_version_match() {
     let ahead = rv(&a).parse::<i64>().unwrap() + 1000;
     for m in ["Exact", "NotOlderThan"] {
         let path = format!("/api/v1/namespaces/default/configmaps?resourceVersion={ahead}&resourceVersionMatch={m}");
-        let (code, body) = raw_get(&server, &path).await;
+        let (code, body) = send_once(server.config(), "GET", &path, None).await.unwrap();
         assert_eq!((code, body["reason"].as_str()), (504, Some("Timeout")), "{body}");
         assert_eq!(body["details"]["causes"][0]["reason"], "ResourceVersionTooLarge");
     }

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::api::{ApiProcess, Component};
-use common::kubectl::{kubectl_binary, Kubectl, SEED_DEPLOYMENT};
+use common::kubectl::{kubectl_binary, Kubectl, TapMkdir, SEED_DEPLOYMENT};
 use common::{wait_until, within};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
@@ -1313,15 +1313,4 @@ async fn a_rollout_survives_its_leader_being_killed_without_extra_pods() {
     let mut sorted = sizes.clone();
     sorted.sort();
     assert_eq!(sorted, vec![0, 100], "{sizes:?}");
-}
-
-trait TapMkdir {
-    fn tap_mkdir(self) -> Self;
-}
-
-impl TapMkdir for std::path::PathBuf {
-    fn tap_mkdir(self) -> Self {
-        std::fs::create_dir_all(&self).unwrap();
-        self
-    }
 }

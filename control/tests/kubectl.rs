@@ -7,12 +7,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
 use common::api::{ApiProcess, Component};
-use common::kubectl::{kubectl_binary, Kubectl, SEED_DEPLOYMENT};
+use common::kubectl::{kubectl_binary, Kubectl, TapMkdir, SEED_DEPLOYMENT};
 use common::{wait_until, within, Cluster, Options};
 
 /// The words of each line, so that column widths do not matter.
@@ -187,17 +186,6 @@ async fn kubectl_drives_two_replicas_over_a_three_member_store() {
     let namespaces = table(&kb.run(&["get", "namespaces"]));
     assert!(namespaces.iter().all(|r| r[0] != "team"), "{namespaces:?}");
     drop(store);
-}
-
-trait TapMkdir {
-    fn tap_mkdir(self) -> Self;
-}
-
-impl TapMkdir for PathBuf {
-    fn tap_mkdir(self) -> Self {
-        std::fs::create_dir_all(&self).unwrap();
-        self
-    }
 }
 
 /// Goal: a current kubectl (1.33), whose `create` commands encode objects as protocol buffers,

@@ -8,27 +8,8 @@ use std::os::unix::fs::PermissionsExt;
 use control::pki::{Identity, Pki};
 use serde_json::Value;
 
-use common::api::ApiProcess;
-use common::kubectl::{kubectl_binary, Kubectl};
-
-/// A GET or POST sent once, without kube-rs's retries: the status code and the JSON body.
-async fn send(config: kube::Config, method: &str, path: &str, body: Option<Value>) -> Result<(u16, Value), String> {
-    use http_body_util::BodyExt;
-    let mut config = config;
-    config.default_retry = false;
-    let client = kube::Client::try_from(config).map_err(|e| e.to_string())?;
-    let body = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
-    let req = http::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("content-type", "application/json")
-        .body(kube::client::Body::from(body))
-        .unwrap();
-    let response = client.send(req).await.map_err(|e| format!("{e:?}"))?;
-    let code = response.status().as_u16();
-    let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((code, serde_json::from_slice(&bytes).unwrap_or(Value::Null)))
-}
+use common::api::{send_once as send, ApiProcess};
+use common::kubectl::{kubectl_binary, Kubectl, TapMkdir};
 
 /// `server`'s client configuration with `credentials` in place of the admin's.
 fn as_user(server: &ApiProcess, credentials: Option<&control::pki::Pem>) -> kube::Config {
@@ -144,7 +125,7 @@ async fn a_user_bound_to_view_reads_but_may_not_write_and_kubectl_auth_can_i_say
     let dir = tempfile::tempdir().unwrap();
     let admin = Kubectl::with_binary(
         kubectl_binary("KEELSON_KUBECTL_CURRENT"),
-        &dir.path().join("admin").tap(),
+        &dir.path().join("admin").tap_mkdir(),
         server.kubeconfig(),
     );
     admin.run(&["create", "namespace", "team"]);
@@ -153,7 +134,7 @@ async fn a_user_bound_to_view_reads_but_may_not_write_and_kubectl_auth_can_i_say
 
     let jane_config = kubeconfig_for(&server, dir.path(), &Identity::new("jane", &[]));
     for (var, sub) in [("KEELSON_KUBECTL_CURRENT", "current"), ("KEELSON_KUBECTL", "debian")] {
-        let jane = Kubectl::with_binary(kubectl_binary(var), &dir.path().join(sub).tap(), &jane_config);
+        let jane = Kubectl::with_binary(kubectl_binary(var), &dir.path().join(sub).tap_mkdir(), &jane_config);
         // The binding reaches the authorizer through its cache: wait until it has.
         common::wait_until(
             "jane may read configmaps in team",
@@ -205,7 +186,7 @@ async fn a_user_bound_to_view_reads_but_may_not_write_and_kubectl_auth_can_i_say
     assert_eq!(me["status"]["userInfo"]["groups"], serde_json::json!(["dev", "system:authenticated"]), "{me}");
     let jane = Kubectl::with_binary(
         kubectl_binary("KEELSON_KUBECTL_CURRENT"),
-        &dir.path().join("current").tap(),
+        &dir.path().join("current").tap_mkdir(),
         &jane_config,
     );
     let (ok, _, err) = jane.try_run(&["--as", "system:admin", "get", "nodes"], None);
@@ -224,16 +205,4 @@ async fn a_user_bound_to_view_reads_but_may_not_write_and_kubectl_auth_can_i_say
         None,
     );
     assert!(!ok && err.contains("cannot change roleRef"), "{err}");
-}
-
-trait Tap {
-    fn tap(self) -> Self;
-}
-
-impl Tap for std::path::PathBuf {
-    /// The directory, made.
-    fn tap(self) -> Self {
-        std::fs::create_dir_all(&self).unwrap();
-        self
-    }
 }

@@ -467,6 +467,12 @@ impl WatchCache {
         tokio::time::timeout(within, rx.wait_for(|r| *r)).await.is_ok_and(|r| r.is_ok())
     }
 
+    /// The revision the cache is current at, if it is built.
+    pub fn current_revision(&self) -> Option<i64> {
+        let s = self.state.read().expect("not poisoned");
+        s.ready.then_some(s.revision)
+    }
+
     /// A watch of `scope` (a key prefix) from `after` (None: every object first).
     pub fn subscribe(&self, scope: &str, after: Option<i64>) -> Result<Subscription, TooOld> {
         let s = self.state.read().expect("not poisoned");

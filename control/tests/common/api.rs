@@ -172,6 +172,32 @@ impl Drop for ApiProcess {
     }
 }
 
+/// One request as `config` makes it, sent once (kube-rs's client retries 429, 503 and 504 by
+/// itself unless told not to): the status code and the JSON body, or why nothing came back.
+#[allow(dead_code)]
+pub async fn send_once(
+    config: kube::Config,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(u16, serde_json::Value), String> {
+    use http_body_util::BodyExt;
+    let mut config = config;
+    config.default_retry = false;
+    let client = Client::try_from(config).map_err(|e| e.to_string())?;
+    let body = body.map(|b| serde_json::to_vec(&b).unwrap()).unwrap_or_default();
+    let req = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(kube::client::Body::from(body))
+        .unwrap();
+    let response = client.send(req).await.map_err(|e| format!("{e:?}"))?;
+    let code = response.status().as_u16();
+    let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok((code, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
+}
+
 /// The value of the counter `series` (name and labels, as /metrics prints them).
 #[allow(dead_code)]
 pub async fn metric(client: &Client, series: &str) -> u64 {

@@ -55,20 +55,6 @@ impl Kubectl {
     pub fn with_binary(binary: PathBuf, dir: &Path, kubeconfig: &Path) -> Kubectl {
         let text = std::fs::read_to_string(kubeconfig)
             .unwrap_or_else(|e| panic!("cannot read the kubeconfig {}: {e}", kubeconfig.display()));
-        Self::with_kubeconfig(binary, dir, &text)
-    }
-
-    /// `binary`, for a plain-HTTP API at `server` with no credentials.
-    #[allow(dead_code)]
-    pub fn plain(binary: PathBuf, dir: &Path, server: &str) -> Kubectl {
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: k\n  cluster:\n    server: {server}\ncontexts:\n\
-             - name: k\n  context:\n    cluster: k\n    user: k\ncurrent-context: k\nusers:\n- name: k\n  user: {{}}\n"
-        );
-        Self::with_kubeconfig(binary, dir, &text)
-    }
-
-    fn with_kubeconfig(binary: PathBuf, dir: &Path, text: &str) -> Kubectl {
         let kubeconfig = dir.join("kubeconfig");
         std::fs::write(&kubeconfig, text).unwrap();
         Kubectl { binary, kubeconfig, cache: dir.join("cache") }
@@ -110,5 +96,18 @@ impl Kubectl {
         let out = child.wait_with_output().unwrap();
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         (out.status.success(), stdout.into_owned(), stderr.into_owned())
+    }
+}
+
+/// A path made into a directory as it is named (kubectl's home and cache for each client).
+#[allow(dead_code)]
+pub trait TapMkdir {
+    fn tap_mkdir(self) -> Self;
+}
+
+impl TapMkdir for PathBuf {
+    fn tap_mkdir(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
     }
 }
