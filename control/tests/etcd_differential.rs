@@ -24,6 +24,11 @@
 //! Needs Debian's `etcd-server` and `etcd-client` (3.4) on PATH; the test fails, never skips,
 //! without them.
 
+mod common;
+
+/// What a machine without etcd needs.
+const ETCD_HINT: &str = "this differential test needs etcd 3.4 (Debian: `apt-get install etcd-server etcd-client`)";
+
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs;
@@ -515,26 +520,12 @@ impl Tools {
     /// Finds etcd and etcdctl and checks they are 3.4: the expected outputs are 3.4's, and 3.5
     /// prints several things differently.
     fn find() -> Tools {
-        let etcd = find_on_path("etcd");
-        let etcdctl = find_on_path("etcdctl");
+        let etcd = common::find_on_path("etcd", ETCD_HINT);
+        let etcdctl = common::find_on_path("etcdctl", ETCD_HINT);
         check_version(&etcd, &["--version"], "etcd Version: 3.4.");
         check_version(&etcdctl, &["version"], "etcdctl version: 3.4.");
         Tools { etcd, etcdctl }
     }
-}
-
-fn find_on_path(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "`{name}` not found on PATH or in /usr/bin: this differential test needs etcd 3.4 \
-                 (Debian: `apt-get install etcd-server etcd-client`)"
-            )
-        })
 }
 
 fn check_version(tool: &Path, args: &[&str], expected: &str) {

@@ -206,3 +206,92 @@ async fn a_user_bound_to_view_reads_but_may_not_write_and_kubectl_auth_can_i_say
     );
     assert!(!ok && err.contains("cannot change roleRef"), "{err}");
 }
+
+/// The value under `key` as the store holds it, read with etcdctl from the server's client port.
+fn raw_value(server: &ApiProcess, key: &str) -> Vec<u8> {
+    let etcdctl = common::find_on_path("etcdctl", "reading the store raw needs etcdctl (Debian: etcd-client)");
+    let endpoint = format!("http://127.0.0.1:{}", server.store_port.expect("keelson server has a store port"));
+    let out = std::process::Command::new(etcdctl)
+        .env_clear()
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &endpoint, "get", key, "--print-value-only"])
+        .output()
+        .expect("etcdctl runs");
+    assert!(out.status.success(), "etcdctl get {key}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+fn encryption_config(providers: &str) -> String {
+    format!(
+        "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n\
+         - resources: [secrets]\n  providers:\n{providers}"
+    )
+}
+
+fn key_provider(provider: &str, name: &str, fill: u8) -> String {
+    format!("  - {provider}:\n      keys:\n      - name: {name}\n        secret: {}\n", base64(&String::from_utf8(vec![fill; 32]).unwrap()))
+}
+
+/// Goal: with an EncryptionConfiguration, a secret is ciphertext in the store in Kubernetes'
+/// format (a raw etcdctl read shows no plaintext) while kubectl reads it as written; after a key
+/// rotation (new key first, old one kept, every secret replaced) the store holds the new key's
+/// ciphertext and the old key can go; a store value no configured key reads is a 500 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_are_ciphertext_in_the_store_and_survive_key_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("encryption.yaml");
+    std::fs::write(&config, encryption_config(&format!("{}  - identity: {{}}\n", key_provider("aescbc", "key1", b'a'))))
+        .unwrap();
+    let mut server = ApiProcess::server_with(&["--encryption-provider-config", config.to_str().unwrap()]).await;
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), server.kubeconfig());
+    kubectl.run(&["create", "secret", "generic", "db", "--from-literal=password=hunter2-plain"]);
+    kubectl.run(&["create", "configmap", "settings", "--from-literal=mode=visible-plain"]);
+    let password = || kubectl.run(&["get", "secret", "db", "-o", "jsonpath={.data.password}"]);
+    let key = "/registry/secrets/default/db";
+
+    let stored = raw_value(&server, key);
+    assert!(stored.starts_with(b"k8s:enc:aescbc:v1:key1:"), "{}", String::from_utf8_lossy(&stored));
+    assert!(!contains(&stored, "hunter2") && !contains(&stored, &base64("hunter2-plain")), "plaintext in the store");
+    assert!(contains(&raw_value(&server, "/registry/configmaps/default/settings"), "visible-plain"));
+    assert_eq!(password(), base64("hunter2-plain"));
+
+    // Rotation: the new key writes, the old one still reads; replacing every secret re-encrypts
+    // even though nothing in them changed.
+    std::fs::write(
+        &config,
+        encryption_config(&format!(
+            "{}{}  - identity: {{}}\n",
+            key_provider("aesgcm", "key2", b'b'),
+            key_provider("aescbc", "key1", b'a')
+        )),
+    )
+    .unwrap();
+    server.restart().await;
+    assert_eq!(password(), base64("hunter2-plain"));
+    assert!(raw_value(&server, key).starts_with(b"k8s:enc:aescbc:v1:key1:"), "rewritten before any write");
+    let all = kubectl.run(&["get", "secrets", "-A", "-o", "json"]);
+    kubectl.run_with_input(&["replace", "-f", "-"], Some(&all));
+    let stored = raw_value(&server, key);
+    assert!(stored.starts_with(b"k8s:enc:aesgcm:v1:key2:"), "{}", String::from_utf8_lossy(&stored));
+
+    // The old key gone, everything still reads.
+    std::fs::write(&config, encryption_config(&key_provider("aesgcm", "key2", b'b'))).unwrap();
+    server.restart().await;
+    assert_eq!(password(), base64("hunter2-plain"));
+    kubectl.run(&["create", "secret", "generic", "later", "--from-literal=k=v"]);
+    assert!(raw_value(&server, "/registry/secrets/default/later").starts_with(b"k8s:enc:aesgcm:v1:key2:"));
+
+    // A configuration that cannot read what is stored: an error that names the key, no junk.
+    std::fs::write(&config, encryption_config(&key_provider("secretbox", "key3", b'c'))).unwrap();
+    server.restart().await;
+    let (ok, _, err) = kubectl.try_run(&["get", "secret", "db"], None);
+    assert!(!ok);
+    assert!(
+        err.contains("unable to transform key \"/registry/secrets/default/db\"") && err.contains("no matching prefix found"),
+        "{err}"
+    );
+}

@@ -217,6 +217,10 @@ impl From<StoreError> for ApiError {
                 tracing::warn!(error = %m, "store call failed");
                 ApiError::new(503, "ServiceUnavailable", format!("storage unavailable: {m}"))
             }
+            e @ StoreError::Undecryptable { .. } => {
+                tracing::error!(error = %e, "a stored value could not be decrypted");
+                ApiError::internal(e.to_string())
+            }
         }
     }
 }

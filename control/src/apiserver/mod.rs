@@ -6,6 +6,7 @@ pub mod alloc;
 pub mod authn;
 pub mod authz;
 pub mod cache;
+pub mod encryption;
 pub mod errors;
 mod form;
 pub mod kinds;

@@ -18,6 +18,8 @@ use proto::etcdserverpb::{
 use proto::mvccpb::KeyValue;
 use tonic::transport::{Channel, Endpoint};
 
+use super::encryption::Encryption;
+
 /// How long one store call may take before the API request fails with a timeout.
 const STORE_CALL_TIMEOUT_MS: u64 = 10_000;
 /// Requests (the watch's creation, progress requests) queued on a store watch at most.
@@ -33,6 +35,8 @@ pub enum StoreError {
     FutureRevision,
     /// The store could not be reached or answered with an error.
     Unavailable(String),
+    /// A stored value could not be decrypted (`encryption.rs`): the key and why.
+    Undecryptable { key: Vec<u8>, reason: String },
 }
 
 impl std::fmt::Display for StoreError {
@@ -41,6 +45,9 @@ impl std::fmt::Display for StoreError {
             StoreError::Compacted => write!(f, "the requested revision has been compacted"),
             StoreError::FutureRevision => write!(f, "the requested revision is a future revision"),
             StoreError::Unavailable(m) => write!(f, "storage unavailable: {m}"),
+            StoreError::Undecryptable { key, reason } => {
+                write!(f, "unable to transform key {:?}: {reason}", String::from_utf8_lossy(key))
+            }
         }
     }
 }
@@ -121,6 +128,22 @@ impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::BoxBody>
 pub struct Store {
     kv: KvClient<StoreChannel>,
     channel: StoreChannel,
+    /// Values of the resources it names are encrypted on the way in and decrypted on the way out.
+    encryption: Option<std::sync::Arc<Encryption>>,
+}
+
+/// Decrypts `kv`'s value in place where the encryption configuration covers its key; whether
+/// an older provider or key wrote it.
+fn decrypt(encryption: Option<&Encryption>, kv: &mut KeyValue) -> Result<bool, StoreError> {
+    let Some(providers) = encryption.and_then(|e| e.for_key(&kv.key)) else { return Ok(false) };
+    if kv.value.is_empty() {
+        return Ok(false);
+    }
+    let read = providers
+        .decrypt(&kv.value, &kv.key)
+        .map_err(|reason| StoreError::Undecryptable { key: kv.key.clone(), reason })?;
+    kv.value = read.value;
+    Ok(read.stale)
 }
 
 impl Store {
@@ -152,7 +175,20 @@ impl Store {
         let kv = KvClient::new(channel.clone())
             .max_decoding_message_size(STORE_RESPONSE_BYTES_MAX)
             .max_encoding_message_size(STORE_RESPONSE_BYTES_MAX);
-        Self { kv, channel }
+        Self { kv, channel, encryption: None }
+    }
+
+    /// This store client with values encrypted at rest as `encryption` configures.
+    pub fn with_encryption(mut self, encryption: Encryption) -> Self {
+        self.encryption = Some(std::sync::Arc::new(encryption));
+        self
+    }
+
+    fn encrypt(&self, key: &[u8], value: Vec<u8>) -> Vec<u8> {
+        match self.encryption.as_deref().and_then(|e| e.for_key(key)) {
+            Some(providers) => providers.encrypt(&value, key),
+            None => value,
+        }
     }
 
     async fn call<T>(
@@ -188,10 +224,26 @@ impl Store {
     /// A read of one key; `serializable` lets the answering member use its own state, which may
     /// lag the newest writes.
     pub async fn get_at(&self, key: &[u8], serializable: bool) -> Result<(Option<KeyValue>, i64), StoreError> {
+        let (kv, revision, _) = self.get_checked(key, serializable).await?;
+        Ok((kv, revision))
+    }
+
+    /// `get_at`, and whether the value is stale: written by an encryption provider or key that
+    /// no longer writes, so that an update rewrites it even when nothing else changed.
+    pub async fn get_checked(
+        &self,
+        key: &[u8],
+        serializable: bool,
+    ) -> Result<(Option<KeyValue>, i64, bool), StoreError> {
         let mut kv = self.kv.clone();
         let r = self.call(kv.range(RangeRequest { key: key.to_vec(), serializable, ..Default::default() })).await?;
         let revision = r.header.map(|h| h.revision).unwrap_or_default();
-        Ok((r.kvs.into_iter().next(), revision))
+        let mut found = r.kvs.into_iter().next();
+        let stale = match found.as_mut() {
+            Some(kv) => decrypt(self.encryption.as_deref(), kv)?,
+            None => false,
+        };
+        Ok((found, revision, stale))
     }
 
     /// Keys from `from` (inclusive) up to `end` (exclusive), at `revision` (0: the newest),
@@ -216,7 +268,13 @@ impl Store {
             }))
             .await?;
         let revision = r.header.map(|h| h.revision).unwrap_or_default();
-        Ok(Page { kvs: r.kvs, revision, more: r.more })
+        let mut kvs = r.kvs;
+        if self.encryption.is_some() {
+            for kv in &mut kvs {
+                decrypt(self.encryption.as_deref(), kv)?;
+            }
+        }
+        Ok(Page { kvs, revision, more: r.more })
     }
 
     /// Writes `value` if the key's mod revision is `expected` (0: the key must not exist).
@@ -295,13 +353,17 @@ impl Store {
         let delete = |key: Vec<u8>| Op::RequestDeleteRange(DeleteRangeRequest { key, ..Default::default() });
         let mut compare = vec![mod_is(key, expected)];
         let mut success = vec![match value {
-            Some(v) => Op::RequestPut(PutRequest { key: key.to_vec(), value: v, lease, ..Default::default() }),
+            Some(v) => {
+                let value = self.encrypt(key, v);
+                Op::RequestPut(PutRequest { key: key.to_vec(), value, lease, ..Default::default() })
+            }
             None => delete(key.to_vec()),
         }];
         for a in also {
             match a {
                 Also::Claim { key, expected, value } => {
                     compare.push(mod_is(&key, expected));
+                    let value = self.encrypt(&key, value);
                     success.push(put(key, value));
                 }
                 Also::Release { key } => success.push(delete(key)),
@@ -342,7 +404,7 @@ impl Store {
             .map_err(|_| StoreError::Unavailable("watch request not sent".into()))?;
         let mut client = WatchClient::new(self.channel.clone()).max_decoding_message_size(STORE_RESPONSE_BYTES_MAX);
         let stream = self.call(client.watch(tokio_stream::wrappers::ReceiverStream::new(rx))).await?;
-        Ok(WatchStream { stream, requests: tx })
+        Ok(WatchStream { stream, requests: tx, encryption: self.encryption.clone() })
     }
 }
 
@@ -351,6 +413,7 @@ pub struct WatchStream {
     stream: tonic::Streaming<proto::etcdserverpb::WatchResponse>,
     /// The request side, open as long as the watch.
     requests: tokio::sync::mpsc::Sender<WatchRequest>,
+    encryption: Option<std::sync::Arc<Encryption>>,
 }
 
 impl WatchStream {
@@ -369,7 +432,17 @@ impl WatchStream {
                     Err(StoreError::Unavailable(format!("watch canceled: {}", r.cancel_reason)))
                 }
             }
-            Ok(r) => Ok(r),
+            Ok(Some(mut r)) => {
+                if let Some(encryption) = self.encryption.as_deref() {
+                    for event in &mut r.events {
+                        for kv in event.kv.iter_mut().chain(event.prev_kv.iter_mut()) {
+                            decrypt(Some(encryption), kv)?;
+                        }
+                    }
+                }
+                Ok(Some(r))
+            }
+            Ok(None) => Ok(None),
             Err(status) => Err(unavailable(status)),
         }
     }

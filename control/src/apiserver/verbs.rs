@@ -632,7 +632,7 @@ async fn modify(
         // stale one); what it cannot settle — absent, or not the client's version — is read
         // again, linearizably, before the client is told.
         let first = attempt == 0;
-        let (kv, _) = api.store.get_at(res.key(ns, name).as_bytes(), first).await?;
+        let (kv, _, stale) = api.store.get_checked(res.key(ns, name).as_bytes(), first).await?;
         let Some(kv) = kv else {
             if first {
                 continue;
@@ -712,7 +712,9 @@ async fn modify(
         let also =
             if deleting { releases(res, &current) } else { allocations(api, res, Some(&current), &mut obj).await? };
         let stored = to_stored(&obj);
-        if dry_run(params, None) || (!deleting && stored == kv.value) {
+        // A value an older encryption key wrote is written again even when unchanged: that is
+        // how a key rotation re-encrypts (Kubernetes' `kubectl replace` of every object).
+        if dry_run(params, None) || (!deleting && !stale && stored == kv.value) {
             return Ok((with_rv(obj, mod_rev), warnings));
         }
         let key = res.key(ns, name);

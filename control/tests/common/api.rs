@@ -23,6 +23,8 @@ pub struct ApiProcess {
     pub api_port: u16,
     /// The store's client port, for `keelson server`.
     pub store_port: Option<u16>,
+    /// The command line, for restarts.
+    args: Vec<std::ffi::OsString>,
     _dir: tempfile::TempDir,
 }
 
@@ -87,17 +89,21 @@ impl ApiProcess {
         Self::spawn(cmd, dir, api, None).await
     }
 
-    async fn spawn(mut cmd: Command, dir: tempfile::TempDir, api_port: u16, store_port: Option<u16>) -> ApiProcess {
+    async fn spawn(cmd: Command, dir: tempfile::TempDir, api_port: u16, store_port: Option<u16>) -> ApiProcess {
         let log = dir.path().join("api.log");
-        let child = cmd
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("the keelson binary starts");
         // The kubeconfig is written once the store answers, just before the API serves.
         let kubeconfig = dir.path().join("kubeconfig.yaml");
+        let args = cmd.get_args().map(|a| a.to_os_string()).collect();
+        let (child, config) = Self::launch(cmd, &log, &kubeconfig).await;
+        ApiProcess { child, log, kubeconfig, config, api_port, store_port, args, _dir: dir }
+    }
+
+    async fn launch(mut cmd: Command, log: &std::path::Path, kubeconfig: &std::path::Path) -> (Child, kube::Config) {
+        let _ = std::fs::remove_file(kubeconfig);
+        let output = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+        let child = cmd.stdout(Stdio::null()).stderr(output).spawn().expect("the keelson binary starts");
         let config = wait_until("the API process writes its kubeconfig", within(API_READY_WITHIN), || {
-            let (kubeconfig, log) = (kubeconfig.clone(), log.clone());
+            let (kubeconfig, log) = (kubeconfig.to_path_buf(), log.to_path_buf());
             async move {
                 let Ok(text) = std::fs::read_to_string(&kubeconfig) else {
                     return Err(format!("no {} yet; log: {}", kubeconfig.display(), log_tail(&log, 5)));
@@ -106,14 +112,23 @@ impl ApiProcess {
             }
         })
         .await;
-        let process = ApiProcess { child, log, kubeconfig, config, api_port, store_port, _dir: dir };
-        let client = process.client();
+        let client = Client::try_from(config.clone()).expect("a client from the API's kubeconfig");
         wait_until("the API serves the default namespace", within(API_READY_WITHIN), || {
             let api: Api<Namespace> = Api::all(client.clone());
             async move { api.get("default").await.map(|_| ()).map_err(|e| e.to_string()) }
         })
         .await;
-        process
+        (child, config)
+    }
+
+    /// Kills the process and starts it again with the same command line (and data).
+    #[allow(dead_code)]
+    pub async fn restart(&mut self) {
+        self.kill();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_keelson"));
+        cmd.args(&self.args);
+        let (child, config) = Self::launch(cmd, &self.log, &self.kubeconfig).await;
+        (self.child, self.config) = (child, config);
     }
 
     /// The API's URL: https for `keelson server`, http for a `keelson apiserver` without

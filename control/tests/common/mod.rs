@@ -47,6 +47,16 @@ const POLL_INTERVAL: Duration = Duration::from_millis(50);
 /// member is down before its restart.
 const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
 
+/// A tool from PATH (or /usr/bin); a test that needs it fails, saying `hint`, where it is missing.
+pub fn find_on_path(name: &str, hint: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("`{name}` not found on PATH or in /usr/bin: {hint}"))
+}
+
 /// Picks `n` distinct free TCP ports on 127.0.0.1 from `PORT_RANGE`, at pseudo-random places so
 /// that tests running in parallel rarely try the same ones; every listener is held until all `n`
 /// are chosen.

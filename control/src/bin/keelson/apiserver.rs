@@ -44,6 +44,11 @@ pub struct ApiArgs {
     /// comma-separated.
     #[arg(long, value_delimiter = ',')]
     tls_san: Vec<String>,
+    /// An EncryptionConfiguration (apiserver.config.k8s.io/v1, YAML or JSON): the resources
+    /// whose objects are encrypted in the store, and the providers and keys that do it
+    /// (aescbc, aesgcm, secretbox, identity; the first writes, any of them reads).
+    #[arg(long)]
+    encryption_provider_config: Option<PathBuf>,
 }
 
 /// How the API is served: plain HTTP (every client trusted), or TLS.
@@ -177,6 +182,16 @@ pub async fn run_api(
         .await
         .with_context(|| format!("cannot listen on {}", args.api_listen))?;
     let address = listener.local_addr()?;
+    let store = match &args.encryption_provider_config {
+        Some(path) => {
+            let served: Vec<(&str, &str)> = api::resources::RESOURCES.iter().map(|r| (r.group, r.plural)).collect();
+            let encryption = api::encryption::Encryption::from_file(path, &served)
+                .map_err(|e| anyhow::anyhow!("--encryption-provider-config: {e}"))?;
+            tracing::info!(resources = ?encryption.resources(), "encrypting objects at rest");
+            store.with_encryption(encryption)
+        }
+        None => store,
+    };
     let api = Api::new(store, ranges, args.event_ttl, authentication);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(STORE_READY_TIMEOUT_MS);
     // Asked to stop while still waiting for the store: nothing to serve.
