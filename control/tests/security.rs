@@ -295,3 +295,133 @@ async fn secrets_are_ciphertext_in_the_store_and_survive_key_rotation() {
         "{err}"
     );
 }
+
+/// The audit log's events, parsed, once `condition` holds for them (the writer runs behind a
+/// queue).
+async fn audit_events(log: &std::path::Path, what: &str, condition: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    common::wait_until(what, common::within(std::time::Duration::from_secs(10)), || {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("an audit line is JSON")).collect();
+        let found = condition(&events);
+        async move {
+            if found {
+                Ok(events)
+            } else {
+                let seen: Vec<String> = events
+                    .iter()
+                    .map(|e| format!("{} {} {} {}", e["verb"], e["objectRef"]["resource"], e["objectRef"]["name"], e["stage"]))
+                    .collect();
+                Err(format!("{} events: {seen:?}", events.len()))
+            }
+        }
+    })
+    .await
+}
+
+fn find<'a>(events: &'a [Value], verb: &str, resource: &str, name: &str, stage: &str) -> Option<&'a Value> {
+    events.iter().find(|e| {
+        let named = if name.is_empty() { e["objectRef"]["name"].is_null() } else { e["objectRef"]["name"] == name };
+        e["verb"] == verb && e["objectRef"]["resource"] == resource && named && e["stage"] == stage
+    })
+}
+
+/// Goal: with an audit policy, requests are recorded as Kubernetes' `audit.k8s.io/v1` Events in
+/// JSON lines — the level of the first matching rule (bodies at Request and RequestResponse, never
+/// a secret's at Metadata), the stages it keeps (a watch's ResponseStarted and, once it ends,
+/// ResponseComplete), who asked and as whom, the authorizer's decision and the answer's status —
+/// and the response carries the Audit-Id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_written_to_the_audit_log_as_the_policy_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("audit-policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n\
+         - level: None\n  nonResourceURLs: ['/healthz*', /version, '/api*', /openapi*]\n\
+         - level: None\n  users: [system:kube-controller-manager, system:kube-scheduler]\n\
+         - level: Metadata\n  resources: [{group: '', resources: [secrets]}]\n\
+         - level: RequestResponse\n  resources: [{group: '', resources: [configmaps]}]\n  omitManagedFields: true\n\
+         - level: Request\n  verbs: [create, update, patch, delete]\n\
+         - level: Metadata\n",
+    )
+    .unwrap();
+    let log = dir.path().join("logs/audit.log");
+    let server = ApiProcess::server_with(&[
+        "--audit-policy-file",
+        policy.to_str().unwrap(),
+        "--audit-log-path",
+        log.to_str().unwrap(),
+    ])
+    .await;
+    let admin = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), &dir.path().join("admin").tap_mkdir(), server.kubeconfig());
+    admin.run(&["create", "configmap", "settings", "--from-literal=mode=fast"]);
+    admin.run(&["create", "secret", "generic", "db", "--from-literal=password=hunter2-plain"]);
+    admin.run(&["create", "namespace", "team"]);
+    let jane_config = kubeconfig_for(&server, dir.path(), &Identity::new("jane", &["dev"]));
+    let jane = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), &dir.path().join("jane").tap_mkdir(), &jane_config);
+    assert!(!jane.try_run(&["delete", "configmap", "settings"], None).0, "jane deleted a configmap");
+    admin.try_run(&["--as", "jane", "get", "secret", "db"], None);
+    // A watch that ends on its own (timeoutSeconds): started, then complete.
+    let (code, _) = send(server.config(), "GET", "/api/v1/namespaces/default/pods?watch=true&timeoutSeconds=1", None)
+        .await
+        .unwrap();
+    assert_eq!(code, 200);
+
+    let events = audit_events(&log, "every request is in the audit log", |events| {
+        find(events, "watch", "pods", "", "ResponseComplete").is_some()
+            && find(events, "get", "secrets", "db", "ResponseComplete").is_some()
+    })
+    .await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("hunter2") && !text.contains(&base64("hunter2-plain")), "a secret's data in the audit log");
+    assert!(events.iter().all(|e| e["kind"] == "Event" && e["apiVersion"] == "audit.k8s.io/v1"), "{text}");
+    assert!(!events.iter().any(|e| e["stage"] == "RequestReceived"), "an omitted stage was written");
+    assert!(!events.iter().any(|e| e["requestURI"].as_str().is_some_and(|u| u.starts_with("/version") || u == "/api")));
+    assert!(!events.iter().any(|e| e["user"]["username"] == "system:kube-controller-manager"));
+
+    // The configmap at RequestResponse: both bodies, without managed fields.
+    let created = find(&events, "create", "configmaps", "settings", "ResponseComplete").unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(created["level"], "RequestResponse");
+    assert_eq!(created["requestObject"]["data"]["mode"], "fast", "{created}");
+    assert_eq!(created["responseObject"]["metadata"]["name"], "settings", "{created}");
+    assert!(created["responseObject"]["metadata"].get("managedFields").is_none(), "{created}");
+    assert_eq!(created["responseStatus"]["code"], 201);
+    assert_eq!(created["user"]["username"], "system:admin");
+    assert_eq!(created["sourceIPs"], serde_json::json!(["127.0.0.1"]));
+    assert!(created["userAgent"].as_str().unwrap().starts_with("kubectl"), "{created}");
+    assert_eq!(created["annotations"]["authorization.k8s.io/decision"], "allow");
+    for field in ["auditID", "requestReceivedTimestamp", "stageTimestamp"] {
+        assert!(created[field].is_string(), "{field}: {created}");
+    }
+    // The secret at Metadata: no bodies at all, the name taken from the answer.
+    let secret = find(&events, "create", "secrets", "db", "ResponseComplete").unwrap();
+    assert_eq!(secret["level"], "Metadata");
+    assert!(secret.get("requestObject").is_none() && secret.get("responseObject").is_none(), "{secret}");
+    // A namespace (Request level for create): the request body, not the response's.
+    let ns = find(&events, "create", "namespaces", "team", "ResponseComplete").unwrap();
+    assert_eq!((ns["level"].as_str(), ns["requestObject"]["metadata"]["name"].as_str()), (Some("Request"), Some("team")));
+    assert!(ns.get("responseObject").is_none(), "{ns}");
+    // jane's refused delete: the decision and the 403 Status.
+    let refused = find(&events, "delete", "configmaps", "settings", "ResponseComplete").unwrap();
+    assert_eq!(refused["user"]["username"], "jane");
+    assert_eq!(refused["user"]["groups"], serde_json::json!(["dev", "system:authenticated"]));
+    assert_eq!(refused["annotations"]["authorization.k8s.io/decision"], "forbid");
+    assert_eq!((refused["responseStatus"]["code"].as_i64(), refused["responseStatus"]["reason"].as_str()), (Some(403), Some("Forbidden")));
+    // The admin acting as jane: who asked, and as whom.
+    let impersonated = find(&events, "get", "secrets", "db", "ResponseComplete").unwrap();
+    assert_eq!(impersonated["user"]["username"], "system:admin");
+    assert_eq!(impersonated["impersonatedUser"]["username"], "jane");
+    // The watch: started, then complete, one audit ID.
+    let started = find(&events, "watch", "pods", "", "ResponseStarted").unwrap_or_else(|| panic!("{text}"));
+    let complete = find(&events, "watch", "pods", "", "ResponseComplete").unwrap();
+    assert_eq!(started["auditID"], complete["auditID"]);
+
+    // Every response names its event.
+    let (code, _, headers) =
+        common::api::send_with_headers(server.config(), "GET", "/api/v1/namespaces/default/configmaps/settings", None)
+            .await
+            .unwrap();
+    assert_eq!(code, 200);
+    let id = headers.get("audit-id").expect("an Audit-Id header").to_str().unwrap().to_string();
+    audit_events(&log, "the get's event", |events| events.iter().any(|e| e["auditID"] == id.as_str())).await;
+}

@@ -3,6 +3,7 @@
 //! resourceVersion is its key's mod revision, a list's the revision it was read at.
 
 pub mod alloc;
+pub mod audit;
 pub mod authn;
 pub mod authz;
 pub mod cache;
@@ -87,6 +88,8 @@ pub struct Api {
     pub authentication: authn::Authentication,
     /// The RBAC objects as the authorizer last indexed them.
     pub rbac: std::sync::Mutex<Option<Arc<authz::Index>>>,
+    /// The audit log, when a policy is given (set once, before serving).
+    pub audit: std::sync::OnceLock<Arc<audit::Auditor>>,
 }
 
 const VERBS: &[&str] =
@@ -114,6 +117,7 @@ impl Api {
             caches: std::sync::Mutex::new(HashMap::new()),
             authentication,
             rbac: std::sync::Mutex::new(None),
+            audit: std::sync::OnceLock::new(),
         })
     }
 
@@ -260,15 +264,35 @@ async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> R
         Ok(user) => user,
         Err(e) => return e.into_response(),
     };
+    let authenticated = api.audit.get().map(|_| user.clone());
     let user = match authz::impersonate(&api, user, req.headers()).await {
         Ok(user) => user,
         Err(e) => return e.into_response(),
     };
     let watch = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
     let attributes = authz::Attributes::of(req.method(), req.uri().path(), watch);
-    if let Err(e) = authz::authorize(&api, &user, &attributes).await {
-        return e.into_response();
-    }
+    let decision = authz::authorize(&api, &user, &attributes).await;
+    let (Some(auditor), Some(authenticated)) = (api.audit.get(), authenticated) else {
+        return match decision {
+            Ok(()) => authorized(api, user, req).await,
+            Err(e) => e.into_response(),
+        };
+    };
+    let auditor = auditor.clone();
+    let impersonated = (authenticated != user).then(|| user.clone());
+    let allowed = decision.is_ok();
+    auditor
+        .around(&authenticated, impersonated.as_ref(), &attributes, allowed, req, move |req| async move {
+            match decision {
+                Ok(()) => authorized(api, user, req).await,
+                Err(e) => e.into_response(),
+            }
+        })
+        .await
+}
+
+/// A request its user may make, served.
+async fn authorized(api: Arc<Api>, user: authn::User, req: axum::extract::Request) -> Response {
     let path = req.uri().path().trim_end_matches('/');
     if req.method() == Method::POST && path == SELF_SUBJECT_REVIEWS {
         api.count("create");

@@ -196,6 +196,17 @@ pub async fn send_once(
     path: &str,
     body: Option<serde_json::Value>,
 ) -> Result<(u16, serde_json::Value), String> {
+    send_with_headers(config, method, path, body).await.map(|(code, body, _)| (code, body))
+}
+
+/// [`send_once`], with the response's headers.
+#[allow(dead_code)]
+pub async fn send_with_headers(
+    config: kube::Config,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(u16, serde_json::Value, http::HeaderMap), String> {
     use http_body_util::BodyExt;
     let mut config = config;
     config.default_retry = false;
@@ -209,8 +220,9 @@ pub async fn send_once(
         .unwrap();
     let response = client.send(req).await.map_err(|e| format!("{e:?}"))?;
     let code = response.status().as_u16();
+    let headers = response.headers().clone();
     let bytes = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    Ok((code, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null)))
+    Ok((code, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null), headers))
 }
 
 /// The value of the counter `series` (name and labels, as /metrics prints them).

@@ -49,6 +49,21 @@ pub struct ApiArgs {
     /// (aescbc, aesgcm, secretbox, identity; the first writes, any of them reads).
     #[arg(long)]
     encryption_provider_config: Option<PathBuf>,
+    /// An audit Policy (audit.k8s.io/v1): which requests are recorded, at which level and stages.
+    #[arg(long, requires = "audit_log_path")]
+    audit_policy_file: Option<PathBuf>,
+    /// Where audit events go, one JSON line each (`-`: standard output).
+    #[arg(long, requires = "audit_policy_file")]
+    audit_log_path: Option<PathBuf>,
+    /// Rotate the audit log once it reaches this many megabytes (0: never).
+    #[arg(long, default_value_t = 100)]
+    audit_log_maxsize: u64,
+    /// Rotated audit logs kept at most (0: all).
+    #[arg(long, default_value_t = 10)]
+    audit_log_maxbackup: usize,
+    /// Rotated audit logs older than this many days are removed (0: kept whatever their age).
+    #[arg(long, default_value_t = 0)]
+    audit_log_maxage: u64,
 }
 
 /// How the API is served: plain HTTP (every client trusted), or TLS.
@@ -193,6 +208,17 @@ pub async fn run_api(
         None => store,
     };
     let api = Api::new(store, ranges, args.event_ttl, authentication);
+    if let (Some(policy), Some(path)) = (&args.audit_policy_file, &args.audit_log_path) {
+        let log = api::audit::LogOptions {
+            path: path.clone(),
+            max_size_bytes: args.audit_log_maxsize * 1024 * 1024,
+            max_backups: args.audit_log_maxbackup,
+            max_age_days: args.audit_log_maxage,
+        };
+        let auditor = api::audit::Auditor::start(policy, log).map_err(|e| anyhow::anyhow!("--audit-policy-file: {e}"))?;
+        let _ = api.audit.set(auditor);
+        tracing::info!(log = %path.display(), "auditing requests");
+    }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(STORE_READY_TIMEOUT_MS);
     // Asked to stop while still waiting for the store: nothing to serve.
     let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
