@@ -233,7 +233,10 @@ fn encryption_config(providers: &str) -> String {
 }
 
 fn key_provider(provider: &str, name: &str, fill: u8) -> String {
-    format!("  - {provider}:\n      keys:\n      - name: {name}\n        secret: {}\n", base64(&String::from_utf8(vec![fill; 32]).unwrap()))
+    format!(
+        "  - {provider}:\n      keys:\n      - name: {name}\n        secret: {}\n",
+        base64(&String::from_utf8(vec![fill; 32]).unwrap())
+    )
 }
 
 /// Goal: with an EncryptionConfiguration, a secret is ciphertext in the store in Kubernetes'
@@ -244,8 +247,11 @@ fn key_provider(provider: &str, name: &str, fill: u8) -> String {
 async fn secrets_are_ciphertext_in_the_store_and_survive_key_rotation() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("encryption.yaml");
-    std::fs::write(&config, encryption_config(&format!("{}  - identity: {{}}\n", key_provider("aescbc", "key1", b'a'))))
-        .unwrap();
+    std::fs::write(
+        &config,
+        encryption_config(&format!("{}  - identity: {{}}\n", key_provider("aescbc", "key1", b'a'))),
+    )
+    .unwrap();
     let mut server = ApiProcess::server_with(&["--encryption-provider-config", config.to_str().unwrap()]).await;
     let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), server.kubeconfig());
     kubectl.run(&["create", "secret", "generic", "db", "--from-literal=password=hunter2-plain"]);
@@ -291,7 +297,8 @@ async fn secrets_are_ciphertext_in_the_store_and_survive_key_rotation() {
     let (ok, _, err) = kubectl.try_run(&["get", "secret", "db"], None);
     assert!(!ok);
     assert!(
-        err.contains("unable to transform key \"/registry/secrets/default/db\"") && err.contains("no matching prefix found"),
+        err.contains("unable to transform key \"/registry/secrets/default/db\"")
+            && err.contains("no matching prefix found"),
         "{err}"
     );
 }
@@ -301,7 +308,8 @@ async fn secrets_are_ciphertext_in_the_store_and_survive_key_rotation() {
 async fn audit_events(log: &std::path::Path, what: &str, condition: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     common::wait_until(what, common::within(std::time::Duration::from_secs(10)), || {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let events: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).expect("an audit line is JSON")).collect();
+        let events: Vec<Value> =
+            text.lines().map(|l| serde_json::from_str(l).expect("an audit line is JSON")).collect();
         let found = condition(&events);
         async move {
             if found {
@@ -309,7 +317,12 @@ async fn audit_events(log: &std::path::Path, what: &str, condition: impl Fn(&[Va
             } else {
                 let seen: Vec<String> = events
                     .iter()
-                    .map(|e| format!("{} {} {} {}", e["verb"], e["objectRef"]["resource"], e["objectRef"]["name"], e["stage"]))
+                    .map(|e| {
+                        format!(
+                            "{} {} {} {}",
+                            e["verb"], e["objectRef"]["resource"], e["objectRef"]["name"], e["stage"]
+                        )
+                    })
                     .collect();
                 Err(format!("{} events: {seen:?}", events.len()))
             }
@@ -353,12 +366,20 @@ async fn requests_are_written_to_the_audit_log_as_the_policy_says() {
         log.to_str().unwrap(),
     ])
     .await;
-    let admin = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), &dir.path().join("admin").tap_mkdir(), server.kubeconfig());
+    let admin = Kubectl::with_binary(
+        kubectl_binary("KEELSON_KUBECTL_CURRENT"),
+        &dir.path().join("admin").tap_mkdir(),
+        server.kubeconfig(),
+    );
     admin.run(&["create", "configmap", "settings", "--from-literal=mode=fast"]);
     admin.run(&["create", "secret", "generic", "db", "--from-literal=password=hunter2-plain"]);
     admin.run(&["create", "namespace", "team"]);
     let jane_config = kubeconfig_for(&server, dir.path(), &Identity::new("jane", &["dev"]));
-    let jane = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), &dir.path().join("jane").tap_mkdir(), &jane_config);
+    let jane = Kubectl::with_binary(
+        kubectl_binary("KEELSON_KUBECTL_CURRENT"),
+        &dir.path().join("jane").tap_mkdir(),
+        &jane_config,
+    );
     assert!(!jane.try_run(&["delete", "configmap", "settings"], None).0, "jane deleted a configmap");
     admin.try_run(&["--as", "jane", "get", "secret", "db"], None);
     // A watch that ends on its own (timeoutSeconds): started, then complete.
@@ -380,7 +401,8 @@ async fn requests_are_written_to_the_audit_log_as_the_policy_says() {
     assert!(!events.iter().any(|e| e["user"]["username"] == "system:kube-controller-manager"));
 
     // The configmap at RequestResponse: both bodies, without managed fields.
-    let created = find(&events, "create", "configmaps", "settings", "ResponseComplete").unwrap_or_else(|| panic!("{text}"));
+    let created =
+        find(&events, "create", "configmaps", "settings", "ResponseComplete").unwrap_or_else(|| panic!("{text}"));
     assert_eq!(created["level"], "RequestResponse");
     assert_eq!(created["requestObject"]["data"]["mode"], "fast", "{created}");
     assert_eq!(created["responseObject"]["metadata"]["name"], "settings", "{created}");
@@ -399,14 +421,20 @@ async fn requests_are_written_to_the_audit_log_as_the_policy_says() {
     assert!(secret.get("requestObject").is_none() && secret.get("responseObject").is_none(), "{secret}");
     // A namespace (Request level for create): the request body, not the response's.
     let ns = find(&events, "create", "namespaces", "team", "ResponseComplete").unwrap();
-    assert_eq!((ns["level"].as_str(), ns["requestObject"]["metadata"]["name"].as_str()), (Some("Request"), Some("team")));
+    assert_eq!(
+        (ns["level"].as_str(), ns["requestObject"]["metadata"]["name"].as_str()),
+        (Some("Request"), Some("team"))
+    );
     assert!(ns.get("responseObject").is_none(), "{ns}");
     // jane's refused delete: the decision and the 403 Status.
     let refused = find(&events, "delete", "configmaps", "settings", "ResponseComplete").unwrap();
     assert_eq!(refused["user"]["username"], "jane");
     assert_eq!(refused["user"]["groups"], serde_json::json!(["dev", "system:authenticated"]));
     assert_eq!(refused["annotations"]["authorization.k8s.io/decision"], "forbid");
-    assert_eq!((refused["responseStatus"]["code"].as_i64(), refused["responseStatus"]["reason"].as_str()), (Some(403), Some("Forbidden")));
+    assert_eq!(
+        (refused["responseStatus"]["code"].as_i64(), refused["responseStatus"]["reason"].as_str()),
+        (Some(403), Some("Forbidden"))
+    );
     // The admin acting as jane: who asked, and as whom.
     let impersonated = find(&events, "get", "secrets", "db", "ResponseComplete").unwrap();
     assert_eq!(impersonated["user"]["username"], "system:admin");
@@ -424,4 +452,107 @@ async fn requests_are_written_to_the_audit_log_as_the_policy_says() {
     assert_eq!(code, 200);
     let id = headers.get("audit-id").expect("an Audit-Id header").to_str().unwrap().to_string();
     audit_events(&log, "the get's event", |events| events.iter().any(|e| e["auditID"] == id.as_str())).await;
+}
+
+/// Goal: a node's agent reads only what the pods bound to it use (their secrets, configmaps,
+/// claims), one object at a time, and writes only its own Node and Lease and the pods bound to
+/// it, with Kubernetes' Node authorizer and NodeRestriction messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_reaches_only_what_its_own_pods_use() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Secret};
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+
+    let server = ApiProcess::server().await;
+    let admin = server.client();
+    let pki = Pki::open(&server.cert_dir()).unwrap();
+    let n1 = kube::Client::try_from(as_user(&server, Some(&pki.client(&Identity::node("n1")).unwrap()))).unwrap();
+
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), "default");
+    let configmaps: Api<ConfigMap> = Api::namespaced(admin.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    let nodes: Api<Node> = Api::all(admin.clone());
+    for name in ["mine", "theirs", "fresh"] {
+        secrets
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "stringData": {"k": "v"}}))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    configmaps
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "settings"}, "data": {"k": "v"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    for name in ["n1", "n2"] {
+        nodes
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+    let pod = |name: &str, node: &str, secret: &str| -> Pod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": node,
+                "containers": [{"name": "c", "image": "web", "env": [{"name": "K", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "k"}}}]}],
+                "volumes": [{"name": "s", "secret": {"secretName": secret}}]
+            }
+        }))
+        .unwrap()
+    };
+    pods.create(&PostParams::default(), &pod("on-n1", "n1", "mine")).await.unwrap();
+    pods.create(&PostParams::default(), &pod("on-n2", "n2", "theirs")).await.unwrap();
+
+    let refused = |e: kube::Error| match e {
+        kube::Error::Api(s) if s.code == 403 => s.message,
+        other => panic!("expected a 403, got {other:?}"),
+    };
+    let node_secrets: Api<Secret> = Api::namespaced(n1.clone(), "default");
+    node_secrets.get("mine").await.expect("n1 reads its pod's secret");
+    Api::<ConfigMap>::namespaced(n1.clone(), "default").get("settings").await.expect("n1 reads its pod's configmap");
+    let message = refused(node_secrets.get("theirs").await.unwrap_err());
+    assert_eq!(
+        message,
+        r#"secrets "theirs" is forbidden: User "system:node:n1" cannot get resource "secrets" in API group "" in the namespace "default": no relationship found between node 'n1' and this object"#
+    );
+    let message = refused(node_secrets.list(&Default::default()).await.unwrap_err());
+    assert!(message.ends_with("can only read individual secrets"), "{message}");
+    // A pod bound a moment ago counts at once.
+    pods.create(&PostParams::default(), &pod("new-on-n1", "n1", "fresh")).await.unwrap();
+    node_secrets.get("fresh").await.expect("n1 reads the secret of a pod just bound to it");
+
+    // Writes: its own pods' status, not another node's pods; its own Node and Lease only.
+    let node_pods: Api<Pod> = Api::namespaced(n1.clone(), "default");
+    let status = Patch::Merge(serde_json::json!({"status": {"phase": "Running"}}));
+    node_pods.patch_status("on-n1", &PatchParams::default(), &status).await.expect("n1 writes its pod's status");
+    let message = refused(node_pods.patch_status("on-n2", &PatchParams::default(), &status).await.unwrap_err());
+    assert_eq!(message, r#"node "n1" can only update pod status for pods with spec.nodeName set to itself"#);
+    let message = refused(node_pods.delete("on-n2", &Default::default()).await.unwrap_err());
+    assert_eq!(message, r#"node "n1" can only delete pods with spec.nodeName set to itself"#);
+    let message =
+        refused(node_pods.create(&PostParams::default(), &pod("made-by-n1", "n1", "mine")).await.unwrap_err());
+    assert!(message.contains("can only create mirror pods"), "{message}");
+    let node_nodes: Api<Node> = Api::all(n1.clone());
+    let label = Patch::Merge(serde_json::json!({"metadata": {"labels": {"x": "y"}}}));
+    node_nodes.patch("n1", &PatchParams::default(), &label).await.expect("n1 labels itself");
+    let message = refused(node_nodes.patch("n2", &PatchParams::default(), &label).await.unwrap_err());
+    assert_eq!(message, r#"node "n1" is not allowed to modify node "n2""#);
+    let leases: Api<Lease> = Api::namespaced(n1.clone(), "kube-node-lease");
+    let lease = |name: &str| -> Lease {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": {"holderIdentity": name}}))
+            .unwrap()
+    };
+    leases.create(&PostParams::default(), &lease("n1")).await.expect("n1 makes its own lease");
+    let message = refused(leases.create(&PostParams::default(), &lease("n2")).await.unwrap_err());
+    assert!(message.contains("can only access node lease with the same name as the requesting node"), "{message}");
+    assert!(refused(leases.get("n2").await.unwrap_err()).contains("same name"));
 }

@@ -114,12 +114,16 @@ impl Policy {
             }
             for (j, url) in rule.non_resource_urls.iter().enumerate() {
                 if url.contains('*') && !(url.ends_with('*') && url.matches('*').count() == 1) {
-                    return Err(format!("rules[{i}].nonResourceURLs[{j}]: Invalid value: {url:?}: '*' may only end a path"));
+                    return Err(format!(
+                        "rules[{i}].nonResourceURLs[{j}]: Invalid value: {url:?}: '*' may only end a path"
+                    ));
                 }
             }
             for (j, gr) in rule.resources.iter().enumerate() {
                 if !gr.resource_names.is_empty() && gr.resources.is_empty() {
-                    return Err(format!("rules[{i}].resources[{j}].resourceNames: Invalid value: resourceNames need resources"));
+                    return Err(format!(
+                        "rules[{i}].resources[{j}].resourceNames: Invalid value: resourceNames need resources"
+                    ));
                 }
             }
         }
@@ -301,7 +305,8 @@ impl Auditor {
         if decision.level >= Level::Request && has_body(req.method()) {
             let (parts, body) = req.into_parts();
             let Ok(bytes) = axum::body::to_bytes(body, AUDITED_BODY_BYTES_MAX + 1).await else {
-                return super::errors::ApiError::bad_request("the request body could not be read").into_response_with_id(&audit_id);
+                return super::errors::ApiError::bad_request("the request body could not be read")
+                    .into_response_with_id(&audit_id);
             };
             if let Some(mut object) = body_json(parts.headers.get("content-type"), &bytes) {
                 if decision.omit_managed_fields {
@@ -312,7 +317,10 @@ impl Auditor {
             req = Request::from_parts(parts, Body::from(bytes));
         }
         let long_running = attrs.verb == "watch"
-            || attrs.resource.as_ref().is_some_and(|r| matches!(r.subresource.as_str(), "log" | "exec" | "attach" | "portforward" | "proxy"));
+            || attrs
+                .resource
+                .as_ref()
+                .is_some_and(|r| matches!(r.subresource.as_str(), "log" | "exec" | "attach" | "portforward" | "proxy"));
         let mut response = handler(req).await;
         if let Ok(v) = axum::http::HeaderValue::from_str(&audit_id) {
             response.headers_mut().insert("audit-id", v);
@@ -332,7 +340,8 @@ impl Auditor {
             return Response::from_parts(parts, Body::new(Tracked { inner: body, _done: done }));
         }
         // A create names its object only in the body: the answer's name completes the reference.
-        let unnamed = event["objectRef"].is_object() && event["objectRef"].get("name").is_none() && attrs.verb == "create";
+        let unnamed =
+            event["objectRef"].is_object() && event["objectRef"].get("name").is_none() && attrs.verb == "create";
         let wants_body = decision.level == Level::RequestResponse || code >= 400 || unnamed;
         if wants_body {
             let (parts, body) = response.into_parts();
@@ -442,7 +451,10 @@ fn user_json(user: &User) -> Value {
 }
 
 fn has_body(method: &axum::http::Method) -> bool {
-    matches!(*method, axum::http::Method::POST | axum::http::Method::PUT | axum::http::Method::PATCH | axum::http::Method::DELETE)
+    matches!(
+        *method,
+        axum::http::Method::POST | axum::http::Method::PUT | axum::http::Method::PATCH | axum::http::Method::DELETE
+    )
 }
 
 /// The version a resource path names (`/api/v1/...`, `/apis/<group>/<version>/...`).
@@ -600,7 +612,10 @@ mod tests {
     }
 
     fn policy(rules: &str) -> Policy {
-        Policy::parse(&format!("apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n{rules}")).unwrap()
+        Policy::parse(&format!(
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived]\nrules:\n{rules}"
+        ))
+        .unwrap()
     }
 
     #[test]
@@ -626,7 +641,12 @@ mod tests {
         let d = p.decide(&admin, &Attributes::of(&Method::GET, "/api/v1/pods", false));
         assert_eq!(d.omit_stages, [Stage::RequestReceived, Stage::ResponseStarted]);
         // No rule matching: nothing recorded.
-        assert_eq!(policy("- level: Metadata\n  verbs: [delete]\n").decide(&admin, &Attributes::of(&Method::GET, "/api", false)).level, Level::None);
+        assert_eq!(
+            policy("- level: Metadata\n  verbs: [delete]\n")
+                .decide(&admin, &Attributes::of(&Method::GET, "/api", false))
+                .level,
+            Level::None
+        );
     }
 
     #[test]
@@ -669,8 +689,10 @@ mod tests {
         }
         // 12 lines of 40 bytes, two per file: the live file holds two, two backups remain.
         assert_eq!(std::fs::read(&path).unwrap().len(), 80);
-        let mut names: Vec<String> =
-            std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         names.sort();
         assert_eq!(names.len(), 3, "{names:?}");
         assert!(names[..2].iter().all(|n| n.starts_with("audit-") && n.ends_with(".log")), "{names:?}");

@@ -304,6 +304,17 @@ pub async fn authorize(api: &Api, user: &User, attrs: &Attributes) -> Result<(),
     if user.groups.iter().any(|g| g == MASTERS_GROUP) {
         return Ok(());
     }
+    if let Some(node) = super::node_authz::node_of(user) {
+        match super::node_authz::authorize(api, node, attrs).await? {
+            super::node_authz::Decision::Allow => return Ok(()),
+            super::node_authz::Decision::Deny(reason) => {
+                let mut e = attrs.forbidden(user);
+                e.message = format!("{}: {reason}", e.message);
+                return Err(e);
+            }
+            super::node_authz::Decision::NoOpinion => {}
+        }
+    }
     if index(api).await?.allows(user, attrs) {
         Ok(())
     } else {

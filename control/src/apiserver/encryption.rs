@@ -102,7 +102,7 @@ fn cbc_encrypt<C: BlockCipher + BlockEncryptMut + Clone>(cipher: &C, plain: &[u8
 }
 
 fn cbc_decrypt<C: BlockCipher + BlockDecryptMut + Clone>(cipher: &C, data: &[u8]) -> Result<Vec<u8>, String> {
-    if data.len() < 2 * AES_BLOCK_BYTES || data.len() % AES_BLOCK_BYTES != 0 {
+    if data.len() < 2 * AES_BLOCK_BYTES || !data.len().is_multiple_of(AES_BLOCK_BYTES) {
         return Err("the stored data is not a whole number of blocks".into());
     }
     let (iv, body) = data.split_at(AES_BLOCK_BYTES);
@@ -152,12 +152,14 @@ impl Key {
                 crypto_secretbox::XSalsa20Poly1305::new_from_slice(&bytes).expect("32 bytes"),
             )),
             ("secretbox", n) => {
-                return Err(format!("{provider}: key {name:?}: secret is not of the expected length, got {n}, expected 32"))
+                return Err(format!(
+                    "{provider}: key {name:?}: secret is not of the expected length, got {n}, expected 32"
+                ))
             }
             (_, n) => {
                 return Err(format!(
-                    "{provider}: key {name:?}: secret is not of the expected length, got {n}, expected one of [16 24 32]"
-                ))
+                "{provider}: key {name:?}: secret is not of the expected length, got {n}, expected one of [16 24 32]"
+            ))
             }
         };
         Ok(Key { prefix: format!("k8s:enc:{provider}:v1:{name}:").into_bytes(), cipher })
@@ -327,8 +329,17 @@ fn provider(p: &ProviderConfig) -> Result<Provider, String> {
     let set = [p.aescbc.is_some(), p.aesgcm.is_some(), p.secretbox.is_some(), p.identity.is_some(), p.kms.is_some()];
     match set.iter().filter(|s| **s).count() {
         1 => {}
-        0 => return Err("provider does not contain any of the expected providers: aescbc, aesgcm, secretbox, identity".into()),
-        _ => return Err("more than one provider specified in a single element, should split into different list elements".into()),
+        0 => {
+            return Err(
+                "provider does not contain any of the expected providers: aescbc, aesgcm, secretbox, identity".into()
+            )
+        }
+        _ => {
+            return Err(
+                "more than one provider specified in a single element, should split into different list elements"
+                    .into(),
+            )
+        }
     }
     if p.kms.is_some() {
         return Err("kms: KMS providers are not supported".into());
@@ -454,7 +465,11 @@ mod tests {
         assert_eq!(enc.resources(), ["configmaps", "deployments", "secrets"]);
         let deployments = enc.for_key(b"/registry/deployments/default/web").unwrap();
         assert_eq!(deployments.encrypt(b"v", b"k"), b"v");
-        assert!(enc.for_key(b"/registry/configmaps/default/c").unwrap().encrypt(b"v", b"k").starts_with(b"k8s:enc:secretbox:v1:a:"));
+        assert!(enc
+            .for_key(b"/registry/configmaps/default/c")
+            .unwrap()
+            .encrypt(b"v", b"k")
+            .starts_with(b"k8s:enc:secretbox:v1:a:"));
         assert!(enc.for_key(b"/registry/pods/default/p").is_none());
         let core = Encryption::parse(&text.replace("'*.*'", "'*.'"), SERVED).unwrap();
         assert_eq!(core.resources(), ["configmaps", "deployments", "secrets"]);
@@ -464,22 +479,31 @@ mod tests {
     fn bad_configurations_are_refused_with_the_place_named() {
         let head = "apiVersion: apiserver.config.k8s.io/v1\nkind: EncryptionConfiguration\nresources:\n- resources: [secrets]\n  providers:\n";
         for (providers, expected) in [
-            (keys("aescbc", "k", &secret(20, 1)), "resources[0].providers[0]: aescbc: key \"k\": secret is not of the expected length, got 20"),
+            (
+                keys("aescbc", "k", &secret(20, 1)),
+                "resources[0].providers[0]: aescbc: key \"k\": secret is not of the expected length, got 20",
+            ),
             (keys("secretbox", "k", &secret(16, 1)), "expected 32"),
             (keys("aesgcm", "k", "not base64!"), "not base64"),
             (keys("aesgcm", "", &secret(16, 1)), "name is required"),
             ("  - kms: {name: x}\n".to_string(), "not supported"),
             ("  - {}\n".to_string(), "does not contain any"),
-            (format!("  - identity: {{}}\n    aescbc: {{keys: [{{name: k, secret: {}}}]}}\n", secret(16, 1)), "more than one"),
+            (
+                format!("  - identity: {{}}\n    aescbc: {{keys: [{{name: k, secret: {}}}]}}\n", secret(16, 1)),
+                "more than one",
+            ),
         ] {
             let err = Encryption::parse(&format!("{head}{providers}"), SERVED).err().unwrap();
             assert!(err.contains(expected), "{err} does not say {expected}");
         }
         let err = Encryption::parse("apiVersion: v1\nkind: EncryptionConfiguration\n", SERVED).err().unwrap();
         assert!(err.contains("apiVersion"), "{err}");
-        let err = Encryption::parse(&format!("{head}  - identity: {{}}\n- resources: [secrets]\n  providers: [{{identity: {{}}}}]\n"), SERVED)
-            .err()
-            .unwrap();
+        let err = Encryption::parse(
+            &format!("{head}  - identity: {{}}\n- resources: [secrets]\n  providers: [{{identity: {{}}}}]\n"),
+            SERVED,
+        )
+        .err()
+        .unwrap();
         assert!(err.contains("resources[1].resources[0]: Duplicate value"), "{err}");
     }
 }

@@ -12,6 +12,7 @@ pub mod errors;
 mod form;
 pub mod kinds;
 pub mod managed;
+pub mod node_authz;
 pub mod objects;
 pub mod openapi;
 mod patch;
@@ -274,7 +275,7 @@ async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> R
     let decision = authz::authorize(&api, &user, &attributes).await;
     let (Some(auditor), Some(authenticated)) = (api.audit.get(), authenticated) else {
         return match decision {
-            Ok(()) => authorized(api, user, req).await,
+            Ok(()) => authorized(api, user, &attributes, req).await,
             Err(e) => e.into_response(),
         };
     };
@@ -282,9 +283,9 @@ async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> R
     let impersonated = (authenticated != user).then(|| user.clone());
     let allowed = decision.is_ok();
     auditor
-        .around(&authenticated, impersonated.as_ref(), &attributes, allowed, req, move |req| async move {
+        .around(&authenticated, impersonated.as_ref(), &attributes.clone(), allowed, req, move |req| async move {
             match decision {
-                Ok(()) => authorized(api, user, req).await,
+                Ok(()) => authorized(api, user, &attributes, req).await,
                 Err(e) => e.into_response(),
             }
         })
@@ -292,7 +293,12 @@ async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> R
 }
 
 /// A request its user may make, served.
-async fn authorized(api: Arc<Api>, user: authn::User, req: axum::extract::Request) -> Response {
+async fn authorized(
+    api: Arc<Api>,
+    user: authn::User,
+    attributes: &authz::Attributes,
+    req: axum::extract::Request,
+) -> Response {
     let path = req.uri().path().trim_end_matches('/');
     if req.method() == Method::POST && path == SELF_SUBJECT_REVIEWS {
         api.count("create");
@@ -348,6 +354,12 @@ async fn authorized(api: Arc<Api>, user: authn::User, req: axum::extract::Reques
             return ApiError::new(413, "RequestEntityTooLarge", "the request body is larger than 3 MiB").into_response()
         }
     };
+    if let Some(node) = node_authz::node_of(&user) {
+        let object = if attributes.verb == "create" { parse_body(&headers, &body).ok() } else { None };
+        if let Err(e) = node_authz::admit(&api, node, attributes, object.as_ref()).await {
+            return e.into_response();
+        }
+    }
     let path = uri.path().trim_end_matches('/');
     let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let params = Params {

@@ -215,7 +215,8 @@ pub async fn run_api(
             max_backups: args.audit_log_maxbackup,
             max_age_days: args.audit_log_maxage,
         };
-        let auditor = api::audit::Auditor::start(policy, log).map_err(|e| anyhow::anyhow!("--audit-policy-file: {e}"))?;
+        let auditor =
+            api::audit::Auditor::start(policy, log).map_err(|e| anyhow::anyhow!("--audit-policy-file: {e}"))?;
         let _ = api.audit.set(auditor);
         tracing::info!(log = %path.display(), "auditing requests");
     }
