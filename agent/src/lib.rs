@@ -23,6 +23,7 @@ pub mod proxy;
 pub mod real;
 pub mod runtime;
 pub mod server;
+pub mod tokens;
 pub mod upgrade;
 pub mod volumes;
 

@@ -70,6 +70,8 @@ pub struct NodeContext<R> {
     pub cgroup_root: String,
     /// The probes of the node's running containers.
     pub prober: Prober,
+    /// Service-account tokens of projected volumes.
+    pub tokens: crate::tokens::TokenManager,
     pub cluster_dns: Option<crate::dns::ClusterDns>,
     pub host_dns: Option<crate::dns::DnsConfig>,
     /// Syncs that create sandboxes or start containers, at most `starts_in_flight_max` at once.
@@ -102,6 +104,7 @@ impl<R: RuntimeService + ImageService> NodeContext<R> {
             cluster_dns: options.cluster_dns.clone(),
             host_dns: options.host_dns.clone(),
             prober: Prober::default(),
+            tokens: crate::tokens::TokenManager::default(),
             starts: tokio::sync::Semaphore::new(options.starts_in_flight_max.max(1)),
             backoff: Mutex::new(HashMap::new()),
         }
@@ -363,7 +366,13 @@ async fn set_up_volumes<R: RuntimeService + ImageService>(
 ) -> anyhow::Result<Result<PodVolumes, MountError>> {
     let Some(root) = &ctx.pods_dir else { return Ok(Ok(PodVolumes::default())) };
     let pod_ip = pod.status.as_ref().and_then(|s| s.pod_ip.as_deref());
-    let src = volumes::Sources { client: &ctx.client, host_ip: &ctx.host_ip, pod_ip, allocatable: &ctx.allocatable };
+    let src = volumes::Sources {
+        client: &ctx.client,
+        host_ip: &ctx.host_ip,
+        pod_ip,
+        allocatable: &ctx.allocatable,
+        tokens: &ctx.tokens,
+    };
     match volumes::set_up(root, &src, pod).await {
         Ok(paths) => {
             let refresh = pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).any(|v| {
@@ -644,6 +653,7 @@ pub async fn kill_pod<R: RuntimeService + ImageService>(
     }
     if let Some(root) = &ctx.pods_dir {
         volumes::tear_down(root, uid).with_context(|| format!("removing the volumes of pod {uid}"))?;
+        ctx.tokens.forget_pod(uid);
         crate::cgroups::remove_pod(&ctx.cgroup_root, uid)?;
     }
     if let Some(root) = &ctx.pod_log_root {

@@ -23,6 +23,8 @@ use crate::runtime::Mount;
 
 /// Files of a configMap, secret or downwardAPI volume get this mode unless it says otherwise.
 const DEFAULT_MODE: i32 = 0o644;
+/// A projected token's lifetime unless the projection names one (Kubernetes' default).
+const TOKEN_EXPIRATION_SECONDS_DEFAULT: i64 = 3_600;
 
 /// A volume that cannot be set up: its name and why.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +68,7 @@ pub struct Sources<'a> {
     pub host_ip: &'a str,
     pub pod_ip: Option<&'a str>,
     pub allocatable: &'a BTreeMap<String, Quantity>,
+    pub tokens: &'a crate::tokens::TokenManager,
 }
 
 fn keyed_files(
@@ -207,8 +210,22 @@ async fn files_of(src: &Sources<'_>, pod: &Pod, v: &Volume) -> anyhow::Result<Op
             if let Some(d) = &source.downward_api {
                 downward_files(src, pod, v, d.items.as_deref().unwrap_or(&[]), p.default_mode, &mut files)?;
             }
-            if source.service_account_token.is_some() {
-                return Err(fail(v, "serviceAccountToken projections are not issued yet (no token authority)"));
+            if let Some(t) = &source.service_account_token {
+                let wanted = crate::tokens::Wanted {
+                    namespace: ns,
+                    account: pod.spec.as_ref().and_then(|s| s.service_account_name.as_deref()).unwrap_or("default"),
+                    pod_name: pod.metadata.name.as_deref().unwrap_or_default(),
+                    pod_uid: pod.metadata.uid.as_deref().unwrap_or_default(),
+                    audience: t.audience.as_deref().unwrap_or_default(),
+                    expiration_seconds: t.expiration_seconds.unwrap_or(TOKEN_EXPIRATION_SECONDS_DEFAULT),
+                };
+                let token = src
+                    .tokens
+                    .token(src.client, &wanted)
+                    .await
+                    .map_err(|e| fail(v, format!("failed to fetch token: {e}")))?;
+                let mode = p.default_mode.unwrap_or(DEFAULT_MODE) as u32;
+                files.insert(t.path.clone(), (token.into_bytes(), mode));
             }
         }
     } else {

@@ -94,6 +94,8 @@ pub struct Pki {
     dir: PathBuf,
     server_ca: Ca,
     client_ca: Ca,
+    /// The key service-account tokens are signed with (PEM, ECDSA P-256).
+    service_account_key: String,
 }
 
 impl Pki {
@@ -119,11 +121,17 @@ impl Pki {
             dir: dir.to_path_buf(),
             server_ca: open_ca(dir, "server-ca", "keelson-server-ca")?,
             client_ca: open_ca(dir, "client-ca", "keelson-client-ca")?,
+            service_account_key: open_key(dir, "service-account.key")?,
         })
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The key service-account tokens are signed with, PEM.
+    pub fn service_account_key(&self) -> &str {
+        &self.service_account_key
     }
 
     /// The CA that signs serving certificates, PEM: what clients trust.
@@ -240,6 +248,21 @@ fn leaf(mut params: CertificateParams, ca: &Ca) -> Result<Pem, PkiError> {
     Ok(Pem { cert: cert.pem(), key: key.serialize_pem() })
 }
 
+/// The private key `<file>` under `dir` (PEM), made if it does not exist.
+fn open_key(dir: &Path, file: &str) -> Result<String, PkiError> {
+    let path = dir.join(file);
+    if path.exists() {
+        let pem = std::fs::read_to_string(&path).map_err(io_error(&path))?;
+        KeyPair::from_pem(&pem)
+            .map_err(|e| PkiError::Invalid { path: path.clone(), why: format!("not a private key: {e}") })?;
+        return Ok(pem);
+    }
+    let pem = KeyPair::generate().map_err(cert_error("a key"))?.serialize_pem();
+    write_private(&path, &pem)?;
+    tracing::info!(path = %path.display(), "made the service-account signing key");
+    Ok(pem)
+}
+
 /// The CA `<file>.crt`/`<file>.key` under `dir`, made if neither exists.
 fn open_ca(dir: &Path, file: &str, common_name: &str) -> Result<Ca, PkiError> {
     let (cert_path, key_path) = (dir.join(format!("{file}.crt")), dir.join(format!("{file}.key")));
@@ -301,8 +324,11 @@ mod tests {
         assert_eq!(first.server_ca(), again.server_ca());
         assert_eq!(first.client_ca(), again.client_ca());
         assert_ne!(first.server_ca(), first.client_ca());
-        let mode = std::fs::metadata(dir.path().join("client-ca.key")).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(first.service_account_key(), again.service_account_key());
+        for key in ["client-ca.key", "server-ca.key", "service-account.key"] {
+            let mode = std::fs::metadata(dir.path().join(key)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{key}");
+        }
         // A leaf minted after the reopening still chains to the same CA.
         let pem = again.client(&Identity::node("n1")).unwrap();
         let der = pem_der(&pem.cert);

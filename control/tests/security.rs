@@ -555,4 +555,239 @@ async fn an_agent_reaches_only_what_its_own_pods_use() {
     let message = refused(leases.create(&PostParams::default(), &lease("n2")).await.unwrap_err());
     assert!(message.contains("can only access node lease with the same name as the requesting node"), "{message}");
     assert!(refused(leases.get("n2").await.unwrap_err()).contains("same name"));
+
+    // Tokens: only for the accounts of its pods, bound to one of them.
+    let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> = Api::namespaced(admin.clone(), "default");
+    accounts
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": "default"}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    let token_request = |pod: Option<&str>| {
+        let bound = pod.map(|p| serde_json::json!({"kind": "Pod", "apiVersion": "v1", "name": p}));
+        serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"boundObjectRef": bound}})
+    };
+    let as_n1 = as_user(&server, Some(&pki.client(&Identity::node("n1")).unwrap()));
+    let path = "/api/v1/namespaces/default/serviceaccounts/default/token";
+    let (code, body) = send(as_n1.clone(), "POST", path, Some(token_request(Some("on-n1")))).await.unwrap();
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = send(as_n1.clone(), "POST", path, Some(token_request(Some("on-n2")))).await.unwrap();
+    assert_eq!(
+        (code, body["message"].as_str()),
+        (403, Some(r#"node "n1" requested a token bound to a pod scheduled on a different node"#)),
+        "{body}"
+    );
+    let (code, body) = send(as_n1, "POST", path, Some(token_request(None))).await.unwrap();
+    assert_eq!(
+        (code, body["message"].as_str()),
+        (403, Some(r#"node "n1" requested a token not bound to a pod"#)),
+        "{body}"
+    );
+}
+
+/// Goal: a new pod runs as its namespace's `default` account unless it names one, and gets the
+/// projected credentials volume (a bound token, the cluster's CA, its namespace) mounted where
+/// Kubernetes mounts it, unless it or its account turns that off; the root CA publisher gives
+/// every namespace the `kube-root-ca.crt` ConfigMap those volumes read, and puts it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_get_service_account_credentials_and_namespaces_the_cluster_ca() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+    use kube::api::{Api, PostParams};
+
+    let server = ApiProcess::server_full(&[
+        "--disable",
+        "scheduler,cluster-dns",
+        "--controllers",
+        "serviceaccount,root-ca-cert-publisher",
+    ])
+    .await;
+    let client = server.client();
+    let kubectl = |args: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), server.kubeconfig()).run(args)
+    };
+    kubectl(&["create", "namespace", "team"]);
+    let ca = std::fs::read_to_string(server.cert_dir().join("server-ca.crt")).unwrap();
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "team");
+    let published = || async {
+        match configmaps.get("kube-root-ca.crt").await {
+            Ok(cm) if cm.data.as_ref().and_then(|d| d.get("ca.crt")) == Some(&ca) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    };
+    common::wait_until("team has the cluster's CA", common::within(std::time::Duration::from_secs(10)), published)
+        .await;
+    configmaps.delete("kube-root-ca.crt", &Default::default()).await.unwrap();
+    common::wait_until("the CA is published again", common::within(std::time::Duration::from_secs(10)), published)
+        .await;
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "team");
+    let pod = |name: &str, extra: Value| -> Pod {
+        let mut spec = serde_json::json!({"containers": [{"name": "c", "image": "web"}], "initContainers": [{"name": "i", "image": "web"}]});
+        for (k, v) in extra.as_object().unwrap() {
+            spec[k] = v.clone();
+        }
+        serde_json::from_value(serde_json::json!({"metadata": {"name": name}, "spec": spec})).unwrap()
+    };
+    let made = pods.create(&PostParams::default(), &pod("plain", serde_json::json!({}))).await.unwrap();
+    let spec = serde_json::to_value(made.spec.unwrap()).unwrap();
+    assert_eq!(spec["serviceAccountName"], "default");
+    let volume = &spec["volumes"][0];
+    let name = volume["name"].as_str().unwrap();
+    assert!(name.starts_with("kube-api-access-") && name.len() == "kube-api-access-".len() + 5, "{name}");
+    assert_eq!(
+        volume["projected"]["sources"],
+        serde_json::json!([
+            {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+            {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+            {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}
+        ])
+    );
+    for list in ["containers", "initContainers"] {
+        assert_eq!(
+            spec[list][0]["volumeMounts"],
+            serde_json::json!([{"name": name, "readOnly": true, "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}]),
+            "{list}"
+        );
+    }
+    // Turned off by the pod, or by its account.
+    let off = pods
+        .create(&PostParams::default(), &pod("off", serde_json::json!({"automountServiceAccountToken": false})))
+        .await
+        .unwrap();
+    assert!(off.spec.unwrap().volumes.unwrap_or_default().is_empty());
+    kubectl(&["-n", "team", "create", "serviceaccount", "quiet"]);
+    kubectl(&["-n", "team", "patch", "serviceaccount", "quiet", "-p", r#"{"automountServiceAccountToken": false}"#]);
+    let quiet = common::wait_until(
+        "the account's choice reaches admission",
+        common::within(std::time::Duration::from_secs(10)),
+        || {
+            let pods = pods.clone();
+            let body = pod("", serde_json::json!({"serviceAccountName": "quiet"}));
+            async move {
+                let mut body = body;
+                body.metadata.name = None;
+                body.metadata.generate_name = Some("quiet-".into());
+                let made = pods.create(&PostParams::default(), &body).await.map_err(|e| e.to_string())?;
+                let spec = made.spec.unwrap();
+                if spec.volumes.unwrap_or_default().is_empty() {
+                    Ok(spec.service_account_name)
+                } else {
+                    Err("a volume was added".to_string())
+                }
+            }
+        },
+    )
+    .await;
+    assert_eq!(quiet.as_deref(), Some("quiet"));
+}
+
+/// `server`'s client configuration with a bearer token in place of the admin's certificate.
+fn with_token(server: &ApiProcess, token: &str) -> kube::Config {
+    let mut config = as_user(server, None);
+    config.auth_info.token = Some(token.to_string().into());
+    config
+}
+
+/// Goal: `kubectl create token` issues a service account's token through the TokenRequest API;
+/// it authenticates as `system:serviceaccount:<ns>:<name>` in Kubernetes' groups and RBAC
+/// applies to it; a token bound to a pod stops authenticating once the pod is gone, and one
+/// issued to an account that was since recreated too; a forged token is a 401; bad requests get
+/// Kubernetes' answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens_authenticate_and_rbac_applies_to_them() {
+    let server = ApiProcess::server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), server.kubeconfig());
+    kubectl.run(&["create", "serviceaccount", "builder"]);
+    let token = kubectl.run(&["create", "token", "builder"]).trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "{token}");
+
+    let (code, me) =
+        send(with_token(&server, &token), "POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews", Some(whoami()))
+            .await
+            .unwrap();
+    assert_eq!(code, 201, "{me}");
+    assert_eq!(me["status"]["userInfo"]["username"], "system:serviceaccount:default:builder");
+    assert_eq!(
+        me["status"]["userInfo"]["groups"],
+        serde_json::json!(["system:serviceaccounts", "system:serviceaccounts:default", "system:authenticated"])
+    );
+    let pods = "/api/v1/namespaces/default/pods";
+    let (code, body) = send(with_token(&server, &token), "GET", pods, None).await.unwrap();
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(
+        body["message"],
+        r#"pods is forbidden: User "system:serviceaccount:default:builder" cannot list resource "pods" in API group "" in the namespace "default""#
+    );
+    kubectl.run(&["create", "rolebinding", "builder-view", "--clusterrole=view", "--serviceaccount=default:builder"]);
+    common::wait_until(
+        "the binding reaches the authorizer",
+        common::within(std::time::Duration::from_secs(10)),
+        || {
+            let config = with_token(&server, &token);
+            async move {
+                match send(config, "GET", pods, None).await {
+                    Ok((200, _)) => Ok(()),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await;
+
+    // Bound to a pod: valid while the pod is there.
+    let pod = serde_json::json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "worker"},
+        "spec": {"serviceAccountName": "builder", "containers": [{"name": "c", "image": "web"}]}});
+    kubectl.run_with_input(&["create", "-f", "-"], Some(&pod.to_string()));
+    let bound =
+        kubectl.run(&["create", "token", "builder", "--bound-object-kind", "Pod", "--bound-object-name", "worker"]);
+    let bound = bound.trim();
+    assert_eq!(send(with_token(&server, bound), "GET", pods, None).await.unwrap().0, 200);
+    kubectl.run(&["delete", "pod", "worker", "--grace-period=0", "--force"]);
+    let (code, body) = send(with_token(&server, bound), "GET", pods, None).await.unwrap();
+    assert_eq!((code, body["reason"].as_str()), (401, Some("Unauthorized")), "{body}");
+
+    // Forged: the claims changed under the same signature.
+    let mut parts: Vec<&str> = token.split('.').collect();
+    let forged_claims = {
+        use base64::Engine;
+        let engine = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let mut claims: Value = serde_json::from_slice(&engine.decode(parts[1]).unwrap()).unwrap();
+        claims["sub"] = serde_json::json!("system:serviceaccount:kube-system:default");
+        engine.encode(claims.to_string())
+    };
+    parts[1] = &forged_claims;
+    assert_eq!(send(with_token(&server, &parts.join(".")), "GET", pods, None).await.unwrap().0, 401);
+
+    // The account recreated: the old token named the old one.
+    kubectl.run(&["delete", "serviceaccount", "builder"]);
+    kubectl.run(&["create", "serviceaccount", "builder"]);
+    assert_eq!(send(with_token(&server, &token), "GET", pods, None).await.unwrap().0, 401);
+
+    // Requests the API refuses.
+    let request = |seconds: i64| serde_json::json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": seconds}});
+    let (code, body) =
+        send(server.config(), "POST", "/api/v1/namespaces/default/serviceaccounts/builder/token", Some(request(599)))
+            .await
+            .unwrap();
+    assert_eq!(code, 422, "{body}");
+    assert_eq!(
+        body["message"],
+        r#"TokenRequest.authentication.k8s.io "builder" is invalid: spec.expirationSeconds: Invalid value: 599: may not specify a duration less than 10 minutes"#
+    );
+    let (code, body) =
+        send(server.config(), "POST", "/api/v1/namespaces/default/serviceaccounts/nobody/token", Some(request(600)))
+            .await
+            .unwrap();
+    assert_eq!((code, body["message"].as_str()), (404, Some(r#"serviceaccounts "nobody" not found"#)), "{body}");
+    let (code, body) =
+        send(server.config(), "POST", "/api/v1/namespaces/default/serviceaccounts/builder/token", Some(request(600)))
+            .await
+            .unwrap();
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(body["kind"], "TokenRequest");
+    assert!(body["status"]["expirationTimestamp"].is_string(), "{body}");
 }

@@ -451,7 +451,9 @@ impl Up {
     }
 
     /// Containers containerd still has (any state). ctr gives up dialling a containerd that
-    /// is slow to accept (a busy machine), so a failed dial is tried again for a while.
+    /// is slow to accept (a busy machine), and loses its connection when the containerd a
+    /// killed agent left is replaced by the restarted agent's, so both are tried again for a
+    /// while.
     fn runtime_containers(&self) -> Vec<String> {
         let deadline = Instant::now() + SETTLED_WITHIN;
         loop {
@@ -465,7 +467,8 @@ impl Up {
             if out.status.success() {
                 return String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
             }
-            assert!(err.contains("failed to dial") && Instant::now() < deadline, "ctr: {err}");
+            let transient = err.contains("failed to dial") || err.contains("transport is closing");
+            assert!(transient && Instant::now() < deadline, "ctr: {err}");
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -1480,6 +1483,39 @@ async fn volumes_carry_config_secrets_and_fields_and_follow_changes() {
         "the hostPath is the host's directory"
     );
     assert_eq!(std::fs::read_to_string(pv_dir.join("kept")).unwrap(), "kept\n", "the claim is its volume's directory");
+
+    // The service-account credentials every pod gets: its namespace, the cluster's CA, and a
+    // token bound to it that authenticates as the account, to which RBAC applies.
+    let credentials = "/var/run/secrets/kubernetes.io/serviceaccount";
+    assert_eq!(exec(&format!("cat {credentials}/namespace")), "default");
+    let ca = std::fs::read_to_string(up.dir.join("store/tls/server-ca.crt")).unwrap();
+    assert_eq!(exec(&format!("cat {credentials}/ca.crt")).trim_end(), ca.trim_end());
+    let token = exec(&format!("cat {credentials}/token")).trim().to_string();
+    let mut config = kube_config_from_file(&up.kubeconfig(), Instant::now() + READY_WITHIN);
+    config.auth_info = Default::default();
+    config.auth_info.token = Some(token.clone().into());
+    let as_pod = kube::Client::try_from(config).unwrap();
+    let review: serde_json::Value = as_pod
+        .request(
+            http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+                .header("content-type", "application/json")
+                .body(br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#.to_vec())
+                .unwrap(),
+        )
+        .await
+        .expect("the pod's token authenticates");
+    assert_eq!(review["status"]["userInfo"]["username"], "system:serviceaccount:default:default", "{review}");
+    let pods_as_pod: Api<Pod> = Api::namespaced(as_pod.clone(), "default");
+    match pods_as_pod.list(&ListParams::default()).await {
+        Err(kube::Error::Api(s)) if s.code == 403 => {}
+        other => panic!("the default account listed pods without a binding: {other:?}"),
+    }
+    kubectl.run(&["create", "rolebinding", "default-view", "--clusterrole=view", "--serviceaccount=default:default"]);
+    wait_until("the pod's account may list pods once bound to view", within(SETTLED_WITHIN), || {
+        let pods_as_pod = pods_as_pod.clone();
+        async move { pods_as_pod.list(&ListParams::default()).await.map(|_| ()).map_err(|e| e.to_string()) }
+    })
+    .await;
 
     // A changed ConfigMap reaches the mounted file.
     config_maps

@@ -76,6 +76,32 @@ pub fn authenticate<B>(mode: Authentication, req: &Request<B>) -> Result<User, A
     Err(ApiError::new(401, "Unauthorized", "Unauthorized"))
 }
 
+/// What a request presents to authenticate with.
+pub enum Credentials {
+    /// Decided already: a client certificate, anonymity, or no authentication at all.
+    Decided(Result<User, ApiError>),
+    /// A bearer token (`Authorization: Bearer <token>`) to check.
+    Token(String),
+}
+
+/// What `req` authenticates with: a client certificate first, then a bearer token (a token that
+/// does not authenticate is a 401 wherever it is sent), else anonymity.
+pub fn credentials<B>(mode: Authentication, req: &Request<B>) -> Credentials {
+    let certified = req.extensions().get::<Peer>().is_some_and(|p| p.certificate.is_some());
+    let token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+        .filter(|t| !t.is_empty());
+    match token {
+        Some(token) if mode == Authentication::Certificates && !certified => Credentials::Token(token.to_string()),
+        _ => Credentials::Decided(authenticate(mode, req)),
+    }
+}
+
 /// `POST /apis/authentication.k8s.io/v1/selfsubjectreviews` (`kubectl auth whoami`): the
 /// request's own user, as Kubernetes answers it.
 pub fn self_subject_review(user: &User) -> serde_json::Value {

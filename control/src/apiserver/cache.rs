@@ -502,6 +502,12 @@ impl WatchCache {
         s.ready.then(|| s.objects.contains_key(key))
     }
 
+    /// The object under `key`, if the cache is built: None when it holds none.
+    pub fn get(&self, key: &str) -> Option<Option<Arc<CachedObject>>> {
+        let s = self.state.read().expect("not poisoned");
+        s.ready.then(|| s.objects.get(key).cloned())
+    }
+
     /// Every object in `scope` and the revision they are current at, if the cache is built.
     pub fn list(&self, scope: &str) -> Option<(Vec<Arc<CachedObject>>, i64)> {
         let s = self.state.read().expect("not poisoned");

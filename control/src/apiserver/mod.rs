@@ -23,6 +23,7 @@ pub mod schema;
 pub mod serving;
 pub mod store;
 pub mod table;
+pub mod tokens;
 mod verbs;
 mod watch;
 
@@ -91,6 +92,9 @@ pub struct Api {
     pub rbac: std::sync::Mutex<Option<Arc<authz::Index>>>,
     /// The audit log, when a policy is given (set once, before serving).
     pub audit: std::sync::OnceLock<Arc<audit::Auditor>>,
+    /// What issues and checks service-account tokens, when keys are given (set once, before
+    /// serving).
+    pub tokens: std::sync::OnceLock<tokens::TokenAuthority>,
 }
 
 const VERBS: &[&str] =
@@ -119,6 +123,7 @@ impl Api {
             authentication,
             rbac: std::sync::Mutex::new(None),
             audit: std::sync::OnceLock::new(),
+            tokens: std::sync::OnceLock::new(),
         })
     }
 
@@ -261,7 +266,15 @@ pub fn router(api: Arc<Api>) -> axum::Router {
 }
 
 async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> Response {
-    let user = match authn::authenticate(api.authentication, &req) {
+    let user = match authn::credentials(api.authentication, &req) {
+        authn::Credentials::Decided(decided) => decided,
+        authn::Credentials::Token(token) => match tokens::authenticate(&api, &token).await {
+            Ok(Some(user)) => Ok(user),
+            Ok(None) => Err(ApiError::new(401, "Unauthorized", "Unauthorized")),
+            Err(e) => Err(e),
+        },
+    };
+    let user = match user {
         Ok(user) => user,
         Err(e) => return e.into_response(),
     };
@@ -543,6 +556,11 @@ async fn serve_resource(
             api.count("create");
             let answer = verbs::evict(api, res, ns, name, parse_body(headers, &body)?).await?;
             Ok(json_response(StatusCode::CREATED, &answer))
+        }
+        ("POST", Some(name), Some("token")) => {
+            api.count("create");
+            let ns = ns.unwrap_or("default");
+            Ok(json_response(StatusCode::CREATED, &tokens::request(api, ns, name, parse_body(headers, &body)?).await?))
         }
         ("POST", Some(name), Some("binding")) => {
             api.count("create");

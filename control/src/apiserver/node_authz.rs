@@ -261,6 +261,21 @@ pub async fn admit(api: &Api, node: &str, attrs: &Attributes, body: Option<&Valu
                     .to_string(),
             ));
         }
+        ("", "serviceaccounts") if r.subresource == "token" && attrs.verb == "create" => {
+            // A node asks only for tokens bound to a pod that runs on it.
+            let reference = body.and_then(|b| b.pointer("/spec/boundObjectRef")).filter(|b| b["kind"] == "Pod");
+            let Some(pod_name) = reference.and_then(|b| b["name"].as_str()) else {
+                return Err(forbidden(format!("node {node:?} requested a token not bound to a pod")));
+            };
+            let key = kinds::pod::RESOURCE.key(Some(&r.namespace), pod_name);
+            let (pod, _) = api.store.get_at(key.as_bytes(), true).await?;
+            let bound = pod.and_then(|p| serde_json::from_slice::<PodView>(&p.value).ok()).map(|p| p.spec.node_name);
+            if bound.as_deref() != Some(node) {
+                return Err(forbidden(format!(
+                    "node {node:?} requested a token bound to a pod scheduled on a different node"
+                )));
+            }
+        }
         ("", "pods") => match (attrs.verb.as_str(), r.subresource.as_str()) {
             ("create", "") => {
                 let pod = body.cloned().unwrap_or_default();

@@ -670,6 +670,31 @@ const DELETE_OPTIONS: &[F] = &[
     F(5, "dryRun", Many, Str),
 ];
 
+const TOKEN_REQUEST: &[F] = &[
+    F(1, "metadata", One, Msg(OBJECT_META)),
+    F(
+        2,
+        "spec",
+        One,
+        Msg(&[
+            F(1, "audiences", Many, Str),
+            F(
+                3,
+                "boundObjectRef",
+                One,
+                Msg(&[
+                    F(1, "kind", One, Str),
+                    F(2, "apiVersion", One, Str),
+                    F(3, "name", One, Str),
+                    F(4, "uid", One, Str),
+                ]),
+            ),
+            F(4, "expirationSeconds", One, PInt),
+        ]),
+    ),
+    F(3, "status", One, Msg(&[F(1, "token", One, Str), F(2, "expirationTimestamp", One, Time)])),
+];
+
 const POLICY_RULE: &[F] = &[
     F(1, "verbs", Many, Str),
     F(2, "apiGroups", Many, Str),
@@ -750,6 +775,7 @@ fn schema_of(api_version: &str, kind: &str) -> Option<&'static [F]> {
         ("policy/v1", "PodDisruptionBudget") => POD_DISRUPTION_BUDGET,
         ("policy/v1", "Eviction") => EVICTION,
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview") => SELF_SUBJECT_ACCESS_REVIEW,
+        ("authentication.k8s.io/v1", "TokenRequest") => TOKEN_REQUEST,
         ("authorization.k8s.io/v1", "SelfSubjectRulesReview") => SELF_SUBJECT_RULES_REVIEW,
         ("rbac.authorization.k8s.io/v1", "Role") => ROLE,
         ("rbac.authorization.k8s.io/v1", "ClusterRole") => CLUSTER_ROLE,

@@ -59,6 +59,7 @@ pub const CONTROLLERS: &[&str] = &[
     "endpoint",
     "endpointslice",
     "serviceaccount",
+    "root-ca-cert-publisher",
     "nodelifecycle",
     "nodeipam",
     "taint-eviction-controller",
@@ -137,6 +138,13 @@ pub struct ControllerFlags {
     /// marked Unknown and tainted unreachable (Kubernetes' default: 50s).
     #[arg(long, default_value = "20s", value_parser = crate::process::parse_duration)]
     pub node_monitor_grace_period: std::time::Duration,
+    /// The CA (PEM) published to every namespace as the ConfigMap `kube-root-ca.crt`, for pods
+    /// to verify the API with; by default the one the kubeconfig trusts.
+    #[arg(long)]
+    pub root_ca_file: Option<std::path::PathBuf>,
+    /// The CA itself, when the process knows it without a file.
+    #[arg(skip)]
+    pub root_ca: Option<String>,
     /// Finished pods kept at most; beyond, the oldest are deleted (0: none are).
     #[arg(long, default_value_t = 12500)]
     pub terminated_pod_gc_threshold: usize,
@@ -403,6 +411,21 @@ pub async fn run(
                     add(endpoints::EndpointSliceController::new(&m), flags.concurrent_service_endpoint_syncs, &mut w)
                 }
                 "serviceaccount" => add(serviceaccount::ServiceAccountController::new(&m), 1, &mut w),
+                "root-ca-cert-publisher" => {
+                    let ca = match (&flags.root_ca_file, &flags.root_ca) {
+                        (Some(path), _) => Some(
+                            std::fs::read_to_string(path)
+                                .with_context(|| format!("--root-ca-file {}", path.display()))?,
+                        ),
+                        (None, ca) => ca.clone(),
+                    };
+                    match ca {
+                        Some(ca) => add(serviceaccount::RootCaPublisher::new(&m, ca), 1, &mut w),
+                        None => tracing::warn!(
+                            "no --root-ca-file and no CA in the kubeconfig: kube-root-ca.crt is not published"
+                        ),
+                    }
+                }
                 "nodeipam" if flags.allocate_node_cidrs => {
                     let cidr = flags.cluster_cidr.as_deref().context("--allocate-node-cidrs needs --cluster-cidr")?;
                     let ranges =
@@ -478,6 +501,8 @@ mod tests {
             concurrent_namespace_syncs: 1,
             node_monitor_grace_period: std::time::Duration::from_secs(20),
             terminated_pod_gc_threshold: 1,
+            root_ca_file: None,
+            root_ca: None,
             allocate_node_cidrs: false,
             cluster_cidr: None,
             node_cidr_mask_size: 24,
@@ -500,6 +525,7 @@ mod tests {
                 "namespace",
                 "endpointslice",
                 "serviceaccount",
+                "root-ca-cert-publisher",
                 "nodelifecycle",
                 "nodeipam",
                 "taint-eviction-controller",

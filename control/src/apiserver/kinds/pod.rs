@@ -247,13 +247,14 @@ fn default_toleration_seconds(obj: &mut Value) {
     }
 }
 
-/// Kubernetes' Priority admission plugin on pod creation: the pod's priority class — the one it
-/// names, else the global default if there is one — gives its priority and preemption policy; a
-/// class that does not exist, or a priority or policy given that differs from the class's, is
-/// refused. Without any class the priority is 0 and the policy PreemptLowerPriority.
-struct PriorityAdmission;
+/// Kubernetes' admission plugins on pod creation: ServiceAccount (see
+/// `serviceaccount::admit_pod`), then Priority: the pod's priority class — the one it names, else
+/// the global default if there is one — gives its priority and preemption policy; a class that
+/// does not exist, or a priority or policy given that differs from the class's, is refused.
+/// Without any class the priority is 0 and the policy PreemptLowerPriority.
+struct PodAdmission;
 
-impl Admission for PriorityAdmission {
+impl Admission for PodAdmission {
     fn admit_create<'a>(
         &'a self,
         api: &'a Api,
@@ -261,6 +262,7 @@ impl Admission for PriorityAdmission {
         obj: &'a mut Value,
     ) -> BoxFuture<'a, Result<(), ApiError>> {
         Box::pin(async move {
+            super::serviceaccount::admit_pod(api, obj);
             let forbidden = |why: String| ApiError::forbidden(RESOURCE.plural, RESOURCE.group, name, &why);
             let named = s(obj, "/spec/priorityClassName");
             let class = if named.is_empty() {
@@ -569,7 +571,7 @@ impl Strategy for PodStrategy {
     }
 
     fn admission(&self) -> Option<&'static dyn Admission> {
-        Some(&PriorityAdmission)
+        Some(&PodAdmission)
     }
 
     fn grace_period(&self, obj: &Value, asked: Option<i64>) -> Option<i64> {

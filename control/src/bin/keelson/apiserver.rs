@@ -49,6 +49,20 @@ pub struct ApiArgs {
     /// (aescbc, aesgcm, secretbox, identity; the first writes, any of them reads).
     #[arg(long)]
     encryption_provider_config: Option<PathBuf>,
+    /// The private key (PEM, ECDSA P-256) service-account tokens are signed with; `keelson
+    /// server` uses its cluster's (`<cert-dir>/service-account.key`) unless one is given.
+    #[arg(long)]
+    service_account_signing_key_file: Option<PathBuf>,
+    /// Further keys (PEM, public or private) whose service-account tokens are accepted; repeat
+    /// the flag for several files.
+    #[arg(long)]
+    service_account_key_file: Vec<PathBuf>,
+    /// The issuer service-account tokens name, and that they must name.
+    #[arg(long, default_value = api::tokens::DEFAULT_ISSUER)]
+    service_account_issuer: String,
+    /// The audiences a token must be meant for (comma-separated; the issuer when none).
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
     /// An audit Policy (audit.k8s.io/v1): which requests are recorded, at which level and stages.
     #[arg(long, requires = "audit_log_path")]
     audit_policy_file: Option<PathBuf>,
@@ -170,6 +184,7 @@ const STORE_READY_TIMEOUT_MS: u64 = 60_000;
 pub async fn run_api(
     args: &ApiArgs,
     serving: Serving,
+    signing_key: Option<String>,
     store: Store,
     store_name: &str,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -208,6 +223,27 @@ pub async fn run_api(
         None => store,
     };
     let api = Api::new(store, ranges, args.event_ttl, authentication);
+    let signing_key = match &args.service_account_signing_key_file {
+        Some(path) => Some(read(path, "service-account-signing-key-file")?),
+        None => signing_key,
+    };
+    let verifying = args
+        .service_account_key_file
+        .iter()
+        .map(|p| read(p, "service-account-key-file"))
+        .collect::<Result<Vec<_>, _>>()?;
+    if signing_key.is_some() || !verifying.is_empty() {
+        let authority = api::tokens::TokenAuthority::new(
+            signing_key.as_deref(),
+            &verifying,
+            &args.service_account_issuer,
+            &args.api_audiences,
+        )
+        .map_err(|e| anyhow::anyhow!("service-account keys: {e}"))?;
+        let _ = api.tokens.set(authority);
+    } else {
+        tracing::warn!("no service-account key: tokens are neither issued nor accepted");
+    }
     if let (Some(policy), Some(path)) = (&args.audit_policy_file, &args.audit_log_path) {
         let log = api::audit::LogOptions {
             path: path.clone(),
@@ -282,7 +318,7 @@ pub async fn apiserver(args: ApiserverArgs) -> anyhow::Result<()> {
         args.store_endpoints.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
     let store = Store::connect(&endpoints)?;
     let serving = args.api.given_serving()?;
-    run_api(&args.api, serving, store, &endpoints.join(","), stop_signal()).await?;
+    run_api(&args.api, serving, None, store, &endpoints.join(","), stop_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -219,7 +219,10 @@ pub async fn server_with(args: ServerArgs, extras: Vec<Extra>) -> anyhow::Result
     }
     if managing {
         let client = client_as(&pki, &url, &Identity::new(control::pki::CONTROLLER_MANAGER_USER, &[])).await?;
-        let (election, flags) = (args.election.clone(), args.controllers.clone());
+        let (election, mut flags) = (args.election.clone(), args.controllers.clone());
+        if flags.root_ca_file.is_none() {
+            flags.root_ca = Some(pki.server_ca().to_string());
+        }
         let stop = waiter(&components_rx);
         components.push((
             "controller manager",
@@ -229,7 +232,8 @@ pub async fn server_with(args: ServerArgs, extras: Vec<Extra>) -> anyhow::Result
             }),
         ));
     }
-    let api = run_api(&args.api, serving, local_store, "the member in this process", waiter(&stop_rx));
+    let signing_key = Some(pki.service_account_key().to_string());
+    let api = run_api(&args.api, serving, signing_key, local_store, "the member in this process", waiter(&stop_rx));
     tokio::pin!(api);
     // A component that ends on its own (it could not start, e.g. the agent without containerd)
     // brings the whole server down with its error rather than leaving a cluster without it.
