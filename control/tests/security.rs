@@ -791,3 +791,49 @@ async fn service_account_tokens_authenticate_and_rbac_applies_to_them() {
     assert_eq!(body["kind"], "TokenRequest");
     assert!(body["status"]["expirationTimestamp"].is_string(), "{body}");
 }
+
+/// Goal: a namespace labelled `pod-security.kubernetes.io/enforce=restricted` refuses a
+/// privileged pod with Kubernetes' PodSecurity message, admits a hardened one, and `warn`
+/// labels give kubectl Kubernetes' warning for a workload's template; a label naming no level is
+/// refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_security_restricted_refuses_a_privileged_pod_with_kubernetes_message() {
+    let server = ApiProcess::server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubectl = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), server.kubeconfig());
+    kubectl.run(&["create", "namespace", "secure"]);
+    kubectl.run(&["label", "namespace", "secure", "pod-security.kubernetes.io/enforce=restricted"]);
+    let privileged = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "priv", "namespace": "secure"},
+        "spec": {"containers": [{"name": "priv", "image": "web", "securityContext": {"privileged": true}}]}}"#;
+    let (ok, _, err) = kubectl.try_run(&["create", "-f", "-"], Some(privileged));
+    assert!(!ok, "a privileged pod was admitted");
+    assert!(
+        err.contains(r#"pods "priv" is forbidden: violates PodSecurity "restricted:latest": allowPrivilegeEscalation != false (container "priv" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container "priv" must set securityContext.capabilities.drop=["ALL"]), privileged (container "priv" must not set securityContext.privileged=true), runAsNonRoot != true (pod or container "priv" must set securityContext.runAsNonRoot=true), seccompProfile (pod or container "priv" must set securityContext.seccompProfile.type to "RuntimeDefault" or "Localhost")"#),
+        "{err}"
+    );
+    let hardened = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "hardened", "namespace": "secure"},
+        "spec": {"securityContext": {"runAsNonRoot": true, "seccompProfile": {"type": "RuntimeDefault"}},
+                 "containers": [{"name": "c", "image": "web", "securityContext": {"allowPrivilegeEscalation": false, "capabilities": {"drop": ["ALL"]}}}]}}"#;
+    kubectl.run_with_input(&["create", "-f", "-"], Some(hardened));
+
+    // warn: admitted, with the warning.
+    kubectl.run(&["create", "namespace", "lenient"]);
+    kubectl.run(&["label", "namespace", "lenient", "pod-security.kubernetes.io/warn=baseline"]);
+    let (ok, _, err) =
+        kubectl.try_run(&["-n", "lenient", "create", "deployment", "web", "--image=web", "--port=80"], None);
+    assert!(ok, "{err}");
+    assert!(!err.contains("would violate"), "a baseline-clean template was warned about: {err}");
+    let host = r#"{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "host", "namespace": "lenient"},
+        "spec": {"selector": {"matchLabels": {"app": "host"}}, "template": {"metadata": {"labels": {"app": "host"}},
+        "spec": {"hostNetwork": true, "containers": [{"name": "c", "image": "web"}]}}}}"#;
+    let (ok, _, err) = kubectl.try_run(&["create", "-f", "-"], Some(host));
+    assert!(ok, "{err}");
+    assert!(
+        err.contains(r#"Warning: would violate PodSecurity "baseline:latest": host namespaces (hostNetwork=true)"#),
+        "{err}"
+    );
+
+    let (ok, _, err) =
+        kubectl.try_run(&["label", "namespace", "lenient", "pod-security.kubernetes.io/enforce=strict"], None);
+    assert!(!ok && err.contains(r#"Unsupported value: "strict""#), "{err}");
+}

@@ -2233,6 +2233,50 @@ async fn services_route_through_cluster_ips_and_node_ports_to_ready_pods() {
     .await;
 }
 
+/// The network namespace (under /var/run/netns, where CNI puts pods') holding address `ip`.
+fn pod_netns(ip: &str) -> PathBuf {
+    let needle = format!(" {ip}/");
+    for e in std::fs::read_dir("/var/run/netns").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let out = Command::new("ip").args(["-n", &name, "-4", "-o", "addr"]).output().expect("ip runs");
+        if String::from_utf8_lossy(&out.stdout).contains(&needle) {
+            return e.path();
+        }
+    }
+    panic!("no network namespace holds {ip}")
+}
+
+/// Runs `work` on a runtime of its own in a thread that entered the network namespace of the
+/// pod at `ip`: its sockets are the pod's, its traffic leaves through the pod's interface.
+fn in_pod_network<T, F>(ip: &str, work: impl FnOnce() -> F + Send + 'static) -> T
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = Result<T, String>>,
+{
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(pod_netns(ip)).unwrap();
+    std::thread::spawn(move || {
+        // SAFETY: setns changes only this thread's network namespace.
+        assert_eq!(
+            unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) },
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(work())
+    })
+    .join()
+    .expect("the thread in the pod's network namespace")
+    .unwrap_or_else(|e| panic!("in the pod's network namespace: {e}"))
+}
+
+fn pem_der(pem: &str) -> Vec<u8> {
+    use base64::Engine;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    base64::engine::general_purpose::STANDARD.decode(body).expect("a PEM certificate")
+}
+
 /// What a client saw of one request.
 struct Request {
     at: Instant,
@@ -2428,6 +2472,46 @@ async fn pods_reach_each_other_across_nodes_and_a_service_survives_a_rolling_upd
         .await;
         assert!(body.contains("<title>Keelson</title>"), "{body}");
     }
+    // The API from inside the pod, as an in-cluster client reaches it: through the
+    // `kubernetes` Service's cluster IP (its endpoints are the API's advertised address), with
+    // the pod's own service-account token, verifying the API's certificate with the pod's CA;
+    // RBAC applies to the token. The client runs in a thread that entered the pod's network
+    // namespace (busybox's TLS offers no signature scheme the API's TLS accepts).
+    let credentials = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let token = kubectl.run(&["exec", "probe", "--", "/bin/cat", &format!("{credentials}/token")]).trim().to_string();
+    let ca = kubectl.run(&["exec", "probe", "--", "/bin/cat", &format!("{credentials}/ca.crt")]);
+    let probe_ip = pods.get("probe").await.unwrap().status.unwrap().pod_ip.unwrap();
+    let mut in_cluster = kube_config_from_file(&up.kubeconfig(), Instant::now() + READY_WITHIN);
+    in_cluster.cluster_url = format!("https://10.{}.128.1:443", up.network).parse().unwrap();
+    in_cluster.root_cert = Some(vec![pem_der(&ca)]);
+    in_cluster.auth_info = Default::default();
+    in_cluster.auth_info.token = Some(token.into());
+    let (review, secrets) = in_pod_network(&probe_ip, move || async move {
+        let client = kube::Client::try_from(in_cluster).map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + SETTLED_WITHIN;
+        let review: serde_json::Value = loop {
+            let req = http::Request::post("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+                .header("content-type", "application/json")
+                .body(br#"{"apiVersion":"authentication.k8s.io/v1","kind":"SelfSubjectReview"}"#.to_vec())
+                .unwrap();
+            match client.request(req).await {
+                Ok(r) => break r,
+                // The proxies learn of the Service's endpoints a moment after they are written.
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("the API through the kubernetes Service: {e}; retrying");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => return Err(e.to_string()),
+            }
+        };
+        let secrets =
+            Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client, "default").list(&ListParams::default()).await;
+        Ok((review, secrets.map(|_| ()).map_err(|e| e.to_string())))
+    });
+    assert_eq!(review["status"]["userInfo"]["username"], "system:serviceaccount:default:default", "{review}");
+    let refused = secrets.unwrap_err();
+    assert!(refused.contains("403") || refused.contains("forbidden"), "{refused}");
+
     // A NodePort answers on every node's address, from this host.
     let node_port = 30000 + up.network;
     let np = serde_json::json!({"metadata": {"name": "web-np"}, "spec": {"type": "NodePort", "selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http", "nodePort": node_port}]}});

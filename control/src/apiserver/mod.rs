@@ -8,6 +8,7 @@ pub mod authn;
 pub mod authz;
 pub mod cache;
 pub mod encryption;
+pub mod endpoints_reconciler;
 pub mod errors;
 mod form;
 pub mod kinds;
@@ -16,6 +17,7 @@ pub mod node_authz;
 pub mod objects;
 pub mod openapi;
 mod patch;
+pub mod podsecurity;
 mod protobuf;
 mod proxy;
 pub mod resources;
@@ -613,7 +615,8 @@ async fn serve_resource(
 /// Unknown fields that were dropped, as Kubernetes reports them: `Warning` headers.
 fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
     for w in warnings {
-        let text = format!("299 - \"{}\"", w.replace('"', "'"));
+        // A quoted-string: quotes and backslashes escaped, as clients unescape them.
+        let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
         if let Ok(v) = axum::http::HeaderValue::from_str(&text) {
             response.headers_mut().append("warning", v);
         }

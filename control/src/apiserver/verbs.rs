@@ -514,6 +514,8 @@ async fn create_with(
     let (namespace, admitted) = tokio::join!(namespace, admitted);
     let mut ns_revision = namespace?;
     admitted?;
+    let mut warnings = warnings;
+    warnings.extend(super::podsecurity::admit(api, res, content_ns, shown_name, &obj).await?);
     // A generated name may be taken, an allocation picked while another replica picked the same,
     // or the namespace changed since it was read: each time, try again.
     for _ in 0..CREATE_ATTEMPTS_MAX {

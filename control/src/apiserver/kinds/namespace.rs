@@ -4,7 +4,7 @@
 use k8s_openapi::api::core::v1::Namespace;
 use serde_json::{json, Value};
 
-use super::super::errors::ApiError;
+use super::super::errors::{ApiError, Cause};
 use super::super::objects::typed;
 use super::super::resources::Resource;
 use super::super::table::{s, Column, AGE, NAME};
@@ -37,6 +37,10 @@ impl Strategy for NamespaceStrategy {
 
     fn name_rule(&self) -> NameRule {
         NameRule::Label
+    }
+
+    fn validate(&self, obj: &Value, _old: Option<&Value>) -> Vec<Cause> {
+        super::super::podsecurity::check_labels(obj.pointer("/metadata/labels").unwrap_or(&Value::Null))
     }
 
     fn canonicalize(&self, obj: &mut Value) {

@@ -49,6 +49,11 @@ pub struct ApiArgs {
     /// (aescbc, aesgcm, secretbox, identity; the first writes, any of them reads).
     #[arg(long)]
     encryption_provider_config: Option<PathBuf>,
+    /// The address pods reach this API server at, listed in the `default/kubernetes` Service's
+    /// endpoints; by default the listen address, or the host's for a wildcard one (a loopback
+    /// one is not listed: pods cannot reach it).
+    #[arg(long)]
+    advertise_address: Option<std::net::IpAddr>,
     /// The private key (PEM, ECDSA P-256) service-account tokens are signed with; `keelson
     /// server` uses its cluster's (`<cert-dir>/service-account.key`) unless one is given.
     #[arg(long)]
@@ -289,6 +294,20 @@ pub async fn run_api(
             .with_context(|| format!("cannot write the kubeconfig to {}", path.display()))?;
     }
     tracing::info!(%address, scheme = serving.scheme(), store = store_name, "serving the Kubernetes API");
+    let advertise = args.advertise_address.or(match address.ip() {
+        ip if ip.is_loopback() => None,
+        ip if ip.is_unspecified() => agent::machine::default_address().parse().ok(),
+        ip => Some(ip),
+    });
+    let kubernetes_ip =
+        control::dns::service_range_address(&args.service_cluster_ip_range, 1).context("--service-cluster-ip-range")?;
+    tokio::spawn(api::endpoints_reconciler::run(
+        api.clone(),
+        advertise,
+        kubernetes_ip.into(),
+        address.port(),
+        shutdown.clone(),
+    ));
     // Once asked to stop, requests under way get a grace period; watches never end on their own,
     // so whatever is still open after it is closed.
     let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
