@@ -837,3 +837,200 @@ async fn pod_security_restricted_refuses_a_privileged_pod_with_kubernetes_messag
         kubectl.try_run(&["label", "namespace", "lenient", "pod-security.kubernetes.io/enforce=strict"], None);
     assert!(!ok && err.contains(r#"Unsupported value: "strict""#), "{err}");
 }
+
+/// A TLS connection to `server` presenting `credentials`, as a hand-written client makes it.
+async fn tls_connection(
+    server: &ApiProcess,
+    credentials: &control::pki::Pem,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer, ServerName};
+    let pki = Pki::open(&server.cert_dir()).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(pem_der(pki.server_ca()))).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(control::pki::crypto_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from(pem_der(&credentials.cert))],
+            PrivateKeyDer::from_pem_slice(credentials.key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", server.api_port)).await.unwrap();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Goal: an API server at its limit of requests in flight sheds more as Kubernetes does — 429
+/// `TooManyRequests` with `Retry-After` after a short, bounded wait — while reads keep their own
+/// seats, the privileged group is exempt, and a seat given back serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_at_its_limit_answers_429_with_retry_after() {
+    use tokio::io::AsyncWriteExt;
+    let server =
+        ApiProcess::server_with(&["--max-requests-inflight", "1", "--max-mutating-requests-inflight", "1"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), server.kubeconfig());
+    admin.run(&["create", "rolebinding", "jane-edit", "--clusterrole=edit", "--user=jane"]);
+    let pki = Pki::open(&server.cert_dir()).unwrap();
+    let jane = pki.client(&Identity::new("jane", &[])).unwrap();
+    let configmap =
+        |name: &str| serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}});
+    let path = "/api/v1/namespaces/default/configmaps";
+    common::wait_until("jane may create configmaps", common::within(std::time::Duration::from_secs(10)), || {
+        let config = as_user(&server, Some(&jane));
+        async move {
+            match send(config, "POST", path, Some(configmap("first"))).await {
+                Ok((201, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+
+    // The only write seat, held by a create whose body never finishes arriving.
+    let mut stalled = tls_connection(&server, &jane).await;
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{"
+    );
+    stalled.write_all(head.as_bytes()).await.unwrap();
+    stalled.flush().await.unwrap();
+    let (headers, body) =
+        common::wait_until("a second write is refused", common::within(std::time::Duration::from_secs(10)), || {
+            let config = as_user(&server, Some(&jane));
+            async move {
+                match common::api::send_with_headers(config, "POST", path, Some(configmap("second"))).await {
+                    Ok((429, body, headers)) => Ok((headers, body)),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await;
+    assert_eq!(headers.get("retry-after").and_then(|v| v.to_str().ok()), Some("1"));
+    assert_eq!(
+        (body["reason"].as_str(), body["message"].as_str()),
+        (Some("TooManyRequests"), Some("Too many requests, please try again later."))
+    );
+    // Reads have seats of their own; the admin needs none.
+    assert_eq!(send(as_user(&server, Some(&jane)), "GET", path, None).await.unwrap().0, 200);
+    assert_eq!(send(server.config(), "POST", path, Some(configmap("admins"))).await.unwrap().0, 201);
+    // The seat given back serves the next write.
+    drop(stalled);
+    common::wait_until("writes are served again", common::within(std::time::Duration::from_secs(10)), || {
+        let config = as_user(&server, Some(&jane));
+        async move {
+            match send(config, "POST", path, Some(configmap("third"))).await {
+                Ok((201, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+}
+
+/// Goal: SubjectAccessReview and LocalSubjectAccessReview answer for another user as the
+/// authorizer decides for it (the Node authorizer's refusals say why), and only for those
+/// allowed to ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subject_access_reviews_answer_for_another_user() {
+    let server = ApiProcess::server().await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), server.kubeconfig());
+    admin.run(&["create", "namespace", "team"]);
+    let review = |user: &str, groups: &[&str], ns: &str, resource: &str| {
+        serde_json::json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": user, "groups": groups, "resourceAttributes": {"namespace": ns, "verb": "get", "resource": resource, "name": "x"}}})
+    };
+    let path = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
+    let (code, answer) =
+        send(server.config(), "POST", path, Some(review("jane", &[], "team", "configmaps"))).await.unwrap();
+    assert_eq!(
+        (code, answer["kind"].as_str(), answer["status"]["allowed"].as_bool()),
+        (201, Some("SubjectAccessReview"), Some(false)),
+        "{answer}"
+    );
+    admin.run(&["-n", "team", "create", "rolebinding", "jane-view", "--clusterrole=view", "--user=jane"]);
+    common::wait_until("the review sees jane's binding", common::within(std::time::Duration::from_secs(10)), || {
+        let config = server.config();
+        async move {
+            let (_, answer) = send(config, "POST", path, Some(review("jane", &[], "team", "configmaps"))).await?;
+            if answer["status"]["allowed"] == true {
+                Ok(())
+            } else {
+                Err(answer.to_string())
+            }
+        }
+    })
+    .await;
+    // A node asking for a secret none of its pods uses: denied, and why.
+    let (_, answer) =
+        send(server.config(), "POST", path, Some(review("system:node:n1", &["system:nodes"], "team", "secrets")))
+            .await
+            .unwrap();
+    assert_eq!(answer["status"]["allowed"], false, "{answer}");
+    assert_eq!(answer["status"]["denied"], true, "{answer}");
+    assert_eq!(answer["status"]["reason"], "no relationship found between node 'n1' and this object", "{answer}");
+    // Local: the path's namespace, which the spec may not contradict.
+    let local = "/apis/authorization.k8s.io/v1/namespaces/team/localsubjectaccessreviews";
+    let mut body = review("jane", &[], "", "configmaps");
+    body["kind"] = serde_json::json!("LocalSubjectAccessReview");
+    let (code, answer) = send(server.config(), "POST", local, Some(body.clone())).await.unwrap();
+    assert_eq!((code, answer["status"]["allowed"].as_bool()), (201, Some(true)), "{answer}");
+    body["spec"]["resourceAttributes"]["namespace"] = serde_json::json!("other");
+    let (code, answer) = send(server.config(), "POST", local, Some(body)).await.unwrap();
+    assert_eq!(code, 422, "{answer}");
+    // jane may not ask about others.
+    let pki = Pki::open(&server.cert_dir()).unwrap();
+    let jane = pki.client(&Identity::new("jane", &[])).unwrap();
+    let (code, answer) =
+        send(as_user(&server, Some(&jane)), "POST", path, Some(review("bob", &[], "team", "pods"))).await.unwrap();
+    assert_eq!(code, 403, "{answer}");
+}
+
+/// Goal: a ClusterRole labelled `rbac.authorization.k8s.io/aggregate-to-view: "true"` adds its
+/// rules to `view`, and through view's own label to `edit` and `admin`, as Kubernetes'
+/// aggregation controller does; removing it takes them away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_roles_aggregate_into_view_edit_and_admin() {
+    let server =
+        ApiProcess::server_full(&["--disable", "scheduler,cluster-dns", "--controllers", "clusterrole-aggregation"])
+            .await;
+    let dir = tempfile::tempdir().unwrap();
+    let admin = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), server.kubeconfig());
+    let extra = r#"{"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": "widgets-reader", "labels": {"rbac.authorization.k8s.io/aggregate-to-view": "true"}},
+        "rules": [{"apiGroups": ["example.com"], "resources": ["widgets"], "verbs": ["get", "list"]}]}"#;
+    admin.run_with_input(&["create", "-f", "-"], Some(extra));
+    let holds = |role: &'static str, wanted: bool| {
+        let admin = &admin;
+        async move {
+            let rules = admin.run(&["get", "clusterrole", role, "-o", "jsonpath={.rules}"]);
+            if rules.contains("widgets") == wanted {
+                Ok(())
+            } else {
+                Err(rules)
+            }
+        }
+    };
+    for role in ["view", "edit", "admin"] {
+        common::wait_until(
+            &format!("{role} holds the widgets rule"),
+            common::within(std::time::Duration::from_secs(10)),
+            || holds(role, true),
+        )
+        .await;
+    }
+    // The bootstrap rules stay.
+    assert!(admin.run(&["get", "clusterrole", "view", "-o", "jsonpath={.rules}"]).contains("configmaps"));
+    admin.run(&["delete", "clusterrole", "widgets-reader"]);
+    for role in ["view", "edit", "admin"] {
+        common::wait_until(
+            &format!("{role} no longer holds it"),
+            common::within(std::time::Duration::from_secs(10)),
+            || holds(role, false),
+        )
+        .await;
+    }
+}

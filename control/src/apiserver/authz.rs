@@ -298,27 +298,33 @@ pub async fn index(api: &Api) -> Result<Arc<Index>, ApiError> {
     Ok(index)
 }
 
-/// Whether `user` may do what `attrs` asks; the 403 if not.
-pub async fn authorize(api: &Api, user: &User, attrs: &Attributes) -> Result<(), ApiError> {
+/// Whether `user` may do what `attrs` asks, and when refused by the Node authorizer, why.
+pub async fn decide(api: &Api, user: &User, attrs: &Attributes) -> Result<Result<(), Option<String>>, ApiError> {
     // The privileged group needs no index (and is what the API's own bootstrap writes as).
     if user.groups.iter().any(|g| g == MASTERS_GROUP) {
-        return Ok(());
+        return Ok(Ok(()));
     }
     if let Some(node) = super::node_authz::node_of(user) {
         match super::node_authz::authorize(api, node, attrs).await? {
-            super::node_authz::Decision::Allow => return Ok(()),
-            super::node_authz::Decision::Deny(reason) => {
-                let mut e = attrs.forbidden(user);
-                e.message = format!("{}: {reason}", e.message);
-                return Err(e);
-            }
+            super::node_authz::Decision::Allow => return Ok(Ok(())),
+            super::node_authz::Decision::Deny(reason) => return Ok(Err(Some(reason))),
             super::node_authz::Decision::NoOpinion => {}
         }
     }
-    if index(api).await?.allows(user, attrs) {
-        Ok(())
-    } else {
-        Err(attrs.forbidden(user))
+    Ok(if index(api).await?.allows(user, attrs) { Ok(()) } else { Err(None) })
+}
+
+/// Whether `user` may do what `attrs` asks; the 403 if not.
+pub async fn authorize(api: &Api, user: &User, attrs: &Attributes) -> Result<(), ApiError> {
+    match decide(api, user, attrs).await? {
+        Ok(()) => Ok(()),
+        Err(reason) => {
+            let mut e = attrs.forbidden(user);
+            if let Some(reason) = reason {
+                e.message = format!("{}: {reason}", e.message);
+            }
+            Err(e)
+        }
     }
 }
 
@@ -403,6 +409,53 @@ pub async fn impersonate(api: &Api, user: User, headers: &axum::http::HeaderMap)
 /// `POST .../selfsubjectaccessreviews` (`kubectl auth can-i`): whether the request's own user
 /// may do what the review's spec asks.
 pub async fn self_subject_access_review(api: &Api, user: &User, body: &Value) -> Result<Value, ApiError> {
+    access_review(api, user, body, "SelfSubjectAccessReview").await
+}
+
+/// `POST .../subjectaccessreviews` and `.../namespaces/<ns>/localsubjectaccessreviews`: whether
+/// the user and groups the spec names may do what it asks (the asker needs `create` on the
+/// review, as in Kubernetes). A local review's namespace is the path's.
+pub async fn subject_access_review(api: &Api, namespace: Option<&str>, body: &Value) -> Result<Value, ApiError> {
+    let kind = if namespace.is_some() { "LocalSubjectAccessReview" } else { "SubjectAccessReview" };
+    let spec = &body["spec"];
+    let user = spec["user"].as_str().unwrap_or_default().to_string();
+    let groups: Vec<String> =
+        spec["groups"].as_array().into_iter().flatten().filter_map(Value::as_str).map(String::from).collect();
+    if user.is_empty() && groups.is_empty() {
+        return Err(ApiError::invalid(
+            kind,
+            "authorization.k8s.io",
+            "",
+            vec![super::errors::Cause::invalid("spec.user", "", "at least one of user or group must be specified")],
+        ));
+    }
+    let mut body = body.clone();
+    if let Some(ns) = namespace {
+        let asked = body.pointer("/spec/resourceAttributes/namespace").and_then(Value::as_str).unwrap_or_default();
+        if !asked.is_empty() && asked != ns {
+            return Err(ApiError::invalid(
+                kind,
+                "authorization.k8s.io",
+                "",
+                vec![super::errors::Cause::invalid(
+                    "spec.resourceAttributes.namespace",
+                    asked,
+                    "must match metadata.namespace",
+                )],
+            ));
+        }
+        if body.pointer("/spec/resourceAttributes").is_some_and(Value::is_object) {
+            body["spec"]["resourceAttributes"]["namespace"] = json!(ns);
+        }
+    }
+    let mut review = access_review(api, &User { name: user, groups }, &body, kind).await?;
+    if let Some(ns) = namespace {
+        review["metadata"]["namespace"] = json!(ns);
+    }
+    Ok(review)
+}
+
+async fn access_review(api: &Api, user: &User, body: &Value, kind: &str) -> Result<Value, ApiError> {
     let spec = &body["spec"];
     let attrs = if let Some(r) = spec.get("resourceAttributes").filter(|v| v.is_object()) {
         let field = |f: &str| r[f].as_str().unwrap_or_default().to_string();
@@ -425,22 +478,27 @@ pub async fn self_subject_access_review(api: &Api, user: &User, body: &Value) ->
         }
     } else {
         return Err(ApiError::invalid(
-            "SelfSubjectAccessReview",
+            kind,
             "authorization.k8s.io",
             "",
             vec![super::errors::Cause::required("spec.resourceAttributes")],
         ));
     };
-    let allowed = user.groups.iter().any(|g| g == MASTERS_GROUP) || index(api).await?.allows(user, &attrs);
+    let decision = decide(api, user, &attrs).await?;
     let mut review = json!({
-        "kind": "SelfSubjectAccessReview",
+        "kind": kind,
         "apiVersion": "authorization.k8s.io/v1",
         "metadata": {"creationTimestamp": null},
         "spec": spec,
-        "status": {"allowed": allowed},
+        "status": {"allowed": decision.is_ok()},
     });
-    if allowed {
-        review["status"]["reason"] = json!("allowed by RBAC");
+    match decision {
+        Ok(()) => review["status"]["reason"] = json!("allowed by RBAC"),
+        Err(Some(reason)) => {
+            review["status"]["denied"] = json!(true);
+            review["status"]["reason"] = json!(reason);
+        }
+        Err(None) => {}
     }
     Ok(review)
 }
@@ -574,6 +632,27 @@ pub mod bootstrap {
             "rules": rules})
     }
 
+    const AGGREGATE_LABEL_PREFIX: &str = "rbac.authorization.k8s.io/aggregate-to-";
+
+    /// A role that aggregates those labelled `aggregate-to-<selects>`, itself labelled to be
+    /// aggregated into `into`.
+    fn aggregated(name: &str, rules: Vec<Value>, selects: &str, into: Option<&str>) -> Value {
+        let mut role = cluster_role(name, rules);
+        role["aggregationRule"] =
+            json!({"clusterRoleSelectors": [{"matchLabels": {format!("{AGGREGATE_LABEL_PREFIX}{selects}"): "true"}}]});
+        if let Some(into) = into {
+            role["metadata"]["labels"][format!("{AGGREGATE_LABEL_PREFIX}{into}")] = json!("true");
+        }
+        role
+    }
+
+    /// `system:aggregate-to-<role>`: the rules Kubernetes gives `role` of its own.
+    fn aggregate_to(role: &str, rules: Vec<Value>) -> Value {
+        let mut r = cluster_role(&format!("system:aggregate-to-{role}"), rules);
+        r["metadata"]["labels"][format!("{AGGREGATE_LABEL_PREFIX}{role}")] = json!("true");
+        r
+    }
+
     fn binding(name: &str, role: &str, subjects: &[(&str, &str)]) -> Value {
         let subjects: Vec<Value> =
             subjects.iter().map(|(kind, name)| json!({"kind": kind, "apiGroup": GROUP, "name": name})).collect();
@@ -587,16 +666,33 @@ pub mod bootstrap {
     /// The ClusterRoles every cluster starts with.
     pub fn cluster_roles() -> Vec<Value> {
         let all = vec![rule(&["*"], &["*"], &["*"]), paths(&["*"], &["*"])];
-        let view = viewable();
-        let mut edit = view.clone();
-        edit.extend(editable());
-        let mut admin = edit.clone();
-        admin.push(rule(
-            &[GROUP],
-            &["roles", "rolebindings"],
-            &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
-        ));
-        admin.push(rule(&["authorization.k8s.io"], &["localsubjectaccessreviews"], &["create"]));
+        // As in Kubernetes, view, edit and admin aggregate: each holds the rules of the roles
+        // labelled `aggregate-to-<it>` (view is labelled to edit, edit to admin); they start
+        // with what the aggregation controller computes, so they hold before it runs.
+        let to_view = viewable();
+        let to_edit = editable();
+        let to_admin = vec![
+            rule(
+                &[GROUP],
+                &["roles", "rolebindings"],
+                &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"],
+            ),
+            rule(&["authorization.k8s.io"], &["localsubjectaccessreviews"], &["create"]),
+        ];
+        let union = |parts: &[&Vec<Value>]| {
+            let mut out: Vec<Value> = Vec::new();
+            for r in parts.iter().flat_map(|p| p.iter()) {
+                if !out.contains(r) {
+                    out.push(r.clone());
+                }
+            }
+            out
+        };
+        // In name order of the roles aggregated: system:aggregate-to-edit before view; edit
+        // before system:aggregate-to-admin.
+        let view = to_view.clone();
+        let edit = union(&[&to_edit, &view]);
+        let admin = union(&[&edit, &to_admin]);
         let discovery = vec![paths(
             &[
                 "/api",
@@ -684,9 +780,12 @@ pub mod bootstrap {
         ];
         vec![
             cluster_role("cluster-admin", all),
-            cluster_role("admin", admin),
-            cluster_role("edit", edit),
-            cluster_role("view", view),
+            aggregated("admin", admin, "admin", None),
+            aggregated("edit", edit, "edit", Some("admin")),
+            aggregated("view", view, "view", Some("edit")),
+            aggregate_to("admin", to_admin),
+            aggregate_to("edit", to_edit),
+            aggregate_to("view", to_view),
             cluster_role("system:discovery", discovery),
             cluster_role("system:basic-user", basic_user),
             cluster_role("system:public-info-viewer", public),

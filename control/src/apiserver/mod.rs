@@ -12,6 +12,7 @@ pub mod endpoints_reconciler;
 pub mod errors;
 mod form;
 pub mod kinds;
+pub mod limits;
 pub mod managed;
 pub mod node_authz;
 pub mod objects;
@@ -55,11 +56,14 @@ const SELF_SUBJECT_REVIEWS: &str = "/apis/authentication.k8s.io/v1/selfsubjectre
 /// Where `kubectl auth can-i` asks what it may do, and `kubectl auth can-i --list` all it may do.
 const SELF_SUBJECT_ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
 const SELF_SUBJECT_RULES_REVIEWS: &str = "/apis/authorization.k8s.io/v1/selfsubjectrulesreviews";
+const SUBJECT_ACCESS_REVIEWS: &str = "/apis/authorization.k8s.io/v1/subjectaccessreviews";
 
 /// The reviews a user asks about itself.
 enum Review {
     Access,
     Rules,
+    /// Another subject's access, cluster-wide or in the namespace given.
+    Subject(Option<String>),
 }
 
 /// Namespaces every cluster has.
@@ -97,6 +101,8 @@ pub struct Api {
     /// What issues and checks service-account tokens, when keys are given (set once, before
     /// serving).
     pub tokens: std::sync::OnceLock<tokens::TokenAuthority>,
+    /// Seats for requests under way (set once, before serving; none: unlimited).
+    pub limits: std::sync::OnceLock<limits::Limits>,
 }
 
 const VERBS: &[&str] =
@@ -126,6 +132,7 @@ impl Api {
             rbac: std::sync::Mutex::new(None),
             audit: std::sync::OnceLock::new(),
             tokens: std::sync::OnceLock::new(),
+            limits: std::sync::OnceLock::new(),
         })
     }
 
@@ -287,6 +294,21 @@ async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> R
     };
     let watch = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true" || kv == "watch=1"));
     let attributes = authz::Attributes::of(req.method(), req.uri().path(), watch);
+    // Held until the answer is made (a stream's seat is given back at once: it holds none).
+    let _seat = match api.limits.get() {
+        Some(limits) => {
+            let long_running = watch || node_subresource(req.method(), req.uri().path()).is_some();
+            match limits.admit(&user, &attributes, long_running).await {
+                Ok(seat) => seat,
+                Err(e) => {
+                    let mut refused = e.into_response();
+                    refused.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+                    return refused;
+                }
+            }
+        }
+        None => None,
+    };
     let decision = authz::authorize(&api, &user, &attributes).await;
     let (Some(auditor), Some(authenticated)) = (api.audit.get(), authenticated) else {
         return match decision {
@@ -322,6 +344,12 @@ async fn authorized(
     let review = match path {
         SELF_SUBJECT_ACCESS_REVIEWS if req.method() == Method::POST => Some(Review::Access),
         SELF_SUBJECT_RULES_REVIEWS if req.method() == Method::POST => Some(Review::Rules),
+        SUBJECT_ACCESS_REVIEWS if req.method() == Method::POST => Some(Review::Subject(None)),
+        _ if req.method() == Method::POST => path
+            .strip_prefix("/apis/authorization.k8s.io/v1/namespaces/")
+            .and_then(|rest| rest.strip_suffix("/localsubjectaccessreviews"))
+            .filter(|ns| !ns.is_empty() && !ns.contains('/'))
+            .map(|ns| Review::Subject(Some(ns.to_string()))),
         _ => None,
     };
     if let Some(review) = review {
@@ -346,6 +374,7 @@ async fn authorized(
         let answer = match review {
             Review::Access => authz::self_subject_access_review(&api, &user, &body).await,
             Review::Rules => authz::self_subject_rules_review(&api, &user, &body).await,
+            Review::Subject(ns) => authz::subject_access_review(&api, ns.as_deref(), &body).await,
         };
         return match answer {
             Ok(answer) => json_response(StatusCode::CREATED, &answer),

@@ -5,6 +5,7 @@
 //! key while its replica no longer leads holds it until the replica leads again. The manager
 //! reaches the cluster only through the Kubernetes API (kube-rs).
 
+pub mod clusterroleaggregation;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -35,6 +36,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Endpoints, Namespace, Node, Pod, ReplicationController, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::api::Api;
 use kube::runtime::watcher;
 
@@ -60,6 +62,7 @@ pub const CONTROLLERS: &[&str] = &[
     "endpointslice",
     "serviceaccount",
     "root-ca-cert-publisher",
+    "clusterrole-aggregation",
     "nodelifecycle",
     "nodeipam",
     "taint-eviction-controller",
@@ -205,6 +208,7 @@ pub struct Informers {
     statefulsets: OnceLock<Arc<Informer<StatefulSet>>>,
     poddisruptionbudgets: OnceLock<Arc<Informer<PodDisruptionBudget>>>,
     replicationcontrollers: OnceLock<Arc<Informer<ReplicationController>>>,
+    clusterroles: OnceLock<Arc<Informer<ClusterRole>>>,
 }
 
 /// Starts `cell`'s informer (if a controller asked for it) over every object of its type.
@@ -274,6 +278,9 @@ impl Informers {
     pub fn poddisruptionbudgets(&self) -> Arc<Informer<PodDisruptionBudget>> {
         self.poddisruptionbudgets.get_or_init(|| Informer::new("poddisruptionbudgets")).clone()
     }
+    pub fn clusterroles(&self) -> Arc<Informer<ClusterRole>> {
+        self.clusterroles.get_or_init(|| Informer::new("clusterroles")).clone()
+    }
     pub fn replicationcontrollers(&self) -> Arc<Informer<ReplicationController>> {
         self.replicationcontrollers.get_or_init(|| Informer::new("replicationcontrollers")).clone()
     }
@@ -303,6 +310,7 @@ impl Informers {
         start_one(&self.statefulsets, client, |x: StatefulSet| x, tasks, &mut synced);
         start_one(&self.poddisruptionbudgets, client, |x: PodDisruptionBudget| x, tasks, &mut synced);
         start_one(&self.replicationcontrollers, client, |x: ReplicationController| x, tasks, &mut synced);
+        start_one(&self.clusterroles, client, |x: ClusterRole| x, tasks, &mut synced);
         async move {
             futures::future::join_all(synced).await;
         }
@@ -411,6 +419,7 @@ pub async fn run(
                     add(endpoints::EndpointSliceController::new(&m), flags.concurrent_service_endpoint_syncs, &mut w)
                 }
                 "serviceaccount" => add(serviceaccount::ServiceAccountController::new(&m), 1, &mut w),
+                "clusterrole-aggregation" => add(clusterroleaggregation::AggregationController::new(&m), 1, &mut w),
                 "root-ca-cert-publisher" => {
                     let ca = match (&flags.root_ca_file, &flags.root_ca) {
                         (Some(path), _) => Some(
@@ -526,6 +535,7 @@ mod tests {
                 "endpointslice",
                 "serviceaccount",
                 "root-ca-cert-publisher",
+                "clusterrole-aggregation",
                 "nodelifecycle",
                 "nodeipam",
                 "taint-eviction-controller",

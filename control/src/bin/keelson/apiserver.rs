@@ -54,6 +54,13 @@ pub struct ApiArgs {
     /// one is not listed: pods cannot reach it).
     #[arg(long)]
     advertise_address: Option<std::net::IpAddr>,
+    /// Reads served at once; more wait briefly in a bounded queue, then get 429 (Kubernetes'
+    /// flag; the privileged group, health checks and watches are exempt).
+    #[arg(long, default_value_t = 400)]
+    max_requests_inflight: usize,
+    /// Writes served at once, likewise.
+    #[arg(long, default_value_t = 200)]
+    max_mutating_requests_inflight: usize,
     /// The private key (PEM, ECDSA P-256) service-account tokens are signed with; `keelson
     /// server` uses its cluster's (`<cert-dir>/service-account.key`) unless one is given.
     #[arg(long)]
@@ -228,6 +235,7 @@ pub async fn run_api(
         None => store,
     };
     let api = Api::new(store, ranges, args.event_ttl, authentication);
+    let _ = api.limits.set(api::limits::Limits::new(args.max_requests_inflight, args.max_mutating_requests_inflight));
     let signing_key = match &args.service_account_signing_key_file {
         Some(path) => Some(read(path, "service-account-signing-key-file")?),
         None => signing_key,
