@@ -865,12 +865,20 @@ async fn tls_connection(
 
 /// Goal: an API server at its limit of requests in flight sheds more as Kubernetes does — 429
 /// `TooManyRequests` with `Retry-After` after a short, bounded wait — while reads keep their own
-/// seats, the privileged group is exempt, and a seat given back serves again.
+/// seats, the privileged group is exempt, and a seat given back serves again; a user holds at
+/// most its share of watches.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_api_at_its_limit_answers_429_with_retry_after() {
     use tokio::io::AsyncWriteExt;
-    let server =
-        ApiProcess::server_with(&["--max-requests-inflight", "1", "--max-mutating-requests-inflight", "1"]).await;
+    let server = ApiProcess::server_with(&[
+        "--max-requests-inflight",
+        "1",
+        "--max-mutating-requests-inflight",
+        "1",
+        "--max-watches-per-user",
+        "2",
+    ])
+    .await;
     let dir = tempfile::tempdir().unwrap();
     let admin = Kubectl::with_binary(kubectl_binary("KEELSON_KUBECTL_CURRENT"), dir.path(), server.kubeconfig());
     admin.run(&["create", "rolebinding", "jane-edit", "--clusterrole=edit", "--user=jane"]);
@@ -923,6 +931,39 @@ async fn an_api_at_its_limit_answers_429_with_retry_after() {
         async move {
             match send(config, "POST", path, Some(configmap("third"))).await {
                 Ok((201, _)) => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+
+    // Watches: two open at once for jane, a third refused until one closes.
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        use tokio::io::AsyncReadExt;
+        let mut watch = tls_connection(&server, &jane).await;
+        let request = format!("GET {path}?watch=true HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        watch.write_all(request.as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 64];
+        let n = watch.read(&mut head).await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"),
+            "{}",
+            String::from_utf8_lossy(&head[..n])
+        );
+        open.push(watch);
+    }
+    let short_watch = format!("{path}?watch=true&timeoutSeconds=1");
+    let (code, body) = send(as_user(&server, Some(&jane)), "GET", &short_watch, None).await.unwrap();
+    assert_eq!((code, body["reason"].as_str()), (429, Some("TooManyRequests")), "{body}");
+    drop(open.pop());
+    // The server learns the connection is gone when it next writes to it: an event.
+    assert_eq!(send(server.config(), "POST", path, Some(configmap("event"))).await.unwrap().0, 201);
+    common::wait_until("a watch seat is free again", common::within(std::time::Duration::from_secs(10)), || {
+        let (config, short_watch) = (as_user(&server, Some(&jane)), short_watch.clone());
+        async move {
+            match send(config, "GET", &short_watch, None).await {
+                Ok((200, _)) => Ok(()),
                 other => Err(format!("{other:?}")),
             }
         }

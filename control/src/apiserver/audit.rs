@@ -8,7 +8,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use serde::Deserialize;
@@ -337,7 +337,7 @@ impl Auditor {
             // Complete when the stream ends: when the server drops the body.
             let (parts, body) = response.into_parts();
             let done = Completion { auditor: self.clone(), event: Some(event) };
-            return Response::from_parts(parts, Body::new(Tracked { inner: body, _done: done }));
+            return Response::from_parts(parts, super::holding(body, done));
         }
         // A create names its object only in the body: the answer's name completes the reference.
         let unnamed =
@@ -401,32 +401,6 @@ impl Drop for Completion {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             handle.spawn(async move { auditor.emit(&event).await });
         }
-    }
-}
-
-/// A response body that holds its stream's completion until it is dropped.
-struct Tracked {
-    inner: Body,
-    _done: Completion,
-}
-
-impl http_body::Body for Tracked {
-    type Data = Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }
 

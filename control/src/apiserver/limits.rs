@@ -4,6 +4,7 @@
 //! bounded queue for one, for a bounded time; past either bound the answer is Kubernetes' 429
 //! with `Retry-After`, never an unbounded queue. Exempt, as APF's `exempt` level: the privileged
 //! group, health checks, and long-running requests (watches and streams), which hold no seat.
+//! A user holds at most `--max-watches-per-user` watches at once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -49,6 +50,28 @@ impl Pool {
 pub struct Limits {
     reads: Pool,
     writes: Pool,
+    /// Watches open per user, and how many one user may hold.
+    watches: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    watches_per_user_max: usize,
+}
+
+/// A user's open watch, counted until dropped.
+#[derive(Debug)]
+pub struct WatchSeat {
+    watches: Arc<std::sync::Mutex<std::collections::HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for WatchSeat {
+    fn drop(&mut self) {
+        let mut open = self.watches.lock().expect("not poisoned");
+        if let Some(n) = open.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
 }
 
 /// Kubernetes' 429 for a request refused under load.
@@ -59,8 +82,28 @@ pub fn too_many_requests() -> ApiError {
 }
 
 impl Limits {
-    pub fn new(reads_in_flight_max: usize, writes_in_flight_max: usize) -> Limits {
-        Limits { reads: Pool::new(reads_in_flight_max), writes: Pool::new(writes_in_flight_max) }
+    pub fn new(reads_in_flight_max: usize, writes_in_flight_max: usize, watches_per_user_max: usize) -> Limits {
+        Limits {
+            reads: Pool::new(reads_in_flight_max),
+            writes: Pool::new(writes_in_flight_max),
+            watches: Arc::default(),
+            watches_per_user_max: watches_per_user_max.max(1),
+        }
+    }
+
+    /// A watch seat for `user` (None for the privileged group), or the 429 when the user holds
+    /// as many watches as one may.
+    pub fn watch(&self, user: &User) -> Result<Option<WatchSeat>, ApiError> {
+        if user.groups.iter().any(|g| g == crate::pki::MASTERS_GROUP) {
+            return Ok(None);
+        }
+        let mut open = self.watches.lock().expect("not poisoned");
+        let n = open.entry(user.name.clone()).or_insert(0);
+        if *n >= self.watches_per_user_max {
+            return Err(too_many_requests());
+        }
+        *n += 1;
+        Ok(Some(WatchSeat { watches: self.watches.clone(), user: user.name.clone() }))
     }
 
     /// A seat for the request, None for an exempt one, or the 429.
@@ -94,13 +137,29 @@ mod tests {
     use super::*;
     use axum::http::Method;
 
+    #[test]
+    fn a_user_holds_at_most_its_share_of_watches_and_closing_one_frees_it() {
+        let limits = Limits::new(1, 1, 2);
+        let (a, b) = (limits.watch(&jane()).unwrap(), limits.watch(&jane()).unwrap());
+        assert_eq!(limits.watch(&jane()).unwrap_err().code, 429);
+        let bob = User { name: "bob".into(), groups: vec![] };
+        assert!(limits.watch(&bob).unwrap().is_some(), "another user has watches of its own");
+        drop(a);
+        assert!(limits.watch(&jane()).unwrap().is_some());
+        drop(b);
+        let masters = User { name: "admin".into(), groups: vec![crate::pki::MASTERS_GROUP.into()] };
+        for _ in 0..5 {
+            assert!(limits.watch(&masters).unwrap().is_none());
+        }
+    }
+
     fn jane() -> User {
         User { name: "jane".into(), groups: vec!["system:authenticated".into()] }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_full_pool_queues_briefly_then_refuses_and_exempts_what_apf_exempts() {
-        let limits = Limits::new(1, 1);
+        let limits = Limits::new(1, 1, 2);
         let write = Attributes::of(&Method::POST, "/api/v1/namespaces/a/configmaps", false);
         let read = Attributes::of(&Method::GET, "/api/v1/namespaces/a/configmaps", false);
         let held = limits.admit(&jane(), &write, false).await.unwrap().expect("a seat");

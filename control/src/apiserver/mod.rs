@@ -300,15 +300,44 @@ async fn dispatch(State(api): State<Arc<Api>>, req: axum::extract::Request) -> R
             let long_running = watch || node_subresource(req.method(), req.uri().path()).is_some();
             match limits.admit(&user, &attributes, long_running).await {
                 Ok(seat) => seat,
-                Err(e) => {
-                    let mut refused = e.into_response();
-                    refused.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
-                    return refused;
-                }
+                Err(e) => return shed(e),
             }
         }
         None => None,
     };
+    let watch_seat = match (api.limits.get(), watch) {
+        (Some(limits), true) => match limits.watch(&user) {
+            Ok(seat) => seat,
+            Err(e) => return shed(e),
+        },
+        _ => None,
+    };
+    let response = decide_and_serve(api, user, authenticated, attributes, req).await;
+    match watch_seat {
+        // The watch holds its seat as long as its stream is served.
+        Some(seat) => {
+            let (parts, body) = response.into_parts();
+            Response::from_parts(parts, holding(body, seat))
+        }
+        None => response,
+    }
+}
+
+/// A request refused under load: the 429, with when to try again.
+fn shed(e: ApiError) -> Response {
+    let mut refused = e.into_response();
+    refused.headers_mut().insert("retry-after", axum::http::HeaderValue::from_static("1"));
+    refused
+}
+
+/// Authorizes the request, audits it when a policy says so, and serves it.
+async fn decide_and_serve(
+    api: Arc<Api>,
+    user: authn::User,
+    authenticated: Option<authn::User>,
+    attributes: authz::Attributes,
+    req: axum::extract::Request,
+) -> Response {
     let decision = authz::authorize(&api, &user, &attributes).await;
     let (Some(auditor), Some(authenticated)) = (api.audit.get(), authenticated) else {
         return match decision {
@@ -420,6 +449,35 @@ async fn authorized(
             e.into_response()
         }
     }
+}
+
+/// A response body that keeps `held` until the body is dropped: what a stream holds while it
+/// is served (a watch's seat, its audit completion).
+pub fn holding<T: Send + Unpin + 'static>(inner: axum::body::Body, held: T) -> axum::body::Body {
+    struct Holding<T> {
+        inner: axum::body::Body,
+        _held: T,
+    }
+    impl<T: Send + Unpin + 'static> http_body::Body for Holding<T> {
+        type Data = Bytes;
+        type Error = axum::Error;
+
+        fn poll_frame(
+            self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+            std::pin::Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+        }
+
+        fn is_end_stream(&self) -> bool {
+            http_body::Body::is_end_stream(&self.inner)
+        }
+
+        fn size_hint(&self) -> http_body::SizeHint {
+            http_body::Body::size_hint(&self.inner)
+        }
+    }
+    axum::body::Body::new(Holding { inner, _held: held })
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response {

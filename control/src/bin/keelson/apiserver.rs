@@ -61,6 +61,9 @@ pub struct ApiArgs {
     /// Writes served at once, likewise.
     #[arg(long, default_value_t = 200)]
     max_mutating_requests_inflight: usize,
+    /// Watches one user may hold open at once; more get 429 (the privileged group is exempt).
+    #[arg(long, default_value_t = 1_000)]
+    max_watches_per_user: usize,
     /// The private key (PEM, ECDSA P-256) service-account tokens are signed with; `keelson
     /// server` uses its cluster's (`<cert-dir>/service-account.key`) unless one is given.
     #[arg(long)]
@@ -235,7 +238,11 @@ pub async fn run_api(
         None => store,
     };
     let api = Api::new(store, ranges, args.event_ttl, authentication);
-    let _ = api.limits.set(api::limits::Limits::new(args.max_requests_inflight, args.max_mutating_requests_inflight));
+    let _ = api.limits.set(api::limits::Limits::new(
+        args.max_requests_inflight,
+        args.max_mutating_requests_inflight,
+        args.max_watches_per_user,
+    ));
     let signing_key = match &args.service_account_signing_key_file {
         Some(path) => Some(read(path, "service-account-signing-key-file")?),
         None => signing_key,
