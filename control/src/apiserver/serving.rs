@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 
 use crate::pki::Identity;
 
-/// Connections in their TLS handshake at once; more are closed at once (a flood of handshakes
-/// must not take every worker).
+/// Connections in their TLS handshake at once; more wait in the listen backlog until one ends
+/// (a flood of handshakes must not take every worker, nor be turned away).
 const TLS_HANDSHAKES_IN_FLIGHT_MAX: usize = 512;
 /// How long a client has to finish its TLS handshake, in milliseconds.
 const TLS_HANDSHAKE_TIMEOUT_MS: u64 = 10_000;
@@ -94,6 +94,15 @@ pub async fn serve(
     let handshakes = Arc::new(tokio::sync::Semaphore::new(TLS_HANDSHAKES_IN_FLIGHT_MAX));
     tokio::pin!(shutdown);
     loop {
+        // Behind TLS, a connection is accepted only when a handshake may start: past the limit,
+        // clients wait in the listen backlog rather than being turned away.
+        let permit = match &acceptor {
+            Some(_) => tokio::select! {
+                permit = handshakes.clone().acquire_owned() => Some(permit.expect("the semaphore is never closed")),
+                _ = &mut shutdown => break,
+            },
+            None => None,
+        };
         let (tcp, remote) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -113,10 +122,6 @@ pub async fn serve(
                 tokio::spawn(serve_connection(TokioIo::new(tcp), peer, router, watcher));
             }
             Some(acceptor) => {
-                let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-                    tracing::debug!(%remote, "too many TLS handshakes under way; closing");
-                    continue;
-                };
                 let acceptor = acceptor.clone();
                 let mut tcp = tcp;
                 tokio::spawn(async move {
