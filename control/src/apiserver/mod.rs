@@ -136,6 +136,22 @@ impl Api {
         })
     }
 
+    /// An object as the watch cache of its type has it, else as the store does (one created a
+    /// moment ago may not be in the cache yet); None when neither has it.
+    pub async fn current(
+        &self,
+        res: &'static Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Result<Option<Value>, ApiError> {
+        let key = res.key(ns, name);
+        if let Some(Some(found)) = self.cache(res).get(&key) {
+            return Ok(Some(found.full()));
+        }
+        let (kv, _) = self.store.get(key.as_bytes()).await?;
+        kv.map(|kv| verbs::from_kv(&kv)).transpose()
+    }
+
     /// The watch cache of `res`, started if this is its first use.
     pub fn cache(&self, res: &'static Resource) -> Arc<cache::WatchCache> {
         let mut caches = self.caches.lock().expect("not poisoned");

@@ -267,10 +267,8 @@ pub async fn admit(api: &Api, node: &str, attrs: &Attributes, body: Option<&Valu
             let Some(pod_name) = reference.and_then(|b| b["name"].as_str()) else {
                 return Err(forbidden(format!("node {node:?} requested a token not bound to a pod")));
             };
-            let key = kinds::pod::RESOURCE.key(Some(&r.namespace), pod_name);
-            let (pod, _) = api.store.get_at(key.as_bytes(), true).await?;
-            let bound = pod.and_then(|p| serde_json::from_slice::<PodView>(&p.value).ok()).map(|p| p.spec.node_name);
-            if bound.as_deref() != Some(node) {
+            let pod = api.current(&kinds::pod::RESOURCE, Some(&r.namespace), pod_name).await?;
+            if pod.as_ref().and_then(|p| p.pointer("/spec/nodeName")).and_then(Value::as_str) != Some(node) {
                 return Err(forbidden(format!(
                     "node {node:?} requested a token bound to a pod scheduled on a different node"
                 )));
@@ -300,12 +298,11 @@ pub async fn admit(api: &Api, node: &str, attrs: &Attributes, body: Option<&Valu
                 if doing.is_empty() {
                     return Ok(());
                 }
-                let key = kinds::pod::RESOURCE.key(Some(&r.namespace), &r.name);
-                let (pod, _) = api.store.get_at(key.as_bytes(), true).await?;
                 // A pod that is not there is the handler's 404 to give.
-                let Some(pod) = pod else { return Ok(()) };
-                let bound = serde_json::from_slice::<PodView>(&pod.value).map(|p| p.spec.node_name).unwrap_or_default();
-                if bound != node {
+                let Some(pod) = api.current(&kinds::pod::RESOURCE, Some(&r.namespace), &r.name).await? else {
+                    return Ok(());
+                };
+                if pod.pointer("/spec/nodeName").and_then(Value::as_str) != Some(node) {
                     return Err(forbidden(format!("node {node:?} can only {what} with spec.nodeName set to itself")));
                 }
             }

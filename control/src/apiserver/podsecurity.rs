@@ -5,8 +5,6 @@
 //! breaks the `warn` level is admitted with Kubernetes' warning. Every version label is read as
 //! `latest`. Checks, their order (by Kubernetes' check IDs) and their words are Kubernetes'.
 
-use std::time::Duration;
-
 use serde_json::Value;
 
 use super::errors::ApiError;
@@ -47,8 +45,6 @@ const SAFE_SYSCTLS: &[&str] = &[
 const RESTRICTED_VOLUME_TYPES: &[&str] =
     &["configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"];
 const SELINUX_TYPES: &[&str] = &["", "container_t", "container_init_t", "container_kvm_t", "container_engine_t"];
-/// How long admission waits for the namespaces cache before it reads the store.
-const NAMESPACE_CACHE_WAIT_MS: u64 = 1_000;
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 pub enum Level {
@@ -385,21 +381,10 @@ fn pod_spec_of<'a>(res: &Resource, obj: &'a Value) -> Option<&'a Value> {
 
 /// The levels a namespace's labels set, by mode.
 async fn namespace_levels(api: &Api, namespace: &str) -> Result<Vec<(String, Level)>, ApiError> {
-    let res = &kinds::namespace::RESOURCE;
-    let key = res.key(None, namespace);
-    let cache = api.cache(res);
-    let labels = match cache.get(&key) {
-        Some(found) => found.map(|o| o.get("metadata").and_then(|m| m.get("labels")).cloned().unwrap_or(Value::Null)),
-        None if cache.ready(Duration::from_millis(NAMESPACE_CACHE_WAIT_MS)).await => {
-            cache.get(&key).flatten().map(|o| o.pointer("/metadata/labels").cloned().unwrap_or(Value::Null))
-        }
-        None => {
-            let (kv, _) = api.store.get(key.as_bytes()).await?;
-            kv.map(|kv| super::verbs::from_kv(&kv))
-                .transpose()?
-                .map(|o| o.pointer("/metadata/labels").cloned().unwrap_or(Value::Null))
-        }
-    };
+    let labels = api
+        .current(&kinds::namespace::RESOURCE, None, namespace)
+        .await?
+        .map(|o| o.pointer("/metadata/labels").cloned().unwrap_or(Value::Null));
     let Some(labels) = labels else { return Ok(Vec::new()) };
     Ok(["enforce", "warn", "audit"]
         .iter()

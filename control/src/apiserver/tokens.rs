@@ -210,22 +210,6 @@ pub fn user_of(namespace: &str, name: &str) -> User {
     }
 }
 
-/// An object as the watch cache has it, else as the store does (a pod created a moment ago
-/// may not be in the cache yet).
-async fn current(
-    api: &Api,
-    res: &'static super::resources::Resource,
-    ns: &str,
-    name: &str,
-) -> Result<Option<Value>, ApiError> {
-    let key = res.key(Some(ns), name);
-    if let Some(Some(found)) = api.cache(res).get(&key) {
-        return Ok(Some(found.full()));
-    }
-    let (kv, _) = api.store.get(key.as_bytes()).await?;
-    kv.map(|kv| super::verbs::from_kv(&kv)).transpose()
-}
-
 fn uid_of(obj: &Value) -> &str {
     obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default()
 }
@@ -242,14 +226,15 @@ pub async fn authenticate(api: &Api, token: &str) -> Result<Option<User>, ApiErr
             return Ok(None);
         }
     };
-    let Some(account) = current(api, &kinds::serviceaccount::RESOURCE, &claims.namespace, &claims.name).await? else {
+    let Some(account) = api.current(&kinds::serviceaccount::RESOURCE, Some(&claims.namespace), &claims.name).await?
+    else {
         return Ok(None);
     };
     if claims.uid.as_deref().is_some_and(|uid| uid != uid_of(&account)) {
         return Ok(None);
     }
     if let Some((pod, uid)) = &claims.pod {
-        match current(api, &kinds::pod::RESOURCE, &claims.namespace, pod).await? {
+        match api.current(&kinds::pod::RESOURCE, Some(&claims.namespace), pod).await? {
             Some(found) if uid_of(&found) == uid => {}
             _ => return Ok(None),
         }
@@ -277,7 +262,7 @@ pub async fn request(api: &Api, ns: &str, name: &str, body: Value) -> Result<Val
             "the server could not find the requested resource (no service-account signing key)",
         ));
     };
-    let Some(account) = current(api, &kinds::serviceaccount::RESOURCE, ns, name).await? else {
+    let Some(account) = api.current(&kinds::serviceaccount::RESOURCE, Some(ns), name).await? else {
         return Err(ApiError::not_found("serviceaccounts", "", name));
     };
     let spec = body.get("spec").cloned().unwrap_or_else(|| json!({}));
@@ -324,7 +309,7 @@ pub async fn request(api: &Api, ns: &str, name: &str, body: Value) -> Result<Val
             ));
         }
         let pod_name = reference["name"].as_str().unwrap_or_default();
-        let Some(pod) = current(api, &kinds::pod::RESOURCE, ns, pod_name).await? else {
+        let Some(pod) = api.current(&kinds::pod::RESOURCE, Some(ns), pod_name).await? else {
             return Err(ApiError::not_found("pods", "", pod_name));
         };
         if let Some(uid) = reference["uid"].as_str().filter(|u| !u.is_empty()) {
